@@ -1,0 +1,66 @@
+# udm — see README.md.
+GO      ?= go
+PKGS    := ./...
+BIN     := bin/udm
+DEBS    := fio qemu-utils nbdkit libnbd-bin
+TOOLS   := fio qemu-img qemu-io qemu-nbd nbdkit nbdinfo nbdcopy
+
+.PHONY: all build test race bench bench-go bench-uring lint run deps drill clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/udm
+
+# deps installs the Debian packages the tests drive (as root), or says what
+# to install.
+deps:
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then echo "deps: all present ($(TOOLS))"; exit 0; fi; \
+	echo "deps: missing:$$missing"; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq $(DEBS); \
+	else \
+		echo "deps: run as root: apt-get install -y $(DEBS)"; exit 1; \
+	fi
+
+test: deps build
+	$(GO) vet $(PKGS)
+	$(GO) test -count=1 -timeout 15m $(PKGS)
+	$(GO) test -count=1 -race -timeout 15m $(RACEPKGS)
+	@$(MAKE) --no-print-directory fuzz-short
+
+RACEPKGS ?= ./uring/ ./dm/...
+
+race:
+	$(GO) test -count=1 -race -timeout 20m $(PKGS)
+
+FUZZTIME ?= 5s
+fuzz-short:
+	@for spec in $$($(GO) run ./internal/tools/listfuzz 2>/dev/null); do \
+		pkg=$${spec%%:*}; fn=$${spec##*:}; \
+		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
+
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./uring/ ./dm/...
+
+bench-uring: build
+	bash perf/scripts/bench-uring.sh
+
+bench: bench-go bench-uring
+
+lint:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+	@if command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@latest >/dev/null 2>&1; then \
+		PATH=$$PATH:$$($(GO) env GOPATH)/bin staticcheck $(PKGS); \
+	else echo "lint: staticcheck not installable here; skipped"; fi
+
+run: build
+	$(BIN) serve
+
+clean:
+	rm -rf bin

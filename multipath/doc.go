@@ -1,0 +1,2 @@
+// Package multipath is being written; see DESIGN.md.
+package multipath

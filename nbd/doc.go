@@ -1,0 +1,2 @@
+// Package nbd is being written; see DESIGN.md.
+package nbd

@@ -1,0 +1,2 @@
+// Package perf is being written; see DESIGN.md.
+package perf

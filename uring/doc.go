@@ -1,0 +1,30 @@
+// Package uring is udm's io_uring binding and its run-to-completion loop.
+//
+// The binding (Ring, SQE, CQE, the Prep helpers) talks to the kernel
+// through golang.org/x/sys/unix; all unsafe code lives in ring.go and
+// arena.go. On top of it, a Loop is one goroutine locked to its OS thread
+// that owns one ring, set up on that thread with SINGLE_ISSUER,
+// DEFER_TASKRUN and COOP_TASKRUN (falling back on older kernels):
+//
+//   - operations are submitted in batches; each turn of the loop makes one
+//     io_uring_enter that both submits what handlers queued and waits for
+//     the next completion;
+//   - completions run their Handler inline on the loop's thread;
+//   - an operation's user_data is a slot index plus a generation, never a
+//     Go pointer, and slots are preallocated, so the steady path allocates
+//     nothing;
+//   - SQEs that find the SQ full are flushed to the kernel at once, or kept
+//     in a backlog (link chains stay whole) until it takes them;
+//   - Post runs a function on the loop from any goroutine through a
+//     lock-free queue; the poster writes the loop's eventfd (kept armed as a
+//     read on the ring) only when the loop is asleep, so posting to a busy
+//     loop costs one atomic swap;
+//   - each loop has a registered, page-aligned buffer Arena for
+//     READ_FIXED/WRITE_FIXED and a sparse fixed-file table that can be
+//     updated while I/O runs;
+//   - Close cancels what is in flight and returns once every operation has
+//     completed through its handler, exactly once.
+//
+// Block-device helpers open files and block devices with O_DIRECT and read
+// their size, logical block size and read-only state.
+package uring

@@ -1,0 +1,731 @@
+package uring
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrClosed is returned for work offered to a loop that is closing or closed.
+var ErrClosed = errors.New("uring: loop closed")
+
+// Handler receives the completion of an operation, on the loop's thread.
+// res is the kernel's result: >= 0 on success, -errno on failure (use
+// Errno to turn it into an error). tag is the value given at submission.
+type Handler interface {
+	Complete(tag uint64, res int32, flags uint32)
+}
+
+// HandlerFunc adapts a function to Handler. Creating a closure allocates;
+// keep these for the slow path.
+type HandlerFunc func(tag uint64, res int32, flags uint32)
+
+// Complete calls f.
+func (f HandlerFunc) Complete(tag uint64, res int32, flags uint32) { f(tag, res, flags) }
+
+// Errno converts a negative CQE result to a syscall.Errno error, nil
+// otherwise.
+func Errno(res int32) error {
+	if res >= 0 {
+		return nil
+	}
+	return unix.Errno(-res)
+}
+
+// OpID identifies a submitted operation (its user_data) for Cancel.
+type OpID uint64
+
+// Reserved user_data values; slot user_data always has a generation >= 1
+// in its upper half, so these never collide.
+const (
+	udWake   uint64 = 1
+	udIgnore uint64 = 2
+	udCancel uint64 = 3
+)
+
+const (
+	slotDeadline = 1 << iota
+	slotCancelled
+)
+
+type slot struct {
+	h     Handler
+	tag   uint64
+	gen   uint32
+	flags uint8
+	next  int32 // free list
+	ts    Timespec
+}
+
+// Config configures a Loop.
+type Config struct {
+	// ID is a small integer naming the loop (for per-loop state in callers).
+	ID int
+	// Entries is the SQ size (default 256); the CQ gets CQFactor times that.
+	Entries uint32
+	// CQFactor is the CQ size as a multiple of Entries (default 4).
+	CQFactor uint32
+	// ArenaSize is the size of the registered buffer arena (default 32 MiB;
+	// negative disables the arena).
+	ArenaSize int
+	// Files is the size of the sparse fixed-file table (default 256).
+	Files int
+	// SetupFlags overrides the ring setup flags (0 = default with fallback).
+	SetupFlags uint32
+}
+
+// Stats are counters kept by the loop.
+type Stats struct {
+	Submitted   uint64 // SQEs submitted
+	Completed   uint64 // CQEs reaped
+	Enters      uint64 // io_uring_enter calls
+	Wakes       uint64 // eventfd wake-ups written by Post
+	Posted      uint64 // functions run from Post
+	BacklogHigh uint64 // most SQEs ever waiting in the backlog
+}
+
+const (
+	stateRunning uint32 = iota
+	stateSleeping
+	stateWoken
+)
+
+// Loop is a run-to-completion event loop: one goroutine locked to its OS
+// thread owns one io_uring. Operations are submitted in batches and their
+// handlers run inline on that thread. Every method but Post, Call, Close,
+// ID and Stats must be called on the loop (from a handler or posted
+// function).
+type Loop struct {
+	id    int
+	cfg   Config
+	ring  *Ring
+	arena *Arena
+
+	slots    []slot
+	freeSlot int32
+	inflight int // operations with slots
+
+	// backlog holds SQEs (with user_data already set) that did not fit in
+	// the SQ and that the kernel did not take yet; flushed in order.
+	backlog []SQE
+
+	files    []bool // fixed-file slot used
+	freeFile []int32
+
+	posted   mpsc
+	state    atomic.Uint32
+	posting  atomic.Int32 // Posts between their closed check and their push
+	closed   atomic.Bool
+	closing  bool // on-loop: Close has started
+	closeReq atomic.Bool
+	wakeFd   int
+	wakeBuf  [8]byte
+	wakeOne  [8]byte
+	wakeArm  bool
+
+	tid       int
+	closeOnce sync.Once
+	done      chan struct{}
+
+	submitted, completed, enters, wakes, postedN, backlogHigh atomic.Uint64
+}
+
+// NewLoop starts a loop goroutine, sets its ring up on the locked thread
+// and returns once it is ready.
+func NewLoop(cfg Config) (*Loop, error) {
+	if cfg.Entries == 0 {
+		cfg.Entries = 256
+	}
+	if cfg.CQFactor == 0 {
+		cfg.CQFactor = 4
+	}
+	if cfg.ArenaSize == 0 {
+		cfg.ArenaSize = 32 << 20
+	}
+	if cfg.Files == 0 {
+		cfg.Files = 256
+	}
+	l := &Loop{id: cfg.ID, cfg: cfg, done: make(chan struct{}), freeSlot: -1, wakeFd: -1}
+	l.wakeOne[0] = 1
+	l.posted.init()
+	ready := make(chan error, 1)
+	go l.run(ready)
+	if err := <-ready; err != nil {
+		<-l.done
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *Loop) setup() error {
+	r, err := NewRing(RingOptions{Entries: l.cfg.Entries, CQEntries: l.cfg.Entries * l.cfg.CQFactor, Flags: l.cfg.SetupFlags})
+	if err != nil {
+		return err
+	}
+	l.ring = r
+	_ = r.RegisterRingFd() // an optimisation; older kernels lack it
+	if err := r.RegisterFiles(l.cfg.Files); err != nil {
+		return fmt.Errorf("uring: register %d fixed files: %w", l.cfg.Files, err)
+	}
+	l.files = make([]bool, l.cfg.Files)
+	for i := l.cfg.Files - 1; i >= 0; i-- {
+		l.freeFile = append(l.freeFile, int32(i))
+	}
+	if l.cfg.ArenaSize > 0 {
+		a, err := NewArena(l.cfg.ArenaSize)
+		if err != nil {
+			return err
+		}
+		if err := r.RegisterBuffer(a.Mem()); err != nil {
+			a.Close()
+			return fmt.Errorf("uring: register %d-byte buffer arena: %w", l.cfg.ArenaSize, err)
+		}
+		a.index = 0
+		l.arena = a
+	} else {
+		a, _ := NewArena(0)
+		l.arena = a
+	}
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return fmt.Errorf("uring: eventfd: %w", err)
+	}
+	l.wakeFd = fd
+	l.tid = unix.Gettid()
+	l.growSlots(int(l.cfg.Entries))
+	l.armWake()
+	return nil
+}
+
+func (l *Loop) teardown() {
+	if l.wakeFd >= 0 {
+		// wakeFd keeps its number: wake() only writes while the loop
+		// sleeps, which it no longer does.
+		unix.Close(l.wakeFd)
+	}
+	if l.ring != nil {
+		l.ring.Close()
+	}
+	if l.arena != nil {
+		l.arena.Close()
+	}
+}
+
+func (l *Loop) run(ready chan<- error) {
+	runtime.LockOSThread()
+	// The thread stays locked and dies with the goroutine: it owned a
+	// SINGLE_ISSUER ring and we'd rather not hand it back to the runtime.
+	defer close(l.done)
+	if err := l.setup(); err != nil {
+		l.teardown()
+		l.closed.Store(true)
+		ready <- err
+		return
+	}
+	ready <- nil
+	l.loop()
+	l.teardown()
+	l.finishPosts()
+}
+
+func (l *Loop) loop() {
+	var cancelTS Timespec
+	for {
+		l.runPosted()
+		l.reap()
+		if l.closeReq.Load() && !l.closing {
+			l.startClose()
+		}
+		if l.closing && l.inflight == 0 && !l.wakeArm {
+			return
+		}
+		l.flushBacklog()
+		l.state.Store(stateSleeping)
+		if !l.posted.empty() {
+			l.state.Store(stateRunning)
+			l.enter(0, nil)
+			continue
+		}
+		var ts *Timespec
+		if l.closing {
+			// Re-issue cancel-all periodically until everything is back.
+			cancelTS = Timespec{Nsec: int64(50 * time.Millisecond)}
+			ts = &cancelTS
+		}
+		l.enter(1, ts)
+		l.state.Store(stateRunning)
+		if l.closing {
+			l.cancelAll()
+		}
+	}
+}
+
+// enter submits what's queued and optionally waits; it handles transient
+// errors itself.
+func (l *Loop) enter(wait uint32, ts *Timespec) {
+	l.enters.Store(l.enters.Load() + 1)
+	pending := l.ring.Unsubmitted()
+	n, err := l.ring.Enter(wait, ts)
+	if n > 0 {
+		l.submitted.Store(l.submitted.Load() + uint64(n))
+	}
+	switch {
+	case err == nil, err == unix.EINTR, err == unix.ETIME:
+	case err == unix.EAGAIN, err == unix.EBUSY:
+		// The kernel is short of resources or the CQ is overflowing:
+		// completions will be reaped on the next turn and the SQEs still
+		// in the ring are retried then.
+	default:
+		panic(fmt.Sprintf("uring: io_uring_enter(%d pending, wait %d): %v", pending, wait, err))
+	}
+}
+
+func (l *Loop) reap() int {
+	n := 0
+	for {
+		first, second := l.ring.Peek()
+		if len(first) == 0 {
+			break
+		}
+		for _, part := range [2][]CQE{first, second} {
+			for i := range part {
+				c := part[i]
+				l.ring.Advance(1)
+				l.dispatch(&c)
+				n++
+			}
+		}
+	}
+	if n > 0 {
+		l.completed.Store(l.completed.Load() + uint64(n))
+	}
+	return n
+}
+
+func (l *Loop) dispatch(c *CQE) {
+	switch c.UserData {
+	case udWake:
+		l.wakeArm = false
+		if !l.closing {
+			l.armWake()
+		}
+		return
+	case udIgnore, udCancel:
+		return
+	}
+	idx := int32(uint32(c.UserData))
+	gen := uint32(c.UserData >> 32)
+	if idx < 0 || int(idx) >= len(l.slots) || l.slots[idx].gen != gen {
+		panic(fmt.Sprintf("uring: completion for unknown operation %#x (res %d)", c.UserData, c.Res))
+	}
+	s := &l.slots[idx]
+	h, tag, flags := s.h, s.tag, s.flags
+	if c.Flags&CQEFMore == 0 {
+		l.freeSlotAt(idx)
+	}
+	res := c.Res
+	if flags&slotDeadline != 0 && flags&slotCancelled == 0 && res == -int32(unix.ECANCELED) {
+		res = -int32(unix.ETIMEDOUT)
+	}
+	h.Complete(tag, res, c.Flags)
+}
+
+func (l *Loop) growSlots(n int) {
+	old := len(l.slots)
+	if n <= old {
+		return
+	}
+	ns := make([]slot, n)
+	copy(ns, l.slots)
+	l.slots = ns
+	for i := n - 1; i >= old; i-- {
+		l.slots[i].gen = 1
+		l.slots[i].next = l.freeSlot
+		l.freeSlot = int32(i)
+	}
+}
+
+func (l *Loop) allocSlot(h Handler, tag uint64, flags uint8) (int32, uint64) {
+	if l.freeSlot < 0 {
+		l.growSlots(2 * len(l.slots))
+	}
+	idx := l.freeSlot
+	s := &l.slots[idx]
+	l.freeSlot = s.next
+	s.h, s.tag, s.flags = h, tag, flags
+	l.inflight++
+	return idx, uint64(s.gen)<<32 | uint64(uint32(idx))
+}
+
+func (l *Loop) freeSlotAt(idx int32) {
+	s := &l.slots[idx]
+	s.h = nil
+	s.gen++
+	if s.gen == 0 {
+		s.gen = 1
+	}
+	s.next = l.freeSlot
+	l.freeSlot = idx
+	l.inflight--
+}
+
+// sqe returns a slot in the SQ, flushing to the kernel when the SQ is full.
+// It returns nil only when the kernel won't take more right now.
+func (l *Loop) sqe() *SQE {
+	if len(l.backlog) == 0 {
+		if s := l.ring.NextSQE(); s != nil {
+			return s
+		}
+		l.enter(0, nil)
+		if s := l.ring.NextSQE(); s != nil {
+			return s
+		}
+	}
+	return nil
+}
+
+// push places a fully prepared SQE (user_data set) in the SQ or backlog.
+func (l *Loop) push(e *SQE) {
+	if s := l.sqe(); s != nil {
+		*s = *e
+		return
+	}
+	l.backlog = append(l.backlog, *e)
+	if n := uint64(len(l.backlog)); n > l.backlogHigh.Load() {
+		l.backlogHigh.Store(n)
+	}
+}
+
+// pushChain places SQEs that must reach the kernel in one submission
+// (a linked chain) contiguously.
+func (l *Loop) pushChain(es []SQE) {
+	if len(l.backlog) == 0 && l.ring.SQSpace() < uint32(len(es)) {
+		l.enter(0, nil)
+	}
+	if len(l.backlog) == 0 && l.ring.SQSpace() >= uint32(len(es)) {
+		for i := range es {
+			*l.ring.NextSQE() = es[i]
+		}
+		return
+	}
+	l.backlog = append(l.backlog, es...)
+}
+
+func (l *Loop) flushBacklog() {
+	for len(l.backlog) > 0 {
+		n := 0
+		for n < len(l.backlog) {
+			// Never split a link chain across submissions.
+			k := n
+			for k < len(l.backlog) && l.backlog[k].Flags&(SQEIOLink|SQEIOHardlink) != 0 {
+				k++
+			}
+			k++ // the chain's last SQE
+			if k > len(l.backlog) {
+				k = len(l.backlog)
+			}
+			if l.ring.SQSpace() < uint32(k-n) {
+				break
+			}
+			for i := n; i < k; i++ {
+				*l.ring.NextSQE() = l.backlog[i]
+			}
+			n = k
+		}
+		l.backlog = l.backlog[:copy(l.backlog, l.backlog[n:])]
+		if len(l.backlog) == 0 {
+			return
+		}
+		before := l.ring.Unsubmitted()
+		l.enter(0, nil)
+		if l.ring.Unsubmitted() == before && before > 0 {
+			return // the kernel is refusing; try again after reaping
+		}
+	}
+}
+
+func (l *Loop) check() error {
+	if l.closing {
+		return ErrClosed
+	}
+	return nil
+}
+
+// Submit queues the prepared SQE; h.Complete(tag, ...) runs when it
+// completes. The SQE is copied; buffers it points to must stay valid until
+// completion. The SQE's UserData is overwritten.
+func (l *Loop) Submit(e *SQE, h Handler, tag uint64) (OpID, error) {
+	if err := l.check(); err != nil {
+		return 0, err
+	}
+	_, ud := l.allocSlot(h, tag, 0)
+	e.UserData = ud
+	l.push(e)
+	return OpID(ud), nil
+}
+
+// SubmitDeadline is Submit with a per-operation deadline: a LINK_TIMEOUT
+// is linked behind the operation, and if d passes first the operation is
+// cancelled and completes with -ETIMEDOUT.
+func (l *Loop) SubmitDeadline(e *SQE, d time.Duration, h Handler, tag uint64) (OpID, error) {
+	if d <= 0 {
+		return l.Submit(e, h, tag)
+	}
+	if err := l.check(); err != nil {
+		return 0, err
+	}
+	idx, ud := l.allocSlot(h, tag, slotDeadline)
+	s := &l.slots[idx]
+	s.ts = Timespec{Sec: int64(d / time.Second), Nsec: int64(d % time.Second)}
+	e.UserData = ud
+	e.Flags |= SQEIOLink
+	var chain [2]SQE
+	chain[0] = *e
+	chain[1].PrepLinkTimeout(&s.ts, 0)
+	chain[1].UserData = udIgnore
+	l.pushChain(chain[:])
+	return OpID(ud), nil
+}
+
+// Linked is one operation of a chain for SubmitChain. A nil H means the
+// operation's completion is ignored.
+type Linked struct {
+	SQE SQE
+	H   Handler
+	Tag uint64
+}
+
+// SubmitChain submits ops as one IOSQE_IO_LINK chain: each starts after the
+// previous one succeeded; a failure cancels the rest (-ECANCELED).
+func (l *Loop) SubmitChain(ops []Linked) error {
+	if err := l.check(); err != nil {
+		return err
+	}
+	for i := range ops {
+		if ops[i].H != nil {
+			_, ops[i].SQE.UserData = l.allocSlot(ops[i].H, ops[i].Tag, 0)
+		} else {
+			ops[i].SQE.UserData = udIgnore
+		}
+		if i < len(ops)-1 {
+			ops[i].SQE.Flags |= SQEIOLink
+		}
+	}
+	if len(ops) == 1 {
+		l.push(&ops[0].SQE)
+		return nil
+	}
+	es := make([]SQE, len(ops))
+	for i := range ops {
+		es[i] = ops[i].SQE
+	}
+	l.pushChain(es)
+	return nil
+}
+
+// Timeout completes h after d with res -ETIME (or -ECANCELED if cancelled).
+func (l *Loop) Timeout(d time.Duration, h Handler, tag uint64) (OpID, error) {
+	if err := l.check(); err != nil {
+		return 0, err
+	}
+	idx, ud := l.allocSlot(h, tag, 0)
+	s := &l.slots[idx]
+	s.ts = Timespec{Sec: int64(d / time.Second), Nsec: int64(d % time.Second)}
+	var e SQE
+	e.PrepTimeout(&s.ts, 0, 0)
+	e.UserData = ud
+	l.push(&e)
+	return OpID(ud), nil
+}
+
+// Cancel asks the kernel to cancel the operation id; the operation still
+// completes through its handler (usually with -ECANCELED). Cancelling an
+// operation that already finished does nothing.
+func (l *Loop) Cancel(id OpID) {
+	idx := int32(uint32(id))
+	if idx >= 0 && int(idx) < len(l.slots) && uint64(l.slots[idx].gen) == uint64(id)>>32 {
+		l.slots[idx].flags |= slotCancelled
+	} else {
+		return
+	}
+	var e SQE
+	e.PrepCancel(uint64(id), 0)
+	e.UserData = udCancel
+	l.push(&e)
+}
+
+func (l *Loop) cancelAll() {
+	if l.inflight == 0 {
+		return
+	}
+	var e SQE
+	e.PrepCancel(0, asyncCancelAny)
+	e.UserData = udCancel
+	l.push(&e)
+}
+
+func (l *Loop) armWake() {
+	var e SQE
+	e.PrepRead(int32(l.wakeFd), l.wakeBuf[:], 0)
+	e.UserData = udWake
+	l.wakeArm = true
+	l.push(&e)
+}
+
+func (l *Loop) startClose() {
+	l.closing = true
+	for i := range l.slots {
+		if l.slots[i].h != nil {
+			l.slots[i].flags |= slotCancelled
+		}
+	}
+	l.cancelAll()
+	// Cancel the wake read too (cancel-any covers it, but make sure).
+	var e SQE
+	e.PrepCancel(udWake, 0)
+	e.UserData = udCancel
+	l.push(&e)
+}
+
+func (l *Loop) runPosted() {
+	for i := 0; i < 1024; i++ {
+		n := l.posted.pop()
+		if n == nil {
+			return
+		}
+		l.postedN.Store(l.postedN.Load() + 1)
+		fn := n.fn
+		n.fn = nil
+		fn()
+	}
+}
+
+// finishPosts runs, after the loop ended, every function posted before
+// Post started refusing; they see a closed loop.
+func (l *Loop) finishPosts() {
+	l.closing = true
+	l.closed.Store(true)
+	for l.posting.Load() != 0 {
+		runtime.Gosched()
+	}
+	for {
+		n := l.posted.pop()
+		if n == nil {
+			if l.posted.empty() {
+				return
+			}
+			runtime.Gosched()
+			continue
+		}
+		n.fn()
+	}
+}
+
+// Post runs fn on the loop. It may be called from any goroutine; it never
+// blocks, and wakes the loop only if it is asleep. It returns ErrClosed if
+// the loop is closed (fn then never runs).
+func (l *Loop) Post(fn func()) error {
+	l.posting.Add(1)
+	if l.closed.Load() {
+		l.posting.Add(-1)
+		return ErrClosed
+	}
+	l.posted.push(&qnode{fn: fn})
+	l.posting.Add(-1)
+	l.wake()
+	return nil
+}
+
+func (l *Loop) wake() {
+	if l.state.Load() == stateSleeping && l.state.CompareAndSwap(stateSleeping, stateWoken) {
+		l.wakes.Add(1)
+		unix.Write(l.wakeFd, l.wakeOne[:])
+	}
+}
+
+// Call runs fn on the loop and waits for it to return.
+func (l *Loop) Call(fn func()) error {
+	done := make(chan struct{})
+	if err := l.Post(func() { fn(); close(done) }); err != nil {
+		return err
+	}
+	<-done
+	return nil
+}
+
+// Close cancels in-flight operations, waits until every one of them has
+// completed through its handler, and stops the loop. It is idempotent and
+// must not be called on the loop itself.
+func (l *Loop) Close() error {
+	l.closeOnce.Do(func() {
+		l.closeReq.Store(true)
+		l.wake()
+	})
+	<-l.done
+	return nil
+}
+
+// Done is closed once the loop has stopped.
+func (l *Loop) Done() <-chan struct{} { return l.done }
+
+// ID returns the loop's configured ID.
+func (l *Loop) ID() int { return l.id }
+
+// Arena returns the loop's registered buffer arena (on the loop only).
+func (l *Loop) Arena() *Arena { return l.arena }
+
+// Ring exposes the loop's ring (on the loop only).
+func (l *Loop) Ring() *Ring { return l.ring }
+
+// Inflight is the number of operations submitted and not yet completed.
+func (l *Loop) Inflight() int { return l.inflight }
+
+// OnLoop reports whether the caller runs on the loop's thread. It costs a
+// system call; use it in assertions and the slow path.
+func (l *Loop) OnLoop() bool { return unix.Gettid() == l.tid }
+
+// Stats returns the loop's counters; safe from any goroutine.
+func (l *Loop) Stats() Stats {
+	return Stats{
+		Submitted:   l.submitted.Load(),
+		Completed:   l.completed.Load(),
+		Enters:      l.enters.Load(),
+		Wakes:       l.wakes.Load(),
+		Posted:      l.postedN.Load(),
+		BacklogHigh: l.backlogHigh.Load(),
+	}
+}
+
+// RegisterFile installs fd in a free fixed-file slot and returns its index
+// (use it as the SQE fd with SQEFixedFile).
+func (l *Loop) RegisterFile(fd int) (int32, error) {
+	if len(l.freeFile) == 0 {
+		return -1, fmt.Errorf("uring: fixed-file table full (%d slots)", len(l.files))
+	}
+	idx := l.freeFile[len(l.freeFile)-1]
+	if err := l.ring.UpdateFile(int(idx), fd); err != nil {
+		return -1, fmt.Errorf("uring: register file: %w", err)
+	}
+	l.freeFile = l.freeFile[:len(l.freeFile)-1]
+	l.files[idx] = true
+	return idx, nil
+}
+
+// UnregisterFile empties fixed-file slot idx. Operations already submitted
+// on it keep their reference and complete normally.
+func (l *Loop) UnregisterFile(idx int32) error {
+	if idx < 0 || int(idx) >= len(l.files) || !l.files[idx] {
+		return fmt.Errorf("uring: fixed file %d not registered", idx)
+	}
+	if err := l.ring.UpdateFile(int(idx), -1); err != nil {
+		return fmt.Errorf("uring: unregister file: %w", err)
+	}
+	l.files[idx] = false
+	l.freeFile = append(l.freeFile, idx)
+	return nil
+}
