@@ -54,11 +54,22 @@ func ParseTable(text string) ([]TableLine, error) {
 	return lines, nil
 }
 
-// ParseTableLine reads one `<start> <len> <type> <args...>` line.
+// ParseTableLine reads one `<start> <len> <type> <args...>` line. As with
+// dmsetup, the first three words are split at white space only and the
+// rest is split like the kernel's dm_split_args.
 func ParseTableLine(s string) (TableLine, error) {
-	f := SplitArgs(s)
-	if len(f) < 3 {
-		return TableLine{}, fmt.Errorf("want <start> <length> <type> [args], got %q", s)
+	var f [3]string
+	rest := s
+	for i := range f {
+		rest = strings.TrimLeftFunc(rest, func(r rune) bool { return r < 0x80 && isSpace(byte(r)) })
+		end := strings.IndexFunc(rest, func(r rune) bool { return r < 0x80 && isSpace(byte(r)) })
+		if end < 0 {
+			end = len(rest)
+		}
+		f[i], rest = rest[:end], rest[end:]
+		if f[i] == "" {
+			return TableLine{}, fmt.Errorf("want <start> <length> <type> [args], got %q", s)
+		}
 	}
 	start, err := strconv.ParseUint(f[0], 10, 64)
 	if err != nil {
@@ -68,11 +79,7 @@ func ParseTableLine(s string) (TableLine, error) {
 	if err != nil {
 		return TableLine{}, fmt.Errorf("bad length %q", f[1])
 	}
-	l := TableLine{Start: start, Len: length, Type: f[2]}
-	if len(f) > 3 {
-		l.Args = f[3:]
-	}
-	return l, nil
+	return TableLine{Start: start, Len: length, Type: f[2], Args: SplitArgs(rest)}, nil
 }
 
 func isSpace(c byte) bool {

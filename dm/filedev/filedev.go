@@ -1,0 +1,465 @@
+// Package filedev is the dm.BlockDevice over regular files and block
+// devices, driven by io_uring on the uring loops: the backing device of
+// linear, striped and the other targets, and a multipath path.
+//
+// A clone submitted on a loop (its Exec is a *uring.Loop) is read or
+// written on that loop's ring — the file registered there as a fixed
+// file, the clone's buffer used as a fixed buffer when it lies in that
+// loop's arena — and completes there, inline. Clones from elsewhere go to
+// a fallback loop. Nothing on the path allocates or takes a lock.
+//
+// Flush is fdatasync; FUA is RWF_DSYNC on the write; discard punches a
+// hole (or is dropped where the device can't, as discard is advisory);
+// write-zeroes uses fallocate's zero range, and writes zeroes where that
+// is not supported. A per-I/O deadline (SetIODeadline) links an io_uring
+// LINK_TIMEOUT to each operation: a hung device fails the I/O with
+// ETIMEDOUT instead of stalling it.
+package filedev
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"udm/dm"
+	"udm/uring"
+)
+
+// MaxLoops bounds loop IDs (uring.Config.ID) that may submit to a Device.
+const MaxLoops = 64
+
+// ErrGone is returned for I/O to a device whose file vanished.
+var ErrGone = errors.New("filedev: device gone")
+
+// Options configure Open.
+type Options struct {
+	ReadOnly bool
+	// Fallback runs clones that arrive without a loop. Nil: the device
+	// starts a private loop on first need and stops it on Close.
+	Fallback *uring.Loop
+	// AllowBuffered accepts files whose file system refuses O_DIRECT,
+	// using buffered I/O there.
+	AllowBuffered bool
+}
+
+// Device is a file or block device.
+type Device struct {
+	name     string
+	f        *uring.BlockFile
+	deadline atomic.Int64 // time.Duration; 0: none
+	gone     atomic.Bool
+	ports    [MaxLoops]atomic.Pointer[port]
+
+	noDiscard   atomic.Bool // fallocate punch-hole unsupported
+	noZeroRange atomic.Bool // fallocate zero-range unsupported
+
+	mu       sync.Mutex // guards the following
+	fallback *uring.Loop
+	ownLoop  bool
+	closed   bool
+}
+
+// Open opens path (a regular file or a block device) with O_DIRECT.
+func Open(path string, opt Options) (*Device, error) {
+	f, err := uring.OpenBlock(path, uring.OpenOptions{ReadOnly: opt.ReadOnly, AllowBuffered: opt.AllowBuffered})
+	if err != nil {
+		return nil, err
+	}
+	if f.Size%dm.SectorSize != 0 {
+		sz := f.Size
+		f.Close()
+		return nil, fmt.Errorf("filedev: %s: size %d is not a multiple of %d bytes", path, sz, dm.SectorSize)
+	}
+	return &Device{name: path, f: f, fallback: opt.Fallback}, nil
+}
+
+// Opener returns a dm.Opener for files and block devices.
+func Opener(fallback *uring.Loop) dm.Opener {
+	return func(name string, readOnly bool) (dm.BlockDevice, io.Closer, error) {
+		d, err := Open(name, Options{ReadOnly: readOnly, Fallback: fallback})
+		if err != nil {
+			return nil, nil, err
+		}
+		return d, d, nil
+	}
+}
+
+func (d *Device) Name() string   { return d.name }
+func (d *Device) Size() int64    { return d.f.Size }
+func (d *Device) BlockSize() int { return max(d.f.LBS, dm.SectorSize) }
+func (d *Device) ReadOnly() bool { return d.f.ReadOnly }
+
+// File exposes the opened file.
+func (d *Device) File() *uring.BlockFile { return d.f }
+
+// SetIODeadline bounds each later I/O by dl (0: no deadline).
+func (d *Device) SetIODeadline(dl time.Duration) { d.deadline.Store(int64(dl)) }
+
+// MarkGone makes every later I/O fail with ENODEV (the checker found the
+// device vanished).
+func (d *Device) MarkGone() { d.gone.Store(true) }
+
+// Gone reports whether MarkGone was called.
+func (d *Device) Gone() bool { return d.gone.Load() }
+
+// Vanished reports whether the path no longer names the file that was
+// opened (removed, or replaced by another file).
+func (d *Device) Vanished() bool {
+	var st unix.Stat_t
+	if err := unix.Stat(d.name, &st); err != nil {
+		return true
+	}
+	return st.Dev != d.f.Dev || st.Ino != d.f.Ino
+}
+
+// Submit starts c. On c's loop when it has one; see the package doc.
+func (d *Device) Submit(c *dm.Clone) {
+	if d.gone.Load() {
+		c.End(syscall.ENODEV)
+		return
+	}
+	if l, ok := c.Exec().(*uring.Loop); ok && l.ID() >= 0 && l.ID() < MaxLoops {
+		d.submitOn(l, c)
+		return
+	}
+	fl, err := d.fallbackLoop()
+	if err != nil {
+		c.End(syscall.EIO)
+		return
+	}
+	if err := fl.Post(func() { d.submitOn(fl, c) }); err != nil {
+		c.End(syscall.EIO)
+	}
+}
+
+// submitOn runs c on loop l, which the caller is running on.
+func (d *Device) submitOn(l *uring.Loop, c *dm.Clone) {
+	p := d.ports[l.ID()].Load()
+	if p == nil || p.l != l {
+		var err error
+		if p, err = d.newPort(l); err != nil {
+			c.End(syscall.EIO)
+			return
+		}
+	}
+	p.submit(c)
+}
+
+func (d *Device) fallbackLoop() (*uring.Loop, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, uring.ErrClosed
+	}
+	if d.fallback == nil {
+		l, err := uring.NewLoop(uring.Config{ID: MaxLoops - 1, ArenaSize: -1})
+		if err != nil {
+			return nil, err
+		}
+		d.fallback, d.ownLoop = l, true
+	}
+	return d.fallback, nil
+}
+
+// newPort sets the device up on loop l (on l's thread).
+func (d *Device) newPort(l *uring.Loop) (*port, error) {
+	idx, err := l.RegisterFile(d.f.Fd)
+	if err != nil {
+		return nil, err
+	}
+	p := &port{d: d, l: l, fd: idx, free: -1}
+	d.ports[l.ID()].Store(p)
+	return p, nil
+}
+
+// Check is the directio path checker: an O_DIRECT read of one logical
+// block at offset 0, bounded by timeout.
+func (d *Device) Check(ctx context.Context, timeout time.Duration) error {
+	if d.gone.Load() {
+		return ErrGone
+	}
+	l, err := d.fallbackLoop()
+	if err != nil {
+		return err
+	}
+	done := make(chan int32, 1)
+	var buf uring.Buf
+	err = l.Post(func() {
+		buf = l.Arena().Get(d.BlockSize())
+		var e uring.SQE
+		e.PrepRead(int32(d.f.Fd), buf.B, 0)
+		if _, err := l.SubmitDeadline(&e, timeout, uring.HandlerFunc(func(_ uint64, res int32, _ uint32) {
+			l.Arena().Put(buf)
+			done <- res
+		}), 0); err != nil {
+			done <- -int32(syscall.EIO)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	select {
+	case res := <-done:
+		if res < 0 {
+			return fmt.Errorf("filedev: check %s: %w", d.name, uring.Errno(res))
+		}
+		if int(res) != d.BlockSize() && d.f.Size >= int64(d.BlockSize()) {
+			return fmt.Errorf("filedev: check %s: short read of %d bytes", d.name, res)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close unregisters the file from the loops it was used on and closes it.
+// No I/O may be in flight.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	own, fl := d.ownLoop, d.fallback
+	d.mu.Unlock()
+	for i := range d.ports {
+		p := d.ports[i].Swap(nil)
+		if p == nil {
+			continue
+		}
+		p.l.Call(func() { p.l.UnregisterFile(p.fd) })
+	}
+	if own {
+		fl.Close()
+	}
+	return d.f.Close()
+}
+
+// port is the device on one loop: its fixed-file index and the clones in
+// flight there. Only that loop touches it.
+type port struct {
+	d     *Device
+	l     *uring.Loop
+	fd    int32
+	slots []pslot
+	free  int32
+	zero  uring.Buf // zeroes for write-zeroes emulation
+}
+
+type pslot struct {
+	c      *dm.Clone
+	next   int32
+	op     uint8
+	bounce uring.Buf // for buffers O_DIRECT can't use as they are
+	// write-zeroes emulation: bytes still to write and where.
+	zoff, zleft int64
+}
+
+const (
+	pOpRW = iota
+	pOpDiscard
+	pOpZeroRange
+	pOpZeroWrite
+)
+
+func (p *port) alloc(c *dm.Clone, op uint8) int32 {
+	if p.free < 0 {
+		n := max(32, 2*len(p.slots))
+		old := len(p.slots)
+		p.slots = append(p.slots, make([]pslot, n-old)...)
+		for i := n - 1; i >= old; i-- {
+			p.slots[i].next = p.free
+			p.free = int32(i)
+		}
+	}
+	i := p.free
+	s := &p.slots[i]
+	p.free = s.next
+	s.c, s.op = c, op
+	return i
+}
+
+func (p *port) release(i int32) *dm.Clone {
+	s := &p.slots[i]
+	c := s.c
+	if s.bounce.B != nil {
+		if c.Op == dm.OpRead {
+			copy(c.Buf, s.bounce.B)
+		}
+		p.l.Arena().Put(s.bounce)
+		s.bounce = uring.Buf{}
+	}
+	s.c = nil
+	s.next = p.free
+	p.free = i
+	return c
+}
+
+func (p *port) submitSQE(e *uring.SQE, i int32) {
+	e.Fixed()
+	var err error
+	if dl := time.Duration(p.d.deadline.Load()); dl > 0 {
+		_, err = p.l.SubmitDeadline(e, dl, p, uint64(i))
+	} else {
+		_, err = p.l.Submit(e, p, uint64(i))
+	}
+	if err != nil {
+		p.release(i).End(syscall.EIO)
+	}
+}
+
+func (p *port) submit(c *dm.Clone) {
+	d := p.d
+	off := int64(c.Sector) << dm.SectorShift
+	n := int64(c.Len)
+	if c.Op != dm.OpFlush && (off < 0 || off+n > d.f.Size) {
+		c.End(syscall.EIO)
+		return
+	}
+	if d.f.ReadOnly && c.Op != dm.OpRead && c.Op != dm.OpFlush {
+		c.End(syscall.EROFS)
+		return
+	}
+	var e uring.SQE
+	switch c.Op {
+	case dm.OpRead, dm.OpWrite:
+		i := p.alloc(c, pOpRW)
+		buf, idx := c.Buf, c.BufIndex
+		if d.f.Direct && misaligned(buf, d.f.LBS) {
+			b := p.l.Arena().Get(len(buf))
+			p.slots[i].bounce = b
+			if c.Op == dm.OpWrite {
+				copy(b.B, buf)
+			}
+			buf, idx = b.B, b.Index
+		}
+		if c.Op == dm.OpRead {
+			if idx >= 0 {
+				e.PrepReadFixed(p.fd, buf, uint64(off), uint16(idx))
+			} else {
+				e.PrepRead(p.fd, buf, uint64(off))
+			}
+		} else {
+			var fl uint32
+			if c.Flags&dm.FUA != 0 {
+				fl = uring.RWFDsync
+			}
+			if idx >= 0 {
+				e.PrepWriteFixed(p.fd, buf, uint64(off), uint16(idx), fl)
+			} else {
+				e.PrepWrite(p.fd, buf, uint64(off), fl)
+			}
+		}
+		p.submitSQE(&e, i)
+	case dm.OpFlush:
+		i := p.alloc(c, pOpRW)
+		e.PrepFsync(p.fd, true)
+		p.submitSQE(&e, i)
+	case dm.OpDiscard:
+		if d.noDiscard.Load() {
+			c.End(nil) // discard is advisory
+			return
+		}
+		i := p.alloc(c, pOpDiscard)
+		e.PrepFallocate(p.fd, uring.FallocPunchHole|uring.FallocKeepSize, uint64(off), uint64(n))
+		p.submitSQE(&e, i)
+	case dm.OpWriteZeroes:
+		i := p.alloc(c, pOpZeroRange)
+		if d.noZeroRange.Load() {
+			p.startZeroWrite(i, off, n)
+			return
+		}
+		e.PrepFallocate(p.fd, uring.FallocZeroRange|uring.FallocKeepSize, uint64(off), uint64(n))
+		p.submitSQE(&e, i)
+	default:
+		c.End(syscall.EOPNOTSUPP)
+	}
+}
+
+// misaligned reports whether O_DIRECT would refuse buf.
+func misaligned(buf []byte, lbs int) bool {
+	return len(buf) > 0 && (uring.AddrOf(buf)%uint64(lbs) != 0 || len(buf)%lbs != 0)
+}
+
+const zeroChunk = 1 << 20
+
+func (p *port) startZeroWrite(i int32, off, n int64) {
+	s := &p.slots[i]
+	s.op, s.zoff, s.zleft = pOpZeroWrite, off, n
+	if p.zero.B == nil {
+		p.zero = p.l.Arena().Get(zeroChunk)
+		clear(p.zero.B)
+	}
+	p.nextZeroWrite(i)
+}
+
+func (p *port) nextZeroWrite(i int32) {
+	s := &p.slots[i]
+	n := min(s.zleft, zeroChunk)
+	var e uring.SQE
+	if p.zero.Fixed() {
+		e.PrepWriteFixed(p.fd, p.zero.B[:n], uint64(s.zoff), uint16(p.zero.Index), 0)
+	} else {
+		e.PrepWrite(p.fd, p.zero.B[:n], uint64(s.zoff), 0)
+	}
+	p.submitSQE(&e, i)
+}
+
+// Complete is the ring's completion for the operation in slot tag.
+func (p *port) Complete(tag uint64, res int32, _ uint32) {
+	i := int32(tag)
+	s := &p.slots[i]
+	switch s.op {
+	case pOpRW:
+		c := p.release(i)
+		switch {
+		case res < 0:
+			c.End(syscall.Errno(-res))
+		case c.Op.HasData() && uint32(res) != c.Len:
+			// Short transfer: the file shrank under us.
+			c.End(syscall.EIO)
+		default:
+			c.End(nil)
+		}
+	case pOpDiscard:
+		c := p.release(i)
+		if res == -int32(syscall.EOPNOTSUPP) || res == -int32(syscall.EINVAL) {
+			p.d.noDiscard.Store(true)
+			res = 0
+		}
+		c.End(uring.Errno(res))
+	case pOpZeroRange:
+		if res == -int32(syscall.EOPNOTSUPP) || res == -int32(syscall.EINVAL) {
+			p.d.noZeroRange.Store(true)
+			c := s.c
+			p.startZeroWrite(i, int64(c.Sector)<<dm.SectorShift, int64(c.Len))
+			return
+		}
+		c := p.release(i)
+		c.End(uring.Errno(res))
+	case pOpZeroWrite:
+		if res <= 0 {
+			c := p.release(i)
+			if res == 0 {
+				res = -int32(syscall.EIO)
+			}
+			c.End(uring.Errno(res))
+			return
+		}
+		s.zoff += int64(res)
+		s.zleft -= int64(res)
+		if s.zleft > 0 {
+			p.nextZeroWrite(i)
+			return
+		}
+		p.release(i).End(nil)
+	}
+}

@@ -1,0 +1,479 @@
+package dm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"sync"
+	"syscall"
+	"testing"
+)
+
+// TestSplit checks where bios are cut: exactly at target boundaries and
+// at MaxIOSectors counted from each target's start.
+func TestSplit(t *testing.T) {
+	type io = capIO
+	for _, tc := range []struct {
+		name  string
+		table string
+		bio   capIO
+		want  []io
+	}{
+		{"inside one target", "0 100 linear a 1000", capIO{Op: OpRead, Sector: 10, Len: 8 << 9},
+			[]io{{"a", OpRead, 0, 1010, 8 << 9, 0}}},
+		{"across a boundary", "0 100 linear a 0\n100 100 linear b 500", capIO{Op: OpWrite, Sector: 96, Len: 8 << 9},
+			[]io{{"a", OpWrite, 0, 96, 4 << 9, 0}, {"b", OpWrite, 0, 500, 4 << 9, 0}}},
+		{"across three targets", "0 10 linear a 0\n10 1 linear b 0\n11 10 linear c 0", capIO{Op: OpRead, Sector: 9, Len: 3 << 9},
+			[]io{{"a", OpRead, 0, 9, 1 << 9, 0}, {"b", OpRead, 0, 0, 1 << 9, 0}, {"c", OpRead, 0, 0, 1 << 9, 0}}},
+		{"last sector", "0 100 linear a 0", capIO{Op: OpRead, Sector: 99, Len: 1 << 9},
+			[]io{{"a", OpRead, 0, 99, 1 << 9, 0}}},
+		{"striped chunks", "0 64 striped 2 8 a 0 b 100", capIO{Op: OpWrite, Sector: 4, Len: 24 << 9},
+			[]io{{"a", OpWrite, 0, 4, 4 << 9, 0}, {"b", OpWrite, 0, 100, 8 << 9, 0}, {"a", OpWrite, 0, 8, 8 << 9, 0}, {"b", OpWrite, 0, 108, 4 << 9, 0}}},
+		{"chunks count from the target start", "0 10 linear c 0\n10 32 striped 2 8 a 0 b 0", capIO{Op: OpRead, Sector: 12, Len: 10 << 9},
+			[]io{{"a", OpRead, 0, 2, 6 << 9, 0}, {"b", OpRead, 0, 0, 4 << 9, 0}}},
+		{"FUA passes through", "0 100 linear a 0\n100 100 linear b 0", capIO{Op: OpWrite, Flags: FUA, Sector: 99, Len: 2 << 9},
+			[]io{{"a", OpWrite, FUA, 99, 1 << 9, 0}, {"b", OpWrite, FUA, 0, 1 << 9, 0}}},
+		{"discard split like data", "0 32 striped 2 8 a 0 b 0\n32 8 linear c 0", capIO{Op: OpDiscard, Sector: 6, Len: 30 << 9},
+			[]io{{"a", OpDiscard, 0, 6, 2 << 9, 0}, {"b", OpDiscard, 0, 0, 8 << 9, 0}, {"a", OpDiscard, 0, 8, 8 << 9, 0}, {"b", OpDiscard, 0, 8, 8 << 9, 0}, {"c", OpDiscard, 0, 0, 4 << 9, 0}}},
+		{"write-zeroes split like data", "0 8 linear a 0\n8 8 linear b 0", capIO{Op: OpWriteZeroes, Flags: NoUnmap, Sector: 0, Len: 16 << 9},
+			[]io{{"a", OpWriteZeroes, NoUnmap, 0, 8 << 9, 0}, {"b", OpWriteZeroes, NoUnmap, 0, 8 << 9, 0}}},
+		{"empty flush reaches every target, once per stripe", "0 10 linear a 0\n10 48 striped 3 8 a 0 b 0 c 0\n58 10 zero\n68 10 linear c 0", capIO{Op: OpFlush},
+			[]io{{"a", OpFlush, 0, 0, 0, 0}, {"a", OpFlush, 0, 0, 0, 0}, {"b", OpFlush, 0, 0, 0, 1}, {"c", OpFlush, 0, 0, 0, 2}, {"c", OpFlush, 0, 0, 0, 0}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var devs []BlockDevice
+			var caps []*capDev
+			for _, n := range []string{"a", "b", "c"} {
+				c := newCapDev(n, 1*MiB)
+				devs, caps = append(devs, c), append(caps, c)
+			}
+			d := newDev(t, nil, tc.table, devs...)
+			r := newRec(tc.bio.Op, tc.bio.Sector, int(tc.bio.Len))
+			r.Flags = tc.bio.Flags
+			d.Submit(&r.Bio)
+			if err := r.wait(t); err != nil {
+				t.Fatalf("bio: %v", err)
+			}
+			var got []io
+			for _, c := range caps {
+				got = append(got, c.take()...)
+			}
+			sortIO(got)
+			sortIO(tc.want)
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("clones\n got %v\nwant %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func sortIO(s []capIO) {
+	key := func(c capIO) string { return fmt.Sprintf("%s %d %d %d", c.Dev, c.Index, c.Sector, c.Op) }
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && key(s[j]) < key(s[j-1]); j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+}
+
+// Data lands where the split says: write a pattern across targets with
+// MemDevices behind them and read it back, and read each device directly.
+func TestSplitData(t *testing.T) {
+	a, b := NewMemDevice("a", MiB), NewMemDevice("b", MiB)
+	d := newDev(t, nil, "0 16 linear a 8\n16 32 striped 2 8 a 64 b 0", a, b)
+	w := newRec(OpWrite, 12, 20<<9)
+	for i := range w.Buf {
+		w.Buf[i] = byte(i >> 9) // one value per sector: sector s of the bio holds s
+	}
+	d.Submit(&w.Bio)
+	if err := w.wait(t); err != nil {
+		t.Fatal(err)
+	}
+	r := newRec(OpRead, 12, 20<<9)
+	d.Submit(&r.Bio)
+	if err := r.wait(t); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(r.Buf, w.Buf) {
+		t.Fatal("read back differs")
+	}
+	// Device sector of bio sector s: linear 12..15 → a 20..23; striped rel
+	// 0..7 → a 64..71, rel 8..15 → b 0..7.
+	for _, tc := range []struct {
+		dev    *MemDevice
+		sector int64
+		bioSec byte
+	}{{a, 20, 0}, {a, 23, 3}, {a, 64, 4}, {a, 71, 11}, {b, 0, 12}, {b, 7, 19}} {
+		buf := make([]byte, 512)
+		tc.dev.ReadAt(buf, tc.sector<<9)
+		if buf[0] != tc.bioSec || buf[511] != tc.bioSec {
+			t.Errorf("%s sector %d holds %d, want %d", tc.dev.Name(), tc.sector, buf[0], tc.bioSec)
+		}
+	}
+}
+
+func TestBioValidation(t *testing.T) {
+	a := NewMemDevice("a", MiB)
+	d := newDev(t, nil, "0 100 linear a 0", a)
+	empty := NewDevice(DeviceConfig{Name: "empty"})
+	for _, tc := range []struct {
+		name string
+		dev  *Device
+		bio  func() *ioRec
+		want syscall.Errno
+	}{
+		{"ok", d, func() *ioRec { return newRec(OpRead, 0, 512) }, 0},
+		{"up to the end", d, func() *ioRec { return newRec(OpRead, 96, 4<<9) }, 0},
+		{"beyond the end", d, func() *ioRec { return newRec(OpRead, 97, 4<<9) }, syscall.EIO},
+		{"starts beyond the end", d, func() *ioRec { return newRec(OpWrite, 1000, 512) }, syscall.EIO},
+		{"sector overflow", d, func() *ioRec { return newRec(OpRead, ^uint64(0), 512) }, syscall.EIO},
+		{"no live table", empty, func() *ioRec { return newRec(OpRead, 0, 512) }, syscall.EIO},
+		{"no live table flush", empty, func() *ioRec { return newRec(OpFlush, 0, 0) }, syscall.EIO},
+		{"length not in sectors", d, func() *ioRec { return newRec(OpRead, 0, 100) }, syscall.EINVAL},
+		{"zero length", d, func() *ioRec { return newRec(OpWrite, 0, 0) }, syscall.EINVAL},
+		{"buffer length mismatch", d, func() *ioRec { r := newRec(OpRead, 0, 1024); r.Buf = r.Buf[:512]; return r }, syscall.EINVAL},
+		{"flush with a length", d, func() *ioRec { return newRec(OpFlush, 0, 512) }, syscall.EINVAL},
+		{"bad op", d, func() *ioRec { r := newRec(OpRead, 0, 512); r.Op = 99; return r }, syscall.EINVAL},
+		{"discard", d, func() *ioRec { return newRec(OpDiscard, 0, 4096) }, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tc.bio()
+			tc.dev.Submit(&r.Bio)
+			mustErrno(t, "bio", r.wait(t), tc.want)
+			if p := tc.dev.Pending(); p != 0 {
+				t.Fatalf("pending %d after the bio ended", p)
+			}
+		})
+	}
+	if s := d.Stats(); s.Errors == 0 || s.Reads == 0 {
+		t.Fatalf("stats not counted: %+v", s)
+	}
+}
+
+func TestReadOnlyDevice(t *testing.T) {
+	a := NewMemDevice("a", MiB)
+	d := newDev(t, nil, "0 100 linear a 0", a)
+	d.SetReadOnly(true)
+	for _, tc := range []struct {
+		op   Op
+		n    int
+		want syscall.Errno
+	}{{OpRead, 512, 0}, {OpWrite, 512, syscall.EPERM}, {OpDiscard, 512, syscall.EPERM}, {OpWriteZeroes, 512, syscall.EPERM}, {OpFlush, 0, 0}} {
+		r := newRec(tc.op, 0, tc.n)
+		d.Submit(&r.Bio)
+		mustErrno(t, tc.op.String(), r.wait(t), tc.want)
+	}
+	if a.Writes() != 0 {
+		t.Fatal("a write reached the device")
+	}
+	if !d.Info().ReadOnly || !d.ReadOnly() {
+		t.Fatal("read-only flag not reported")
+	}
+}
+
+// TestAggregation: the bio ends after its last piece; any failed piece
+// fails it (first error wins); a requeue supersedes errors in either
+// order.
+func TestAggregation(t *testing.T) {
+	type piece struct {
+		mapRes MapResult
+		devErr error
+		end    func(c *Clone, err error) (EndIOResult, error)
+	}
+	ok := piece{}
+	devErr := func(e syscall.Errno) piece { return piece{devErr: e} }
+	for _, tc := range []struct {
+		name    string
+		p0, p1  piece
+		noflush bool // submit during a noflush suspend's wait
+		want    syscall.Errno
+		pushed  bool // ends up on pushback (re-issued later)
+	}{
+		{"both succeed", ok, ok, false, 0, false},
+		{"second fails", ok, devErr(syscall.EIO), false, syscall.EIO, false},
+		{"first error wins", devErr(syscall.ENOSPC), devErr(syscall.EIO), false, syscall.ENOSPC, false},
+		{"kill", piece{mapRes: MapKill}, ok, false, syscall.EIO, false},
+		{"requeue outside suspend is EIO", piece{mapRes: MapRequeue}, ok, false, syscall.EIO, false},
+		{"requeue beats a later ENOSPC", piece{mapRes: MapRequeue}, devErr(syscall.ENOSPC), false, syscall.EIO, false},
+		{"requeue beats an earlier ENOSPC", devErr(syscall.ENOSPC), piece{mapRes: MapRequeue}, false, syscall.EIO, false},
+		{"endio changes the error", piece{devErr: syscall.EIO, end: func(c *Clone, err error) (EndIOResult, error) { return EndIODone, syscall.ENOSPC }}, ok, false, syscall.ENOSPC, false},
+		{"endio clears the error", piece{devErr: syscall.EIO, end: func(c *Clone, err error) (EndIOResult, error) { return EndIODone, nil }}, ok, false, 0, false},
+		{"endio non-errno error is EIO", piece{end: func(c *Clone, err error) (EndIOResult, error) { return EndIODone, errors.New("x") }}, ok, false, syscall.EIO, false},
+		{"endio wrapped errno", piece{end: func(c *Clone, err error) (EndIOResult, error) {
+			return EndIODone, fmt.Errorf("w: %w", syscall.ENOSPC)
+		}}, ok, false, syscall.ENOSPC, false},
+		{"endio requeue", piece{end: func(c *Clone, err error) (EndIOResult, error) { return EndIORequeue, nil }}, ok, false, syscall.EIO, false},
+		{"noflush: requeue after error is pushed back", devErr(syscall.ENOSPC), piece{mapRes: MapRequeue}, true, 0, true},
+		{"noflush: requeue before error is pushed back", piece{mapRes: MapRequeue}, devErr(syscall.ENOSPC), true, 0, true},
+		{"noflush: endio requeue is pushed back", devErr(syscall.EIO), piece{end: func(c *Clone, err error) (EndIOResult, error) { return EndIORequeue, nil }}, true, 0, true},
+		{"noflush: plain error still fails", devErr(syscall.ENOSPC), ok, true, syscall.ENOSPC, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := newCapDev("a", MiB), newCapDev("b", MiB)
+			d := newDev(t, nil, "0 8 fn a\n8 8 fn b", a, b)
+			first := true
+			for i, p := range []piece{tc.p0, tc.p1} {
+				ft := liveTarget[*fnTarget](t, d, i)
+				p := p
+				ft.mapFn = func(c *Clone) MapResult {
+					if p.mapRes == MapRequeue && !first {
+						return MapRemapped // only the first mapping requeues
+					}
+					return p.mapRes
+				}
+				ft.endFn = p.end
+				[]*capDev{a, b}[i].setErr(p.devErr)
+			}
+			r := newRec(OpWrite, 4, 8<<9)
+			if tc.noflush {
+				// Submit from presuspend: NOFLUSH_SUSPENDING is set and
+				// BLOCK_IO not yet, so the bio is mapped during the
+				// noflush suspend.
+				liveTarget[*fnTarget](t, d, 0).preFn = func() { d.Submit(&r.Bio) }
+				if err := d.Suspend(bg(), true); err != nil {
+					t.Fatal(err)
+				}
+				first = false
+				if tc.pushed {
+					if r.ended() {
+						t.Fatalf("bio ended (%v) instead of being pushed back", r.err)
+					}
+					if s := d.Stats(); s.Deferred != 1 || s.Pushback != 0 || s.Pushbacks != 1 {
+						t.Fatalf("after the suspend: %+v", s)
+					}
+					// Resume re-issues it; this time it goes through.
+					a.setErr(nil)
+					b.setErr(nil)
+					liveTarget[*fnTarget](t, d, 0).endFn = nil
+					liveTarget[*fnTarget](t, d, 1).endFn = nil
+				}
+				if err := d.Resume(bg()); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				d.Submit(&r.Bio)
+			}
+			mustErrno(t, "bio", r.wait(t), tc.want)
+			if r.ends.Load() != 1 {
+				t.Fatal("ended more than once")
+			}
+		})
+	}
+}
+
+// Completions may arrive inside Submit, from the bio's loop, or from any
+// goroutine; splitting at many places, every bio ends exactly once.
+func TestCompletionContexts(t *testing.T) {
+	for _, mode := range []Completion{CompleteSync, CompleteAsync, CompleteExec} {
+		t.Run(fmt.Sprint(mode), func(t *testing.T) {
+			a, b := NewMemDevice("a", 4*MiB), NewMemDevice("b", 4*MiB)
+			a.SetCompletion(mode)
+			b.SetCompletion(mode)
+			d := newDev(t, nil, "0 64 linear a 0\n64 2048 striped 2 8 a 1024 b 0", a, b)
+			loop := newTestLoop(t)
+			var l ledger
+			var wg sync.WaitGroup
+			for g := 0; g < 4; g++ {
+				wg.Add(1)
+				go func(g int) {
+					defer wg.Done()
+					rnd := rand.New(rand.NewPCG(uint64(g), 1))
+					for i := 0; i < 200; i++ {
+						n := 1 + rnd.IntN(40)
+						s := rnd.Uint64N(2112 - uint64(n))
+						op := []Op{OpRead, OpWrite, OpDiscard, OpFlush}[rnd.IntN(4)]
+						if op == OpFlush {
+							n, s = 0, 0
+						}
+						r := l.bio(op, s, n<<9)
+						if i%2 == 0 {
+							r.Exec = loop
+						}
+						d.Submit(&r.Bio)
+					}
+				}(g)
+			}
+			wg.Wait()
+			l.waitAll(t)
+			for _, r := range l.all() {
+				if r.err != nil {
+					t.Fatalf("%s@%d: %v", r.Op, r.Sector, r.err)
+				}
+			}
+			if p := d.Pending(); p != 0 {
+				t.Fatalf("pending %d", p)
+			}
+			if mode == CompleteExec && loop.posted.Load() == 0 {
+				t.Fatal("nothing completed through the executor")
+			}
+		})
+	}
+}
+
+func TestCancel(t *testing.T) {
+	t.Run("before submit", func(t *testing.T) {
+		a := NewMemDevice("a", MiB)
+		d := newDev(t, nil, "0 8 linear a 0\n8 8 linear a 8", a)
+		r := newRec(OpWrite, 0, 16<<9)
+		r.Cancel()
+		d.Submit(&r.Bio)
+		mustErrno(t, "canceled bio", r.wait(t), syscall.ECANCELED)
+		if a.IOs() != 0 {
+			t.Fatal("a canceled bio reached the device")
+		}
+	})
+	t.Run("between pieces", func(t *testing.T) {
+		a := NewMemDevice("a", MiB)
+		d := newDev(t, nil, "0 8 fn a\n8 8 fn a", a)
+		// Piece 0's Map cancels the bio: piece 0 was not yet on a device
+		// either (it ends ECANCELED); so is piece 1.
+		liveTarget[*fnTarget](t, d, 0).mapFn = func(c *Clone) MapResult { c.Bio().Cancel(); return MapRemapped }
+		r := newRec(OpWrite, 4, 8<<9)
+		d.Submit(&r.Bio)
+		mustErrno(t, "bio", r.wait(t), syscall.ECANCELED)
+		if a.IOs() != 0 {
+			t.Fatalf("%d pieces reached the device", a.IOs())
+		}
+	})
+	t.Run("pieces on a device complete normally", func(t *testing.T) {
+		a := newCapDev("a", MiB)
+		a.setHold(true)
+		d := newDev(t, nil, "0 8 linear a 0\n8 8 fn a", a)
+		r := newRec(OpWrite, 4, 8<<9)
+		liveTarget[*fnTarget](t, d, 1).mapFn = func(c *Clone) MapResult {
+			c.Bio().Cancel() // piece 0 is on the device already
+			return MapRemapped
+		}
+		d.Submit(&r.Bio)
+		if a.nheld() != 1 {
+			t.Fatalf("held %d", a.nheld())
+		}
+		a.release(nil)
+		mustErrno(t, "bio", r.wait(t), syscall.ECANCELED)
+	})
+}
+
+func TestCloneAccessors(t *testing.T) {
+	a := NewMemDevice("a", MiB)
+	d := newDev(t, nil, "0 8 fn a", a)
+	loop := newTestLoop(t)
+	r := newRec(OpRead, 0, 512)
+	r.Exec = loop
+	var sawBio *Bio
+	var sawExec Executor
+	var sawCanceled bool
+	liveTarget[*fnTarget](t, d, 0).mapFn = func(c *Clone) MapResult {
+		sawBio, sawExec, sawCanceled = c.Bio(), c.Exec(), c.Canceled()
+		return MapRemapped
+	}
+	d.Submit(&r.Bio)
+	r.wait(t)
+	if sawBio != &r.Bio || sawExec != Executor(loop) || sawCanceled {
+		t.Fatalf("Bio %p (want %p) Exec %v Canceled %v", sawBio, &r.Bio, sawExec, sawCanceled)
+	}
+}
+
+// A target may hold a clone (Submitted) and finish it later, from
+// another goroutine; EndIO may take a clone back (Incomplete) and resubmit
+// it.
+func TestHoldAndRetry(t *testing.T) {
+	a := NewMemDevice("a", MiB)
+	d := newDev(t, nil, "0 8 fn a", a)
+	ft := liveTarget[*fnTarget](t, d, 0)
+	held := make(chan *Clone, 1)
+	ft.mapFn = func(c *Clone) MapResult { held <- c; return MapSubmitted }
+	r := newRec(OpWrite, 0, 512)
+	d.Submit(&r.Bio)
+	c := <-held
+	if r.ended() {
+		t.Fatal("ended while held")
+	}
+	retries := 0
+	ft.endFn = func(c *Clone, err error) (EndIOResult, error) {
+		if err != nil && retries < 3 {
+			retries++
+			go c.Dev.Submit(c) // retry from another goroutine
+			return EndIOIncomplete, nil
+		}
+		return EndIODone, err
+	}
+	a.FailNext(2, syscall.EIO)
+	go c.Dev.Submit(c)
+	mustErrno(t, "retried bio", r.wait(t), 0)
+	if retries != 2 || a.Writes() != 3 {
+		t.Fatalf("retries %d writes %d", retries, a.Writes())
+	}
+}
+
+func TestDetachedClone(t *testing.T) {
+	var got error
+	ended := 0
+	c := NewDetachedClone(&fnTarget{endFn: func(c *Clone, err error) (EndIOResult, error) { return EndIODone, syscall.ENOSPC }},
+		func(c *Clone, err error) { ended++; got = err })
+	c.End(nil)
+	if ended != 1 || got != syscall.ENOSPC || c.Exec() != nil || c.Bio() != nil || c.Canceled() {
+		t.Fatalf("ended %d err %v", ended, got)
+	}
+}
+
+func TestErrnoOf(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want syscall.Errno
+	}{
+		{syscall.ENOSPC, syscall.ENOSPC},
+		{fmt.Errorf("x: %w", syscall.EROFS), syscall.EROFS},
+		{ErrBusy, syscall.EBUSY},
+		{errors.New("plain"), syscall.EIO},
+		{syscall.Errno(0), syscall.EIO},
+	} {
+		if got := errnoOf(tc.err); got != tc.want {
+			t.Errorf("errnoOf(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+// Zero allocations per bio in the steady state, with and without a
+// split, through linear and striped over NullDevice.
+func TestZeroAllocs(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		table  string
+		sector uint64
+		n      int
+		clones int
+	}{
+		{"linear", "0 2048 linear null 0", 0, 4096, 1},
+		{"split at a boundary", "0 1024 linear null 0\n1024 1024 linear null 0", 1020, 4096, 2},
+		{"striped many chunks", "0 2048 striped 2 8 null 0 null 0", 4, 64 << 10, 17},
+		{"flush", "0 1024 linear null 0\n1024 1024 striped 2 8 null 0 null 0", 0, 0, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := newDev(t, nil, tc.table, NewNullDevice("null", 64*MiB))
+			var end countEnd
+			b := &Bio{Op: OpRead, Sector: tc.sector, Len: uint32(tc.n), Buf: make([]byte, tc.n), BufIndex: -1, End: &end}
+			if tc.n == 0 {
+				b.Op, b.Buf = OpFlush, nil
+			}
+			allocs := testing.AllocsPerRun(1000, func() { d.Submit(b) })
+			if end.err != nil {
+				t.Fatal(end.err)
+			}
+			// The race detector makes sync.Pool drop a share of what it
+			// is given; allow for that (at most one per clone) only under
+			// -race.
+			if limit := raceAllocSlack * float64(tc.clones); allocs > limit {
+				t.Fatalf("%.2f allocations per bio, want <= %v", allocs, limit)
+			}
+		})
+	}
+}
+
+type countEnd struct {
+	n   int
+	err error
+}
+
+func (c *countEnd) BioEnd(b *Bio, err error) { c.n++; c.err = err }

@@ -1,0 +1,5 @@
+//go:build !race
+
+package dm
+
+const raceAllocSlack = 0.0
