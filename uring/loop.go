@@ -51,7 +51,18 @@ const (
 const (
 	slotDeadline = 1 << iota
 	slotCancelled
+	slotStorage // a storage operation: counts towards completion batching
 )
+
+// isStorage reports whether op is block I/O (as opposed to sockets and
+// timers) for completion batching.
+func isStorage(op uint8) bool {
+	switch op {
+	case OpRead, OpWrite, OpReadFixed, OpWriteFixed, OpReadv, OpWritev, OpFsync, OpFallocate:
+		return true
+	}
+	return false
+}
 
 type slot struct {
 	h     Handler
@@ -77,6 +88,12 @@ type Config struct {
 	Files int
 	// SetupFlags overrides the ring setup flags (0 = default with fallback).
 	SetupFlags uint32
+	// BatchDiv and BatchWait tune completion batching: with n storage
+	// operations in flight the loop sleeps until n/BatchDiv of them
+	// completed or BatchWait passed (then until any one completes).
+	// Defaults 8 and 20µs; BatchDiv < 0 disables batching.
+	BatchDiv  int
+	BatchWait time.Duration
 }
 
 // Stats are counters kept by the loop.
@@ -106,9 +123,10 @@ type Loop struct {
 	ring  *Ring
 	arena *Arena
 
-	slots    []slot
-	freeSlot int32
-	inflight int // operations with slots
+	slots      []slot
+	freeSlot   int32
+	inflight   int // operations with slots
+	ioInflight int // storage operations among them
 
 	// backlog holds SQEs (with user_data already set) that did not fit in
 	// the SQ and that the kernel did not take yet; flushed in order.
@@ -149,6 +167,12 @@ func NewLoop(cfg Config) (*Loop, error) {
 	}
 	if cfg.Files == 0 {
 		cfg.Files = 256
+	}
+	if cfg.BatchDiv == 0 {
+		cfg.BatchDiv = 8
+	}
+	if cfg.BatchWait == 0 {
+		cfg.BatchWait = 20 * time.Microsecond
 	}
 	l := &Loop{id: cfg.ID, cfg: cfg, done: make(chan struct{}), freeSlot: -1, wakeFd: -1}
 	l.wakeOne[0] = 1
@@ -252,12 +276,22 @@ func (l *Loop) loop() {
 			continue
 		}
 		var ts *Timespec
+		wait, minWait := uint32(1), uint32(0)
 		if l.closing {
 			// Re-issue cancel-all periodically until everything is back.
 			cancelTS = Timespec{Nsec: int64(50 * time.Millisecond)}
 			ts = &cancelTS
+		} else if bw := l.batchWait(); bw > 1 {
+			wait = bw
+			if l.ring.Features()&FeatMinTimeout != 0 {
+				// Wait up to BatchWait for the batch, then for any one.
+				minWait = uint32(l.cfg.BatchWait / time.Microsecond)
+			} else {
+				cancelTS = Timespec{Nsec: int64(l.cfg.BatchWait)}
+				ts = &cancelTS
+			}
 		}
-		l.enter(1, ts)
+		l.enterWait(wait, ts, minWait)
 		l.state.Store(stateRunning)
 		if l.closing {
 			l.cancelAll()
@@ -265,12 +299,29 @@ func (l *Loop) loop() {
 	}
 }
 
+// batchWait is how many completions the loop waits for when it sleeps:
+// one, unless many storage operations are in flight. Waking for every
+// completion costs the completing side (an io-wq worker, a loop device's
+// worker) a wake-up each time, and on two cores that side is the
+// bottleneck: waiting for inflight/BatchDiv completions, bounded by
+// BatchWait, measured +15-25% IOPS at depth 32 on tmpfs and a lower p50.
+// Socket receives never count, so an idle connection can't delay a lone
+// I/O.
+func (l *Loop) batchWait() uint32 {
+	if l.cfg.BatchDiv <= 0 {
+		return 1
+	}
+	return uint32(max(1, l.ioInflight/l.cfg.BatchDiv))
+}
+
 // enter submits what's queued and optionally waits; it handles transient
 // errors itself.
-func (l *Loop) enter(wait uint32, ts *Timespec) {
+func (l *Loop) enter(wait uint32, ts *Timespec) { l.enterWait(wait, ts, 0) }
+
+func (l *Loop) enterWait(wait uint32, ts *Timespec, minWaitUsec uint32) {
 	l.enters.Store(l.enters.Load() + 1)
 	pending := l.ring.Unsubmitted()
-	n, err := l.ring.Enter(wait, ts)
+	n, err := l.ring.EnterMinWait(wait, ts, minWaitUsec)
 	if n > 0 {
 		l.submitted.Store(l.submitted.Load() + uint64(n))
 	}
@@ -326,6 +377,9 @@ func (l *Loop) dispatch(c *CQE) {
 	s := &l.slots[idx]
 	h, tag, flags := s.h, s.tag, s.flags
 	if c.Flags&CQEFMore == 0 {
+		if flags&slotStorage != 0 {
+			l.ioInflight--
+		}
 		l.freeSlotAt(idx)
 	}
 	res := c.Res
@@ -463,10 +517,18 @@ func (l *Loop) Submit(e *SQE, h Handler, tag uint64) (OpID, error) {
 	if err := l.check(); err != nil {
 		return 0, err
 	}
-	_, ud := l.allocSlot(h, tag, 0)
+	_, ud := l.allocSlot(h, tag, l.storageFlag(e.Opcode))
 	e.UserData = ud
 	l.push(e)
 	return OpID(ud), nil
+}
+
+func (l *Loop) storageFlag(op uint8) uint8 {
+	if isStorage(op) {
+		l.ioInflight++
+		return slotStorage
+	}
+	return 0
 }
 
 // SubmitDeadline is Submit with a per-operation deadline: a LINK_TIMEOUT
@@ -479,7 +541,7 @@ func (l *Loop) SubmitDeadline(e *SQE, d time.Duration, h Handler, tag uint64) (O
 	if err := l.check(); err != nil {
 		return 0, err
 	}
-	idx, ud := l.allocSlot(h, tag, slotDeadline)
+	idx, ud := l.allocSlot(h, tag, slotDeadline|l.storageFlag(e.Opcode))
 	s := &l.slots[idx]
 	s.ts = Timespec{Sec: int64(d / time.Second), Nsec: int64(d % time.Second)}
 	e.UserData = ud
@@ -508,7 +570,7 @@ func (l *Loop) SubmitChain(ops []Linked) error {
 	}
 	for i := range ops {
 		if ops[i].H != nil {
-			_, ops[i].SQE.UserData = l.allocSlot(ops[i].H, ops[i].Tag, 0)
+			_, ops[i].SQE.UserData = l.allocSlot(ops[i].H, ops[i].Tag, l.storageFlag(ops[i].SQE.Opcode))
 		} else {
 			ops[i].SQE.UserData = udIgnore
 		}

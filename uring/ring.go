@@ -212,6 +212,13 @@ func (r *Ring) publish() uint32 {
 // waiting for minComplete completions. It returns how many SQEs the kernel
 // consumed.
 func (r *Ring) Enter(minComplete uint32, ts *Timespec) (int, error) {
+	return r.EnterMinWait(minComplete, ts, 0)
+}
+
+// EnterMinWait is Enter with a batch wait (kernel 6.12+, FeatMinTimeout):
+// wait up to minWaitUsec for minComplete completions, then return as soon
+// as there is at least one.
+func (r *Ring) EnterMinWait(minComplete uint32, ts *Timespec, minWaitUsec uint32) (int, error) {
 	n := r.publish()
 	flags := uint32(0)
 	if minComplete > 0 || r.flags&SetupDeferTaskrun != 0 || r.sqFlags.Load()&(sqCQOverflow|sqTaskrun) != 0 {
@@ -225,8 +232,11 @@ func (r *Ring) Enter(minComplete uint32, ts *Timespec) (int, error) {
 	var arg unsafe.Pointer
 	var argSz uintptr
 	var ea getEventsArg
-	if ts != nil {
-		ea.Ts = uint64(uintptr(unsafe.Pointer(ts)))
+	if ts != nil || minWaitUsec > 0 {
+		if ts != nil {
+			ea.Ts = uint64(uintptr(unsafe.Pointer(ts)))
+		}
+		ea.MinWait = minWaitUsec
 		arg = unsafe.Pointer(&ea)
 		argSz = unsafe.Sizeof(ea)
 		flags |= enterExtArg
@@ -354,5 +364,9 @@ func addrOf(b []byte) uint64 {
 	}
 	return uint64(uintptr(unsafe.Pointer(&b[0])))
 }
+
+// AddrOf returns the address of b's first byte (0 if empty), for alignment
+// checks.
+func AddrOf(b []byte) uint64 { return addrOf(b) }
 
 func ptrAddr[T any](p *T) uint64 { return uint64(uintptr(unsafe.Pointer(p))) }

@@ -24,6 +24,7 @@ const (
 	FeatSingleMmap = 1 << 0
 	FeatNoDrop     = 1 << 1
 	FeatExtArg     = 1 << 8
+	FeatMinTimeout = 1 << 15
 )
 
 // Opcodes.

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"syscall"
+	"time"
+
+	"udm/perf"
+)
+
+func runBench(args []string) error {
+	if len(args) > 0 && args[0] == "matrix" {
+		return runMatrix(args[1:])
+	}
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	raw := fs.String("raw", "", "file or block device to drive directly through the loop")
+	rw := fs.String("rw", "randread", "workload: read, write, randread, randwrite, randrw")
+	bs := fs.String("bs", "4k", "block size")
+	depth := fs.Int("iodepth", 1, "queue depth per loop")
+	loops := fs.Int("loops", 1, "loops (threads) sharing the work")
+	runtime := fs.Duration("runtime", 10*time.Second, "how long to run")
+	ramp := fs.Duration("ramp", 0, "warm-up excluded from the results")
+	total := fs.String("total", "", "stop after this many bytes instead")
+	mix := fs.Int("rwmixread", 70, "percent reads for randrw")
+	seed := fs.Uint64("seed", 1, "random seed")
+	verify := fs.Bool("verify", false, "write verifiable blocks and check every read")
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	quiet := fs.Bool("quiet", false, "no progress line")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile here")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	bsz, err := perf.ParseSize(*bs)
+	if err != nil {
+		return err
+	}
+	cfg := perf.Config{RW: *rw, BlockSize: int(bsz), Depth: *depth, Loops: *loops, Duration: *runtime,
+		Ramp: *ramp, ReadPct: *mix, Seed: *seed, Verify: *verify}
+	if *total != "" {
+		n, err := perf.ParseSize(*total)
+		if err != nil {
+			return err
+		}
+		cfg.TotalBytes, cfg.Duration = n, 0
+	}
+	var eng perf.Engine
+	switch {
+	case *raw != "":
+		eng, err = perf.NewFileEngine(*raw)
+	default:
+		return fmt.Errorf("name a target: --raw PATH")
+	}
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	if !*quiet {
+		cfg.Progress = func(p perf.Progress) {
+			fmt.Fprintf(os.Stderr, "\r%6.1fs  %9.0f IOPS  p99 %8.1fus  errors %d   ", p.Elapsed.Seconds(), p.IOPS, perf.Micros(p.P99), p.Errors)
+		}
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := perf.Run(ctx, cfg, eng)
+	if !*quiet {
+		fmt.Fprintln(os.Stderr)
+	}
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	perf.WriteTable(os.Stdout, []*perf.Result{res})
+	for _, f := range res.VerifyFailures {
+		fmt.Println("verify:", f)
+	}
+	if res.Errors > 0 || len(res.VerifyFailures) > 0 {
+		return fmt.Errorf("%d I/O errors, %d verification failures", res.Errors, len(res.VerifyFailures))
+	}
+	return nil
+}
+
+// runMatrix runs a side-by-side suite and writes its report.
+func runMatrix(args []string) error {
+	fs := flag.NewFlagSet("bench matrix", flag.ContinueOnError)
+	suite := fs.String("suite", "uring", "suite: uring")
+	reps := fs.Int("reps", 3, "repetitions (order rotated each time)")
+	runtime := fs.Duration("runtime", 5*time.Second, "measured time per run")
+	ramp := fs.Duration("ramp", time.Second, "warm-up per run")
+	out := fs.String("out", "", "write REPORT.md and report.json into this directory")
+	size := fs.String("size", "1g", "scratch file size")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	sz, err := perf.ParseSize(*size)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	file, loopdev, cleanup, err := perf.SuiteTargets(sz)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	var m *perf.Matrix
+	var ratios []perf.Ratio
+	switch *suite {
+	case "uring":
+		m = perf.UringSuite(self, file, loopdev)
+	default:
+		return fmt.Errorf("unknown suite %q", *suite)
+	}
+	m.Reps, m.Runtime, m.Ramp, m.Log = *reps, *runtime, *ramp, os.Stderr
+	names := make([]string, len(m.Contenders))
+	for i, c := range m.Contenders {
+		names[i] = c.Name
+	}
+	if *suite == "uring" {
+		ratios = perf.UringRatios(names)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := m.Run(ctx)
+	if rep == nil {
+		return err
+	}
+	rep.Markdown(os.Stdout, ratios)
+	if *out != "" {
+		if err := os.MkdirAll(*out, 0o755); err != nil {
+			return err
+		}
+		f, err := os.Create(*out + "/REPORT.md")
+		if err != nil {
+			return err
+		}
+		rep.Markdown(f, ratios)
+		f.Close()
+		if err := rep.WriteJSON(*out + "/report.json"); err != nil {
+			return err
+		}
+	}
+	if len(rep.Failures) > 0 {
+		return fmt.Errorf("%d runs failed", len(rep.Failures))
+	}
+	return err
+}

@@ -1,0 +1,106 @@
+// Package testutil holds helpers shared by udm's tests: scratch files on
+// tmpfs, loop devices, and skips that say why.
+package testutil
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// ShmDir is where scratch backing files go: tmpfs accepts O_DIRECT and
+// costs no disk.
+const ShmDir = "/dev/shm"
+
+// TempFile creates a sparse file of size bytes on tmpfs (falling back to
+// the test's temp dir) and removes it when the test ends.
+func TempFile(t testing.TB, size int64) string {
+	t.Helper()
+	dir := ShmDir
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		dir = t.TempDir()
+	}
+	f, err := os.CreateTemp(dir, "udm-test-*.img")
+	if err != nil {
+		t.Fatalf("testutil: create temp file: %v", err)
+	}
+	name := f.Name()
+	t.Cleanup(func() { os.Remove(name) })
+	if err := f.Truncate(size); err != nil {
+		t.Fatalf("testutil: truncate %s: %v", name, err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+// RequireRoot skips the test unless it runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: needs root (run the tests as root, as CI does)")
+	}
+}
+
+// LoopDevice attaches file to a free loop device with direct I/O on and
+// detaches it when the test ends. It skips the test (saying why) when
+// there is no root or no loop device support.
+func LoopDevice(t testing.TB, file string) string {
+	t.Helper()
+	RequireRoot(t)
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		t.Skip("skipped: no /dev/loop-control on this machine (loop devices unavailable)")
+	}
+	if _, err := exec.LookPath("losetup"); err != nil {
+		t.Skip("skipped: losetup not installed (util-linux)")
+	}
+	out, err := exec.Command("losetup", "--direct-io=on", "--find", "--show", file).CombinedOutput()
+	if err != nil {
+		t.Fatalf("testutil: losetup %s: %v: %s", file, err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
+			t.Errorf("testutil: losetup -d %s: %v: %s", dev, err, out)
+		}
+	})
+	return dev
+}
+
+// RequireTool skips the test when a command isn't installed, naming the
+// Debian package that has it (`make deps` installs them).
+func RequireTool(t testing.TB, tool string) string {
+	t.Helper()
+	p, err := exec.LookPath(tool)
+	if err != nil {
+		pkg := map[string]string{
+			"fio": "fio", "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "qemu-nbd": "qemu-utils",
+			"nbdkit": "nbdkit", "nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin",
+		}[tool]
+		t.Skip(fmt.Sprintf("skipped: %s not installed (apt-get install %s, or make deps)", tool, pkg))
+	}
+	return p
+}
+
+// ModuleRoot returns the repository root (where go.mod is).
+func ModuleRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("testutil: go.mod not found")
+		}
+		dir = parent
+	}
+}

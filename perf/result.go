@@ -1,0 +1,198 @@
+package perf
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// Result is what one run measured (by perf itself or read from fio).
+type Result struct {
+	Engine    string  `json:"engine"`
+	RW        string  `json:"rw"`
+	BlockSize int     `json:"bs"`
+	Depth     int     `json:"iodepth"`
+	Loops     int     `json:"loops"`
+	Seconds   float64 `json:"seconds"`
+	Ops       int64   `json:"ops"`
+	RampOps   int64   `json:"ramp_ops,omitempty"`
+	Reads     int64   `json:"reads"`
+	Writes    int64   `json:"writes"`
+	Errors    int64   `json:"errors"`
+	IOPS      float64 `json:"iops"`
+	MBps      float64 `json:"mb_s"` // 10^6 bytes per second
+	Lat       Latency `json:"lat"`
+	ReadLat   Latency `json:"read_lat"`
+	WriteLat  Latency `json:"write_lat"`
+	// CPUPerIO is user+sys CPU time per I/O in microseconds, of this
+	// process (the client side) for perf runs, of the server for
+	// side-by-side runs that measure one.
+	CPUPerIO float64 `json:"cpu_per_io_us"`
+	// ServerCPUPerIO is filled by side-by-side runners.
+	ServerCPUPerIO float64  `json:"server_cpu_per_io_us,omitempty"`
+	FirstError     string   `json:"first_error,omitempty"`
+	ErrorLog       []string `json:"error_log,omitempty"`
+	VerifiedBytes  int64    `json:"verified_bytes,omitempty"`
+	VerifyFailures []string `json:"verify_failures,omitempty"`
+	Timeline       []Point  `json:"timeline,omitempty"`
+}
+
+func (r *run) result(end int64) *Result {
+	cfg := r.cfg
+	res := &Result{Engine: r.eng.Name(), RW: cfg.RW, BlockSize: cfg.BlockSize, Depth: cfg.Depth, Loops: cfg.Loops}
+	all, rd, wr := newHist(), newHist(), newHist()
+	var bytes int64
+	last := r.measureFrom
+	for _, w := range r.workers {
+		res.Ops += w.ops
+		res.RampOps += w.rampOps
+		res.Errors += w.errCount
+		res.Reads += w.reads
+		res.Writes += w.writes
+		bytes += w.rbytes + w.wbytes
+		all.Merge(w.lat.read)
+		all.Merge(w.lat.write)
+		rd.Merge(w.lat.read)
+		wr.Merge(w.lat.write)
+		if w.firstErr != nil && res.FirstError == "" {
+			res.FirstError = w.firstErr.Error()
+		}
+		res.ErrorLog = append(res.ErrorLog, w.errLog...)
+		last = max(last, w.stoppedAt)
+	}
+	if end < last || last == r.measureFrom {
+		last = end
+	}
+	el := time.Duration(last - r.measureFrom)
+	if el <= 0 {
+		el = time.Duration(end - r.startNs)
+	}
+	res.Seconds = el.Seconds()
+	res.IOPS = float64(res.Ops) / el.Seconds()
+	res.MBps = float64(bytes) / el.Seconds() / 1e6
+	res.Lat, res.ReadLat, res.WriteLat = summarize(all), summarize(rd), summarize(wr)
+	if cfg.Interval > 0 {
+		res.Timeline = mergeTimeline(r.workers, cfg.Interval)
+	}
+	return res
+}
+
+func mergeTimeline(ws []*worker, iv time.Duration) []Point {
+	type agg struct {
+		ops, errs int64
+		h         *hdrhistogram.Histogram
+	}
+	m := map[int]*agg{}
+	maxIdx := 0
+	for _, w := range ws {
+		for _, b := range w.timeline {
+			a := m[b.idx]
+			if a == nil {
+				a = &agg{h: hdrhistogram.New(histMin, histMax, 2)}
+				m[b.idx] = a
+			}
+			a.ops += b.ops
+			a.errs += b.errors
+			a.h.Merge(b.hist)
+			maxIdx = max(maxIdx, b.idx)
+		}
+	}
+	pts := make([]Point, 0, maxIdx+1)
+	for i := 0; i <= maxIdx; i++ {
+		p := Point{T: (time.Duration(i) * iv).Seconds()}
+		if a := m[i]; a != nil {
+			p.IOPS = float64(a.ops) / iv.Seconds()
+			p.Errors = a.errs
+			p.P99 = float64(a.h.ValueAtQuantile(99)) / 1e3
+			p.Max = float64(a.h.Max()) / 1e3
+		}
+		pts = append(pts, p)
+	}
+	return pts
+}
+
+// WriteTable prints results as an aligned human table.
+func WriteTable(w io.Writer, rs []*Result) {
+	fmt.Fprintf(w, "%-34s %-9s %6s %5s %10s %9s %9s %9s %9s %9s %8s %7s\n",
+		"engine", "rw", "bs", "qd", "IOPS", "MB/s", "p50us", "p99us", "p99.9us", "maxus", "cpu/io", "errors")
+	for _, r := range rs {
+		fmt.Fprintf(w, "%-34s %-9s %6s %5d %10.0f %9.1f %9.1f %9.1f %9.1f %9.0f %8.2f %7d\n",
+			r.Engine, r.RW, sizeStr(r.BlockSize), r.Depth, r.IOPS, r.MBps, r.Lat.P50, r.Lat.P99, r.Lat.P999, r.Lat.Max, r.CPUPerIO, r.Errors)
+	}
+}
+
+func sizeStr(n int) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dM", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dk", n>>10)
+	}
+	return fmt.Sprint(n)
+}
+
+// Median returns the result whose IOPS is the median of rs (for odd
+// counts; the lower middle for even), with latency figures taken as the
+// medians of each figure independently.
+func Median(rs []*Result) *Result {
+	if len(rs) == 0 {
+		return nil
+	}
+	med := func(get func(*Result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = get(r)
+		}
+		sort.Float64s(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	out := *rs[0]
+	out.IOPS = med(func(r *Result) float64 { return r.IOPS })
+	out.MBps = med(func(r *Result) float64 { return r.MBps })
+	out.Lat.P50 = med(func(r *Result) float64 { return r.Lat.P50 })
+	out.Lat.P90 = med(func(r *Result) float64 { return r.Lat.P90 })
+	out.Lat.P99 = med(func(r *Result) float64 { return r.Lat.P99 })
+	out.Lat.P999 = med(func(r *Result) float64 { return r.Lat.P999 })
+	out.Lat.Max = med(func(r *Result) float64 { return r.Lat.Max })
+	out.Lat.Mean = med(func(r *Result) float64 { return r.Lat.Mean })
+	out.CPUPerIO = med(func(r *Result) float64 { return r.CPUPerIO })
+	out.ServerCPUPerIO = med(func(r *Result) float64 { return r.ServerCPUPerIO })
+	if len(out.Lat.Percentiles) > 0 {
+		pc := make([][2]float64, len(out.Lat.Percentiles))
+		for i := range pc {
+			pc[i][0] = out.Lat.Percentiles[i][0]
+			pc[i][1] = med(func(r *Result) float64 {
+				if i < len(r.Lat.Percentiles) {
+					return r.Lat.Percentiles[i][1]
+				}
+				return 0
+			})
+		}
+		out.Lat.Percentiles = pc
+	}
+	var errs int64
+	for _, r := range rs {
+		errs += r.Errors
+	}
+	out.Errors = errs
+	out.Timeline = nil
+	return &out
+}
+
+// String is a one-line summary.
+func (r *Result) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s bs=%s qd=%d: %.0f IOPS, %.1f MB/s, p50 %.1fus p99 %.1fus p99.9 %.1fus max %.0fus, cpu/io %.2fus",
+		r.Engine, r.RW, sizeStr(r.BlockSize), r.Depth, r.IOPS, r.MBps, r.Lat.P50, r.Lat.P99, r.Lat.P999, r.Lat.Max, r.CPUPerIO)
+	if r.Errors > 0 {
+		fmt.Fprintf(&b, ", %d errors (first: %s)", r.Errors, r.FirstError)
+	}
+	return b.String()
+}

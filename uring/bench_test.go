@@ -1,0 +1,170 @@
+package uring
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"testing"
+
+	"udm/internal/testutil"
+)
+
+// reader keeps depth random 4 KiB reads in flight on one loop until n
+// have completed: the steady read path as the dm core and NBD server
+// drive it (fixed buffers, fixed file, one handler object, no closures).
+type reader struct {
+	l      *Loop
+	fd     int32
+	fixed  bool
+	bufs   []Buf
+	blocks uint64
+	rng    *rand.Rand
+	left   int
+	active int
+	errs   int
+	done   chan struct{}
+}
+
+func (r *reader) submit(i uint64) {
+	var e SQE
+	off := r.rng.Uint64N(r.blocks) * 4096
+	if r.fixed {
+		e.PrepReadFixed(r.fd, r.bufs[i].B, off, uint16(r.bufs[i].Index))
+		e.Fixed()
+	} else {
+		e.PrepRead(r.fd, r.bufs[i].B, off)
+	}
+	if _, err := r.l.Submit(&e, r, i); err != nil {
+		panic(err)
+	}
+	r.active++
+}
+
+func (r *reader) Complete(tag uint64, res int32, _ uint32) {
+	r.active--
+	if res != 4096 {
+		r.errs++
+	}
+	if r.left > 0 {
+		r.left--
+		r.submit(tag)
+		return
+	}
+	if r.active == 0 {
+		close(r.done)
+	}
+}
+
+func benchRead(b *testing.B, path string, depth int, fixed bool) {
+	l, err := NewLoop(Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	f, err := OpenBlock(path, OpenOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	r := &reader{l: l, fixed: fixed, blocks: uint64(f.Size / 4096), rng: rand.New(rand.NewPCG(1, 1)), done: make(chan struct{})}
+	l.Call(func() {
+		idx, err := l.RegisterFile(f.Fd)
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.fd = idx
+		if !fixed {
+			r.fd = int32(f.Fd)
+		}
+		for i := 0; i < depth; i++ {
+			r.bufs = append(r.bufs, l.Arena().Get(4096))
+		}
+	})
+	// Warm up, then measure b.N reads.
+	r.left = 1000
+	l.Call(func() {
+		for i := 0; i < depth; i++ {
+			r.left--
+			r.submit(uint64(i))
+		}
+	})
+	<-r.done
+	before := l.Stats()
+	r.done = make(chan struct{})
+	r.left = b.N - depth
+	b.ReportAllocs()
+	b.ResetTimer()
+	l.Call(func() {
+		for i := 0; i < min(depth, b.N); i++ {
+			r.submit(uint64(i))
+		}
+	})
+	<-r.done
+	b.StopTimer()
+	after := l.Stats()
+	if r.errs > 0 {
+		b.Fatalf("%d reads failed", r.errs)
+	}
+	b.ReportMetric(float64(after.Enters-before.Enters)/float64(b.N), "syscalls/op")
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "IOPS")
+}
+
+func BenchmarkRead4K(b *testing.B) {
+	file := testutil.TempFile(b, 256<<20)
+	fillFile(b, file)
+	paths := map[string]string{"shm": file}
+	if os.Geteuid() == 0 {
+		paths["loop"] = testutil.LoopDevice(b, file)
+	}
+	for _, name := range []string{"shm", "loop"} {
+		path, ok := paths[name]
+		if !ok {
+			continue
+		}
+		for _, depth := range []int{1, 32} {
+			for _, fixed := range []bool{true, false} {
+				kind := "fixed"
+				if !fixed {
+					kind = "plain"
+				}
+				b.Run(fmt.Sprintf("%s/qd%d/%s", name, depth, kind), func(b *testing.B) { benchRead(b, path, depth, fixed) })
+			}
+		}
+	}
+}
+
+// fillFile writes the file so reads hit allocated pages, not holes.
+func fillFile(b testing.TB, path string) {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	chunk := make([]byte, 1<<20)
+	for i := range chunk {
+		chunk[i] = byte(i * 7)
+	}
+	for off := int64(0); off < st.Size(); off += int64(len(chunk)) {
+		if _, err := f.WriteAt(chunk, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkPost measures Post to a busy and to an idle loop.
+func BenchmarkPost(b *testing.B) {
+	l, err := NewLoop(Config{ArenaSize: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	b.ReportAllocs()
+	fn := func() {}
+	for i := 0; i < b.N; i++ {
+		l.Post(fn)
+	}
+	l.Call(func() {})
+	st := l.Stats()
+	b.ReportMetric(float64(st.Wakes)/float64(b.N), "wakes/op")
+}

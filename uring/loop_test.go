@@ -1,0 +1,658 @@
+package uring
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"udm/internal/testutil"
+)
+
+// result collects one completion and checks it arrives exactly once.
+type result struct {
+	n    atomic.Int32
+	tag  uint64
+	res  int32
+	done chan struct{}
+}
+
+func newResult() *result { return &result{done: make(chan struct{})} }
+
+func (r *result) Complete(tag uint64, res int32, flags uint32) {
+	if r.n.Add(1) != 1 {
+		panic("completion delivered twice")
+	}
+	r.tag, r.res = tag, res
+	close(r.done)
+}
+
+func (r *result) wait(t *testing.T) int32 {
+	t.Helper()
+	select {
+	case <-r.done:
+		return r.res
+	case <-time.After(10 * time.Second):
+		t.Fatal("operation never completed")
+		return 0
+	}
+}
+
+func newLoop(t testing.TB, cfg Config) *Loop {
+	t.Helper()
+	l, err := NewLoop(cfg)
+	if err != nil {
+		t.Fatalf("NewLoop: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// submit prepares and submits one SQE on the loop and waits for it.
+func do(t *testing.T, l *Loop, prep func(e *SQE)) int32 {
+	t.Helper()
+	r := newResult()
+	var serr error
+	l.Call(func() {
+		var e SQE
+		prep(&e)
+		_, serr = l.Submit(&e, r, 0)
+	})
+	if serr != nil {
+		t.Fatalf("submit: %v", serr)
+	}
+	return r.wait(t)
+}
+
+func openTarget(t *testing.T, path string) *BlockFile {
+	t.Helper()
+	f, err := OpenBlock(path, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// targets returns a tmpfs file and, with root, a loop device over another.
+func targets(t *testing.T, size int64) map[string]string {
+	m := map[string]string{"file": testutil.TempFile(t, size)}
+	if os.Geteuid() == 0 {
+		m["loopdev"] = testutil.LoopDevice(t, testutil.TempFile(t, size))
+	} else {
+		t.Log("loop device case skipped: needs root")
+	}
+	return m
+}
+
+func TestReadWriteRoundTrip(t *testing.T) {
+	l := newLoop(t, Config{})
+	for name, path := range targets(t, 4<<20) {
+		t.Run(name, func(t *testing.T) {
+			f := openTarget(t, path)
+			if f.Size != 4<<20 {
+				t.Fatalf("size %d, want %d", f.Size, 4<<20)
+			}
+			if name == "loopdev" && (!f.IsBlock || f.LBS != 512) {
+				t.Fatalf("loop device: IsBlock %v LBS %d", f.IsBlock, f.LBS)
+			}
+			var wb, rb Buf
+			l.Call(func() { wb, rb = l.Arena().Get(64<<10), l.Arena().Get(64<<10) })
+			// iovecs must stay valid until the SQE is submitted.
+			wiov, riov := make([]unix.Iovec, 2), make([]unix.Iovec, 2)
+			rng := rand.New(rand.NewPCG(1, 2))
+			for i := range wb.B {
+				wb.B[i] = byte(rng.Uint32())
+			}
+			cases := []struct {
+				name   string
+				write  func(e *SQE, off uint64)
+				read   func(e *SQE, off uint64)
+				offset uint64
+			}{
+				{"plain", func(e *SQE, off uint64) { e.PrepWrite(int32(f.Fd), wb.B, off, 0) },
+					func(e *SQE, off uint64) { e.PrepRead(int32(f.Fd), rb.B, off) }, 0},
+				{"fixed", func(e *SQE, off uint64) { e.PrepWriteFixed(int32(f.Fd), wb.B, off, uint16(wb.Index), RWFDsync) },
+					func(e *SQE, off uint64) { e.PrepReadFixed(int32(f.Fd), rb.B, off, uint16(rb.Index)) }, 1 << 20},
+				{"vectored", func(e *SQE, off uint64) {
+					wiov[0], wiov[1] = unix.Iovec{Base: &wb.B[0]}, unix.Iovec{Base: &wb.B[32<<10]}
+					wiov[0].SetLen(32 << 10)
+					wiov[1].SetLen(32 << 10)
+					e.PrepWritev(int32(f.Fd), wiov, off, 0)
+				}, func(e *SQE, off uint64) {
+					riov[0], riov[1] = unix.Iovec{Base: &rb.B[0]}, unix.Iovec{Base: &rb.B[16<<10]}
+					riov[0].SetLen(16 << 10)
+					riov[1].SetLen(48 << 10)
+					e.PrepReadv(int32(f.Fd), riov, off)
+				}, 2 << 20},
+			}
+			for _, c := range cases {
+				clear(rb.B)
+				if res := do(t, l, func(e *SQE) { c.write(e, c.offset) }); res != 64<<10 {
+					t.Fatalf("%s write: res %d (%v)", c.name, res, Errno(res))
+				}
+				if res := do(t, l, func(e *SQE) { c.read(e, c.offset) }); res != 64<<10 {
+					t.Fatalf("%s read: res %d (%v)", c.name, res, Errno(res))
+				}
+				if !bytes.Equal(rb.B, wb.B) {
+					t.Fatalf("%s: data read back differs", c.name)
+				}
+			}
+			if res := do(t, l, func(e *SQE) { e.PrepFsync(int32(f.Fd), true) }); res != 0 {
+				t.Fatalf("fdatasync: %v", Errno(res))
+			}
+			// Zero range and punch hole read back as zeroes where the
+			// file system or device supports them; one of them must work.
+			worked := 0
+			for _, mode := range []uint32{FallocZeroRange | FallocKeepSize, FallocPunchHole | FallocKeepSize} {
+				do(t, l, func(e *SQE) { e.PrepWrite(int32(f.Fd), wb.B, 0, 0) })
+				res := do(t, l, func(e *SQE) { e.PrepFallocate(int32(f.Fd), mode, 0, 64<<10) })
+				if errors.Is(Errno(res), unix.EOPNOTSUPP) {
+					t.Logf("fallocate mode %#x not supported on %s", mode, name)
+					continue
+				}
+				if res != 0 {
+					t.Fatalf("fallocate mode %#x: %v", mode, Errno(res))
+				}
+				worked++
+				do(t, l, func(e *SQE) { e.PrepRead(int32(f.Fd), rb.B, 0) })
+				if !bytes.Equal(rb.B, make([]byte, len(rb.B))) {
+					t.Fatalf("fallocate mode %#x: range not zero", mode)
+				}
+			}
+			if worked == 0 {
+				t.Fatalf("neither zero-range nor punch-hole works on %s", name)
+			}
+		})
+	}
+}
+
+func TestShortReadAtEnd(t *testing.T) {
+	l := newLoop(t, Config{})
+	for name, path := range targets(t, 1<<20) {
+		t.Run(name, func(t *testing.T) {
+			f := openTarget(t, path)
+			var b Buf
+			l.Call(func() { b = l.Arena().Get(64 << 10) })
+			if res := do(t, l, func(e *SQE) { e.PrepReadFixed(int32(f.Fd), b.B, 1<<20-16<<10, uint16(b.Index)) }); res != 16<<10 {
+				t.Fatalf("read across the end: res %d, want %d", res, 16<<10)
+			}
+			if res := do(t, l, func(e *SQE) { e.PrepRead(int32(f.Fd), b.B, 1<<20) }); res != 0 {
+				t.Fatalf("read at the end: res %d, want 0", res)
+			}
+		})
+	}
+}
+
+func TestErrorsAreErrno(t *testing.T) {
+	l := newLoop(t, Config{})
+	buf := make([]byte, 4096+1)
+	ro, err := OpenBlock(testutil.TempFile(t, 1<<20), OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	res := do(t, l, func(e *SQE) { e.PrepWrite(int32(ro.Fd), buf[:4096], 0, 0) })
+	if err := Errno(res); !errors.Is(err, unix.EBADF) {
+		t.Fatalf("write to a read-only fd: %v, want EBADF", err)
+	}
+	var errno syscall.Errno
+	if !errors.As(Errno(res), &errno) {
+		t.Fatalf("%T is not a syscall.Errno", Errno(res))
+	}
+	if os.Geteuid() == 0 {
+		f := openTarget(t, testutil.LoopDevice(t, testutil.TempFile(t, 1<<20)))
+		res = do(t, l, func(e *SQE) { e.PrepRead(int32(f.Fd), buf[:4096], 1) }) // misaligned for O_DIRECT
+		if err := Errno(res); !errors.Is(err, unix.EINVAL) {
+			t.Fatalf("misaligned O_DIRECT read of a loop device: %v, want EINVAL", err)
+		}
+	}
+	res = do(t, l, func(e *SQE) { e.PrepRead(1<<20, buf[:4096], 0) })
+	if err := Errno(res); !errors.Is(err, unix.EBADF) {
+		t.Fatalf("read of a bad fd: %v, want EBADF", err)
+	}
+	// A fixed-file index that holds nothing.
+	res = do(t, l, func(e *SQE) { e.PrepRead(3, buf[:4096], 0); e.Fd = 3; e.Fixed() })
+	if err := Errno(res); !errors.Is(err, unix.EBADF) {
+		t.Fatalf("read on empty fixed slot: %v, want EBADF", err)
+	}
+}
+
+// counter counts completions and their results.
+type counter struct {
+	mu   sync.Mutex
+	seen map[uint64]int
+	res  map[uint64]int32
+	all  chan struct{}
+	want int
+}
+
+func newCounter(want int) *counter {
+	return &counter{seen: map[uint64]int{}, res: map[uint64]int32{}, all: make(chan struct{}), want: want}
+}
+
+func (c *counter) Complete(tag uint64, res int32, flags uint32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seen[tag]++
+	c.res[tag] = res
+	if len(c.seen) == c.want && c.seen[tag] == 1 {
+		close(c.all)
+	}
+}
+
+func (c *counter) check(t *testing.T) {
+	t.Helper()
+	select {
+	case <-c.all:
+	case <-time.After(20 * time.Second):
+		c.mu.Lock()
+		t.Fatalf("only %d of %d operations completed", len(c.seen), c.want)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for tag, n := range c.seen {
+		if n != 1 {
+			t.Fatalf("operation %d completed %d times", tag, n)
+		}
+	}
+}
+
+func TestSQFullBackpressure(t *testing.T) {
+	l := newLoop(t, Config{Entries: 8, ArenaSize: -1})
+	const n = 5000
+	c := newCounter(n)
+	l.Post(func() {
+		for i := 0; i < n; i++ {
+			var e SQE
+			e.PrepNop()
+			if _, err := l.Submit(&e, c, uint64(i)); err != nil {
+				panic(err)
+			}
+		}
+	})
+	c.check(t)
+	st := l.Stats()
+	t.Logf("stats: %+v", st)
+	if st.Enters < n/8 {
+		t.Fatalf("%d enters for %d NOPs through an 8-entry SQ: SQ-full flushing didn't happen", st.Enters, n)
+	}
+}
+
+func TestBacklogKeepsChainsWhole(t *testing.T) {
+	l := newLoop(t, Config{Entries: 4, ArenaSize: -1})
+	const n = 300
+	c := newCounter(n)
+	l.Post(func() {
+		for i := 0; i < n; i++ {
+			var e SQE
+			e.PrepNop()
+			if _, err := l.SubmitDeadline(&e, time.Second, c, uint64(i)); err != nil {
+				panic(err)
+			}
+		}
+	})
+	c.check(t)
+	for tag, res := range c.res {
+		if res != 0 {
+			t.Fatalf("NOP %d with a linked timeout: %v", tag, Errno(res))
+		}
+	}
+}
+
+func TestPostFromManyGoroutines(t *testing.T) {
+	l := newLoop(t, Config{ArenaSize: -1})
+	const G, N = 16, 2000
+	var ran [G]int // written on the loop only
+	var wg sync.WaitGroup
+	for g := 0; g < G; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < N; i++ {
+				if err := l.Post(func() { ran[g]++ }); err != nil {
+					t.Error(err)
+					return
+				}
+				if i%128 == 0 {
+					time.Sleep(time.Microsecond) // let the loop fall asleep sometimes
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	var got [G]int
+	l.Call(func() { got = ran })
+	for g, n := range got {
+		if n != N {
+			t.Fatalf("goroutine %d: %d of %d posts ran", g, n, N)
+		}
+	}
+	t.Logf("stats: %+v", l.Stats())
+}
+
+func TestPostAfterCloseFails(t *testing.T) {
+	l, err := NewLoop(Config{ArenaSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	l.Close() // idempotent
+	if err := l.Post(func() {}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Post after Close: %v, want ErrClosed", err)
+	}
+}
+
+func socketPair(t *testing.T) (int, int) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+	return fds[0], fds[1]
+}
+
+func TestDeadlineFires(t *testing.T) {
+	l := newLoop(t, Config{ArenaSize: -1})
+	a, b := socketPair(t)
+	buf := make([]byte, 64)
+	r := newResult()
+	start := time.Now()
+	l.Call(func() {
+		var e SQE
+		e.PrepRecv(int32(a), buf, 0)
+		l.SubmitDeadline(&e, 50*time.Millisecond, r, 1)
+	})
+	if err := Errno(r.wait(t)); !errors.Is(err, unix.ETIMEDOUT) {
+		t.Fatalf("recv with deadline on a silent socket: %v, want ETIMEDOUT", err)
+	}
+	if el := time.Since(start); el < 50*time.Millisecond {
+		t.Fatalf("deadline fired after %v, before 50ms", el)
+	}
+	// An operation that finishes in time is untouched by its deadline.
+	unix.Write(b, []byte("hello"))
+	r2 := newResult()
+	l.Call(func() {
+		var e SQE
+		e.PrepRecv(int32(a), buf, 0)
+		l.SubmitDeadline(&e, 5*time.Second, r2, 2)
+	})
+	if res := r2.wait(t); res != 5 {
+		t.Fatalf("recv with generous deadline: res %d", res)
+	}
+}
+
+func TestTimeoutAndCancel(t *testing.T) {
+	l := newLoop(t, Config{ArenaSize: -1})
+	r := newResult()
+	l.Call(func() { l.Timeout(10*time.Millisecond, r, 0) })
+	if err := Errno(r.wait(t)); !errors.Is(err, unix.ETIME) {
+		t.Fatalf("timeout: %v, want ETIME", err)
+	}
+	a, _ := socketPair(t)
+	buf := make([]byte, 8)
+	r2 := newResult()
+	var id OpID
+	l.Call(func() {
+		var e SQE
+		e.PrepRecv(int32(a), buf, 0)
+		id, _ = l.Submit(&e, r2, 0)
+	})
+	l.Call(func() { l.Cancel(id) })
+	if err := Errno(r2.wait(t)); !errors.Is(err, unix.ECANCELED) && !errors.Is(err, unix.EINTR) {
+		t.Fatalf("cancelled recv: %v, want ECANCELED", err)
+	}
+	l.Call(func() { l.Cancel(id) }) // stale id: no effect, no panic
+}
+
+func TestRegisteredFileUpdateWhileIO(t *testing.T) {
+	l := newLoop(t, Config{})
+	paths := []string{testutil.TempFile(t, 1<<20), testutil.TempFile(t, 1<<20)}
+	files := []*BlockFile{openTarget(t, paths[0]), openTarget(t, paths[1])}
+	// Mark each file so reads tell them apart.
+	for i, f := range files {
+		blk := bytes.Repeat([]byte{byte('A' + i)}, 4096)
+		if _, err := unix.Pwrite(f.Fd, alignedCopy(blk), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const rounds = 200
+	var errs []string
+	done := make(chan struct{})
+	l.Post(func() {
+		idx := [2]int32{-1, -1}
+		var reg func(i int)
+		reg = func(i int) {
+			var err error
+			idx[i], err = l.RegisterFile(files[i].Fd)
+			if err != nil {
+				panic(err)
+			}
+		}
+		reg(0)
+		reg(1)
+		bufs := [2]Buf{l.Arena().Get(4096), l.Arena().Get(4096)}
+		left := [2]int{rounds, rounds}
+		var h HandlerFunc
+		h = func(tag uint64, res int32, _ uint32) {
+			want := byte('A' + tag%2)
+			buf := bufs[tag%2]
+			if res != 4096 || buf.B[0] != want {
+				errs = append(errs, fmt.Sprintf("read %d: res %d, first byte %q want %q", tag, res, buf.B[0], want))
+			}
+			// Re-register file tag%2 under a new slot while the other
+			// file's reads continue.
+			i := int(tag % 2)
+			left[i]--
+			if err := l.UnregisterFile(idx[i]); err != nil {
+				panic(err)
+			}
+			reg(i)
+			if left[i] == 0 {
+				if left[1-i] == 0 {
+					close(done)
+				}
+				return
+			}
+			var e SQE
+			e.PrepReadFixed(idx[i], bufs[i].B, 0, uint16(bufs[i].Index))
+			e.Fixed()
+			l.Submit(&e, h, tag+2)
+		}
+		for i := 0; i < 2; i++ {
+			var e SQE
+			e.PrepReadFixed(idx[i], bufs[i].B, 0, uint16(bufs[i].Index))
+			e.Fixed()
+			l.Submit(&e, h, uint64(i))
+		}
+	})
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("reads through re-registered files stalled")
+	}
+	if len(errs) > 0 {
+		t.Fatalf("%d bad reads, first: %s", len(errs), errs[0])
+	}
+}
+
+func alignedCopy(b []byte) []byte {
+	m, err := unix.Mmap(-1, 0, len(b), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		panic(err)
+	}
+	copy(m, b)
+	return m
+}
+
+func TestCloseEndsInFlightExactlyOnce(t *testing.T) {
+	l, err := NewLoop(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := openTarget(t, testutil.TempFile(t, 4<<20))
+	const socks, reads = 32, 64
+	c := newCounter(socks + reads + 1)
+	var fds []int
+	for i := 0; i < socks; i++ {
+		a, _ := socketPair(t)
+		fds = append(fds, a)
+	}
+	started := make(chan struct{})
+	l.Post(func() {
+		for i, fd := range fds {
+			var e SQE
+			e.PrepRecv(int32(fd), make([]byte, 16), 0)
+			if i%2 == 0 {
+				l.SubmitDeadline(&e, time.Hour, c, uint64(i))
+			} else {
+				l.Submit(&e, c, uint64(i))
+			}
+		}
+		buf := l.Arena().Get(64 << 10)
+		for i := 0; i < reads; i++ {
+			var e SQE
+			e.PrepReadFixed(int32(f.Fd), buf.B, uint64(i%64)*(64<<10), uint16(buf.Index))
+			l.Submit(&e, c, uint64(socks+i))
+		}
+		l.Timeout(time.Hour, c, socks+reads)
+		close(started)
+	})
+	<-started
+	l.Close()
+	c.check(t)
+	for tag, res := range c.res {
+		if tag < socks && res >= 0 {
+			t.Fatalf("recv %d on a silent socket completed with %d at Close", tag, res)
+		}
+	}
+	if err := l.Post(func() {}); !errors.Is(err, ErrClosed) {
+		t.Fatal("loop accepts work after Close")
+	}
+}
+
+func TestSocketSendRecvAccept(t *testing.T) {
+	l := newLoop(t, Config{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	lf, _ := ln.(*net.TCPListener).File()
+	defer lf.Close()
+	acc := newResult()
+	l.Call(func() {
+		var e SQE
+		e.PrepAccept(int32(lf.Fd()), unix.SOCK_CLOEXEC)
+		l.Submit(&e, acc, 0)
+	})
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fd := acc.wait(t)
+	if fd < 0 {
+		t.Fatalf("accept: %v", Errno(fd))
+	}
+	defer unix.Close(int(fd))
+	hdr, payload := []byte("head:"), []byte("payload")
+	sent := newResult()
+	// The msghdr and iovecs must stay valid until the SQE is submitted.
+	iov := []unix.Iovec{{Base: &hdr[0]}, {Base: &payload[0]}}
+	iov[0].SetLen(len(hdr))
+	iov[1].SetLen(len(payload))
+	msg := &unix.Msghdr{Iov: &iov[0]}
+	msg.SetIovlen(2)
+	l.Call(func() {
+		var e SQE
+		e.PrepSendmsg(fd, msg, unix.MSG_NOSIGNAL)
+		l.Submit(&e, sent, 0)
+	})
+	if res := sent.wait(t); int(res) != len(hdr)+len(payload) {
+		t.Fatalf("sendmsg: %d", res)
+	}
+	got := make([]byte, 12)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io_ReadFull(conn, got); err != nil || string(got) != "head:payload" {
+		t.Fatalf("peer read %q, %v", got, err)
+	}
+	conn.Write([]byte("ping"))
+	buf := make([]byte, 16)
+	rcv := newResult()
+	l.Call(func() {
+		var e SQE
+		e.PrepRecv(fd, buf, 0)
+		l.Submit(&e, rcv, 0)
+	})
+	if res := rcv.wait(t); string(buf[:res]) != "ping" {
+		t.Fatalf("recv %q", buf[:max(res, 0)])
+	}
+}
+
+func io_ReadFull(c net.Conn, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := c.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func TestArenaClasses(t *testing.T) {
+	a, err := NewArena(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	a.index = 0
+	b := a.Get(5000)
+	if len(b.B) != 5000 || cap(b.B) != 8192 || !b.Fixed() {
+		t.Fatalf("Get(5000): len %d cap %d fixed %v", len(b.B), cap(b.B), b.Fixed())
+	}
+	a.Put(b)
+	if b2 := a.Get(8192); &b2.B[0] != &b.B[0] {
+		t.Fatal("freed buffer not reused")
+	}
+	big := a.Get(2 << 20) // more than the arena: an unregistered overflow buffer
+	if big.Fixed() || len(big.B) != 2<<20 {
+		t.Fatalf("overflow buffer: fixed %v len %d", big.Fixed(), len(big.B))
+	}
+	a.Put(big)
+	if again := a.Get(2 << 20); &again.B[0] != &big.B[0] || again.Fixed() {
+		t.Fatal("overflow buffer not reused as unregistered")
+	}
+	for _, n := range []int{1, 4096, 4097, 1 << 20, 32 << 20} {
+		if c := classOf(n); 1<<(c+minClassShift) < n {
+			t.Fatalf("classOf(%d) = %d too small", n, c)
+		}
+	}
+}
+
+func TestOpenBlockErrors(t *testing.T) {
+	if _, err := OpenBlock("/nonexistent/udm", OpenOptions{}); !errors.Is(err, unix.ENOENT) {
+		t.Fatalf("missing file: %v", err)
+	}
+	if _, err := OpenBlock(t.TempDir(), OpenOptions{}); err == nil {
+		t.Fatal("a directory opened as a block file")
+	}
+	p := testutil.TempFile(t, 1<<20)
+	os.Chmod(p, 0o444)
+	f, err := OpenBlock(p, OpenOptions{ReadOnly: true})
+	if err != nil || !f.ReadOnly {
+		t.Fatalf("read-only open: %v ro=%v", err, f != nil && f.ReadOnly)
+	}
+	f.Close()
+}
