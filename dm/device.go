@@ -93,9 +93,9 @@ type Device struct {
 	pool    *devPool
 	reg     *Registry // nil for a standalone device
 
-	// hook, when set by a test before the device is used, runs at the
-	// named points so that tests can force interleavings.
-	hook func(hookPoint)
+	// hook, set by tests, runs at the named points so that they can
+	// force interleavings. Only slow paths (requeues, suspends) read it.
+	hook atomic.Pointer[func(hookPoint)]
 }
 
 type hookPoint int
@@ -113,9 +113,18 @@ const (
 )
 
 func (d *Device) hookAt(p hookPoint) {
-	if h := d.hook; h != nil {
-		h(p)
+	if h := d.hook.Load(); h != nil {
+		(*h)(p)
 	}
+}
+
+// setHook installs (or, with nil, removes) the test hook.
+func (d *Device) setHook(fn func(hookPoint)) {
+	if fn == nil {
+		d.hook.Store(nil)
+		return
+	}
+	d.hook.Store(&fn)
 }
 
 // NewDevice returns a standalone device with no table (not in any
@@ -345,9 +354,10 @@ func (d *Device) abortSuspend(t *table) {
 // Resume swaps in the inactive table if there is one (suspending first,
 // with flush, if needed), then resumes a suspended device: all preresumes
 // (an error leaves it suspended), all resumes, then the deferred bios are
-// re-issued in order against the table live now. Resuming a device that
-// isn't suspended and has no inactive table does nothing. With no live
-// table, or a zero-size one, it fails with EINVAL.
+// re-issued in order against the table live now. With no live table, or a
+// zero-size one, it fails with EINVAL (after the swap, if any: the device
+// then stays suspended). Resuming a device that isn't suspended and has no
+// inactive table does nothing.
 func (d *Device) Resume(ctx context.Context) error { return d.resume(ctx, false) }
 
 // ResumeNoflush is Resume whose suspend (before a table swap) is noflush.
@@ -370,15 +380,15 @@ func (d *Device) resume(ctx context.Context, noflush bool) error {
 		}
 		d.swapTable()
 	}
-	if d.flags.Load()&flagSuspended == 0 {
-		return nil
-	}
 	t := d.live.Load()
 	if t == nil {
 		return ErrNoTable
 	}
 	if t.size == 0 {
 		return ErrZeroSize
+	}
+	if d.flags.Load()&flagSuspended == 0 {
+		return nil
 	}
 	if err := t.preresume(); err != nil {
 		return err

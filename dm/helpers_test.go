@@ -650,7 +650,7 @@ func (c *capDev) take() []capIO {
 	return g
 }
 
-func (c *capDev) setHold(on bool) { c.mu.Lock(); c.hold = on; c.mu.Unlock() }
+func (c *capDev) setHold(on bool)  { c.mu.Lock(); c.hold = on; c.mu.Unlock() }
 func (c *capDev) setErr(err error) { c.mu.Lock(); c.err = err; c.mu.Unlock() }
 
 // release ends the held clones with err.
