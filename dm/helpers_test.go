@@ -302,7 +302,8 @@ func qpathType() TargetType {
 		if err != nil {
 			return nil, err
 		}
-		return &qpath{ctx: ctx, dev: dev, up: true, queueIfNoPath: len(args) == 2}, nil
+		q := len(args) == 2
+		return &qpath{ctx: ctx, dev: dev, up: true, queueIfNoPath: q, saved: q}, nil
 	}}
 }
 

@@ -1,0 +1,417 @@
+package dm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"syscall"
+	"testing"
+
+	"github.com/rs/zerolog"
+)
+
+// The seed's own test list (SEMANTICS.md), with qpath standing in for
+// multipath: regression, new path, error paths, and two devices at once.
+
+type mpFixture struct {
+	t    *testing.T
+	path *MemDevice
+	d    *Device
+	q    *qpath
+	l    ledger
+}
+
+func newMP(t *testing.T, queueIfNoPath bool) *mpFixture {
+	f := &mpFixture{t: t, path: NewMemDevice("p", 4*MiB)}
+	table := "0 2048 qpath p"
+	if queueIfNoPath {
+		table += " queue_if_no_path"
+	}
+	f.d = newDev(t, nil, table, f.path, NewMemDevice("spare", 4*MiB))
+	f.q = liveTarget[*qpath](t, f.d, 0)
+	t.Cleanup(func() { f.l.checkOnce(t) })
+	return f
+}
+
+func (f *mpFixture) msg(args ...string) {
+	f.t.Helper()
+	if _, err := f.d.Message(bg(), 0, args); err != nil {
+		f.t.Fatalf("message %q: %v", args, err)
+	}
+}
+
+func (f *mpFixture) write(sector uint64, v byte) *ioRec {
+	r := f.l.bio(OpWrite, sector, 4096)
+	fill(r.Buf, v)
+	f.d.Submit(&r.Bio)
+	return r
+}
+
+// queued submits a write while the path is down and checks the target
+// holds it.
+func (f *mpFixture) queued(sector uint64, v byte) *ioRec {
+	f.t.Helper()
+	f.msg("fail_path")
+	r := f.write(sector, v)
+	if r.ended() {
+		f.t.Fatalf("write ended (%v) instead of being queued", r.err)
+	}
+	if n := f.q.nheld(); n != 1 {
+		f.t.Fatalf("target holds %d bios, want 1", n)
+	}
+	return r
+}
+
+func (f *mpFixture) onDev(dev *MemDevice, sector int64, v byte) bool {
+	buf := make([]byte, 4096)
+	dev.ReadAt(buf, sector<<9)
+	return bytes.Equal(buf, fill(make([]byte, 4096), v))
+}
+
+func TestSeedRegression(t *testing.T) {
+	t.Run("I/O succeeds with valid paths", func(t *testing.T) {
+		f := newMP(t, true)
+		mustErrno(t, "write", f.write(8, 0xa1).wait(t), 0)
+		if !f.onDev(f.path, 8, 0xa1) {
+			t.Fatal("data not on the path")
+		}
+	})
+	t.Run("fails with no valid path and no queue_if_no_path", func(t *testing.T) {
+		f := newMP(t, false)
+		f.msg("fail_path")
+		mustErrno(t, "write", f.write(8, 1).wait(t), syscall.EIO)
+		if f.path.IOs() != 0 {
+			t.Fatal("I/O reached the failed path")
+		}
+	})
+	t.Run("is queued with no valid path and queue_if_no_path", func(t *testing.T) {
+		f := newMP(t, true)
+		r := f.queued(8, 1)
+		if f.d.Pending() != 1 || r.ended() {
+			t.Fatalf("pending %d", f.d.Pending())
+		}
+		// Recovery runs it.
+		f.msg("reinstate_path")
+		mustErrno(t, "write", r.wait(t), 0)
+	})
+	t.Run("queued I/O fails on a suspend without noflush", func(t *testing.T) {
+		f := newMP(t, true)
+		r := f.queued(8, 1)
+		if err := f.d.Suspend(bg(), false); err != nil {
+			t.Fatal(err)
+		}
+		mustErrno(t, "queued write", r.wait(t), syscall.EIO)
+		if s := f.d.Stats(); !s.Suspended || s.Deferred != 0 || s.Pushbacks != 0 || s.InFlight != 0 {
+			t.Fatalf("stats %+v", s)
+		}
+	})
+}
+
+func TestSeedNewPath(t *testing.T) {
+	// noflushSuspended: a write queued in the target, then a noflush
+	// suspend pushes it back, and it does not return.
+	noflushSuspended := func(t *testing.T) (*mpFixture, *ioRec) {
+		f := newMP(t, true)
+		r := f.queued(8, 0xb2)
+		if err := f.d.Suspend(bg(), true); err != nil {
+			t.Fatal(err)
+		}
+		if r.ended() {
+			t.Fatalf("pushed-back write returned: %v", r.err)
+		}
+		if s := f.d.Stats(); s.Pushbacks != 1 || s.Deferred != 1 || s.Pushback != 0 || s.InFlight != 0 || !s.Suspended {
+			t.Fatalf("after the noflush suspend: %+v", s)
+		}
+		if f.q.nheld() != 0 || f.d.NoflushSuspending() {
+			t.Fatalf("target holds %d; noflush flag %v", f.q.nheld(), f.d.NoflushSuspending())
+		}
+		return f, r
+	}
+	t.Run("queued I/O is pushed back but does not return on a noflush suspend", func(t *testing.T) {
+		noflushSuspended(t)
+	})
+	t.Run("is queued in the target again on a resume without recovery", func(t *testing.T) {
+		f, r := noflushSuspended(t)
+		if err := f.d.Resume(bg()); err != nil {
+			t.Fatal(err)
+		}
+		if r.ended() || f.q.nheld() != 1 || f.d.Stats().Deferred != 0 {
+			t.Fatalf("ended %v held %d", r.ended(), f.q.nheld())
+		}
+		f.msg("reinstate_path")
+		mustErrno(t, "write", r.wait(t), 0)
+	})
+	t.Run("succeeds on resume after path recovery", func(t *testing.T) {
+		f, r := noflushSuspended(t)
+		f.msg("reinstate_path")
+		if r.ended() {
+			t.Fatal("ran before resume")
+		}
+		if err := f.d.Resume(bg()); err != nil {
+			t.Fatal(err)
+		}
+		mustErrno(t, "write", r.wait(t), 0)
+		if !f.onDev(f.path, 8, 0xb2) {
+			t.Fatal("data not on the path")
+		}
+	})
+	t.Run("succeeds on resume after a table load", func(t *testing.T) {
+		f, r := noflushSuspended(t)
+		if err := f.d.Load("0 2048 linear spare 0"); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.d.Resume(bg()); err != nil {
+			t.Fatal(err)
+		}
+		mustErrno(t, "write", r.wait(t), 0)
+		spare := f.d.live.Load().targets[0].target.(*linear).dev.(*MemDevice)
+		if !f.onDev(spare, 8, 0xb2) || f.path.IOs() != 0 {
+			t.Fatal("data not on the new table's device")
+		}
+	})
+	t.Run("queued I/O succeeds on a noflush resume after a table load", func(t *testing.T) {
+		for _, how := range []string{"resume --noflush", "suspend --noflush; load; resume"} {
+			t.Run(how, func(t *testing.T) {
+				f := newMP(t, true)
+				r := f.queued(8, 0xc3)
+				if how != "resume --noflush" {
+					if err := f.d.Suspend(bg(), true); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := f.d.Load("0 2048 qpath spare queue_if_no_path"); err != nil {
+					t.Fatal(err)
+				}
+				var err error
+				if how == "resume --noflush" {
+					err = f.d.ResumeNoflush(bg())
+				} else {
+					err = f.d.Resume(bg())
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				mustErrno(t, "write", r.wait(t), 0)
+				if f.d.Stats().Pushbacks != 1 {
+					t.Fatal("the write was not pushed back")
+				}
+			})
+		}
+	})
+	t.Run("pushed-back I/O is re-issued ahead of newer deferred I/O", func(t *testing.T) {
+		path := newCapDev("p", 4*MiB)
+		d := newDev(t, nil, "0 2048 qpath p", path)
+		q := liveTarget[*qpath](t, d, 0)
+		var l ledger
+		defer l.checkOnce(t)
+		path.setHold(true)
+		x := l.submit(d, OpWrite, 8, 512) // in flight on the path
+		var newer *ioRec
+		blocked := make(chan struct{})
+		d.setHook(func(p hookPoint) {
+			if p == hookBlocked {
+				newer = l.submit(d, OpWrite, 100, 512) // deferred
+				close(blocked)
+			}
+		})
+		done := make(chan error, 1)
+		go func() { done <- d.Suspend(bg(), true) }()
+		<-blocked
+		d.setHook(nil)
+		path.take()
+		path.release(syscall.EIO) // x: path error → requeue → pushback
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if x.ended() || newer.ended() || d.Stats().Deferred != 2 {
+			t.Fatalf("stats %+v", d.Stats())
+		}
+		if _, err := d.Message(bg(), 0, []string{"reinstate_path"}); err != nil {
+			t.Fatal(err)
+		}
+		path.setHold(false)
+		if err := d.Resume(bg()); err != nil {
+			t.Fatal(err)
+		}
+		l.waitAll(t)
+		got := path.take()
+		if len(got) != 2 || got[0].Sector != 8 || got[1].Sector != 100 {
+			t.Fatalf("re-issue order %v, want the pushed-back write (8) first", got)
+		}
+		_ = q
+	})
+}
+
+func TestSeedErrorPaths(t *testing.T) {
+	t.Run("a failure inside suspend after the flag is set clears it and flushes pushback", func(t *testing.T) {
+		for _, recover := range []bool{false, true} {
+			name := map[bool]string{false: "path still down: EIO", true: "path back: succeeds"}[recover]
+			t.Run(name, func(t *testing.T) {
+				f := newMP(t, true)
+				r := f.queued(8, 0xd4)
+				ctx, cancel := context.WithCancel(bg())
+				f.q.mu.Lock()
+				f.q.onPresuspend = func() {
+					// Presuspend pushed the write back; now fail.
+					if s := f.d.Stats(); s.Pushback != 1 || !f.d.NoflushSuspending() {
+						t.Errorf("in presuspend: %+v", s)
+					}
+					if recover {
+						f.q.mu.Lock()
+						f.q.up = true
+						f.q.mu.Unlock()
+					}
+					cancel()
+				}
+				f.q.mu.Unlock()
+				err := f.d.Suspend(ctx, true)
+				if !errors.Is(err, ErrInterrupted) || !errors.Is(err, context.Canceled) {
+					t.Fatalf("suspend: %v", err)
+				}
+				if f.d.NoflushSuspending() || f.d.Suspended() {
+					t.Fatal("flag left set or device suspended")
+				}
+				want := syscall.EIO // queue_if_no_path is off: no presuspend undo in multipath
+				if recover {
+					want = 0
+				}
+				mustErrno(t, "pushed-back write", r.wait(t), want)
+				if s := f.d.Stats(); s.Pushback != 0 || s.Deferred != 0 || s.InFlight != 0 {
+					t.Fatalf("stats %+v", s)
+				}
+			})
+		}
+	})
+	t.Run("an interrupted noflush suspend re-issues what was already pushed back, and what requeues afterwards returns EIO", func(t *testing.T) {
+		f := newMP(t, true)
+		// B is in flight on the path and will fail there.
+		f.path.Hang(true)
+		f.path.FailNext(1, syscall.EIO)
+		b := f.write(16, 0xbb)
+		// A is queued in the target: the path is down.
+		a := f.queued(8, 0xaa)
+
+		ctx, cancel := context.WithCancel(bg())
+		blocked := make(chan struct{})
+		f.d.setHook(func(p hookPoint) {
+			if p == hookBlocked {
+				close(blocked)
+			}
+		})
+		done := make(chan error, 1)
+		go func() { done <- f.d.Suspend(ctx, true) }()
+		<-blocked
+		f.d.setHook(nil)
+		if s := f.d.Stats(); s.Pushback != 1 || s.InFlight != 1 {
+			t.Fatalf("while suspending: %+v", s)
+		}
+		f.msg("reinstate_path")
+		cancel()
+		if err := <-done; !errors.Is(err, ErrInterrupted) {
+			t.Fatalf("suspend: %v", err)
+		}
+		// A was re-issued: it is on the path now.
+		if f.path.Held() != 2 || a.ended() || b.ended() {
+			t.Fatalf("path holds %d", f.path.Held())
+		}
+		f.path.Hang(false)
+		f.path.Release()
+		mustErrno(t, "B (requeued after the interrupt)", b.wait(t), syscall.EIO)
+		mustErrno(t, "A (pushed back before it)", a.wait(t), 0)
+		if !f.onDev(f.path, 8, 0xaa) || f.d.Suspended() {
+			t.Fatal("A's data not on the path, or device suspended")
+		}
+	})
+}
+
+// Two devices at once, in one registry, sharing their path device through
+// the pool: each keeps its own pushback and deferred bios.
+func TestSeedTwoDevices(t *testing.T) {
+	path := NewMemDevice("p", 4*MiB)
+	spare := NewMemDevice("spare", 4*MiB)
+	opens := map[string]int{}
+	closes := map[string]int{}
+	open := func(name string, ro bool) (BlockDevice, io.Closer, error) {
+		opens[name]++
+		dev := map[string]BlockDevice{"p": path, "spare": spare}[name]
+		return dev, closerFunc(func() error { closes[name]++; return nil }), nil
+	}
+	reg := NewRegistry(Config{Log: zerolog.Nop(), Targets: testTargets(t, nil), Open: open})
+	var devs [2]*Device
+	var qs [2]*qpath
+	for i, name := range []string{"mpa", "mpb"} {
+		d, err := reg.Create(bg(), name, "", "0 2048 qpath p queue_if_no_path")
+		if err != nil {
+			t.Fatal(err)
+		}
+		devs[i], qs[i] = d, liveTarget[*qpath](t, d, 0)
+	}
+	if opens["p"] != 1 {
+		t.Fatalf("p opened %d times; the pool should share it", opens["p"])
+	}
+	var l ledger
+	defer l.checkOnce(t)
+	var rs [2]*ioRec
+	for i, d := range devs {
+		if _, err := d.Message(bg(), 0, []string{"fail_path"}); err != nil {
+			t.Fatal(err)
+		}
+		rs[i] = l.bio(OpWrite, uint64(8*i), 4096)
+		fill(rs[i].Buf, byte(0x10+i))
+		d.Submit(&rs[i].Bio)
+	}
+	// Suspend both (noflush) concurrently.
+	errs := make(chan error, 2)
+	for _, d := range devs {
+		go func(d *Device) { errs <- d.Suspend(bg(), true) }(d)
+	}
+	for range devs {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, d := range devs {
+		if s := d.Stats(); s.Deferred != 1 || rs[i].ended() {
+			t.Fatalf("device %d: %+v", i, s)
+		}
+	}
+	// Recover the first one only.
+	if _, err := devs[0].Message(bg(), 0, []string{"reinstate_path"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := devs[0].Resume(bg()); err != nil {
+		t.Fatal(err)
+	}
+	mustErrno(t, "first device's write", rs[0].wait(t), 0)
+	if rs[1].ended() || devs[1].Stats().Deferred != 1 {
+		t.Fatal("the second device's write moved")
+	}
+	// The second gets a new table instead.
+	if err := devs[1].Load("0 2048 linear spare 0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := devs[1].Resume(bg()); err != nil {
+		t.Fatal(err)
+	}
+	mustErrno(t, "second device's write", rs[1].wait(t), 0)
+	buf := make([]byte, 4096)
+	spare.ReadAt(buf, 8<<9)
+	if buf[0] != 0x11 {
+		t.Fatal("second write not on spare")
+	}
+	path.ReadAt(buf, 0)
+	if buf[0] != 0x10 {
+		t.Fatal("first write not on the path")
+	}
+	if closes["p"] != 0 {
+		t.Fatal("p closed while the first device still uses it")
+	}
+	if err := reg.Remove(bg(), "mpa", false, false); err != nil {
+		t.Fatal(err)
+	}
+	if closes["p"] != 1 {
+		t.Fatalf("p closed %d times after its last user went", closes["p"])
+	}
+	_ = qs
+}
