@@ -110,6 +110,9 @@ const (
 	// hookAbort: a failed or interrupted suspend is about to clear the
 	// noflush flag and merge pushback.
 	hookAbort
+	// hookDefer: Submit saw BLOCK_IO and is about to take the deferred
+	// lock.
+	hookDefer
 )
 
 func (d *Device) hookAt(p hookPoint) {

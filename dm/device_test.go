@@ -363,7 +363,7 @@ func TestDeferredReissue(t *testing.T) {
 	onLoop := map[uint64]bool{}
 	liveTarget[*recTarget](t, d, 0).mapHook = func(c *Clone) {
 		mu.Lock()
-		onLoop[c.Sector] = loop.inLoop.Load()
+		onLoop[c.Sector] = loop.onLoop()
 		mu.Unlock()
 	}
 	if err := d.Suspend(bg(), false); err != nil {

@@ -3,6 +3,8 @@ package dm
 import (
 	"context"
 	"fmt"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -134,8 +136,21 @@ type testLoop struct {
 	wake   chan struct{}
 	done   chan struct{}
 	posted atomic.Int64
-	inLoop atomic.Bool
+	gid    atomic.Uint64 // the loop goroutine's id
 }
+
+// curGID is the calling goroutine's id (tests only: which goroutine runs
+// what).
+func curGID() uint64 {
+	var buf [64]byte
+	s := string(buf[:runtime.Stack(buf[:], false)])
+	s = strings.TrimPrefix(s, "goroutine ")
+	id, _ := strconv.ParseUint(s[:strings.IndexByte(s, ' ')], 10, 64)
+	return id
+}
+
+// onLoop reports whether the caller runs on the loop's goroutine.
+func (l *testLoop) onLoop() bool { return curGID() == l.gid.Load() }
 
 func newTestLoop(t testing.TB) *testLoop {
 	l := &testLoop{wake: make(chan struct{}, 1), done: make(chan struct{})}
@@ -162,6 +177,7 @@ func (l *testLoop) Post(fn func()) error {
 
 func (l *testLoop) run() {
 	defer close(l.done)
+	l.gid.Store(curGID())
 	for {
 		l.mu.Lock()
 		q := l.q
@@ -169,9 +185,7 @@ func (l *testLoop) run() {
 		closed := l.closed
 		l.mu.Unlock()
 		for _, fn := range q {
-			l.inLoop.Store(true)
 			fn()
-			l.inLoop.Store(false)
 		}
 		if closed && len(q) == 0 {
 			return

@@ -196,6 +196,7 @@ func (d *Device) Submit(b *Bio) {
 			return
 		}
 		d.pendingDec()
+		d.hookAt(hookDefer)
 		if d.deferBio(b) {
 			return
 		}
