@@ -44,6 +44,9 @@ const (
 	FUA BioFlags = 1 << iota
 	// NoUnmap: write-zeroes must allocate (not punch a hole).
 	NoUnmap
+	// FastZero: write-zeroes must fail with EOPNOTSUPP rather than fall
+	// back to writing zeroes slowly (NBD_CMD_FLAG_FAST_ZERO).
+	FastZero
 )
 
 // Executor runs functions on the thread a bio belongs to. A *uring.Loop is

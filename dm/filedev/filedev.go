@@ -372,6 +372,10 @@ func (p *port) submit(c *dm.Clone) {
 		e.PrepFallocate(p.fd, uring.FallocPunchHole|uring.FallocKeepSize, uint64(off), uint64(n))
 		p.submitSQE(&e, i)
 	case dm.OpWriteZeroes:
+		if d.noZeroRange.Load() && c.Flags&dm.FastZero != 0 {
+			c.End(syscall.EOPNOTSUPP)
+			return
+		}
 		i := p.alloc(c, pOpZeroRange)
 		if d.noZeroRange.Load() {
 			p.startZeroWrite(i, off, n)
@@ -440,6 +444,10 @@ func (p *port) Complete(tag uint64, res int32, _ uint32) {
 		if res == -int32(syscall.EOPNOTSUPP) || res == -int32(syscall.EINVAL) {
 			p.d.noZeroRange.Store(true)
 			c := s.c
+			if c.Flags&dm.FastZero != 0 {
+				p.release(i).End(syscall.EOPNOTSUPP)
+				return
+			}
 			p.startZeroWrite(i, int64(c.Sector)<<dm.SectorShift, int64(c.Len))
 			return
 		}

@@ -1,0 +1,346 @@
+package dm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// regFixture is a registry over named MemDevices whose opens and closes
+// are counted.
+type regFixture struct {
+	reg  *Registry
+	devs map[string]*MemDevice
+	mu   sync.Mutex
+	open map[string]int // guarded by mu: currently open
+}
+
+func newRegFixture(t *testing.T, names ...string) *regFixture {
+	f := &regFixture{devs: map[string]*MemDevice{}, open: map[string]int{}}
+	for _, n := range names {
+		f.devs[n] = NewMemDevice(n, 4*MiB)
+	}
+	opener := func(name string, ro bool) (BlockDevice, io.Closer, error) {
+		d, ok := f.devs[name]
+		if !ok {
+			return nil, nil, fmt.Errorf("open %s: %w", name, syscall.ENOENT)
+		}
+		f.mu.Lock()
+		f.open[name]++
+		f.mu.Unlock()
+		return d, closerFunc(func() error {
+			f.mu.Lock()
+			f.open[name]--
+			f.mu.Unlock()
+			return nil
+		}), nil
+	}
+	f.reg = NewRegistry(Config{Log: zerolog.Nop(), Targets: testTargets(t, nil), Open: opener})
+	return f
+}
+
+func (f *regFixture) opened(name string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.open[name]
+}
+
+func (f *regFixture) create(t *testing.T, name, table string) *Device {
+	t.Helper()
+	d, err := f.reg.Create(bg(), name, "", table)
+	if err != nil {
+		t.Fatalf("create %s: %v", name, err)
+	}
+	return d
+}
+
+func TestRegistryCreateGetList(t *testing.T) {
+	f := newRegFixture(t, "a")
+	d := f.create(t, "vol1", "0 8 linear a 0")
+	if _, err := f.reg.Create(bg(), "vol0", "UUID-0", "# no table\n"); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.reg.List(); !reflect.DeepEqual(got, []string{"vol0", "vol1"}) {
+		t.Fatalf("List = %q", got)
+	}
+	if g, err := f.reg.Get("vol1"); err != nil || g != d {
+		t.Fatalf("Get = %p, %v", g, err)
+	}
+	if _, err := f.reg.Get("nope"); !errors.Is(err, ErrNoDevice) || !errors.Is(err, syscall.ENXIO) {
+		t.Fatalf("Get(nope): %v", err)
+	}
+	v0, _ := f.reg.Get("vol0")
+	if i := v0.Info(); i.TablesPresent() != "None" || i.Suspended || i.UUID != "UUID-0" {
+		t.Fatalf("table-less device: %+v", i)
+	}
+	for _, tc := range []struct {
+		name, uuid string
+		err        error
+	}{
+		{"vol1", "", ErrExists},
+		{"vol2", "UUID-0", ErrExists},
+		{"", "", ErrBadName},
+		{"a/b", "", ErrBadName},
+		{"..", "", ErrBadName},
+		{"with space", "", ErrBadName},
+	} {
+		if _, err := f.reg.Create(bg(), tc.name, tc.uuid, "0 8 zero"); !errors.Is(err, tc.err) {
+			t.Errorf("Create(%q, %q): %v, want %v", tc.name, tc.uuid, err, tc.err)
+		}
+	}
+	if errors.Is(ErrExists, syscall.EEXIST) != true {
+		t.Fatal("ErrExists is not EEXIST")
+	}
+}
+
+func TestRegistryCreateFailureLeavesNothing(t *testing.T) {
+	f := newRegFixture(t, "a")
+	for _, table := range []string{
+		"0 8 linear a 0\n8 8 linear missing 0", // constructor error after a open
+		"0 8 linear a 0\n8 8 nosuchtype",
+		"0 8 linear a",
+	} {
+		if _, err := f.reg.Create(bg(), "x", "", table); err == nil {
+			t.Fatalf("create with %q succeeded", table)
+		}
+		if len(f.reg.List()) != 0 || f.opened("a") != 0 {
+			t.Fatalf("left behind: %q, a open %d", f.reg.List(), f.opened("a"))
+		}
+	}
+	// Without a table, Create makes a table-less device.
+	if d, err := f.reg.Create(bg(), "x", "", "  \n"); err != nil || d.Info().Live {
+		t.Fatalf("create without table: %v", err)
+	}
+}
+
+func TestRegistryRemove(t *testing.T) {
+	t.Run("plain", func(t *testing.T) {
+		f := newRegFixture(t, "a")
+		d := f.create(t, "v", "0 8 linear a 0\n8 8 linear a 8")
+		if f.opened("a") != 1 {
+			t.Fatalf("a opened %d times; one pool entry expected", f.opened("a"))
+		}
+		if err := f.reg.Remove(bg(), "v", false, false); err != nil {
+			t.Fatal(err)
+		}
+		if len(f.reg.List()) != 0 || f.opened("a") != 0 {
+			t.Fatalf("after remove: %q, a open %d", f.reg.List(), f.opened("a"))
+		}
+		r := newRec(OpRead, 0, 512)
+		d.Submit(&r.Bio)
+		mustErrno(t, "I/O to a removed device", r.wait(t), syscall.EIO)
+		if err := d.Open(); !errors.Is(err, ErrRemoved) {
+			t.Fatalf("open of a removed device: %v", err)
+		}
+		if err := d.Load("0 8 zero"); !errors.Is(err, ErrRemoved) {
+			t.Fatalf("load into a removed device: %v", err)
+		}
+		if err := f.reg.Remove(bg(), "v", false, false); !errors.Is(err, ErrNoDevice) {
+			t.Fatalf("second remove: %v", err)
+		}
+	})
+	t.Run("busy, deferred, cancel", func(t *testing.T) {
+		f := newRegFixture(t, "a")
+		d := f.create(t, "v", "0 8 linear a 0")
+		if err := d.Open(); err != nil {
+			t.Fatal(err)
+		}
+		err := f.reg.Remove(bg(), "v", false, false)
+		if !errors.Is(err, ErrBusy) || !errors.Is(err, syscall.EBUSY) {
+			t.Fatalf("remove while open: %v", err)
+		}
+		if err := f.reg.Remove(bg(), "v", false, true); err != nil {
+			t.Fatalf("deferred remove: %v", err)
+		}
+		if i := d.Info(); !i.DeferredRemove || len(f.reg.List()) != 1 {
+			t.Fatalf("not marked: %+v", i)
+		}
+		if _, err := d.Message(bg(), 0, []string{"@cancel_deferred_remove"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Message(bg(), 0, []string{"@cancel_deferred_remove"}); !errors.Is(err, syscall.ENXIO) {
+			t.Fatalf("second cancel: %v", err)
+		}
+		if err := d.Close(); err != nil || len(f.reg.List()) != 1 {
+			t.Fatalf("close after cancel removed it: %v", err)
+		}
+		// Deferred again; the last close removes it.
+		d.Open()
+		d.Open()
+		if err := f.reg.Remove(bg(), "v", false, true); err != nil {
+			t.Fatal(err)
+		}
+		d.Close()
+		if len(f.reg.List()) != 1 {
+			t.Fatal("removed before the last close")
+		}
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if len(f.reg.List()) != 0 || f.opened("a") != 0 {
+			t.Fatalf("after last close: %q", f.reg.List())
+		}
+	})
+	t.Run("force fails held I/O under its users", func(t *testing.T) {
+		f := newRegFixture(t, "a")
+		d := f.create(t, "v", "0 8 qpath a queue_if_no_path")
+		if err := d.Open(); err != nil { // an export holds it
+			t.Fatal(err)
+		}
+		if _, err := d.Message(bg(), 0, []string{"fail_path"}); err != nil {
+			t.Fatal(err)
+		}
+		var l ledger
+		held := l.submit(d, OpWrite, 0, 512)
+		if held.ended() {
+			t.Fatal("not queued")
+		}
+		if err := f.reg.Remove(bg(), "v", true, false); err != nil {
+			t.Fatal(err)
+		}
+		mustErrno(t, "queued write", held.wait(t), syscall.EIO)
+		if len(f.reg.List()) != 0 || f.opened("a") != 0 {
+			t.Fatal("not removed")
+		}
+		late := l.submit(d, OpRead, 0, 512)
+		mustErrno(t, "I/O after a forced remove", late.wait(t), syscall.EIO)
+		if err := d.Close(); err != nil {
+			t.Fatalf("the user's close: %v", err)
+		}
+		l.checkOnce(t)
+	})
+	t.Run("force with I/O stuck below gives up with the context", func(t *testing.T) {
+		f := newRegFixture(t, "a")
+		d := f.create(t, "v", "0 8 linear a 0")
+		f.devs["a"].Hang(true)
+		stuck := newRec(OpRead, 0, 512)
+		d.Submit(&stuck.Bio)
+		ctx, cancel := context.WithTimeout(bg(), 10*time.Millisecond)
+		defer cancel()
+		err := f.reg.Remove(ctx, "v", true, false)
+		if !errors.Is(err, ErrInterrupted) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("forced remove with stuck I/O: %v", err)
+		}
+		if len(f.reg.List()) != 1 {
+			t.Fatal("removed with I/O in flight")
+		}
+		// The swap needed the drain: the error table waits in the
+		// inactive slot, and the device is still live and usable.
+		if i := d.Info(); !i.Live || !i.Inactive || i.Suspended {
+			t.Fatalf("after the failed forced remove: %+v", i)
+		}
+		f.devs["a"].Hang(false)
+		f.devs["a"].Release()
+		mustErrno(t, "stuck bio", stuck.wait(t), 0)
+		if err := f.reg.Remove(bg(), "v", true, false); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("deferred I/O of a suspended device ends with EIO", func(t *testing.T) {
+		f := newRegFixture(t, "a")
+		d := f.create(t, "v", "0 8 linear a 0")
+		if err := d.Suspend(bg(), true); err != nil {
+			t.Fatal(err)
+		}
+		r := newRec(OpWrite, 0, 512)
+		d.Submit(&r.Bio)
+		if err := f.reg.Remove(bg(), "v", false, false); err != nil {
+			t.Fatal(err)
+		}
+		mustErrno(t, "deferred write", r.wait(t), syscall.EIO)
+		if f.devs["a"].IOs() != 0 {
+			t.Fatal("deferred write reached the device")
+		}
+	})
+}
+
+func TestRegistryRename(t *testing.T) {
+	f := newRegFixture(t, "a")
+	d := f.create(t, "old", "0 8 zero")
+	f.create(t, "other", "0 8 zero")
+	ev := d.Event()
+	if err := f.reg.Rename("old", "other"); !errors.Is(err, ErrExists) {
+		t.Fatalf("rename onto an existing name: %v", err)
+	}
+	if err := f.reg.Rename("nope", "x"); !errors.Is(err, ErrNoDevice) {
+		t.Fatalf("rename of a missing device: %v", err)
+	}
+	if err := f.reg.Rename("old", "new"); err != nil {
+		t.Fatal(err)
+	}
+	if g, _ := f.reg.Get("new"); g != d || d.Name() != "new" || d.Event() == ev {
+		t.Fatalf("after rename: %v %q", g, d.Name())
+	}
+	if _, err := f.reg.Get("old"); err == nil {
+		t.Fatal("old name still there")
+	}
+}
+
+// A table may name another device of the registry as /dev/mapper/NAME.
+func TestRegistryStacking(t *testing.T) {
+	f := newRegFixture(t, "a")
+	lower := f.create(t, "lower", "0 64 linear a 100")
+	upper := f.create(t, "upper", "0 32 linear /dev/mapper/lower 16\n32 32 zero")
+	if lower.Info().OpenCount != 1 {
+		t.Fatalf("lower open count %d", lower.Info().OpenCount)
+	}
+	w := newRec(OpWrite, 30, 4<<9) // split across upper's targets
+	fill(w.Buf, 0x5a)
+	upper.Submit(&w.Bio)
+	mustErrno(t, "write", w.wait(t), 0)
+	buf := make([]byte, 1024)
+	f.devs["a"].ReadAt(buf, (100+16+30)<<9)
+	if buf[0] != 0x5a || buf[1023] != 0x5a {
+		t.Fatal("stacked write not on the bottom device")
+	}
+	if lines, _ := upper.Table(false); lines[0] != "0 32 linear /dev/mapper/lower 16" {
+		t.Fatalf("table %q", lines)
+	}
+	// Lower can't go while upper uses it.
+	if err := f.reg.Remove(bg(), "lower", false, false); !errors.Is(err, ErrBusy) {
+		t.Fatalf("remove of a stacked-on device: %v", err)
+	}
+	// No loops.
+	if err := lower.Load("0 64 linear /dev/mapper/upper 0"); !errors.Is(err, ErrLoop) {
+		t.Fatalf("lower over upper: %v", err)
+	}
+	if err := lower.Load("0 64 linear /dev/mapper/lower 0"); !errors.Is(err, ErrLoop) {
+		t.Fatalf("lower over itself: %v", err)
+	}
+	if err := upper.Load("0 64 linear /dev/mapper/nosuch 0"); err == nil {
+		t.Fatal("unknown mapper device opened")
+	}
+	// Lower marked for deferred removal goes when upper lets go of it.
+	if err := f.reg.Remove(bg(), "lower", false, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.reg.Remove(bg(), "upper", false, false); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.reg.List()) != 0 || f.opened("a") != 0 {
+		t.Fatalf("left: %q, a open %d", f.reg.List(), f.opened("a"))
+	}
+}
+
+func TestRegistryRemoveAll(t *testing.T) {
+	f := newRegFixture(t, "a")
+	f.create(t, "bottom", "0 64 linear a 0")
+	f.create(t, "mid", "0 64 linear /dev/mapper/bottom 0")
+	top := f.create(t, "top", "0 64 linear /dev/mapper/mid 0")
+	top.Open() // an export
+	f.create(t, "solo", "0 8 zero")
+	if err := f.reg.RemoveAll(bg()); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.reg.List()) != 0 || f.opened("a") != 0 {
+		t.Fatalf("left: %q", f.reg.List())
+	}
+}
