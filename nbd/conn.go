@@ -1,0 +1,641 @@
+package nbd
+
+import (
+	"encoding/binary"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"udm/dm"
+	"udm/uring"
+)
+
+// The transmission phase of one connection runs entirely on its loop:
+//
+//	RECV (one armed at a time) ─▶ parse requests out of rbuf
+//	  ▶ write payloads land in the request's arena buffer (the rest of a
+//	    payload is received straight into it)
+//	  ▶ dm.Device.Submit(&req.bio)   (Exec = this loop)
+//	◀ BioEnd (on this loop) ─▶ reply header into req.head, queued
+//	◀ SENDMSG (one at a time) gathers queued replies: header+data iovecs
+//
+// Replies go out in completion order. A request slot (with its Bio and
+// buffer) lives from parse until its reply is sent; MaxInflight slots per
+// connection bound the memory a client can pin, and when they run out, or
+// replies pile up unsent, the connection stops receiving until they drain.
+// Nothing here allocates per request.
+
+const (
+	tagRecv = iota
+	tagSend
+	tagStatus // a BLOCK_STATUS reply computed off the loop
+
+	rbufSize      = 256 << 10
+	maxIov        = 64
+	maxQueued     = 64 << 20 // reply bytes queued before we stop reading
+	drainLimit    = 64 << 20 // refused write payloads up to this are drained
+	cmdFlagsKnown = CmdFlagFUA | CmdFlagNoHole | CmdFlagDF | CmdFlagReqOne | CmdFlagFastZero
+)
+
+type conn struct {
+	s          *Server
+	l          *uring.Loop
+	fd         int   // the socket
+	sfd        int32 // fixed-file index, or fd
+	fixed      bool
+	exp        *export
+	dev        *dm.Device
+	structured bool
+	meta       bool
+	log        zerolog.Logger
+
+	rbuf         []byte
+	rstart, rend int
+	recvArmed    bool
+	recvID       uring.OpID
+	payload      *req  // a write whose payload is still arriving
+	drain        int64 // bytes of a refused payload still to discard
+	closeDrained bool  // close once the refused payload is drained
+
+	reqs     []req
+	free     []int32
+	bios     int // requests submitted to the device, not yet ended
+	statuses int // BLOCK_STATUS requests being answered off the loop
+	inflight int // slots in use
+
+	sendq       []*req // replies waiting for the next send
+	sending     []*req // replies in (or left over from) the current send
+	sendOff     int    // bytes of sending[0] already on the wire
+	iov         []unix.Iovec
+	msg         unix.Msghdr
+	sendArmed   bool
+	queuedBytes int
+
+	closing bool // no more requests are read
+	hard    bool // no more replies are sent
+	done    bool
+	why     string
+}
+
+type req struct {
+	c        *conn
+	idx      int32
+	bio      dm.Bio
+	hdr      Request
+	buf      uring.Buf
+	got      int // payload bytes received
+	head     [32]byte
+	headLen  int
+	data     []byte // reply payload
+	extra    []byte // BLOCK_STATUS payload (off-loop, heap)
+	werr     uint32
+	noReply  bool
+	finished bool
+}
+
+func newConn(s *Server, l *uring.Loop, fd int, exp *export, structured, meta bool, log zerolog.Logger) *conn {
+	c := &conn{s: s, l: l, fd: fd, sfd: int32(fd), exp: exp, dev: exp.dev, structured: structured, meta: meta,
+		log: log.With().Str("export", exp.name).Logger()}
+	c.rbuf = make([]byte, rbufSize)
+	n := s.cfg.MaxInflight
+	c.reqs = make([]req, n)
+	c.free = make([]int32, 0, n)
+	for i := n - 1; i >= 0; i-- {
+		c.reqs[i].c, c.reqs[i].idx = c, int32(i)
+		c.free = append(c.free, int32(i))
+	}
+	c.sendq = make([]*req, 0, n)
+	c.sending = make([]*req, 0, maxIov)
+	c.iov = make([]unix.Iovec, 0, 2*maxIov)
+	return c
+}
+
+// start runs on the loop.
+func (c *conn) start() {
+	if idx, err := c.l.RegisterFile(c.fd); err == nil {
+		c.sfd, c.fixed = idx, true
+	}
+	c.armRecv()
+}
+
+func (c *conn) prep(e *uring.SQE) {
+	if c.fixed {
+		e.Fixed()
+	}
+}
+
+// Complete is the ring's completion for this connection's socket I/O.
+func (c *conn) Complete(tag uint64, res int32, _ uint32) {
+	switch tag {
+	case tagRecv:
+		c.onRecv(res)
+	case tagSend:
+		c.onSend(res)
+	}
+}
+
+func (c *conn) armRecv() {
+	if c.recvArmed || c.closing {
+		return
+	}
+	var e uring.SQE
+	if r := c.payload; r != nil {
+		e.PrepRecv(c.sfd, r.buf.B[r.got:], unix.MSG_WAITALL)
+	} else {
+		if len(c.free) == 0 || c.queuedBytes > maxQueued {
+			return // throttled: a reply going out will re-arm
+		}
+		if c.rstart == c.rend {
+			c.rstart, c.rend = 0, 0
+		} else if c.rstart > 0 && (len(c.rbuf)-c.rend < RequestSize || c.rstart > len(c.rbuf)/2) {
+			c.rend = copy(c.rbuf, c.rbuf[c.rstart:c.rend])
+			c.rstart = 0
+		}
+		e.PrepRecv(c.sfd, c.rbuf[c.rend:], 0)
+	}
+	c.prep(&e)
+	id, err := c.l.Submit(&e, c, tagRecv)
+	if err != nil {
+		c.shutdown(true, "loop closing")
+		return
+	}
+	c.recvArmed, c.recvID = true, id
+}
+
+func (c *conn) onRecv(res int32) {
+	c.recvArmed = false
+	if c.closing {
+		c.maybeFinish()
+		return
+	}
+	if res <= 0 {
+		why := "client closed the connection"
+		if res < 0 {
+			why = "receive: " + uring.Errno(res).Error()
+		}
+		c.shutdown(true, why)
+		return
+	}
+	if r := c.payload; r != nil {
+		r.got += int(res)
+		if r.got < len(r.buf.B) {
+			c.armRecv()
+			return
+		}
+		c.payload = nil
+		c.submit(r)
+	} else {
+		c.rend += int(res)
+	}
+	c.parse()
+	c.armRecv()
+}
+
+// parse takes complete requests out of rbuf.
+func (c *conn) parse() {
+	for !c.closing && c.payload == nil {
+		avail := c.rend - c.rstart
+		if c.drain > 0 {
+			n := min(int64(avail), c.drain)
+			c.rstart += int(n)
+			c.drain -= n
+			if c.drain > 0 {
+				return
+			}
+			if c.closeDrained {
+				c.shutdown(false, "refused an oversized write")
+				return
+			}
+			continue
+		}
+		if avail < RequestSize {
+			return
+		}
+		if len(c.free) == 0 {
+			return // resumes when a reply has gone out
+		}
+		h, err := ParseRequest(c.rbuf[c.rstart:c.rend])
+		if err != nil {
+			c.shutdown(true, "request out of sync (bad magic)")
+			return
+		}
+		c.rstart += RequestSize
+		c.handle(h)
+	}
+}
+
+func (c *conn) alloc(h Request) *req {
+	i := c.free[len(c.free)-1]
+	c.free = c.free[:len(c.free)-1]
+	r := &c.reqs[i]
+	r.hdr = h
+	r.got, r.headLen, r.data, r.extra, r.werr, r.noReply, r.finished = 0, 0, nil, nil, 0, false, false
+	c.inflight++
+	c.s.stats.Requests.Add(1)
+	return r
+}
+
+// handle validates one request and starts it.
+func (c *conn) handle(h Request) {
+	r := c.alloc(h)
+	size := uint64(c.dev.Size())
+	end := h.Offset + uint64(h.Length)
+	overflow := end < h.Offset
+	hasPayload := h.Type == CmdWrite
+	refuse := func(e uint32) {
+		if hasPayload {
+			c.startDrain(int64(h.Length))
+		}
+		c.reply(r, e)
+	}
+	if h.Flags&^cmdFlagsKnown != 0 {
+		refuse(EINVAL)
+		return
+	}
+	switch h.Type {
+	case CmdRead, CmdWrite:
+		switch {
+		case h.Length == 0 || h.Length%minBlock != 0 || h.Offset%minBlock != 0:
+			refuse(EINVAL)
+		case int(h.Length) > c.s.cfg.MaxPayload:
+			refuse(EOVERFLOW)
+		case h.Type == CmdRead && h.Flags&^(CmdFlagFUA|CmdFlagDF) != 0:
+			refuse(EINVAL)
+		case h.Type == CmdWrite && h.Flags&^CmdFlagFUA != 0:
+			refuse(EINVAL)
+		case overflow || end > size:
+			if h.Type == CmdRead {
+				refuse(EINVAL)
+			} else {
+				refuse(ENOSPC)
+			}
+		case h.Type == CmdWrite && c.dev.ReadOnly():
+			refuse(EPERM)
+		case h.Type == CmdRead:
+			r.buf = c.l.Arena().Get(int(h.Length))
+			c.setBio(r, dm.OpRead, 0)
+			c.submit(r)
+		default:
+			r.buf = c.l.Arena().Get(int(h.Length))
+			n := copy(r.buf.B, c.rbuf[c.rstart:c.rend])
+			c.rstart += n
+			r.got = n
+			var fl dm.BioFlags
+			if h.Flags&CmdFlagFUA != 0 {
+				fl = dm.FUA
+			}
+			c.setBio(r, dm.OpWrite, fl)
+			if n < len(r.buf.B) {
+				c.payload = r
+				return
+			}
+			c.submit(r)
+		}
+	case CmdFlush:
+		if h.Flags != 0 {
+			refuse(EINVAL)
+			return
+		}
+		c.setBio(r, dm.OpFlush, 0)
+		c.submit(r)
+	case CmdTrim, CmdWriteZeroes:
+		allowed := CmdFlagFUA
+		if h.Type == CmdWriteZeroes {
+			allowed |= CmdFlagNoHole | CmdFlagFastZero
+		}
+		switch {
+		case h.Flags&^allowed != 0:
+			refuse(EINVAL)
+		case h.Length == 0 || h.Length%minBlock != 0 || h.Offset%minBlock != 0:
+			refuse(EINVAL)
+		case overflow || end > size:
+			refuse(ENOSPC)
+		case c.dev.ReadOnly():
+			refuse(EPERM)
+		default:
+			op, fl := dm.OpDiscard, dm.BioFlags(0)
+			if h.Type == CmdWriteZeroes {
+				op = dm.OpWriteZeroes
+				if h.Flags&CmdFlagNoHole != 0 {
+					fl |= dm.NoUnmap
+				}
+				if h.Flags&CmdFlagFastZero != 0 {
+					fl |= dm.FastZero
+				}
+			}
+			if h.Flags&CmdFlagFUA != 0 {
+				fl |= dm.FUA
+			}
+			c.setBio(r, op, fl)
+			c.submit(r)
+		}
+	case CmdCache:
+		// Advisory: the data is one read away on our devices anyway.
+		if overflow || end > size || h.Flags != 0 {
+			refuse(EINVAL)
+			return
+		}
+		c.reply(r, 0)
+	case CmdBlockStatus:
+		switch {
+		case !c.meta:
+			refuse(EINVAL)
+		case h.Flags&^CmdFlagReqOne != 0 || h.Length == 0:
+			refuse(EINVAL)
+		case overflow || end > size:
+			refuse(EINVAL)
+		default:
+			c.blockStatus(r)
+		}
+	case CmdDisc:
+		r.noReply = true
+		c.reply(r, 0)
+		c.shutdown(false, "client disconnected")
+	default:
+		// Unknown commands carry no payload we know of: refuse and go on.
+		c.reply(r, EINVAL)
+	}
+}
+
+func (c *conn) startDrain(n int64) {
+	if n > drainLimit {
+		c.shutdown(false, "refused a write too large to drain")
+		return
+	}
+	avail := int64(c.rend - c.rstart)
+	take := min(avail, n)
+	c.rstart += int(take)
+	c.drain = n - take
+}
+
+func (c *conn) setBio(r *req, op dm.Op, fl dm.BioFlags) {
+	b := &r.bio
+	b.Op, b.Flags = op, fl
+	b.Sector = r.hdr.Offset >> dm.SectorShift
+	b.Len = r.hdr.Length
+	b.Buf, b.BufIndex = nil, -1
+	if op.HasData() {
+		b.Buf, b.BufIndex = r.buf.B, r.buf.Index
+	}
+	b.Exec, b.End = c.l, r
+}
+
+func (c *conn) submit(r *req) {
+	c.bios++
+	c.dev.Submit(&r.bio)
+}
+
+// BioEnd runs on the loop when the device is done with the request.
+func (r *req) BioEnd(_ *dm.Bio, err error) {
+	c := r.c
+	c.bios--
+	c.reply(r, ErrnoToWire(err))
+}
+
+// reply queues r's reply (or, on a dead connection, drops it).
+func (c *conn) reply(r *req, werr uint32) {
+	r.werr = werr
+	r.finished = true
+	if werr != 0 {
+		c.s.stats.Errors.Add(1)
+	}
+	if c.hard || r.noReply {
+		c.release(r)
+		c.maybeFinish()
+		return
+	}
+	h := r.hdr
+	read := h.Type == CmdRead && werr == 0
+	switch {
+	case !c.structured:
+		PutSimpleReply(r.head[:], werr, h.Cookie)
+		r.headLen = SimpleReplySize
+		if read {
+			r.data = r.buf.B
+		}
+	case werr != 0:
+		PutStructuredHeader(r.head[:], ReplyFlagDone, ReplyError, h.Cookie, 6)
+		binary.BigEndian.PutUint32(r.head[20:], werr)
+		binary.BigEndian.PutUint16(r.head[24:], 0)
+		r.headLen = 26
+	case read:
+		PutStructuredHeader(r.head[:], ReplyFlagDone, ReplyOffsetData, h.Cookie, 8+h.Length)
+		binary.BigEndian.PutUint64(r.head[20:], h.Offset)
+		r.headLen = 28
+		r.data = r.buf.B
+	case r.extra != nil:
+		PutStructuredHeader(r.head[:], ReplyFlagDone, ReplyBlockStatus, h.Cookie, uint32(len(r.extra)))
+		r.headLen = StructReplySize
+		r.data = r.extra
+	default:
+		PutStructuredHeader(r.head[:], ReplyFlagDone, ReplyNone, h.Cookie, 0)
+		r.headLen = StructReplySize
+	}
+	c.queuedBytes += r.headLen + len(r.data)
+	c.sendq = append(c.sendq, r)
+	c.kickSend()
+}
+
+func (c *conn) kickSend() {
+	if c.sendArmed || c.hard || (len(c.sending) == 0 && len(c.sendq) == 0) {
+		return
+	}
+	// Top the batch up from the queue, then send it from sendOff on.
+	for len(c.sendq) > 0 && len(c.sending) < maxIov {
+		c.sending = append(c.sending, c.sendq[0])
+		c.sendq = c.sendq[:copy(c.sendq, c.sendq[1:])]
+	}
+	c.iov = c.iov[:0]
+	skip := c.sendOff
+	for _, r := range c.sending {
+		skip = c.addIov(r.head[:r.headLen], skip)
+		skip = c.addIov(r.data, skip)
+	}
+	c.msg = unix.Msghdr{Iov: &c.iov[0]}
+	c.msg.SetIovlen(len(c.iov))
+	var e uring.SQE
+	e.PrepSendmsg(c.sfd, &c.msg, unix.MSG_NOSIGNAL)
+	c.prep(&e)
+	if _, err := c.l.Submit(&e, c, tagSend); err != nil {
+		c.shutdown(true, "loop closing")
+		return
+	}
+	c.sendArmed = true
+}
+
+// addIov appends b minus its first skip bytes; it returns what is left
+// of skip.
+func (c *conn) addIov(b []byte, skip int) int {
+	if skip >= len(b) {
+		return skip - len(b)
+	}
+	b = b[skip:]
+	c.iov = append(c.iov, unix.Iovec{Base: &b[0], Len: uint64(len(b))})
+	return 0
+}
+
+func (c *conn) onSend(res int32) {
+	c.sendArmed = false
+	if res < 0 {
+		c.shutdown(true, "send: "+uring.Errno(res).Error())
+		c.dropSending()
+		c.maybeFinish()
+		return
+	}
+	// Release the replies now wholly on the wire.
+	sent := c.sendOff + int(res)
+	k := 0
+	for k < len(c.sending) {
+		r := c.sending[k]
+		n := r.headLen + len(r.data)
+		if sent < n {
+			break
+		}
+		sent -= n
+		c.queuedBytes -= n
+		c.release(r)
+		k++
+	}
+	c.sending = c.sending[:copy(c.sending, c.sending[k:])]
+	c.sendOff = sent
+	if c.hard {
+		c.dropSending()
+		c.maybeFinish()
+		return
+	}
+	c.kickSend()
+	c.afterFree()
+}
+
+func (c *conn) dropSending() {
+	for _, r := range c.sending {
+		c.queuedBytes -= r.headLen + len(r.data)
+		c.release(r)
+	}
+	c.sending = c.sending[:0]
+	c.sendOff = 0
+	for _, r := range c.sendq {
+		c.queuedBytes -= r.headLen + len(r.data)
+		c.release(r)
+	}
+	c.sendq = c.sendq[:0]
+}
+
+func (c *conn) release(r *req) {
+	if r.buf.B != nil {
+		c.l.Arena().Put(r.buf)
+		r.buf = uring.Buf{}
+	}
+	r.bio.Buf, r.data, r.extra = nil, nil, nil
+	c.free = append(c.free, r.idx)
+	c.inflight--
+}
+
+// afterFree resumes reading once slots or queue room came back.
+func (c *conn) afterFree() {
+	if c.closing {
+		c.maybeFinish()
+		return
+	}
+	if c.payload == nil && c.rend-c.rstart >= RequestSize {
+		c.parse()
+	}
+	c.armRecv()
+}
+
+// shutdown stops reading. hard also stops replying (the peer is gone or
+// we are closing at once); otherwise replies for requests in flight still
+// go out. The connection closes once nothing is left in flight.
+func (c *conn) shutdown(hard bool, why string) {
+	if c.done {
+		return
+	}
+	if !c.closing {
+		c.closing = true
+		c.why = why
+		if c.recvArmed {
+			c.l.Cancel(c.recvID)
+		}
+		if r := c.payload; r != nil {
+			c.payload = nil
+			r.finished = true
+			c.release(r)
+		}
+	}
+	if hard && !c.hard {
+		c.hard = true
+		if !c.sendArmed {
+			c.dropSending()
+		}
+	}
+	c.maybeFinish()
+}
+
+// maybeFinish closes the connection once nothing refers to it.
+func (c *conn) maybeFinish() {
+	if !c.closing || c.done || c.recvArmed || c.sendArmed || c.bios > 0 || c.statuses > 0 {
+		return
+	}
+	if !c.hard && len(c.sendq) > 0 {
+		c.kickSend()
+		return
+	}
+	c.done = true
+	if c.fixed {
+		c.l.UnregisterFile(c.sfd)
+	}
+	unix.Close(c.fd)
+	c.dev.Close()
+	c.log.Debug().Str("why", c.why).Msg("nbd client disconnected")
+	c.s.connDone(c)
+}
+
+// blockStatus answers NBD_CMD_BLOCK_STATUS for base:allocation. Finding
+// holes may take system calls on several devices, so it runs off the loop
+// and posts the reply back.
+func (c *conn) blockStatus(r *req) {
+	c.statuses++
+	h := r.hdr
+	dev, l, fn := c.dev, c.l, c.s.cfg.Extents
+	go func() {
+		var exts []Extent
+		var err error
+		if fn != nil {
+			exts, err = fn(dev, h.Offset, uint64(h.Length))
+		} else {
+			exts = []Extent{{Length: uint64(h.Length)}}
+		}
+		b := binary.BigEndian.AppendUint32(nil, metaContextID)
+		total := uint64(0)
+		for _, e := range exts {
+			if e.Length == 0 {
+				continue
+			}
+			n := min(e.Length, uint64(h.Length)-total, 1<<31)
+			b = binary.BigEndian.AppendUint32(b, uint32(n))
+			b = binary.BigEndian.AppendUint32(b, e.Flags)
+			total += n
+			if h.Flags&CmdFlagReqOne != 0 || total >= uint64(h.Length) {
+				break
+			}
+		}
+		if l.Post(func() {
+			c.statuses--
+			if err != nil {
+				c.reply(r, ErrnoToWire(err))
+				return
+			}
+			r.extra = b
+			c.reply(r, 0)
+		}) != nil {
+			// The loop is gone: nothing left to answer on.
+		}
+	}()
+}
+
+// Extent is a run of bytes with NBD base:allocation flags (StateHole,
+// StateZero).
+type Extent struct {
+	Length uint64
+	Flags  uint32
+}

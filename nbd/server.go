@@ -1,0 +1,571 @@
+package nbd
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"udm/dm"
+	"udm/uring"
+)
+
+// Exports is what a server serves: dm devices by name.
+type Exports interface {
+	// Lookup returns the device exported as name ("" is the default
+	// export).
+	Lookup(name string) (*dm.Device, error)
+	// List names every export.
+	List() []string
+}
+
+// RegistryExports exports every device of reg under its own name. The
+// empty name means def, or the only device when there is exactly one.
+func RegistryExports(reg *dm.Registry, def string) Exports { return regExports{reg, def} }
+
+type regExports struct {
+	reg *dm.Registry
+	def string
+}
+
+func (r regExports) Lookup(name string) (*dm.Device, error) {
+	if name == "" {
+		name = r.def
+		if name == "" {
+			if l := r.reg.List(); len(l) == 1 {
+				name = l[0]
+			}
+		}
+	}
+	return r.reg.Get(name)
+}
+
+func (r regExports) List() []string { return r.reg.List() }
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	Exports Exports
+	// Loops run the connections' transmission phase (round robin).
+	Loops []*uring.Loop
+	Log   zerolog.Logger
+	// MaxPayload is the largest read or write accepted (default 32 MiB,
+	// advertised as the maximum block size).
+	MaxPayload int
+	// MaxInflight is the number of requests one connection may have in
+	// flight (default 256); more wait in the socket.
+	MaxInflight int
+	// HandshakeTimeout bounds the option haggling (default 10s).
+	HandshakeTimeout time.Duration
+	// NoMultiConn withholds NBD_FLAG_CAN_MULTI_CONN.
+	NoMultiConn bool
+	// Extents answers BLOCK_STATUS (base:allocation) for the byte range
+	// [off, off+length) of dev; nil reports everything as data.
+	Extents func(dev *dm.Device, off, length uint64) ([]Extent, error)
+}
+
+// Server serves exports over NBD fixed-newstyle.
+type Server struct {
+	cfg  ServerConfig
+	log  zerolog.Logger
+	next atomic.Uint32 // round robin over loops
+
+	mu        sync.Mutex // guards the following
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	shakes    map[net.Conn]struct{}
+	closed    bool
+
+	wg    sync.WaitGroup // accept loops and handshakes
+	connW sync.WaitGroup // transmission-phase connections
+
+	stats ServerStats
+}
+
+// ServerStats are counters of a server, safe to read at any time.
+type ServerStats struct {
+	Accepted     atomic.Int64
+	Active       atomic.Int64
+	HandshakeErr atomic.Int64
+	Requests     atomic.Int64
+	Errors       atomic.Int64 // requests answered with an error
+}
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("nbd: server closed")
+
+// NewServer makes a server; call Serve for each listener.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Exports == nil {
+		return nil, fmt.Errorf("nbd: server needs exports")
+	}
+	if len(cfg.Loops) == 0 {
+		return nil, fmt.Errorf("nbd: server needs at least one loop")
+	}
+	if cfg.MaxPayload <= 0 {
+		cfg.MaxPayload = 32 << 20
+	}
+	if cfg.MaxInflight <= 0 {
+		cfg.MaxInflight = 256
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	return &Server{cfg: cfg, log: cfg.Log, listeners: map[net.Listener]struct{}{},
+		conns: map[*conn]struct{}{}, shakes: map[net.Conn]struct{}{}}, nil
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() *ServerStats { return &s.stats }
+
+// Serve accepts connections on ln until Shutdown or Close; it then
+// returns ErrServerClosed.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn().Err(err).Dur("retry_in", delay).Msg("accept")
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		s.stats.Accepted.Add(1)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			nc.Close()
+			return ErrServerClosed
+		}
+		s.shakes[nc] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.handshake(nc)
+	}
+}
+
+// Shutdown stops accepting, lets connections finish the requests they
+// have in flight (their replies are sent), closes them, and returns when
+// all are gone or ctx ends (then the rest are closed at once).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stop(false)
+	done := make(chan struct{})
+	go func() { s.connW.Wait(); s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.stop(true)
+		<-done
+		return ctx.Err()
+	}
+}
+
+// Close stops at once: listeners and connections are closed; requests in
+// flight still end (their bios can't be recalled) but get no reply.
+func (s *Server) Close() error {
+	s.stop(true)
+	s.connW.Wait()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) stop(hard bool) {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for nc := range s.shakes {
+		nc.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.l.Post(func() { c.shutdown(hard, "server shutting down") })
+	}
+}
+
+// export is what the handshake settled on.
+type export struct {
+	name  string
+	dev   *dm.Device
+	size  uint64
+	flags uint16
+}
+
+const (
+	minBlock  = 512
+	prefBlock = 4096
+	// maxOptionLen bounds option payloads we read; longer ones are
+	// drained (up to maxOptionDrain) and refused.
+	maxOptionLen   = 64 << 10
+	maxOptionDrain = 1 << 20
+)
+
+func (s *Server) transmissionFlags(dev *dm.Device) uint16 {
+	f := TFlagHasFlags | TFlagSendFlush | TFlagSendFUA | TFlagSendTrim | TFlagSendWriteZeroes |
+		TFlagSendFastZero | TFlagSendCache | TFlagSendDF
+	if !s.cfg.NoMultiConn {
+		f |= TFlagCanMultiConn
+	}
+	if dev.ReadOnly() {
+		f |= TFlagReadOnly
+	}
+	return f
+}
+
+// handshake runs the option haggling in a goroutine (the slow path), then
+// hands the socket to a loop.
+func (s *Server) handshake(nc net.Conn) {
+	defer s.wg.Done()
+	log := s.log.With().Str("remote", nc.RemoteAddr().String()).Logger()
+	exp, structured, meta, err := s.negotiate(nc)
+	s.mu.Lock()
+	delete(s.shakes, nc)
+	closed := s.closed
+	s.mu.Unlock()
+	if err != nil || exp == nil || closed {
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, errAbort) {
+			s.stats.HandshakeErr.Add(1)
+			log.Debug().Err(err).Msg("nbd handshake failed")
+		}
+		if exp != nil {
+			exp.dev.Close()
+		}
+		nc.Close()
+		return
+	}
+	fd, err := dupFd(nc)
+	nc.Close()
+	if err != nil {
+		exp.dev.Close()
+		log.Warn().Err(err).Msg("nbd: taking the socket for the loop")
+		return
+	}
+	l := s.cfg.Loops[int(s.next.Add(1)-1)%len(s.cfg.Loops)]
+	c := newConn(s, l, fd, exp, structured, meta, log)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		unix.Close(fd)
+		exp.dev.Close()
+		return
+	}
+	s.conns[c] = struct{}{}
+	s.connW.Add(1)
+	s.mu.Unlock()
+	s.stats.Active.Add(1)
+	log.Debug().Str("export", exp.name).Int("loop", l.ID()).Msg("nbd client connected")
+	if err := l.Post(c.start); err != nil {
+		c.l = nil
+		s.connDone(c)
+		unix.Close(fd)
+		exp.dev.Close()
+	}
+}
+
+func (s *Server) connDone(c *conn) {
+	s.mu.Lock()
+	_, ok := s.conns[c]
+	delete(s.conns, c)
+	s.mu.Unlock()
+	if ok {
+		s.stats.Active.Add(-1)
+		s.connW.Done()
+	}
+}
+
+var errAbort = errors.New("nbd: client aborted")
+
+// negotiate runs the fixed-newstyle handshake. It returns the chosen
+// export (opened) or nil when the client left.
+func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, err error) {
+	nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	defer nc.SetDeadline(time.Time{})
+	var greet [18]byte
+	binary.BigEndian.PutUint64(greet[0:], NBDMagic)
+	binary.BigEndian.PutUint64(greet[8:], IHaveOpt)
+	binary.BigEndian.PutUint16(greet[16:], FlagFixedNewstyle|FlagNoZeroes)
+	if _, err := nc.Write(greet[:]); err != nil {
+		return nil, false, false, err
+	}
+	var cf [4]byte
+	if _, err := io.ReadFull(nc, cf[:]); err != nil {
+		return nil, false, false, err
+	}
+	clientFlags := binary.BigEndian.Uint32(cf[:])
+	if clientFlags&^(ClientFixedNewstyle|ClientNoZeroes) != 0 {
+		return nil, false, false, fmt.Errorf("nbd: unknown client flags %#x", clientFlags)
+	}
+	noZeroes := clientFlags&ClientNoZeroes != 0
+	reply := func(opt, typ uint32, data []byte) error {
+		_, err := nc.Write(AppendOptionReply(nil, opt, typ, data))
+		return err
+	}
+	replyErr := func(opt, typ uint32, msg string) error { return reply(opt, typ, []byte(msg)) }
+	var hdr [OptionHeaderSize]byte
+	for {
+		if _, err := io.ReadFull(nc, hdr[:]); err != nil {
+			return nil, structured, meta, err
+		}
+		oh, err := ParseOptionHeader(hdr[:])
+		if err != nil {
+			return nil, structured, meta, err
+		}
+		if oh.Length > maxOptionLen {
+			if oh.Length > maxOptionDrain {
+				return nil, structured, meta, fmt.Errorf("nbd: option %d of %d bytes", oh.Option, oh.Length)
+			}
+			if _, err := io.CopyN(io.Discard, nc, int64(oh.Length)); err != nil {
+				return nil, structured, meta, err
+			}
+			if oh.Option == OptExportName {
+				return nil, structured, meta, fmt.Errorf("nbd: export name of %d bytes", oh.Length)
+			}
+			if err := replyErr(oh.Option, RepErrTooBig, "option too long"); err != nil {
+				return nil, structured, meta, err
+			}
+			continue
+		}
+		data := make([]byte, oh.Length)
+		if _, err := io.ReadFull(nc, data); err != nil {
+			return nil, structured, meta, err
+		}
+		switch oh.Option {
+		case OptExportName:
+			dev, err := s.cfg.Exports.Lookup(string(data))
+			if err != nil {
+				// The protocol has no way to refuse: close.
+				return nil, structured, meta, fmt.Errorf("nbd: export %q: %w", data, err)
+			}
+			e, err := s.open(string(data), dev)
+			if err != nil {
+				return nil, structured, meta, err
+			}
+			var b [10 + 124]byte
+			binary.BigEndian.PutUint64(b[0:], e.size)
+			binary.BigEndian.PutUint16(b[8:], e.flags)
+			n := len(b)
+			if noZeroes {
+				n = 10
+			}
+			if _, err := nc.Write(b[:n]); err != nil {
+				e.dev.Close()
+				return nil, structured, meta, err
+			}
+			return e, structured, meta, nil
+		case OptGo, OptInfo:
+			g, err := ParseGoRequest(data)
+			if err != nil {
+				if err := replyErr(oh.Option, RepErrInvalid, err.Error()); err != nil {
+					return nil, structured, meta, err
+				}
+				continue
+			}
+			dev, err := s.cfg.Exports.Lookup(g.Name)
+			if err != nil {
+				if err := replyErr(oh.Option, RepErrUnknown, fmt.Sprintf("no export %q", g.Name)); err != nil {
+					return nil, structured, meta, err
+				}
+				continue
+			}
+			flags := s.transmissionFlags(dev)
+			var info []byte
+			info = binary.BigEndian.AppendUint16(info, InfoExport)
+			info = binary.BigEndian.AppendUint64(info, uint64(dev.Size()))
+			info = binary.BigEndian.AppendUint16(info, flags)
+			if err := reply(oh.Option, RepInfo, info); err != nil {
+				return nil, structured, meta, err
+			}
+			for _, want := range g.Infos {
+				var b []byte
+				switch want {
+				case InfoName:
+					b = binary.BigEndian.AppendUint16(nil, InfoName)
+					b = append(b, g.Name...)
+				case InfoDescription:
+					b = binary.BigEndian.AppendUint16(nil, InfoDescription)
+					b = append(b, "udm device "+g.Name...)
+				default:
+					continue
+				}
+				if err := reply(oh.Option, RepInfo, b); err != nil {
+					return nil, structured, meta, err
+				}
+			}
+			// Always state our block sizes: the client may send only
+			// aligned requests of at most MaxPayload bytes.
+			bs := binary.BigEndian.AppendUint16(nil, InfoBlockSize)
+			bs = binary.BigEndian.AppendUint32(bs, minBlock)
+			bs = binary.BigEndian.AppendUint32(bs, prefBlock)
+			bs = binary.BigEndian.AppendUint32(bs, uint32(s.cfg.MaxPayload))
+			if err := reply(oh.Option, RepInfo, bs); err != nil {
+				return nil, structured, meta, err
+			}
+			if oh.Option == OptInfo {
+				if err := reply(oh.Option, RepAck, nil); err != nil {
+					return nil, structured, meta, err
+				}
+				continue
+			}
+			e, err := s.open(g.Name, dev)
+			if err != nil {
+				if err := replyErr(oh.Option, RepErrShutdown, err.Error()); err != nil {
+					return nil, structured, meta, err
+				}
+				continue
+			}
+			if err := reply(oh.Option, RepAck, nil); err != nil {
+				e.dev.Close()
+				return nil, structured, meta, err
+			}
+			return e, structured, meta, nil
+		case OptList:
+			if len(data) != 0 {
+				if err := replyErr(oh.Option, RepErrInvalid, "LIST takes no data"); err != nil {
+					return nil, structured, meta, err
+				}
+				continue
+			}
+			names := s.cfg.Exports.List()
+			sort.Strings(names)
+			for _, n := range names {
+				b := binary.BigEndian.AppendUint32(nil, uint32(len(n)))
+				if err := reply(oh.Option, RepServer, append(b, n...)); err != nil {
+					return nil, structured, meta, err
+				}
+			}
+			if err := reply(oh.Option, RepAck, nil); err != nil {
+				return nil, structured, meta, err
+			}
+		case OptAbort:
+			reply(oh.Option, RepAck, nil)
+			return nil, structured, meta, errAbort
+		case OptStructuredReply:
+			if len(data) != 0 {
+				if err := replyErr(oh.Option, RepErrInvalid, "STRUCTURED_REPLY takes no data"); err != nil {
+					return nil, structured, meta, err
+				}
+				continue
+			}
+			structured = true
+			if err := reply(oh.Option, RepAck, nil); err != nil {
+				return nil, structured, meta, err
+			}
+		case OptListMetaContext, OptSetMetaContext:
+			m, err := ParseMetaContextRequest(data)
+			switch {
+			case err != nil:
+				err = replyErr(oh.Option, RepErrInvalid, err.Error())
+			case !structured:
+				err = replyErr(oh.Option, RepErrInvalid, "structured replies not negotiated")
+			default:
+				if _, lerr := s.cfg.Exports.Lookup(m.Export); lerr != nil {
+					err = replyErr(oh.Option, RepErrUnknown, fmt.Sprintf("no export %q", m.Export))
+					break
+				}
+				found := false
+				for _, q := range m.Queries {
+					if q == MetaBaseAllocation || (oh.Option == OptListMetaContext && (q == "base:" || q == "base")) {
+						found = true
+					}
+				}
+				if len(m.Queries) == 0 && oh.Option == OptListMetaContext {
+					found = true
+				}
+				if oh.Option == OptSetMetaContext {
+					meta = found
+				}
+				if found {
+					b := binary.BigEndian.AppendUint32(nil, metaContextID)
+					if err = reply(oh.Option, RepMetaContext, append(b, MetaBaseAllocation...)); err != nil {
+						return nil, structured, meta, err
+					}
+				}
+				err = reply(oh.Option, RepAck, nil)
+			}
+			if err != nil {
+				return nil, structured, meta, err
+			}
+		case OptStartTLS:
+			if err := replyErr(oh.Option, RepErrPolicy, "TLS is not supported; use a trusted network or a Unix socket"); err != nil {
+				return nil, structured, meta, err
+			}
+		default:
+			if err := replyErr(oh.Option, RepErrUnsup, fmt.Sprintf("option %d not supported", oh.Option)); err != nil {
+				return nil, structured, meta, err
+			}
+		}
+	}
+}
+
+const metaContextID = 1
+
+// open takes a reference on dev for a connection.
+func (s *Server) open(name string, dev *dm.Device) (*export, error) {
+	if err := dev.Open(); err != nil {
+		return nil, err
+	}
+	return &export{name: name, dev: dev, size: uint64(dev.Size()), flags: s.transmissionFlags(dev)}, nil
+}
+
+// dupFd takes a duplicate of the connection's socket for the loop.
+func dupFd(nc net.Conn) (int, error) {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("nbd: %T has no file descriptor", nc)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	if err := raw.Control(func(f uintptr) {
+		fd, derr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, derr
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
