@@ -165,13 +165,13 @@ func TestFioVerify(t *testing.T) {
 	ts.linear("disk", 64<<20)
 	for _, uri := range []string{ts.uri("disk"), ts.unixURI("disk")} {
 		out := run(t, "fio", "--name=v", "--ioengine=nbd", "--uri="+uri, "--rw=randwrite", "--bs=4k", "--iodepth=32",
-			"--size=16m", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--numjobs=1")
+			"--size=16m", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--numjobs=1")
 		if !strings.Contains(out, "err= 0") {
 			t.Fatalf("fio verify on %s:\n%s", uri, out)
 		}
 		// Several jobs at once (multi-conn), each verifying its own area.
 		out = run(t, "fio", "--name=m", "--ioengine=nbd", "--uri="+uri, "--rw=randrw", "--bs=64k", "--iodepth=16",
-			"--size=8m", "--offset_increment=8m", "--numjobs=4", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--group_reporting")
+			"--size=8m", "--offset_increment=8m", "--numjobs=4", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--group_reporting")
 		if !strings.Contains(out, "err= 0") {
 			t.Fatalf("fio multi-job verify on %s:\n%s", uri, out)
 		}
