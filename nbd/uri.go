@@ -1,0 +1,242 @@
+package nbd
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// DefaultPort is the IANA port for NBD.
+const DefaultPort = 10809
+
+// URI schemes (NetworkBlockDevice doc/uri.md).
+const (
+	SchemeTCP  = "nbd"
+	SchemeUnix = "nbd+unix"
+)
+
+// ErrURI marks a string that is not an NBD URI the client can use;
+// ErrURIUnsupported one that names a transport it does not speak (TLS,
+// vsock). Both are wrapped with the offending URI.
+var (
+	ErrURI            = errors.New("nbd: bad URI")
+	ErrURIUnsupported = fmt.Errorf("%w: unsupported", ErrURI)
+)
+
+// maxExportName is the protocol's bound on strings.
+const maxExportName = 4096
+
+// URI is a parsed NBD URI: nbd://host[:port]/export or
+// nbd+unix:///export?socket=PATH.
+type URI struct {
+	// Scheme is SchemeTCP or SchemeUnix.
+	Scheme string
+	// Host and Port are set for SchemeTCP (Host without brackets for
+	// IPv6 literals).
+	Host string
+	Port int
+	// Socket is the Unix socket's path for SchemeUnix; a leading NUL
+	// names an abstract socket.
+	Socket string
+	// Export is the export name (may be empty: the server's default).
+	Export string
+}
+
+// IsURI reports whether name looks like an NBD URI (any nbd scheme,
+// including the ones ParseURI rejects): openers use it to decide who
+// handles a table's device name.
+func IsURI(name string) bool {
+	i := strings.Index(name, "://")
+	if i <= 0 {
+		return false
+	}
+	s := strings.ToLower(name[:i])
+	return s == "nbd" || strings.HasPrefix(s, "nbd+") || s == "nbds" || strings.HasPrefix(s, "nbds+")
+}
+
+// ParseURI parses an NBD URI. It accepts nbd:// (TCP, port 10809 unless
+// given, IPv6 literals in brackets) and nbd+unix:// (a socket query
+// parameter, no authority). The export name is the path without its
+// leading slash, percent-decoded. TLS schemes and parameters, vsock,
+// user info, fragments and unknown query parameters (other than the
+// experimental x-*) are errors.
+func ParseURI(s string) (URI, error) {
+	bad := func(format string, a ...any) (URI, error) {
+		return URI{}, fmt.Errorf("%w %q: %s", ErrURI, s, fmt.Sprintf(format, a...))
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return bad("contains a NUL byte (write it as %%00)")
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return bad("%v", errors.Unwrap(err))
+	}
+	var out URI
+	switch scheme := strings.ToLower(u.Scheme); scheme {
+	case SchemeTCP, SchemeUnix:
+		out.Scheme = scheme
+	case "nbds", "nbds+unix":
+		return URI{}, fmt.Errorf("%w %q: TLS (%s://) is not supported", ErrURIUnsupported, s, scheme)
+	case "nbd+vsock", "nbds+vsock":
+		return URI{}, fmt.Errorf("%w %q: vsock is not supported", ErrURIUnsupported, s)
+	case "":
+		return bad("no scheme (want nbd:// or nbd+unix://)")
+	default:
+		return bad("scheme %q is not nbd or nbd+unix", u.Scheme)
+	}
+	if u.Opaque != "" || !strings.Contains(s, "://") {
+		return bad("want %s://...", out.Scheme)
+	}
+	if u.User != nil {
+		return bad("user info is not supported")
+	}
+	if u.Fragment != "" || strings.Contains(s, "#") {
+		return bad("fragments are not allowed")
+	}
+	// The export name: the path without its leading slash.
+	p := u.Path
+	if p != "" && p[0] != '/' {
+		return bad("export path must start with /")
+	}
+	out.Export = strings.TrimPrefix(p, "/")
+	if len(out.Export) > maxExportName {
+		return bad("export name longer than %d bytes", maxExportName)
+	}
+	if strings.IndexByte(out.Export, 0) >= 0 {
+		return bad("export name contains a NUL byte")
+	}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return bad("query: %v", err)
+	}
+	for k, v := range q {
+		switch {
+		case k == "socket":
+			if out.Scheme != SchemeUnix {
+				return bad("socket= is only for nbd+unix://")
+			}
+			if len(v) != 1 {
+				return bad("socket= given %d times", len(v))
+			}
+			out.Socket = v[0]
+		case strings.HasPrefix(k, "tls-"):
+			return URI{}, fmt.Errorf("%w %q: TLS parameter %s is not supported", ErrURIUnsupported, s, k)
+		case strings.HasPrefix(k, "x-"):
+			// Experimental parameters of other clients: ignored.
+		default:
+			return bad("unknown query parameter %q", k)
+		}
+	}
+	switch out.Scheme {
+	case SchemeTCP:
+		host := u.Hostname()
+		if host == "" {
+			return bad("no host")
+		}
+		if strings.HasPrefix(u.Host, "[") {
+			ip, zone, hasZone := strings.Cut(host, "%")
+			if !strings.Contains(ip, ":") || net.ParseIP(ip) == nil || hasZone && !hostChars(zone) {
+				return bad("bad IPv6 literal %q", host)
+			}
+		} else if strings.Contains(host, ":") {
+			return bad("IPv6 literal %q must be in brackets", host)
+		} else if !hostChars(host) {
+			return bad("bad host name %q", host)
+		}
+		out.Host = host
+		out.Port = DefaultPort
+		if ps := u.Port(); ps != "" {
+			n, err := strconv.Atoi(ps)
+			if err != nil || n < 1 || n > 65535 {
+				return bad("bad port %q", ps)
+			}
+			out.Port = n
+		} else if strings.HasSuffix(u.Host, ":") {
+			return bad("empty port")
+		}
+	case SchemeUnix:
+		if u.Host != "" {
+			return bad("nbd+unix:// takes no host (got %q)", u.Host)
+		}
+		if out.Socket == "" {
+			return bad("nbd+unix:// needs ?socket=PATH")
+		}
+		if strings.IndexByte(out.Socket[1:], 0) >= 0 || out.Socket == "\x00" {
+			return bad("bad socket path %q", out.Socket)
+		}
+	}
+	return out, nil
+}
+
+// Network and Address are the arguments for net.Dial.
+func (u URI) Network() string {
+	if u.Scheme == SchemeUnix {
+		return "unix"
+	}
+	return "tcp"
+}
+
+// Address is where Dial connects: host:port, or the socket path (an
+// abstract socket as @name).
+func (u URI) Address() string {
+	if u.Scheme == SchemeUnix {
+		switch {
+		case strings.HasPrefix(u.Socket, "\x00"):
+			return "@" + u.Socket[1:]
+		case strings.HasPrefix(u.Socket, "@"):
+			return "./" + u.Socket // a file, not Go's abstract-socket spelling
+		}
+		return u.Socket
+	}
+	return net.JoinHostPort(u.Host, strconv.Itoa(u.Port))
+}
+
+// String formats u as a canonical URI (ParseURI(u.String()) == u).
+func (u URI) String() string {
+	v := url.URL{Scheme: u.Scheme, Path: "/" + u.Export}
+	if u.Scheme == SchemeUnix {
+		return "nbd+unix://" + v.EscapedPath() + "?socket=" + queryEscape(u.Socket)
+	}
+	h := u.Host
+	if strings.Contains(h, ":") {
+		h = "[" + h + "]"
+	}
+	v.Host = h + ":" + strconv.Itoa(u.Port)
+	return v.String()
+}
+
+// hostChars reports whether s is a plausible host name or zone: letters,
+// digits, '-', '.', '_'.
+func hostChars(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// queryEscape escapes a query value, keeping the characters a path shows
+// plainly (url.QueryEscape would write every / as %2F).
+func queryEscape(s string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-._~/:@,!", c) >= 0 {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('%')
+		b.WriteByte(hex[c>>4])
+		b.WriteByte(hex[c&15])
+	}
+	return b.String()
+}
