@@ -685,3 +685,11 @@ func (c *capDev) nheld() int {
 	defer c.mu.Unlock()
 	return len(c.held)
 }
+
+// waitIdle waits for d's pending count to reach zero: a bio's end runs
+// just before the count drops, so a test that saw every bio end may still
+// see it for an instant.
+func waitIdle(t testing.TB, d *Device) {
+	t.Helper()
+	eventually(t, "pending I/O to drain", func() bool { return d.Pending() == 0 })
+}

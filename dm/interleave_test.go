@@ -131,7 +131,7 @@ func TestSuspendRacesCompletions(t *testing.T) {
 				t.Fatal(err)
 			}
 			l.waitAll(t)
-			if d.Pending() != 0 {
+			if d.Pending() != 0 { // the suspend returned: nothing is pending
 				t.Fatalf("round %d: pending %d", round, d.Pending())
 			}
 		}
@@ -347,7 +347,8 @@ func TestResumeRacesSubmissions(t *testing.T) {
 			t.Fatalf("%s@%d: unexpected error %v", r.Op, r.Sector, r.err)
 		}
 	}
-	if s := d.Stats(); s.InFlight != 0 || s.Deferred != 0 || s.Pushback != 0 {
+	waitIdle(t, d)
+	if s := d.Stats(); s.Deferred != 0 || s.Pushback != 0 {
 		t.Fatalf("after: %+v", s)
 	}
 	t.Logf("%d bios, %d rounds, %d pushed back, %d errors", len(l.all()), rounds, d.Stats().Pushbacks, d.Stats().Errors)

@@ -302,9 +302,7 @@ func TestCompletionContexts(t *testing.T) {
 					t.Fatalf("%s@%d: %v", r.Op, r.Sector, r.err)
 				}
 			}
-			if p := d.Pending(); p != 0 {
-				t.Fatalf("pending %d", p)
-			}
+			waitIdle(t, d)
 			if mode == CompleteExec && loop.posted.Load() == 0 {
 				t.Fatal("nothing completed through the executor")
 			}
