@@ -243,10 +243,10 @@ func (c *conn) handle(h Request) {
 	overflow := end < h.Offset
 	hasPayload := h.Type == CmdWrite
 	refuse := func(e uint32) {
+		c.reply(r, e)
 		if hasPayload {
 			c.startDrain(int64(h.Length))
 		}
-		c.reply(r, e)
 	}
 	if h.Flags&^cmdFlagsKnown != 0 {
 		refuse(EINVAL)
@@ -576,9 +576,12 @@ func (c *conn) maybeFinish() {
 	if !c.closing || c.done || c.recvArmed || c.sendArmed || c.bios > 0 || c.statuses > 0 {
 		return
 	}
-	if !c.hard && len(c.sendq) > 0 {
+	if !c.hard && (len(c.sendq) > 0 || len(c.sending) > 0) {
 		c.kickSend()
 		return
+	}
+	if !c.hard && c.inflight > 0 {
+		return // a reply is still being made
 	}
 	c.done = true
 	if c.fixed {

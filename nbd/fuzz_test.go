@@ -1,0 +1,201 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"udm/dm"
+	"udm/dm/filedev"
+	"udm/uring"
+)
+
+func FuzzParseRequest(f *testing.F) {
+	var b [RequestSize]byte
+	for _, r := range []Request{
+		{Type: CmdRead, Cookie: 1, Offset: 4096, Length: 4096},
+		{Type: CmdWrite, Flags: CmdFlagFUA, Cookie: 2, Length: 512},
+		{Type: CmdWriteZeroes, Flags: CmdFlagNoHole | CmdFlagFastZero, Offset: 1 << 40, Length: 1 << 31},
+		{Type: 0xffff, Flags: 0xffff, Cookie: ^uint64(0), Offset: ^uint64(0), Length: ^uint32(0)},
+	} {
+		r.Encode(b[:])
+		f.Add(append([]byte(nil), b[:]...))
+	}
+	f.Add([]byte{0x25, 0x60})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := ParseRequest(data)
+		if err != nil {
+			return
+		}
+		var out [RequestSize]byte
+		r.Encode(out[:])
+		if !bytes.Equal(out[:], data[:RequestSize]) {
+			t.Fatalf("request %+v re-encodes as % x, parsed from % x", r, out, data[:RequestSize])
+		}
+	})
+}
+
+func FuzzParseOptionPayloads(f *testing.F) {
+	f.Add(AppendGoRequest(nil, GoRequest{Name: "disk", Infos: []uint16{InfoBlockSize, InfoName}}))
+	f.Add(AppendGoRequest(nil, GoRequest{}))
+	f.Add(AppendMetaContextRequest(nil, MetaContextRequest{Export: "disk", Queries: []string{MetaBaseAllocation, "x"}}))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if g, err := ParseGoRequest(data); err == nil {
+			again, err := ParseGoRequest(AppendGoRequest(nil, g))
+			if err != nil || !reflect.DeepEqual(again, g) {
+				t.Fatalf("GO request %+v does not round-trip: %+v, %v", g, again, err)
+			}
+		}
+		if m, err := ParseMetaContextRequest(data); err == nil {
+			again, err := ParseMetaContextRequest(AppendMetaContextRequest(nil, m))
+			if err != nil || !reflect.DeepEqual(again, m) {
+				t.Fatalf("meta context request %+v does not round-trip: %+v, %v", m, again, err)
+			}
+		}
+		if h, err := ParseOptionHeader(data); err == nil {
+			var b [OptionHeaderSize]byte
+			PutOptionHeader(b[:], h.Option, h.Length)
+			if !bytes.Equal(b[:], data[:OptionHeaderSize]) {
+				t.Fatalf("option header %+v does not round-trip", h)
+			}
+		}
+	})
+}
+
+// fuzzServer is one live server shared by the fuzz iterations of a
+// process; it lives until the process exits.
+var fuzzServer struct {
+	once sync.Once
+	ts   *testServer
+	err  error
+}
+
+func sharedServer(t *testing.T) *testServer {
+	fuzzServer.once.Do(func() { fuzzServer.ts, fuzzServer.err = startDetachedServer() })
+	if fuzzServer.err != nil {
+		t.Fatal(fuzzServer.err)
+	}
+	return fuzzServer.ts
+}
+
+// startDetachedServer starts a server over a 4 MiB linear device without
+// tying anything to a test's cleanup. Its backing file is unlinked once
+// open, so nothing is left behind when the process ends.
+func startDetachedServer() (*testServer, error) {
+	l, err := uring.NewLoop(uring.Config{ID: 0, ArenaSize: 8 << 20})
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.CreateTemp("/dev/shm", "udm-fuzz-*.img")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(f.Name())
+	f.Truncate(4 << 20)
+	f.Close()
+	reg := dm.NewRegistry(dm.Config{Log: zerolog.Nop(), Open: filedev.Opener(l)})
+	if _, err := reg.Create(context.Background(), "disk", "", fmt.Sprintf("0 8192 linear %s 0", f.Name())); err != nil {
+		return nil, err
+	}
+	srv, err := NewServer(ServerConfig{Exports: RegistryExports(reg, ""), Loops: []*uring.Loop{l}, Log: zerolog.Nop(),
+		MaxPayload: 1 << 20, HandshakeTimeout: 2 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	go srv.Serve(ln)
+	return &testServer{reg: reg, srv: srv, loops: []*uring.Loop{l}, tcp: ln.Addr().String()}, nil
+}
+
+// serverAlive checks the shared server still completes a handshake and a
+// read.
+func serverAlive(t *testing.T, ts *testServer) {
+	rc := dialRaw(t, ts.tcp)
+	rc.goExport("disk", false)
+	rc.send(CmdRead, 0, 77, 0, 512, nil)
+	if cookie, werr, _ := rc.reply(); cookie != 77 || werr != 0 {
+		t.Fatalf("server broken after fuzz input: cookie %d error %d", cookie, werr)
+	}
+	rc.readData(512)
+}
+
+// drive sends data on c, half-closes, and reads until the server closes
+// (or gives up after a while: it must not hang).
+func drive(t *testing.T, c net.Conn, data []byte) {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	go func() {
+		c.Write(data)
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+	}()
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("server still holds the connection 10s after the client half-closed")
+		}
+	}
+}
+
+func FuzzServerOptions(f *testing.F) {
+	opt := func(o uint32, data []byte) []byte {
+		var h [OptionHeaderSize]byte
+		PutOptionHeader(h[:], o, uint32(len(data)))
+		return append(h[:], data...)
+	}
+	flags := binary.BigEndian.AppendUint32(nil, ClientFixedNewstyle|ClientNoZeroes)
+	f.Add(append(append([]byte(nil), flags...), opt(OptList, nil)...))
+	f.Add(append(append([]byte(nil), flags...), opt(OptGo, AppendGoRequest(nil, GoRequest{Name: "disk"}))...))
+	f.Add(append(append([]byte(nil), flags...), opt(OptStructuredReply, nil)...))
+	f.Add(append(append([]byte(nil), flags...), opt(OptSetMetaContext, AppendMetaContextRequest(nil, MetaContextRequest{Export: "disk", Queries: []string{"base:allocation"}}))...))
+	f.Add(append(append([]byte(nil), flags...), opt(99, []byte("zz"))...))
+	f.Add([]byte{0, 0, 0, 7})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ts := sharedServer(t)
+		c, err := net.Dial("tcp", ts.tcp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		var greet [18]byte
+		io.ReadFull(c, greet[:])
+		drive(t, c, data)
+		serverAlive(t, ts)
+	})
+}
+
+func FuzzServerRequests(f *testing.F) {
+	req := func(typ, flags uint16, off uint64, n uint32, payload int) []byte {
+		var b [RequestSize]byte
+		Request{Type: typ, Flags: flags, Cookie: 9, Offset: off, Length: n}.Encode(b[:])
+		return append(b[:], make([]byte, payload)...)
+	}
+	f.Add(req(CmdRead, 0, 0, 4096, 0))
+	f.Add(req(CmdWrite, CmdFlagFUA, 4096, 4096, 4096))
+	f.Add(req(CmdWrite, 0, 0, 8192, 100))
+	f.Add(append(req(CmdFlush, 0, 0, 0, 0), req(CmdTrim, 0, 0, 1<<20, 0)...))
+	f.Add(req(CmdWriteZeroes, CmdFlagNoHole, 1<<20, 1<<20, 0))
+	f.Add(req(CmdDisc, 0, 0, 0, 0))
+	f.Add(req(77, 0, 0, 0, 0))
+	f.Add(req(CmdWrite, 0, 0, 1<<30, 10))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ts := sharedServer(t)
+		rc := dialRaw(t, ts.tcp)
+		rc.goExport("disk", len(data) > 0 && data[0]&1 == 1)
+		drive(t, rc.c, data)
+		serverAlive(t, ts)
+	})
+}

@@ -1,0 +1,546 @@
+package nbd
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// rawClient speaks the protocol byte by byte, so tests can send what a
+// well-behaved client never would.
+type rawClient struct {
+	t          testing.TB
+	c          net.Conn
+	structured bool
+	size       uint64
+	flags      uint16
+}
+
+func dialRaw(t testing.TB, addr string) *rawClient {
+	t.Helper()
+	network := "tcp"
+	if addr[0] == '/' {
+		network = "unix"
+	}
+	c, err := net.DialTimeout(network, addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	rc := &rawClient{t: t, c: c}
+	var greet [18]byte
+	rc.read(greet[:])
+	if binary.BigEndian.Uint64(greet[0:]) != NBDMagic || binary.BigEndian.Uint64(greet[8:]) != IHaveOpt {
+		t.Fatalf("bad greeting % x", greet)
+	}
+	if f := binary.BigEndian.Uint16(greet[16:]); f&FlagFixedNewstyle == 0 || f&FlagNoZeroes == 0 {
+		t.Fatalf("handshake flags %#x lack fixed newstyle / no zeroes", f)
+	}
+	rc.write(binary.BigEndian.AppendUint32(nil, ClientFixedNewstyle|ClientNoZeroes))
+	return rc
+}
+
+func (rc *rawClient) read(b []byte) {
+	rc.t.Helper()
+	if _, err := io.ReadFull(rc.c, b); err != nil {
+		rc.t.Fatalf("read: %v", err)
+	}
+}
+
+func (rc *rawClient) write(b []byte) {
+	rc.t.Helper()
+	if _, err := rc.c.Write(b); err != nil {
+		rc.t.Fatalf("write: %v", err)
+	}
+}
+
+func (rc *rawClient) option(opt uint32, data []byte) {
+	rc.t.Helper()
+	var h [OptionHeaderSize]byte
+	PutOptionHeader(h[:], opt, uint32(len(data)))
+	rc.write(append(h[:], data...))
+}
+
+// optReply reads one option reply.
+func (rc *rawClient) optReply() (OptionReply, []byte) {
+	rc.t.Helper()
+	var h [OptReplyHeaderLen]byte
+	rc.read(h[:])
+	r, err := ParseOptionReply(h[:])
+	if err != nil {
+		rc.t.Fatal(err)
+	}
+	data := make([]byte, r.Length)
+	rc.read(data)
+	return r, data
+}
+
+// goExport negotiates structured replies (optionally) and GO.
+func (rc *rawClient) goExport(name string, structured bool) {
+	rc.t.Helper()
+	if structured {
+		rc.option(OptStructuredReply, nil)
+		if r, _ := rc.optReply(); r.Type != RepAck {
+			rc.t.Fatalf("STRUCTURED_REPLY: reply type %#x", r.Type)
+		}
+		rc.structured = true
+	}
+	rc.option(OptGo, AppendGoRequest(nil, GoRequest{Name: name, Infos: []uint16{InfoBlockSize}}))
+	for {
+		r, data := rc.optReply()
+		switch r.Type {
+		case RepInfo:
+			if binary.BigEndian.Uint16(data) == InfoExport {
+				rc.size = binary.BigEndian.Uint64(data[2:])
+				rc.flags = binary.BigEndian.Uint16(data[10:])
+			}
+		case RepAck:
+			return
+		default:
+			rc.t.Fatalf("GO %q: reply type %#x: %s", name, r.Type, data)
+		}
+	}
+}
+
+func (rc *rawClient) send(typ, flags uint16, cookie, off uint64, length uint32, payload []byte) {
+	rc.t.Helper()
+	var b [RequestSize]byte
+	Request{Flags: flags, Type: typ, Cookie: cookie, Offset: off, Length: length}.Encode(b[:])
+	rc.write(append(b[:], payload...))
+}
+
+// reply reads one reply (simple, or a structured chunk stream ending in
+// DONE) and returns its cookie, error and read data.
+func (rc *rawClient) reply() (cookie uint64, werr uint32, data []byte) {
+	rc.t.Helper()
+	var m [4]byte
+	rc.read(m[:])
+	switch binary.BigEndian.Uint32(m[:]) {
+	case SimpleMagic:
+		var h [12]byte
+		rc.read(h[:])
+		return binary.BigEndian.Uint64(h[4:]), binary.BigEndian.Uint32(h[0:]), nil
+	case StructMagic:
+		for {
+			var h [16]byte
+			rc.read(h[:])
+			flags, typ := binary.BigEndian.Uint16(h[0:]), binary.BigEndian.Uint16(h[2:])
+			cookie = binary.BigEndian.Uint64(h[4:])
+			body := make([]byte, binary.BigEndian.Uint32(h[12:]))
+			rc.read(body)
+			switch typ {
+			case ReplyOffsetData:
+				data = append(data, body[8:]...)
+			case ReplyError:
+				werr = binary.BigEndian.Uint32(body)
+			}
+			if flags&ReplyFlagDone != 0 {
+				return cookie, werr, data
+			}
+			rc.read(m[:])
+		}
+	default:
+		rc.t.Fatalf("bad reply magic % x", m)
+	}
+	return
+}
+
+// readData reads a simple reply's payload of n bytes.
+func (rc *rawClient) readData(n int) []byte {
+	b := make([]byte, n)
+	rc.read(b)
+	return b
+}
+
+// closed reports whether the server closed the connection.
+func (rc *rawClient) closed() bool {
+	rc.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var b [1]byte
+	_, err := rc.c.Read(b[:])
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || isReset(err)
+}
+
+func isReset(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && !oe.Timeout()
+}
+
+func TestBadRequests(t *testing.T) {
+	ts := newTestServer(t, 1, ServerConfig{})
+	ts.linear("disk", 16<<20)
+	const size = 16 << 20
+	for _, structured := range []bool{false, true} {
+		t.Run(fmt.Sprintf("structured=%v", structured), func(t *testing.T) {
+			rc := dialRaw(t, ts.tcp)
+			rc.goExport("disk", structured)
+			if rc.size != size {
+				t.Fatalf("export size %d", rc.size)
+			}
+			cases := []struct {
+				name    string
+				typ     uint16
+				flags   uint16
+				off     uint64
+				length  uint32
+				payload int
+				want    uint32
+			}{
+				{"read past the end", CmdRead, 0, size - 4096, 8192, 0, EINVAL},
+				{"read offset overflow", CmdRead, 0, ^uint64(0) - 511, 4096, 0, EINVAL},
+				{"misaligned read offset", CmdRead, 0, 100, 4096, 0, EINVAL},
+				{"misaligned read length", CmdRead, 0, 0, 100, 0, EINVAL},
+				{"zero-length read", CmdRead, 0, 0, 0, 0, EINVAL},
+				{"oversized read", CmdRead, 0, 0, 33 << 20, 0, EOVERFLOW},
+				{"write past the end", CmdWrite, 0, size - 4096, 8192, 8192, ENOSPC},
+				{"misaligned write", CmdWrite, 0, 4097, 4096, 4096, EINVAL},
+				{"trim past the end", CmdTrim, 0, size, 4096, 0, ENOSPC},
+				{"write-zeroes past the end", CmdWriteZeroes, 0, size - 512, 1024, 0, ENOSPC},
+				{"unknown command", 42, 0, 0, 4096, 0, EINVAL},
+				{"unknown flag", CmdRead, 1 << 9, 0, 4096, 0, EINVAL},
+				{"no-hole on a read", CmdRead, CmdFlagNoHole, 0, 4096, 0, EINVAL},
+				{"flush with flags", CmdFlush, CmdFlagFUA, 0, 0, 0, EINVAL},
+				{"block status without a meta context", CmdBlockStatus, 0, 0, 4096, 0, EINVAL},
+			}
+			for i, c := range cases {
+				rc.send(c.typ, c.flags, uint64(i+1), c.off, c.length, make([]byte, c.payload))
+				cookie, werr, _ := rc.reply()
+				if cookie != uint64(i+1) || werr != c.want {
+					t.Fatalf("%s: cookie %d error %d, want cookie %d error %d", c.name, cookie, werr, i+1, c.want)
+				}
+			}
+			// The connection still works after all that.
+			data := bytes.Repeat([]byte{0x5a}, 4096)
+			rc.send(CmdWrite, CmdFlagFUA, 100, 4096, 4096, data)
+			if _, werr, _ := rc.reply(); werr != 0 {
+				t.Fatalf("write after bad requests: error %d", werr)
+			}
+			rc.send(CmdRead, 0, 101, 4096, 4096, nil)
+			_, werr, got := rc.reply()
+			if !structured {
+				got = rc.readData(4096)
+			}
+			if werr != 0 || !bytes.Equal(got, data) {
+				t.Fatalf("read back: error %d, data ok %v", werr, bytes.Equal(got, data))
+			}
+		})
+	}
+}
+
+func TestOversizedWritePayload(t *testing.T) {
+	ts := newTestServer(t, 1, ServerConfig{})
+	ts.linear("disk", 16<<20)
+	// Just over the maximum: refused, the payload drained, the connection
+	// stays in sync and usable.
+	rc := dialRaw(t, ts.tcp)
+	rc.goExport("disk", false)
+	n := 33 << 20
+	go func() { rc.send(CmdWrite, 0, 1, 0, uint32(n), make([]byte, n)) }()
+	if _, werr, _ := rc.reply(); werr != EOVERFLOW {
+		t.Fatalf("oversized write: error %d, want EOVERFLOW", werr)
+	}
+	time.Sleep(10 * time.Millisecond)
+	rc.send(CmdFlush, 0, 2, 0, 0, nil)
+	if cookie, werr, _ := rc.reply(); cookie != 2 || werr != 0 {
+		t.Fatalf("flush after a drained payload: cookie %d error %d", cookie, werr)
+	}
+	// Far beyond what we drain: refused, then the connection closes.
+	rc2 := dialRaw(t, ts.tcp)
+	rc2.goExport("disk", false)
+	rc2.send(CmdWrite, 0, 3, 0, 1<<30, make([]byte, 4096))
+	if _, werr, _ := rc2.reply(); werr != EOVERFLOW {
+		t.Fatalf("huge write: error %d, want EOVERFLOW", werr)
+	}
+	if !rc2.closed() {
+		t.Fatal("connection left open after a write too large to drain")
+	}
+}
+
+func TestReadOnlyExport(t *testing.T) {
+	ts := newTestServer(t, 1, ServerConfig{})
+	ts.linear("disk", 8<<20)
+	dev, _ := ts.reg.Get("disk")
+	dev.SetReadOnly(true)
+	rc := dialRaw(t, ts.tcp)
+	rc.goExport("disk", false)
+	if rc.flags&TFlagReadOnly == 0 {
+		t.Fatalf("read-only export advertised flags %#x", rc.flags)
+	}
+	for i, typ := range []uint16{CmdWrite, CmdTrim, CmdWriteZeroes} {
+		var payload []byte
+		if typ == CmdWrite {
+			payload = make([]byte, 4096)
+		}
+		rc.send(typ, 0, uint64(i), 0, 4096, payload)
+		if _, werr, _ := rc.reply(); werr != EPERM {
+			t.Fatalf("command %d on a read-only export: error %d, want EPERM", typ, werr)
+		}
+	}
+	rc.send(CmdRead, 0, 9, 0, 4096, nil)
+	if _, werr, _ := rc.reply(); werr != 0 {
+		t.Fatalf("read from a read-only export: %d", werr)
+	}
+	rc.readData(4096)
+}
+
+func TestHandshakeOptions(t *testing.T) {
+	ts := newTestServer(t, 1, ServerConfig{})
+	ts.linear("disk", 8<<20)
+	rc := dialRaw(t, ts.unix)
+	// Unknown option: refused, the handshake goes on.
+	rc.option(4242, []byte("whatever"))
+	if r, _ := rc.optReply(); r.Type != RepErrUnsup || r.Option != 4242 {
+		t.Fatalf("unknown option: reply %+v", r)
+	}
+	// TLS is refused by policy.
+	rc.option(OptStartTLS, nil)
+	if r, _ := rc.optReply(); r.Type != RepErrPolicy {
+		t.Fatalf("STARTTLS: reply %+v", r)
+	}
+	// Malformed GO.
+	rc.option(OptGo, []byte{0, 0, 0, 9, 'x'})
+	if r, _ := rc.optReply(); r.Type != RepErrInvalid {
+		t.Fatalf("malformed GO: reply %+v", r)
+	}
+	// Unknown export.
+	rc.option(OptInfo, AppendGoRequest(nil, GoRequest{Name: "nope"}))
+	if r, _ := rc.optReply(); r.Type != RepErrUnknown {
+		t.Fatalf("INFO for an unknown export: reply %+v", r)
+	}
+	// LIST.
+	rc.option(OptList, nil)
+	r, data := rc.optReply()
+	if r.Type != RepServer || string(data[4:]) != "disk" {
+		t.Fatalf("LIST: %+v %q", r, data)
+	}
+	if r, _ := rc.optReply(); r.Type != RepAck {
+		t.Fatalf("LIST end: %+v", r)
+	}
+	// Meta contexts need structured replies first.
+	rc.option(OptSetMetaContext, AppendMetaContextRequest(nil, MetaContextRequest{Export: "disk", Queries: []string{MetaBaseAllocation}}))
+	if r, _ := rc.optReply(); r.Type != RepErrInvalid {
+		t.Fatalf("SET_META_CONTEXT before STRUCTURED_REPLY: %+v", r)
+	}
+	rc.option(OptStructuredReply, nil)
+	rc.optReply()
+	rc.option(OptSetMetaContext, AppendMetaContextRequest(nil, MetaContextRequest{Export: "disk", Queries: []string{MetaBaseAllocation, "qemu:dirty-bitmap:x"}}))
+	r, data = rc.optReply()
+	if r.Type != RepMetaContext || string(data[4:]) != MetaBaseAllocation {
+		t.Fatalf("SET_META_CONTEXT: %+v %q", r, data)
+	}
+	if r, _ := rc.optReply(); r.Type != RepAck {
+		t.Fatalf("SET_META_CONTEXT end: %+v", r)
+	}
+	rc.structured = true
+	rc.goExport("disk", false)
+	rc.send(CmdBlockStatus, 0, 7, 0, 8<<20, nil)
+	var m [4]byte
+	rc.read(m[:])
+	var h [16]byte
+	rc.read(h[:])
+	body := make([]byte, binary.BigEndian.Uint32(h[12:]))
+	rc.read(body)
+	if binary.BigEndian.Uint16(h[2:]) != ReplyBlockStatus || binary.BigEndian.Uint32(body) != metaContextID {
+		t.Fatalf("BLOCK_STATUS reply type %d context %d", binary.BigEndian.Uint16(h[2:]), binary.BigEndian.Uint32(body))
+	}
+	var total uint64
+	for i := 4; i+8 <= len(body); i += 8 {
+		total += uint64(binary.BigEndian.Uint32(body[i:]))
+	}
+	if total != 8<<20 {
+		t.Fatalf("BLOCK_STATUS extents cover %d bytes, want %d", total, 8<<20)
+	}
+	// ABORT in the transmission phase isn't an option; DISC closes.
+	rc.send(CmdDisc, 0, 8, 0, 0, nil)
+	if !rc.closed() {
+		t.Fatal("connection open after DISC")
+	}
+}
+
+func TestExportNameAndAbort(t *testing.T) {
+	ts := newTestServer(t, 1, ServerConfig{})
+	ts.linear("disk", 8<<20)
+	rc := dialRaw(t, ts.tcp)
+	rc.option(OptExportName, []byte("disk"))
+	var b [10]byte
+	rc.read(b[:])
+	if binary.BigEndian.Uint64(b[:]) != 8<<20 {
+		t.Fatalf("EXPORT_NAME size %d", binary.BigEndian.Uint64(b[:]))
+	}
+	rc.send(CmdRead, 0, 1, 0, 512, nil)
+	if _, werr, _ := rc.reply(); werr != 0 {
+		t.Fatal(werr)
+	}
+	rc.readData(512)
+	// An unknown export name can only be answered by closing.
+	rc2 := dialRaw(t, ts.tcp)
+	rc2.option(OptExportName, []byte("nope"))
+	if !rc2.closed() {
+		t.Fatal("EXPORT_NAME of an unknown export left the connection open")
+	}
+	rc3 := dialRaw(t, ts.tcp)
+	rc3.option(OptAbort, nil)
+	rc3.optReply()
+	if !rc3.closed() {
+		t.Fatal("ABORT left the connection open")
+	}
+}
+
+func TestManyInFlightOutOfOrder(t *testing.T) {
+	ts := newTestServer(t, 1, ServerConfig{})
+	ts.linear("disk", 64<<20)
+	rc := dialRaw(t, ts.tcp)
+	rc.goExport("disk", true)
+	// 512 requests sent before reading a single reply: the read side must
+	// not stall (at least 128 in flight), and every reply must arrive.
+	const n = 512
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < n; i++ {
+			if i%2 == 0 {
+				rc.send(CmdWrite, 0, uint64(i), uint64(i)*4096, 4096, bytes.Repeat([]byte{byte(i)}, 4096))
+			} else {
+				rc.send(CmdRead, 0, uint64(i), uint64(i-1)*4096, 4096, nil)
+			}
+		}
+	}()
+	seen := map[uint64]bool{}
+	for len(seen) < n {
+		cookie, werr, _ := rc.reply()
+		if werr != 0 || seen[cookie] {
+			t.Fatalf("reply for cookie %d: error %d, duplicate %v", cookie, werr, seen[cookie])
+		}
+		seen[cookie] = true
+	}
+	wg.Wait()
+}
+
+func TestClientVanishesMidRequest(t *testing.T) {
+	ts := newTestServer(t, 1, ServerConfig{})
+	ts.linear("disk", 16<<20)
+	// An acknowledged write, then a write whose payload never finishes.
+	rc := dialRaw(t, ts.tcp)
+	rc.goExport("disk", false)
+	want := bytes.Repeat([]byte("acked!!!"), 512)
+	rc.send(CmdWrite, 0, 1, 0, 4096, want)
+	if _, werr, _ := rc.reply(); werr != 0 {
+		t.Fatal(werr)
+	}
+	rc.send(CmdWrite, 0, 2, 0, 1<<20, make([]byte, 1000))
+	rc.c.Close()
+	// And a client that queues reads and leaves without reading replies.
+	rc2 := dialRaw(t, ts.tcp)
+	rc2.goExport("disk", false)
+	for i := 0; i < 64; i++ {
+		rc2.send(CmdRead, 0, uint64(i), 0, 1<<20, nil)
+	}
+	rc2.c.Close()
+	// The server carries on and the acknowledged write is there.
+	rc3 := dialRaw(t, ts.tcp)
+	rc3.goExport("disk", false)
+	rc3.send(CmdRead, 0, 3, 0, 4096, nil)
+	if _, werr, _ := rc3.reply(); werr != 0 {
+		t.Fatal(werr)
+	}
+	if got := rc3.readData(4096); !bytes.Equal(got, want) {
+		t.Fatal("acknowledged write lost after a client vanished")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for ts.srv.Stats().Active.Load() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still active, want 1 (the vanished ones were not cleaned up)", ts.srv.Stats().Active.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestStalledClientDoesNotBlockOthers(t *testing.T) {
+	ts := newTestServer(t, 1, ServerConfig{}) // one loop: both clients share it
+	ts.linear("disk", 64<<20)
+	stalled := dialRaw(t, ts.tcp)
+	stalled.goExport("disk", false)
+	// Ask for far more data than the socket buffers hold, read nothing.
+	go func() {
+		for i := 0; i < 256; i++ {
+			var b [RequestSize]byte
+			Request{Type: CmdRead, Cookie: uint64(i), Offset: 0, Length: 1 << 20}.Encode(b[:])
+			if _, err := stalled.c.Write(b[:]); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	rc := dialRaw(t, ts.tcp)
+	rc.goExport("disk", false)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 200; i++ {
+		off := rng.Uint64N(16000) * 4096
+		rc.send(CmdRead, 0, uint64(i), off, 4096, nil)
+		if _, werr, _ := rc.reply(); werr != 0 {
+			t.Fatal(werr)
+		}
+		rc.readData(4096)
+	}
+}
+
+func TestMultiConnConsistency(t *testing.T) {
+	ts := newTestServer(t, 2, ServerConfig{})
+	ts.linear("disk", 16<<20)
+	a, b, c := dialRaw(t, ts.tcp), dialRaw(t, ts.unix), dialRaw(t, ts.tcp)
+	for _, rc := range []*rawClient{a, b, c} {
+		rc.goExport("disk", false)
+		if rc.flags&TFlagCanMultiConn == 0 {
+			t.Fatal("CAN_MULTI_CONN not advertised")
+		}
+	}
+	data := bytes.Repeat([]byte{0xc3}, 64<<10)
+	a.send(CmdWrite, 0, 1, 1<<20, uint32(len(data)), data)
+	if _, werr, _ := a.reply(); werr != 0 {
+		t.Fatal(werr)
+	}
+	b.send(CmdFlush, 0, 2, 0, 0, nil)
+	if _, werr, _ := b.reply(); werr != 0 {
+		t.Fatal(werr)
+	}
+	c.send(CmdRead, 0, 3, 1<<20, uint32(len(data)), nil)
+	if _, werr, _ := c.reply(); werr != 0 {
+		t.Fatal(werr)
+	}
+	if got := c.readData(len(data)); !bytes.Equal(got, data) {
+		t.Fatal("write on one connection, flush on a second: a third doesn't see it")
+	}
+}
+
+func TestShutdownAnswersInFlight(t *testing.T) {
+	ts := newTestServer(t, 1, ServerConfig{})
+	ts.linear("disk", 16<<20)
+	rc := dialRaw(t, ts.tcp)
+	rc.goExport("disk", false)
+	for i := 0; i < 32; i++ {
+		rc.send(CmdRead, 0, uint64(i), uint64(i)*4096, 4096, nil)
+	}
+	time.Sleep(20 * time.Millisecond)
+	done := make(chan error, 1)
+	go func() { done <- ts.srv.Shutdown(contextWithTimeout(t, 10*time.Second)) }()
+	for i := 0; i < 32; i++ {
+		if _, werr, _ := rc.reply(); werr != 0 {
+			t.Fatal(werr)
+		}
+		rc.readData(4096)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !rc.closed() {
+		t.Fatal("connection open after Shutdown")
+	}
+}
