@@ -21,6 +21,10 @@ type bioCore struct {
 	next *Bio
 	// first is the bio's first clone; more come from clonePool.
 	first Clone
+	// start is when the bio was first submitted (nanotime; 0: not yet).
+	// It survives deferral and pushback and is cleared when the bio
+	// ends, for the latency histograms.
+	start int64
 }
 
 const (
@@ -188,6 +192,9 @@ func (d *Device) pendingDec() {
 // suspended the bio waits on the deferred list and is mapped at resume
 // against the table live then. Submit never blocks.
 func (d *Device) Submit(b *Bio) {
+	if b.core.start == 0 {
+		b.core.start = nanotime()
+	}
 	for {
 		d.pending.Add(1)
 		f := d.flags.Load()

@@ -27,9 +27,14 @@ type devStats struct {
 	pushbacks atomic.Uint64
 	deferred  atomic.Int64 // written under defMu
 	pushback  atomic.Int64 // written under pushMu
+	lat       [numLatClasses]latHist
 }
 
 func (s *devStats) account(b *Bio, err error) {
+	if t := b.core.start; t != 0 {
+		s.lat[latClass(b.Op)].observe(nanotime() - t)
+		b.core.start = 0
+	}
 	if op := int(b.Op); op < len(s.ops) {
 		s.ops[op].Add(1)
 		if b.Op.HasData() {
