@@ -44,13 +44,12 @@ type DeviceConfig struct {
 // pending count. See the package documentation for the lock order and
 // the life of a bio.
 type Device struct {
-	// The fast path reads these.
-	live    atomic.Pointer[table]
-	flags   atomic.Uint32
-	_       [48]byte // keep pending on its own cache line
-	pending atomic.Int64
-	_       [56]byte
-	stats   devStats
+	// The fast path reads these; none is written per bio.
+	live      atomic.Pointer[table]
+	flags     atomic.Uint32
+	shardMask uint32
+	shards    []shard // per-loop pending counts and I/O counters
+	stats     devStats
 
 	pushMu   spinLock // guards pushback; flagNoflushSuspending changes under it
 	pushback bioList  // guarded by pushMu
@@ -150,6 +149,8 @@ func newDevice(cfg DeviceConfig, pool *devPool, reg *Registry) *Device {
 		pool:    pool,
 		reg:     reg,
 	}
+	d.shards = newShards()
+	d.shardMask = uint32(len(d.shards) - 1)
 	d.mu.name = cfg.Name
 	if cfg.ReadOnly {
 		d.flags.Store(flagReadOnly)
@@ -197,7 +198,7 @@ func (d *Device) Suspended() bool { return d.flags.Load()&flagSuspended != 0 }
 func (d *Device) NoflushSuspending() bool { return d.flags.Load()&flagNoflushSuspending != 0 }
 
 // Pending is the number of bios mapped and not yet ended.
-func (d *Device) Pending() int64 { return d.pending.Load() }
+func (d *Device) Pending() int64 { return d.pendingSum() }
 
 // lock takes the suspend lock, or gives up when ctx ends.
 func (d *Device) lock(ctx context.Context) error {
@@ -315,12 +316,12 @@ func (d *Device) suspendLocked(ctx context.Context, noflush bool) error {
 
 // waitDrained waits until no bio is pending.
 func (d *Device) waitDrained(ctx context.Context) error {
-	for d.pending.Load() != 0 {
+	for d.pendingSum() != 0 {
 		d.hookAt(hookBeforeWait)
 		select {
 		case <-d.drained:
 		case <-ctx.Done():
-			if d.pending.Load() == 0 {
+			if d.pendingSum() == 0 {
 				return nil
 			}
 			return ctx.Err()
@@ -439,7 +440,7 @@ func (d *Device) reissueDeferred() {
 		bb := b
 		if err := b.Exec.Post(func() { d.Submit(bb) }); err != nil {
 			// The bio's loop is gone: nothing can run it there.
-			d.stats.account(bb, ErrIO)
+			d.shards[d.shardOf(bb)].account(bb, ErrIO)
 			bb.End.BioEnd(bb, ErrIO)
 		}
 	}

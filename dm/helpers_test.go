@@ -137,7 +137,14 @@ type testLoop struct {
 	done   chan struct{}
 	posted atomic.Int64
 	gid    atomic.Uint64 // the loop goroutine's id
+	id     int
 }
+
+var testLoopIDs atomic.Int32
+
+// ID numbers the loop like uring.Loop's (devices shard their counters by
+// it).
+func (l *testLoop) ID() int { return l.id }
 
 // curGID is the calling goroutine's id (tests only: which goroutine runs
 // what).
@@ -153,7 +160,7 @@ func curGID() uint64 {
 func (l *testLoop) onLoop() bool { return curGID() == l.gid.Load() }
 
 func newTestLoop(t testing.TB) *testLoop {
-	l := &testLoop{wake: make(chan struct{}, 1), done: make(chan struct{})}
+	l := &testLoop{wake: make(chan struct{}, 1), done: make(chan struct{}), id: int(testLoopIDs.Add(1))}
 	go l.run()
 	t.Cleanup(l.close)
 	return l
@@ -258,7 +265,7 @@ func (r *recTarget) state() string {
 	d := r.ctx.Device
 	f := d.flags.Load()
 	return fmt.Sprintf("noflush=%t block=%t suspended=%t pending=%d",
-		f&flagNoflushSuspending != 0, f&flagBlockIO != 0, f&flagSuspended != 0, d.pending.Load())
+		f&flagNoflushSuspending != 0, f&flagBlockIO != 0, f&flagSuspended != 0, d.pendingSum())
 }
 
 func (r *recTarget) Map(c *Clone) MapResult {

@@ -19,6 +19,8 @@ type bioCore struct {
 	status atomic.Uint32
 	// next links the bio on the deferred or pushback list.
 	next *Bio
+	// shard is where the bio is counted while pending.
+	shard uint32
 	// first is the bio's first clone; more come from clonePool.
 	first Clone
 	// start is when the bio was first submitted (nanotime; 0: not yet).
@@ -143,18 +145,19 @@ func (d *Device) put(b *Bio) {
 func (d *Device) bioDone(b *Bio) {
 	s := b.core.status.Load()
 	var err error
+	sh := &d.shards[b.core.shard]
 	if s&statusRequeue != 0 {
 		if d.pushBack(b) {
-			d.pendingDec()
+			d.pendingDec(sh)
 			return
 		}
 		err = ErrIO
 	} else if e := s & statusErrnoMask; e != 0 {
 		err = syscall.Errno(e)
 	}
-	d.stats.account(b, err)
+	sh.account(b, err)
 	b.End.BioEnd(b, err)
-	d.pendingDec()
+	d.pendingDec(sh)
 }
 
 // pushBack parks a requeued bio on the pushback list if a noflush suspend
@@ -176,9 +179,11 @@ func (d *Device) pushBack(b *Bio) bool {
 
 // pendingDec ends one unit of pending I/O and wakes a suspend waiting for
 // the drain. Dekker with Suspend: we decrement then read BLOCK_IO, the
-// suspend sets BLOCK_IO then reads pending, so one of us sees the other.
-func (d *Device) pendingDec() {
-	if d.pending.Add(-1) == 0 && d.flags.Load()&flagBlockIO != 0 {
+// suspend sets BLOCK_IO then reads the count, so one of us sees the
+// other. Only while BLOCK_IO is set do we sum the shards.
+func (d *Device) pendingDec(sh *shard) {
+	sh.pending.Add(-1)
+	if d.flags.Load()&flagBlockIO != 0 && d.pendingSum() == 0 {
 		select {
 		case d.drained <- struct{}{}:
 		default:
@@ -195,14 +200,17 @@ func (d *Device) Submit(b *Bio) {
 	if b.core.start == 0 {
 		b.core.start = nanotime()
 	}
+	si := d.shardOf(b)
+	sh := &d.shards[si]
 	for {
-		d.pending.Add(1)
+		sh.pending.Add(1)
 		f := d.flags.Load()
 		if f&flagBlockIO == 0 {
+			b.core.shard = si
 			d.mapBio(b, f)
 			return
 		}
-		d.pendingDec()
+		d.pendingDec(sh)
 		d.hookAt(hookDefer)
 		if d.deferBio(b) {
 			return

@@ -90,8 +90,14 @@ func latClass(op Op) int {
 // error are counted too.
 func (d *Device) Latency() [3]LatencyHistogram {
 	var out [3]LatencyHistogram
-	for i := range out {
-		out[i] = d.stats.lat[i].snapshot()
+	for s := range d.shards {
+		for i := range out {
+			h := d.shards[s].lat[i].snapshot()
+			for k, c := range h.Counts {
+				out[i].Counts[k] += c
+			}
+			out[i].Sum += h.Sum
+		}
 	}
 	return out
 }
