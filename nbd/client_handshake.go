@@ -1,0 +1,310 @@
+package nbd
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/bits"
+	"net"
+	"syscall"
+)
+
+// Handshake errors. Each wraps the errno a caller can act on.
+var (
+	// ErrNoExport: the server has no such export (NBD_REP_ERR_UNKNOWN,
+	// or it closed the connection on NBD_OPT_EXPORT_NAME).
+	ErrNoExport = fmt.Errorf("nbd: no such export: %w", syscall.ENOENT)
+	// ErrTLSRequired: the server insists on TLS, which the client
+	// doesn't speak.
+	ErrTLSRequired = fmt.Errorf("nbd: server requires TLS: %w", syscall.EPROTONOSUPPORT)
+	// ErrHandshake: the server broke the protocol or refused the client.
+	ErrHandshake = fmt.Errorf("nbd: handshake failed: %w", syscall.EPROTO)
+	// ErrSizeChanged: after a reconnection the export has another size.
+	ErrSizeChanged = fmt.Errorf("nbd: export size changed: %w", syscall.EIO)
+)
+
+const (
+	cliservMagic uint64 = 0x00420281861253 // oldstyle negotiation
+	// defaultMaxPayload is what a client may assume without
+	// NBD_INFO_BLOCK_SIZE, and the most the client sends in one request.
+	defaultMaxPayload = 32 << 20
+	maxOptReply       = 1 << 20
+)
+
+// clientHandshake runs the fixed newstyle negotiation on nc (reads
+// through br) for export and returns what the server said. The caller
+// sets nc's deadline.
+func clientHandshake(nc net.Conn, br *bufio.Reader, export string, opts *ClientOptions) (*ClientInfo, error) {
+	var hs [18]byte
+	if _, err := io.ReadFull(br, hs[:]); err != nil {
+		return nil, fmt.Errorf("%w: reading the greeting: %w", ErrHandshake, err)
+	}
+	if binary.BigEndian.Uint64(hs[0:]) != NBDMagic {
+		return nil, fmt.Errorf("%w: not an NBD server (magic %#x)", ErrHandshake, binary.BigEndian.Uint64(hs[0:]))
+	}
+	switch m := binary.BigEndian.Uint64(hs[8:]); m {
+	case IHaveOpt:
+	case cliservMagic:
+		return nil, fmt.Errorf("%w: the server uses oldstyle negotiation, which is not supported", ErrHandshake)
+	default:
+		return nil, fmt.Errorf("%w: bad second magic %#x", ErrHandshake, m)
+	}
+	hflags := binary.BigEndian.Uint16(hs[16:])
+	info := &ClientInfo{FixedNewstyle: hflags&FlagFixedNewstyle != 0}
+	noZeroes := hflags&FlagNoZeroes != 0
+	var cflags uint32
+	if info.FixedNewstyle {
+		cflags |= ClientFixedNewstyle
+	}
+	if noZeroes {
+		cflags |= ClientNoZeroes
+	}
+	if err := writeAll(nc, binary.BigEndian.AppendUint32(nil, cflags)); err != nil {
+		return nil, fmt.Errorf("%w: sending client flags: %w", ErrHandshake, err)
+	}
+	h := &handshaker{nc: nc, br: br}
+	if info.FixedNewstyle {
+		if !opts.NoStructuredReply {
+			ok, err := h.simpleOption(OptStructuredReply, nil)
+			if err != nil {
+				return nil, err
+			}
+			info.Structured = ok
+		}
+		if opts.BlockStatus && info.Structured {
+			if err := h.setMetaContext(export, info); err != nil {
+				return nil, err
+			}
+		}
+		if !opts.NoOptGo {
+			done, err := h.optGo(export, info)
+			if err != nil {
+				h.abort()
+				return nil, err
+			}
+			if done {
+				return finishInfo(info)
+			}
+			// NBD_OPT_GO unknown to the server: fall back.
+		}
+	}
+	if err := h.exportName(export, noZeroes, info); err != nil {
+		return nil, err
+	}
+	return finishInfo(info)
+}
+
+// finishInfo validates and defaults the block sizes.
+func finishInfo(info *ClientInfo) (*ClientInfo, error) {
+	if info.Size < 0 {
+		return nil, fmt.Errorf("%w: export size %d", ErrHandshake, uint64(info.Size))
+	}
+	if info.MinBlock == 0 {
+		info.MinBlock, info.PrefBlock, info.MaxBlock = 1, 4096, defaultMaxPayload
+	}
+	pow2 := func(v uint32) bool { return v != 0 && bits.OnesCount32(v) == 1 }
+	if !pow2(info.MinBlock) || info.MinBlock > 64<<10 || !pow2(info.PrefBlock) || info.PrefBlock < info.MinBlock ||
+		info.MaxBlock < info.MinBlock || info.MaxBlock != 1<<32-1 && info.MaxBlock%info.MinBlock != 0 {
+		return nil, fmt.Errorf("%w: bad block sizes min %d preferred %d max %d", ErrHandshake, info.MinBlock, info.PrefBlock, info.MaxBlock)
+	}
+	info.MaxPayload = min(info.MaxBlock, defaultMaxPayload)
+	info.MaxPayload -= info.MaxPayload % info.MinBlock
+	return info, nil
+}
+
+type handshaker struct {
+	nc  net.Conn
+	br  *bufio.Reader
+	buf []byte
+}
+
+func writeAll(w io.Writer, b []byte) error {
+	_, err := w.Write(b)
+	return err
+}
+
+func (h *handshaker) send(opt uint32, data []byte) error {
+	b := make([]byte, OptionHeaderSize, OptionHeaderSize+len(data))
+	PutOptionHeader(b, opt, uint32(len(data)))
+	if err := writeAll(h.nc, append(b, data...)); err != nil {
+		return fmt.Errorf("%w: sending option %d: %w", ErrHandshake, opt, err)
+	}
+	return nil
+}
+
+// reply reads one option reply to opt; its data stays valid until the
+// next call.
+func (h *handshaker) reply(opt uint32) (OptionReply, []byte, error) {
+	var hb [OptReplyHeaderLen]byte
+	if _, err := io.ReadFull(h.br, hb[:]); err != nil {
+		return OptionReply{}, nil, fmt.Errorf("%w: reading the reply to option %d: %w", ErrHandshake, opt, err)
+	}
+	rep, err := ParseOptionReply(hb[:])
+	if err != nil {
+		return rep, nil, fmt.Errorf("%w: %w", ErrHandshake, err)
+	}
+	if rep.Option != opt {
+		return rep, nil, fmt.Errorf("%w: reply for option %d while waiting for %d", ErrHandshake, rep.Option, opt)
+	}
+	if rep.Length > maxOptReply {
+		return rep, nil, fmt.Errorf("%w: option reply of %d bytes", ErrHandshake, rep.Length)
+	}
+	if cap(h.buf) < int(rep.Length) {
+		h.buf = make([]byte, rep.Length)
+	}
+	data := h.buf[:rep.Length]
+	if _, err := io.ReadFull(h.br, data); err != nil {
+		return rep, nil, fmt.Errorf("%w: reading the reply to option %d: %w", ErrHandshake, opt, err)
+	}
+	return rep, data, nil
+}
+
+// repError turns an error reply into an error.
+func repError(opt uint32, rep OptionReply, data []byte) error {
+	msg := ""
+	if len(data) > 0 {
+		msg = ": " + string(data)
+	}
+	switch rep.Type {
+	case RepErrUnknown:
+		return fmt.Errorf("%w%s", ErrNoExport, msg)
+	case RepErrTLSReqd:
+		return fmt.Errorf("%w%s", ErrTLSRequired, msg)
+	case RepErrShutdown:
+		return fmt.Errorf("%w: server shutting down%s", ErrHandshake, msg)
+	case RepErrPolicy:
+		return fmt.Errorf("%w: option %d refused by policy%s", ErrHandshake, opt, msg)
+	}
+	return fmt.Errorf("%w: option %d: error reply %#x%s", ErrHandshake, opt, rep.Type, msg)
+}
+
+// simpleOption sends an option that is answered by one ACK or an error;
+// it reports whether the server agreed.
+func (h *handshaker) simpleOption(opt uint32, data []byte) (bool, error) {
+	if err := h.send(opt, data); err != nil {
+		return false, err
+	}
+	rep, d, err := h.reply(opt)
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case rep.Type == RepAck:
+		return true, nil
+	case rep.Type == RepErrShutdown || rep.Type == RepErrTLSReqd:
+		return false, repError(opt, rep, d)
+	case IsRepErr(rep.Type):
+		return false, nil
+	}
+	return false, fmt.Errorf("%w: option %d: unexpected reply type %d", ErrHandshake, opt, rep.Type)
+}
+
+// setMetaContext selects base:allocation.
+func (h *handshaker) setMetaContext(export string, info *ClientInfo) error {
+	data := AppendMetaContextRequest(nil, MetaContextRequest{Export: export, Queries: []string{MetaBaseAllocation}})
+	if err := h.send(OptSetMetaContext, data); err != nil {
+		return err
+	}
+	for {
+		rep, d, err := h.reply(OptSetMetaContext)
+		if err != nil {
+			return err
+		}
+		switch {
+		case rep.Type == RepAck:
+			return nil
+		case rep.Type == RepMetaContext:
+			if len(d) < 4 {
+				return fmt.Errorf("%w: short meta context reply", ErrHandshake)
+			}
+			if string(d[4:]) == MetaBaseAllocation {
+				info.BlockStatus = true
+				info.MetaContext = binary.BigEndian.Uint32(d)
+			}
+		case rep.Type == RepErrShutdown || rep.Type == RepErrTLSReqd:
+			return repError(OptSetMetaContext, rep, d)
+		case IsRepErr(rep.Type):
+			return nil // no block status
+		default:
+			return fmt.Errorf("%w: meta context: unexpected reply type %d", ErrHandshake, rep.Type)
+		}
+	}
+}
+
+// optGo sends NBD_OPT_GO asking for block sizes. It returns false (and
+// no error) if the server doesn't know the option.
+func (h *handshaker) optGo(export string, info *ClientInfo) (bool, error) {
+	data := AppendGoRequest(nil, GoRequest{Name: export, Infos: []uint16{InfoBlockSize}})
+	if err := h.send(OptGo, data); err != nil {
+		return false, err
+	}
+	gotExport := false
+	for {
+		rep, d, err := h.reply(OptGo)
+		if err != nil {
+			return false, err
+		}
+		switch {
+		case rep.Type == RepAck:
+			if !gotExport {
+				return false, fmt.Errorf("%w: NBD_OPT_GO acknowledged without NBD_INFO_EXPORT", ErrHandshake)
+			}
+			info.Go = true
+			return true, nil
+		case rep.Type == RepInfo:
+			if len(d) < 2 {
+				return false, fmt.Errorf("%w: short NBD_REP_INFO", ErrHandshake)
+			}
+			switch binary.BigEndian.Uint16(d) {
+			case InfoExport:
+				if len(d) != 12 {
+					return false, fmt.Errorf("%w: NBD_INFO_EXPORT of %d bytes", ErrHandshake, len(d))
+				}
+				info.Size = int64(binary.BigEndian.Uint64(d[2:]))
+				info.Flags = binary.BigEndian.Uint16(d[10:])
+				gotExport = true
+			case InfoBlockSize:
+				if len(d) != 14 {
+					return false, fmt.Errorf("%w: NBD_INFO_BLOCK_SIZE of %d bytes", ErrHandshake, len(d))
+				}
+				info.MinBlock = binary.BigEndian.Uint32(d[2:])
+				info.PrefBlock = binary.BigEndian.Uint32(d[6:])
+				info.MaxBlock = binary.BigEndian.Uint32(d[10:])
+			}
+		case rep.Type == RepErrUnsup:
+			return false, nil
+		case IsRepErr(rep.Type):
+			return false, repError(OptGo, rep, d)
+		default:
+			return false, fmt.Errorf("%w: NBD_OPT_GO: unexpected reply type %d", ErrHandshake, rep.Type)
+		}
+	}
+}
+
+// exportName enters transmission with NBD_OPT_EXPORT_NAME.
+func (h *handshaker) exportName(export string, noZeroes bool, info *ClientInfo) error {
+	if err := h.send(OptExportName, []byte(export)); err != nil {
+		return err
+	}
+	n := 10
+	if !noZeroes {
+		n += 124
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(h.br, b); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+			return fmt.Errorf("%w: %q (the server closed the connection on NBD_OPT_EXPORT_NAME)", ErrNoExport, export)
+		}
+		return fmt.Errorf("%w: reading the export's size and flags: %w", ErrHandshake, err)
+	}
+	info.Size = int64(binary.BigEndian.Uint64(b))
+	info.Flags = binary.BigEndian.Uint16(b[8:])
+	return nil
+}
+
+// abort ends the negotiation politely (NBD_OPT_ABORT), best effort.
+func (h *handshaker) abort() {
+	_ = h.send(OptAbort, nil)
+}

@@ -1,0 +1,241 @@
+package nbd
+
+// Real NBD servers (nbdkit, qemu-nbd) for the client's interop tests.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"udm/internal/testutil"
+)
+
+// ctSafety bounds how long a client test waits for something that must
+// happen; no test asserts on timing.
+const ctSafety = 20 * time.Second
+
+// ctServer is an external NBD server process that a test can kill,
+// restart (on the same address), stop and continue.
+type ctServer struct {
+	t       testing.TB
+	kind    string
+	uri     string
+	pidfile string
+	argv    func() []string // the command line for the next start
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+	stderr *bytes.Buffer
+}
+
+// ctDir returns a short temporary directory (unix socket paths are
+// limited to 108 bytes).
+func ctDir(t testing.TB) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "udmnbd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// ctFreePort returns a TCP port that was free a moment ago.
+func ctFreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// ctNbdkit starts nbdkit with plugin args (e.g. "memory", "64M") on a
+// unix socket or a loopback TCP port.
+func ctNbdkit(t testing.TB, unix bool, args ...string) *ctServer {
+	t.Helper()
+	bin := testutil.RequireTool(t, "nbdkit")
+	dir := ctDir(t)
+	s := &ctServer{t: t, kind: "nbdkit", pidfile: filepath.Join(dir, "pid")}
+	var where []string
+	if unix {
+		sock := filepath.Join(dir, "s.sock")
+		where = []string{"-U", sock}
+		s.uri = "nbd+unix:///?socket=" + sock
+	} else {
+		port := ctFreePort(t)
+		where = []string{"-i", "127.0.0.1", "-p", strconv.Itoa(port)}
+		s.uri = fmt.Sprintf("nbd://127.0.0.1:%d/", port)
+	}
+	s.setArgs(append(append([]string{bin, "--exit-with-parent", "-f", "-P", s.pidfile}, where...), args...))
+	s.start()
+	t.Cleanup(s.kill)
+	return s
+}
+
+// ctQemuNBD serves file (raw) with qemu-nbd, persistent and shared.
+func ctQemuNBD(t testing.TB, unix bool, file string, args ...string) *ctServer {
+	t.Helper()
+	bin := testutil.RequireTool(t, "qemu-nbd")
+	dir := ctDir(t)
+	s := &ctServer{t: t, kind: "qemu-nbd", pidfile: filepath.Join(dir, "pid")}
+	var where []string
+	if unix {
+		sock := filepath.Join(dir, "s.sock")
+		where = []string{"-k", sock}
+		s.uri = "nbd+unix:///?socket=" + sock
+	} else {
+		port := ctFreePort(t)
+		where = []string{"-b", "127.0.0.1", "-p", strconv.Itoa(port)}
+		s.uri = fmt.Sprintf("nbd://127.0.0.1:%d/", port)
+	}
+	argv := append([]string{bin, "-f", "raw", "--persistent", "--shared=32", "--pid-file=" + s.pidfile}, where...)
+	argv = append(append(argv, args...), file)
+	s.setArgs(argv)
+	s.start()
+	t.Cleanup(s.kill)
+	return s
+}
+
+// setArgs fixes the command line of later starts.
+func (s *ctServer) setArgs(argv []string) {
+	s.argv = func() []string { return argv }
+}
+
+// start launches the server and waits until it listens (its pid file
+// appears).
+func (s *ctServer) start() {
+	s.t.Helper()
+	os.Remove(s.pidfile)
+	argv := s.argv()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		s.t.Fatalf("start %s: %v", s.kind, err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	s.mu.Lock()
+	s.cmd, s.exited, s.stderr = cmd, exited, &stderr
+	s.mu.Unlock()
+	deadline := time.Now().Add(ctSafety)
+	for {
+		if b, err := os.ReadFile(s.pidfile); err == nil && len(bytes.TrimSpace(b)) > 0 {
+			return
+		}
+		select {
+		case <-exited:
+			s.t.Fatalf("%s exited at start: %s\n%s", s.kind, strings.Join(argv, " "), stderr.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("%s never wrote its pid file: %s", s.kind, strings.Join(argv, " "))
+		}
+	}
+}
+
+// kill ends the server with SIGKILL (as a crash would) and reaps it.
+func (s *ctServer) kill() {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGCONT)
+	cmd.Process.Kill()
+	<-exited
+}
+
+// restart kills the server and starts it again on the same address.
+func (s *ctServer) restart() {
+	s.t.Helper()
+	s.kill()
+	s.start()
+}
+
+// signal sends sig (SIGSTOP to hang the server, SIGCONT to resume it).
+func (s *ctServer) signal(sig syscall.Signal) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		s.cmd.Process.Signal(sig)
+	}
+}
+
+// ctNbdinfo runs nbdinfo --json on uri and returns its first export.
+func ctNbdinfo(t testing.TB, uri string) map[string]any {
+	t.Helper()
+	bin := testutil.RequireTool(t, "nbdinfo")
+	out, err := exec.Command(bin, "--json", uri).Output()
+	if err != nil {
+		t.Fatalf("nbdinfo %s: %v", uri, err)
+	}
+	var v struct {
+		Structured bool             `json:"structured"`
+		Protocol   string           `json:"protocol"`
+		Exports    []map[string]any `json:"exports"`
+	}
+	if err := json.Unmarshal(out, &v); err != nil || len(v.Exports) == 0 {
+		t.Fatalf("nbdinfo %s: %v: %s", uri, err, out)
+	}
+	e := v.Exports[0]
+	e["structured"] = v.Structured
+	e["protocol"] = v.Protocol
+	return e
+}
+
+// ctDial dials uri with test-friendly reconnection settings on top of
+// opts.
+func ctDial(t testing.TB, uri string, opts ClientOptions) *Client {
+	t.Helper()
+	if opts.MaxBackoff == 0 {
+		opts.MaxBackoff = 100 * time.Millisecond
+	}
+	if opts.MinBackoff == 0 {
+		opts.MinBackoff = 5 * time.Millisecond
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), ctSafety)
+	defer cancel()
+	c, err := Dial(ctx, uri, opts)
+	if err != nil {
+		t.Fatalf("Dial %s: %v", uri, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// ctCtx is a context bounded by ctSafety.
+func ctCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), ctSafety)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// ctEventually polls cond until it holds or ctSafety passes.
+func ctEventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(ctSafety)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("never happened: %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
