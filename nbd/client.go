@@ -831,7 +831,7 @@ func (c *Client) startMulti(parent *creq, info *ClientInfo, cmd uint16, fua bool
 	if fua && info.CanFUA() {
 		fl = CmdFlagFUA
 	}
-	chunk := uint32(1 << 32 - 1)
+	chunk := uint32(1<<32 - 1)
 	if cmd == CmdRead || cmd == CmdWrite {
 		chunk = info.MaxPayload
 	}

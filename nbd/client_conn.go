@@ -2,9 +2,9 @@ package nbd
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/binary"
-	"cmp"
 	"fmt"
 	"io"
 	"net"
