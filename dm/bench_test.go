@@ -1,6 +1,7 @@
 package dm
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -172,6 +173,22 @@ func BenchmarkPushbackLock(b *testing.B) {
 			var flags atomic.Uint32
 			flags.Store(flagNoflushSuspending)
 			b.RunParallel(func(pb *testing.PB) {
+				bio := new(Bio)
+				for pb.Next() {
+					section(l, &list, &flags, bio)
+				}
+			})
+		})
+		// Loops are goroutines locked to their threads: a mutex that
+		// parks one costs a futex sleep and wake-up of the thread.
+		b.Run(lc.name+"/parallel-locked-threads", func(b *testing.B) {
+			l := lc.mk()
+			var list bioList
+			var flags atomic.Uint32
+			flags.Store(flagNoflushSuspending)
+			b.RunParallel(func(pb *testing.PB) {
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
 				bio := new(Bio)
 				for pb.Next() {
 					section(l, &list, &flags, bio)

@@ -729,7 +729,9 @@ func (d *Device) Message(ctx context.Context, sector uint64, args []string) (str
 }
 
 // SubmitWait submits b and waits for its end; for the slow path and tests
-// (it allocates). b.End is replaced.
+// (it allocates). b.End is replaced. If ctx ends first, b is canceled
+// (its pieces not yet on a device end with ECANCELED) and SubmitWait
+// still waits for the end: the caller owns b's memory until then.
 func (d *Device) SubmitWait(ctx context.Context, b *Bio) error {
 	w := &waiter{done: make(chan error, 1)}
 	b.End = w

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -475,3 +476,59 @@ type countEnd struct {
 }
 
 func (c *countEnd) BioEnd(b *Bio, err error) { c.n++; c.err = err }
+
+// counted is fn with explicit flush and discard clone counts.
+type counted struct {
+	fnTarget
+	flushes, discards int
+}
+
+func (c *counted) NumFlushClones() int   { return c.flushes }
+func (c *counted) NumDiscardClones() int { return c.discards }
+
+// NumFlushClones and NumDiscardClones: 0 means the target takes no flush
+// (skipped) or no discard (EOPNOTSUPP); more sends that many clones,
+// numbered by Index.
+func TestCloneCounts(t *testing.T) {
+	reg := DefaultTargets()
+	a := newCapDev("a", MiB)
+	for _, tc := range []struct {
+		name              string
+		flushes, discards int
+		op                Op
+		want              []capIO
+		err               syscall.Errno
+	}{
+		{"no flush", 0, 1, OpFlush, nil, 0},
+		{"two flushes", 2, 1, OpFlush, []capIO{{"a", OpFlush, 0, 0, 0, 0}, {"a", OpFlush, 0, 0, 0, 1}}, 0},
+		{"no discard", 1, 0, OpDiscard, nil, syscall.EOPNOTSUPP},
+		{"two discards", 1, 2, OpDiscard, []capIO{{"a", OpDiscard, 0, 0, 4096, 0}, {"a", OpDiscard, 0, 0, 4096, 1}}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := "counted-" + strings.ReplaceAll(tc.name, " ", "-")
+			tc := tc
+			if err := reg.Register(TargetType{Name: name, New: func(ctx *TargetContext, args []string) (Target, error) {
+				return &counted{fnTarget: fnTarget{dev: a}, flushes: tc.flushes, discards: tc.discards}, nil
+			}}); err != nil {
+				t.Fatal(err)
+			}
+			d := NewDevice(DeviceConfig{Name: "c", Targets: reg})
+			if err := d.Load("0 64 " + name); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Resume(bg()); err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			if tc.op == OpDiscard {
+				n = 4096
+			}
+			r := newRec(tc.op, 0, n)
+			d.Submit(&r.Bio)
+			mustErrno(t, "bio", r.wait(t), tc.err)
+			if got := a.take(); !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("clones %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

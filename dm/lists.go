@@ -63,7 +63,11 @@ func (l *bioList) take() bioList {
 
 // spinLock is a test-and-test-and-set lock for critical sections of a few
 // instructions (the pushback list). It yields the processor after a short
-// spin so that a holder that was descheduled can run.
+// spin so that a holder that was descheduled can run. It never parks the
+// caller: a loop thread that sleeps in a futex costs a wake-up of 10-18
+// µs. BenchmarkPushbackLock: uncontended it costs what sync.Mutex does;
+// between locked threads (loops) it is faster; between plain goroutines,
+// which the mutex parks cheaply, slower.
 type spinLock struct{ v atomic.Uint32 }
 
 func (l *spinLock) Lock() {

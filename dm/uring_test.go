@@ -1,0 +1,63 @@
+package dm
+
+import (
+	"sync/atomic"
+	"testing"
+
+	"udm/uring"
+)
+
+// A uring.Loop is an Executor, and numbers itself for the counters'
+// shards.
+var (
+	_ Executor   = (*uring.Loop)(nil)
+	_ idExecutor = (*uring.Loop)(nil)
+)
+
+// With a real loop as the bio's executor, completions posted by the
+// device and deferred bios re-issued at resume run on the loop's thread.
+func TestUringLoopExecutor(t *testing.T) {
+	l, err := uring.NewLoop(uring.Config{ID: 1, Entries: 8, ArenaSize: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	m := NewMemDevice("m", MiB)
+	m.SetCompletion(CompleteExec)
+	d := newDev(t, nil, "0 64 linear m 0", m)
+
+	submitOnLoop := func(r *ioRec) *atomic.Bool {
+		var onLoop atomic.Bool
+		r.Exec = l
+		r.onEnd = func(error) { onLoop.Store(l.OnLoop()) }
+		return &onLoop
+	}
+	r := newRec(OpWrite, 0, 4096)
+	on := submitOnLoop(r)
+	if err := l.Post(func() { d.Submit(&r.Bio) }); err != nil {
+		t.Fatal(err)
+	}
+	mustErrno(t, "write", r.wait(t), 0)
+	if !on.Load() {
+		t.Fatal("the write did not end on the loop")
+	}
+
+	if err := d.Suspend(bg(), false); err != nil {
+		t.Fatal(err)
+	}
+	r2 := newRec(OpRead, 0, 4096)
+	on2 := submitOnLoop(r2)
+	d.Submit(&r2.Bio) // from this goroutine: deferred
+	posted := l.Stats().Posted
+	if err := d.Resume(bg()); err != nil {
+		t.Fatal(err)
+	}
+	mustErrno(t, "deferred read", r2.wait(t), 0)
+	if !on2.Load() || l.Stats().Posted == posted {
+		t.Fatal("the deferred read was not re-issued through the loop")
+	}
+	waitIdle(t, d)
+	if d.shards[d.shardOf(&r2.Bio)].ops[OpRead].Load() != 1 {
+		t.Fatal("the read was not counted in its loop's shard")
+	}
+}
