@@ -525,6 +525,7 @@ func (d *Device) Remove(ctx context.Context, force, deferred bool) error {
 		if deferred {
 			d.mu.deferredRemove = true
 			d.mu.Unlock()
+			d.TriggerEvent() // Info changed: wake watchers
 			return nil
 		}
 		d.mu.Unlock()
@@ -547,14 +548,17 @@ func (d *Device) Remove(ctx context.Context, force, deferred bool) error {
 }
 
 // CancelDeferredRemove clears a deferred removal (the kernel's
-// @cancel_deferred_remove message).
+// @cancel_deferred_remove message). Marking and cancelling a deferred
+// removal, like the removal itself, bump the event counter.
 func (d *Device) CancelDeferredRemove() error {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if !d.mu.deferredRemove {
+		d.mu.Unlock()
 		return ErrNoDevice
 	}
 	d.mu.deferredRemove = false
+	d.mu.Unlock()
+	d.TriggerEvent()
 	return nil
 }
 

@@ -247,12 +247,10 @@ func (d *Device) mapBio(b *Bio, f uint32) {
 		d.put(b)
 		return
 	}
-	if b.Op != OpRead && f&flagReadOnly != 0 {
-		if b.Op != OpFlush {
-			bc.status.Store(uint32(syscall.EPERM))
-			d.put(b)
-			return
-		}
+	if f&flagReadOnly != 0 && b.Op != OpRead && b.Op != OpFlush {
+		bc.status.Store(uint32(syscall.EPERM))
+		d.put(b)
+		return
 	}
 	used := false
 	switch b.Op {
