@@ -65,7 +65,11 @@
 //	    Device.eventMu (leaf)
 //
 // No lock of the core is held while it calls a bio's Endio, a target's
-// Map or EndIO, or a device's Submit. Target hooks (presuspend, resume,
+// Map or EndIO, or a device's Submit — except the suspend lock, which
+// Resume (and an interrupted Suspend) hold while they re-issue deferred
+// bios: those without an Exec are mapped, and may end, right there. So an
+// Endio must not suspend, resume or remove the device of its bio (it runs
+// on a loop anyway, where nothing may block). Target hooks (presuspend, resume,
 // ...) run under sema only; messages under tableMu (read). Tables are
 // built and destroyed with no device lock held.
 //
