@@ -1,0 +1,229 @@
+package perf
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"udm/internal/testutil"
+	"udm/uring"
+)
+
+func TestRawWorkloads(t *testing.T) {
+	f := testutil.TempFile(t, 32<<20)
+	for _, rw := range []string{"read", "write", "randread", "randwrite", "randrw"} {
+		eng, err := NewFileEngine(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := Run(context.Background(), Config{RW: rw, Depth: 8, Loops: 2, TotalBytes: 8 << 20, BlockSize: 8192}, eng)
+		eng.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", rw, err)
+		}
+		if res.Errors != 0 || res.Ops < 1000 || res.IOPS <= 0 || res.Lat.P50 <= 0 || res.Lat.Max < res.Lat.P99 {
+			t.Fatalf("%s: implausible result %+v", rw, res)
+		}
+		switch rw {
+		case "read", "randread":
+			if res.Writes != 0 {
+				t.Fatalf("%s issued %d writes", rw, res.Writes)
+			}
+		case "write", "randwrite":
+			if res.Reads != 0 {
+				t.Fatalf("%s issued %d reads", rw, res.Reads)
+			}
+		case "randrw":
+			share := float64(res.Reads) / float64(res.Ops)
+			if share < 0.6 || share > 0.8 {
+				t.Fatalf("randrw read share %.2f, want about 0.70", share)
+			}
+		}
+	}
+}
+
+func TestVerifyRoundTripAndTimeline(t *testing.T) {
+	f := testutil.TempFile(t, 16<<20)
+	eng, err := NewFileEngine(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	res, err := Run(context.Background(), Config{RW: "randrw", ReadPct: 50, Depth: 16, Loops: 2, Duration: 500 * time.Millisecond,
+		Verify: true, Interval: 100 * time.Millisecond, Seed: 42}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Errors != 0 || len(res.VerifyFailures) != 0 {
+		t.Fatalf("verified run failed: %d errors, %v", res.Errors, res.VerifyFailures)
+	}
+	if res.VerifiedBytes == 0 {
+		t.Fatal("nothing was verified")
+	}
+	if len(res.Timeline) < 4 {
+		t.Fatalf("timeline of %d points for 500ms at 100ms", len(res.Timeline))
+	}
+}
+
+// corruptEngine wraps a port and damages some reads.
+type corruptEngine struct {
+	Engine
+	every int
+	mode  string
+}
+
+func (c *corruptEngine) Port(l *uring.Loop) (Port, error) {
+	p, err := c.Engine.Port(l)
+	return &corruptPort{Port: p, e: c}, err
+}
+
+type corruptPort struct {
+	Port
+	e *corruptEngine
+	n int
+}
+
+func (p *corruptPort) Submit(io *IO) {
+	if io.Op == Read {
+		p.n++
+		if p.n%p.e.every == 0 {
+			// Complete without reading: the buffer holds whatever the
+			// last write left (stale) or is scribbled on (corrupt).
+			if p.e.mode == "corrupt" {
+				io.Buf.B[100] ^= 0xff
+			}
+			io.Done(nil)
+			return
+		}
+	}
+	p.Port.Submit(io)
+}
+
+func TestVerifyCatchesBadData(t *testing.T) {
+	for _, mode := range []string{"corrupt", "stale"} {
+		f := testutil.TempFile(t, 4<<20)
+		raw, err := NewFileEngine(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eng := &corruptEngine{Engine: raw, every: 7, mode: mode}
+		// Write everything first so every block has known content.
+		if _, err := Run(context.Background(), Config{RW: "write", Depth: 4, TotalBytes: 4 << 20, Verify: true, Seed: 9}, raw); err != nil {
+			t.Fatal(err)
+		}
+		res, err := Run(context.Background(), Config{RW: "randrw", ReadPct: 50, Depth: 4, Duration: 300 * time.Millisecond, Verify: true, Seed: 9}, eng)
+		raw.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.VerifyFailures) == 0 {
+			t.Fatalf("%s reads went unnoticed", mode)
+		}
+		t.Logf("%s: %s", mode, res.VerifyFailures[0])
+	}
+}
+
+func TestVerifierSectorChecks(t *testing.T) {
+	v := newVerifier(Config{Seed: 5, BlockSize: 4096}, 4)
+	buf := uring.Buf{B: make([]byte, 4096)}
+	io := &IO{Op: Write, Off: 8192, Buf: buf, block: 2}
+	v.fill(io, 0)
+	v.settle(io, nil)
+	rd := &IO{Op: Read, Off: 8192, Buf: buf, block: 2}
+	v.check(rd, 0)
+	if f := v.failures(); len(f) != 0 {
+		t.Fatalf("good block failed: %v", f)
+	}
+	// Misdirected: the same data read at another block.
+	mis := &IO{Op: Read, Off: 12288, Buf: uring.Buf{B: append([]byte(nil), buf.B...)}, block: 3}
+	v.gens[3] = 1
+	v.check(mis, 0)
+	if f := v.failures(); len(f) != 1 || !strings.Contains(f[0], "misdirected") {
+		t.Fatalf("misdirected block: %v", f)
+	}
+	// A failed write makes either generation acceptable.
+	io2 := &IO{Op: Write, Off: 8192, Buf: uring.Buf{B: make([]byte, 4096)}, block: 2}
+	v.fill(io2, 0)
+	v.settle(io2, fmt.Errorf("EIO"))
+	v.check(&IO{Op: Read, Off: 8192, Buf: buf, block: 2}, 0) // old content
+	v.check(&IO{Op: Read, Off: 8192, Buf: io2.Buf, block: 2}, 0)
+	if f := v.failures(); len(f) != 1 {
+		t.Fatalf("after a failed write, old or new content must pass: %v", f)
+	}
+}
+
+func TestFioJSON(t *testing.T) {
+	out, err := os.ReadFile("testdata/fio-randread.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ParseFioJSON(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.IOPS < 1000 || r.Lat.P50 <= 0 || r.Lat.P999 < r.Lat.P50 || r.Reads == 0 || r.CPUPerIO <= 0 {
+		t.Fatalf("parsed %+v", r)
+	}
+	if _, err := ParseFioJSON([]byte("fio: not json")); err == nil {
+		t.Fatal("garbage parsed")
+	}
+}
+
+func TestFioRunsWhenInstalled(t *testing.T) {
+	testutil.RequireTool(t, "fio")
+	f := testutil.TempFile(t, 16<<20)
+	r, err := RunFio(context.Background(), FioJob{Filename: f, RW: "randread", BlockSize: 4096, Depth: 4, Runtime: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Ops == 0 || r.Lat.P50 <= 0 {
+		t.Fatalf("fio result %+v", r)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"4096": 4096, "4k": 4096, "128K": 128 << 10, "1m": 1 << 20, "2g": 2 << 30, "1GiB": 1 << 30, "512b": 512} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "k", "-1", "1x", "4kk"} {
+		if _, err := ParseSize(bad); err == nil {
+			t.Errorf("ParseSize(%q) accepted", bad)
+		}
+	}
+}
+
+func TestMedianAndMatrix(t *testing.T) {
+	rs := []*Result{{IOPS: 10, Lat: Latency{P50: 3}}, {IOPS: 30, Lat: Latency{P50: 1}}, {IOPS: 20, Lat: Latency{P50: 2}}}
+	m := Median(rs)
+	if m.IOPS != 20 || m.Lat.P50 != 2 {
+		t.Fatalf("median %+v", m)
+	}
+	var order []string
+	mk := func(name string, iops float64) Contender {
+		return Contender{Name: name, Run: func(ctx context.Context, w Workload, _, _ time.Duration) (*Result, error) {
+			order = append(order, name)
+			return &Result{IOPS: iops, Lat: Latency{P50: 100 / iops}}, nil
+		}}
+	}
+	mx := &Matrix{Workloads: []Workload{{Name: "w", RW: "randread", BS: 4096, Depth: 1}},
+		Contenders: []Contender{mk("a", 100), mk("b", 50), mk("c", 25)}, Reps: 3}
+	rep, err := mx.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The order rotates: abc, bca, cab.
+	if got := strings.Join(order, ""); got != "abcbcacab" {
+		t.Fatalf("run order %s, want rotation abcbcacab", got)
+	}
+	var b bytes.Buffer
+	rep.Markdown(&b, []Ratio{{Label: "a", Ref: RefByName(rep.Contenders, "a")}})
+	if !strings.Contains(b.String(), "| b | 50 |") || !strings.Contains(b.String(), " 0.50 |") {
+		t.Fatalf("report:\n%s", b.String())
+	}
+}
