@@ -452,7 +452,8 @@ func TestZeroAllocs(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			d := newDev(t, nil, tc.table, NewNullDevice("null", 64*MiB))
 			var end countEnd
-			b := &Bio{Op: OpRead, Sector: tc.sector, Len: uint32(tc.n), Buf: make([]byte, tc.n), BufIndex: -1, End: &end}
+			b := &Bio{Op: OpRead, Sector: tc.sector, Len: uint32(tc.n), Buf: make([]byte, tc.n), BufIndex: -1, End: &end,
+				Exec: &benchExec{id: 1}}
 			if tc.n == 0 {
 				b.Op, b.Buf = OpFlush, nil
 			}
@@ -530,5 +531,36 @@ func TestCloneCounts(t *testing.T) {
 				t.Fatalf("clones %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// An Endio may submit the same bio again at once (a request slot reused
+// from its completion), even when the end runs inside Submit.
+func TestResubmitFromEnd(t *testing.T) {
+	for _, mode := range []Completion{CompleteSync, CompleteAsync} {
+		a := NewMemDevice("a", MiB)
+		a.SetCompletion(mode)
+		d := newDev(t, nil, "0 8 linear a 0\n8 8 linear a 8", a)
+		done := make(chan struct{})
+		n := 0
+		var b *Bio
+		b = &Bio{Op: OpWrite, Sector: 4, Len: 8 << 9, Buf: make([]byte, 8<<9), BufIndex: -1}
+		b.End = EndioFunc(func(_ *Bio, err error) {
+			if err != nil {
+				t.Error(err)
+			}
+			n++
+			if n == 100 {
+				close(done)
+				return
+			}
+			d.Submit(b)
+		})
+		d.Submit(b)
+		<-done
+		waitIdle(t, d)
+		if a.Writes() != 200 {
+			t.Fatalf("mode %d: %d writes", mode, a.Writes())
+		}
 	}
 }
