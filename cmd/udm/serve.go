@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/rs/zerolog"
+
+	"udm/daemon"
+)
+
+// runServe runs the daemon until SIGTERM or SIGINT (a second one exits
+// at once).
+func runServe(args []string) error {
+	def := daemon.Defaults("")
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	stateDir := fs.String("state-dir", def.StateDir, "where device state (and the demo's files) live")
+	control := fs.String("control", def.Control, "control API socket (HTTP+JSON, mode 0600)")
+	nbdAddr := fs.String("nbd", def.NBD, `serve NBD on this TCP address ("" disables)`)
+	nbdUnix := fs.String("nbd-unix", def.NBDUnix, `serve NBD on this Unix socket ("" disables)`)
+	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. "+daemon.SuggestedMetrics+")")
+	loops := fs.Int("loops", def.Loops, "uring loops (threads running I/O)")
+	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
+	noDemo := fs.Bool("no-demo", false, "don't create the demo device on an empty state dir")
+	if err := fs.Parse(args); err != nil {
+		return usageErr{err}
+	}
+	if fs.NArg() > 0 {
+		return usageErr{fmt.Errorf("serve takes no arguments (got %q)", fs.Arg(0))}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	// Paths that default to a place in the state dir follow --state-dir.
+	if set["state-dir"] {
+		d := daemon.Defaults(*stateDir)
+		if !set["control"] {
+			*control = d.Control
+		}
+		if !set["nbd-unix"] {
+			*nbdUnix = d.NBDUnix
+		}
+	}
+	lvl, err := daemon.ParseLevel(*level)
+	if err != nil {
+		return usageErr{err}
+	}
+	var log zerolog.Logger
+	if st, err := os.Stderr.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: "15:04:05.000"})
+	} else {
+		log = zerolog.New(os.Stderr)
+	}
+	log = log.Level(lvl).With().Timestamp().Logger()
+
+	d, err := daemon.New(daemon.Config{StateDir: *stateDir, Control: *control, NBD: *nbdAddr, NBDUnix: *nbdUnix,
+		Metrics: *metrics, Loops: *loops, NoDemo: *noDemo, Log: log, Out: os.Stdout})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		s := <-sig
+		log.Info().Str("signal", s.String()).Msg("signal: stopping (a second signal exits at once)")
+		cancel()
+		s = <-sig
+		log.Warn().Str("signal", s.String()).Msg("second signal: exiting at once")
+		os.Exit(1)
+	}()
+	if err := d.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,264 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"udm/multipath"
+)
+
+// CLI runs the dmsetup-like verbs against a daemon and prints what
+// dmsetup (or multipathd) would print. cmd/udm parses the flags and
+// calls it.
+type CLI struct {
+	C   *Client
+	Out io.Writer
+}
+
+// Create creates a device with a table (udm create).
+func (c CLI) Create(ctx context.Context, name, uuid, table string, readOnly bool) error {
+	_, err := c.C.Create(ctx, CreateRequest{Name: name, UUID: uuid, Table: table, ReadOnly: readOnly})
+	return err
+}
+
+// Load loads a table into a device's inactive slot (udm load).
+func (c CLI) Load(ctx context.Context, name, table string) error { return c.C.Load(ctx, name, table) }
+
+// Clear drops a device's inactive table (udm clear).
+func (c CLI) Clear(ctx context.Context, name string) error { return c.C.Clear(ctx, name) }
+
+// Suspend suspends a device (udm suspend [--noflush]).
+func (c CLI) Suspend(ctx context.Context, name string, noflush bool) error {
+	_, err := c.C.Suspend(ctx, name, noflush)
+	return err
+}
+
+// Resume resumes a device (udm resume).
+func (c CLI) Resume(ctx context.Context, name string, noflush bool) error {
+	_, err := c.C.Resume(ctx, name, noflush)
+	return err
+}
+
+// Remove removes a device (udm remove [-f|--deferred]).
+func (c CLI) Remove(ctx context.Context, name string, force, deferred bool) error {
+	return c.C.Remove(ctx, name, force, deferred)
+}
+
+// Ls prints one device per line (or dmsetup's "No devices found").
+func (c CLI) Ls(ctx context.Context) error {
+	devs, err := c.C.List(ctx)
+	if err != nil {
+		return err
+	}
+	if len(devs) == 0 {
+		fmt.Fprintln(c.Out, "No devices found")
+		return nil
+	}
+	for _, d := range devs {
+		fmt.Fprintln(c.Out, d.Name)
+	}
+	return nil
+}
+
+// Table prints a device's table, or every device's as `NAME: line`
+// when name is empty (dmsetup table).
+func (c CLI) Table(ctx context.Context, name string, inactive bool) error {
+	return c.lines(ctx, name, func(n string) ([]string, error) { return c.C.Table(ctx, n, inactive) })
+}
+
+// Status prints a device's status, or every device's as `NAME: line`
+// when name is empty (dmsetup status).
+func (c CLI) Status(ctx context.Context, name string) error {
+	return c.lines(ctx, name, func(n string) ([]string, error) { return c.C.Status(ctx, n) })
+}
+
+func (c CLI) lines(ctx context.Context, name string, get func(string) ([]string, error)) error {
+	if name != "" {
+		lines, err := get(name)
+		if err != nil {
+			return err
+		}
+		for _, l := range lines {
+			fmt.Fprintln(c.Out, l)
+		}
+		return nil
+	}
+	devs, err := c.C.List(ctx)
+	if err != nil {
+		return err
+	}
+	if len(devs) == 0 {
+		fmt.Fprintln(c.Out, "No devices found")
+		return nil
+	}
+	for _, d := range devs {
+		lines, err := get(d.Name)
+		if errors.Is(err, syscall.ENXIO) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		for _, l := range lines {
+			fmt.Fprintf(c.Out, "%s: %s\n", d.Name, l)
+		}
+	}
+	return nil
+}
+
+// Info prints dmsetup info for a device, or for every device separated
+// by blank lines.
+func (c CLI) Info(ctx context.Context, name string) error {
+	if name != "" {
+		i, err := c.C.Info(ctx, name)
+		if err != nil {
+			return err
+		}
+		fmt.Fprint(c.Out, i.DM().String())
+		return nil
+	}
+	devs, err := c.C.List(ctx)
+	if err != nil {
+		return err
+	}
+	if len(devs) == 0 {
+		fmt.Fprintln(c.Out, "No devices found")
+		return nil
+	}
+	for i, d := range devs {
+		if i > 0 {
+			fmt.Fprintln(c.Out)
+		}
+		fmt.Fprint(c.Out, d.DM().String())
+	}
+	return nil
+}
+
+// Message sends a message to the target at sector and prints its reply,
+// if any.
+func (c CLI) Message(ctx context.Context, name, sector string, args []string) error {
+	s, err := strconv.ParseUint(sector, 10, 64)
+	if err != nil {
+		return fmt.Errorf("bad sector %q", sector)
+	}
+	if len(args) == 0 {
+		return errors.New("message: no message given")
+	}
+	reply, err := c.C.Message(ctx, name, s, args)
+	if err != nil {
+		return err
+	}
+	if reply != "" {
+		fmt.Fprintln(c.Out, strings.TrimRight(reply, "\n"))
+	}
+	return nil
+}
+
+// Wait waits until the device's event counter passes event (its current
+// value if event is empty) and prints the new event number.
+func (c CLI) Wait(ctx context.Context, name, event string) error {
+	after := int64(-1)
+	if event != "" {
+		n, err := strconv.ParseUint(event, 10, 32)
+		if err != nil {
+			return fmt.Errorf("bad event number %q", event)
+		}
+		after = int64(n)
+	}
+	n, err := c.C.Wait(ctx, name, after)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(c.Out, n)
+	return nil
+}
+
+// Targets prints the target types as dmsetup targets does.
+func (c CLI) Targets(ctx context.Context) error {
+	ts, err := c.C.Targets(ctx)
+	if err != nil {
+		return err
+	}
+	for _, t := range ts {
+		fmt.Fprintf(c.Out, "%-16s v%d.%d.%d\n", t.Name, t.Version[0], t.Version[1], t.Version[2])
+	}
+	return nil
+}
+
+// ShowPaths prints one line per path (multipathd show paths).
+func (c CLI) ShowPaths(ctx context.Context) error {
+	maps, err := c.C.Maps(ctx)
+	if err != nil {
+		return err
+	}
+	return multipath.FormatPaths(c.Out, maps)
+}
+
+// ShowMaps prints one line per map (multipathd show maps).
+func (c CLI) ShowMaps(ctx context.Context) error {
+	maps, err := c.C.Maps(ctx)
+	if err != nil {
+		return err
+	}
+	return multipath.FormatMaps(c.Out, maps)
+}
+
+// ShowTopology prints the maps with their groups and paths (multipathd
+// show topology).
+func (c CLI) ShowTopology(ctx context.Context) error {
+	maps, err := c.C.Maps(ctx)
+	if err != nil {
+		return err
+	}
+	return multipath.FormatTopology(c.Out, maps)
+}
+
+// FailPath fails a path by hand and pauses its checker (multipathd fail
+// path).
+func (c CLI) FailPath(ctx context.Context, dev string) error { return c.C.FailPath(ctx, "", dev) }
+
+// ReinstatePath reinstates a path and resumes its checker.
+func (c CLI) ReinstatePath(ctx context.Context, dev string) error {
+	return c.C.ReinstatePath(ctx, "", dev)
+}
+
+// Checker prints a device's checker settings, after changing those given
+// as KEY=VALUE.
+func (c CLI) Checker(ctx context.Context, name string, set []string) error {
+	s, err := c.C.Checker(ctx, name)
+	if err != nil {
+		return err
+	}
+	if len(set) > 0 {
+		for _, kv := range set {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok {
+				return fmt.Errorf("checker: want KEY=VALUE, got %q", kv)
+			}
+			if err := s.Set(k, v); err != nil {
+				return err
+			}
+		}
+		if err := c.C.SetChecker(ctx, name, s); err != nil {
+			return err
+		}
+	}
+	show := func(k, v, def string) {
+		if v == "" {
+			v = def
+		}
+		fmt.Fprintf(c.Out, "%-21s %s\n", k, v)
+	}
+	show("polling_interval", s.PollingInterval, "5s (default)")
+	show("max_polling_interval", s.MaxPollingInterval, "4 x polling_interval (default)")
+	show("check_timeout", s.CheckTimeout, "2s (default)")
+	show("no_path_retry", s.NoPathRetry, "as the table says (default)")
+	show("failback", s.Failback, "manual (default)")
+	show("io_deadline", s.IODeadline, "2s (default)")
+	return nil
+}

@@ -1,0 +1,394 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"udm/dm"
+	"udm/dm/filedev"
+	"udm/nbd"
+	"udm/uring"
+)
+
+// LoopArena is the registered buffer arena of each loop.
+const LoopArena = 64 << 20
+
+// ShutdownGrace bounds how long in-flight NBD requests get to finish at
+// shutdown before their connections are closed.
+const ShutdownGrace = 10 * time.Second
+
+// Daemon is a running udm: loops, the device registry, the NBD server,
+// the control API, metrics, and the state store that brings devices back
+// after a restart.
+//
+// Lock order: saveMu, then the dm locks (through Registry and Device
+// calls). No lock of the daemon is held while a device suspends.
+type Daemon struct {
+	cfg     Config
+	log     zerolog.Logger
+	loops   []*uring.Loop
+	targets *dm.TargetRegistry
+	reg     *dm.Registry
+	store   *Store
+	nbd     *nbd.Server
+	mp      *mpath
+	lock    *os.File
+	started time.Time
+
+	ctlLn     net.Listener
+	nbdLn     net.Listener
+	nbdUnixLn net.Listener
+	metricsLn net.Listener
+	ctlSrv    *http.Server
+	metSrv    *http.Server
+
+	// base is the context of control requests; it ends when shutdown
+	// starts, so that long waits (udm wait) return.
+	base       context.Context
+	cancelBase context.CancelFunc
+
+	saveMu sync.Mutex // serializes state snapshots and writes
+
+	wg sync.WaitGroup // serving goroutines and watchers
+
+	closeOnce sync.Once
+}
+
+// Addrs are where a daemon listens (bound addresses: a port 0 in the
+// configuration is resolved).
+type Addrs struct {
+	Control string `json:"control"`
+	NBD     string `json:"nbd,omitempty"`
+	NBDUnix string `json:"nbd_unix,omitempty"`
+	Metrics string `json:"metrics,omitempty"`
+}
+
+// New starts a daemon: it takes the state dir's lock, binds the control
+// socket (refusing if another daemon answers there), starts the loops,
+// brings back the devices of the state dir (or makes the demo on a fresh
+// one), and binds the NBD and metrics listeners. Serving starts with Run.
+func New(cfg Config) (d *Daemon, err error) {
+	if cfg.StateDir == "" || cfg.Control == "" {
+		return nil, errors.New("daemon: state dir and control socket are required")
+	}
+	if cfg.Loops <= 0 {
+		cfg.Loops = Defaults(cfg.StateDir).Loops
+	}
+	if cfg.Out == nil {
+		cfg.Out = io.Discard
+	}
+	d = &Daemon{cfg: cfg, log: cfg.Log, started: time.Now()}
+	d.base, d.cancelBase = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			d.teardown()
+		}
+	}()
+	fresh, err := isFresh(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	if d.lock, err = lockDir(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	if d.ctlLn, err = listenUnix(cfg.Control, 0o600, "control socket"); err != nil {
+		return nil, err
+	}
+	if d.store, err = OpenStore(filepath.Join(cfg.StateDir, "devices")); err != nil {
+		return nil, err
+	}
+	d.store.CleanTemps()
+	for i := 0; i < cfg.Loops; i++ {
+		l, err := uring.NewLoop(uring.Config{ID: i, ArenaSize: LoopArena})
+		if err != nil {
+			return nil, fmt.Errorf("loop %d: %w", i, err)
+		}
+		d.loops = append(d.loops, l)
+	}
+	d.targets = dm.DefaultTargets()
+	d.mp = newMpath(d)
+	if err := d.mp.register(d.targets); err != nil {
+		return nil, err
+	}
+	d.reg = dm.NewRegistry(dm.Config{
+		Log:     d.log.With().Str("component", "dm").Logger(),
+		Targets: d.targets,
+		Open:    d.opener(),
+	})
+	d.restore()
+	if fresh && !cfg.NoDemo {
+		if err := d.createDemo(); err != nil {
+			d.log.Error().Err(err).Msg("demo device not created")
+		}
+	}
+	if d.nbd, err = nbd.NewServer(nbd.ServerConfig{
+		Exports: nbd.RegistryExports(d.reg, ""),
+		Loops:   d.loops,
+		Log:     d.log.With().Str("component", "nbd").Logger(),
+	}); err != nil {
+		return nil, err
+	}
+	if cfg.NBD != "" {
+		if d.nbdLn, err = net.Listen("tcp", cfg.NBD); err != nil {
+			return nil, fmt.Errorf("nbd: %w", err)
+		}
+	}
+	if cfg.NBDUnix != "" {
+		if d.nbdUnixLn, err = listenUnix(cfg.NBDUnix, 0o666, "NBD socket"); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Metrics != "" {
+		if d.metricsLn, err = net.Listen("tcp", cfg.Metrics); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+	}
+	return d, nil
+}
+
+// opener opens the devices tables name: NBD URIs (nbd://, nbd+unix://)
+// through the NBD client, everything else (files, block devices) with
+// filedev on the loops (loop 0 runs I/O that arrives from outside a
+// loop). The registry resolves /dev/mapper/NAME itself.
+func (d *Daemon) opener() dm.Opener {
+	remote := nbd.Opener(nbd.ClientOptions{Log: d.log.With().Str("component", "nbd-client").Logger()})
+	return nbd.ComposeOpeners(remote, filedev.Opener(d.loops[0]))
+}
+
+// Registry is the daemon's device registry.
+func (d *Daemon) Registry() *dm.Registry { return d.reg }
+
+// Addrs reports where the daemon listens.
+func (d *Daemon) Addrs() Addrs {
+	a := Addrs{Control: d.cfg.Control}
+	if d.nbdLn != nil {
+		a.NBD = d.nbdLn.Addr().String()
+	}
+	if d.nbdUnixLn != nil {
+		a.NBDUnix = d.cfg.NBDUnix
+	}
+	if d.metricsLn != nil {
+		a.Metrics = d.metricsLn.Addr().String()
+	}
+	return a
+}
+
+// Run serves until ctx ends, then shuts down: listeners stop, NBD
+// connections get the replies of requests in flight (for up to
+// ShutdownGrace), every device gets an empty flush, the state is saved
+// and the loops are closed. It returns nil after a clean shutdown.
+func (d *Daemon) Run(ctx context.Context) error {
+	d.ctlSrv = &http.Server{
+		Handler:           d.api(),
+		BaseContext:       func(net.Listener) context.Context { return d.base },
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          stdLogger(d.log, "control"),
+	}
+	errc := make(chan error, 4)
+	serve := func(what string, f func() error) {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, nbd.ErrServerClosed) {
+				errc <- fmt.Errorf("%s: %w", what, err)
+			}
+		}()
+	}
+	if d.nbdLn != nil {
+		serve("nbd", func() error { return d.nbd.Serve(d.nbdLn) })
+	}
+	if d.nbdUnixLn != nil {
+		serve("nbd unix", func() error { return d.nbd.Serve(d.nbdUnixLn) })
+	}
+	if d.metricsLn != nil {
+		d.metSrv = &http.Server{Handler: d.metricsHandler(), ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: stdLogger(d.log, "metrics")}
+		serve("metrics", func() error { return d.metSrv.Serve(d.metricsLn) })
+	}
+	serve("control", func() error { return d.ctlSrv.Serve(d.ctlLn) })
+	d.mp.start()
+	a := d.Addrs()
+	d.log.Info().Str("control", a.Control).Str("nbd", a.NBD).Str("nbd_unix", a.NBDUnix).
+		Str("metrics", a.Metrics).Int("loops", len(d.loops)).Str("state_dir", d.cfg.StateDir).
+		Int("devices", len(d.reg.List())).Msg("serving")
+	if !d.cfg.NoDemo {
+		d.printDemo()
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		d.log.Error().Err(runErr).Msg("listener failed; shutting down")
+	}
+	d.shutdown()
+	return runErr
+}
+
+// shutdown stops everything in order; see Run.
+func (d *Daemon) shutdown() {
+	d.log.Info().Msg("shutting down")
+	d.cancelBase()
+	ctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
+	defer cancel()
+	if d.ctlSrv != nil {
+		d.ctlSrv.Shutdown(ctx)
+	}
+	if d.metSrv != nil {
+		d.metSrv.Shutdown(ctx)
+	}
+	if d.nbd != nil {
+		if err := d.nbd.Shutdown(ctx); err != nil {
+			d.log.Warn().Err(err).Msg("NBD connections closed before their requests finished")
+		}
+	}
+	d.flushAll(ctx)
+	d.saveAll()
+	d.mp.stop()
+	d.teardown()
+	d.log.Info().Msg("stopped")
+}
+
+// flushAll sends an empty flush to every live device, so that what was
+// written reaches stable storage. Suspended devices hold I/O (a flush
+// would wait for a resume) and are skipped; a flush still held when ctx
+// ends (a multipath device queueing with no path) is abandoned.
+func (d *Daemon) flushAll(ctx context.Context) {
+	for _, name := range d.reg.List() {
+		dev, err := d.reg.Get(name)
+		if err != nil || dev.Suspended() || dev.Size() == 0 {
+			continue
+		}
+		done := make(chan error, 1)
+		b := &dm.Bio{Op: dm.OpFlush, BufIndex: -1}
+		b.End = dm.EndioFunc(func(_ *dm.Bio, err error) { done <- err })
+		dev.Submit(b)
+		select {
+		case err := <-done:
+			if err != nil {
+				d.log.Warn().Err(err).Str("dev", name).Msg("flush at shutdown failed")
+			}
+		case <-ctx.Done():
+			b.Cancel()
+			d.log.Warn().Str("dev", name).Msg("flush at shutdown did not finish")
+		}
+	}
+}
+
+// teardown releases what New and Run made. Idempotent.
+func (d *Daemon) teardown() {
+	d.closeOnce.Do(func() {
+		d.cancelBase()
+		for _, ln := range []net.Listener{d.ctlLn, d.nbdLn, d.nbdUnixLn, d.metricsLn} {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+		if d.nbd != nil {
+			d.nbd.Close()
+		}
+		d.wg.Wait()
+		if d.mp != nil {
+			d.mp.stop()
+		}
+		for _, l := range d.loops {
+			l.Close()
+		}
+		if d.ctlLn != nil {
+			os.Remove(d.cfg.Control)
+		}
+		if d.nbdUnixLn != nil {
+			os.Remove(d.cfg.NBDUnix)
+		}
+		if d.lock != nil {
+			d.lock.Close()
+		}
+	})
+}
+
+// Close stops a daemon that New made but Run did not (or that Run
+// already shut down).
+func (d *Daemon) Close() error {
+	d.teardown()
+	return nil
+}
+
+// isFresh reports whether dir is missing or empty: the daemon then
+// makes the demo device.
+func isFresh(dir string) (bool, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("state dir: %w", err)
+	}
+	return len(ents) == 0, nil
+}
+
+// lockDir takes an exclusive lock on <dir>/lock, so that two daemons
+// never share a state dir. The kernel drops it when the process dies.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another udm daemon uses the state dir %s", dir)
+		}
+		return nil, fmt.Errorf("state dir lock: %w", err)
+	}
+	f.Truncate(0)
+	fmt.Fprintf(f, "%d\n", os.Getpid())
+	return f, nil
+}
+
+// listenUnix binds a Unix socket at path with the given mode. A socket
+// file already there is removed only if nothing answers on it; if
+// something does, another daemon is running and listenUnix refuses.
+func listenUnix(path string, mode os.FileMode, what string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s: %s exists and is not a socket", what, path)
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another daemon is answering on %s", what, path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("%s: removing stale %s: %w", what, path, err)
+		}
+	}
+	old := syscall.Umask(0o777 &^ int(mode))
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(path, mode); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return ln, nil
+}

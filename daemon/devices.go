@@ -1,0 +1,367 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"udm/dm"
+)
+
+// The operations behind the control API. Each changes a device through
+// the dm registry, logs one line, and saves the device's state.
+
+// DeviceInfo is a device as `udm info` shows it.
+type DeviceInfo struct {
+	Name           string `json:"name"`
+	UUID           string `json:"uuid,omitempty"`
+	State          string `json:"state"` // ACTIVE or SUSPENDED
+	Suspended      bool   `json:"suspended"`
+	ReadOnly       bool   `json:"read_only"`
+	Live           bool   `json:"live_table"`
+	Inactive       bool   `json:"inactive_table"`
+	OpenCount      int    `json:"open_count"`
+	EventNr        uint32 `json:"event_nr"`
+	Targets        int    `json:"targets"`
+	DeferredRemove bool   `json:"deferred_remove,omitempty"`
+	Size           int64  `json:"size"` // bytes
+}
+
+func infoOf(dev *dm.Device) DeviceInfo {
+	i := dev.Info()
+	return DeviceInfo{Name: i.Name, UUID: i.UUID, State: i.State(), Suspended: i.Suspended, ReadOnly: i.ReadOnly,
+		Live: i.Live, Inactive: i.Inactive, OpenCount: i.OpenCount, EventNr: i.EventNr, Targets: i.NumTargets,
+		DeferredRemove: i.DeferredRemove, Size: dev.Size()}
+}
+
+// DM converts back to the dm form (for its dmsetup-style String).
+func (i DeviceInfo) DM() dm.Info {
+	return dm.Info{Name: i.Name, UUID: i.UUID, Suspended: i.Suspended, ReadOnly: i.ReadOnly, Live: i.Live,
+		Inactive: i.Inactive, OpenCount: i.OpenCount, EventNr: i.EventNr, NumTargets: i.Targets,
+		DeferredRemove: i.DeferredRemove}
+}
+
+// CreateRequest creates a device (udm create).
+type CreateRequest struct {
+	Name     string `json:"name"`
+	UUID     string `json:"uuid,omitempty"`
+	Table    string `json:"table"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+}
+
+func (d *Daemon) devLog(name string) *zerolog.Logger {
+	l := d.log.With().Str("dev", name).Logger()
+	return &l
+}
+
+// create makes a device, loads its table and resumes it.
+func (d *Daemon) create(ctx context.Context, req CreateRequest) (DeviceInfo, error) {
+	lines, err := dm.ParseTable(req.Table)
+	if err != nil {
+		return DeviceInfo{}, err
+	}
+	dev, err := d.reg.Create(ctx, req.Name, req.UUID, "")
+	if err != nil {
+		return DeviceInfo{}, err
+	}
+	if req.ReadOnly {
+		dev.SetReadOnly(true)
+	}
+	if len(lines) > 0 {
+		err = dev.LoadLines(lines)
+		if err == nil {
+			err = dev.Resume(ctx)
+		}
+		if err != nil {
+			if rerr := dev.Remove(context.Background(), true, false); rerr != nil {
+				d.log.Error().Err(rerr).Str("dev", req.Name).Msg("remove after failed create")
+			}
+			return DeviceInfo{}, err
+		}
+	}
+	d.devLog(req.Name).Info().Str("uuid", req.UUID).Bool("read_only", req.ReadOnly).
+		Str("table", oneLine(req.Table)).Msg("device created")
+	d.save(dev)
+	return infoOf(dev), nil
+}
+
+// load puts a table in a device's inactive slot.
+func (d *Daemon) load(name, table string) error {
+	dev, err := d.reg.Get(name)
+	if err != nil {
+		return err
+	}
+	if err := dev.Load(table); err != nil {
+		return err
+	}
+	d.devLog(name).Info().Str("table", oneLine(table)).Msg("table loaded (inactive)")
+	d.save(dev)
+	return nil
+}
+
+// clear drops a device's inactive table.
+func (d *Daemon) clear(name string) error {
+	dev, err := d.reg.Get(name)
+	if err != nil {
+		return err
+	}
+	dev.Clear()
+	d.devLog(name).Info().Msg("inactive table cleared")
+	d.save(dev)
+	return nil
+}
+
+func (d *Daemon) suspend(ctx context.Context, name string, noflush bool) (DeviceInfo, error) {
+	dev, err := d.reg.Get(name)
+	if err != nil {
+		return DeviceInfo{}, err
+	}
+	was := dev.Suspended()
+	if err := dev.Suspend(ctx, noflush); err != nil {
+		return DeviceInfo{}, err
+	}
+	if !was {
+		s := dev.Stats()
+		d.devLog(name).Info().Bool("noflush", noflush).Int64("deferred", s.Deferred).Msg("device suspended")
+	}
+	d.save(dev)
+	return infoOf(dev), nil
+}
+
+func (d *Daemon) resume(ctx context.Context, name string, noflush bool) (DeviceInfo, error) {
+	dev, err := d.reg.Get(name)
+	if err != nil {
+		return DeviceInfo{}, err
+	}
+	before := dev.Info()
+	var old []string
+	if before.Inactive {
+		old, _ = dev.Table(false)
+	}
+	deferred := dev.Stats().Deferred
+	if noflush {
+		err = dev.ResumeNoflush(ctx)
+	} else {
+		err = dev.Resume(ctx)
+	}
+	after := dev.Info()
+	if before.Inactive && !after.Inactive {
+		now, _ := dev.Table(false)
+		d.devLog(name).Info().Str("old", strings.Join(old, "; ")).Str("new", strings.Join(now, "; ")).
+			Msg("table swapped")
+	}
+	if err != nil {
+		d.save(dev)
+		return DeviceInfo{}, err
+	}
+	if before.Suspended || (before.Inactive && !after.Suspended) {
+		d.devLog(name).Info().Int64("reissued", deferred).Msg("device resumed")
+	}
+	d.save(dev)
+	return infoOf(dev), nil
+}
+
+// remove removes a device (force: under its users; deferred: on last
+// close).
+func (d *Daemon) remove(ctx context.Context, name string, force, deferred bool) error {
+	dev, err := d.reg.Get(name)
+	if err != nil {
+		return err
+	}
+	if err := dev.Remove(ctx, force, deferred); err != nil {
+		return err
+	}
+	if cur, err := d.reg.Get(name); err == nil && cur == dev {
+		// Deferred: it goes on last close. Forget its state then.
+		d.devLog(name).Info().Int("open_count", dev.Info().OpenCount).Msg("device removal deferred to last close")
+		d.watchDeferred(dev, name)
+		return nil
+	}
+	d.forget(dev, name, force)
+	return nil
+}
+
+// forget drops a removed device's state.
+func (d *Daemon) forget(dev *dm.Device, name string, force bool) {
+	d.mp.forget(name)
+	d.saveMu.Lock()
+	err := d.store.Delete(name)
+	d.saveMu.Unlock()
+	if err != nil {
+		d.log.Error().Err(err).Str("dev", name).Msg("state not deleted")
+	}
+	d.devLog(name).Info().Bool("force", force).Msg("device removed")
+}
+
+// watchDeferred waits for a device marked for deferred removal to go,
+// then forgets its state.
+func (d *Daemon) watchDeferred(dev *dm.Device, name string) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		ev := dev.Event()
+		for {
+			if cur, err := d.reg.Get(name); err != nil || cur != dev {
+				d.forget(dev, name, false)
+				return
+			}
+			if !dev.Info().DeferredRemove {
+				return // cancelled (@cancel_deferred_remove)
+			}
+			n, err := dev.WaitEvent(d.base, ev)
+			if err != nil {
+				return
+			}
+			ev = n
+		}
+	}()
+}
+
+func (d *Daemon) message(ctx context.Context, name string, sector uint64, args []string) (string, error) {
+	dev, err := d.reg.Get(name)
+	if err != nil {
+		return "", err
+	}
+	reply, err := dev.Message(ctx, sector, args)
+	if err != nil {
+		return "", err
+	}
+	d.devLog(name).Info().Uint64("sector", sector).Strs("message", args).Msg("message")
+	d.save(dev)
+	return reply, nil
+}
+
+// snapshot reads what is saved of a device.
+func (d *Daemon) snapshot(dev *dm.Device) DeviceState {
+	i := dev.Info()
+	st := DeviceState{Name: i.Name, UUID: i.UUID, Suspended: i.Suspended, ReadOnly: i.ReadOnly}
+	if live, _ := dev.Table(false); len(live) > 0 {
+		st.Table = strings.Join(live, "\n") + "\n"
+	}
+	if in, _ := dev.Table(true); len(in) > 0 {
+		st.Inactive = strings.Join(in, "\n") + "\n"
+	}
+	d.mp.snapshot(i.Name, &st)
+	return st
+}
+
+// save writes a device's state (if it still exists). Errors are logged:
+// the operation itself has happened.
+func (d *Daemon) save(dev *dm.Device) {
+	d.saveMu.Lock()
+	defer d.saveMu.Unlock()
+	name := dev.Name()
+	if cur, err := d.reg.Get(name); err != nil || cur != dev {
+		return
+	}
+	if err := d.store.Save(d.snapshot(dev)); err != nil {
+		d.log.Error().Err(err).Str("dev", name).Msg("state not saved")
+	}
+}
+
+// saveAll saves every device (at shutdown).
+func (d *Daemon) saveAll() {
+	for _, name := range d.reg.List() {
+		if dev, err := d.reg.Get(name); err == nil {
+			d.save(dev)
+		}
+	}
+}
+
+// restore brings back the devices of the state dir, in dependency
+// order. A state file that doesn't parse, or whose device can't be
+// rebuilt, is set aside as <file>.corrupt-<unix time> and reported.
+func (d *Daemon) restore() {
+	states, bad, err := d.store.LoadAll()
+	if err != nil {
+		d.log.Error().Err(err).Msg("state not read")
+		return
+	}
+	for _, c := range bad {
+		d.setAside(c.File, c.Err)
+	}
+	for _, st := range restoreOrder(states) {
+		if err := d.restoreOne(st); err != nil {
+			d.setAside(d.store.path(st.Name), err)
+			continue
+		}
+		d.devLog(st.Name).Info().Bool("suspended", st.Suspended).Bool("inactive_table", st.Inactive != "").
+			Msg("device restored")
+	}
+}
+
+func (d *Daemon) setAside(file string, why error) {
+	to, err := d.store.SetAside(file, time.Now())
+	if err != nil {
+		d.log.Error().Err(why).Str("file", file).AnErr("rename_error", err).Msg("corrupt state file (could not set it aside)")
+		return
+	}
+	d.log.Error().Err(why).Str("file", file).Str("kept_as", to).Msg("corrupt state file set aside")
+}
+
+func (d *Daemon) restoreOne(st DeviceState) error {
+	ctx := context.Background()
+	if err := d.mp.configure(&st); err != nil {
+		return fmt.Errorf("checker settings: %w", err)
+	}
+	dev, err := d.reg.Create(ctx, st.Name, st.UUID, "")
+	if err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		if rerr := dev.Remove(ctx, true, false); rerr != nil {
+			d.log.Error().Err(rerr).Str("dev", st.Name).Msg("remove after failed restore")
+		}
+		return err
+	}
+	dev.SetReadOnly(st.ReadOnly)
+	if st.Table != "" {
+		if err := dev.Load(st.Table); err != nil {
+			return fail(fmt.Errorf("live table: %w", err))
+		}
+		if err := dev.Resume(ctx); err != nil {
+			return fail(fmt.Errorf("live table: %w", err))
+		}
+	}
+	if err := d.mp.restoreFailed(&st); err != nil {
+		return fail(err)
+	}
+	if st.Suspended && st.Table != "" {
+		if err := dev.Suspend(ctx, true); err != nil {
+			return fail(fmt.Errorf("suspend: %w", err))
+		}
+	}
+	if st.Inactive != "" {
+		if err := dev.Load(st.Inactive); err != nil {
+			return fail(fmt.Errorf("inactive table: %w", err))
+		}
+	}
+	return nil
+}
+
+// oneLine flattens a table for a log line.
+func oneLine(table string) string {
+	var parts []string
+	for _, l := range strings.Split(table, "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// stdLogger adapts the zerolog logger for net/http's error log.
+func stdLogger(l zerolog.Logger, component string) *log.Logger {
+	return log.New(zlWriter{l.With().Str("component", component).Logger()}, "", 0)
+}
+
+type zlWriter struct{ l zerolog.Logger }
+
+func (w zlWriter) Write(p []byte) (int, error) {
+	w.l.Warn().Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}

@@ -1,0 +1,151 @@
+package daemon
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"udm/dm"
+)
+
+// Metrics are read at scrape time from the counters the fast path keeps
+// anyway (dm.Device.Stats and Latency, the multipath paths, the NBD
+// server, the loops): a scrape does the work, I/O does none.
+
+var (
+	devLabels  = []string{"device"}
+	mDevIO     = prometheus.NewDesc("udm_device_io_total", "Bios ended, by operation.", []string{"device", "op"}, nil)
+	mDevBytes  = prometheus.NewDesc("udm_device_bytes_total", "Bytes read or written by ended bios.", []string{"device", "op"}, nil)
+	mDevErrors = prometheus.NewDesc("udm_device_errors_total", "Bios that ended with an error.", devLabels, nil)
+	mDevPushed = prometheus.NewDesc("udm_device_pushbacks_total", "Bios parked on the pushback list during noflush suspends.", devLabels, nil)
+	mDevInfl   = prometheus.NewDesc("udm_device_inflight", "Bios mapped and not yet ended.", devLabels, nil)
+	mDevDefer  = prometheus.NewDesc("udm_device_deferred", "Bios waiting on the deferred list (device suspending or suspended).", devLabels, nil)
+	mDevPush   = prometheus.NewDesc("udm_device_pushback", "Bios on the pushback list now.", devLabels, nil)
+	mDevSusp   = prometheus.NewDesc("udm_device_suspended", "1 if the device is suspended.", devLabels, nil)
+	mDevOpen   = prometheus.NewDesc("udm_device_open_count", "Users of the device (NBD connections, stacked tables).", devLabels, nil)
+	mDevEvent  = prometheus.NewDesc("udm_device_event_number", "The device's event counter.", devLabels, nil)
+	mDevSize   = prometheus.NewDesc("udm_device_size_bytes", "Size of the live table.", devLabels, nil)
+	mDevLat    = prometheus.NewDesc("udm_device_latency_seconds", "Bio latency from submission to end (time deferred or pushed back included).", []string{"device", "op"}, nil)
+
+	mNBDAcc    = prometheus.NewDesc("udm_nbd_connections_accepted_total", "NBD connections accepted.", nil, nil)
+	mNBDActive = prometheus.NewDesc("udm_nbd_connections_active", "NBD connections in the transmission phase.", nil, nil)
+	mNBDShake  = prometheus.NewDesc("udm_nbd_handshake_errors_total", "NBD handshakes that failed.", nil, nil)
+	mNBDReqs   = prometheus.NewDesc("udm_nbd_requests_total", "NBD requests received.", nil, nil)
+	mNBDErrs   = prometheus.NewDesc("udm_nbd_request_errors_total", "NBD requests answered with an error.", nil, nil)
+
+	loopLabels     = []string{"loop"}
+	mLoopSubmitted = prometheus.NewDesc("udm_loop_sqes_submitted_total", "io_uring SQEs submitted by the loop.", loopLabels, nil)
+	mLoopCompleted = prometheus.NewDesc("udm_loop_cqes_completed_total", "io_uring CQEs reaped by the loop.", loopLabels, nil)
+	mLoopEnters    = prometheus.NewDesc("udm_loop_enters_total", "io_uring_enter calls made by the loop.", loopLabels, nil)
+	mLoopWakes     = prometheus.NewDesc("udm_loop_wakes_total", "Wake-ups of the sleeping loop by posted work.", loopLabels, nil)
+	mLoopPosted    = prometheus.NewDesc("udm_loop_posted_total", "Functions posted to the loop.", loopLabels, nil)
+)
+
+var latOps = [...]string{dm.LatRead: "read", dm.LatWrite: "write", dm.LatOther: "other"}
+
+// collector is the daemon's prometheus.Collector.
+type collector struct{ d *Daemon }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{mDevIO, mDevBytes, mDevErrors, mDevPushed, mDevInfl, mDevDefer, mDevPush,
+		mDevSusp, mDevOpen, mDevEvent, mDevSize, mDevLat, mNBDAcc, mNBDActive, mNBDShake, mNBDReqs, mNBDErrs,
+		mLoopSubmitted, mLoopCompleted, mLoopEnters, mLoopWakes, mLoopPosted} {
+		ch <- d
+	}
+	c.d.mp.describe(ch)
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	d := c.d
+	counter := func(desc *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, v, labels...)
+	}
+	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...)
+	}
+	for _, name := range d.reg.List() {
+		dev, err := d.reg.Get(name)
+		if err != nil {
+			continue
+		}
+		s := dev.Stats()
+		counter(mDevIO, float64(s.Reads), name, "read")
+		counter(mDevIO, float64(s.Writes), name, "write")
+		counter(mDevIO, float64(s.Flushes), name, "flush")
+		counter(mDevIO, float64(s.Discards), name, "discard")
+		counter(mDevIO, float64(s.WriteZeroes), name, "write_zeroes")
+		counter(mDevBytes, float64(s.ReadBytes), name, "read")
+		counter(mDevBytes, float64(s.WriteBytes), name, "write")
+		counter(mDevErrors, float64(s.Errors), name)
+		counter(mDevPushed, float64(s.Pushbacks), name)
+		gauge(mDevInfl, float64(s.InFlight), name)
+		gauge(mDevDefer, float64(s.Deferred), name)
+		gauge(mDevPush, float64(s.Pushback), name)
+		gauge(mDevSusp, b2f(s.Suspended), name)
+		info := dev.Info()
+		gauge(mDevOpen, float64(info.OpenCount), name)
+		counter(mDevEvent, float64(info.EventNr), name)
+		gauge(mDevSize, float64(dev.Size()), name)
+		for i, h := range dev.Latency() {
+			ch <- constHistogram(mDevLat, h, name, latOps[i])
+		}
+	}
+	if d.nbd != nil {
+		st := d.nbd.Stats()
+		counter(mNBDAcc, float64(st.Accepted.Load()))
+		gauge(mNBDActive, float64(st.Active.Load()))
+		counter(mNBDShake, float64(st.HandshakeErr.Load()))
+		counter(mNBDReqs, float64(st.Requests.Load()))
+		counter(mNBDErrs, float64(st.Errors.Load()))
+	}
+	for _, l := range d.loops {
+		st := l.Stats()
+		id := strconv.Itoa(l.ID())
+		counter(mLoopSubmitted, float64(st.Submitted), id)
+		counter(mLoopCompleted, float64(st.Completed), id)
+		counter(mLoopEnters, float64(st.Enters), id)
+		counter(mLoopWakes, float64(st.Wakes), id)
+		counter(mLoopPosted, float64(st.Posted), id)
+	}
+	d.mp.collect(ch)
+}
+
+// constHistogram converts a dm latency histogram (per-bucket counts) to
+// Prometheus' cumulative form, in seconds.
+func constHistogram(desc *prometheus.Desc, h dm.LatencyHistogram, labels ...string) prometheus.Metric {
+	buckets := make(map[float64]uint64, dm.NumLatencyBuckets)
+	var cum uint64
+	for i := 0; i < dm.NumLatencyBuckets; i++ {
+		cum += h.Counts[i]
+		buckets[dm.LatencyBound(i).Seconds()] = cum
+	}
+	total := cum + h.Counts[dm.NumLatencyBuckets]
+	return prometheus.MustNewConstHistogram(desc, total, h.Sum.Seconds(), buckets, labels...)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// metricsHandler serves /metrics (and the Go runtime's and process'
+// collectors).
+func (d *Daemon) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: stdLogger(d.log, "metrics")}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write([]byte("udm metrics: /metrics\n"))
+	})
+	return mux
+}

@@ -1,0 +1,350 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"udm/dm"
+	"udm/multipath"
+)
+
+// CheckerSettings are a multipath device's path checker settings, as
+// multipathd's multipaths section has them. Empty fields take the
+// defaults. They are kept in the device's state file.
+type CheckerSettings struct {
+	// PollingInterval is how often a path is checked (Go duration: "5s").
+	PollingInterval string `json:"polling_interval,omitempty"`
+	// MaxPollingInterval bounds the interval, which doubles while a path
+	// stays healthy.
+	MaxPollingInterval string `json:"max_polling_interval,omitempty"`
+	// CheckTimeout bounds one check.
+	CheckTimeout string `json:"check_timeout,omitempty"`
+	// NoPathRetry: fail, queue, or a number of polling intervals to
+	// queue for once no path is left.
+	NoPathRetry string `json:"no_path_retry,omitempty"`
+	// Failback: manual, immediate, followover, or a number of seconds.
+	Failback string `json:"failback,omitempty"`
+	// IODeadline bounds each I/O on a path; a path that holds one longer
+	// is failed and the I/O retried elsewhere ("-1s": none).
+	IODeadline string `json:"io_deadline,omitempty"`
+}
+
+// MapConfig parses the settings.
+func (s CheckerSettings) MapConfig() (multipath.MapConfig, error) {
+	var c multipath.MapConfig
+	dur := func(what, v string, to *time.Duration) error {
+		if v == "" {
+			return nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("bad %s %q: %w", what, v, dm.ErrBadMessage)
+		}
+		*to = d
+		return nil
+	}
+	if err := dur("polling_interval", s.PollingInterval, &c.PollingInterval); err != nil {
+		return c, err
+	}
+	if err := dur("max_polling_interval", s.MaxPollingInterval, &c.MaxPollingInterval); err != nil {
+		return c, err
+	}
+	if err := dur("check_timeout", s.CheckTimeout, &c.CheckTimeout); err != nil {
+		return c, err
+	}
+	if err := dur("io_deadline", s.IODeadline, &c.IODeadline); err != nil {
+		return c, err
+	}
+	var err error
+	if c.NoPathRetry, err = multipath.ParseNoPathRetry(s.NoPathRetry); err != nil {
+		return c, fmt.Errorf("bad no_path_retry %q: %w", s.NoPathRetry, dm.ErrBadMessage)
+	}
+	if c.Failback, err = multipath.ParseFailback(s.Failback); err != nil {
+		return c, fmt.Errorf("bad failback %q: %w", s.Failback, dm.ErrBadMessage)
+	}
+	return c, nil
+}
+
+// Set changes one setting by its JSON name.
+func (s *CheckerSettings) Set(key, value string) error {
+	switch key {
+	case "polling_interval":
+		s.PollingInterval = value
+	case "max_polling_interval":
+		s.MaxPollingInterval = value
+	case "check_timeout":
+		s.CheckTimeout = value
+	case "no_path_retry":
+		s.NoPathRetry = value
+	case "failback":
+		s.Failback = value
+	case "io_deadline":
+		s.IODeadline = value
+	default:
+		return fmt.Errorf("unknown checker setting %q (polling_interval, max_polling_interval, check_timeout, no_path_retry, failback, io_deadline)", key)
+	}
+	return nil
+}
+
+// mpath wires the multipath target and its path checker into the
+// daemon: per-device checker settings, operator-failed paths, the
+// multipathd-style listings and the path metrics.
+type mpath struct {
+	d       *Daemon
+	checker *multipath.Checker
+
+	mu       sync.Mutex                 // guards settings
+	settings map[string]CheckerSettings // by device name
+}
+
+func newMpath(d *Daemon) *mpath {
+	return &mpath{d: d, settings: map[string]CheckerSettings{},
+		checker: multipath.NewChecker(multipath.CheckerConfig{Log: d.log.With().Str("component", "multipath").Logger()})}
+}
+
+func (m *mpath) register(reg *dm.TargetRegistry) error {
+	return multipath.RegisterOptions(reg, multipath.Options{Checker: m.checker})
+}
+
+// start and stop bracket serving. The checker runs from the moment maps
+// go live; stop ends its goroutines (idempotent).
+func (m *mpath) start() {}
+
+func (m *mpath) stop() {
+	if m.checker != nil {
+		m.checker.Close()
+	}
+}
+
+// configure applies a device's saved checker settings before its table
+// goes live.
+func (m *mpath) configure(st *DeviceState) error {
+	if st.Checker == nil {
+		return nil
+	}
+	return m.setSettings(st.Name, *st.Checker)
+}
+
+func (m *mpath) setSettings(name string, s CheckerSettings) error {
+	cfg, err := s.MapConfig()
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	if s == (CheckerSettings{}) {
+		delete(m.settings, name)
+	} else {
+		m.settings[name] = s
+	}
+	m.mu.Unlock()
+	m.checker.SetMapConfig(name, cfg)
+	return nil
+}
+
+func (m *mpath) getSettings(name string) CheckerSettings {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.settings[name]
+}
+
+// restoreFailed fails again the paths an operator had failed.
+func (m *mpath) restoreFailed(st *DeviceState) error {
+	for _, p := range st.FailedPaths {
+		if err := m.checker.FailPath(st.Name, p); err != nil {
+			return fmt.Errorf("failing path %s again: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// forget drops a removed device's settings.
+func (m *mpath) forget(name string) {
+	m.mu.Lock()
+	delete(m.settings, name)
+	m.mu.Unlock()
+	m.checker.SetMapConfig(name, multipath.MapConfig{})
+}
+
+// snapshot adds the checker's state of a device to its saved state.
+func (m *mpath) snapshot(name string, st *DeviceState) {
+	if s := m.getSettings(name); s != (CheckerSettings{}) {
+		st.Checker = &s
+	}
+	if _, ok := m.checker.Map(name); !ok {
+		return
+	}
+	for _, ms := range m.checker.Maps() {
+		if ms.Name != name {
+			continue
+		}
+		for _, g := range ms.Groups {
+			for _, p := range g.Paths {
+				if p.Operator {
+					st.FailedPaths = append(st.FailedPaths, p.Dev)
+				}
+			}
+		}
+	}
+	sort.Strings(st.FailedPaths)
+}
+
+// maps lists the live multipath maps.
+func (m *mpath) maps() []multipath.MapStatus {
+	out := m.checker.Maps()
+	if out == nil {
+		out = []multipath.MapStatus{}
+	}
+	return out
+}
+
+// operate is `udm fail path DEV` / `udm reinstate path DEV`: every map
+// with that path, checker paused (fail) or resumed (reinstate). The
+// affected maps' state is saved.
+func (m *mpath) operate(mapName, dev string, fail bool) error {
+	var err error
+	if fail {
+		err = m.checker.FailPath(mapName, dev)
+	} else {
+		err = m.checker.ReinstatePath(mapName, dev)
+	}
+	verb := "reinstate"
+	if fail {
+		verb = "fail"
+	}
+	m.d.log.Info().Str("path", dev).Str("map", mapName).Err(err).Msg("operator: " + verb + " path")
+	for _, ms := range m.checker.Maps() {
+		if mapName != "" && ms.Name != mapName {
+			continue
+		}
+		if dev, derr := m.d.reg.Get(ms.Name); derr == nil {
+			m.d.save(dev)
+		}
+	}
+	return err
+}
+
+// MapsReply answers GET /v1/multipath/maps.
+type MapsReply struct {
+	Maps []multipath.MapStatus `json:"maps"`
+}
+
+// PathOpRequest names a path (and optionally its map) for fail and
+// reinstate.
+type PathOpRequest struct {
+	Path string `json:"path"`
+	Map  string `json:"map,omitempty"`
+}
+
+func (m *mpath) routes(h func(string, func(*http.Request) (any, error))) {
+	p := APIVersion
+	h("GET "+p+"/multipath/maps", func(r *http.Request) (any, error) {
+		return MapsReply{Maps: m.maps()}, nil
+	})
+	h("POST "+p+"/multipath/fail", func(r *http.Request) (any, error) {
+		var req PathOpRequest
+		if err := readJSON(r, &req); err != nil {
+			return nil, err
+		}
+		return struct{}{}, pathErr(m.operate(req.Map, req.Path, true), req.Path)
+	})
+	h("POST "+p+"/multipath/reinstate", func(r *http.Request) (any, error) {
+		var req PathOpRequest
+		if err := readJSON(r, &req); err != nil {
+			return nil, err
+		}
+		return struct{}{}, pathErr(m.operate(req.Map, req.Path, false), req.Path)
+	})
+	h("GET "+p+"/devices/{name}/checker", func(r *http.Request) (any, error) {
+		name := r.PathValue("name")
+		if _, err := m.d.reg.Get(name); err != nil {
+			return nil, err
+		}
+		return m.getSettings(name), nil
+	})
+	h("PUT "+p+"/devices/{name}/checker", func(r *http.Request) (any, error) {
+		name := r.PathValue("name")
+		var s CheckerSettings
+		if err := readJSON(r, &s); err != nil {
+			return nil, err
+		}
+		dev, err := m.d.reg.Get(name)
+		if err != nil {
+			return nil, err
+		}
+		if err := m.setSettings(name, s); err != nil {
+			return nil, badRequest("%v", err)
+		}
+		m.d.devLog(name).Info().Interface("checker", s).Msg("checker settings changed")
+		m.d.save(dev)
+		return s, nil
+	})
+}
+
+// pathErr words a fail/reinstate error.
+func pathErr(err error, dev string) error {
+	if err == nil {
+		return nil
+	}
+	status, errno, msg := describe(err, "")
+	switch {
+	case errors.Is(err, multipath.ErrUnknownPath):
+		msg = fmt.Sprintf("no multipath map has a path %q", dev)
+	case errors.Is(err, multipath.ErrNoMap):
+		msg = "no such multipath map: " + msg
+	}
+	return &apiErr{status: status, errno: errno, msg: msg}
+}
+
+var (
+	pathLabels  = []string{"device", "path", "group"}
+	mPathActive = prometheus.NewDesc("udm_path_active", "1 if the path is active in its map, 0 if failed.", pathLabels, nil)
+	mPathFails  = prometheus.NewDesc("udm_path_fail_count", "How often the path failed since its table was loaded (the kernel's fail_count).", pathLabels, nil)
+	mPathCheck  = prometheus.NewDesc("udm_path_checker_state", "The path checker's last verdict (1 for the state it is in).", []string{"device", "path", "state"}, nil)
+	mPathOper   = prometheus.NewDesc("udm_path_operator_failed", "1 if an operator failed the path (its checker is paused).", []string{"device", "path"}, nil)
+	mMapQueued  = prometheus.NewDesc("udm_multipath_queued", "I/Os held in the map for lack of a path.", devLabels, nil)
+	mMapValid   = prometheus.NewDesc("udm_multipath_valid_paths", "Active paths of the map.", devLabels, nil)
+	mMapQueue   = prometheus.NewDesc("udm_multipath_queue_if_no_path", "1 if I/O is queued when no path is left.", devLabels, nil)
+	checkStates = []string{"ready", "faulty", "gone", "undef"}
+)
+
+func (m *mpath) describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{mPathActive, mPathFails, mPathCheck, mPathOper, mMapQueued, mMapValid, mMapQueue} {
+		ch <- d
+	}
+}
+
+func (m *mpath) collect(ch chan<- prometheus.Metric) {
+	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...)
+	}
+	for _, ms := range m.checker.Maps() {
+		gauge(mMapQueued, float64(ms.Queued), ms.Name)
+		gauge(mMapValid, float64(ms.ValidPaths), ms.Name)
+		gauge(mMapQueue, b2f(ms.QueueIfNoPath), ms.Name)
+		seen := map[string]bool{}
+		for _, g := range ms.Groups {
+			grp := strconv.Itoa(g.Num)
+			for _, p := range g.Paths {
+				gauge(mPathActive, b2f(p.DMState == "active"), ms.Name, p.Dev, grp)
+				ch <- prometheus.MustNewConstMetric(mPathFails, prometheus.CounterValue, float64(p.FailCount), ms.Name, p.Dev, grp)
+				if seen[p.Dev] {
+					continue // a path listed in two groups: its checker state once
+				}
+				seen[p.Dev] = true
+				if p.Checker != "" {
+					for _, s := range checkStates {
+						gauge(mPathCheck, b2f(p.Checker == s), ms.Name, p.Dev, s)
+					}
+				}
+				gauge(mPathOper, b2f(p.Operator), ms.Name, p.Dev)
+			}
+		}
+	}
+}
