@@ -543,8 +543,7 @@ func TestResubmitFromEnd(t *testing.T) {
 		d := newDev(t, nil, "0 8 linear a 0\n8 8 linear a 8", a)
 		done := make(chan struct{})
 		n := 0
-		var b *Bio
-		b = &Bio{Op: OpWrite, Sector: 4, Len: 8 << 9, Buf: make([]byte, 8<<9), BufIndex: -1}
+		b := &Bio{Op: OpWrite, Sector: 4, Len: 8 << 9, Buf: make([]byte, 8<<9), BufIndex: -1}
 		b.End = EndioFunc(func(_ *Bio, err error) {
 			if err != nil {
 				t.Error(err)

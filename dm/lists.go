@@ -12,8 +12,6 @@ type bioList struct {
 	n          int
 }
 
-func (l *bioList) empty() bool { return l.head == nil }
-
 func (l *bioList) push(b *Bio) {
 	b.core.next = nil
 	if l.tail == nil {

@@ -68,7 +68,7 @@ func newDevPool(open Opener, reg *Registry) *devPool {
 	return &devPool{open: open, reg: reg, entries: make(map[poolKey]*poolEntry)}
 }
 
-func (p *devPool) get(owner *Device, name string, readOnly bool) (*poolEntry, error) {
+func (p *devPool) get(name string, readOnly bool) (*poolEntry, error) {
 	key := poolKey{name, readOnly}
 	p.mu.Lock()
 	if e := p.entries[key]; e != nil {
@@ -79,7 +79,7 @@ func (p *devPool) get(owner *Device, name string, readOnly bool) (*poolEntry, er
 	p.mu.Unlock()
 	// Open outside the lock: it may be slow (a remote export).
 	e := &poolEntry{key: key, refs: 1}
-	if err := p.openEntry(owner, e); err != nil {
+	if err := p.openEntry(e); err != nil {
 		return nil, err
 	}
 	p.mu.Lock()
@@ -94,7 +94,7 @@ func (p *devPool) get(owner *Device, name string, readOnly bool) (*poolEntry, er
 	return e, nil
 }
 
-func (p *devPool) openEntry(owner *Device, e *poolEntry) error {
+func (p *devPool) openEntry(e *poolEntry) error {
 	name := e.key.name
 	if p.reg != nil && strings.HasPrefix(name, MapperPrefix) {
 		if lower, ok := p.reg.lookup(name[len(MapperPrefix):]); ok {
@@ -198,7 +198,7 @@ func (g *tableDevices) GetDevice(name string, readOnly bool) (BlockDevice, error
 			}
 		}
 	}
-	e, err := g.pool.get(g.owner, name, readOnly || g.readOnly)
+	e, err := g.pool.get(name, readOnly || g.readOnly)
 	if err != nil {
 		return nil, err
 	}
