@@ -16,6 +16,7 @@ type Error struct {
 
 func newError(msg string, errno syscall.Errno) *Error { return &Error{msg: msg, errno: errno} }
 
+// Error is the message, prefixed "dm: ".
 func (e *Error) Error() string { return e.msg }
 
 // Errno is the errno the kernel returns in the same situation.

@@ -64,15 +64,19 @@ func NewMemDeviceBytes(name string, data []byte) *MemDevice {
 	return &MemDevice{name: name, size: int64(len(data)), data: data, blockSize: SectorSize}
 }
 
+// Name is the name given to NewMemDevice.
 func (m *MemDevice) Name() string { return m.name }
-func (m *MemDevice) Size() int64  { return m.size }
+// Size is the device size in bytes.
+func (m *MemDevice) Size() int64 { return m.size }
 
+// BlockSize is the logical block size (512 unless set).
 func (m *MemDevice) BlockSize() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.blockSize
 }
 
+// ReadOnly reports SetReadOnly.
 func (m *MemDevice) ReadOnly() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -139,11 +143,19 @@ func (m *MemDevice) release(err error) int {
 // barrier); nil removes it.
 func (m *MemDevice) SetSubmitHook(fn func(*Clone)) { m.mu.Lock(); m.hook = fn; m.mu.Unlock() }
 
-// Counters of the I/O received, by kind.
-func (m *MemDevice) Reads() int64       { return m.reads.Load() }
-func (m *MemDevice) Writes() int64      { return m.writes.Load() }
-func (m *MemDevice) Flushes() int64     { return m.flushes.Load() }
-func (m *MemDevice) Discards() int64    { return m.discards.Load() }
+// Reads counts the reads received (failed ones included).
+func (m *MemDevice) Reads() int64 { return m.reads.Load() }
+
+// Writes counts the writes received.
+func (m *MemDevice) Writes() int64 { return m.writes.Load() }
+
+// Flushes counts the flushes received.
+func (m *MemDevice) Flushes() int64 { return m.flushes.Load() }
+
+// Discards counts the discards received.
+func (m *MemDevice) Discards() int64 { return m.discards.Load() }
+
+// WriteZeroes counts the write-zeroes received.
 func (m *MemDevice) WriteZeroes() int64 { return m.writeZeroes.Load() }
 
 // FUAWrites counts writes that carried FUA.
@@ -154,7 +166,8 @@ func (m *MemDevice) IOs() int64 {
 	return m.reads.Load() + m.writes.Load() + m.flushes.Load() + m.discards.Load() + m.writeZeroes.Load()
 }
 
-// Submit performs c (now or when released) and ends it.
+// Submit performs c (now, after the delay, or when released) and ends it
+// as SetCompletion says.
 func (m *MemDevice) Submit(c *Clone) {
 	switch c.Op {
 	case OpRead:
@@ -344,8 +357,17 @@ type NullDevice struct {
 // NewNullDevice returns a null device of size bytes.
 func NewNullDevice(name string, size int64) *NullDevice { return &NullDevice{name: name, size: size} }
 
+// Submit ends c at once, successfully.
 func (n *NullDevice) Submit(c *Clone) { c.End(nil) }
-func (n *NullDevice) Name() string    { return n.name }
-func (n *NullDevice) Size() int64     { return n.size }
-func (n *NullDevice) BlockSize() int  { return SectorSize }
-func (n *NullDevice) ReadOnly() bool  { return false }
+
+// Name is the name given to NewNullDevice.
+func (n *NullDevice) Name() string { return n.name }
+
+// Size is the size given to NewNullDevice.
+func (n *NullDevice) Size() int64 { return n.size }
+
+// BlockSize is 512.
+func (n *NullDevice) BlockSize() int { return SectorSize }
+
+// ReadOnly is false.
+func (n *NullDevice) ReadOnly() bool { return false }
