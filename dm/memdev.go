@@ -66,6 +66,7 @@ func NewMemDeviceBytes(name string, data []byte) *MemDevice {
 
 // Name is the name given to NewMemDevice.
 func (m *MemDevice) Name() string { return m.name }
+
 // Size is the device size in bytes.
 func (m *MemDevice) Size() int64 { return m.size }
 
