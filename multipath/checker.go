@@ -183,7 +183,10 @@ type CheckerConfig struct {
 // its I/O fails at once and the path stays failed.
 //
 // A fail_path message (dmsetup message) is not the operator's FailPath:
-// as with multipathd, the next passing check reinstates that path.
+// as with multipathd, the next passing check reinstates that path. Unlike
+// messages, the checker's and the operator's actions are not refused
+// while the map is suspended, so a path repaired during a noflush suspend
+// carries the pushed-back I/O when the map resumes.
 type Checker struct {
 	log    zerolog.Logger
 	def    MapConfig
@@ -355,8 +358,7 @@ func (c *Checker) entries() []*mapEntry {
 // FailPath is the operator's `fail path`: it fails dev in the map named
 // mapName (every map that has it, if mapName is empty) and stops
 // checking it until ReinstatePath, so the checker won't bring it back.
-// EINVAL (ErrUnknownPath) if no live map has such a path, EBUSY if a map
-// is suspended.
+// EINVAL (ErrUnknownPath) if no live map has such a path.
 func (c *Checker) FailPath(mapName, dev string) error { return c.operate(mapName, dev, true) }
 
 // ReinstatePath is the operator's `reinstate path`: it reinstates dev
@@ -512,14 +514,10 @@ func (e *mapEntry) pathFailedByIO(i int) {
 func (e *mapEntry) operate(i int, fail bool) error {
 	e.opMu.Lock()
 	defer e.opMu.Unlock()
-	var err error
 	if fail {
-		err = e.t.failPathIdx(i, "operator", nil)
+		e.t.failPathIdx(i, "operator", nil)
 	} else {
-		err = e.t.reinstatePathIdx(i, "operator")
-	}
-	if err != nil {
-		return err
+		e.t.reinstatePathIdx(i, "operator")
 	}
 	pe := e.paths[i]
 	e.mu.Lock()
@@ -632,25 +630,11 @@ func (e *mapEntry) checkPath(pe *pathEntry) {
 	}
 	switch {
 	case state == CheckUp && !active:
-		if err := e.t.reinstatePathIdx(pe.idx, "checker"); err != nil {
-			e.retrySoon(pe)
-			return
-		}
+		e.t.reinstatePathIdx(pe.idx, "checker")
 		e.afterReinstate(pe.idx)
 	case state != CheckUp && active:
-		if err2 := e.t.failPathIdx(pe.idx, "checker", err); err2 != nil {
-			e.retrySoon(pe)
-		}
+		e.t.failPathIdx(pe.idx, "checker", err)
 	}
-}
-
-// retrySoon makes the next check due at the base interval (an action was
-// refused: the map is suspended).
-func (e *mapEntry) retrySoon(pe *pathEntry) {
-	e.mu.Lock()
-	pe.interval = e.cfg.PollingInterval
-	pe.next = time.Now().Add(pe.interval)
-	e.mu.Unlock()
 }
 
 var errPathGone = &Error{"multipath: path device gone", syscall.ENODEV}

@@ -23,7 +23,7 @@ type MapStatus struct {
 	Suspended     bool
 	// Checker settings ("" when the map is not checked).
 	NoPathRetry, Failback string
-	Groups               []GroupStatus
+	Groups                []GroupStatus
 }
 
 // GroupStatus is one priority group.

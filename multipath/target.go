@@ -519,28 +519,15 @@ func (t *Multipath) SetQueueIfNoPath(on bool) error {
 	return err
 }
 
-// failPathIdx and reinstatePathIdx are the checker's: like the messages
-// they are refused (EBUSY) once the device is suspended.
-func (t *Multipath) failPathIdx(i int, cause string, err error) error {
-	t.mu.Lock()
-	susp := t.mu.m.Suspended()
-	t.mu.Unlock()
-	if susp {
-		return ErrSuspended
-	}
+// failPathIdx and reinstatePathIdx are the checker's and the operator's.
+// Unlike messages they work while the device is suspended: a path
+// repaired during a noflush suspend is usable when the device resumes.
+func (t *Multipath) failPathIdx(i int, cause string, err error) {
 	t.failPath(i, cause, err, false)
-	return nil
 }
 
-func (t *Multipath) reinstatePathIdx(i int, cause string) error {
-	t.mu.Lock()
-	susp := t.mu.m.Suspended()
-	t.mu.Unlock()
-	if susp {
-		return ErrSuspended
-	}
+func (t *Multipath) reinstatePathIdx(i int, cause string) {
 	t.reinstatePath(i, cause)
-	return nil
 }
 
 // switchGroup is failback's switch_group (g 0-based).

@@ -1,0 +1,413 @@
+package multipath
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+
+	"udm/dm"
+	"udm/uring"
+)
+
+// The seed's own test list (SEMANTICS.md), with the real multipath target
+// over real files: paths are dm devices mapping one file, made to fail by
+// swapping their table to error. Each case runs with bios from a uring
+// loop and with bios that have no executor.
+
+func forExecs(t *testing.T, fn func(t *testing.T, kind string)) {
+	for _, kind := range execs {
+		t.Run(kind, func(t *testing.T) { fn(t, kind) })
+	}
+}
+
+func TestSeedRegression(t *testing.T) {
+	t.Run("I/O succeeds with valid paths", func(t *testing.T) {
+		forExecs(t, func(t *testing.T, kind string) {
+			f := newFix(t, true, envConfig{})
+			l := f.exec(kind)
+			for i := uint64(0); i < 8; i++ {
+				data := pattern(byte(i), 4*kib)
+				mustErrno(t, "write", f.write(l, 8*i, data).wait(t), 0)
+				if !f.onFile(8*i, data) {
+					t.Fatalf("block %d not in the file", i)
+				}
+				r := f.read(l, 8*i, 4*kib)
+				mustErrno(t, "read", r.wait(t), 0)
+				if string(r.data) != string(data) {
+					t.Fatalf("block %d read back wrong", i)
+				}
+			}
+			// Round-robin used both paths.
+			for _, p := range []string{"p0", "p1"} {
+				if s := f.dev(p).Stats(); s.Reads+s.Writes == 0 {
+					t.Errorf("no I/O on %s", p)
+				}
+			}
+		})
+	})
+	t.Run("fails with no valid path and no queue_if_no_path", func(t *testing.T) {
+		forExecs(t, func(t *testing.T, kind string) {
+			f := newFix(t, false, envConfig{})
+			f.breakPath("p0")
+			f.breakPath("p1")
+			mustErrno(t, "write", f.write(f.exec(kind), 8, pattern(1, 4*kib)).wait(t), syscall.EIO)
+			// Both paths were tried and failed; the next I/O fails at once.
+			if st := f.status("mp"); st != "0 8192 multipath 2 0 0 0 1 1 E 0 2 0 /dev/mapper/p0 F 1 /dev/mapper/p1 F 1 " {
+				t.Fatalf("status %q", st)
+			}
+			before := f.dev("p0").Stats().Writes + f.dev("p1").Stats().Writes
+			mustErrno(t, "second write", f.write(f.exec(kind), 8, pattern(1, 4*kib)).wait(t), syscall.EIO)
+			if after := f.dev("p0").Stats().Writes + f.dev("p1").Stats().Writes; after != before {
+				t.Fatal("I/O reached a failed path")
+			}
+		})
+	})
+	t.Run("is queued with no valid path and queue_if_no_path", func(t *testing.T) {
+		forExecs(t, func(t *testing.T, kind string) {
+			f := newFix(t, true, envConfig{})
+			data := pattern(2, 4*kib)
+			w := f.queued(f.exec(kind), 8, data)
+			if f.mp.Pending() != 1 {
+				t.Fatalf("pending %d", f.mp.Pending())
+			}
+			// Recovery runs it.
+			f.repairPath("p1")
+			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p1")
+			mustErrno(t, "queued write", w.wait(t), 0)
+			if !f.onFile(8, data) {
+				t.Fatal("data not in the file")
+			}
+		})
+	})
+	t.Run("queued I/O fails on a suspend without noflush", func(t *testing.T) {
+		forExecs(t, func(t *testing.T, kind string) {
+			f := newFix(t, true, envConfig{})
+			w := f.queued(f.exec(kind), 8, pattern(3, 4*kib))
+			if err := f.mp.Suspend(bg(), false); err != nil {
+				t.Fatal(err)
+			}
+			mustErrno(t, "queued write", w.wait(t), syscall.EIO)
+			if s := f.mp.Stats(); !s.Suspended || s.Deferred != 0 || s.Pushbacks != 0 || s.InFlight != 0 {
+				t.Fatalf("stats %+v", s)
+			}
+			if err := f.mp.Resume(bg()); err != nil {
+				t.Fatal(err)
+			}
+			// queue_if_no_path is back after the resume.
+			w2 := f.write(f.exec(kind), 16, pattern(4, 4*kib))
+			eventually(t, "the next write to be held", func() bool { return f.target("mp").Held() == 1 })
+			if err := f.mp.Suspend(bg(), false); err != nil {
+				t.Fatal(err)
+			}
+			mustErrno(t, "second write", w2.wait(t), syscall.EIO)
+		})
+	})
+}
+
+// noflushSuspended queues a write, then suspends with noflush: the write
+// is pushed back and does not return.
+func noflushSuspended(t *testing.T, kind string, cfg envConfig) (*mpFix, *bio, []byte) {
+	t.Helper()
+	f := newFix(t, true, cfg)
+	data := pattern(0xb2, 4*kib)
+	w := f.queued(f.exec(kind), 8, data)
+	if err := f.mp.Suspend(bg(), true); err != nil {
+		t.Fatal(err)
+	}
+	if w.ended() {
+		t.Fatalf("pushed-back write returned: %v", w.err)
+	}
+	if s := f.mp.Stats(); s.Pushbacks != 1 || s.Deferred != 1 || s.Pushback != 0 || s.InFlight != 0 || !s.Suspended {
+		t.Fatalf("after the noflush suspend: %+v", s)
+	}
+	if f.target("mp").Held() != 0 || f.mp.NoflushSuspending() {
+		t.Fatal("target still holds the write, or the noflush flag is set")
+	}
+	// Messages are refused while suspended.
+	if err := f.msg("mp", "reinstate_path", "/dev/mapper/p0"); !errors.Is(err, syscall.EBUSY) {
+		t.Fatalf("message while suspended: %v", err)
+	}
+	return f, w, data
+}
+
+func TestSeedNewPath(t *testing.T) {
+	t.Run("queued I/O is pushed back but does not return on a noflush suspend", func(t *testing.T) {
+		forExecs(t, func(t *testing.T, kind string) { noflushSuspended(t, kind, envConfig{}) })
+	})
+	t.Run("is queued in the target again on a resume without recovery", func(t *testing.T) {
+		forExecs(t, func(t *testing.T, kind string) {
+			f, w, data := noflushSuspended(t, kind, envConfig{})
+			if err := f.mp.Resume(bg()); err != nil {
+				t.Fatal(err)
+			}
+			mp := f.target("mp")
+			eventually(t, "the write to be held again", func() bool { return mp.Held() == 1 })
+			if w.ended() || f.mp.Stats().Deferred != 0 {
+				t.Fatalf("ended %v, stats %+v", w.ended(), f.mp.Stats())
+			}
+			f.repairPath("p0")
+			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p0")
+			mustErrno(t, "write", w.wait(t), 0)
+			if !f.onFile(8, data) {
+				t.Fatal("data not in the file")
+			}
+		})
+	})
+	t.Run("succeeds on resume after path recovery", func(t *testing.T) {
+		forExecs(t, func(t *testing.T, kind string) {
+			// The checker polls (every few ms): it finds p0 repaired and
+			// reinstates it while the map is suspended.
+			f, w, data := noflushSuspended(t, kind, envConfig{check: MapConfig{PollingInterval: 5 * time.Millisecond}})
+			f.repairPath("p0")
+			mp := f.target("mp")
+			eventually(t, "the checker to reinstate p0", func() bool { return mp.ValidPaths() == 1 })
+			if w.ended() {
+				t.Fatal("the write ran before resume")
+			}
+			if err := f.mp.Resume(bg()); err != nil {
+				t.Fatal(err)
+			}
+			mustErrno(t, "write", w.wait(t), 0)
+			if !f.onFile(8, data) {
+				t.Fatal("data not in the file")
+			}
+		})
+	})
+	t.Run("succeeds on resume after path recovery by the operator", func(t *testing.T) {
+		forExecs(t, func(t *testing.T, kind string) {
+			f, w, data := noflushSuspended(t, kind, envConfig{})
+			f.repairPath("p1")
+			if err := f.chk.ReinstatePath("mp", "/dev/mapper/p1"); err != nil {
+				t.Fatal(err)
+			}
+			if w.ended() {
+				t.Fatal("the write ran before resume")
+			}
+			if err := f.mp.Resume(bg()); err != nil {
+				t.Fatal(err)
+			}
+			mustErrno(t, "write", w.wait(t), 0)
+			if !f.onFile(8, data) {
+				t.Fatal("data not in the file")
+			}
+		})
+	})
+	t.Run("succeeds on resume after a table load", func(t *testing.T) {
+		forExecs(t, func(t *testing.T, kind string) {
+			f, w, data := noflushSuspended(t, kind, envConfig{})
+			f.repairPath("p1")
+			// A new table: its paths start active.
+			if err := f.mp.Load(f.mpTable(true, "/dev/mapper/p1")); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.mp.Resume(bg()); err != nil {
+				t.Fatal(err)
+			}
+			mustErrno(t, "write", w.wait(t), 0)
+			if !f.onFile(8, data) {
+				t.Fatal("data not in the file")
+			}
+			// The old table's paths are gone from the map.
+			if got := f.table("mp"); got != "0 8192 multipath 1 queue_if_no_path 0 1 1 round-robin 0 1 1 /dev/mapper/p1 1 " {
+				t.Fatalf("table %q", got)
+			}
+		})
+	})
+	t.Run("queued I/O succeeds on a noflush resume after a table load", func(t *testing.T) {
+		for _, how := range []string{"resume --noflush", "suspend --noflush; load; resume"} {
+			t.Run(how, func(t *testing.T) {
+				forExecs(t, func(t *testing.T, kind string) {
+					f := newFix(t, true, envConfig{})
+					data := pattern(0xc3, 4*kib)
+					w := f.queued(f.exec(kind), 8, data)
+					if how != "resume --noflush" {
+						if err := f.mp.Suspend(bg(), true); err != nil {
+							t.Fatal(err)
+						}
+					}
+					f.repairPath("p0")
+					if err := f.mp.Load(f.mpTable(true, "/dev/mapper/p0", "/dev/mapper/p1")); err != nil {
+						t.Fatal(err)
+					}
+					var err error
+					if how == "resume --noflush" {
+						err = f.mp.ResumeNoflush(bg())
+					} else {
+						err = f.mp.Resume(bg())
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					mustErrno(t, "write", w.wait(t), 0)
+					if !f.onFile(8, data) {
+						t.Fatal("data not in the file")
+					}
+					if f.mp.Stats().Pushbacks != 1 {
+						t.Fatal("the write was not pushed back")
+					}
+				})
+			})
+		}
+	})
+}
+
+// hungFix adds a third path p2 and makes p1 and p2 hang: each is a delay
+// target (delaying for much longer than any test) over a device that
+// fails (p1: the error device e) or works (p2: the file, unless p2Fails).
+// A suspend of p1 or p2 releases what it holds.
+func hungFix(t *testing.T, kind string, p2Fails bool) (*mpFix, *uring.Loop) {
+	f := newFix(t, false, envConfig{})
+	f.create("e", f.errTable())
+	f.create("p2", f.linear())
+	f.swap("p1", fmt.Sprintf("0 %d delay /dev/mapper/e 0 600000", f.sectors))
+	lower := f.file
+	if p2Fails {
+		lower = "/dev/mapper/e"
+	}
+	f.swap("p2", fmt.Sprintf("0 %d delay %s 0 600000", f.sectors, lower))
+	if err := f.mp.Load(f.mpTable(false, "/dev/mapper/p0", "/dev/mapper/p1", "/dev/mapper/p2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.mp.Resume(bg()); err != nil {
+		t.Fatal(err)
+	}
+	return f, f.exec(kind)
+}
+
+// release lets a hung path's held I/O go (to its lower device).
+func (f *mpFix) release(p string) {
+	f.t.Helper()
+	d := f.dev(p)
+	if err := d.Suspend(bg(), false); err != nil {
+		f.t.Fatal(err)
+	}
+	if err := d.Resume(bg()); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *mpFix) held(p string) int {
+	var r, w int
+	fmt.Sscanf(f.status(p), "0 8192 delay %d %d", &r, &w)
+	return r + w
+}
+
+func TestSeedErrorPaths(t *testing.T) {
+	t.Run("a failure inside suspend after the flag is set clears it and flushes pushback", func(t *testing.T) {
+		forExecs(t, func(t *testing.T, kind string) {
+			f := newFix(t, true, envConfig{})
+			w := f.queued(f.exec(kind), 8, pattern(0xd4, 4*kib))
+			// A context that is already done fails the suspend right after
+			// presuspend, which pushed the held write back.
+			ctx, cancel := context.WithCancel(bg())
+			cancel()
+			err := f.mp.Suspend(ctx, true)
+			if !errors.Is(err, dm.ErrInterrupted) || !errors.Is(err, context.Canceled) {
+				t.Fatalf("suspend: %v", err)
+			}
+			if f.mp.NoflushSuspending() || f.mp.Suspended() {
+				t.Fatal("noflush flag left set, or the device suspended")
+			}
+			// The pushed-back write was re-issued: with the paths still
+			// down and queueing off until the next resume (the kernel has
+			// no multipath presuspend undo), it fails.
+			mustErrno(t, "pushed-back write", w.wait(t), syscall.EIO)
+			s := f.mp.Stats()
+			if s.Pushback != 0 || s.Deferred != 0 || s.InFlight != 0 {
+				t.Fatalf("stats %+v", s)
+			}
+			// Without an executor, presuspend pushed the write back before
+			// the suspend gave up (a loop's may run after it).
+			if kind == "noexec" && s.Pushbacks != 1 {
+				t.Fatalf("the write was not pushed back: %+v", s)
+			}
+			// The next resume turns queueing back on.
+			if err := f.mp.Suspend(bg(), false); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.mp.Resume(bg()); err != nil {
+				t.Fatal(err)
+			}
+			f.write(f.exec(kind), 16, pattern(1, 4*kib))
+			eventually(t, "a write to be held", func() bool { return f.target("mp").Held() == 1 })
+			f.repairPath("p0")
+			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p0")
+		})
+	})
+	t.Run("an interrupted noflush suspend re-issues what was already pushed back", func(t *testing.T) {
+		forExecs(t, func(t *testing.T, kind string) {
+			f, l := hungFix(t, kind, false)
+			// A goes to p1 (hangs, then fails), X to p2 (hangs, then
+			// succeeds).
+			f.mustMsg("mp", "fail_path", "/dev/mapper/p0")
+			f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
+			aData, xData := pattern(0xaa, 4*kib), pattern(0x55, 4*kib)
+			a := f.write(l, 8, aData)
+			eventually(t, "A on p1", func() bool { return f.held("p1") == 1 })
+			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p2")
+			f.mustMsg("mp", "fail_path", "/dev/mapper/p1")
+			x := f.write(l, 16, xData)
+			eventually(t, "X on p2", func() bool { return f.held("p2") == 1 })
+			f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
+
+			ctx, cancel := context.WithCancel(bg())
+			done := make(chan error, 1)
+			go func() { done <- f.mp.Suspend(ctx, true) }()
+			eventually(t, "the suspend to start", f.mp.NoflushSuspending)
+			// A fails on p1 with no path left: pushed back.
+			f.release("p1")
+			eventually(t, "A on pushback", func() bool { return f.mp.Stats().Pushback == 1 })
+			// p0 is back; the suspend, still waiting for X, gives up.
+			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p0")
+			cancel()
+			if err := <-done; !errors.Is(err, dm.ErrInterrupted) {
+				t.Fatalf("suspend: %v", err)
+			}
+			mustErrno(t, "A (pushed back, re-issued)", a.wait(t), 0)
+			if !f.onFile(8, aData) || x.ended() {
+				t.Fatal("A's data not in the file, or X ended")
+			}
+			f.release("p2")
+			mustErrno(t, "X", x.wait(t), 0)
+			if !f.onFile(16, xData) {
+				t.Fatal("X's data not in the file")
+			}
+		})
+	})
+	t.Run("and what requeues afterwards returns EIO", func(t *testing.T) {
+		forExecs(t, func(t *testing.T, kind string) {
+			f, l := hungFix(t, kind, true)
+			// A hangs on p1 and X on p2, and both will fail there; X keeps
+			// the suspend waiting.
+			f.mustMsg("mp", "fail_path", "/dev/mapper/p0")
+			f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
+			a := f.write(l, 8, pattern(0xaa, 4*kib))
+			eventually(t, "A on p1", func() bool { return f.held("p1") == 1 })
+			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p2")
+			f.mustMsg("mp", "fail_path", "/dev/mapper/p1")
+			x := f.write(l, 16, pattern(0x55, 4*kib))
+			eventually(t, "X on p2", func() bool { return f.held("p2") == 1 })
+			f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
+
+			ctx, cancel := context.WithCancel(bg())
+			done := make(chan error, 1)
+			go func() { done <- f.mp.Suspend(ctx, true) }()
+			eventually(t, "the suspend to start", f.mp.NoflushSuspending)
+			f.release("p1")
+			eventually(t, "A on pushback", func() bool { return f.mp.Stats().Pushback == 1 })
+			cancel()
+			if err := <-done; !errors.Is(err, dm.ErrInterrupted) {
+				t.Fatalf("suspend: %v", err)
+			}
+			// A was re-issued with no path: it fails now.
+			mustErrno(t, "A", a.wait(t), syscall.EIO)
+			// X fails on p2 after the interrupt: no path, no noflush
+			// suspend any more: EIO.
+			f.release("p2")
+			mustErrno(t, "X (requeued after the interrupt)", x.wait(t), syscall.EIO)
+		})
+	})
+}
