@@ -141,8 +141,13 @@ type Clone struct {
 
 // BlockDevice is what targets remap clones to: a file, a block device, a
 // remote NBD export, or another dm device. Submit must end the clone
-// exactly once by calling c.End, from any goroutine (loop-backed devices
-// complete on c.Exec()).
+// exactly once by calling c.End.
+//
+// Threading: when c.Exec() is not nil, Submit is called on that executor
+// and c.End (or Finish) must run there too — a device completing on
+// another goroutine (a timer, a network reader) posts the end to
+// c.Exec(). Bio submitters such as the NBD server rely on this: BioEnd
+// then runs on the bio's loop and needs no lock.
 type BlockDevice interface {
 	Submit(c *Clone)
 	// Name is the device as it was named in the table.

@@ -122,7 +122,10 @@ func (sb *stackBio) timeout() {
 	if sb.state.CompareAndSwap(stackInflight, stackTimedOut) {
 		sb.bio.Cancel()
 		up := sb.upper
-		up.End(syscall.ETIMEDOUT)
+		// The timer fires on its own goroutine: end the clone on its loop.
+		if ex := up.Exec(); ex == nil || ex.Post(func() { up.End(syscall.ETIMEDOUT) }) != nil {
+			up.End(syscall.ETIMEDOUT)
+		}
 	}
 	sb.put()
 }
