@@ -69,8 +69,31 @@ type ServerConfig struct {
 	// NoMultiConn withholds NBD_FLAG_CAN_MULTI_CONN.
 	NoMultiConn bool
 	// Extents answers BLOCK_STATUS (base:allocation) for the byte range
-	// [off, off+length) of dev; nil reports everything as data.
+	// [off, off+length) of dev; nil asks the device (dm.Device.Extents).
 	Extents func(dev *dm.Device, off, length uint64) ([]Extent, error)
+}
+
+// deviceExtents is the default BLOCK_STATUS source: the dm device's map
+// of holes.
+func deviceExtents(dev *dm.Device, off, length uint64) ([]Extent, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	exts, err := dev.Extents(ctx, int64(off), int64(length))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Extent, 0, len(exts))
+	for _, e := range exts {
+		var f uint32
+		if e.Flags&dm.ExtentHole != 0 {
+			f |= StateHole
+		}
+		if e.Flags&dm.ExtentZero != 0 {
+			f |= StateZero
+		}
+		out = append(out, Extent{Length: uint64(e.Length), Flags: f})
+	}
+	return out, nil
 }
 
 // Server serves exports over NBD fixed-newstyle.
@@ -119,6 +142,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.Extents == nil {
+		cfg.Extents = deviceExtents
 	}
 	return &Server{cfg: cfg, log: cfg.Log, listeners: map[net.Listener]struct{}{},
 		conns: map[*conn]struct{}{}, shakes: map[net.Conn]struct{}{}}, nil

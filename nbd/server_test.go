@@ -240,3 +240,29 @@ func TestNbdcopyBothWays(t *testing.T) {
 		t.Fatal("nbdcopy with 4 connections differs")
 	}
 }
+
+func TestBlockStatusHoles(t *testing.T) {
+	testutil.RequireTool(t, "nbdinfo")
+	ts := newTestServer(t, 1, ServerConfig{})
+	f := ts.linear("disk", 8<<20)
+	// One data range in a sparse file: 1 MiB at 2 MiB.
+	fh, err := os.OpenFile(f, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh.WriteAt(bytes.Repeat([]byte{1}, 1<<20), 2<<20)
+	fh.Close()
+	out := run(t, "nbdinfo", "--map", ts.uri("disk"))
+	// nbdinfo prints: offset length type description
+	want := []string{
+		"0  2097152    3  hole,zero",
+		"2097152  1048576    0  data",
+		"3145728  5242880    3  hole,zero",
+	}
+	got := strings.Join(strings.Fields(out), " ")
+	for _, w := range want {
+		if !strings.Contains(got, strings.Join(strings.Fields(w), " ")) {
+			t.Fatalf("nbdinfo --map lacks %q:\n%s", w, out)
+		}
+	}
+}

@@ -471,3 +471,34 @@ func (p *port) Complete(tag uint64, res int32, _ uint32) {
 		p.release(i).End(nil)
 	}
 }
+
+// Extents reports holes and data in [off, off+length) of a regular file
+// (SEEK_DATA/SEEK_HOLE); a block device is all data.
+func (d *Device) Extents(ctx context.Context, off, length int64) ([]dm.Extent, error) {
+	end := off + length
+	if d.f.IsBlock {
+		return []dm.Extent{{Length: length}}, nil
+	}
+	var out []dm.Extent
+	for off < end && ctx.Err() == nil {
+		data, err := unix.Seek(d.f.Fd, off, unix.SEEK_DATA)
+		if err == unix.ENXIO || (err == nil && data >= end) {
+			// A hole to the end of the range (or of the file).
+			return append(out, dm.Extent{Length: end - off, Flags: dm.ExtentHole | dm.ExtentZero}), nil
+		}
+		if err != nil {
+			return []dm.Extent{{Length: end - off}}, nil // no hole information: all data
+		}
+		if data > off {
+			out = append(out, dm.Extent{Length: data - off, Flags: dm.ExtentHole | dm.ExtentZero})
+			off = data
+		}
+		hole, err := unix.Seek(d.f.Fd, off, unix.SEEK_HOLE)
+		if err != nil || hole > end {
+			hole = end
+		}
+		out = append(out, dm.Extent{Length: hole - off})
+		off = hole
+	}
+	return out, ctx.Err()
+}
