@@ -83,9 +83,7 @@ func (c CLI) lines(ctx context.Context, name string, get func(string) ([]string,
 		if err != nil {
 			return err
 		}
-		for _, l := range lines {
-			fmt.Fprintln(c.Out, l)
-		}
+		fmt.Fprint(c.Out, FormatLines("", lines))
 		return nil
 	}
 	devs, err := c.C.List(ctx)
@@ -104,22 +102,42 @@ func (c CLI) lines(ctx context.Context, name string, get func(string) ([]string,
 		if err != nil {
 			return err
 		}
-		for _, l := range lines {
-			fmt.Fprintf(c.Out, "%s: %s\n", d.Name, l)
-		}
+		fmt.Fprint(c.Out, FormatLines(d.Name, lines))
 	}
 	return nil
 }
 
-// Info prints dmsetup info for a device, or for every device separated
-// by blank lines.
+// FormatLines prints table or status lines as dmsetup does: each is
+// `<start> <len> <type> <params>`, with the space after the type even
+// when params are empty; each is prefixed with "NAME: " when name is not
+// empty (dmsetup listing every device); a device without a table prints
+// one empty line (after its prefix).
+func FormatLines(name string, lines []string) string {
+	prefix := ""
+	if name != "" {
+		prefix = name + ": "
+	}
+	if len(lines) == 0 {
+		return prefix + "\n"
+	}
+	var b strings.Builder
+	for _, l := range lines {
+		if len(strings.SplitN(l, " ", 4)) == 3 {
+			l += " " // no params
+		}
+		b.WriteString(prefix + l + "\n")
+	}
+	return b.String()
+}
+
+// Info prints dmsetup info for a device, or for every device.
 func (c CLI) Info(ctx context.Context, name string) error {
 	if name != "" {
 		i, err := c.C.Info(ctx, name)
 		if err != nil {
 			return err
 		}
-		fmt.Fprint(c.Out, i.DM().String())
+		fmt.Fprint(c.Out, FormatInfo(i))
 		return nil
 	}
 	devs, err := c.C.List(ctx)
@@ -130,13 +148,44 @@ func (c CLI) Info(ctx context.Context, name string) error {
 		fmt.Fprintln(c.Out, "No devices found")
 		return nil
 	}
-	for i, d := range devs {
-		if i > 0 {
-			fmt.Fprintln(c.Out)
-		}
-		fmt.Fprint(c.Out, d.DM().String())
+	for _, d := range devs {
+		fmt.Fprint(c.Out, FormatInfo(d))
 	}
 	return nil
+}
+
+// FormatInfo prints a device as dmsetup info does (without the Read
+// Ahead and Major, minor lines, which have no meaning here), ending with
+// an empty line.
+func FormatInfo(i DeviceInfo) string {
+	var b strings.Builder
+	state := i.State
+	if i.ReadOnly {
+		state += " (READ-ONLY)"
+	}
+	if i.DeferredRemove {
+		state += " (DEFERRED REMOVE)"
+	}
+	tables := "None"
+	switch {
+	case i.Live && i.Inactive:
+		tables = "LIVE & INACTIVE"
+	case i.Live:
+		tables = "LIVE"
+	case i.Inactive:
+		tables = "INACTIVE"
+	}
+	fmt.Fprintf(&b, "Name:              %s\n", i.Name)
+	fmt.Fprintf(&b, "State:             %s\n", state)
+	fmt.Fprintf(&b, "Tables present:    %s\n", tables)
+	fmt.Fprintf(&b, "Open count:        %d\n", i.OpenCount)
+	fmt.Fprintf(&b, "Event number:      %d\n", i.EventNr)
+	fmt.Fprintf(&b, "Number of targets: %d\n", i.Targets)
+	if i.UUID != "" {
+		fmt.Fprintf(&b, "UUID: %s\n", i.UUID)
+	}
+	b.WriteString("\n")
+	return b.String()
 }
 
 // Message sends a message to the target at sector and prints its reply,

@@ -38,13 +38,6 @@ func infoOf(dev *dm.Device) DeviceInfo {
 		DeferredRemove: i.DeferredRemove, Size: dev.Size()}
 }
 
-// DM converts back to the dm form (for its dmsetup-style String).
-func (i DeviceInfo) DM() dm.Info {
-	return dm.Info{Name: i.Name, UUID: i.UUID, Suspended: i.Suspended, ReadOnly: i.ReadOnly, Live: i.Live,
-		Inactive: i.Inactive, OpenCount: i.OpenCount, EventNr: i.EventNr, NumTargets: i.Targets,
-		DeferredRemove: i.DeferredRemove}
-}
-
 // CreateRequest creates a device (udm create).
 type CreateRequest struct {
 	Name     string `json:"name"`

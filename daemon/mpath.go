@@ -45,7 +45,7 @@ func (s CheckerSettings) MapConfig() (multipath.MapConfig, error) {
 		}
 		d, err := time.ParseDuration(v)
 		if err != nil {
-			return fmt.Errorf("bad %s %q: %w", what, v, dm.ErrBadMessage)
+			return fmt.Errorf("bad %s %q (want a duration such as 5s or 500ms)", what, v)
 		}
 		*to = d
 		return nil
@@ -64,10 +64,10 @@ func (s CheckerSettings) MapConfig() (multipath.MapConfig, error) {
 	}
 	var err error
 	if c.NoPathRetry, err = multipath.ParseNoPathRetry(s.NoPathRetry); err != nil {
-		return c, fmt.Errorf("bad no_path_retry %q: %w", s.NoPathRetry, dm.ErrBadMessage)
+		return c, fmt.Errorf("bad no_path_retry %q (fail, queue, or a number of checks)", s.NoPathRetry)
 	}
 	if c.Failback, err = multipath.ParseFailback(s.Failback); err != nil {
-		return c, fmt.Errorf("bad failback %q: %w", s.Failback, dm.ErrBadMessage)
+		return c, fmt.Errorf("bad failback %q (manual, immediate, followover, or seconds)", s.Failback)
 	}
 	return c, nil
 }

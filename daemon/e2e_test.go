@@ -1,0 +1,510 @@
+package daemon_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"udm/internal/testutil"
+)
+
+// fioProc is fio running in the background.
+type fioProc struct {
+	cmd  *exec.Cmd
+	out  *syncBuf
+	done chan struct{}
+	err  error
+}
+
+func startFio(t *testing.T, args ...string) *fioProc {
+	t.Helper()
+	fio := testutil.RequireTool(t, "fio")
+	f := &fioProc{out: &syncBuf{}, done: make(chan struct{})}
+	f.cmd = exec.Command(fio, args...)
+	f.cmd.Dir = t.TempDir() // anything fio leaves behind goes there
+	f.cmd.Stdout, f.cmd.Stderr = f.out, f.out
+	if err := f.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		f.err = f.cmd.Wait()
+		close(f.done)
+	}()
+	t.Cleanup(func() {
+		if !f.exited() {
+			f.cmd.Process.Kill()
+			<-f.done
+		}
+	})
+	return f
+}
+
+func (f *fioProc) exited() bool {
+	select {
+	case <-f.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// wait waits for fio and checks it exited 0 with no I/O or verify error.
+func (f *fioProc) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case <-f.done:
+	case <-time.After(3 * safety):
+		t.Fatalf("fio did not finish:\n%s", f.out)
+	}
+	out := f.out.String()
+	if f.err != nil {
+		t.Fatalf("fio: %v\n%s", f.err, out)
+	}
+	if !regexp.MustCompile(`err= *0\b`).MatchString(out) || regexp.MustCompile(`err= *[1-9]`).MatchString(out) {
+		t.Fatalf("fio reported errors:\n%s", out)
+	}
+	if strings.Contains(out, "verify:") && strings.Contains(out, "bad") {
+		t.Fatalf("fio verification failed:\n%s", out)
+	}
+}
+
+// scrape reads one sample from the daemon's metrics endpoint (-1 if it is
+// missing).
+func scrape(t *testing.T, addr, metric string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if rest, ok := strings.CutPrefix(line, metric+" "); ok {
+			v, err := strconv.ParseFloat(rest, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", line, err)
+			}
+			return v
+		}
+	}
+	return -1
+}
+
+// TestSeedScenario is the seed's scenario through NBD: a multipath device
+// with queue_if_no_path over two paths; fio writing with verify; both
+// paths fail; a noflush suspend; a table with a new path is loaded and
+// the device resumed; fio finishes with no error and its data verifies.
+// The three path names are hard links to one file: three routes to the
+// same disk.
+func TestSeedScenario(t *testing.T) {
+	testutil.RequireTool(t, "fio")
+	u := startUDM(t, t.TempDir(), "--no-demo", "--metrics", "127.0.0.1:0")
+	dir := shmDir(t)
+	const size = 256 << 20
+	p0 := backing(t, dir, "path0", size)
+	p1, p2 := filepath.Join(dir, "path1"), filepath.Join(dir, "path2")
+	for _, p := range []string{p1, p2} {
+		if err := os.Link(p0, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sectors := size >> 9
+	u.ok("create", "mp", "--table", fmt.Sprintf("0 %d multipath 1 queue_if_no_path 0 1 1 round-robin 0 2 1 %s 1 %s 1", sectors, p0, p1))
+
+	fio := startFio(t, "--name=seed", "--ioengine=nbd", "--uri="+u.nbdURI("mp"), "--rw=randwrite", "--bs=4k",
+		"--iodepth=16", fmt.Sprintf("--size=%d", size), "--verify=crc32c", "--verify_state_save=0", "--do_verify=1",
+		"--verify_fatal=1")
+	metrics := u.info.Metrics
+	writes := func() float64 { return scrape(t, metrics, `udm_device_io_total{device="mp",op="write"}`) }
+	eventually(t, "fio to write through both paths", func() bool { return writes() >= 2000 || fio.exited() })
+	if fio.exited() {
+		t.Fatalf("fio finished before the paths failed (make the job larger):\n%s", fio.out)
+	}
+
+	// Both paths fail: I/O queues in the target.
+	u.ok("fail", "path", p0)
+	u.ok("fail", "path", p1)
+	if got := u.ok("status", "mp"); !strings.Contains(got, p0+" F 1 ") || !strings.Contains(got, p1+" F 1 ") {
+		t.Fatalf("status with both paths failed: %q", got)
+	}
+	eventually(t, "I/O to queue in the target", func() bool {
+		return scrape(t, metrics, `udm_multipath_queued{device="mp"}`) > 0
+	})
+	before := writes()
+
+	// The operator's repair: suspend without flushing (held I/O is pushed
+	// back, not failed), load a table with a new path, resume.
+	u.ok("suspend", "--noflush", "mp")
+	if got := u.ok("info", "mp"); !strings.Contains(got, "State:             SUSPENDED\n") {
+		t.Fatalf("info after suspend:\n%s", got)
+	}
+	if scrape(t, metrics, `udm_device_deferred{device="mp"}`) <= 0 {
+		t.Fatal("no I/O was pushed back and deferred across the suspend")
+	}
+	if scrape(t, metrics, `udm_device_suspended{device="mp"}`) != 1 {
+		t.Fatal("metrics don't show the device suspended")
+	}
+	newTable := fmt.Sprintf("0 %d multipath 1 queue_if_no_path 0 1 1 round-robin 0 1 1 %s 1", sectors, p2)
+	u.ok("load", "mp", "--table", newTable)
+	u.ok("resume", "mp")
+	if got := u.ok("table", "mp"); got != newTable+" \n" {
+		t.Fatalf("table after resume: %q", got)
+	}
+
+	fio.wait(t)
+	if got := writes(); got <= before {
+		t.Fatalf("no write ended after the repair (%v before, %v after)", before, got)
+	}
+	if n := scrape(t, metrics, `udm_device_errors_total{device="mp"}`); n != 0 {
+		t.Fatalf("%v bios ended in error", n)
+	}
+	if n := scrape(t, metrics, `udm_device_pushbacks_total{device="mp"}`); n <= 0 {
+		t.Fatalf("pushbacks_total = %v after a noflush suspend with queued I/O", n)
+	}
+	if got := u.ok("status", "mp"); !strings.Contains(got, p2+" A 0 ") {
+		t.Fatalf("status after the repair: %q", got)
+	}
+	// One log line for each step of the drill.
+	logs := u.stderr.String()
+	for _, msg := range []string{`"message":"path failed"`, `"message":"device suspended"`,
+		`"message":"table loaded (inactive)"`, `"message":"table swapped"`, `"message":"device resumed"`} {
+		if !strings.Contains(logs, msg) {
+			t.Errorf("no %s log line", msg)
+		}
+	}
+	u.stop()
+}
+
+// TestRestart creates devices of every kind of state, kills the daemon
+// with SIGKILL, starts it again on the same state dir, and finds the
+// devices and their data as they were. A corrupt state file is set aside
+// and reported, and the other devices come back.
+func TestRestart(t *testing.T) {
+	u := startUDM(t, t.TempDir(), "--no-demo")
+	dir := shmDir(t)
+	a := backing(t, dir, "a", 8<<20)
+	b := backing(t, dir, "b", 8<<20)
+	bl := filepath.Join(dir, "b-link")
+	if err := os.Link(b, bl); err != nil {
+		t.Fatal(err)
+	}
+	u.ok("create", "lin", "--table", "0 16384 linear "+a+" 0", "--uuid", "UDM-lin")
+	u.ok("create", "top", "--table", "0 8192 linear /dev/mapper/lin 8192") // stacked: restored after lin
+	u.ok("create", "susp", "--table", "0 2048 zero")
+	u.ok("suspend", "susp")
+	u.ok("create", "inact", "--table", "0 2048 zero")
+	u.ok("load", "inact", "--table", "0 4096 error")
+	u.ok("create", "ro", "--table", "0 2048 zero", "-r")
+	u.ok("create", "mp", "--table", "0 16384 multipath 1 queue_if_no_path 0 1 1 round-robin 0 2 1 "+b+" 1 "+bl+" 1")
+	u.ok("checker", "mp", "polling_interval=1s", "no_path_retry=queue")
+	u.ok("fail", "path", bl)
+	u.ok("create", "empty", "--table-file", writeFile(t, "# no targets\n"))
+
+	// Data through NBD, on the plain and the stacked device.
+	ctx := context.Background()
+	data := func(seed byte, n int) []byte {
+		p := make([]byte, n)
+		for i := range p {
+			p[i] = seed + byte(i%251)
+		}
+		return p
+	}
+	for _, w := range []struct {
+		dev  string
+		off  int64
+		seed byte
+	}{{"lin", 0, 1}, {"top", 4096, 2}, {"mp", 65536, 3}} {
+		cl := dialNBD(t, u.nbdURI(w.dev))
+		if err := cl.WriteAt(ctx, data(w.seed, 65536), w.off, true); err != nil {
+			t.Fatalf("write %s: %v", w.dev, err)
+		}
+		cl.Close()
+	}
+
+	// A state file that is not JSON, beside the good ones.
+	devices := filepath.Join(u.stateDir, "devices")
+	if err := os.WriteFile(filepath.Join(devices, "broken.json"), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	snapshot := func() map[string]string {
+		m := map[string]string{}
+		for _, verb := range []string{"ls", "table", "status", "info"} {
+			m[verb] = u.ok(verb)
+		}
+		m["inactive"] = u.ok("table", "--inactive", "inact")
+		m["checker"] = u.ok("checker", "mp")
+		// The time to the next check moves; an operator-failed path is
+		// not checked after a restart (its checker stays paused).
+		paths := regexp.MustCompile(`\d+(\.\d+)?(ms|s|µs)`).ReplaceAllString(u.ok("show", "paths"), "T")
+		m["paths"] = regexp.MustCompile(`(ready|undef) \(operator\)`).ReplaceAllString(paths, "? (operator)")
+		// Event numbers count events since the daemon started.
+		m["info"] = regexp.MustCompile(`Event number: +\d+`).ReplaceAllString(m["info"], "Event number: N")
+		return m
+	}
+	before := snapshot()
+	u.kill9()
+	u.restart()
+	for _, want := range []string{"Name:              susp\nState:             SUSPENDED\n", "Name:              inact\nState:             ACTIVE\nTables present:    LIVE & INACTIVE\n",
+		"Name:              ro\nState:             ACTIVE (READ-ONLY)\n", "Name:              empty\nState:             ACTIVE\nTables present:    None\n"} {
+		if info := u.ok("info"); !strings.Contains(info, want) {
+			t.Errorf("info after restart lacks %q:\n%s", want, info)
+		}
+	}
+	if !regexp.MustCompile(regexp.QuoteMeta(bl) + ` +1 +failed +\S+ \(operator\) +1 `).MatchString(u.ok("show", "paths")) {
+		t.Errorf("the operator-failed path is not failed after restart:\n%s", u.ok("show", "paths"))
+	}
+	for _, w := range []struct {
+		dev  string
+		off  int64
+		seed byte
+	}{{"lin", 0, 1}, {"top", 4096, 2}, {"mp", 65536, 3}} {
+		cl := dialNBD(t, u.nbdURI(w.dev))
+		got := make([]byte, 65536)
+		if err := cl.ReadAt(ctx, got, w.off); err != nil {
+			t.Fatalf("read %s after restart: %v", w.dev, err)
+		}
+		if string(got) != string(data(w.seed, 65536)) {
+			t.Fatalf("%s: data differs after restart", w.dev)
+		}
+		cl.Close()
+	}
+	// Compared after the reads: multipath picks its group lazily, at the
+	// first I/O, and status shows it.
+	after := snapshot()
+	for k, v := range before {
+		if after[k] != v {
+			t.Errorf("%s after restart:\n%s\nbefore:\n%s", k, after[k], v)
+		}
+	}
+	// The stacked write landed in lin at 8192 sectors + 4096 bytes.
+	cl := dialNBD(t, u.nbdURI("lin"))
+	got := make([]byte, 65536)
+	if err := cl.ReadAt(ctx, got, 8192*512+4096); err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(data(2, 65536)) {
+		t.Fatal("top's data is not in lin where its table maps it")
+	}
+	cl.Close()
+
+	// The corrupt file was set aside (kept) and reported.
+	kept, _ := filepath.Glob(filepath.Join(devices, "broken.json.corrupt-*"))
+	if len(kept) != 1 {
+		t.Fatalf("corrupt state file not set aside: %v", kept)
+	}
+	if _, err := os.Stat(filepath.Join(devices, "broken.json")); !os.IsNotExist(err) {
+		t.Fatalf("corrupt state file still in place: %v", err)
+	}
+	if logs := u.stderr.String(); !strings.Contains(logs, "corrupt state file set aside") || !strings.Contains(logs, "broken.json") {
+		t.Fatalf("no log line about the corrupt state file:\n%s", logs)
+	}
+
+	// A state file whose table no longer loads is set aside too.
+	u.stop()
+	if err := os.Remove(a); err != nil { // lin's backing file is gone
+		t.Fatal(err)
+	}
+	u.restart()
+	ls := u.ok("ls")
+	if strings.Contains(ls, "lin\n") || strings.Contains(ls, "top\n") {
+		t.Fatalf("devices over a missing file came back:\n%s", ls)
+	}
+	if !strings.Contains(ls, "susp\n") || !strings.Contains(ls, "mp\n") {
+		t.Fatalf("the other devices did not come back:\n%s", ls)
+	}
+	for _, n := range []string{"lin", "top"} {
+		if kept, _ := filepath.Glob(filepath.Join(devices, n+".json.corrupt-*")); len(kept) != 1 {
+			t.Errorf("%s's state was not set aside: %v", n, kept)
+		}
+	}
+}
+
+// TestShutdown: SIGTERM lets NBD requests in flight finish and exits 0;
+// a second signal exits at once, even while requests can't finish.
+func TestShutdown(t *testing.T) {
+	t.Run("graceful", func(t *testing.T) {
+		u := startUDM(t, t.TempDir(), "--no-demo")
+		dir := shmDir(t)
+		a := backing(t, dir, "a", 64<<20)
+		u.ok("create", "d", "--table", "0 131072 linear "+a+" 0")
+		cl := dialNBD(t, u.nbdURI("d"))
+		var wg sync.WaitGroup
+		var ok, failed int64
+		var mu sync.Mutex
+		stop := make(chan struct{})
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				buf := make([]byte, 65536)
+				for off := int64(i) * 65536; ; off = (off + 8*65536) % (64 << 20) {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					err := cl.WriteAt(context.Background(), buf, off, false)
+					mu.Lock()
+					if err != nil {
+						failed++
+					} else {
+						ok++
+					}
+					mu.Unlock()
+					if err != nil {
+						return
+					}
+				}
+			}(i)
+		}
+		eventually(t, "writes to flow", func() bool { mu.Lock(); defer mu.Unlock(); return ok > 50 })
+		u.cmd.Process.Signal(syscall.SIGTERM)
+		if code := u.exitCode(); code != 0 {
+			t.Fatalf("exit %d after SIGTERM with I/O in flight\n%s", code, u.stderr)
+		}
+		close(stop)
+		cl.Close()
+		wg.Wait()
+		logs := u.stderr.String()
+		for _, want := range []string{`"message":"shutting down"`, `"message":"stopped"`} {
+			if !strings.Contains(logs, want) {
+				t.Errorf("no %s log line", want)
+			}
+		}
+		if _, err := os.Stat(u.sock); !os.IsNotExist(err) {
+			t.Errorf("control socket left behind: %v", err)
+		}
+		// It comes back with its device.
+		u.restart()
+		if got := u.ok("ls"); got != "d\n" {
+			t.Fatalf("ls after restart: %q", got)
+		}
+	})
+
+	t.Run("second-signal", func(t *testing.T) {
+		u := startUDM(t, t.TempDir(), "--no-demo")
+		dir := shmDir(t)
+		a := backing(t, dir, "a", 8<<20)
+		u.ok("create", "mp", "--table", "0 16384 multipath 1 queue_if_no_path 0 1 1 round-robin 0 1 1 "+a+" 1")
+		u.ok("fail", "path", a)
+		cl := dialNBD(t, u.nbdURI("mp"))
+		held := make(chan error, 1)
+		go func() { held <- cl.WriteAt(context.Background(), make([]byte, 4096), 0, false) }()
+		eventually(t, "the write to queue", func() bool { return strings.Contains(u.ok("show", "maps"), "mp") && queued(u.ok("show", "topology")) })
+		u.cmd.Process.Signal(syscall.SIGTERM)
+		eventually(t, "shutdown to start", func() bool { return strings.Contains(u.stderr.String(), `"message":"shutting down"`) })
+		// The held write keeps the NBD shutdown waiting; a second
+		// signal ends it.
+		u.cmd.Process.Signal(syscall.SIGTERM)
+		if code := u.exitCode(); code != 1 {
+			t.Fatalf("exit %d after a second signal, want 1\n%s", code, u.stderr)
+		}
+		cl.Close()
+		<-held
+	})
+}
+
+// queued reports whether show topology shows held I/O.
+func queued(topo string) bool {
+	m := regexp.MustCompile(`queued=(\d+)`).FindStringSubmatch(topo)
+	return m != nil && m[1] != "0"
+}
+
+// TestMakeRun is what `make run` does on a fresh checkout: serve the demo
+// on an empty state dir. The printed fio command works (at the port the
+// daemon bound), and so do nbdinfo and qemu-io.
+func TestMakeRun(t *testing.T) {
+	testutil.RequireTool(t, "fio")
+	state := filepath.Join(t.TempDir(), "state") // does not exist yet
+	u := startUDM(t, state, "--metrics", "127.0.0.1:0")
+	eventually(t, "the demo instructions", func() bool { return strings.Contains(u.stdout.String(), "nbdinfo ") })
+	out := u.stdout.String()
+	uri := u.nbdURI("demo")
+	if !strings.Contains(out, "at "+uri+"\n") {
+		t.Fatalf("udm serve does not say where the demo is (%s):\n%s", uri, out)
+	}
+	if got := u.ok("ls"); got != "demo\n" {
+		t.Fatalf("ls: %q", got)
+	}
+	p0, p1 := filepath.Join(state, "demo-path0.img"), filepath.Join(state, "demo-path1.img")
+	wantTable := "0 2097152 multipath 1 queue_if_no_path 0 1 1 round-robin 0 2 1 " + p0 + " 1 " + p1 + " 1 \n"
+	if got := u.ok("table", "demo"); got != wantTable {
+		t.Fatalf("demo table:\n%q\nwant\n%q", got, wantTable)
+	}
+	s0, err := os.Stat(p0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s1, err := os.Stat(p1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(s0, s1) || s0.Size() != 1<<30 {
+		t.Fatalf("the demo's paths are not one 1 GiB file under two names: %v %v", s0, s1)
+	}
+
+	for _, tool := range []string{"fio", "qemu-io", "nbdinfo"} {
+		line := ""
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(strings.TrimSpace(l), tool+" ") {
+				line = strings.TrimSpace(l)
+			}
+		}
+		if line == "" {
+			t.Fatalf("no %s command printed:\n%s", tool, out)
+		}
+		testutil.RequireTool(t, tool)
+		cmd := exec.Command("sh", "-c", line)
+		cmd.Dir = t.TempDir()
+		res, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", line, err, res)
+		}
+		switch tool {
+		case "fio":
+			if !regexp.MustCompile(`err= *0\b`).Match(res) || regexp.MustCompile(`err= *[1-9]`).Match(res) {
+				t.Fatalf("fio:\n%s", res)
+			}
+		case "nbdinfo":
+			if !strings.Contains(string(res), "1073741824") {
+				t.Fatalf("nbdinfo does not report 1 GiB:\n%s", res)
+			}
+		case "qemu-io":
+			if strings.Contains(string(res), "Pattern verification failed") {
+				t.Fatalf("qemu-io:\n%s", res)
+			}
+		}
+	}
+	if n := scrape(t, u.info.Metrics, `udm_device_errors_total{device="demo"}`); n != 0 {
+		t.Fatalf("%v errors on the demo device", n)
+	}
+	// Both paths carried I/O and neither failed.
+	topo := u.ok("show", "topology")
+	if strings.Count(topo, "active ready fail_count=0") != 2 {
+		t.Fatalf("demo topology after the workloads:\n%s", topo)
+	}
+	u.stop()
+
+	// A second start does not make the demo again, but still says how
+	// to reach it.
+	u.restart()
+	eventually(t, "the demo instructions", func() bool { return strings.Contains(u.stdout.String(), "nbdinfo ") })
+	if got := u.ok("ls"); got != "demo\n" {
+		t.Fatalf("ls after restart: %q", got)
+	}
+	u.stop()
+}

@@ -1,0 +1,312 @@
+package daemon_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"udm/daemon"
+)
+
+// These tests run the real binary: TestMain builds cmd/udm once, each
+// test starts `udm serve` as a subprocess with its own state dir, control
+// socket and ports (TCP port 0: the daemon reports what it bound), and
+// drives it with the CLI as an operator would.
+
+var udmBin string
+
+// safety bounds waits for things that must happen; no test asserts on
+// timing.
+const safety = 60 * time.Second
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "udm-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	udmBin = filepath.Join(dir, "udm")
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(goBin); err != nil {
+		goBin = "go"
+	}
+	if out, err := exec.Command(goBin, "build", "-o", udmBin, "udm/cmd/udm").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building udm: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// syncBuf is a bytes.Buffer safe for a writer goroutine and readers.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// udmd is one `udm serve` subprocess.
+type udmd struct {
+	t        *testing.T
+	stateDir string
+	sock     string // control socket
+	nbdUnix  string
+	args     []string
+	cmd      *exec.Cmd
+	stdout   *syncBuf
+	stderr   *syncBuf
+	done     chan struct{}
+	waitErr  error
+	info     daemon.DaemonInfo
+}
+
+// sockDir returns a short directory for Unix sockets (their paths are
+// limited to 108 bytes; test temp dirs can be long).
+func sockDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "udm-s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// startUDM starts a daemon on stateDir, with NBD on a free loopback port
+// and a Unix socket, no metrics and no demo unless extra says otherwise.
+func startUDM(t *testing.T, stateDir string, extra ...string) *udmd {
+	t.Helper()
+	sd := sockDir(t)
+	u := &udmd{t: t, stateDir: stateDir, sock: filepath.Join(sd, "c.sock"), nbdUnix: filepath.Join(sd, "n.sock")}
+	u.args = append([]string{"serve", "--state-dir", stateDir, "--control", u.sock, "--nbd", "127.0.0.1:0",
+		"--nbd-unix", u.nbdUnix, "--loops", "2", "--log-level", "debug"}, extra...)
+	u.start()
+	t.Cleanup(func() {
+		if u.running() {
+			u.cmd.Process.Kill()
+			<-u.done
+		}
+		if t.Failed() {
+			t.Logf("daemon log (%s):\n%s", u.stateDir, u.stderr.String())
+		}
+	})
+	return u
+}
+
+func (u *udmd) start() {
+	t := u.t
+	t.Helper()
+	u.stdout, u.stderr = &syncBuf{}, &syncBuf{}
+	u.cmd = exec.Command(udmBin, u.args...)
+	u.cmd.Stdout, u.cmd.Stderr = u.stdout, u.stderr
+	u.cmd.Env = append(os.Environ(), "UDM_SOCKET=/nonexistent/never-used.sock")
+	if err := u.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	u.done = make(chan struct{})
+	go func() {
+		u.waitErr = u.cmd.Wait()
+		close(u.done)
+	}()
+	c := daemon.NewClient(u.sock)
+	deadline := time.Now().Add(safety)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		info, err := c.Daemon(ctx)
+		cancel()
+		if err == nil {
+			u.info = info
+			return
+		}
+		select {
+		case <-u.done:
+			t.Fatalf("udm serve exited (%v) before answering:\n%s%s", u.waitErr, u.stdout, u.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("udm serve did not answer on %s: %v\n%s", u.sock, err, u.stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (u *udmd) running() bool {
+	select {
+	case <-u.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// exitCode waits for the daemon to exit and returns its status.
+func (u *udmd) exitCode() int {
+	u.t.Helper()
+	select {
+	case <-u.done:
+	case <-time.After(safety):
+		u.t.Fatalf("udm serve did not exit\n%s", u.stderr)
+	}
+	var ee *exec.ExitError
+	if errors.As(u.waitErr, &ee) {
+		return ee.ExitCode()
+	}
+	if u.waitErr != nil {
+		u.t.Fatal(u.waitErr)
+	}
+	return 0
+}
+
+// stop sends SIGTERM and expects a clean exit.
+func (u *udmd) stop() {
+	u.t.Helper()
+	u.cmd.Process.Signal(syscall.SIGTERM)
+	if code := u.exitCode(); code != 0 {
+		u.t.Fatalf("udm serve exited %d after SIGTERM\n%s", code, u.stderr)
+	}
+}
+
+// kill9 kills the daemon as a crash would.
+func (u *udmd) kill9() {
+	u.t.Helper()
+	u.cmd.Process.Signal(syscall.SIGKILL)
+	u.exitCode()
+}
+
+// restart starts the daemon again with the same arguments.
+func (u *udmd) restart() {
+	u.t.Helper()
+	if u.running() {
+		u.t.Fatal("restart of a running daemon")
+	}
+	u.start()
+}
+
+func (u *udmd) nbdURI(export string) string { return "nbd://" + u.info.NBD + "/" + export }
+
+func (u *udmd) nbdUnixURI(export string) string {
+	return "nbd+unix:///" + export + "?socket=" + u.nbdUnix
+}
+
+// result is what one CLI run printed.
+type result struct {
+	out, err string
+	code     int
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.out, r.err)
+}
+
+// udm runs the CLI against u (through $UDM_SOCKET).
+func (u *udmd) udm(args ...string) result {
+	u.t.Helper()
+	return runUDM(u.t, []string{"UDM_SOCKET=" + u.sock}, "", args...)
+}
+
+// udmIn is udm with standard input.
+func (u *udmd) udmIn(stdin string, args ...string) result {
+	u.t.Helper()
+	return runUDM(u.t, []string{"UDM_SOCKET=" + u.sock}, stdin, args...)
+}
+
+// ok runs the CLI and fails the test unless it exits 0 with nothing on
+// stderr; it returns stdout.
+func (u *udmd) ok(args ...string) string {
+	u.t.Helper()
+	r := u.udm(args...)
+	if r.code != 0 || r.err != "" {
+		u.t.Fatalf("udm %s: %s", strings.Join(args, " "), r)
+	}
+	return r.out
+}
+
+func runUDM(t *testing.T, env []string, stdin string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), safety)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, udmBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.Stdin = strings.NewReader(stdin)
+	err := cmd.Run()
+	r := result{out: out.String(), err: errb.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("udm %s: %v", strings.Join(args, " "), err)
+	}
+	return r
+}
+
+// eventually polls cond until it holds (or fails the test after safety).
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(safety)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// backing makes a sparse file of size bytes for a test (on tmpfs, which
+// takes O_DIRECT) and returns its path.
+func backing(t *testing.T, dir, name string, size int64) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// shmDir is a directory on tmpfs (O_DIRECT works there) removed after the
+// test; the test's temp dir if there is no /dev/shm.
+func shmDir(t *testing.T) string {
+	t.Helper()
+	base := "/dev/shm"
+	if st, err := os.Stat(base); err != nil || !st.IsDir() {
+		return t.TempDir()
+	}
+	d, err := os.MkdirTemp(base, "udm-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}

@@ -1,0 +1,265 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"udm/dm"
+	"udm/multipath"
+)
+
+func TestDefaults(t *testing.T) {
+	env := func(kv ...string) func(string) string {
+		m := map[string]string{}
+		for i := 0; i+1 < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return func(k string) string { return m[k] }
+	}
+	for _, tc := range []struct {
+		name     string
+		uid      int
+		env      func(string) string
+		stateDir string
+		want     Paths
+	}{
+		{"root", 0, env("XDG_RUNTIME_DIR", "/run/user/0", "XDG_STATE_HOME", "/x"), "",
+			Paths{StateDir: "/var/lib/udm", Control: "/run/udm/control.sock", NBDUnix: "/run/udm/nbd.sock"}},
+		{"root with a state dir", 0, env(), "/srv/udm",
+			Paths{StateDir: "/srv/udm", Control: "/run/udm/control.sock", NBDUnix: "/run/udm/nbd.sock"}},
+		{"user with XDG dirs", 1000, env("XDG_RUNTIME_DIR", "/run/user/1000", "XDG_STATE_HOME", "/home/u/.st"), "",
+			Paths{StateDir: "/home/u/.st/udm", Control: "/run/user/1000/udm/control.sock", NBDUnix: "/home/u/.st/udm/nbd.sock"}},
+		{"user without XDG dirs", 1000, env(), "",
+			Paths{StateDir: "/home/u/.local/state/udm", Control: "/home/u/.local/state/udm/control.sock",
+				NBDUnix: "/home/u/.local/state/udm/nbd.sock"}},
+		{"user with a state dir", 1000, env(), "/tmp/s",
+			Paths{StateDir: "/tmp/s", Control: "/tmp/s/control.sock", NBDUnix: "/tmp/s/nbd.sock"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := defaultsFor(tc.uid, tc.env, "/home/u", tc.stateDir)
+			if got.NBD != DefaultNBD || got.Loops < 1 || got.Metrics != "" {
+				t.Fatalf("NBD %q, loops %d, metrics %q", got.NBD, got.Loops, got.Metrics)
+			}
+			got.NBD, got.Loops = "", 0
+			if got != tc.want {
+				t.Fatalf("got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+	t.Setenv(Env, "/x/env.sock")
+	if got := ControlSocket("/x/flag.sock"); got != "/x/flag.sock" {
+		t.Fatalf("flag: %s", got)
+	}
+	if got := ControlSocket(""); got != "/x/env.sock" {
+		t.Fatalf("env: %s", got)
+	}
+	t.Setenv(Env, "")
+	if got := ControlSocket(""); got != Defaults("").Control {
+		t.Fatalf("default: %s", got)
+	}
+}
+
+func TestStore(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "devices")
+	s, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := DeviceState{Name: "a", UUID: "u", Table: "0 8 zero\n", Inactive: "0 16 error\n", Suspended: true, ReadOnly: true,
+		Checker: &CheckerSettings{PollingInterval: "1s", NoPathRetry: "queue"}, FailedPaths: []string{"/p"}}
+	if err := s.Save(st); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save(DeviceState{Name: ".dot", Table: "0 8 zero\n"}); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "a.json"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("state file: %v %v", fi, err)
+	}
+	// Leftovers of a crash mid-write are not states, and are cleaned.
+	if err := os.WriteFile(filepath.Join(dir, ".a.json.tmp-123"), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{
+		"garbage.json":  "{not json",
+		"trailing.json": `{"version":1,"name":"trailing"} {}`,
+		"version.json":  `{"version":99,"name":"version"}`,
+		"noname.json":   `{"version":1}`,
+		"other.json":    `{"version":1,"name":"someone-else"}`,
+		"unknown.json":  `{"version":1,"name":"unknown","tabel":"0 8 zero"}`,
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	states, bad, err := s.LoadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(states) != 2 || states[0].Name != ".dot" || states[1].Name != "a" {
+		t.Fatalf("states: %+v", states)
+	}
+	st.Version = stateVersion
+	if !reflect.DeepEqual(states[1], st) {
+		t.Fatalf("read back %+v\nwant %+v", states[1], st)
+	}
+	if len(bad) != 6 {
+		t.Fatalf("corrupt files: %+v", bad)
+	}
+	now := time.Unix(1700000000, 0)
+	for _, c := range bad {
+		to, err := s.SetAside(c.File, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(to, c.File+".corrupt-1700000000") {
+			t.Fatalf("set aside as %s", to)
+		}
+	}
+	// A second file set aside in the same second gets its own name.
+	os.WriteFile(filepath.Join(dir, "garbage.json"), []byte("x"), 0o600)
+	to, err := s.SetAside(filepath.Join(dir, "garbage.json"), now)
+	if err != nil || !strings.HasSuffix(to, ".corrupt-1700000000.1") {
+		t.Fatalf("second set aside: %s %v", to, err)
+	}
+	s.CleanTemps()
+	if _, err := os.Stat(filepath.Join(dir, ".a.json.tmp-123")); !os.IsNotExist(err) {
+		t.Fatal("temporary file not cleaned")
+	}
+	states, bad, _ = s.LoadAll()
+	if len(states) != 2 || len(bad) != 0 {
+		t.Fatalf("after setting aside: %d states, %d bad", len(states), len(bad))
+	}
+	if err := s.Delete("a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete("a"); err != nil {
+		t.Fatalf("deleting a missing state: %v", err)
+	}
+	states, _, _ = s.LoadAll()
+	if len(states) != 1 {
+		t.Fatalf("after delete: %+v", states)
+	}
+}
+
+func TestRestoreOrder(t *testing.T) {
+	st := func(name, table string) DeviceState { return DeviceState{Name: name, Table: table} }
+	in := []DeviceState{
+		st("a-top", "0 8 linear /dev/mapper/m-mid 0\n"),
+		{Name: "b-inactive-user", Table: "0 8 zero\n", Inactive: "0 8 linear /dev/mapper/z-base 0\n"},
+		st("c-cycle1", "0 8 linear /dev/mapper/c-cycle2 0\n"),
+		st("c-cycle2", "0 8 linear /dev/mapper/c-cycle1 0\n"),
+		st("m-mid", "0 4 linear /dev/mapper/z-base 0\n4 4 linear /dev/mapper/y-base 0\n"),
+		st("orphan", "0 8 linear /dev/mapper/missing 0\n"),
+		st("y-base", "0 8 zero\n"),
+		st("z-base", "0 8 zero\n"),
+	}
+	out := restoreOrder(in)
+	pos := map[string]int{}
+	for i, s := range out {
+		pos[s.Name] = i
+	}
+	if len(out) != len(in) || len(pos) != len(in) {
+		t.Fatalf("lost or duplicated states: %v", out)
+	}
+	for _, dep := range [][2]string{{"z-base", "m-mid"}, {"y-base", "m-mid"}, {"m-mid", "a-top"}, {"z-base", "b-inactive-user"}} {
+		if pos[dep[0]] > pos[dep[1]] {
+			t.Errorf("%s restored after %s: %v", dep[0], dep[1], names(out))
+		}
+	}
+}
+
+func names(s []DeviceState) []string {
+	var out []string
+	for _, x := range s {
+		out = append(out, x.Name)
+	}
+	return out
+}
+
+func TestDescribe(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		name   string
+		status int
+		errno  syscall.Errno
+		msg    string
+	}{
+		{fmt.Errorf("%w: x", dm.ErrNoDevice), "x", http.StatusNotFound, syscall.ENXIO, `device "x" not found`},
+		{dm.ErrBusy, "x", http.StatusConflict, syscall.EBUSY, `device "x" is busy (open; remove -f forces it, --deferred removes it on last close)`},
+		{fmt.Errorf("%w: x", dm.ErrExists), "x", http.StatusConflict, syscall.EEXIST, `device "x" already exists`},
+		{fmt.Errorf("%w %q (line 1: 0 8 frob)", dm.ErrUnknownTarget, "frob"), "x", http.StatusBadRequest, syscall.EINVAL,
+			`bad table: unknown target type "frob" (line 1: 0 8 frob)`},
+		{fmt.Errorf("%w: line 2: gap", dm.ErrInvalidTable), "x", http.StatusBadRequest, syscall.EINVAL, "bad table: line 2: gap"},
+		{dm.ErrSuspended, "x", http.StatusConflict, syscall.EBUSY, `device "x" is suspended`},
+		{fmt.Errorf("%w: %w", dm.ErrInterrupted, errors.New("context canceled")), "x", http.StatusServiceUnavailable, syscall.EINTR,
+			`device "x": suspend interrupted: context canceled`},
+		{multipath.ErrSuspended, "x", http.StatusConflict, syscall.EBUSY, "multipath: device suspended"},
+		{errors.New("something odd"), "x", http.StatusInternalServerError, syscall.EIO, "something odd"},
+		{badRequest("bad %s", "thing"), "", http.StatusBadRequest, syscall.EINVAL, "bad thing"},
+	} {
+		status, errno, msg := describe(tc.err, tc.name)
+		if status != tc.status || errno != tc.errno || msg != tc.msg {
+			t.Errorf("%v: got %d %v %q, want %d %v %q", tc.err, status, errno, msg, tc.status, tc.errno, tc.msg)
+		}
+	}
+}
+
+func TestFormat(t *testing.T) {
+	if got := FormatLines("", []string{"0 8 linear /a 0", "8 8 zero", "16 8 multipath 2 0 0 0 1 1 A 0 1 0 /b A 0 "}); got != "0 8 linear /a 0\n8 8 zero \n16 8 multipath 2 0 0 0 1 1 A 0 1 0 /b A 0 \n" {
+		t.Fatalf("lines: %q", got)
+	}
+	if got := FormatLines("d", []string{"0 8 error"}); got != "d: 0 8 error \n" {
+		t.Fatalf("named: %q", got)
+	}
+	if got := FormatLines("d", nil); got != "d: \n" {
+		t.Fatalf("no table, named: %q", got)
+	}
+	if got := FormatLines("", nil); got != "\n" {
+		t.Fatalf("no table: %q", got)
+	}
+	i := DeviceInfo{Name: "n", State: "SUSPENDED", Suspended: true, ReadOnly: true, Inactive: true, OpenCount: 2, EventNr: 7, DeferredRemove: true}
+	want := "Name:              n\nState:             SUSPENDED (READ-ONLY) (DEFERRED REMOVE)\nTables present:    INACTIVE\n" +
+		"Open count:        2\nEvent number:      7\nNumber of targets: 0\n\n"
+	if got := FormatInfo(i); got != want {
+		t.Fatalf("info:\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestCheckerSettings(t *testing.T) {
+	s := CheckerSettings{}
+	for _, kv := range [][2]string{{"polling_interval", "2s"}, {"max_polling_interval", "10s"}, {"check_timeout", "500ms"},
+		{"no_path_retry", "12"}, {"failback", "immediate"}, {"io_deadline", "-1s"}} {
+		if err := s.Set(kv[0], kv[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := s.MapConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PollingInterval != 2*time.Second || c.MaxPollingInterval != 10*time.Second || c.CheckTimeout != 500*time.Millisecond ||
+		c.NoPathRetry != 12 || c.Failback.Mode != multipath.FailbackImmediate || c.IODeadline != -time.Second {
+		t.Fatalf("config: %+v", c)
+	}
+	if err := s.Set("polling", "1s"); err == nil {
+		t.Fatal("unknown setting accepted")
+	}
+	for _, bad := range []CheckerSettings{{PollingInterval: "5"}, {NoPathRetry: "sometimes"}, {Failback: "later"}, {IODeadline: "x"}} {
+		if _, err := bad.MapConfig(); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+	if c, err := (CheckerSettings{}).MapConfig(); err != nil || c != (multipath.MapConfig{}) {
+		t.Fatalf("empty settings: %+v %v", c, err)
+	}
+}
