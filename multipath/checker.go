@@ -443,7 +443,8 @@ type pathEntry struct {
 	operator bool
 	lastErr  string
 	wake     chan struct{}
-	checking atomic.Bool // a read check is outstanding
+	checking atomic.Bool  // a read check is outstanding
+	checks   atomic.Int64 // checks done
 }
 
 func (e *mapEntry) start() {
@@ -456,6 +457,12 @@ func (e *mapEntry) start() {
 		}
 	}
 	e.applyNoPathRetry()
+	// Paths the operator failed stay failed in a new table.
+	for _, pe := range e.paths {
+		if pe.operator {
+			e.t.failPathIdx(pe.idx, "operator", nil)
+		}
+	}
 	if e.cfg.PollingInterval < 0 {
 		return
 	}
@@ -590,6 +597,7 @@ func (e *mapEntry) checkPath(pe *pathEntry) {
 	if e.ctx.Err() != nil {
 		return
 	}
+	defer pe.checks.Add(1)
 	e.opMu.Lock()
 	defer e.opMu.Unlock()
 	st := e.t.state()

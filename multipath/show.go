@@ -48,8 +48,10 @@ type PathStatus struct {
 	Checker string
 	// Operator: failed by hand; the checker leaves it alone.
 	Operator bool
-	// NextCheck is the time to the next check (0 if unknown).
+	// NextCheck is the time to the next check (0 if unknown); Checks
+	// counts the checks done.
 	NextCheck time.Duration
+	Checks    int64
 	LastError string
 	// Info is the selector's per-path status (in-flight I/O or bytes).
 	Info string
@@ -120,6 +122,7 @@ func (c *Checker) Maps() []MapStatus {
 				ps.Checker = pe.state.String()
 				ps.Operator = pe.operator
 				ps.LastError = pe.lastErr
+				ps.Checks = pe.checks.Load()
 				if e.cfg.PollingInterval > 0 {
 					ps.NextCheck = max(pe.next.Sub(now), 0)
 				}
