@@ -99,6 +99,19 @@ func (d *Device) ReadOnly() bool { return d.f.ReadOnly }
 // File exposes the opened file.
 func (d *Device) File() *uring.BlockFile { return d.f }
 
+// IOStats sums the device's I/O counters over the loops that drive it
+// (the I/O that reached the file; clones refused before, such as writes
+// to a read-only file, are not counted).
+func (d *Device) IOStats() dm.IOStatsSnapshot {
+	var s dm.IOStatsSnapshot
+	for i := range d.ports {
+		if p := d.ports[i].Load(); p != nil {
+			s.Add(p.stats.Snapshot())
+		}
+	}
+	return s
+}
+
 // SetIODeadline bounds each later I/O by dl (0: no deadline).
 func (d *Device) SetIODeadline(dl time.Duration) { d.deadline.Store(int64(dl)) }
 
@@ -252,12 +265,14 @@ type port struct {
 	slots []pslot
 	free  int32
 	zero  uring.Buf // zeroes for write-zeroes emulation
+	stats dm.IOStats
 }
 
 type pslot struct {
 	c      *dm.Clone
 	next   int32
 	op     uint8
+	start  int64     // IOStats stamp
 	bounce uring.Buf // for buffers O_DIRECT can't use as they are
 	// write-zeroes emulation: bytes still to write and where.
 	zoff, zleft int64
@@ -284,7 +299,17 @@ func (p *port) alloc(c *dm.Clone, op uint8) int32 {
 	s := &p.slots[i]
 	p.free = s.next
 	s.c, s.op = c, op
+	s.start = p.stats.Start()
 	return i
+}
+
+// end releases slot i and ends its clone with err, counting it in the
+// port's stats.
+func (p *port) end(i int32, err error) {
+	start := p.slots[i].start
+	c := p.release(i)
+	p.stats.Done(c.Op, c.Len, start, err)
+	c.End(err)
 }
 
 func (p *port) release(i int32) *dm.Clone {
@@ -312,7 +337,7 @@ func (p *port) submitSQE(e *uring.SQE, i int32) {
 		_, err = p.l.Submit(e, p, uint64(i))
 	}
 	if err != nil {
-		p.release(i).End(syscall.EIO)
+		p.end(i, syscall.EIO)
 	}
 }
 
@@ -423,43 +448,40 @@ func (p *port) Complete(tag uint64, res int32, _ uint32) {
 	s := &p.slots[i]
 	switch s.op {
 	case pOpRW:
-		c := p.release(i)
+		c := s.c
 		switch {
 		case res < 0:
-			c.End(syscall.Errno(-res))
+			p.end(i, syscall.Errno(-res))
 		case c.Op.HasData() && uint32(res) != c.Len:
 			// Short transfer: the file shrank under us.
-			c.End(syscall.EIO)
+			p.end(i, syscall.EIO)
 		default:
-			c.End(nil)
+			p.end(i, nil)
 		}
 	case pOpDiscard:
-		c := p.release(i)
 		if res == -int32(syscall.EOPNOTSUPP) || res == -int32(syscall.EINVAL) {
 			p.d.noDiscard.Store(true)
 			res = 0
 		}
-		c.End(uring.Errno(res))
+		p.end(i, uring.Errno(res))
 	case pOpZeroRange:
 		if res == -int32(syscall.EOPNOTSUPP) || res == -int32(syscall.EINVAL) {
 			p.d.noZeroRange.Store(true)
 			c := s.c
 			if c.Flags&dm.FastZero != 0 {
-				p.release(i).End(syscall.EOPNOTSUPP)
+				p.end(i, syscall.EOPNOTSUPP)
 				return
 			}
 			p.startZeroWrite(i, int64(c.Sector)<<dm.SectorShift, int64(c.Len))
 			return
 		}
-		c := p.release(i)
-		c.End(uring.Errno(res))
+		p.end(i, uring.Errno(res))
 	case pOpZeroWrite:
 		if res <= 0 {
-			c := p.release(i)
 			if res == 0 {
 				res = -int32(syscall.EIO)
 			}
-			c.End(uring.Errno(res))
+			p.end(i, uring.Errno(res))
 			return
 		}
 		s.zoff += int64(res)
@@ -468,7 +490,7 @@ func (p *port) Complete(tag uint64, res int32, _ uint32) {
 			p.nextZeroWrite(i)
 			return
 		}
-		p.release(i).End(nil)
+		p.end(i, nil)
 	}
 }
 
