@@ -28,6 +28,10 @@ type path struct {
 	idx   int    // in Multipath.paths and the machine
 	group *group
 	rel   int64 // service-time relative throughput
+	// epoch counts reinstatements: an I/O carries the epoch it was sent
+	// in, and its error fails the path only if the path has not been
+	// reinstated since (a late error must not fail a path that came back).
+	epoch atomic.Uint32
 
 	_             [64]byte
 	inflight      atomic.Int64 // I/Os (queue-length, historical-service-time)
@@ -232,8 +236,17 @@ func (g *group) hstCompare(p1, p2 *path, now int64) int {
 	return -1
 }
 
+// A clone's CtxU holds the epoch of its path when it was sent (top 16
+// bits) and, for historical-service-time, when it was sent (nanotime,
+// low 48 bits: 78 hours, differences taken modulo that).
+const (
+	ctxEpochShift = 48
+	ctxTimeMask   = 1<<ctxEpochShift - 1
+)
+
 // start accounts for an I/O submitted on p.
 func (p *path) start(c *dm.Clone) {
+	c.CtxU = uint64(uint16(p.epoch.Load())) << ctxEpochShift
 	switch p.group.kind {
 	case selQueueLength:
 		p.inflight.Add(1)
@@ -241,7 +254,7 @@ func (p *path) start(c *dm.Clone) {
 		p.inflightBytes.Add(int64(c.Len))
 	case selHistorical:
 		p.inflight.Add(1)
-		c.CtxU = uint64(nanotime())
+		c.CtxU |= uint64(nanotime()) & ctxTimeMask
 	}
 }
 
@@ -253,26 +266,32 @@ func (p *path) end(c *dm.Clone) {
 	case selServiceTime:
 		p.inflightBytes.Add(-int64(c.Len))
 	case selHistorical:
-		p.hstEnd(int64(c.CtxU))
+		p.hstEnd(c.CtxU & ctxTimeMask)
 		p.inflight.Add(-1)
 	}
+}
+
+// current reports whether an I/O with ctx (its CtxU) was sent in the
+// path's current epoch.
+func (p *path) current(ctx uint64) bool {
+	return uint16(ctx>>ctxEpochShift) == uint16(p.epoch.Load())
 }
 
 // hstEnd folds one service time into the path's average (the kernel's
 // hst_end_io; the read-modify-writes are separate atomics, so two
 // completions racing may drop one sample, which only blurs an average).
-func (p *path) hstEnd(startNs int64) {
+func (p *path) hstEnd(start uint64) {
 	now := nanotime()
-	if lf := p.lastFinish.Load(); lf > startNs {
+	// Times are compared modulo 2^48 ns (CtxU keeps 48 bits).
+	st := (uint64(now) - start) & ctxTimeMask
+	if lf := p.lastFinish.Load(); lf > 0 {
 		// A request finished after this one was sent: count the time
 		// as if they were served one after the other.
-		startNs = lf
+		if since := (uint64(now) - uint64(lf)) & ctxTimeMask; since < st {
+			st = since
+		}
 	}
 	p.lastFinish.Store(now)
-	var st uint64
-	if now > startNs {
-		st = uint64(now - startNs)
-	}
 	g := p.group
 	bucket := min(st>>hstBucketShift, hstWeightCount-1)
 	w := g.weights[bucket]

@@ -240,7 +240,7 @@ func (t *Multipath) EndIO(c *dm.Clone, err error) (dm.EndIOResult, error) {
 	if err == nil || !IsPathError(err, c.Canceled()) {
 		return dm.EndIODone, err
 	}
-	if p != nil {
+	if p != nil && p.current(c.CtxU) {
 		t.failPath(p.idx, "I/O error", err, true)
 	}
 	if ex := c.Exec(); ex != nil {
@@ -272,8 +272,7 @@ func (t *Multipath) failPath(i int, cause string, err error, fromIO bool) {
 		t.mu.Unlock()
 		return
 	}
-	t.publishLocked()
-	held := t.takeHeldLocked(acts)
+	held := t.applyLocked(acts)
 	t.mu.Unlock()
 	t.act(acts, held, cause, err)
 	if w := t.watch.Load(); w != nil && fromIO {
@@ -289,22 +288,27 @@ func (t *Multipath) reinstatePath(i int, cause string) {
 		t.mu.Unlock()
 		return
 	}
-	t.publishLocked()
-	held := t.takeHeldLocked(acts)
+	held := t.applyLocked(acts)
 	t.mu.Unlock()
 	t.act(acts, held, cause, nil)
 }
 
-// takeHeldLocked takes the held clones if acts ask to process them.
-func (t *Multipath) takeHeldLocked(acts []Action) []*dm.Clone {
+// applyLocked follows a machine change: a reinstated path starts a new
+// epoch, the snapshot is published, and the held clones are taken if
+// the actions ask to process them (the caller maps them, unlocked).
+func (t *Multipath) applyLocked(acts []Action) []*dm.Clone {
+	var held []*dm.Clone
 	for _, a := range acts {
-		if a.Kind == ActProcessQueue {
-			held := t.mu.held
+		switch a.Kind {
+		case ActPathReinstated:
+			t.paths[a.Path].epoch.Add(1)
+		case ActProcessQueue:
+			held = t.mu.held
 			t.mu.held = nil
-			return held
 		}
 	}
-	return nil
+	t.publishLocked()
+	return held
 }
 
 // act carries out a machine's actions, with mu not held.
@@ -369,8 +373,7 @@ func (t *Multipath) Message(args []string) (string, error) {
 		t.mu.Unlock()
 		return "", err
 	}
-	t.publishLocked()
-	held := t.takeHeldLocked(acts)
+	held := t.applyLocked(acts)
 	t.mu.Unlock()
 	t.act(acts, held, "message", nil)
 	return "", nil
@@ -410,8 +413,7 @@ func (t *Multipath) resolve(dev string) []int {
 func (t *Multipath) PreSuspend() {
 	t.mu.Lock()
 	acts := t.mu.m.PreSuspend()
-	t.publishLocked()
-	held := t.takeHeldLocked(acts)
+	held := t.applyLocked(acts)
 	t.mu.Unlock()
 	t.act(acts, held, "presuspend", nil)
 }

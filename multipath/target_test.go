@@ -543,8 +543,39 @@ func TestHstCompare(t *testing.T) {
 	// The average moves towards what completions take.
 	p := mk(0, 1, 0)
 	start := nanotime()
-	p.hstEnd(start - int64(time.Millisecond))
+	p.hstEnd(uint64(start-int64(time.Millisecond)) & ctxTimeMask)
 	if h := p.hst.Load() >> hstFixedShift; h == 0 || h > uint64(time.Second) {
 		t.Fatalf("average %d ns after a 1 ms completion", h)
 	}
+}
+
+// An error from an I/O sent before a path was reinstated (a hung I/O
+// whose deadline fires late) does not fail the path again; the I/O is
+// still retried.
+func TestStaleErrorKeepsReinstatedPath(t *testing.T) {
+	forExecs(t, func(t *testing.T, kind string) {
+		f := newMemFix(t, "0 0 1 1 round-robin 0 2 1 a 1 b 1", envConfig{})
+		a := f.paths[0]
+		f.mustMsg("mp", "fail_path", "b")
+		a.Hang(true)
+		x := f.io(kind, dm.OpWrite, 0, pattern(1, 4*kib))
+		eventually(t, "x on a", func() bool { return a.Held() == 1 })
+		a.Hang(false)
+		f.mustMsg("mp", "reinstate_path", "b")
+		f.mustMsg("mp", "fail_path", "a")
+		f.mustMsg("mp", "reinstate_path", "a")
+		a.ReleaseErr(syscall.EIO)
+		mustErrno(t, "x", x.wait(t), 0)
+		if st := f.status("mp"); !strings.HasSuffix(st, "a A 1 b A 1 ") {
+			t.Fatalf("status %q: the stale error failed a", st)
+		}
+		// A fresh error still fails it.
+		a.FailNext(1, syscall.EIO)
+		for a.IOs() < 2 {
+			mustErrno(t, "write", f.io(kind, dm.OpWrite, 0, pattern(2, 4*kib)).wait(t), 0)
+		}
+		if st := f.status("mp"); !strings.HasSuffix(st, "a F 2 b A 1 ") {
+			t.Fatalf("status %q", st)
+		}
+	})
 }
