@@ -79,10 +79,11 @@ func (f *fioProc) wait(t *testing.T) {
 	}
 }
 
-// scrape reads one sample from the daemon's metrics endpoint (-1 if it is
-// missing).
+// scrape reads one sample from the daemon's metrics endpoint: metric is
+// NAME{label="value",...} with the labels in any order (-1 if missing).
 func scrape(t *testing.T, addr, metric string) float64 {
 	t.Helper()
+	name, want := parseSample(metric)
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -92,15 +93,48 @@ func scrape(t *testing.T, addr, metric string) float64 {
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if rest, ok := strings.CutPrefix(line, metric+" "); ok {
-			v, err := strconv.ParseFloat(rest, 64)
-			if err != nil {
-				t.Fatalf("metric %s: %v", line, err)
-			}
-			return v
+		if strings.HasPrefix(line, "#") {
+			continue
 		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		n, labels := parseSample(line[:i])
+		if n != name || len(labels) != len(want) {
+			continue
+		}
+		match := true
+		for k, v := range want {
+			if labels[k] != v {
+				match = false
+			}
+		}
+		if !match {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("metric %s: %v", line, err)
+		}
+		return v
 	}
 	return -1
+}
+
+// parseSample splits NAME{a="b",c="d"} (values without commas or quotes).
+func parseSample(s string) (string, map[string]string) {
+	name, rest, ok := strings.Cut(s, "{")
+	labels := map[string]string{}
+	if !ok {
+		return s, labels
+	}
+	for _, kv := range strings.Split(strings.TrimSuffix(rest, "}"), ",") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			labels[k] = strings.Trim(v, `"`)
+		}
+	}
+	return name, labels
 }
 
 // TestSeedScenario is the seed's scenario through NBD: a multipath device
@@ -493,6 +527,29 @@ func TestMakeRun(t *testing.T) {
 		t.Fatalf("%v errors on the demo device", n)
 	}
 	// Both paths carried I/O and neither failed.
+	for _, p := range []string{p0, p1} {
+		for _, m := range []string{
+			`udm_path_io_total{device="demo",path="` + p + `",op="write"}`,
+			`udm_path_io_total{device="demo",path="` + p + `",op="read"}`,
+			`udm_path_latency_seconds_count{device="demo",path="` + p + `",op="read"}`,
+			`udm_path_bytes_total{device="demo",path="` + p + `",op="write"}`,
+			`udm_path_active{device="demo",path="` + p + `",group="1"}`,
+			`udm_path_checker_state{device="demo",path="` + p + `",state="ready"}`,
+		} {
+			if v := scrape(t, u.info.Metrics, m); v <= 0 {
+				t.Errorf("%s = %v", m, v)
+			}
+		}
+		if v := scrape(t, u.info.Metrics, `udm_path_fail_count{device="demo",path="`+p+`",group="1"}`); v != 0 {
+			t.Errorf("path %s failed %v times", p, v)
+		}
+	}
+	for _, m := range []string{`udm_device_latency_seconds_count{device="demo",op="write"}`, `udm_nbd_requests_total`,
+		`udm_loop_cqes_completed_total{loop="0"}`, `udm_device_io_total{device="demo",op="read"}`} {
+		if v := scrape(t, u.info.Metrics, m); v <= 0 {
+			t.Errorf("%s = %v", m, v)
+		}
+	}
 	topo := u.ok("show", "topology")
 	if strings.Count(topo, "active ready fail_count=0") != 2 {
 		t.Fatalf("demo topology after the workloads:\n%s", topo)

@@ -312,10 +312,18 @@ var (
 	mMapValid   = prometheus.NewDesc("udm_multipath_valid_paths", "Active paths of the map.", devLabels, nil)
 	mMapQueue   = prometheus.NewDesc("udm_multipath_queue_if_no_path", "1 if I/O is queued when no path is left.", devLabels, nil)
 	checkStates = []string{"ready", "faulty", "gone", "undef"}
+
+	ioLabels     = []string{"device", "path", "op"}
+	mPathIO      = prometheus.NewDesc("udm_path_io_total", "I/Os that reached the path's device, by class (read, write, other).", ioLabels, nil)
+	mPathBytes   = prometheus.NewDesc("udm_path_bytes_total", "Bytes read or written on the path's device.", ioLabels, nil)
+	mPathErrors  = prometheus.NewDesc("udm_path_errors_total", "I/Os that failed on the path's device.", []string{"device", "path"}, nil)
+	mPathInfl    = prometheus.NewDesc("udm_path_inflight", "I/Os in flight on the path's device.", []string{"device", "path"}, nil)
+	mPathLatency = prometheus.NewDesc("udm_path_latency_seconds", "Latency of I/O on the path's device.", ioLabels, nil)
 )
 
 func (m *mpath) describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{mPathActive, mPathFails, mPathCheck, mPathOper, mMapQueued, mMapValid, mMapQueue} {
+	for _, d := range []*prometheus.Desc{mPathActive, mPathFails, mPathCheck, mPathOper, mMapQueued, mMapValid, mMapQueue,
+		mPathIO, mPathBytes, mPathErrors, mPathInfl, mPathLatency} {
 		ch <- d
 	}
 }
@@ -346,5 +354,37 @@ func (m *mpath) collect(ch chan<- prometheus.Metric) {
 				gauge(mPathOper, b2f(p.Operator), ms.Name, p.Dev)
 			}
 		}
+		m.collectIO(ch, ms.Name)
+	}
+}
+
+// collectIO reports the I/O counters of a map's path devices (those that
+// keep them: files and block devices). A device named by two maps is one
+// device: both report its counters.
+func (m *mpath) collectIO(ch chan<- prometheus.Metric, name string) {
+	t, ok := m.checker.Map(name)
+	if !ok {
+		return
+	}
+	counter := func(desc *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, v, labels...)
+	}
+	seen := map[string]bool{}
+	for i := 0; i < t.NumPaths(); i++ {
+		dev := t.PathName(i)
+		st, ok := t.PathDevice(i).(dm.IOStatser)
+		if !ok || seen[dev] {
+			continue
+		}
+		seen[dev] = true
+		s := st.IOStats()
+		for c, op := range latOps {
+			counter(mPathIO, float64(s.Ops[c]), name, dev, op)
+			ch <- constHistogram(mPathLatency, s.Latency[c], name, dev, op)
+		}
+		counter(mPathBytes, float64(s.ReadBytes), name, dev, "read")
+		counter(mPathBytes, float64(s.WriteBytes), name, dev, "write")
+		counter(mPathErrors, float64(s.Errors), name, dev)
+		ch <- prometheus.MustNewConstMetric(mPathInfl, prometheus.GaugeValue, float64(s.InFlight), name, dev)
 	}
 }
