@@ -79,9 +79,18 @@ type Addrs struct {
 // socket (refusing if another daemon answers there), starts the loops,
 // brings back the devices of the state dir (or makes the demo on a fresh
 // one), and binds the NBD and metrics listeners. Serving starts with Run.
-func New(cfg Config) (d *Daemon, err error) {
+func New(cfg Config) (*Daemon, error) {
+	d := &Daemon{}
+	if err := d.init(cfg); err != nil {
+		d.teardown()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *Daemon) init(cfg Config) (err error) {
 	if cfg.StateDir == "" || cfg.Control == "" {
-		return nil, errors.New("daemon: state dir and control socket are required")
+		return errors.New("daemon: state dir and control socket are required")
 	}
 	if cfg.Loops <= 0 {
 		cfg.Loops = Defaults(cfg.StateDir).Loops
@@ -89,41 +98,36 @@ func New(cfg Config) (d *Daemon, err error) {
 	if cfg.Out == nil {
 		cfg.Out = io.Discard
 	}
-	d = &Daemon{cfg: cfg, log: cfg.Log, started: time.Now()}
+	d.cfg, d.log, d.started = cfg, cfg.Log, time.Now()
 	d.base, d.cancelBase = context.WithCancel(context.Background())
-	defer func() {
-		if err != nil {
-			d.teardown()
-		}
-	}()
 	fresh, err := isFresh(cfg.StateDir)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("state dir: %w", err)
+		return fmt.Errorf("state dir: %w", err)
 	}
 	if d.lock, err = lockDir(cfg.StateDir); err != nil {
-		return nil, err
+		return err
 	}
 	if d.ctlLn, err = listenUnix(cfg.Control, 0o600, "control socket"); err != nil {
-		return nil, err
+		return err
 	}
 	if d.store, err = OpenStore(filepath.Join(cfg.StateDir, "devices")); err != nil {
-		return nil, err
+		return err
 	}
 	d.store.CleanTemps()
 	for i := 0; i < cfg.Loops; i++ {
 		l, err := uring.NewLoop(uring.Config{ID: i, ArenaSize: LoopArena})
 		if err != nil {
-			return nil, fmt.Errorf("loop %d: %w", i, err)
+			return fmt.Errorf("loop %d: %w", i, err)
 		}
 		d.loops = append(d.loops, l)
 	}
 	d.targets = dm.DefaultTargets()
 	d.mp = newMpath(d)
 	if err := d.mp.register(d.targets); err != nil {
-		return nil, err
+		return err
 	}
 	d.reg = dm.NewRegistry(dm.Config{
 		Log:     d.log.With().Str("component", "dm").Logger(),
@@ -141,24 +145,24 @@ func New(cfg Config) (d *Daemon, err error) {
 		Loops:   d.loops,
 		Log:     d.log.With().Str("component", "nbd").Logger(),
 	}); err != nil {
-		return nil, err
+		return err
 	}
 	if cfg.NBD != "" {
 		if d.nbdLn, err = net.Listen("tcp", cfg.NBD); err != nil {
-			return nil, fmt.Errorf("nbd: %w", err)
+			return fmt.Errorf("nbd: %w", err)
 		}
 	}
 	if cfg.NBDUnix != "" {
 		if d.nbdUnixLn, err = listenUnix(cfg.NBDUnix, 0o666, "NBD socket"); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if cfg.Metrics != "" {
 		if d.metricsLn, err = net.Listen("tcp", cfg.Metrics); err != nil {
-			return nil, fmt.Errorf("metrics: %w", err)
+			return fmt.Errorf("metrics: %w", err)
 		}
 	}
-	return d, nil
+	return nil
 }
 
 // opener opens the devices tables name: NBD URIs (nbd://, nbd+unix://)
@@ -242,7 +246,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 // shutdown stops everything in order; see Run.
 func (d *Daemon) shutdown() {
 	d.log.Info().Msg("shutting down")
-	d.cancelBase()
+	d.cancelBase() // ends long waits (udm wait)
 	ctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
 	defer cancel()
 	if d.ctlSrv != nil {
@@ -292,7 +296,9 @@ func (d *Daemon) flushAll(ctx context.Context) {
 // teardown releases what New and Run made. Idempotent.
 func (d *Daemon) teardown() {
 	d.closeOnce.Do(func() {
-		d.cancelBase()
+		if d.cancelBase != nil {
+			d.cancelBase()
+		}
 		for _, ln := range []net.Listener{d.ctlLn, d.nbdLn, d.nbdUnixLn, d.metricsLn} {
 			if ln != nil {
 				ln.Close()

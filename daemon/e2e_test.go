@@ -565,3 +565,36 @@ func TestMakeRun(t *testing.T) {
 	}
 	u.stop()
 }
+
+// TestServeRefuses: a second daemon on the same control socket or the
+// same state dir refuses to start (one line, non-zero exit); a stale
+// socket file left by a crash is taken over.
+func TestServeRefuses(t *testing.T) {
+	u := startUDM(t, t.TempDir(), "--no-demo")
+	serve := func(args ...string) result {
+		return runUDM(t, nil, "", append([]string{"serve", "--nbd", "127.0.0.1:0", "--nbd-unix", "", "--no-demo"}, args...)...)
+	}
+	r := serve("--state-dir", t.TempDir(), "--control", u.sock)
+	if r.code != 1 || !strings.Contains(r.err, "udm: control socket: another daemon is answering on "+u.sock+"\n") {
+		t.Fatalf("second daemon on the same socket: %s", r)
+	}
+	r = serve("--state-dir", u.stateDir, "--control", filepath.Join(sockDir(t), "other.sock"))
+	if r.code != 1 || !strings.Contains(r.err, "udm: another udm daemon uses the state dir "+u.stateDir+"\n") {
+		t.Fatalf("second daemon on the same state dir: %s", r)
+	}
+	// The first is unharmed.
+	u.ok("ls")
+	u.kill9()
+	if _, err := os.Stat(u.sock); err != nil {
+		t.Fatalf("after SIGKILL the socket file should still be there: %v", err)
+	}
+	u.restart() // takes over the stale socket
+	u.ok("ls")
+	if fi, err := os.Stat(u.sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket mode: %v %v", fi, err)
+	}
+	r = serve("--log-level", "loud")
+	if r.code != 2 || !strings.HasPrefix(r.err, "udm: unknown log level") {
+		t.Fatalf("bad log level: %s", r)
+	}
+}
