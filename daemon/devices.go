@@ -76,8 +76,14 @@ func (d *Daemon) create(ctx context.Context, req CreateRequest) (DeviceInfo, err
 			return DeviceInfo{}, err
 		}
 	}
-	d.devLog(req.Name).Info().Str("uuid", req.UUID).Bool("read_only", req.ReadOnly).
-		Str("table", oneLine(req.Table)).Msg("device created")
+	ev := d.devLog(req.Name).Info()
+	if req.UUID != "" {
+		ev = ev.Str("uuid", req.UUID)
+	}
+	if req.ReadOnly {
+		ev = ev.Bool("read_only", true)
+	}
+	ev.Str("table", oneLine(req.Table)).Msg("device created")
 	d.save(dev)
 	return infoOf(dev), nil
 }

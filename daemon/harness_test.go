@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -36,9 +35,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	udmBin = filepath.Join(dir, "udm")
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		goBin = "go"
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
 	}
 	if out, err := exec.Command(goBin, "build", "-o", udmBin, "udm/cmd/udm").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building udm: %v\n%s", err, out)
