@@ -370,3 +370,16 @@ func addrOf(b []byte) uint64 {
 func AddrOf(b []byte) uint64 { return addrOf(b) }
 
 func ptrAddr[T any](p *T) uint64 { return uint64(uintptr(unsafe.Pointer(p))) }
+
+// Pwritev2 writes buf at off with RWF flags (such as RWFDsync) in one
+// system call, without allocating.
+func Pwritev2(fd int, buf []byte, off int64, flags int) (int, error) {
+	iov := unix.Iovec{Base: &buf[0]}
+	iov.SetLen(len(buf))
+	n, _, errno := unix.Syscall6(unix.SYS_PWRITEV2, uintptr(fd), uintptr(unsafe.Pointer(&iov)), 1, uintptr(off), uintptr(off>>32), uintptr(flags))
+	runtime.KeepAlive(buf)
+	if errno != 0 {
+		return int(n), errno
+	}
+	return int(n), nil
+}

@@ -47,6 +47,35 @@ type Options struct {
 	// AllowBuffered accepts files whose file system refuses O_DIRECT,
 	// using buffered I/O there.
 	AllowBuffered bool
+	// Mode chooses how data moves: ModeAuto (default) copies memory-backed
+	// files (tmpfs, ramfs) inline and uses io_uring for everything else.
+	Mode Mode
+}
+
+// Mode is how a Device moves data.
+type Mode uint8
+
+const (
+	// ModeAuto: ModeInline for tmpfs and ramfs files, ModeUring otherwise.
+	ModeAuto Mode = iota
+	// ModeUring: every operation goes through the loop's io_uring.
+	ModeUring
+	// ModeInline: reads and writes are pread/pwrite on the loop thread.
+	// For memory-backed files that is a memcpy; io_uring can't do those
+	// without blocking and hands every one to an io-wq worker (Linux 6.18:
+	// 0 of 2000 tmpfs reads complete at submission), which costs two
+	// cross-CPU wake-ups per I/O.
+	ModeInline
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModeUring:
+		return "uring"
+	case ModeInline:
+		return "inline"
+	}
+	return "auto"
 }
 
 // Device is a file or block device.
@@ -59,6 +88,7 @@ type Device struct {
 
 	noDiscard   atomic.Bool // fallocate punch-hole unsupported
 	noZeroRange atomic.Bool // fallocate zero-range unsupported
+	inline      bool        // ModeInline in effect
 
 	mu       sync.Mutex // guards the following
 	fallback *uring.Loop
@@ -77,13 +107,48 @@ func Open(path string, opt Options) (*Device, error) {
 		f.Close()
 		return nil, fmt.Errorf("filedev: %s: size %d is not a multiple of %d bytes", path, sz, dm.SectorSize)
 	}
-	return &Device{name: path, f: f, fallback: opt.Fallback}, nil
+	d := &Device{name: path, f: f, fallback: opt.Fallback}
+	switch opt.Mode {
+	case ModeInline:
+		d.inline = true
+	case ModeAuto:
+		d.inline = memoryBacked(f)
+	}
+	return d, nil
+}
+
+// memoryBacked reports whether f is a file on tmpfs or ramfs.
+func memoryBacked(f *uring.BlockFile) bool {
+	if f.IsBlock {
+		return false
+	}
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(f.Fd, &st); err != nil {
+		return false
+	}
+	return st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC
+}
+
+// Mode reports how the device moves data.
+func (d *Device) Mode() Mode {
+	if d.inline {
+		return ModeInline
+	}
+	return ModeUring
 }
 
 // Opener returns a dm.Opener for files and block devices.
 func Opener(fallback *uring.Loop) dm.Opener {
+	return OpenerWith(Options{Fallback: fallback})
+}
+
+// OpenerWith is Opener with options for every device it opens (ReadOnly
+// comes from the table).
+func OpenerWith(opt Options) dm.Opener {
 	return func(name string, readOnly bool) (dm.BlockDevice, io.Closer, error) {
-		d, err := Open(name, Options{ReadOnly: readOnly, Fallback: fallback})
+		o := opt
+		o.ReadOnly = readOnly
+		d, err := Open(name, o)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -353,6 +418,13 @@ func (p *port) submit(c *dm.Clone) {
 		c.End(syscall.EROFS)
 		return
 	}
+	if d.inline {
+		start := p.stats.Start()
+		err := d.inlineIO(c, off, n)
+		p.stats.Done(c.Op, c.Len, start, err)
+		c.End(err)
+		return
+	}
 	var e uring.SQE
 	switch c.Op {
 	case dm.OpRead, dm.OpWrite:
@@ -523,4 +595,74 @@ func (d *Device) Extents(ctx context.Context, off, length int64) ([]dm.Extent, e
 		off = hole
 	}
 	return out, ctx.Err()
+}
+
+// inlineIO performs c on the calling (loop) thread: see ModeInline.
+func (d *Device) inlineIO(c *dm.Clone, off, n int64) error {
+	fd := d.f.Fd
+	switch c.Op {
+	case dm.OpRead, dm.OpWrite:
+		for done := 0; done < len(c.Buf); {
+			var k int
+			var err error
+			switch {
+			case c.Op == dm.OpRead:
+				k, err = unix.Pread(fd, c.Buf[done:], off+int64(done))
+			case c.Flags&dm.FUA != 0:
+				k, err = uring.Pwritev2(fd, c.Buf[done:], off+int64(done), uring.RWFDsync)
+			default:
+				k, err = unix.Pwrite(fd, c.Buf[done:], off+int64(done))
+			}
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if k == 0 {
+				return syscall.EIO // the file shrank under us
+			}
+			done += k
+		}
+		return nil
+	case dm.OpFlush:
+		return unix.Fdatasync(fd)
+	case dm.OpDiscard:
+		if d.noDiscard.Load() {
+			return nil
+		}
+		err := unix.Fallocate(fd, uring.FallocPunchHole|uring.FallocKeepSize, off, n)
+		if err == unix.EOPNOTSUPP || err == unix.EINVAL {
+			d.noDiscard.Store(true)
+			return nil
+		}
+		return err
+	case dm.OpWriteZeroes:
+		if !d.noZeroRange.Load() {
+			err := unix.Fallocate(fd, uring.FallocZeroRange|uring.FallocKeepSize, off, n)
+			if err != unix.EOPNOTSUPP && err != unix.EINVAL {
+				return err
+			}
+			d.noZeroRange.Store(true)
+		}
+		if c.Flags&dm.FastZero != 0 {
+			return syscall.EOPNOTSUPP
+		}
+		if c.Flags&dm.NoUnmap == 0 {
+			// A punched hole reads back as zeroes on these file systems.
+			if err := unix.Fallocate(fd, uring.FallocPunchHole|uring.FallocKeepSize, off, n); err == nil {
+				return nil
+			}
+		}
+		zero := make([]byte, min(n, zeroChunk))
+		for done := int64(0); done < n; {
+			k, err := unix.Pwrite(fd, zero[:min(int64(len(zero)), n-done)], off+done)
+			if err != nil {
+				return err
+			}
+			done += int64(k)
+		}
+		return nil
+	}
+	return syscall.EOPNOTSUPP
 }

@@ -85,17 +85,19 @@ func backing(t *testing.T, n int, size int64, loopdev bool) []string {
 
 func TestTargetsRoundTripOverRealFiles(t *testing.T) {
 	loops := []*uring.Loop{newLoop(t, 0), newLoop(t, 1)}
-	kinds := []bool{false}
+	type kind struct {
+		name    string
+		loopdev bool
+		mode    Mode
+	}
+	kinds := []kind{{"file-uring", false, ModeUring}, {"file-inline", false, ModeInline}}
 	if os.Geteuid() == 0 {
-		kinds = append(kinds, true)
+		kinds = append(kinds, kind{"loopdev", true, ModeAuto})
 	} else {
 		t.Log("loop-device cases skipped: needs root")
 	}
-	for _, loopdev := range kinds {
-		kind := "file"
-		if loopdev {
-			kind = "loopdev"
-		}
+	for _, k := range kinds {
+		kind, loopdev := k.name, k.loopdev
 		const mb = 1 << 20
 		p := backing(t, 3, 8*mb, loopdev)
 		sectors := uint64(8 * mb / 512)
@@ -110,7 +112,7 @@ func TestTargetsRoundTripOverRealFiles(t *testing.T) {
 		}
 		for _, c := range cases {
 			t.Run(kind+"/"+c.name, func(t *testing.T) {
-				reg := dm.NewRegistry(dm.Config{Log: zerolog.Nop(), Open: Opener(nil)})
+				reg := dm.NewRegistry(dm.Config{Log: zerolog.Nop(), Open: OpenerWith(Options{Mode: k.mode})})
 				ctx := context.Background()
 				dev, err := reg.Create(ctx, "t", "", c.table)
 				if err != nil {
@@ -179,12 +181,16 @@ func TestFlakeyDownFailsOverRealFile(t *testing.T) {
 
 func TestOpsOnFile(t *testing.T) {
 	l := newLoop(t, 0)
-	for _, loopdev := range []bool{false, true} {
+	for _, c := range []struct {
+		loopdev bool
+		mode    Mode
+	}{{false, ModeUring}, {false, ModeInline}, {true, ModeAuto}} {
+		loopdev := c.loopdev
 		if loopdev && os.Geteuid() != 0 {
 			continue
 		}
 		p := backing(t, 1, 4<<20, loopdev)[0]
-		d, err := Open(p, Options{})
+		d, err := Open(p, Options{Mode: c.mode})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -201,10 +207,10 @@ func TestOpsOnFile(t *testing.T) {
 			}
 			got, _ := ioOn(t, l, sub, dm.OpRead, 0, make([]byte, 64<<10), 0)
 			if op == dm.OpWriteZeroes && !bytes.Equal(got[:32<<10], make([]byte, 32<<10)) {
-				t.Fatalf("write-zeroes (loopdev=%v): range not zero", loopdev)
+				t.Fatalf("write-zeroes (loopdev=%v, mode %v): range not zero", loopdev, c.mode)
 			}
 			if !bytes.Equal(got[32<<10:], data[32<<10:]) {
-				t.Fatalf("%v (loopdev=%v) touched data beyond its range", op, loopdev)
+				t.Fatalf("%v (loopdev=%v, mode %v) touched data beyond its range", op, loopdev, c.mode)
 			}
 		}
 		if _, err := ioOn(t, l, sub, dm.OpFlush, 0, nil, 0); err != nil {
@@ -321,7 +327,7 @@ func TestVanishAndGone(t *testing.T) {
 func TestDeadlineDoesNotDisturbFastIO(t *testing.T) {
 	l := newLoop(t, 0)
 	p := testutil.TempFile(t, 1<<20)
-	d, err := Open(p, Options{})
+	d, err := Open(p, Options{Mode: ModeUring}) // deadlines are linked timeouts on the ring
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,5 +356,27 @@ func TestReadOnly(t *testing.T) {
 	}
 	if _, err := ioOn(t, l, submitter{d}, dm.OpWrite, 0, make([]byte, 4096), 0); !errors.Is(err, syscall.EROFS) && !errors.Is(err, syscall.EPERM) && !errors.Is(err, syscall.EIO) {
 		t.Fatalf("write to read-only: %v", err)
+	}
+}
+
+func TestModeAuto(t *testing.T) {
+	p := testutil.TempFile(t, 1<<20)
+	d, err := Open(p, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if p[:9] == "/dev/shm/" && d.Mode() != ModeInline {
+		t.Fatalf("a tmpfs file got mode %v, want inline", d.Mode())
+	}
+	if os.Geteuid() == 0 {
+		b, err := Open(testutil.LoopDevice(t, p), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		if b.Mode() != ModeUring {
+			t.Fatalf("a block device got mode %v, want uring", b.Mode())
+		}
 	}
 }
