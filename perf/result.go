@@ -33,12 +33,15 @@ type Result struct {
 	// side-by-side runs that measure one.
 	CPUPerIO float64 `json:"cpu_per_io_us"`
 	// ServerCPUPerIO is filled by side-by-side runners.
-	ServerCPUPerIO float64  `json:"server_cpu_per_io_us,omitempty"`
-	FirstError     string   `json:"first_error,omitempty"`
-	ErrorLog       []string `json:"error_log,omitempty"`
-	VerifiedBytes  int64    `json:"verified_bytes,omitempty"`
-	VerifyFailures []string `json:"verify_failures,omitempty"`
-	Timeline       []Point  `json:"timeline,omitempty"`
+	ServerCPUPerIO float64 `json:"server_cpu_per_io_us,omitempty"`
+	// ServerAllocsPerIO is the daemon's heap allocations per I/O (udm
+	// serve only; -1 when not measured).
+	ServerAllocsPerIO float64  `json:"server_allocs_per_io,omitempty"`
+	FirstError        string   `json:"first_error,omitempty"`
+	ErrorLog          []string `json:"error_log,omitempty"`
+	VerifiedBytes     int64    `json:"verified_bytes,omitempty"`
+	VerifyFailures    []string `json:"verify_failures,omitempty"`
+	Timeline          []Point  `json:"timeline,omitempty"`
 }
 
 func (r *run) result(end int64) *Result {
@@ -164,6 +167,7 @@ func Median(rs []*Result) *Result {
 	out.Lat.Mean = med(func(r *Result) float64 { return r.Lat.Mean })
 	out.CPUPerIO = med(func(r *Result) float64 { return r.CPUPerIO })
 	out.ServerCPUPerIO = med(func(r *Result) float64 { return r.ServerCPUPerIO })
+	out.ServerAllocsPerIO = med(func(r *Result) float64 { return r.ServerAllocsPerIO })
 	if len(out.Lat.Percentiles) > 0 {
 		pc := make([][2]float64, len(out.Lat.Percentiles))
 		for i := range pc {

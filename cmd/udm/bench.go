@@ -8,10 +8,14 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
+	"udm/dm"
+	"udm/multipath"
 	"udm/perf"
+	"udm/uring"
 )
 
 func runBench(args []string) error {
@@ -20,6 +24,7 @@ func runBench(args []string) error {
 	}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	raw := fs.String("raw", "", "file or block device to drive directly through the loop")
+	table := fs.String("table", "", "dm table (kernel syntax, lines separated by newlines or ';') to drive in process, bypassing NBD")
 	rw := fs.String("rw", "randread", "workload: read, write, randread, randwrite, randrw")
 	bs := fs.String("bs", "4k", "block size")
 	depth := fs.Int("iodepth", 1, "queue depth per loop")
@@ -53,8 +58,16 @@ func runBench(args []string) error {
 	switch {
 	case *raw != "":
 		eng, err = perf.NewFileEngine(*raw)
+	case *table != "":
+		var loops []*uring.Loop
+		targets := dm.DefaultTargets()
+		if err := multipath.Register(targets); err != nil {
+			return err
+		}
+		eng, loops, err = perf.TableEngine(strings.ReplaceAll(*table, ";", "\n"), cfg.Loops, targets)
+		cfg.LoopSet = loops
 	default:
-		return fmt.Errorf("name a target: --raw PATH")
+		return fmt.Errorf("name a target: --raw PATH or --table 'LINE'")
 	}
 	if err != nil {
 		return err
@@ -100,12 +113,16 @@ func runBench(args []string) error {
 // runMatrix runs a side-by-side suite and writes its report.
 func runMatrix(args []string) error {
 	fs := flag.NewFlagSet("bench matrix", flag.ContinueOnError)
-	suite := fs.String("suite", "uring", "suite: uring")
+	suite := fs.String("suite", "full", "suite: full (make bench) or uring (the loop against fio)")
 	reps := fs.Int("reps", 3, "repetitions (order rotated each time)")
 	runtime := fs.Duration("runtime", 5*time.Second, "measured time per run")
 	ramp := fs.Duration("ramp", time.Second, "warm-up per run")
-	out := fs.String("out", "", "write REPORT.md and report.json into this directory")
-	size := fs.String("size", "1g", "scratch file size")
+	out := fs.String("out", "perf/results", "directory for report.json and plots")
+	md := fs.String("md", "", "write the markdown report here (full suite: BENCHMARKS.md)")
+	size := fs.String("size", "1g", "backing file size")
+	loops := fs.Int("loops", 0, "udm serve --loops (0: its default)")
+	only := fs.String("only", "", "comma-separated substrings: run only matching contenders")
+	workloads := fs.String("workloads", "", "comma-separated substrings: run only matching workloads")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -117,27 +134,48 @@ func runMatrix(args []string) error {
 	if err != nil {
 		return err
 	}
-	file, loopdev, cleanup, err := perf.SuiteTargets(sz)
-	if err != nil {
-		return err
+	split := func(s string) []string {
+		if s == "" {
+			return nil
+		}
+		return strings.Split(s, ",")
 	}
-	defer cleanup()
 	var m *perf.Matrix
 	var ratios []perf.Ratio
 	switch *suite {
 	case "uring":
+		file, loopdev, cleanup, err := perf.SuiteTargets(sz)
+		if err != nil {
+			return err
+		}
+		defer cleanup()
 		m = perf.UringSuite(self, file, loopdev)
+		names := make([]string, len(m.Contenders))
+		for i, c := range m.Contenders {
+			names[i] = c.Name
+		}
+		ratios = perf.UringRatios(names)
+	case "full":
+		dir, err := os.MkdirTemp("", "udm-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		s, err := perf.FullSuite(perf.FullOptions{Self: self, Dir: dir, Size: sz, Loops: *loops, Only: split(*only), Workloads: split(*workloads)})
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		m = s.Matrix
+		names := make([]string, len(m.Contenders))
+		for i, c := range m.Contenders {
+			names[i] = c.Name
+		}
+		ratios = perf.FullRatios(names)
 	default:
-		return fmt.Errorf("unknown suite %q", *suite)
+		return fmt.Errorf("unknown suite %q (full, uring)", *suite)
 	}
 	m.Reps, m.Runtime, m.Ramp, m.Log = *reps, *runtime, *ramp, os.Stderr
-	names := make([]string, len(m.Contenders))
-	for i, c := range m.Contenders {
-		names[i] = c.Name
-	}
-	if *suite == "uring" {
-		ratios = perf.UringRatios(names)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rep, err := m.Run(ctx)
@@ -145,17 +183,21 @@ func runMatrix(args []string) error {
 		return err
 	}
 	rep.Markdown(os.Stdout, ratios)
-	if *out != "" {
+	if *suite == "full" {
+		for _, c := range perf.EvaluateTargets(rep) {
+			fmt.Printf("target %-70s met=%v  %s\n", c.Target, c.Pass && !c.Missing, c.Detail)
+		}
+	}
+	if *md != "" {
+		cmdline := "udm bench matrix " + strings.Join(args, " ")
+		if err := perf.WriteBenchmarks(rep, *md, *out, cmdline); err != nil {
+			return err
+		}
+	} else if *out != "" {
 		if err := os.MkdirAll(*out, 0o755); err != nil {
 			return err
 		}
-		f, err := os.Create(*out + "/REPORT.md")
-		if err != nil {
-			return err
-		}
-		rep.Markdown(f, ratios)
-		f.Close()
-		if err := rep.WriteJSON(*out + "/report.json"); err != nil {
+		if err := rep.WriteJSON(*out + "/report-" + *suite + ".json"); err != nil {
 			return err
 		}
 	}

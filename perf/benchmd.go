@@ -1,0 +1,222 @@
+package perf
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Check is one performance target and whether the run met it.
+type Check struct {
+	Target string
+	Pass   bool
+	Detail string
+	// Missing: a contender the check needs was not measured.
+	Missing bool
+}
+
+func med(r *Report, workload, contender string) *Result {
+	i := r.ContenderIndex(contender)
+	m := r.Median[workload]
+	if i < 0 || i >= len(m) {
+		return nil
+	}
+	return m[i]
+}
+
+// EvaluateTargets checks the issue's targets (see BENCHMARKS.md) against
+// the medians of a full run.
+func EvaluateTargets(r *Report) []Check {
+	var cs []Check
+	missing := func(target, what string) {
+		cs = append(cs, Check{Target: target, Missing: true, Detail: what + " not measured"})
+	}
+	for _, w := range r.Workloads {
+		for _, unix := range []bool{false, true} {
+			tr, udm := "tcp", CUdmLinTCP
+			if unix {
+				tr, udm = "unix", CUdmLinUnix
+			}
+			target := fmt.Sprintf("IOPS ≥ best peer: %s over %s", w.Name, tr)
+			u := med(r, w.Name, udm)
+			var best *Result
+			for _, p := range Peers(unix) {
+				if m := med(r, w.Name, p); m != nil && (best == nil || m.IOPS > best.IOPS) {
+					best = m
+				}
+			}
+			if u == nil || best == nil {
+				missing(target, "udm or its peers")
+				continue
+			}
+			cs = append(cs, Check{Target: target, Pass: u.IOPS >= best.IOPS,
+				Detail: fmt.Sprintf("udm %.0f vs %s %.0f (%.2f×)", u.IOPS, best.Engine, best.IOPS, u.IOPS/best.IOPS)})
+			nk := med(r, w.Name, map[bool]string{false: CNbdkitTCP, true: CNbdkitUnix}[unix])
+			if nk == nil {
+				continue
+			}
+			if w.BS == 4096 {
+				cs = append(cs, Check{Target: fmt.Sprintf("server CPU/IO ≤ ½ nbdkit's: %s over %s", w.Name, tr),
+					Pass:   u.ServerCPUPerIO > 0 && u.ServerCPUPerIO <= nk.ServerCPUPerIO/2,
+					Detail: fmt.Sprintf("udm %.2f µs vs nbdkit %.2f µs (%.2f×)", u.ServerCPUPerIO, nk.ServerCPUPerIO, u.ServerCPUPerIO/nk.ServerCPUPerIO)})
+			}
+			if w.Depth == 32 {
+				cs = append(cs, Check{Target: fmt.Sprintf("p99.9 ≤ nbdkit's/10: %s over %s", w.Name, tr),
+					Pass:   u.Lat.P999 <= nk.Lat.P999/10,
+					Detail: fmt.Sprintf("udm %.0f µs vs nbdkit %.0f µs (%.2f×)", u.Lat.P999, nk.Lat.P999, u.Lat.P999/nk.Lat.P999)})
+			}
+			if w.Depth == 1 {
+				cs = append(cs, Check{Target: fmt.Sprintf("p50 ≥ 30%% below nbdkit's: %s over %s", w.Name, tr),
+					Pass:   u.Lat.P50 <= 0.7*nk.Lat.P50,
+					Detail: fmt.Sprintf("udm %.1f µs vs nbdkit %.1f µs (%.2f×)", u.Lat.P50, nk.Lat.P50, u.Lat.P50/nk.Lat.P50)})
+			}
+		}
+	}
+	raw1, lin1, mp1 := med(r, "randread-4k-qd1", CUdmRawLoop), med(r, "randread-4k-qd1", CUdmLinLoop), med(r, "randread-4k-qd1", CUdmMpLoop)
+	if raw1 != nil && lin1 != nil {
+		cs = append(cs, Check{Target: "in process, randread 4k qd1: linear adds ≤ 1 µs to p50 over the raw loop device",
+			Pass: lin1.Lat.P50-raw1.Lat.P50 <= 1, Detail: fmt.Sprintf("linear %.2f µs, raw %.2f µs (+%.2f µs)", lin1.Lat.P50, raw1.Lat.P50, lin1.Lat.P50-raw1.Lat.P50)})
+	} else {
+		missing("in process linear p50", "raw loop device or linear")
+	}
+	if raw1 != nil && mp1 != nil {
+		cs = append(cs, Check{Target: "in process, randread 4k qd1: 2-path multipath adds ≤ 2 µs to p50",
+			Pass: mp1.Lat.P50-raw1.Lat.P50 <= 2, Detail: fmt.Sprintf("multipath %.2f µs, raw %.2f µs (+%.2f µs)", mp1.Lat.P50, raw1.Lat.P50, mp1.Lat.P50-raw1.Lat.P50)})
+	}
+	fio32, lin32 := med(r, "randread-4k-qd32", CFioLoop), med(r, "randread-4k-qd32", CUdmLinLoop)
+	if fio32 != nil && lin32 != nil {
+		cs = append(cs, Check{Target: "in process, randread 4k qd32: linear IOPS ≥ 90% of fio io_uring on the loop device",
+			Pass: lin32.IOPS >= 0.9*fio32.IOPS, Detail: fmt.Sprintf("linear %.0f vs fio %.0f (%.2f×)", lin32.IOPS, fio32.IOPS, lin32.IOPS/fio32.IOPS)})
+	} else {
+		missing("in process linear IOPS", "fio on the loop device or linear")
+	}
+	for _, c := range []string{CUdmLinTCP, CUdmLinUnix, CUdmMpTCP, CUdmMpUnix} {
+		worst := -1.0
+		for _, w := range r.Workloads {
+			if m := med(r, w.Name, c); m != nil && m.ServerAllocsPerIO >= 0 {
+				worst = max(worst, m.ServerAllocsPerIO)
+			}
+		}
+		if worst >= 0 {
+			cs = append(cs, Check{Target: "zero allocations per I/O through NBD: " + c, Pass: worst < 0.01,
+				Detail: fmt.Sprintf("worst workload: %.3f allocations per I/O in the daemon", worst)})
+		}
+	}
+	return cs
+}
+
+// WriteBenchmarks writes BENCHMARKS.md (to mdPath), the JSON report and
+// one latency-percentile SVG per workload (to dir, linked relative to
+// the markdown file).
+func WriteBenchmarks(r *Report, mdPath, dir, command string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := r.WriteJSON(filepath.Join(dir, "report.json")); err != nil {
+		return err
+	}
+	rel, err := filepath.Rel(filepath.Dir(mdPath), dir)
+	if err != nil {
+		rel = dir
+	}
+	for _, w := range r.Workloads {
+		var ss []Series
+		for i, m := range r.Median[w.Name] {
+			if m == nil || len(m.Lat.Percentiles) == 0 {
+				continue
+			}
+			ss = append(ss, Series{Name: r.Contenders[i], Points: m.Lat.Percentiles, Dashed: !strings.HasPrefix(r.Contenders[i], "udm")})
+		}
+		f, err := os.Create(filepath.Join(dir, w.Name+".svg"))
+		if err != nil {
+			return err
+		}
+		PlotPercentiles(f, fmt.Sprintf("%s: latency percentiles (medians of %d runs)", w.Name, r.Reps), ss)
+		f.Close()
+	}
+	f, err := os.Create(mdPath)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	writeBenchmarksMD(f, r, rel, command)
+	return nil
+}
+
+func machine() string {
+	var b strings.Builder
+	if m, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(m), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				b.WriteString(strings.TrimSpace(strings.SplitN(l, ":", 2)[1]))
+				break
+			}
+		}
+	}
+	fmt.Fprintf(&b, ", %d CPUs", runtime.NumCPU())
+	if v, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		fmt.Fprintf(&b, ", Linux %s", strings.TrimSpace(string(v)))
+	}
+	fmt.Fprintf(&b, ", %s", runtime.Version())
+	return b.String()
+}
+
+func writeBenchmarksMD(w io.Writer, r *Report, svgDir, command string) {
+	fmt.Fprintf(w, "# udm benchmarks\n\n")
+	fmt.Fprintf(w, "Generated by `%s` on %s (%s). Every contender runs every workload %d times for %.0f s after a warm-up, "+
+		"in one interleaved run whose order rotates each repetition; figures are medians. All contenders use the same "+
+		"backing file on /dev/shm (the loop devices sit on it too). fio is the client for every NBD server "+
+		"(`ioengine=nbd`, one connection); *CPU µs/IO* is the server process's user+system time per I/O for NBD rows "+
+		"(read from /proc) and the whole process's for in-process rows. Latency is fio's total latency "+
+		"(submission to completion), as udm's own harness measures it.\n\n",
+		command, r.Started.Format(time.DateOnly), machine(), r.Reps, r.RuntimeS)
+	checks := EvaluateTargets(r)
+	pass, fail := 0, 0
+	for _, c := range checks {
+		switch {
+		case c.Missing:
+		case c.Pass:
+			pass++
+		default:
+			fail++
+		}
+	}
+	fmt.Fprintf(w, "## Targets: %d met, %d missed\n\n| target | met | measured |\n|---|:---:|---|\n", pass, fail)
+	for _, c := range checks {
+		mark := "✅"
+		if c.Missing {
+			mark = "–"
+		} else if !c.Pass {
+			mark = "❌"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s |\n", c.Target, mark, c.Detail)
+	}
+	fmt.Fprintf(w, "\n## Results by workload\n\nRatios: *vs best peer* divides by the best of nbdkit and qemu-nbd (both aio modes) on the same transport; "+
+		"*vs raw device* divides NBD rows by fio on the raw file and in-process rows by fio on the loop device. "+
+		"A p50 ratio below 1 is better.\n")
+	names := r.Contenders
+	var b strings.Builder
+	r.Markdown(&b, FullRatios(names))
+	// Interleave the plots after each workload's table.
+	out := b.String()
+	for _, wl := range r.Workloads {
+		marker := fmt.Sprintf("\n### %s —", wl.Name)
+		next := strings.Index(out, marker)
+		if next < 0 {
+			continue
+		}
+		end := strings.Index(out[next+len(marker):], "\n### ")
+		img := fmt.Sprintf("\n![%s latency percentiles](%s/%s.svg)\n", wl.Name, svgDir, wl.Name)
+		if end < 0 {
+			out = out + img
+		} else {
+			pos := next + len(marker) + end
+			out = out[:pos] + img + out[pos:]
+		}
+	}
+	io.WriteString(w, out)
+}

@@ -1,0 +1,281 @@
+package perf
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// FullWorkloads are the side-by-side workloads of `make bench`.
+var FullWorkloads = []Workload{
+	{Name: "randread-4k-qd1", RW: "randread", BS: 4096, Depth: 1},
+	{Name: "randread-4k-qd32", RW: "randread", BS: 4096, Depth: 32},
+	{Name: "randwrite-4k-qd1", RW: "randwrite", BS: 4096, Depth: 1},
+	{Name: "randwrite-4k-qd32", RW: "randwrite", BS: 4096, Depth: 32},
+	{Name: "read-128k-qd8", RW: "read", BS: 128 << 10, Depth: 8},
+	{Name: "write-128k-qd8", RW: "write", BS: 128 << 10, Depth: 8},
+	{Name: "randrw70-4k-qd16", RW: "randrw", BS: 4096, Depth: 16, ReadPct: 70},
+}
+
+// Contender names of the full suite. Peers are the other NBD servers.
+const (
+	CFioFile     = "fio io_uring, file"
+	CFioLoop     = "fio io_uring, loop dev"
+	CUdmRawLoop  = "udm loop raw, loop dev"
+	CUdmLinLoop  = "udm in-process linear, loop dev"
+	CUdmMpLoop   = "udm in-process multipath, 2 loop devs"
+	CUdmLinTCP   = "udm nbd linear, tcp"
+	CUdmLinUnix  = "udm nbd linear, unix"
+	CUdmMpTCP    = "udm nbd multipath, tcp"
+	CUdmMpUnix   = "udm nbd multipath, unix"
+	CNbdkitTCP   = "nbdkit file, tcp"
+	CNbdkitUnix  = "nbdkit file, unix"
+	CQemuThrTCP  = "qemu-nbd aio=threads, tcp"
+	CQemuThrUnix = "qemu-nbd aio=threads, unix"
+	CQemuUrTCP   = "qemu-nbd aio=io_uring, tcp"
+	CQemuUrUnix  = "qemu-nbd aio=io_uring, unix"
+)
+
+// FullOptions configure FullSuite.
+type FullOptions struct {
+	Self  string // the udm binary
+	Dir   string // scratch: sockets, state, logs
+	Size  int64  // backing file size
+	Loops int    // udm serve --loops
+	// Only keeps contenders whose names contain one of these (all if
+	// empty); Workloads likewise for workloads.
+	Only, Workloads []string
+}
+
+// Suite is a prepared side-by-side run and what to tear down after it.
+type Suite struct {
+	Matrix  *Matrix
+	cleanup []func()
+}
+
+// Close stops servers and removes scratch files and loop devices.
+func (s *Suite) Close() {
+	for i := len(s.cleanup) - 1; i >= 0; i-- {
+		s.cleanup[i]()
+	}
+}
+
+func keep(name string, only []string) bool {
+	if len(only) == 0 {
+		return true
+	}
+	for _, o := range only {
+		if strings.Contains(name, o) {
+			return true
+		}
+	}
+	return false
+}
+
+// FullSuite prepares `make bench`: one backing file on /dev/shm (plus a
+// hard link to it, the second multipath path), two loop devices over it,
+// udm serve with a linear and a multipath export, nbdkit's file plugin and
+// qemu-nbd in both aio modes, each over TCP and a Unix socket.
+func FullSuite(opt FullOptions) (*Suite, error) {
+	s := &Suite{Matrix: &Matrix{}}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Close()
+		}
+	}()
+	for _, w := range FullWorkloads {
+		if keep(w.Name, opt.Workloads) {
+			s.Matrix.Workloads = append(s.Matrix.Workloads, w)
+		}
+	}
+	file, err := Scratch("/dev/shm", opt.Size)
+	if err != nil {
+		return nil, err
+	}
+	s.cleanup = append(s.cleanup, func() { os.Remove(file) })
+	link := file + ".path1"
+	if err := os.Link(file, link); err != nil {
+		return nil, err
+	}
+	s.cleanup = append(s.cleanup, func() { os.Remove(link) })
+	sectors := opt.Size / 512
+	add := func(c Contender) {
+		if keep(c.Name, opt.Only) {
+			s.Matrix.Contenders = append(s.Matrix.Contenders, c)
+		}
+	}
+	add(FioContender(CFioFile, FioJob{Filename: file}))
+	var loops []string
+	if os.Geteuid() == 0 {
+		for i := 0; i < 2; i++ {
+			dev, detach, err := LoopAttach(file)
+			if err != nil {
+				return nil, err
+			}
+			s.cleanup = append(s.cleanup, detach)
+			loops = append(loops, dev)
+		}
+		add(FioContender(CFioLoop, FioJob{Filename: loops[0]}))
+		add(CommandContender(CUdmRawLoop, []string{opt.Self, "bench", "--raw", loops[0]}))
+		add(CommandContender(CUdmLinLoop, []string{opt.Self, "bench", "--table", fmt.Sprintf("0 %d linear %s 0", sectors, loops[0])}))
+		add(CommandContender(CUdmMpLoop, []string{opt.Self, "bench", "--table",
+			fmt.Sprintf("0 %d multipath 0 0 1 1 round-robin 0 2 1 %s 1 %s 1", sectors, loops[0], loops[1])}))
+	}
+	want := func(names ...string) bool {
+		for _, n := range names {
+			if keep(n, opt.Only) {
+				return true
+			}
+		}
+		return false
+	}
+	// udm serve.
+	if want(CUdmLinTCP, CUdmLinUnix, CUdmMpTCP, CUdmMpUnix) {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		state := filepath.Join(opt.Dir, "udm-state")
+		ctl := filepath.Join(opt.Dir, "udm-control.sock")
+		usock := filepath.Join(opt.Dir, "udm-nbd.sock")
+		os.RemoveAll(state)
+		mport, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		argv := []string{opt.Self, "serve", "--state-dir", state, "--control", ctl, "--no-demo",
+			"--nbd", fmt.Sprintf("127.0.0.1:%d", port), "--nbd-unix", usock, "--log-level", "warn",
+			"--metrics", fmt.Sprintf("127.0.0.1:%d", mport)}
+		if opt.Loops > 0 {
+			argv = append(argv, "--loops", fmt.Sprint(opt.Loops))
+		}
+		srv, err := StartServer("udm serve", opt.Dir, argv, usock)
+		if err != nil {
+			return nil, err
+		}
+		s.cleanup = append(s.cleanup, srv.Stop)
+		for name, table := range map[string]string{
+			"lin": fmt.Sprintf("0 %d linear %s 0", sectors, file),
+			"mp":  fmt.Sprintf("0 %d multipath 0 0 1 1 round-robin 0 2 1 %s 1 %s 1", sectors, file, link),
+		} {
+			cmd := exec.Command(opt.Self, "create", name, "--table", table)
+			cmd.Env = append(os.Environ(), "UDM_SOCKET="+ctl)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("perf: udm create %s: %v: %s", name, err, out)
+			}
+		}
+		allocs := MetricsCounter(fmt.Sprintf("http://127.0.0.1:%d/metrics", mport), "go_memstats_mallocs_total")
+		add(NBDContender(CUdmLinTCP, fmt.Sprintf("nbd://127.0.0.1:%d/lin", port), srv, allocs))
+		add(NBDContender(CUdmLinUnix, fmt.Sprintf("nbd+unix:///lin?socket=%s", usock), srv, allocs))
+		add(NBDContender(CUdmMpTCP, fmt.Sprintf("nbd://127.0.0.1:%d/mp", port), srv, allocs))
+		add(NBDContender(CUdmMpUnix, fmt.Sprintf("nbd+unix:///mp?socket=%s", usock), srv, allocs))
+	}
+	// Peers: one server process per transport, so each one's CPU is its
+	// own.
+	type peer struct {
+		name string
+		argv func(listen []string) []string
+		tcp  bool
+	}
+	nbdkit := func(l []string) []string {
+		return append(append([]string{"nbdkit", "-f", "--exit-with-parent"}, l...), "file", file)
+	}
+	qemu := func(aio string) func(l []string) []string {
+		return func(l []string) []string {
+			return append([]string{"qemu-nbd", "--image-opts", "--persistent", "--shared=16"}, append(l,
+				"driver=raw,file.driver=file,file.filename="+file+",file.locking=off,file.aio="+aio+",cache.direct=on")...)
+		}
+	}
+	peers := []peer{
+		{CNbdkitTCP, nbdkit, true}, {CNbdkitUnix, nbdkit, false},
+		{CQemuThrTCP, qemu("threads"), true}, {CQemuThrUnix, qemu("threads"), false},
+		{CQemuUrTCP, qemu("io_uring"), true}, {CQemuUrUnix, qemu("io_uring"), false},
+	}
+	for i, p := range peers {
+		if !keep(p.name, opt.Only) {
+			continue
+		}
+		var listen []string
+		var addr, uri string
+		isQemu := strings.HasPrefix(p.name, "qemu")
+		if p.tcp {
+			port, err := FreePort()
+			if err != nil {
+				return nil, err
+			}
+			addr = fmt.Sprintf("127.0.0.1:%d", port)
+			uri = "nbd://" + addr + "/"
+			if isQemu {
+				listen = []string{"-b", "127.0.0.1", "-p", fmt.Sprint(port)}
+			} else {
+				listen = []string{"-i", "127.0.0.1", "-p", fmt.Sprint(port)}
+			}
+		} else {
+			addr = filepath.Join(opt.Dir, fmt.Sprintf("peer%d.sock", i))
+			os.Remove(addr)
+			uri = "nbd+unix:///?socket=" + addr
+			if isQemu {
+				listen = []string{"-k", addr}
+			} else {
+				listen = []string{"-U", addr}
+			}
+		}
+		srv, err := StartServer(p.name, opt.Dir, p.argv(listen), addr)
+		if err != nil {
+			return nil, err
+		}
+		s.cleanup = append(s.cleanup, srv.Stop)
+		add(NBDContender(p.name, uri, srv, nil))
+	}
+	ok = true
+	return s, nil
+}
+
+// Peers are the other NBD servers of a transport.
+func Peers(unix bool) []string {
+	if unix {
+		return []string{CNbdkitUnix, CQemuThrUnix, CQemuUrUnix}
+	}
+	return []string{CNbdkitTCP, CQemuThrTCP, CQemuUrTCP}
+}
+
+// FullRatios: udm NBD rows against the best peer on their transport and
+// against fio on the raw file; in-process rows against the raw loop
+// device.
+func FullRatios(names []string) []Ratio {
+	idx := map[string]int{}
+	for i, n := range names {
+		idx[n] = i
+	}
+	bestPeer := func(_ string, row int, meds []*Result) int {
+		n := names[row]
+		if !strings.HasPrefix(n, "udm nbd") {
+			return -1
+		}
+		best := -1
+		for _, p := range Peers(strings.HasSuffix(n, "unix")) {
+			if i, ok := idx[p]; ok && meds[i] != nil && (best < 0 || meds[i].IOPS > meds[best].IOPS) {
+				best = i
+			}
+		}
+		return best
+	}
+	raw := func(_ string, row int, _ []*Result) int {
+		n := names[row]
+		switch {
+		case strings.HasPrefix(n, "udm in-process"), n == CUdmRawLoop:
+			if i, ok := idx[CFioLoop]; ok {
+				return i
+			}
+		case strings.HasPrefix(n, "udm nbd") || strings.HasPrefix(n, "nbdkit") || strings.HasPrefix(n, "qemu"):
+			if i, ok := idx[CFioFile]; ok {
+				return i
+			}
+		}
+		return -1
+	}
+	return []Ratio{{Label: "best peer", Ref: bestPeer}, {Label: "raw device", Ref: raw}}
+}
