@@ -44,13 +44,21 @@ fuzz-short:
 		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	done
 
+# bench-go: the hot-path Go benchmarks, in benchstat's format.
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./uring/ ./dm/...
+	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./uring/ ./dm/... ./multipath/ ./nbd/
 
+# bench-uring: the loop against fio's io_uring engine on the same targets.
 bench-uring: build
-	bash perf/scripts/bench-uring.sh
+	$(BIN) bench matrix --suite uring --reps 3 --runtime 5s --out perf/results
 
-bench: bench-go bench-uring
+# bench: the side-by-side run against fio (raw file and loop device),
+# nbdkit and qemu-nbd; writes BENCHMARKS.md, perf/results/*.{json,svg}.
+BENCHFLAGS ?= --reps 3 --runtime 5s --ramp 1s
+bench: build
+	$(BIN) bench matrix --suite full $(BENCHFLAGS) --md BENCHMARKS.md --out perf/results
+	$(MAKE) --no-print-directory bench-uring
+	$(MAKE) --no-print-directory bench-go
 
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
