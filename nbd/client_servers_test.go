@@ -32,6 +32,8 @@ type ctServer struct {
 	kind    string
 	uri     string
 	pidfile string
+	sock    string          // the unix socket, if any
+	base    []string        // the command line before the plugin arguments
 	argv    func() []string // the command line for the next start
 
 	mu     sync.Mutex
@@ -72,15 +74,16 @@ func ctNbdkit(t testing.TB, unix bool, args ...string) *ctServer {
 	s := &ctServer{t: t, kind: "nbdkit", pidfile: filepath.Join(dir, "pid")}
 	var where []string
 	if unix {
-		sock := filepath.Join(dir, "s.sock")
-		where = []string{"-U", sock}
-		s.uri = "nbd+unix:///?socket=" + sock
+		s.sock = filepath.Join(dir, "s.sock")
+		where = []string{"-U", s.sock}
+		s.uri = "nbd+unix:///?socket=" + s.sock
 	} else {
 		port := ctFreePort(t)
 		where = []string{"-i", "127.0.0.1", "-p", strconv.Itoa(port)}
 		s.uri = fmt.Sprintf("nbd://127.0.0.1:%d/", port)
 	}
-	s.setArgs(append(append([]string{bin, "--exit-with-parent", "-f", "-P", s.pidfile}, where...), args...))
+	s.base = append([]string{bin, "--exit-with-parent", "-f", "-P", s.pidfile}, where...)
+	s.withArgs(args...)
 	s.start()
 	t.Cleanup(s.kill)
 	return s
@@ -94,9 +97,9 @@ func ctQemuNBD(t testing.TB, unix bool, file string, args ...string) *ctServer {
 	s := &ctServer{t: t, kind: "qemu-nbd", pidfile: filepath.Join(dir, "pid")}
 	var where []string
 	if unix {
-		sock := filepath.Join(dir, "s.sock")
-		where = []string{"-k", sock}
-		s.uri = "nbd+unix:///?socket=" + sock
+		s.sock = filepath.Join(dir, "s.sock")
+		where = []string{"-k", s.sock}
+		s.uri = "nbd+unix:///?socket=" + s.sock
 	} else {
 		port := ctFreePort(t)
 		where = []string{"-b", "127.0.0.1", "-p", strconv.Itoa(port)}
@@ -115,11 +118,19 @@ func (s *ctServer) setArgs(argv []string) {
 	s.argv = func() []string { return argv }
 }
 
+// withArgs sets nbdkit's plugin (and filter) arguments for later starts.
+func (s *ctServer) withArgs(args ...string) {
+	s.setArgs(append(append([]string{}, s.base...), args...))
+}
+
 // start launches the server and waits until it listens (its pid file
 // appears).
 func (s *ctServer) start() {
 	s.t.Helper()
 	os.Remove(s.pidfile)
+	if s.sock != "" {
+		os.Remove(s.sock) // left behind by a killed server
+	}
 	argv := s.argv()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	var stderr bytes.Buffer
@@ -171,12 +182,39 @@ func (s *ctServer) restart() {
 }
 
 // signal sends sig (SIGSTOP to hang the server, SIGCONT to resume it).
+// After SIGSTOP it waits until every thread of the server has stopped.
 func (s *ctServer) signal(sig syscall.Signal) {
+	s.t.Helper()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd != nil {
-		s.cmd.Process.Signal(sig)
+	cmd := s.cmd
+	s.mu.Unlock()
+	if cmd == nil {
+		return
 	}
+	cmd.Process.Signal(sig)
+	if sig != syscall.SIGSTOP {
+		return
+	}
+	dir := fmt.Sprintf("/proc/%d/task", cmd.Process.Pid)
+	ctEventually(s.t, s.kind+" stopped", func() bool {
+		tasks, err := os.ReadDir(dir)
+		if err != nil {
+			return false
+		}
+		for _, task := range tasks {
+			b, err := os.ReadFile(filepath.Join(dir, task.Name(), "stat"))
+			if err != nil {
+				return false
+			}
+			// pid (comm) STATE ...: comm may hold spaces; the state follows
+			// the last ')'.
+			i := bytes.LastIndexByte(b, ')')
+			if i < 0 || i+2 >= len(b) || b[i+2] != 'T' && b[i+2] != 't' {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // ctNbdinfo runs nbdinfo --json on uri and returns its first export.

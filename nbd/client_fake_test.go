@@ -1,0 +1,499 @@
+package nbd
+
+// A scripted in-process NBD server for the protocol corners real
+// servers don't reach on demand: hole and error chunks, chunks out of
+// order or out of range, replies that stall halfway, unknown cookies,
+// ESHUTDOWN.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// ctFake serves one export; handle answers each request (it runs on the
+// connection's goroutine and may stall).
+type ctFake struct {
+	t          testing.TB
+	ln         net.Listener
+	uri        string
+	size       uint64
+	flags      uint16
+	structured bool
+	data       []byte // the export's content, for ctFakeMemory
+	handle     func(fc *ctFakeConn, req Request, payload []byte)
+
+	mu    sync.Mutex
+	conns []net.Conn
+	n     atomic.Int32 // connections accepted
+	wg    sync.WaitGroup
+}
+
+type ctFakeConn struct {
+	f   *ctFake
+	nc  net.Conn
+	wmu sync.Mutex
+	idx int32 // 1 for the first connection
+}
+
+func newCtFake(t testing.TB, structured bool, handle func(fc *ctFakeConn, req Request, payload []byte)) *ctFake {
+	t.Helper()
+	return newCtFakeSize(t, structured, 1<<20, handle)
+}
+
+func newCtFakeSize(t testing.TB, structured bool, size uint64, handle func(fc *ctFakeConn, req Request, payload []byte)) *ctFake {
+	t.Helper()
+	sock := filepath.Join(ctDir(t), "fake.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &ctFake{t: t, ln: ln, uri: "nbd+unix:///?socket=" + sock, size: size,
+		flags: TFlagHasFlags | TFlagSendFlush | TFlagSendFUA | TFlagSendTrim | TFlagSendWriteZeroes,
+		structured: structured, handle: handle}
+	f.data = make([]byte, f.size)
+	f.wg.Add(1)
+	go f.accept()
+	t.Cleanup(f.close)
+	return f
+}
+
+func (f *ctFake) accept() {
+	defer f.wg.Done()
+	for {
+		nc, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		f.mu.Lock()
+		f.conns = append(f.conns, nc)
+		f.mu.Unlock()
+		fc := &ctFakeConn{f: f, nc: nc, idx: f.n.Add(1)}
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			defer nc.Close()
+			fc.serve()
+		}()
+	}
+}
+
+// dropAll closes every connection (the server "restarts").
+func (f *ctFake) dropAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		c.Close()
+	}
+	f.conns = nil
+}
+
+func (f *ctFake) close() {
+	f.ln.Close()
+	f.dropAll()
+	f.wg.Wait()
+}
+
+func (fc *ctFakeConn) serve() {
+	f := fc.f
+	br := bufio.NewReader(fc.nc)
+	var hs [18]byte
+	binary.BigEndian.PutUint64(hs[0:], NBDMagic)
+	binary.BigEndian.PutUint64(hs[8:], IHaveOpt)
+	binary.BigEndian.PutUint16(hs[16:], FlagFixedNewstyle|FlagNoZeroes)
+	fc.nc.Write(hs[:])
+	var cf [4]byte
+	if _, err := io.ReadFull(br, cf[:]); err != nil {
+		return
+	}
+	structured := false
+	for done := false; !done; {
+		var oh [OptionHeaderSize]byte
+		if _, err := io.ReadFull(br, oh[:]); err != nil {
+			return
+		}
+		h, err := ParseOptionHeader(oh[:])
+		if err != nil {
+			return
+		}
+		data := make([]byte, h.Length)
+		if _, err := io.ReadFull(br, data); err != nil {
+			return
+		}
+		switch h.Option {
+		case OptStructuredReply:
+			if f.structured {
+				structured = true
+				fc.nc.Write(AppendOptionReply(nil, h.Option, RepAck, nil))
+			} else {
+				fc.nc.Write(AppendOptionReply(nil, h.Option, RepErrUnsup, nil))
+			}
+		case OptGo:
+			info := binary.BigEndian.AppendUint16(nil, InfoExport)
+			info = binary.BigEndian.AppendUint64(info, f.size)
+			info = binary.BigEndian.AppendUint16(info, f.flags)
+			fc.nc.Write(AppendOptionReply(AppendOptionReply(nil, h.Option, RepInfo, info), h.Option, RepAck, nil))
+			done = true
+		default:
+			fc.nc.Write(AppendOptionReply(nil, h.Option, RepErrUnsup, nil))
+		}
+	}
+	_ = structured
+	for {
+		var rb [RequestSize]byte
+		if _, err := io.ReadFull(br, rb[:]); err != nil {
+			return
+		}
+		req, err := ParseRequest(rb[:])
+		if err != nil {
+			return
+		}
+		var payload []byte
+		if req.Type == CmdWrite {
+			payload = make([]byte, req.Length)
+			if _, err := io.ReadFull(br, payload); err != nil {
+				return
+			}
+		}
+		if req.Type == CmdDisc {
+			return
+		}
+		f.handle(fc, req, payload)
+	}
+}
+
+// simple sends a simple reply (with data, for a read).
+func (fc *ctFakeConn) simple(cookie uint64, werr uint32, data []byte) {
+	b := make([]byte, SimpleReplySize, SimpleReplySize+len(data))
+	PutSimpleReply(b, werr, cookie)
+	fc.write(append(b, data...))
+}
+
+// chunk sends one structured reply chunk.
+func (fc *ctFakeConn) chunk(flags, typ uint16, cookie uint64, payload []byte) {
+	b := make([]byte, StructReplySize, StructReplySize+len(payload))
+	PutStructuredHeader(b, flags, typ, cookie, uint32(len(payload)))
+	fc.write(append(b, payload...))
+}
+
+func (fc *ctFakeConn) write(b []byte) {
+	fc.wmu.Lock()
+	defer fc.wmu.Unlock()
+	fc.nc.Write(b)
+}
+
+func ctData(off uint64, data []byte) []byte {
+	return append(binary.BigEndian.AppendUint64(nil, off), data...)
+}
+
+func ctHole(off uint64, n uint32) []byte {
+	return binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(nil, off), n)
+}
+
+func ctErrChunk(werr uint32, msg string) []byte {
+	b := binary.BigEndian.AppendUint32(nil, werr)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
+	return append(b, msg...)
+}
+
+// memory answers like a plain memory export: the default behaviour.
+func (fc *ctFakeConn) memory(req Request, payload []byte) {
+	f := fc.f
+	switch req.Type {
+	case CmdRead:
+		d := f.data[req.Offset : req.Offset+uint64(req.Length)]
+		if f.structured {
+			fc.chunk(ReplyFlagDone, ReplyOffsetData, req.Cookie, ctData(req.Offset, d))
+		} else {
+			fc.simple(req.Cookie, 0, d)
+		}
+	case CmdWrite:
+		copy(f.data[req.Offset:], payload)
+		fc.simple(req.Cookie, 0, nil)
+	default:
+		fc.simple(req.Cookie, 0, nil)
+	}
+}
+
+func TestClientStructuredChunks(t *testing.T) {
+	pat := ctPattern(make([]byte, 8192), 5)
+	f := newCtFake(t, true, func(fc *ctFakeConn, req Request, payload []byte) {
+		c := req.Cookie
+		switch req.Offset {
+		case 0: // data then hole then data, out of order, then NONE+DONE
+			fc.chunk(0, ReplyOffsetData, c, ctData(6144, pat[6144:]))
+			fc.chunk(0, ReplyOffsetHole, c, ctHole(2048, 4096))
+			fc.chunk(0, ReplyOffsetData, c, ctData(0, pat[:2048]))
+			fc.chunk(ReplyFlagDone, ReplyNone, c, nil)
+		case 8192: // an error chunk among data
+			fc.chunk(0, ReplyOffsetData, c, ctData(8192, pat[:4096]))
+			fc.chunk(0, ReplyError, c, ctErrChunk(ENOSPC, "full"))
+			fc.chunk(ReplyFlagDone, ReplyOffsetData, c, ctData(8192+4096, pat[4096:]))
+		case 16384: // an error with an offset
+			fc.chunk(ReplyFlagDone, ReplyErrorOffset, c, append(ctErrChunk(EPERM, "no"), binary.BigEndian.AppendUint64(nil, 16384+512)...))
+		case 24576: // chunks that don't cover the read
+			fc.chunk(ReplyFlagDone, ReplyOffsetData, c, ctData(24576, pat[:4096]))
+		case 32768: // data outside the request
+			fc.chunk(0, ReplyOffsetData, c, ctData(32768+8192, pat[:512]))
+			fc.chunk(ReplyFlagDone, ReplyOffsetData, c, ctData(32768, pat))
+		case 40960: // an unknown error type
+			fc.chunk(ReplyFlagDone, 1<<15|77, c, ctErrChunk(EINVAL, ""))
+		case 49152: // an unknown non-error type
+			fc.chunk(0, 77, c, []byte{1, 2, 3})
+			fc.chunk(ReplyFlagDone, ReplyOffsetData, c, ctData(49152, pat))
+		default:
+			fc.memory(req, payload)
+		}
+	})
+	c := ctDial(t, f.uri, ClientOptions{})
+	ctx := ctCtx(t)
+	buf := make([]byte, 8192)
+	fill := func() {
+		for i := range buf {
+			buf[i] = 0xFF
+		}
+	}
+	fill()
+	if err := c.ReadAt(ctx, buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	want := append(append(append([]byte{}, pat[:2048]...), make([]byte, 4096)...), pat[6144:]...)
+	if !bytes.Equal(buf, want) {
+		t.Error("data/hole chunks assembled wrongly")
+	}
+	for _, tc := range []struct {
+		off  int64
+		want syscall.Errno
+	}{{8192, syscall.ENOSPC}, {16384, syscall.EPERM}, {24576, syscall.EIO}, {32768, syscall.EIO}, {40960, syscall.EINVAL}, {49152, syscall.EIO}} {
+		fill()
+		if err := c.ReadAt(ctx, buf, tc.off); !errors.Is(err, tc.want) {
+			t.Errorf("read at %d: %v, want %v", tc.off, err, tc.want)
+		}
+	}
+	// The stream stayed in sync all along.
+	if err := c.ReadAt(ctx, buf, 65536); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.Stats(); st.Reconnects != 0 || f.n.Load() != 1 {
+		t.Errorf("%d reconnections, %d connections", st.Reconnects, f.n.Load())
+	}
+}
+
+// Replies out of order and chunks of several requests interleaved.
+func TestClientInterleavedReplies(t *testing.T) {
+	var mu sync.Mutex
+	var held []Request
+	pat := ctPattern(make([]byte, 4096), 9)
+	f := newCtFake(t, true, func(fc *ctFakeConn, req Request, _ []byte) {
+		mu.Lock()
+		held = append(held, req)
+		if len(held) < 8 {
+			mu.Unlock()
+			return
+		}
+		hs := held
+		held = nil
+		mu.Unlock()
+		// First halves in order, second halves in reverse.
+		for _, r := range hs {
+			fc.chunk(0, ReplyOffsetData, r.Cookie, ctData(r.Offset, pat[:2048]))
+		}
+		for i := len(hs) - 1; i >= 0; i-- {
+			r := hs[i]
+			fc.chunk(ReplyFlagDone, ReplyOffsetData, r.Cookie, ctData(r.Offset+2048, pat[2048:]))
+		}
+	})
+	c := ctDial(t, f.uri, ClientOptions{})
+	col := newCollector(8)
+	bufs := make([][]byte, 8)
+	for i := range bufs {
+		bufs[i] = make([]byte, 4096)
+		c.Start(ClientRequest{Cmd: CmdRead, Offset: int64(i) * 4096, Buf: bufs[i]}, col, uint64(i))
+	}
+	col.wait(t)
+	col.once(t, 8)
+	for i := range bufs {
+		if col.errs[uint64(i)] != nil || !bytes.Equal(bufs[i], pat) {
+			t.Errorf("read %d: %v", i, col.errs[uint64(i)])
+		}
+	}
+}
+
+// Simple replies: a read error carries no data, and the stream stays in
+// sync.
+func TestClientSimpleReplyErrors(t *testing.T) {
+	f := newCtFake(t, false, func(fc *ctFakeConn, req Request, payload []byte) {
+		if req.Type == CmdRead && req.Offset == 0 {
+			fc.simple(req.Cookie, ENOSPC, nil)
+			return
+		}
+		fc.memory(req, payload)
+	})
+	c := ctDial(t, f.uri, ClientOptions{})
+	ctx := ctCtx(t)
+	if c.Info().Structured {
+		t.Fatal("structured replies negotiated with a server that refused them")
+	}
+	buf := ctPattern(make([]byte, 4096), 1)
+	if err := c.WriteAt(ctx, buf, 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4096)
+	if err := c.ReadAt(ctx, got, 0); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("read: %v, want ENOSPC", err)
+	}
+	if err := c.ReadAt(ctx, got, 4096); err != nil || !bytes.Equal(got, buf) {
+		t.Fatalf("read after an error: %v", err)
+	}
+}
+
+// A reply that stalls halfway through a read's data: the request's
+// deadline still ends it (the connection is killed to get the buffer
+// back), with ETIMEDOUT, and the client reconnects.
+func TestClientTimeoutMidPayload(t *testing.T) {
+	f := newCtFake(t, true, func(fc *ctFakeConn, req Request, payload []byte) {
+		if req.Type == CmdRead && req.Offset == 0 && fc.idx == 1 {
+			b := make([]byte, StructReplySize)
+			PutStructuredHeader(b, ReplyFlagDone, ReplyOffsetData, req.Cookie, 8+4096)
+			fc.write(append(append(b, binary.BigEndian.AppendUint64(nil, 0)...), make([]byte, 1000)...))
+			return // and never the rest
+		}
+		fc.memory(req, payload)
+	})
+	c := ctDial(t, f.uri, ClientOptions{})
+	col := newCollector(1)
+	buf := make([]byte, 4096)
+	c.Start(ClientRequest{Cmd: CmdRead, Buf: buf, Timeout: 50 * time.Millisecond}, col, 0)
+	col.wait(t)
+	if err := col.errs[0]; !errors.Is(err, syscall.ETIMEDOUT) {
+		t.Fatalf("stalled read: %v, want ETIMEDOUT", err)
+	}
+	if err := c.ReadAt(ctCtx(t), buf, 4096); err != nil {
+		t.Fatalf("read on the next connection: %v", err)
+	}
+	if st := c.Stats(); st.Reconnects < 1 || st.TimedOut != 1 {
+		t.Errorf("stats %+v: want a reconnection and one timeout", st)
+	}
+}
+
+// A context canceled while the writer is in the middle of a write's
+// payload (the server stopped reading): the write ends with the
+// context's error once the connection is killed to free its buffer.
+func TestClientCancelDuringSend(t *testing.T) {
+	block := make(chan struct{})
+	var unblock sync.Once
+	release := func() { unblock.Do(func() { close(block) }) }
+	f := newCtFakeSize(t, true, 32<<20, func(fc *ctFakeConn, req Request, payload []byte) {
+		if fc.idx == 1 && req.Type == CmdFlush {
+			<-block // stop reading this connection
+		}
+		fc.memory(req, payload)
+	})
+	t.Cleanup(release) // after the fake's, so it runs before it
+	c := ctDial(t, f.uri, ClientOptions{})
+	ctx := ctCtx(t)
+	col := newCollector(1)
+	c.Start(ClientRequest{Cmd: CmdFlush}, col, 0)
+	pinned := func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, r := range c.reqs {
+			if r.pins > 0 {
+				return true
+			}
+		}
+		return false
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- c.WriteAt(wctx, make([]byte, 16<<20), 0, false) }()
+	ctEventually(t, "the writer is stuck sending the payload", pinned)
+	cancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("canceled write: %v", err)
+		}
+	case <-time.After(ctSafety):
+		t.Fatal("canceled write never returned")
+	}
+	release()
+	col.wait(t)
+	if err := col.errs[0]; err != nil {
+		t.Errorf("flush (retried on the next connection): %v", err)
+	}
+	if err := c.ReadAt(ctx, make([]byte, 4096), 0); err != nil {
+		t.Fatalf("read afterwards: %v", err)
+	}
+}
+
+// Unknown cookies and ESHUTDOWN replies drop the connection; the
+// requests are retried on the next one.
+func TestClientRetryAfterProtocolTrouble(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		first func(fc *ctFakeConn, req Request)
+	}{
+		{"unknown-cookie", func(fc *ctFakeConn, req Request) { fc.simple(req.Cookie+1000, 0, nil) }},
+		{"bad-magic", func(fc *ctFakeConn, req Request) { fc.write(make([]byte, 16)) }},
+		{"eshutdown-simple", func(fc *ctFakeConn, req Request) { fc.simple(req.Cookie, ESHUTDOWN, nil) }},
+		{"eshutdown-chunk", func(fc *ctFakeConn, req Request) {
+			fc.chunk(ReplyFlagDone, ReplyError, req.Cookie, ctErrChunk(ESHUTDOWN, "bye"))
+		}},
+		{"simple-read-data-after-structured", func(fc *ctFakeConn, req Request) { fc.simple(req.Cookie, 0, make([]byte, req.Length)) }},
+		{"hang-up", func(fc *ctFakeConn, req Request) { fc.nc.Close() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pat := ctPattern(make([]byte, 4096), 3)
+			f := newCtFake(t, true, func(fc *ctFakeConn, req Request, payload []byte) {
+				if fc.idx == 1 && req.Type == CmdRead {
+					tc.first(fc, req)
+					return
+				}
+				fc.memory(req, payload)
+			})
+			copy(f.data[4096:], pat)
+			c := ctDial(t, f.uri, ClientOptions{})
+			got := make([]byte, 4096)
+			if err := c.ReadAt(ctCtx(t), got, 4096); err != nil || !bytes.Equal(got, pat) {
+				t.Fatalf("read: %v", err)
+			}
+			if st := c.Stats(); st.Reconnects != 1 || st.Retried != 1 {
+				t.Errorf("stats %+v: want one reconnection and one retry", st)
+			}
+		})
+	}
+}
+
+// Retries are bounded: a server that drops every connection fails the
+// request with ENOTCONN after Retries re-sends.
+func TestClientRetriesBounded(t *testing.T) {
+	f := newCtFake(t, true, func(fc *ctFakeConn, req Request, payload []byte) {
+		if req.Type == CmdRead {
+			fc.nc.Close()
+			return
+		}
+		fc.memory(req, payload)
+	})
+	c := ctDial(t, f.uri, ClientOptions{Retries: 2})
+	err := c.ReadAt(ctCtx(t), make([]byte, 512), 0)
+	if !errors.Is(err, syscall.ENOTCONN) {
+		t.Fatalf("read: %v, want ENOTCONN", err)
+	}
+	if st := c.Stats(); st.Retried != 2 {
+		t.Errorf("retried %d times, want 2", st.Retried)
+	}
+	if err := c.WriteAt(ctCtx(t), make([]byte, 512), 0, false); err != nil {
+		t.Errorf("write: %v", err)
+	}
+}

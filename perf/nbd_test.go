@@ -1,0 +1,62 @@
+package perf
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"udm/internal/testutil"
+)
+
+// startNbdkitUnix serves a scratch file with nbdkit on a unix socket and
+// returns its URI.
+func startNbdkitUnix(t *testing.T, size int64) string {
+	t.Helper()
+	bin := testutil.RequireTool(t, "nbdkit")
+	dir, err := os.MkdirTemp("", "udmperf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock, pid := filepath.Join(dir, "s.sock"), filepath.Join(dir, "pid")
+	cmd := exec.Command(bin, "--exit-with-parent", "-f", "-U", sock, "-P", pid, "file", testutil.TempFile(t, size))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if b, err := os.ReadFile(pid); err == nil && len(b) > 0 {
+			return "nbd+unix:///?socket=" + sock
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("nbdkit never started")
+		}
+	}
+}
+
+// The NBD engine runs a verified mixed workload through udm's client on
+// two loops over two connections.
+func TestNBDEngineVerify(t *testing.T) {
+	uri := startNbdkitUnix(t, 16<<20)
+	eng, err := NewNBDEngine(uri, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	if eng.Size() != 16<<20 {
+		t.Fatalf("size %d", eng.Size())
+	}
+	res, err := Run(context.Background(), Config{RW: "randrw", ReadPct: 50, Depth: 16, Loops: 2, TotalBytes: 16 << 20,
+		Verify: true, Seed: 7}, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Errors != 0 || len(res.VerifyFailures) != 0 || res.Ops < 1000 || res.Reads == 0 || res.Writes == 0 || res.VerifiedBytes == 0 {
+		t.Fatalf("result %+v (failures %v)", res, res.VerifyFailures)
+	}
+}
