@@ -59,7 +59,7 @@ func newCtFakeSize(t testing.TB, structured bool, size uint64, handle func(fc *c
 		t.Fatal(err)
 	}
 	f := &ctFake{t: t, ln: ln, uri: "nbd+unix:///?socket=" + sock, size: size,
-		flags: TFlagHasFlags | TFlagSendFlush | TFlagSendFUA | TFlagSendTrim | TFlagSendWriteZeroes,
+		flags:      TFlagHasFlags | TFlagSendFlush | TFlagSendFUA | TFlagSendTrim | TFlagSendWriteZeroes,
 		structured: structured, handle: handle}
 	f.data = make([]byte, f.size)
 	f.wg.Add(1)
