@@ -374,15 +374,14 @@ func (r *creq) unref() {
 
 // errno values the client ends requests with.
 var (
-	errShutdown  error = syscall.ESHUTDOWN
-	errNotConn   error = syscall.ENOTCONN
-	errTimedOut  error = syscall.ETIMEDOUT
-	errInval     error = syscall.EINVAL
-	errPerm      error = syscall.EPERM
-	errNotSup    error = syscall.EOPNOTSUPP
-	errIO        error = syscall.EIO
-	errProtocol        = errors.New("nbd: protocol error")
-	errSrvClosed       = fmt.Errorf("nbd: server is shutting down: %w", syscall.ESHUTDOWN)
+	errShutdown error = syscall.ESHUTDOWN
+	errNotConn  error = syscall.ENOTCONN
+	errTimedOut error = syscall.ETIMEDOUT
+	errInval    error = syscall.EINVAL
+	errPerm     error = syscall.EPERM
+	errNotSup   error = syscall.EOPNOTSUPP
+	errIO       error = syscall.EIO
+	errProtocol       = errors.New("nbd: protocol error")
 )
 
 // Start sends one request asynchronously; h.ClientDone(tag, err) tells

@@ -38,10 +38,12 @@ type clientConn struct {
 	pinned []*creq
 	hdrs   []byte
 	iov    [][]byte
+	bufs   net.Buffers // iov as WriteTo consumes it (a field: no escape)
 	done   []*creq
 
 	// The reader's:
 	rhdr    [StructReplySize]byte
+	roff    [8]byte
 	scratch []byte
 }
 
@@ -152,8 +154,8 @@ func (c *Client) supervise(cc *clientConn) {
 		ncc, info, err := c.connect(dctx)
 		cancel()
 		if err == nil {
+			c.reconnects.Add(1) // before install: its requests may end at once
 			c.install(ncc, info)
-			c.reconnects.Add(1)
 			c.log.Info().Msg("nbd: reconnected")
 			cc = ncc
 			continue
@@ -368,8 +370,9 @@ func (cc *clientConn) writer() {
 			}
 		}
 		c.mu.Unlock()
-		bufs := net.Buffers(iov)
-		_, err := bufs.WriteTo(cc.nc)
+		cc.bufs = iov
+		_, err := cc.bufs.WriteTo(cc.nc)
+		cc.bufs = nil
 		clear(iov)
 		cc.iov = iov[:0]
 		clear(batch)
@@ -557,7 +560,7 @@ func (cc *clientConn) chunk(flags, typ uint16, cookie uint64, length uint32) err
 			off, n, ok := uint64(0), uint32(0), length == 12
 			if ok {
 				off, n = binary.BigEndian.Uint64(p), binary.BigEndian.Uint32(p[8:])
-				ok = r.cmd == CmdRead && n > 0 && off >= r.off && off-r.off+uint64(n) <= uint64(r.length)
+				ok = r.cmd == CmdRead && n > 0 && r.within(off, uint64(n))
 			}
 			if !ok {
 				r.setChunkErr(errIO)
@@ -634,18 +637,17 @@ func (cc *clientConn) dataChunk(done bool, cookie uint64, length uint32) error {
 	if length <= 8 {
 		return fmt.Errorf("%w: OFFSET_DATA chunk of %d bytes", errProtocol, length)
 	}
-	var ob [8]byte
-	if _, err := io.ReadFull(cc.br, ob[:]); err != nil {
+	if _, err := io.ReadFull(cc.br, cc.roff[:]); err != nil {
 		return fmt.Errorf("nbd: receive: %w", err)
 	}
-	off, n := binary.BigEndian.Uint64(ob[:]), uint64(length-8)
+	off, n := binary.BigEndian.Uint64(cc.roff[:]), uint64(length-8)
 	c.mu.Lock()
 	r, err := cc.lookupLocked(cookie)
 	if err != nil {
 		c.mu.Unlock()
 		return err
 	}
-	if r.ended || r.cmd != CmdRead || off < r.off || off-r.off+n > uint64(r.length) {
+	if r.ended || r.cmd != CmdRead || !r.within(off, n) {
 		if !r.ended {
 			r.setChunkErr(errIO)
 		}
@@ -690,6 +692,12 @@ func (cc *clientConn) dataChunk(done bool, cookie uint64, length uint32) error {
 		c.deliver(r)
 	}
 	return nil
+}
+
+// within reports whether [off, off+n) lies inside the request (a reply
+// chunk's claim, checked without overflow).
+func (r *creq) within(off, n uint64) bool {
+	return off >= r.off && off-r.off <= uint64(r.length) && n <= uint64(r.length)-(off-r.off)
 }
 
 func (r *creq) setChunkErr(err error) {

@@ -251,6 +251,10 @@ func TestClientStructuredChunks(t *testing.T) {
 		case 49152: // an unknown non-error type
 			fc.chunk(0, 77, c, []byte{1, 2, 3})
 			fc.chunk(ReplyFlagDone, ReplyOffsetData, c, ctData(49152, pat))
+		case 57344: // offsets near 2^64: no wrap-around into the buffer
+			fc.chunk(0, ReplyOffsetData, c, ctData(^uint64(0)-100, pat[:512]))
+			fc.chunk(0, ReplyOffsetHole, c, ctHole(^uint64(0)-100, 200))
+			fc.chunk(ReplyFlagDone, ReplyOffsetData, c, ctData(57344, pat))
 		default:
 			fc.memory(req, payload)
 		}
@@ -274,7 +278,7 @@ func TestClientStructuredChunks(t *testing.T) {
 	for _, tc := range []struct {
 		off  int64
 		want syscall.Errno
-	}{{8192, syscall.ENOSPC}, {16384, syscall.EPERM}, {24576, syscall.EIO}, {32768, syscall.EIO}, {40960, syscall.EINVAL}, {49152, syscall.EIO}} {
+	}{{8192, syscall.ENOSPC}, {16384, syscall.EPERM}, {24576, syscall.EIO}, {32768, syscall.EIO}, {40960, syscall.EINVAL}, {49152, syscall.EIO}, {57344, syscall.EIO}} {
 		fill()
 		if err := c.ReadAt(ctx, buf, tc.off); !errors.Is(err, tc.want) {
 			t.Errorf("read at %d: %v, want %v", tc.off, err, tc.want)

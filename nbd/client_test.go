@@ -540,3 +540,31 @@ func TestClientBlockStatus(t *testing.T) {
 		t.Error("sparse read returned wrong data")
 	}
 }
+
+// The steady state of the synchronous API allocates (almost) nothing:
+// requests, timers and buffers are reused.
+func TestClientAllocations(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short mode")
+	}
+	srv := ctNbdkit(t, true, "memory", "1M")
+	c := ctDial(t, srv.uri, ClientOptions{RequestTimeout: time.Minute})
+	ctx := ctCtx(t)
+	buf := make([]byte, 4096)
+	for i := 0; i < 100; i++ { // warm the pools
+		c.WriteAt(ctx, buf, 0, false)
+		c.ReadAt(ctx, buf, 0)
+	}
+	allocs := testing.AllocsPerRun(500, func() {
+		if err := c.WriteAt(ctx, buf, 4096, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.ReadAt(ctx, buf, 4096); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("%.2f allocations per write+read", allocs)
+	if allocs >= 0.5 {
+		t.Errorf("%.2f allocations per write+read, want none", allocs)
+	}
+}

@@ -25,6 +25,8 @@ func runBench(args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	raw := fs.String("raw", "", "file or block device to drive directly through the loop")
 	table := fs.String("table", "", "dm table (kernel syntax, lines separated by newlines or ';') to drive in process, bypassing NBD")
+	nbdURI := fs.String("nbd", "", "NBD export to drive through udm's NBD client (nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)")
+	conns := fs.Int("conns", 1, "client connections for --nbd (loops share them round-robin)")
 	rw := fs.String("rw", "randread", "workload: read, write, randread, randwrite, randrw")
 	bs := fs.String("bs", "4k", "block size")
 	depth := fs.Int("iodepth", 1, "queue depth per loop")
@@ -66,8 +68,10 @@ func runBench(args []string) error {
 		}
 		eng, loops, err = perf.TableEngine(strings.ReplaceAll(*table, ";", "\n"), cfg.Loops, targets)
 		cfg.LoopSet = loops
+	case *nbdURI != "":
+		eng, err = perf.NewNBDEngine(*nbdURI, *conns)
 	default:
-		return fmt.Errorf("name a target: --raw PATH or --table 'LINE'")
+		return fmt.Errorf("name a target: --raw PATH, --table 'LINE' or --nbd URI")
 	}
 	if err != nil {
 		return err
