@@ -202,6 +202,7 @@ type Client struct {
 	once  sync.Once
 
 	reconnects, retried, timedOut atomic.Int64
+	ios                           dm.IOStats // of clones (Submit)
 
 	zeroOnce sync.Once
 	zeroes   []byte // write-zeroes emulation; read-only
@@ -313,13 +314,14 @@ type creq struct {
 	waitConn bool // a probe: queue even while down; fail when a dial fails
 
 	// Completion: exactly one of clone, h, ch (sync) is used.
-	clone  *dm.Clone
-	multi  *multiOp // a split request's parent: its pieces
-	h      ClientHandler
-	tag    uint64
-	ch     chan error // cap 1, kept across uses
-	sync   bool
-	execFn func() // posts the clone's end on its executor; made once
+	clone   *dm.Clone
+	multi   *multiOp // a split request's parent: its pieces
+	h       ClientHandler
+	tag     uint64
+	ch      chan error // cap 1, kept across uses
+	sync    bool
+	execFn  func() // posts the clone's end on its executor; made once
+	ioStart int64  // IOStats stamp of a clone
 
 	// refs: one for the table, one for delivery, one while the timer
 	// may run. At zero the creq goes back to the pool.

@@ -15,7 +15,12 @@ import (
 var (
 	_ dm.BlockDevice    = (*Client)(nil)
 	_ dm.DeadlineSetter = (*Client)(nil)
+	_ dm.IOStatser      = (*Client)(nil)
 )
+
+// IOStats are the counters of the clones submitted to the client (its
+// I/O as a path or a backing device).
+func (c *Client) IOStats() dm.IOStatsSnapshot { return c.ios.Snapshot() }
 
 // Name is the URI the client was dialed with (as a table names it).
 func (c *Client) Name() string { return c.name }
@@ -62,6 +67,7 @@ func (c *Client) Submit(cl *dm.Clone) {
 	}
 	r := c.getReq()
 	r.clone = cl
+	r.ioStart = c.ios.Start()
 	dl := time.Duration(c.ioDl.Load())
 	if dl <= 0 {
 		dl = c.opts.RequestTimeout
@@ -72,8 +78,9 @@ func (c *Client) Submit(cl *dm.Clone) {
 
 // endClone ends r's clone (on its executor, when deliver posted it).
 func (r *creq) endClone() {
-	cl, err := r.clone, r.err
+	c, cl, err, start := r.c, r.clone, r.err, r.ioStart
 	r.unref()
+	c.ios.Done(cl.Op, cl.Len, start, err)
 	cl.End(err)
 }
 

@@ -62,7 +62,13 @@ func TestClientAsTableDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	open := ComposeOpeners(Opener(ClientOptions{}), filedev.Opener(l))
+	var client dm.BlockDevice
+	nbdOpen := Opener(ClientOptions{})
+	open := ComposeOpeners(func(name string, ro bool) (dm.BlockDevice, io.Closer, error) {
+		d, cl, err := nbdOpen(name, ro)
+		client = d
+		return d, cl, err
+	}, filedev.Opener(l))
 	dev := dm.NewDevice(dm.DeviceConfig{Name: "mix", Log: zerolog.Nop(), Open: open})
 	if err := dev.Load("0 8192 linear " + srv.uri + " 0\n8192 8192 linear " + file + " 0"); err != nil {
 		t.Fatal(err)
@@ -111,6 +117,11 @@ func TestClientAsTableDevice(t *testing.T) {
 	}
 	if err := ctSubmit(t, l, dev, dm.OpWriteZeroes, dm.NoUnmap, 2<<20, 4096, nil); err != nil {
 		t.Fatalf("write-zeroes with NoUnmap: %v", err)
+	}
+	// The NBD half counted its clones.
+	st := client.(dm.IOStatser).IOStats()
+	if st.Ops[dm.LatRead] == 0 || st.Ops[dm.LatWrite] == 0 || st.ReadBytes == 0 || st.WriteBytes == 0 || st.InFlight != 0 || st.Errors != 0 {
+		t.Errorf("client I/O stats %+v", st)
 	}
 }
 
