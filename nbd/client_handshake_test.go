@@ -1,0 +1,326 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// ctScript serves each connection with fn (the server's side of a
+// handshake written out by hand) and returns the URI.
+func ctScript(t *testing.T, fn func(nc net.Conn, br *bufio.Reader)) string {
+	t.Helper()
+	sock := filepath.Join(ctDir(t), "h.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, nc)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer nc.Close()
+				fn(nc, bufio.NewReader(nc))
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return "nbd+unix:///exp?socket=" + sock
+}
+
+// ctGreet sends the newstyle greeting and reads the client's flags.
+func ctGreet(nc net.Conn, br *bufio.Reader, hflags uint16) (uint32, bool) {
+	var hs [18]byte
+	binary.BigEndian.PutUint64(hs[0:], NBDMagic)
+	binary.BigEndian.PutUint64(hs[8:], IHaveOpt)
+	binary.BigEndian.PutUint16(hs[16:], hflags)
+	nc.Write(hs[:])
+	var cf [4]byte
+	if _, err := io.ReadFull(br, cf[:]); err != nil {
+		return 0, false
+	}
+	return binary.BigEndian.Uint32(cf[:]), true
+}
+
+// ctOption reads one option.
+func ctOption(br *bufio.Reader) (uint32, []byte, bool) {
+	var oh [OptionHeaderSize]byte
+	if _, err := io.ReadFull(br, oh[:]); err != nil {
+		return 0, nil, false
+	}
+	h, err := ParseOptionHeader(oh[:])
+	if err != nil {
+		return 0, nil, false
+	}
+	data := make([]byte, h.Length)
+	if _, err := io.ReadFull(br, data); err != nil {
+		return 0, nil, false
+	}
+	return h.Option, data, true
+}
+
+func ctInfoExport(size uint64, flags uint16) []byte {
+	b := binary.BigEndian.AppendUint16(nil, InfoExport)
+	b = binary.BigEndian.AppendUint64(b, size)
+	return binary.BigEndian.AppendUint16(b, flags)
+}
+
+func ctInfoBlockSize(min, pref, max uint32) []byte {
+	b := binary.BigEndian.AppendUint16(nil, InfoBlockSize)
+	b = binary.BigEndian.AppendUint32(b, min)
+	b = binary.BigEndian.AppendUint32(b, pref)
+	return binary.BigEndian.AppendUint32(b, max)
+}
+
+// ctHandshakeDial dials uri once, without retries, and returns the error.
+func ctHandshakeDial(uri string, opts ClientOptions) (*Client, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), ctSafety)
+	defer cancel()
+	return Dial(ctx, uri, opts)
+}
+
+// NBD_OPT_GO refused as unknown: the client falls back to
+// NBD_OPT_EXPORT_NAME, without the 124 zero bytes when both sides agreed.
+func TestClientGoUnsupportedFallsBack(t *testing.T) {
+	for _, noZeroes := range []bool{true, false} {
+		var gotName string
+		var mu sync.Mutex
+		uri := ctScript(t, func(nc net.Conn, br *bufio.Reader) {
+			hf := FlagFixedNewstyle
+			if noZeroes {
+				hf |= FlagNoZeroes
+			}
+			cf, ok := ctGreet(nc, br, hf)
+			if !ok || (cf&ClientNoZeroes != 0) != noZeroes {
+				return
+			}
+			for {
+				opt, data, ok := ctOption(br)
+				if !ok {
+					return
+				}
+				if opt != OptExportName {
+					nc.Write(AppendOptionReply(nil, opt, RepErrUnsup, nil))
+					continue
+				}
+				mu.Lock()
+				gotName = string(data)
+				mu.Unlock()
+				b := binary.BigEndian.AppendUint64(nil, 1<<20)
+				b = binary.BigEndian.AppendUint16(b, TFlagHasFlags|TFlagSendFlush)
+				if !noZeroes {
+					b = append(b, make([]byte, 124)...)
+				}
+				nc.Write(b)
+				// Transmission: answer a flush, then stop.
+				var rb [RequestSize]byte
+				if _, err := io.ReadFull(br, rb[:]); err != nil {
+					return
+				}
+				req, _ := ParseRequest(rb[:])
+				rep := make([]byte, SimpleReplySize)
+				PutSimpleReply(rep, 0, req.Cookie)
+				nc.Write(rep)
+				io.Copy(io.Discard, br)
+				return
+			}
+		})
+		c, err := ctHandshakeDial(uri, ClientOptions{})
+		if err != nil {
+			t.Fatalf("no-zeroes %v: %v", noZeroes, err)
+		}
+		info := c.Info()
+		mu.Lock()
+		name := gotName
+		mu.Unlock()
+		if info.Go || info.Structured || info.Size != 1<<20 || !info.CanFlush() || name != "exp" {
+			t.Errorf("no-zeroes %v: info %+v, export name %q", noZeroes, info, name)
+		}
+		if err := c.Flush(ctCtx(t)); err != nil {
+			t.Errorf("flush: %v", err)
+		}
+		c.Close()
+	}
+}
+
+// Handshakes that fail say why.
+func TestClientHandshakeErrors(t *testing.T) {
+	goReply := func(replies ...[]byte) func(nc net.Conn, br *bufio.Reader) {
+		return func(nc net.Conn, br *bufio.Reader) {
+			if _, ok := ctGreet(nc, br, FlagFixedNewstyle|FlagNoZeroes); !ok {
+				return
+			}
+			for {
+				opt, _, ok := ctOption(br)
+				if !ok {
+					return
+				}
+				switch opt {
+				case OptGo:
+					for _, r := range replies {
+						nc.Write(r)
+					}
+				case OptAbort:
+					nc.Write(AppendOptionReply(nil, opt, RepAck, nil))
+					return
+				default:
+					nc.Write(AppendOptionReply(nil, opt, RepErrUnsup, nil))
+				}
+			}
+		}
+	}
+	ack := AppendOptionReply(nil, OptGo, RepAck, nil)
+	info := AppendOptionReply(nil, OptGo, RepInfo, ctInfoExport(1<<20, TFlagHasFlags))
+	for _, tc := range []struct {
+		name   string
+		server func(nc net.Conn, br *bufio.Reader)
+		want   error
+	}{
+		{"no-such-export", goReply(AppendOptionReply(nil, OptGo, RepErrUnknown, []byte("nope"))), ErrNoExport},
+		{"tls-required", goReply(AppendOptionReply(nil, OptGo, RepErrTLSReqd, nil)), ErrTLSRequired},
+		{"policy", goReply(AppendOptionReply(nil, OptGo, RepErrPolicy, nil)), ErrHandshake},
+		{"shutting-down", goReply(AppendOptionReply(nil, OptGo, RepErrShutdown, nil)), ErrHandshake},
+		{"ack-without-export-info", goReply(ack), ErrHandshake},
+		{"bad-min-block", goReply(info, AppendOptionReply(nil, OptGo, RepInfo, ctInfoBlockSize(3, 4096, 1<<20)), ack), ErrHandshake},
+		{"max-below-min", goReply(info, AppendOptionReply(nil, OptGo, RepInfo, ctInfoBlockSize(4096, 4096, 512)), ack), ErrHandshake},
+		{"short-info", goReply(AppendOptionReply(nil, OptGo, RepInfo, []byte{0, 0, 1}), ack), ErrHandshake},
+		{"reply-to-another-option", goReply(AppendOptionReply(nil, OptList, RepAck, nil)), ErrHandshake},
+		{"oldstyle", func(nc net.Conn, br *bufio.Reader) {
+			b := binary.BigEndian.AppendUint64(nil, NBDMagic)
+			b = binary.BigEndian.AppendUint64(b, cliservMagic)
+			nc.Write(append(b, make([]byte, 8+4+124)...))
+			io.Copy(io.Discard, br)
+		}, ErrHandshake},
+		{"not-nbd", func(nc net.Conn, br *bufio.Reader) {
+			nc.Write([]byte("SSH-2.0-OpenSSH_9.2p1 Debian\r\n"))
+			io.Copy(io.Discard, br)
+		}, ErrHandshake},
+		{"hangs-up", func(nc net.Conn, br *bufio.Reader) {}, ErrHandshake},
+		{"export-name-refused", func(nc net.Conn, br *bufio.Reader) {
+			// Not fixed newstyle: only NBD_OPT_EXPORT_NAME, refused by
+			// closing the connection.
+			if _, ok := ctGreet(nc, br, 0); !ok {
+				return
+			}
+			ctOption(br)
+		}, ErrNoExport},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			uri := ctScript(t, tc.server)
+			c, err := ctHandshakeDial(uri, ClientOptions{})
+			if err == nil {
+				c.Close()
+				t.Fatal("handshake succeeded")
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("%v, want %v", err, tc.want)
+			}
+		})
+	}
+	// A server that says nothing: the dial times out.
+	uri := ctScript(t, func(nc net.Conn, br *bufio.Reader) { io.Copy(io.Discard, br) })
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := Dial(ctx, uri, ClientOptions{}); err == nil {
+		t.Fatal("dial of a silent server succeeded")
+	}
+}
+
+// After a reconnection, an export of another size is refused (the client
+// keeps trying); the same size is accepted.
+func TestClientReconnectSizeChange(t *testing.T) {
+	var mu sync.Mutex
+	size := uint64(1 << 20)
+	uri := ctScript(t, func(nc net.Conn, br *bufio.Reader) {
+		if _, ok := ctGreet(nc, br, FlagFixedNewstyle|FlagNoZeroes); !ok {
+			return
+		}
+		for {
+			opt, _, ok := ctOption(br)
+			if !ok {
+				return
+			}
+			if opt != OptGo {
+				nc.Write(AppendOptionReply(nil, opt, RepErrUnsup, nil))
+				continue
+			}
+			mu.Lock()
+			sz := size
+			mu.Unlock()
+			nc.Write(AppendOptionReply(nil, opt, RepInfo, ctInfoExport(sz, TFlagHasFlags|TFlagSendFlush)))
+			nc.Write(AppendOptionReply(nil, opt, RepAck, nil))
+			break
+		}
+		for {
+			var rb [RequestSize]byte
+			if _, err := io.ReadFull(br, rb[:]); err != nil {
+				return
+			}
+			req, _ := ParseRequest(rb[:])
+			if req.Type == CmdDisc {
+				return
+			}
+			rep := make([]byte, SimpleReplySize)
+			PutSimpleReply(rep, 0, req.Cookie)
+			nc.Write(rep)
+			nc.Close() // every connection serves one request
+			return
+		}
+	})
+	c := ctDial(t, uri, ClientOptions{ReconnectTimeout: time.Hour})
+	ctx := ctCtx(t)
+	if err := c.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Each connection serves one request: wait for the next one.
+	ctEventually(t, "reconnected", func() bool { return c.Stats().Reconnects == 1 && c.Connected() })
+	mu.Lock()
+	size = 2 << 20
+	mu.Unlock()
+	if err := c.Flush(ctx); err != nil { // on the live connection
+		t.Fatal(err)
+	}
+	fctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	err := c.Flush(fctx)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("flush with the export resized: %v, want to wait", err)
+	}
+	mu.Lock()
+	size = 1 << 20
+	mu.Unlock()
+	if err := c.Flush(ctx); err != nil {
+		t.Fatalf("flush once the size is back: %v", err)
+	}
+	if c.Size() != 1<<20 {
+		t.Errorf("size %d", c.Size())
+	}
+}
