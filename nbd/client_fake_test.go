@@ -30,7 +30,8 @@ type ctFake struct {
 	size       uint64
 	flags      uint16
 	structured bool
-	data       []byte // the export's content, for ctFakeMemory
+	data       []byte    // the export's content, for memory
+	bs         [3]uint32 // block sizes to advertise (none if zero)
 	handle     func(fc *ctFakeConn, req Request, payload []byte)
 
 	mu    sync.Mutex
@@ -53,6 +54,13 @@ func newCtFake(t testing.TB, structured bool, handle func(fc *ctFakeConn, req Re
 
 func newCtFakeSize(t testing.TB, structured bool, size uint64, handle func(fc *ctFakeConn, req Request, payload []byte)) *ctFake {
 	t.Helper()
+	return newCtFakeBlocks(t, structured, size, [3]uint32{}, handle)
+}
+
+// newCtFakeBlocks also advertises block sizes (min, preferred, max) when
+// bs is not zero.
+func newCtFakeBlocks(t testing.TB, structured bool, size uint64, bs [3]uint32, handle func(fc *ctFakeConn, req Request, payload []byte)) *ctFake {
+	t.Helper()
 	sock := filepath.Join(ctDir(t), "fake.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -60,7 +68,7 @@ func newCtFakeSize(t testing.TB, structured bool, size uint64, handle func(fc *c
 	}
 	f := &ctFake{t: t, ln: ln, uri: "nbd+unix:///?socket=" + sock, size: size,
 		flags:      TFlagHasFlags | TFlagSendFlush | TFlagSendFUA | TFlagSendTrim | TFlagSendWriteZeroes,
-		structured: structured, handle: handle}
+		structured: structured, handle: handle, bs: bs}
 	f.data = make([]byte, f.size)
 	f.wg.Add(1)
 	go f.accept()
@@ -142,7 +150,11 @@ func (fc *ctFakeConn) serve() {
 			info := binary.BigEndian.AppendUint16(nil, InfoExport)
 			info = binary.BigEndian.AppendUint64(info, f.size)
 			info = binary.BigEndian.AppendUint16(info, f.flags)
-			fc.nc.Write(AppendOptionReply(AppendOptionReply(nil, h.Option, RepInfo, info), h.Option, RepAck, nil))
+			reply := AppendOptionReply(nil, h.Option, RepInfo, info)
+			if f.bs[0] != 0 {
+				reply = AppendOptionReply(reply, h.Option, RepInfo, ctInfoBlockSize(f.bs[0], f.bs[1], f.bs[2]))
+			}
+			fc.nc.Write(AppendOptionReply(reply, h.Option, RepAck, nil))
 			done = true
 		default:
 			fc.nc.Write(AppendOptionReply(nil, h.Option, RepErrUnsup, nil))
@@ -499,5 +511,51 @@ func TestClientRetriesBounded(t *testing.T) {
 	}
 	if err := c.WriteAt(ctCtx(t), make([]byte, 512), 0, false); err != nil {
 		t.Errorf("write: %v", err)
+	}
+}
+
+// A split read (longer than the maximum payload) canceled while some
+// pieces are answered and others are held: ReadAt returns the context's
+// error, and pieces answered later don't land in the buffer.
+func TestClientCancelSplitRead(t *testing.T) {
+	hold := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(hold) }) }
+	var held atomic.Int32
+	f := newCtFakeBlocks(t, true, 1<<20, [3]uint32{512, 4096, 16384}, func(fc *ctFakeConn, req Request, payload []byte) {
+		if req.Type == CmdRead && req.Offset >= 32768 {
+			held.Add(1)
+			go func() { // answer later, off the connection's goroutine
+				<-hold
+				fc.memory(req, payload)
+			}()
+			return
+		}
+		fc.memory(req, payload)
+	})
+	t.Cleanup(release)
+	for i := range f.data {
+		f.data[i] = 0x11
+	}
+	c := ctDial(t, f.uri, ClientOptions{})
+	if c.Info().MaxPayload != 16384 {
+		t.Fatalf("max payload %d", c.Info().MaxPayload)
+	}
+	buf := make([]byte, 65536) // four pieces; two held
+	for i := range buf {
+		buf[i] = 0xCC
+	}
+	ctx, cancel := context.WithCancel(ctCtx(t))
+	errc := make(chan error, 1)
+	go func() { errc <- c.ReadAt(ctx, buf, 0) }()
+	ctEventually(t, "two pieces held", func() bool { return held.Load() == 2 })
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled split read: %v", err)
+	}
+	release()
+	ctEventually(t, "late pieces consumed", func() bool { return ctTableEmpty(c) })
+	if !ctAllBytes(buf[32768:], 0xCC) {
+		t.Fatal("a piece answered after the cancel wrote into the buffer")
 	}
 }
