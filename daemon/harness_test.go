@@ -39,7 +39,11 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		goBin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
 	}
-	if out, err := exec.Command(goBin, "build", "-o", udmBin, "udm/cmd/udm").CombinedOutput(); err != nil {
+	args := []string{"build", "-o", udmBin}
+	if raceBuild {
+		args = append(args, "-race")
+	}
+	if out, err := exec.Command(goBin, append(args, "udm/cmd/udm")...).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building udm: %v\n%s", err, out)
 		os.RemoveAll(dir)
 		os.Exit(1)
@@ -107,6 +111,9 @@ func startUDM(t *testing.T, stateDir string, extra ...string) *udmd {
 		if u.running() {
 			u.cmd.Process.Kill()
 			<-u.done
+		}
+		if strings.Contains(u.stderr.String(), "WARNING: DATA RACE") {
+			t.Errorf("the daemon reported a data race")
 		}
 		if t.Failed() {
 			t.Logf("daemon log (%s):\n%s", u.stateDir, u.stderr.String())
