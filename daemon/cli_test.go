@@ -22,7 +22,7 @@ import (
 // TestVerbs drives every verb against one daemon, checking dmsetup's
 // output byte for byte and each error case's one line on stderr.
 func TestVerbs(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo")
+	u := startUDM(t, t.TempDir(), "--no-demo", "--metrics", "127.0.0.1:0")
 	dir := shmDir(t)
 	a := backing(t, dir, "a", 8<<20)
 	b := backing(t, dir, "b", 8<<20)
@@ -303,6 +303,27 @@ func TestVerbs(t *testing.T) {
 		}
 		eventually(t, "remote to close", func() bool { return strings.Contains(u.ok("info", "remote"), "Open count:        0\n") })
 		u.ok("remove", "remote")
+
+		// A multipath path over NBD, with its I/O in the path metrics.
+		uri := u.nbdUnixURI("lin")
+		u.ok("create", "rmp", "--table", "0 2048 multipath 0 0 1 1 round-robin 0 1 1 "+uri+" 1")
+		cl = dialNBD(t, u.nbdURI("rmp"))
+		if err := cl.ReadAt(ctx, got, 4096); err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(data) {
+			t.Fatal("read through an NBD multipath path returned other data")
+		}
+		cl.Close()
+		for _, m := range []string{`udm_path_io_total{device="rmp",path="` + uri + `",op="read"}`,
+			`udm_path_bytes_total{device="rmp",path="` + uri + `",op="read"}`,
+			`udm_path_latency_seconds_count{device="rmp",path="` + uri + `",op="read"}`} {
+			if v := scrape(t, u.info.Metrics, m); v <= 0 {
+				t.Errorf("%s = %v", m, v)
+			}
+		}
+		eventually(t, "rmp to close", func() bool { return strings.Contains(u.ok("info", "rmp"), "Open count:        0\n") })
+		u.ok("remove", "rmp")
 	})
 
 	t.Run("remove", func(t *testing.T) {
