@@ -325,8 +325,12 @@ func TestRestart(t *testing.T) {
 		}
 		cl.Close()
 	}
-	// Compared after the reads: multipath picks its group lazily, at the
-	// first I/O, and status shows it.
+	// Compared after the reads (multipath picks its group lazily, at the
+	// first I/O, and status shows it) and after the first check of the
+	// healthy path.
+	eventually(t, "the checker to check "+b, func() bool {
+		return regexp.MustCompile(regexp.QuoteMeta(b) + ` +1 +active +ready `).MatchString(u.ok("show", "paths"))
+	})
 	after := snapshot()
 	for k, v := range before {
 		if after[k] != v {
