@@ -298,6 +298,12 @@ func TestRestart(t *testing.T) {
 		m["info"] = regexp.MustCompile(`Event number: +\d+`).ReplaceAllString(m["info"], "Event number: N")
 		return m
 	}
+	checked := func() {
+		eventually(t, "the checker to check "+b, func() bool {
+			return regexp.MustCompile(regexp.QuoteMeta(b) + ` +1 +active +ready `).MatchString(u.ok("show", "paths"))
+		})
+	}
+	checked()
 	before := snapshot()
 	u.kill9()
 	u.restart()
@@ -328,9 +334,7 @@ func TestRestart(t *testing.T) {
 	// Compared after the reads (multipath picks its group lazily, at the
 	// first I/O, and status shows it) and after the first check of the
 	// healthy path.
-	eventually(t, "the checker to check "+b, func() bool {
-		return regexp.MustCompile(regexp.QuoteMeta(b) + ` +1 +active +ready `).MatchString(u.ok("show", "paths"))
-	})
+	checked()
 	after := snapshot()
 	for k, v := range before {
 		if after[k] != v {
