@@ -77,7 +77,7 @@ func TestStackedDeadline(t *testing.T) {
 	t.Run("a held write is dropped, not written late", func(t *testing.T) {
 		a := NewMemDevice("a", MiB)
 		upper, lower, adapter := stackPair(t, "0 64 delay a 0 3600000", "0 64 linear lower 0", a)
-		adapter.(DeadlineSetter).SetIODeadline(time.Millisecond)
+		adapter.(DeadlineSetter).SetIODeadline(50 * time.Millisecond) // long enough for the descent to reach the device on a loaded machine
 		w := newRec(OpWrite, 0, 512)
 		fill(w.Buf, 1)
 		upper.Submit(&w.Bio)
@@ -98,7 +98,7 @@ func TestStackedDeadline(t *testing.T) {
 	t.Run("a late read lands in the bounce buffer", func(t *testing.T) {
 		c := newCapDev("c", MiB)
 		upper, lower, adapter := stackPair(t, "0 64 linear c 0", "0 64 linear lower 0", c)
-		adapter.(DeadlineSetter).SetIODeadline(time.Millisecond)
+		adapter.(DeadlineSetter).SetIODeadline(50 * time.Millisecond) // long enough for the descent to reach the device on a loaded machine
 		c.setHold(true)
 		r := newRec(OpRead, 0, 512)
 		fill(r.Buf, 7)
@@ -122,7 +122,7 @@ func TestStackedDeadline(t *testing.T) {
 	t.Run("a late write sends what the caller had written", func(t *testing.T) {
 		c := newCapDev("c", MiB)
 		upper, lower, adapter := stackPair(t, "0 64 linear c 0", "0 64 linear lower 0", c)
-		adapter.(DeadlineSetter).SetIODeadline(time.Millisecond)
+		adapter.(DeadlineSetter).SetIODeadline(50 * time.Millisecond) // long enough for the descent to reach the device on a loaded machine
 		c.setHold(true)
 		w := newRec(OpWrite, 0, 512)
 		fill(w.Buf, 3)
