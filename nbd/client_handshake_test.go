@@ -279,21 +279,19 @@ func TestClientReconnectSizeChange(t *testing.T) {
 			nc.Write(AppendOptionReply(nil, opt, RepAck, nil))
 			break
 		}
-		for {
-			var rb [RequestSize]byte
-			if _, err := io.ReadFull(br, rb[:]); err != nil {
-				return
-			}
-			req, _ := ParseRequest(rb[:])
-			if req.Type == CmdDisc {
-				return
-			}
-			rep := make([]byte, SimpleReplySize)
-			PutSimpleReply(rep, 0, req.Cookie)
-			nc.Write(rep)
-			nc.Close() // every connection serves one request
+		// Every connection serves one request.
+		var rb [RequestSize]byte
+		if _, err := io.ReadFull(br, rb[:]); err != nil {
 			return
 		}
+		req, _ := ParseRequest(rb[:])
+		if req.Type == CmdDisc {
+			return
+		}
+		rep := make([]byte, SimpleReplySize)
+		PutSimpleReply(rep, 0, req.Cookie)
+		nc.Write(rep)
+		nc.Close()
 	})
 	c := ctDial(t, uri, ClientOptions{ReconnectTimeout: time.Hour})
 	ctx := ctCtx(t)

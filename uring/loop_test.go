@@ -430,8 +430,7 @@ func TestRegisteredFileUpdateWhileIO(t *testing.T) {
 	done := make(chan struct{})
 	l.Post(func() {
 		idx := [2]int32{-1, -1}
-		var reg func(i int)
-		reg = func(i int) {
+		reg := func(i int) {
 			var err error
 			idx[i], err = l.RegisterFile(files[i].Fd)
 			if err != nil {

@@ -81,7 +81,7 @@ func RequireTool(t testing.TB, tool string) string {
 			"fio": "fio", "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "qemu-nbd": "qemu-utils",
 			"nbdkit": "nbdkit", "nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin",
 		}[tool]
-		t.Skip(fmt.Sprintf("skipped: %s not installed (apt-get install %s, or make deps)", tool, pkg))
+		t.Skipf("skipped: %s not installed (apt-get install %s, or make deps)", tool, pkg)
 	}
 	return p
 }
