@@ -593,6 +593,7 @@ func (e *mapEntry) checkPath(pe *pathEntry) {
 		return
 	}
 	p := e.t.paths[pe.idx]
+	epoch, fails := p.epoch.Load(), e.t.failCount(pe.idx)
 	err := e.check(p.dev, pe)
 	if e.ctx.Err() != nil {
 		return
@@ -604,6 +605,13 @@ func (e *mapEntry) checkPath(pe *pathEntry) {
 	active := st.active[pe.idx]
 	e.mu.Lock()
 	if pe.operator {
+		e.mu.Unlock()
+		return
+	}
+	if p.epoch.Load() != epoch || st.fails[pe.idx] != fails {
+		// The path was failed or reinstated while the check ran: its
+		// verdict is about the past. Check again soon.
+		pe.next = time.Now().Add(e.cfg.PollingInterval)
 		e.mu.Unlock()
 		return
 	}

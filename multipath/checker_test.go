@@ -480,3 +480,32 @@ func TestCheckerLoopDevice(t *testing.T) {
 	}
 	_ = dm.SectorSize
 }
+
+// A check's verdict is dropped when the path was failed or reinstated
+// while the check ran: it describes the path as it was.
+func TestCheckerDiscardsStaleVerdict(t *testing.T) {
+	f := newMemFix(t, "0 0 1 1 round-robin 0 2 1 a 1 b 1", envConfig{check: fastCheck})
+	a := f.paths[0]
+	mp := f.target("mp")
+	pe := mp.watch.Load().paths[0]
+	a.Hang(true)
+	eventually(t, "a check read held on a", func() bool { return a.Held() == 1 })
+	checks := pe.checks.Load()
+	// The operator (here by message) fails and reinstates a meanwhile.
+	f.mustMsg("mp", "fail_path", "a")
+	f.mustMsg("mp", "reinstate_path", "a")
+	// The check fails; the next one hangs, so no later verdict interferes.
+	a.ReleaseErr(syscall.EIO)
+	eventually(t, "the check to end", func() bool { return pe.checks.Load() > checks })
+	eventually(t, "the next check held", func() bool { return a.Held() == 1 })
+	if !mp.state().active[0] {
+		t.Fatal("a stale check failed the reinstated path")
+	}
+	// A fresh failing check fails it.
+	a.FailAll(syscall.EIO)
+	a.Hang(false)
+	a.ReleaseErr(syscall.EIO)
+	eventually(t, "a to fail", func() bool { return !mp.state().active[0] })
+	a.FailAll(0)
+	eventually(t, "a to come back", func() bool { return mp.state().active[0] })
+}

@@ -77,7 +77,10 @@ type envConfig struct {
 
 func newEnv(t testing.TB, cfg envConfig) *env {
 	e := &env{t: t, logs: &logBuf{}, mem: map[string]dm.BlockDevice{}}
-	e.log = zerolog.New(e.logs).With().Timestamp().Logger()
+	start := time.Now()
+	e.log = zerolog.New(e.logs).Hook(zerolog.HookFunc(func(ev *zerolog.Event, _ zerolog.Level, _ string) {
+		ev.Str("t", time.Since(start).Round(time.Microsecond).String())
+	}))
 	for _, d := range cfg.mem {
 		e.mem[d.Name()] = d
 	}

@@ -491,6 +491,13 @@ func (t *Multipath) ValidPaths() int {
 	return t.mu.m.Valid()
 }
 
+// failCount is how often path i failed.
+func (t *Multipath) failCount(i int) uint32 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.mu.m.FailCount(i)
+}
+
 // Held is the number of I/Os waiting in the target for a path.
 func (t *Multipath) Held() int {
 	t.mu.Lock()
