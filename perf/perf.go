@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -67,6 +68,17 @@ type Config struct {
 	Progress func(Progress)
 	// StopOnError ends the run at the first I/O error.
 	StopOnError bool
+	// Stop, if set, ends the run when it is closed, as Duration does:
+	// no new I/O, the run returns once what is in flight has completed
+	// (and after the read-back pass, if asked).
+	Stop <-chan struct{}
+	// ReadBack (with Verify) adds a pass after the run: every block
+	// written during it is read once and checked, so that every
+	// acknowledged write is proven, not only those that random reads hit.
+	// It is not part of the timeline, IOPS or latency figures; its bytes
+	// are Result.ReadBackBytes, its errors count in Errors and IOErrors.
+	// Cancelling ctx skips or ends it.
+	ReadBack bool
 }
 
 func (c *Config) defaults() error {
@@ -225,6 +237,9 @@ func Run(ctx context.Context, cfg Config, eng Engine) (*Result, error) {
 	case <-ctx.Done():
 		r.stop()
 		<-r.stopped
+	case <-cfg.Stop:
+		r.stop()
+		<-r.stopped
 	}
 	close(progressDone)
 	end := nanotime()
@@ -234,6 +249,9 @@ func Run(ctx context.Context, cfg Config, eng Engine) (*Result, error) {
 	cpu := time.Duration(ru1.Utime.Nano()-ru0.Utime.Nano()) + time.Duration(ru1.Stime.Nano()-ru0.Stime.Nano())
 	if res.Ops > 0 {
 		res.CPUPerIO = Micros(cpu) / float64(res.Ops+res.RampOps)
+	}
+	if cfg.ReadBack && ver != nil && ctx.Err() == nil {
+		r.readBack(ctx, res)
 	}
 	r.teardown()
 	if ver != nil {
@@ -257,6 +275,7 @@ type run struct {
 	stopOnce    sync.Once
 	stopped     chan struct{}
 	bytes       atomic.Int64
+	rbDone      func() // a worker's read-back pass ended (set before it starts)
 }
 
 func (r *run) stop() { r.halt.Store(true) }
@@ -323,6 +342,14 @@ type worker struct {
 
 	lat      latencies
 	timeline []bucket
+	ioErrs   []IOError
+	lastErrB int // timeline interval of the last error kept in ioErrs
+
+	// The read-back pass: blocks rbNext, rbNext+rbStep, ... below rbEnd.
+	rb                    bool
+	rbNext, rbEnd, rbStep int64
+	rbBytes               int64
+	rbErrs                int
 
 	ops, errCount  int64 // loop-owned; others read them through Call
 	rampOps        int64
@@ -466,6 +493,10 @@ func (w *worker) pick() int64 {
 }
 
 func (w *worker) complete(io *IO, err error) {
+	if w.rb {
+		w.completeReadBack(io, err)
+		return
+	}
 	now := nanotime()
 	w.active--
 	r := w.r
@@ -480,14 +511,7 @@ func (w *worker) complete(io *IO, err error) {
 		w.ver.settle(io, err)
 	}
 	if err != nil {
-		w.errCount++
-		if w.firstErr == nil {
-			w.firstErr = err
-		}
-		if len(w.errLog) < 100 {
-			w.errLog = append(w.errLog, fmt.Sprintf("%s at offset %d (%d bytes) after %v: %v",
-				opName(io.Op), io.Off, len(io.Buf.B), since.Round(time.Millisecond), err))
-		}
+		w.noteError(io, err, since, d)
 		if r.cfg.StopOnError {
 			r.stop()
 		}
@@ -516,6 +540,152 @@ func (w *worker) complete(io *IO, err error) {
 	}
 	if w.active == 0 {
 		w.finish()
+	}
+}
+
+// noteError counts a failed I/O and keeps its description: the first
+// 100 of a worker, and beyond that the first of each timeline interval,
+// so that every interval with errors has one on record; and the first
+// 100 of the read-back pass.
+func (w *worker) noteError(io *IO, err error, since, lat time.Duration) {
+	w.errCount++
+	if w.firstErr == nil {
+		w.firstErr = err
+	}
+	if len(w.errLog) < 100 {
+		w.errLog = append(w.errLog, fmt.Sprintf("%s at offset %d (%d bytes) after %v: %v",
+			opName(io.Op), io.Off, len(io.Buf.B), since.Round(time.Millisecond), err))
+	}
+	b := -1
+	if iv := w.r.cfg.Interval; iv > 0 {
+		b = int(since / iv)
+	}
+	keep := len(w.ioErrs) < 100 || (b >= 0 && b != w.lastErrB)
+	if w.rb {
+		keep = w.rbErrs < 100
+		w.rbErrs++
+	}
+	if keep {
+		e := IOError{Op: opName(io.Op), Offset: io.Off, Len: len(io.Buf.B), At: since, Latency: lat, Err: err.Error(), ReadBack: w.rb}
+		var en syscall.Errno
+		if errors.As(err, &en) {
+			e.Errno = unix.ErrnoName(en)
+		}
+		w.ioErrs = append(w.ioErrs, e)
+		w.lastErrB = b
+	}
+}
+
+// IOError is one failed I/O as the workload saw it.
+type IOError struct {
+	Op     string `json:"op"` // read or write
+	Offset int64  `json:"offset"`
+	Len    int    `json:"len"`
+	// At is when it completed, from the run's start; Latency how long
+	// it took.
+	At      time.Duration `json:"at_ns"`
+	Latency time.Duration `json:"latency_ns"`
+	Err     string        `json:"error"`
+	Errno   string        `json:"errno,omitempty"` // EIO, ETIMEDOUT, ... when the error carries one
+	// ReadBack: it happened in the read-back pass.
+	ReadBack bool `json:"read_back,omitempty"`
+}
+
+// readBack runs the read-back pass on every worker and adds what it
+// found to res.
+func (r *run) readBack(ctx context.Context, res *Result) {
+	r.halt.Store(false)
+	done := make(chan struct{})
+	var left atomic.Int32
+	left.Store(int32(len(r.workers)))
+	r.rbDone = func() {
+		if left.Add(-1) == 0 {
+			close(done)
+		}
+	}
+	for _, w := range r.workers {
+		w.l.Post(w.beginReadBack)
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		r.stop()
+		<-done
+	}
+	for _, w := range r.workers {
+		w.l.Call(func() {
+			res.ReadBackBytes += w.rbBytes
+		})
+	}
+	res.Errors, res.ErrorLog, res.IOErrors, res.FirstError = 0, nil, nil, ""
+	for _, w := range r.workers {
+		w.l.Call(func() {
+			res.Errors += w.errCount
+			res.ErrorLog = append(res.ErrorLog, w.errLog...)
+			res.IOErrors = append(res.IOErrors, w.ioErrs...)
+			if w.firstErr != nil && res.FirstError == "" {
+				res.FirstError = w.firstErr.Error()
+			}
+		})
+	}
+	sortIOErrors(res.IOErrors)
+}
+
+// beginReadBack starts the worker's read-back pass over the blocks it
+// owns (those its writes went to).
+func (w *worker) beginReadBack() {
+	w.rb = true
+	if w.r.cfg.random() {
+		w.rbNext, w.rbEnd, w.rbStep = int64(w.id), w.r.blocks, int64(w.r.cfg.Loops)
+	} else {
+		w.rbNext, w.rbEnd = w.stretch()
+		w.rbStep = 1
+	}
+	for i := range w.ios {
+		if !w.issueReadBack(&w.ios[i]) {
+			break
+		}
+	}
+	if w.active == 0 {
+		w.r.rbDone()
+	}
+}
+
+// issueReadBack reads the next written block, or returns false when
+// there is none left (or the pass was stopped).
+func (w *worker) issueReadBack(io *IO) bool {
+	r := w.r
+	for !r.halt.Load() && w.rbNext < w.rbEnd {
+		blk := w.rbNext
+		w.rbNext += w.rbStep
+		if w.ver.gens[blk] == 0 && w.ver.state[blk] == blockKnown {
+			continue // never written in this run
+		}
+		io.Op, io.block = Read, blk
+		io.Off = r.cfg.Offset + blk*int64(r.cfg.BlockSize)
+		w.active++
+		io.start = nanotime()
+		w.port.Submit(io)
+		return true
+	}
+	return false
+}
+
+func (w *worker) completeReadBack(io *IO, err error) {
+	now := nanotime()
+	w.active--
+	since := time.Duration(now - w.r.startNs)
+	if err == nil {
+		w.ver.check(io, since)
+		w.rbBytes += int64(len(io.Buf.B))
+	} else {
+		w.noteError(io, err, since, time.Duration(now-io.start))
+	}
+	if w.issueReadBack(io) {
+		return
+	}
+	if w.active == 0 {
+		w.r.rbDone()
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -225,5 +226,116 @@ func TestMedianAndMatrix(t *testing.T) {
 	rep.Markdown(&b, []Ratio{{Label: "a", Ref: RefByName(rep.Contenders, "a")}})
 	if !strings.Contains(b.String(), "| b | 50 |") || !strings.Contains(b.String(), " 0.50 |") {
 		t.Fatalf("report:\n%s", b.String())
+	}
+}
+
+// failEngine wraps a port and fails every nth I/O with EIO.
+type failEngine struct {
+	Engine
+	every int
+}
+
+func (f *failEngine) Port(l *uring.Loop) (Port, error) {
+	p, err := f.Engine.Port(l)
+	return &failPort{Port: p, every: f.every}, err
+}
+
+type failPort struct {
+	Port
+	every, n int
+}
+
+func (p *failPort) Submit(io *IO) {
+	p.n++
+	if p.n%p.every == 0 {
+		io.Done(syscall.EIO)
+		return
+	}
+	p.Port.Submit(io)
+}
+
+// A run ended by Config.Stop reads back every block it wrote; failed
+// I/O is described in IOErrors with its errno, time and offset.
+func TestStopReadBackAndIOErrors(t *testing.T) {
+	f := testutil.TempFile(t, 8<<20)
+	raw, err := NewFileEngine(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	stop := make(chan struct{})
+	time.AfterFunc(300*time.Millisecond, func() { close(stop) })
+	before := time.Now()
+	res, err := Run(context.Background(), Config{RW: "randrw", ReadPct: 30, Depth: 8, Loops: 2, Duration: time.Hour,
+		Verify: true, ReadBack: true, Interval: 100 * time.Millisecond, Stop: stop}, &failEngine{Engine: raw, every: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Started.Before(before) || res.Started.After(time.Now()) {
+		t.Fatalf("Started %v is not within the run", res.Started)
+	}
+	if res.Seconds > 30 {
+		t.Fatalf("Stop did not end the run (%.1fs)", res.Seconds)
+	}
+	if len(res.VerifyFailures) != 0 {
+		t.Fatalf("verify failures: %v", res.VerifyFailures)
+	}
+	if res.Errors == 0 || len(res.IOErrors) == 0 {
+		t.Fatalf("no errors recorded: %d, %v", res.Errors, res.IOErrors)
+	}
+	var rbErrs int
+	for i, e := range res.IOErrors {
+		if e.Errno != "EIO" || e.Len != 4096 || e.Offset%4096 != 0 || e.At <= 0 || (i > 0 && e.At < res.IOErrors[i-1].At) {
+			t.Fatalf("error %d: %+v", i, e)
+		}
+		if e.ReadBack {
+			rbErrs++
+		}
+	}
+	// Blocks written: at most one per write; the pass reads each once
+	// (some of those reads fail: they are errors, not verified bytes).
+	if res.ReadBackBytes == 0 || rbErrs == 0 {
+		t.Fatalf("read-back: %d bytes, %d errors", res.ReadBackBytes, rbErrs)
+	}
+	if res.ReadBackBytes > res.Writes*4096 {
+		t.Fatalf("read back %d bytes after %d writes", res.ReadBackBytes, res.Writes)
+	}
+
+	// The pass catches a block whose acknowledged write was lost.
+	lost := &corruptEngine{Engine: raw, every: 5, mode: "stale"}
+	res, err = Run(context.Background(), Config{RW: "randwrite", Depth: 4, TotalBytes: 1 << 20, Verify: true, ReadBack: true, Seed: 3}, lost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.VerifyFailures) == 0 {
+		t.Fatal("read-back found nothing wrong with stale blocks")
+	}
+}
+
+// Every interval with errors keeps at least one described error, however
+// many came before.
+func TestIOErrorsPerInterval(t *testing.T) {
+	f := testutil.TempFile(t, 4<<20)
+	raw, err := NewFileEngine(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	res, err := Run(context.Background(), Config{RW: "randread", Depth: 4, Duration: 400 * time.Millisecond,
+		Interval: 50 * time.Millisecond}, &failEngine{Engine: raw, every: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, e := range res.IOErrors {
+		seen[int(e.At/(50*time.Millisecond))] = true
+	}
+	for _, p := range res.Timeline {
+		if i := int(p.T/0.05 + 0.5); p.Errors > 0 && !seen[i] {
+			t.Fatalf("interval %d had %d errors and none is described (%d kept of %d)", i, p.Errors, len(res.IOErrors), res.Errors)
+		}
+	}
+	if int64(len(res.IOErrors)) >= res.Errors {
+		t.Fatalf("kept all %d errors; the test wants more than the cap", res.Errors)
 	}
 }

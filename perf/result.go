@@ -42,11 +42,19 @@ type Result struct {
 	VerifiedBytes     int64    `json:"verified_bytes,omitempty"`
 	VerifyFailures    []string `json:"verify_failures,omitempty"`
 	Timeline          []Point  `json:"timeline,omitempty"`
+	// Started is when the run's clock (IOError.At, Point.T) started.
+	Started time.Time `json:"started"`
+	// IOErrors describes failed I/Os, in order of completion: every one
+	// up to 100 per loop, then the first of each timeline interval.
+	IOErrors []IOError `json:"io_errors,omitempty"`
+	// ReadBackBytes is what the read-back pass (Config.ReadBack) read and
+	// checked.
+	ReadBackBytes int64 `json:"read_back_bytes,omitempty"`
 }
 
 func (r *run) result(end int64) *Result {
 	cfg := r.cfg
-	res := &Result{Engine: r.eng.Name(), RW: cfg.RW, BlockSize: cfg.BlockSize, Depth: cfg.Depth, Loops: cfg.Loops}
+	res := &Result{Engine: r.eng.Name(), RW: cfg.RW, BlockSize: cfg.BlockSize, Depth: cfg.Depth, Loops: cfg.Loops, Started: r.start}
 	all, rd, wr := newHist(), newHist(), newHist()
 	var bytes int64
 	last := r.measureFrom
@@ -65,8 +73,10 @@ func (r *run) result(end int64) *Result {
 			res.FirstError = w.firstErr.Error()
 		}
 		res.ErrorLog = append(res.ErrorLog, w.errLog...)
+		res.IOErrors = append(res.IOErrors, w.ioErrs...)
 		last = max(last, w.stoppedAt)
 	}
+	sortIOErrors(res.IOErrors)
 	if end < last || last == r.measureFrom {
 		last = end
 	}
@@ -82,6 +92,10 @@ func (r *run) result(end int64) *Result {
 		res.Timeline = mergeTimeline(r.workers, cfg.Interval)
 	}
 	return res
+}
+
+func sortIOErrors(es []IOError) {
+	sort.SliceStable(es, func(i, j int) bool { return es[i].At < es[j].At })
 }
 
 func mergeTimeline(ws []*worker, iv time.Duration) []Point {
