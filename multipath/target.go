@@ -457,8 +457,16 @@ func (t *Multipath) Destroy() {
 	t.mu.held = nil
 	t.mu.Unlock()
 	for _, c := range held {
-		c.Finish(dm.ErrIO)
+		finishOnExec(c, dm.ErrIO)
 	}
+}
+
+// finishOnExec ends a held clone on its bio's executor.
+func finishOnExec(c *dm.Clone, err error) {
+	if ex := c.Exec(); ex != nil && ex.Post(func() { c.Finish(err) }) == nil {
+		return
+	}
+	c.Finish(err)
 }
 
 // Name is the map's device name ("" without a device).

@@ -579,3 +579,26 @@ func TestStaleErrorKeepsReinstatedPath(t *testing.T) {
 		}
 	})
 }
+
+func TestConstructorErrors(t *testing.T) {
+	env := newEnv(t, envConfig{mem: []dm.BlockDevice{dm.NewMemDevice("small", 512*kib), dm.NewMemDevice("big", mib)}})
+	for _, tc := range []struct{ table, err string }{
+		{"0 2048 multipath 0 0 1 1 round-robin 0 2 0 big small", "too small"},
+		{"0 2048 multipath 0 0 1 1 round-robin 0 1 0 /nonexistent/path", "error getting device"},
+		{"0 2048 multipath 0 0 1 1 bogus 0 1 0 big", "unknown path selector"},
+		{"0 1024 multipath 0 0 1 1 round-robin 0 1 0 big\n1024 1024 linear big 0", "alone"},
+	} {
+		_, err := env.reg.Create(bg(), "x", "", tc.table)
+		if err == nil || !strings.Contains(err.Error(), tc.err) || !errors.Is(err, syscall.EINVAL) {
+			t.Errorf("create %q: %v, want EINVAL with %q", tc.table, err, tc.err)
+		}
+	}
+	// Immutable: a live multipath table is replaced only by multipath.
+	d := env.create("mp", "0 1024 multipath 0 0 1 1 round-robin 0 1 0 big")
+	if err := d.Load("0 1024 linear big 0"); err == nil {
+		t.Fatal("a linear table replaced a multipath one")
+	}
+	if err := d.Load("0 1024 multipath 0 0 1 1 round-robin 0 1 0 small"); err != nil {
+		t.Fatal(err)
+	}
+}
