@@ -367,16 +367,13 @@ func (c *Checker) ReinstatePath(mapName, dev string) error { return c.operate(ma
 
 func (c *Checker) operate(mapName, dev string, fail bool) error {
 	found := false
-	var errs []error
 	for _, e := range c.entries() {
 		if mapName != "" && e.name != mapName {
 			continue
 		}
 		for _, i := range e.t.resolve(dev) {
 			found = true
-			if err := e.operate(i, fail); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", e.name, err))
-			}
+			e.operate(i, fail)
 		}
 	}
 	if !found {
@@ -387,7 +384,7 @@ func (c *Checker) operate(mapName, dev string, fail bool) error {
 		}
 		return fmt.Errorf("%w: %s", ErrUnknownPath, dev)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // CheckState is what the last check of a path found.
@@ -518,7 +515,7 @@ func (e *mapEntry) pathFailedByIO(i int) {
 }
 
 // operate is the operator failing or reinstating path i.
-func (e *mapEntry) operate(i int, fail bool) error {
+func (e *mapEntry) operate(i int, fail bool) {
 	e.opMu.Lock()
 	defer e.opMu.Unlock()
 	if fail {
@@ -547,7 +544,6 @@ func (e *mapEntry) operate(i int, fail bool) error {
 	if !fail {
 		e.afterReinstate(i)
 	}
-	return nil
 }
 
 // runPath checks one path when it is due, until the map goes away.

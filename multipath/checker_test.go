@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"udm/dm"
 	"udm/internal/testutil"
 )
 
@@ -429,8 +428,7 @@ func TestCheckerLifecycle(t *testing.T) {
 	if _, ok := f.chk.Map("mp"); ok || e.ctx.Err() == nil {
 		t.Fatal("removed map still checked")
 	}
-	d := f.create("mp", f.mpTable(false, "/dev/mapper/p0"))
-	_ = d
+	f.create("mp", f.mpTable(false, "/dev/mapper/p0"))
 	e = f.entry()
 	f.chk.Close()
 	f.chk.Close()
@@ -478,7 +476,6 @@ func TestCheckerLoopDevice(t *testing.T) {
 	if !f.onFile(0, data) {
 		t.Fatal("data not in the file")
 	}
-	_ = dm.SectorSize
 }
 
 // A check's verdict is dropped when the path was failed or reinstated

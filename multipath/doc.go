@@ -63,7 +63,10 @@
 //     (EndIOIncomplete). It is mapped again on its bio's executor (posted
 //     to the loop; directly for bios without one) as in step 1: to
 //     another path, held, pushed back or failed with EIO. So the caller
-//     never sees a path error while another path works.
+//     never sees a path error while another path works. Each clone
+//     carries its path's epoch (Clone.CtxU; bumped at each
+//     reinstatement): an error from an I/O sent before the path was
+//     reinstated retries the I/O but does not fail the path again.
 //  4. Held clones are mapped again, each on its own loop, when the Machine
 //     says so (ActProcessQueue): a path is reinstated while none was
 //     active, fail_if_no_path, or presuspend (which clears
@@ -83,6 +86,18 @@
 // held clones are posted to it (allocating a closure, on the slow path
 // only). The slow path, the hooks, messages and the checker run in
 // ordinary goroutines and reach the fast path only through the snapshot.
+//
+// # The checker
+//
+// Checker runs multipathd's loop per live map (see its documentation):
+// a goroutine per path checks it (the device's own Check, e.g. filedev's
+// O_DIRECT read through io_uring, or a one-block read through the
+// device), fails it on a failed check, reinstates it on a passing one
+// unless the operator failed it, with the polling interval doubling while
+// the path stays healthy. A verdict is dropped if the path was failed or
+// reinstated while the check ran. A per-map goroutine applies
+// no_path_retry and deferred failback. Maps attach when their table goes
+// live (Resume) and detach when it is destroyed.
 //
 // # Lock order
 //

@@ -32,9 +32,7 @@ var (
 	ErrUnknownPath = &Error{"multipath: no such path", syscall.EINVAL}
 	ErrBadGroup    = &Error{"multipath: invalid priority group", syscall.EINVAL}
 	ErrSuspended   = &Error{"multipath: device suspended", syscall.EBUSY}
-	ErrNoPath      = &Error{"multipath: no usable path", syscall.EIO}
 	ErrNoMap       = &Error{"multipath: no such map", syscall.ENXIO}
-	ErrClosed      = errors.New("multipath: checker closed")
 )
 
 // IsPathError reports whether an I/O error on a path says the path (the

@@ -83,7 +83,6 @@ type Multipath struct {
 		sync.Mutex // guards the following
 		m          *Machine
 		held       []*dm.Clone // I/O waiting for a path (queue_if_no_path)
-		destroyed  bool
 	}
 }
 
@@ -452,7 +451,6 @@ func (t *Multipath) Destroy() {
 		t.checker.detach(t)
 	}
 	t.mu.Lock()
-	t.mu.destroyed = true
 	held := t.mu.held
 	t.mu.held = nil
 	t.mu.Unlock()

@@ -49,8 +49,6 @@ func (f *memFix) io(kind string, op dm.Op, sector uint64, data []byte) *bio {
 	return b
 }
 
-func (f *memFix) ios(m *dm.MemDevice) int64 { return m.IOs() }
-
 // Path errors fail the path and the I/O is retried on another; errors
 // about the I/O itself go to the caller and the path stays active.
 func TestPathAndNonPathErrors(t *testing.T) {
