@@ -103,15 +103,17 @@
 //
 //	dm.Device locks (the core calls Map/EndIO with none held; hooks run
 //	  under its suspend lock, messages under its table read lock)
+//	mapEntry.opMu (serializes a path's check verdict with the operator's
+//	  fail/reinstate; held while calling the target, never taken by it)
 //	  Checker.mu (maps, per-map configuration, operator-failed paths)
-//	  mapEntry.opMu (serializes a path's check verdict with the operator)
-//	    Multipath.mu (the Machine, the held list) — leaf while held: the
-//	      target never submits, ends a clone, triggers an event, logs or
-//	      calls the checker with it held
-//	    mapEntry.mu (path check state) — taken by the target's
-//	      pathFailedByIO callback with no other lock held
+//	  Multipath.mu (the Machine, the held list) — a leaf: the target
+//	    never submits, ends a clone, triggers an event, logs or calls the
+//	    checker with it held
+//	  mapEntry.mu (path check state) — a leaf; the target's
+//	    pathFailedByIO callback takes it with no other lock held
 //
-// Checker.mu is never held while calling a map's goroutines or the target.
+// Checker.mu is never held while starting or stopping a map's goroutines
+// or calling the target.
 //
 // # Deviations from the kernel
 //

@@ -600,3 +600,32 @@ func TestConstructorErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// flakey under a path: always down (every I/O fails), or failing only
+// writes while the checker's reads pass, so the path flaps between
+// failed and reinstated; the caller sees neither.
+func TestFlakeyPath(t *testing.T) {
+	for _, tc := range []struct{ name, feat string }{
+		{"all I/O fails", ""},
+		{"writes fail, checks pass", " 1 error_writes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFix(t, false, envConfig{check: fastCheck})
+			f.swap("p0", fmt.Sprintf("0 %d flakey %s 0 0 1%s", f.sectors, f.file, tc.feat))
+			for i := uint64(0); i < 64; i++ {
+				// Two writes and a read: round-robin sends writes to both.
+				data := pattern(byte(i), 4*kib)
+				mustErrno(t, "write", f.write(f.loops[i%2], 8*(i%16), pattern(^byte(i), 4*kib)).wait(t), 0)
+				mustErrno(t, "write", f.write(f.loops[i%2], 8*(i%16), data).wait(t), 0)
+				r := f.read(f.loops[(i+1)%2], 8*(i%16), 4*kib)
+				mustErrno(t, "read", r.wait(t), 0)
+				if !bytes.Equal(r.data, data) {
+					t.Fatalf("block %d read back wrong", i%16)
+				}
+			}
+			if fails := f.target("mp").state().fails[0]; fails == 0 {
+				t.Fatal("p0 never failed")
+			}
+		})
+	}
+}
