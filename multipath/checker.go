@@ -242,7 +242,7 @@ func (c *Checker) SetMapConfig(name string, cfg MapConfig) {
 	c.mu.conf[name] = cfg
 	var e *mapEntry
 	for _, x := range c.mu.maps {
-		if x.name == name {
+		if x.t.Name() == name {
 			e = x
 		}
 	}
@@ -338,7 +338,7 @@ func (c *Checker) Map(name string) (*Multipath, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, e := range c.mu.maps {
-		if e.name == name {
+		if e.t.Name() == name {
 			return e.t, true
 		}
 	}
@@ -368,7 +368,7 @@ func (c *Checker) ReinstatePath(mapName, dev string) error { return c.operate(ma
 func (c *Checker) operate(mapName, dev string, fail bool) error {
 	found := false
 	for _, e := range c.entries() {
-		if mapName != "" && e.name != mapName {
+		if mapName != "" && e.t.Name() != mapName {
 			continue
 		}
 		for _, i := range e.t.resolve(dev) {
@@ -533,7 +533,7 @@ func (e *mapEntry) operate(i int, fail bool) {
 	}
 	e.mu.Unlock()
 	e.c.mu.Lock()
-	key := [2]string{e.name, e.t.paths[i].name}
+	key := [2]string{e.t.Name(), e.t.paths[i].name}
 	if fail {
 		e.c.mu.operator[key] = true
 	} else {

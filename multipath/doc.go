@@ -106,6 +106,7 @@
 //	mapEntry.opMu (serializes a path's check verdict with the operator's
 //	  fail/reinstate; held while calling the target, never taken by it)
 //	  Checker.mu (maps, per-map configuration, operator-failed paths)
+//	    dm.Device.mu (a map's current name, Device.Name)
 //	  Multipath.mu (the Machine, the held list) — a leaf: the target
 //	    never submits, ends a clone, triggers an event, logs or calls the
 //	    checker with it held
