@@ -44,8 +44,9 @@ func BenchmarkSelect(b *testing.B) {
 				c.Len = 4096
 				b.ReportAllocs()
 				for b.Loop() {
-					p := s.pick(c.Len)
-					p.start(c)
+					now := s.clock()
+					p := s.pick(c.Len, now)
+					p.start(c, now)
 					p.end(c)
 				}
 			})
@@ -56,8 +57,9 @@ func BenchmarkSelect(b *testing.B) {
 					c := dm.NewDetachedClone(nil, func(*dm.Clone, error) {})
 					c.Len = 4096
 					for pb.Next() {
-						p := s.pick(c.Len)
-						p.start(c)
+						now := s.clock()
+						p := s.pick(c.Len, now)
+						p.start(c, now)
 						p.end(c)
 					}
 				})

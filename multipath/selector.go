@@ -86,9 +86,18 @@ var clockBase = time.Now()
 
 func nanotime() int64 { return int64(time.Since(clockBase)) }
 
+// clock returns the time the snapshot's selector needs (0 if none).
+func (s *snapshot) clock() int64 {
+	if s.g.kind == selHistorical {
+		return nanotime()
+	}
+	return 0
+}
+
 // pick chooses a path among the snapshot's active ones for an I/O of n
-// bytes. The snapshot must be ready (at least one active path).
-func (s *snapshot) pick(n uint32) *path {
+// bytes (now: clock()). The snapshot must be ready (at least one active
+// path).
+func (s *snapshot) pick(n uint32, now int64) *path {
 	act := s.active
 	if len(act) == 1 {
 		return act[0]
@@ -103,7 +112,7 @@ func (s *snapshot) pick(n uint32) *path {
 	case selServiceTime:
 		return pickServiceTime(act, start, int64(n))
 	default:
-		return g.pickHistorical(act, start)
+		return g.pickHistorical(act, start, now)
 	}
 }
 
@@ -172,8 +181,7 @@ func cmp64(a, b int64) int {
 	return 0
 }
 
-func (g *group) pickHistorical(act []*path, start int) *path {
-	now := nanotime()
+func (g *group) pickHistorical(act []*path, start int, now int64) *path {
 	best := act[start]
 	for k, i := 1, start+1; k < len(act); k, i = k+1, i+1 {
 		if i == len(act) {
@@ -244,8 +252,8 @@ const (
 	ctxTimeMask   = 1<<ctxEpochShift - 1
 )
 
-// start accounts for an I/O submitted on p.
-func (p *path) start(c *dm.Clone) {
+// start accounts for an I/O submitted on p (now: the snapshot's clock).
+func (p *path) start(c *dm.Clone, now int64) {
 	c.CtxU = uint64(uint16(p.epoch.Load())) << ctxEpochShift
 	switch p.group.kind {
 	case selQueueLength:
@@ -254,7 +262,7 @@ func (p *path) start(c *dm.Clone) {
 		p.inflightBytes.Add(int64(c.Len))
 	case selHistorical:
 		p.inflight.Add(1)
-		c.CtxU |= uint64(nanotime()) & ctxTimeMask
+		c.CtxU |= uint64(now) & ctxTimeMask
 	}
 }
 

@@ -157,8 +157,9 @@ func (t *Multipath) Map(c *dm.Clone) dm.MapResult {
 // clone it accounted for in the selector always comes back through
 // EndIO.
 func (t *Multipath) submit(s *snapshot, c *dm.Clone) {
-	p := s.pick(c.Len)
-	p.start(c)
+	now := s.clock()
+	p := s.pick(c.Len, now)
+	p.start(c, now)
 	c.Dev, c.Ctx = p.dev, p
 	p.dev.Submit(c)
 }
