@@ -334,6 +334,9 @@ type worker struct {
 	l      *uring.Loop
 	port   Port
 	ios    []IO
+	// sq and submitting: see submit.
+	sq         []*IO
+	submitting bool
 	rng    *rand.Rand
 	seq    int64 // next block for sequential workloads
 	active int
@@ -378,6 +381,7 @@ func (w *worker) setup() error {
 	}
 	w.port = p
 	w.ios = make([]IO, w.r.cfg.Depth)
+	w.sq = make([]*IO, 0, w.r.cfg.Depth)
 	for i := range w.ios {
 		w.ios[i] = IO{Index: i, w: w, Buf: w.l.Arena().Get(w.r.cfg.BlockSize)}
 		if !w.r.cfg.Verify {
@@ -395,6 +399,24 @@ func (w *worker) freeBufs() {
 		w.l.Arena().Put(w.ios[i].Buf)
 		w.ios[i].Buf = uring.Buf{}
 	}
+}
+
+// submit hands io to the port. A port may complete an I/O inside Submit
+// (filedev copies memory-backed files inline), and the completion issues
+// the next I/O at once: done directly that would recurse without bound.
+// So a submission made while one is under way is queued, and the
+// outermost call sends the queue.
+func (w *worker) submit(io *IO) {
+	w.sq = append(w.sq, io)
+	if w.submitting {
+		return
+	}
+	w.submitting = true
+	for i := 0; i < len(w.sq); i++ {
+		w.port.Submit(w.sq[i])
+	}
+	w.sq = w.sq[:0]
+	w.submitting = false
 }
 
 func (w *worker) begin() {
@@ -457,7 +479,7 @@ func (w *worker) issue(io *IO) bool {
 	}
 	w.active++
 	io.start = nanotime()
-	w.port.Submit(io)
+	w.submit(io)
 	return true
 }
 
@@ -665,7 +687,7 @@ func (w *worker) issueReadBack(io *IO) bool {
 		io.Off = r.cfg.Offset + blk*int64(r.cfg.BlockSize)
 		w.active++
 		io.start = nanotime()
-		w.port.Submit(io)
+		w.submit(io)
 		return true
 	}
 	return false
