@@ -341,27 +341,41 @@ func TestIOErrorsPerInterval(t *testing.T) {
 }
 
 // inlineEngine completes every I/O inside Submit, as filedev does for
-// memory-backed files.
-type inlineEngine struct{ size int64 }
+// memory-backed files, and records how deeply Submit calls nest.
+type inlineEngine struct {
+	size  int64
+	depth *int
+	max   *int
+}
 
 func (e inlineEngine) Name() string                     { return "inline" }
 func (e inlineEngine) Size() int64                      { return e.size }
 func (e inlineEngine) Close() error                     { return nil }
-func (e inlineEngine) Port(l *uring.Loop) (Port, error) { return inlinePort{}, nil }
+func (e inlineEngine) Port(l *uring.Loop) (Port, error) { return inlinePort{e}, nil }
 
-type inlinePort struct{}
+type inlinePort struct{ e inlineEngine }
 
-func (inlinePort) Submit(io *IO) { io.Done(nil) }
-func (inlinePort) Close()        {}
+func (p inlinePort) Submit(io *IO) {
+	*p.e.depth++
+	*p.e.max = max(*p.e.max, *p.e.depth)
+	io.Done(nil)
+	*p.e.depth--
+}
+func (inlinePort) Close() {}
 
 func TestInlineCompletionsDoNotRecurse(t *testing.T) {
 	// A million I/Os completing inside Submit: recursing per I/O would
 	// need a stack of gigabytes.
-	res, err := Run(context.Background(), Config{RW: "randread", Depth: 4, TotalBytes: 1 << 20 * 4096}, inlineEngine{size: 1 << 30})
+	var depth, deepest int
+	res, err := Run(context.Background(), Config{RW: "randread", Depth: 4, TotalBytes: 1 << 20 * 4096},
+		inlineEngine{size: 1 << 30, depth: &depth, max: &deepest})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.Ops+res.RampOps < 1<<20-4 || res.Errors != 0 {
 		t.Fatalf("%d I/Os, %d errors", res.Ops, res.Errors)
+	}
+	if deepest > 1 {
+		t.Fatalf("Submit calls nested %d deep: completions recurse into submissions", deepest)
 	}
 }
