@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"testing"
+	"time"
 
 	"udm/internal/testutil"
 )
@@ -13,7 +14,9 @@ import (
 // have completed: the steady read path as the dm core and NBD server
 // drive it (fixed buffers, fixed file, one handler object, no closures).
 type reader struct {
-	l      *Loop
+	l        *Loop
+	deadline string // "", "link" or "swept"
+
 	fd     int32
 	fixed  bool
 	bufs   []Buf
@@ -34,7 +37,16 @@ func (r *reader) submit(i uint64) {
 	} else {
 		e.PrepRead(r.fd, r.bufs[i].B, off)
 	}
-	if _, err := r.l.Submit(&e, r, i); err != nil {
+	var err error
+	switch r.deadline {
+	case "link":
+		_, err = r.l.SubmitDeadline(&e, 2*time.Second, r, i)
+	case "swept":
+		_, err = r.l.SubmitTimed(&e, 2*time.Second, r, i)
+	default:
+		_, err = r.l.Submit(&e, r, i)
+	}
+	if err != nil {
 		panic(err)
 	}
 	r.active++
@@ -56,6 +68,10 @@ func (r *reader) Complete(tag uint64, res int32, _ uint32) {
 }
 
 func benchRead(b *testing.B, path string, depth int, fixed bool) {
+	benchReadDeadline(b, path, depth, fixed, "")
+}
+
+func benchReadDeadline(b *testing.B, path string, depth int, fixed bool, deadline string) {
 	l, err := NewLoop(Config{})
 	if err != nil {
 		b.Fatal(err)
@@ -66,7 +82,7 @@ func benchRead(b *testing.B, path string, depth int, fixed bool) {
 		b.Fatal(err)
 	}
 	defer f.Close()
-	r := &reader{l: l, fixed: fixed, blocks: uint64(f.Size / 4096), rng: rand.New(rand.NewPCG(1, 1)), done: make(chan struct{})}
+	r := &reader{l: l, fixed: fixed, deadline: deadline, blocks: uint64(f.Size / 4096), rng: rand.New(rand.NewPCG(1, 1)), done: make(chan struct{})}
 	l.Call(func() {
 		idx, err := l.RegisterFile(f.Fd)
 		if err != nil {
@@ -128,6 +144,9 @@ func BenchmarkRead4K(b *testing.B) {
 					kind = "plain"
 				}
 				b.Run(fmt.Sprintf("%s/qd%d/%s", name, depth, kind), func(b *testing.B) { benchRead(b, path, depth, fixed) })
+			}
+			for _, dl := range []string{"link", "swept"} {
+				b.Run(fmt.Sprintf("%s/qd%d/fixed-deadline-%s", name, depth, dl), func(b *testing.B) { benchReadDeadline(b, path, depth, true, dl) })
 			}
 		}
 	}

@@ -46,12 +46,15 @@ const (
 	udWake   uint64 = 1
 	udIgnore uint64 = 2
 	udCancel uint64 = 3
+	udSweep  uint64 = 4
 )
 
 const (
 	slotDeadline = 1 << iota
 	slotCancelled
 	slotStorage // a storage operation: counts towards completion batching
+	slotExpires // swept deadline: expire holds when (SubmitTimed)
+	slotExpired // the sweep cancelled it: report ETIMEDOUT
 )
 
 // isStorage reports whether op is block I/O (as opposed to sockets and
@@ -65,12 +68,13 @@ func isStorage(op uint8) bool {
 }
 
 type slot struct {
-	h     Handler
-	tag   uint64
-	gen   uint32
-	flags uint8
-	next  int32 // free list
-	ts    Timespec
+	h      Handler
+	tag    uint64
+	gen    uint32
+	flags  uint8
+	next   int32 // free list
+	ts     Timespec
+	expire int64 // nanotime after which the sweep cancels it (slotExpires)
 }
 
 // Config configures a Loop.
@@ -127,6 +131,9 @@ type Loop struct {
 	freeSlot   int32
 	inflight   int // operations with slots
 	ioInflight int // storage operations among them
+	expiring   int // operations with a swept deadline (SubmitTimed)
+	sweepArmed bool
+	sweepTS    Timespec
 
 	// backlog holds SQEs (with user_data already set) that did not fit in
 	// the SQ and that the kernel did not take yet; flushed in order.
@@ -368,6 +375,10 @@ func (l *Loop) dispatch(c *CQE) {
 		return
 	case udIgnore, udCancel:
 		return
+	case udSweep:
+		l.sweepArmed = false
+		l.sweep()
+		return
 	}
 	idx := int32(uint32(c.UserData))
 	gen := uint32(c.UserData >> 32)
@@ -380,10 +391,16 @@ func (l *Loop) dispatch(c *CQE) {
 		if flags&slotStorage != 0 {
 			l.ioInflight--
 		}
+		if flags&slotExpires != 0 {
+			l.expiring--
+		}
 		l.freeSlotAt(idx)
 	}
 	res := c.Res
 	if flags&slotDeadline != 0 && flags&slotCancelled == 0 && res == -int32(unix.ECANCELED) {
+		res = -int32(unix.ETIMEDOUT)
+	}
+	if flags&slotExpired != 0 && (res == -int32(unix.ECANCELED) || res == -int32(unix.EINTR)) {
 		res = -int32(unix.ETIMEDOUT)
 	}
 	h.Complete(tag, res, c.Flags)
@@ -552,6 +569,65 @@ func (l *Loop) SubmitDeadline(e *SQE, d time.Duration, h Handler, tag uint64) (O
 	chain[1].UserData = udIgnore
 	l.pushChain(chain[:])
 	return OpID(ud), nil
+}
+
+// SweepInterval is how often a loop looks for operations submitted with
+// SubmitTimed that are past their deadline.
+const SweepInterval = 10 * time.Millisecond
+
+// SubmitTimed is Submit with a deadline enforced by the loop instead of a
+// linked timeout: the operation's expiry is noted in its slot, and while
+// any such operation is in flight one internal timer fires every
+// SweepInterval and cancels those overdue (they complete with
+// -ETIMEDOUT). It costs a clock read per operation where SubmitDeadline
+// costs a second SQE and CQE and a kernel timer; the deadline is honoured
+// within SweepInterval. Meant for deadlines of hundreds of milliseconds
+// or more, such as multipath's per-path I/O deadline.
+func (l *Loop) SubmitTimed(e *SQE, d time.Duration, h Handler, tag uint64) (OpID, error) {
+	if d <= 0 {
+		return l.Submit(e, h, tag)
+	}
+	if err := l.check(); err != nil {
+		return 0, err
+	}
+	idx, ud := l.allocSlot(h, tag, slotExpires|l.storageFlag(e.Opcode))
+	l.slots[idx].expire = nanotime() + int64(d)
+	l.expiring++
+	e.UserData = ud
+	l.push(e)
+	if !l.sweepArmed {
+		l.armSweep()
+	}
+	return OpID(ud), nil
+}
+
+func (l *Loop) armSweep() {
+	l.sweepTS = Timespec{Nsec: int64(SweepInterval)}
+	var e SQE
+	e.PrepTimeout(&l.sweepTS, 0, 0)
+	e.UserData = udSweep
+	l.sweepArmed = true
+	l.push(&e)
+}
+
+// sweep cancels SubmitTimed operations past their deadline.
+func (l *Loop) sweep() {
+	if l.expiring == 0 || l.closing {
+		return
+	}
+	now := nanotime()
+	for i := range l.slots {
+		s := &l.slots[i]
+		if s.h == nil || s.flags&(slotExpires|slotExpired) != slotExpires || now < s.expire {
+			continue
+		}
+		s.flags |= slotExpired
+		var e SQE
+		e.PrepCancel(uint64(s.gen)<<32|uint64(uint32(i)), 0)
+		e.UserData = udCancel
+		l.push(&e)
+	}
+	l.armSweep()
 }
 
 // Linked is one operation of a chain for SubmitChain. A nil H means the

@@ -655,3 +655,84 @@ func TestOpenBlockErrors(t *testing.T) {
 	}
 	f.Close()
 }
+
+func TestSweptDeadline(t *testing.T) {
+	l := newLoop(t, Config{ArenaSize: -1})
+	a, b := socketPair(t)
+	buf := make([]byte, 64)
+	r := newResult()
+	start := time.Now()
+	l.Call(func() {
+		var e SQE
+		e.PrepRecv(int32(a), buf, 0)
+		l.SubmitTimed(&e, 30*time.Millisecond, r, 1)
+	})
+	if err := Errno(r.wait(t)); !errors.Is(err, unix.ETIMEDOUT) {
+		t.Fatalf("recv with a swept deadline on a silent socket: %v, want ETIMEDOUT", err)
+	}
+	if el := time.Since(start); el < 30*time.Millisecond {
+		t.Fatalf("swept deadline fired after %v, before 30ms", el)
+	}
+	// In time: untouched; and a cancel by hand is reported as such.
+	unix.Write(b, []byte("hi"))
+	r2 := newResult()
+	l.Call(func() {
+		var e SQE
+		e.PrepRecv(int32(a), buf, 0)
+		l.SubmitTimed(&e, time.Second, r2, 2)
+	})
+	if res := r2.wait(t); res != 2 {
+		t.Fatalf("recv in time: %d", res)
+	}
+	r3 := newResult()
+	var id OpID
+	l.Call(func() {
+		var e SQE
+		e.PrepRecv(int32(a), buf, 0)
+		id, _ = l.SubmitTimed(&e, time.Hour, r3, 3)
+	})
+	l.Call(func() { l.Cancel(id) })
+	if err := Errno(r3.wait(t)); !errors.Is(err, unix.ECANCELED) {
+		t.Fatalf("cancelled timed recv: %v, want ECANCELED", err)
+	}
+	var expiring int
+	l.Call(func() { expiring = l.expiring })
+	if expiring != 0 {
+		t.Fatalf("%d timed operations still counted after all completed", expiring)
+	}
+}
+
+func TestSweptDeadlinesUnderLoad(t *testing.T) {
+	// Many timed operations, half of which never complete: exactly those
+	// time out, each once.
+	l := newLoop(t, Config{ArenaSize: -1})
+	const n = 200
+	c := newCounter(n)
+	var fds []int
+	for i := 0; i < n/2; i++ {
+		a, _ := socketPair(t)
+		fds = append(fds, a)
+	}
+	bufs := make([][]byte, n)
+	l.Post(func() {
+		for i := 0; i < n; i++ {
+			var e SQE
+			if i%2 == 0 {
+				bufs[i] = make([]byte, 8)
+				e.PrepRecv(int32(fds[i/2]), bufs[i], 0)
+			} else {
+				e.PrepNop()
+			}
+			l.SubmitTimed(&e, 20*time.Millisecond, c, uint64(i))
+		}
+	})
+	c.check(t)
+	for tag, res := range c.res {
+		if tag%2 == 0 && !errors.Is(Errno(res), unix.ETIMEDOUT) {
+			t.Fatalf("silent recv %d: %v, want ETIMEDOUT", tag, Errno(res))
+		}
+		if tag%2 == 1 && res != 0 {
+			t.Fatalf("nop %d: %v", tag, Errno(res))
+		}
+	}
+}

@@ -32,6 +32,10 @@ import (
 	"udm/uring"
 )
 
+// sweptDeadline: deadlines at least this long are enforced by the loop's
+// sweep (uring.SubmitTimed), shorter ones by linked timeouts.
+const sweptDeadline = 100 * time.Millisecond
+
 // MaxLoops bounds loop IDs (uring.Config.ID) that may submit to a Device.
 const MaxLoops = 64
 
@@ -396,9 +400,16 @@ func (p *port) release(i int32) *dm.Clone {
 func (p *port) submitSQE(e *uring.SQE, i int32) {
 	e.Fixed()
 	var err error
-	if dl := time.Duration(p.d.deadline.Load()); dl > 0 {
+	switch dl := time.Duration(p.d.deadline.Load()); {
+	case dl >= sweptDeadline:
+		// The loop's sweep: a clock read per I/O. A linked timeout
+		// costs a second SQE, CQE and kernel timer per I/O (measured:
+		// 4 KiB reads at depth 32 on a loop device, 148–292k IOPS with
+		// linked timeouts, 292–323k swept, 292–319k with none).
+		_, err = p.l.SubmitTimed(e, dl, p, uint64(i))
+	case dl > 0:
 		_, err = p.l.SubmitDeadline(e, dl, p, uint64(i))
-	} else {
+	default:
 		_, err = p.l.Submit(e, p, uint64(i))
 	}
 	if err != nil {
