@@ -630,25 +630,50 @@ func (c *Client) deliver(r *creq) {
 func (r *creq) onTimer() {
 	c := r.c
 	c.mu.Lock()
-	var kill *clientConn
+	var kill, abortConn *clientConn
 	d := false
 	if r.inTable && !r.ended && r.timerArmed {
 		r.timerArmed = false
 		c.timedOut.Add(1)
+		stale := r.lateWriteRisk()
 		d = c.endLocked(r, errTimedOut)
 		if !d && r.pins > 0 && !r.interrupted {
 			r.interrupted = true
 			kill = r.conn
+		}
+		if stale != nil {
+			kill = nil
+			abortConn = stale
 		}
 	}
 	c.mu.Unlock()
 	if kill != nil {
 		kill.fail(fmt.Errorf("nbd: request timed out while the connection was busy with it: %w", syscall.ETIMEDOUT))
 	}
+	if abortConn != nil {
+		abortConn.abort(fmt.Errorf("nbd: a write timed out on the wire: connection reset so it can't land late: %w", syscall.ETIMEDOUT))
+	}
 	if d {
 		c.deliver(r)
 	}
 	r.unref() // the timer's reference
+}
+
+// lateWriteRisk returns the connection r was sent on when r writes
+// (write, write-zeroes, trim) and its reply has not come: if r ends now,
+// its data may still reach the server later — after the caller retried
+// it elsewhere (a multipath path) and wrote newer data over it. Such a
+// connection is aborted (clientConn.abort) before r's end is told.
+// Called with c.mu held.
+func (r *creq) lateWriteRisk() *clientConn {
+	if !r.sent || r.replied || r.conn == nil {
+		return nil
+	}
+	switch r.cmd {
+	case CmdWrite, CmdWriteZeroes, CmdTrim:
+		return r.conn
+	}
+	return nil
 }
 
 // abort ends r early (its context ended), waiting for nothing.

@@ -124,6 +124,17 @@ func (cc *clientConn) fail(err error) {
 	})
 }
 
+// abort kills the connection with a reset (SO_LINGER 0): the kernel
+// drops what it has not sent yet, so a request the client gave up on
+// can't reach the server when the network comes back (see
+// creq.lateWriteRisk). Data the server has received stays its own.
+func (cc *clientConn) abort(err error) {
+	if tc, ok := cc.nc.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	cc.fail(err)
+}
+
 // supervise owns the connections: it waits for the live one to die,
 // re-queues its requests, and dials again with backoff until Close.
 func (c *Client) supervise(cc *clientConn) {

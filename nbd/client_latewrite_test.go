@@ -1,0 +1,95 @@
+package nbd
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A write that passes its deadline while on the wire must not be able to
+// reach the server later (after a multipath retry elsewhere and newer
+// data): its connection is reset, which drops what the kernel hasn't
+// sent, and the client carries on over a new connection. A read that
+// times out keeps its connection (its late reply is harmless).
+func TestClientTimedOutWriteResetsConnection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &ctFake{t: t, ln: ln, uri: "nbd://" + ln.Addr().String() + "/", size: 1 << 20,
+		flags: TFlagHasFlags | TFlagSendFlush | TFlagSendFUA | TFlagSendTrim | TFlagSendWriteZeroes}
+	f.data = make([]byte, f.size)
+	var mu sync.Mutex
+	var hung net.Conn // the connection whose write got no reply
+	release := make(chan struct{})
+	f.handle = func(fc *ctFakeConn, req Request, payload []byte) {
+		switch {
+		case fc.idx == 1 && req.Offset == 4096 && req.Type == CmdRead:
+			return // never answered
+		case fc.idx == 1 && req.Offset == 4096 && req.Type == CmdWrite:
+			// Never answered, and the connection is not read any more
+			// (the test reads it to see how it ended).
+			mu.Lock()
+			hung = fc.nc
+			mu.Unlock()
+			<-release
+			return
+		}
+		fc.memory(req, payload)
+	}
+	f.wg.Add(1)
+	go f.accept()
+	t.Cleanup(func() {
+		close(release)
+		f.ln.Close()
+		f.mu.Lock()
+		for _, c := range f.conns {
+			c.Close()
+		}
+		f.mu.Unlock()
+	})
+	c := ctDial(t, f.uri, ClientOptions{})
+	ctx := ctCtx(t)
+
+	// A read times out: same connection afterwards.
+	col := newCollector(1)
+	c.Start(ClientRequest{Cmd: CmdRead, Offset: 4096, Buf: make([]byte, 4096), Timeout: 50 * time.Millisecond}, col, 0)
+	col.wait(t)
+	if err := col.errs[0]; !errors.Is(err, syscall.ETIMEDOUT) {
+		t.Fatalf("read: %v, want ETIMEDOUT", err)
+	}
+	if err := c.ReadAt(ctx, make([]byte, 512), 0); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.Stats(); st.Reconnects != 0 {
+		t.Fatalf("a timed-out read cost the connection: %+v", st)
+	}
+
+	// A write times out: the connection is reset and replaced.
+	col = newCollector(1)
+	c.Start(ClientRequest{Cmd: CmdWrite, Offset: 4096, Buf: make([]byte, 4096), Timeout: 50 * time.Millisecond}, col, 0)
+	col.wait(t)
+	if err := col.errs[0]; !errors.Is(err, syscall.ETIMEDOUT) {
+		t.Fatalf("write: %v, want ETIMEDOUT", err)
+	}
+	if err := c.WriteAt(ctx, make([]byte, 512), 0, false); err != nil {
+		t.Fatalf("write on the next connection: %v", err)
+	}
+	if st := c.Stats(); st.Reconnects != 1 {
+		t.Fatalf("stats %+v: want one reconnection", st)
+	}
+	// The server's end of the first connection was reset, not closed in
+	// order: a reset is what throws away unsent data.
+	mu.Lock()
+	old := hung
+	mu.Unlock()
+	old.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.Copy(io.Discard, old)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("server end of the old connection: %v, want ECONNRESET", err)
+	}
+}
