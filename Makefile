@@ -31,7 +31,8 @@ test: deps build
 	$(GO) test -count=1 -race -timeout 15m $(RACEPKGS)
 	@$(MAKE) --no-print-directory fuzz-short
 
-RACEPKGS ?= ./uring/ ./dm/...
+# The daemon and drills run race-built subprocesses (minutes): make race has them.
+RACEPKGS ?= ./uring/ ./dm/... ./multipath/ ./nbd/ ./perf/
 
 race:
 	$(GO) test -count=1 -race -timeout 20m $(PKGS)

@@ -355,9 +355,14 @@ func TestFailback(t *testing.T) {
 
 func TestListings(t *testing.T) {
 	f := newFix(t, true, envConfig{check: fastCheck})
-	f.mustMsg("mp", "fail_path", "/dev/mapper/p1")
+	// Break the path before failing it: the other way round, a check in
+	// between sees it healthy and reinstates it (fail_count 2).
 	f.breakPath("p1")
-	eventually(t, "p1 checked faulty", func() bool { return Paths(f.chk.Maps())[1].Checker == "faulty" })
+	f.mustMsg("mp", "fail_path", "/dev/mapper/p1")
+	eventually(t, "p1 checked faulty and p0 ready", func() bool {
+		ps := Paths(f.chk.Maps())
+		return ps[1].Checker == "faulty" && ps[0].Checker == "ready"
+	})
 	maps := f.chk.Maps()
 	if len(maps) != 1 {
 		t.Fatalf("maps %+v", maps)
