@@ -736,3 +736,43 @@ func TestSweptDeadlinesUnderLoad(t *testing.T) {
 		}
 	}
 }
+
+func TestLinkedChain(t *testing.T) {
+	l := newLoop(t, Config{})
+	f := openTarget(t, testutil.TempFile(t, 1<<20))
+	var wb, rb Buf
+	l.Call(func() { wb, rb = l.Arena().Get(4096), l.Arena().Get(4096) })
+	copy(wb.B, bytes.Repeat([]byte("link"), 1024))
+	// write → fsync → read: each starts after the previous succeeded.
+	c := newCounter(3)
+	l.Call(func() {
+		ops := make([]Linked, 3)
+		ops[0].SQE.PrepWriteFixed(int32(f.Fd), wb.B, 8192, uint16(wb.Index), 0)
+		ops[1].SQE.PrepFsync(int32(f.Fd), true)
+		ops[2].SQE.PrepReadFixed(int32(f.Fd), rb.B, 8192, uint16(rb.Index))
+		for i := range ops {
+			ops[i].H, ops[i].Tag = c, uint64(i)
+		}
+		if err := l.SubmitChain(ops); err != nil {
+			t.Error(err)
+		}
+	})
+	c.check(t)
+	if c.res[0] != 4096 || c.res[1] != 0 || c.res[2] != 4096 || !bytes.Equal(rb.B, wb.B) {
+		t.Fatalf("chain results %v, read back equal %v", c.res, bytes.Equal(rb.B, wb.B))
+	}
+	// A failing first link cancels the rest.
+	c2 := newCounter(2)
+	l.Call(func() {
+		ops := make([]Linked, 2)
+		ops[0].SQE.PrepRead(1<<20, rb.B, 0) // bad fd
+		ops[1].SQE.PrepNop()
+		ops[0].H, ops[1].H = c2, c2
+		ops[0].Tag, ops[1].Tag = 0, 1
+		l.SubmitChain(ops)
+	})
+	c2.check(t)
+	if !errors.Is(Errno(c2.res[0]), unix.EBADF) || !errors.Is(Errno(c2.res[1]), unix.ECANCELED) {
+		t.Fatalf("broken chain: %v, %v; want EBADF then ECANCELED", Errno(c2.res[0]), Errno(c2.res[1]))
+	}
+}
