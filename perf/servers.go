@@ -126,12 +126,18 @@ func NBDContender(name, uri string, srv *BgServer, allocs func() (float64, error
 				return nil, fmt.Errorf("%s: server gone: %w", srv.Name, err)
 			}
 		}
-		var a0 float64
+		// Two scrapes back to back tell what a scrape itself allocates in
+		// the daemon; that is taken off the run's count.
+		var a0, scrape float64
 		if allocs != nil {
-			var err error
+			first, err := allocs()
+			if err != nil {
+				return nil, err
+			}
 			if a0, err = allocs(); err != nil {
 				return nil, err
 			}
+			scrape = a0 - first
 		}
 		j := FioJob{Name: name, IOEngine: "nbd", URI: uri, RW: w.RW, BlockSize: w.BS, Depth: w.Depth,
 			ReadPct: w.ReadPct, Runtime: runtime, Ramp: ramp}
@@ -148,7 +154,7 @@ func NBDContender(name, uri string, srv *BgServer, allocs func() (float64, error
 			// The count includes the ramp's I/O: count it in, as a rate.
 			total := float64(res.Ops) * (runtime + ramp).Seconds() / runtime.Seconds()
 			if total > 0 {
-				res.ServerAllocsPerIO = (a1 - a0) / total
+				res.ServerAllocsPerIO = max(0, a1-a0-scrape) / total
 			}
 		}
 		if srv != nil {
