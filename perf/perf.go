@@ -329,19 +329,19 @@ func (r *run) progress(ctx context.Context, done chan struct{}) {
 
 // worker keeps Depth I/Os in flight on one loop.
 type worker struct {
-	r      *run
-	id     int
-	l      *uring.Loop
-	port   Port
-	ios    []IO
+	r    *run
+	id   int
+	l    *uring.Loop
+	port Port
+	ios  []IO
 	// sq and submitting: see submit.
 	sq         []*IO
 	submitting bool
-	rng    *rand.Rand
-	seq    int64 // next block for sequential workloads
-	active int
-	ver    *verifier
-	busy   map[int64]bool // blocks in flight (verify only)
+	rng        *rand.Rand
+	seq        int64 // next block for sequential workloads
+	active     int
+	ver        *verifier
+	busy       map[int64]bool // blocks in flight (verify only)
 
 	lat      latencies
 	timeline []bucket
