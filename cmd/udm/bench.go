@@ -121,7 +121,7 @@ func runMatrix(args []string) error {
 	reps := fs.Int("reps", 3, "repetitions (order rotated each time)")
 	runtime := fs.Duration("runtime", 5*time.Second, "measured time per run")
 	ramp := fs.Duration("ramp", time.Second, "warm-up per run")
-	out := fs.String("out", "perf/results", "directory for report.json and plots")
+	out := fs.String("out", "", "directory for the JSON report and plots (make bench: perf/results)")
 	md := fs.String("md", "", "write the markdown report here (full suite: BENCHMARKS.md)")
 	size := fs.String("size", "1g", "backing file size")
 	loops := fs.Int("loops", 0, "udm serve --loops (0: its default)")
