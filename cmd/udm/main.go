@@ -17,6 +17,7 @@ type command struct {
 
 var commands = map[string]command{
 	"bench": {runBench, "run a workload against a file, a dm table in process, or an NBD export"},
+	"drill": {runDrill, "failover drill: a verified workload while faults play, a verdict and a report (drill --list)"},
 
 	"serve":     {runServe, "run the daemon (control API, NBD exports, metrics)"},
 	"create":    {runCreate, "create a device from a table: create NAME (--table 'LINE' | --table-file F | -)"},

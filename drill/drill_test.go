@@ -1,0 +1,204 @@
+package drill
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"udm/daemon"
+	"udm/internal/testutil"
+)
+
+// These tests run the short form of every built-in scenario against a
+// real `udm serve` (built once by TestMain) and require its outcome; and
+// show that a drill whose outcome is wrong fails, saying why in one line.
+
+var udmBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "udm-drill-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	udmBin = filepath.Join(dir, "udm")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+	}
+	args := []string{"build", "-o", udmBin}
+	if raceBuild {
+		args = append(args, "-race")
+	}
+	if out, err := exec.Command(goBin, append(args, "udm/cmd/udm")...).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building udm: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func testOptions(t *testing.T) Options {
+	return Options{UDM: udmBin, Log: testLog{t}, Size: 32 << 20, Workload: Workload{Seed: uint64(time.Now().UnixNano())}}
+}
+
+// testLog sends progress lines to the test's log.
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// runScenario runs a built-in's short form and fails the test unless it
+// passes, printing the summary (and the daemon's log on failure).
+func runScenario(t *testing.T, name string, opt Options) *Report {
+	t.Helper()
+	sc, ok := Lookup(name)
+	if !ok {
+		t.Fatalf("no scenario %s", name)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	rep, err := RunScenario(ctx, sc, false, opt)
+	if err != nil {
+		t.Fatalf("%s (seed %d): %v", name, opt.Workload.Seed, err)
+	}
+	var b bytes.Buffer
+	rep.Summary(&b)
+	if !rep.Pass() {
+		for n, l := range rep.Logs {
+			t.Logf("end of %s's log:\n%s", n, l)
+		}
+		t.Fatalf("%s", b.String())
+	}
+	t.Logf("\n%s", b.String())
+	return rep
+}
+
+func TestScenarios(t *testing.T) {
+	for _, sc := range Scenarios {
+		t.Run(sc.Name, func(t *testing.T) {
+			if sc.Name == "remote-path-cut" {
+				if err := NetnsAvailable(); err != nil {
+					t.Skipf("skipped: %v", err)
+				}
+			}
+			rep := runScenario(t, sc.Name, testOptions(t))
+			// Each report says what it measured.
+			if rep.Record.Ops == 0 || len(rep.Record.Samples) < 10 || len(rep.Record.Timeline) < 10 {
+				t.Fatalf("thin record: %d ops, %d samples, %d intervals", rep.Record.Ops, len(rep.Record.Samples), len(rep.Record.Timeline))
+			}
+		})
+	}
+}
+
+// The drill with fio as the workload (nbd engine, verify=crc32c).
+func TestScenariosFio(t *testing.T) {
+	testutil.RequireTool(t, "fio")
+	for _, name := range []string{"single-path-loss", "noflush-reload"} {
+		t.Run(name, func(t *testing.T) {
+			opt := testOptions(t)
+			opt.Fio = true
+			rep := runScenario(t, name, opt)
+			if !strings.HasPrefix(rep.Workload, "fio") || rep.Record.VerifiedBytes == 0 {
+				t.Fatalf("workload %q verified %d bytes", rep.Workload, rep.Record.VerifiedBytes)
+			}
+		})
+	}
+	sc, _ := Lookup("no-path-retry")
+	opt := testOptions(t)
+	opt.Fio = true
+	if _, err := RunScenario(context.Background(), sc, false, opt); err == nil || !strings.Contains(err.Error(), "can't run with fio") {
+		t.Fatalf("no-path-retry with fio: %v", err)
+	}
+}
+
+// A drill whose device fails I/O it should hold fails, and says which
+// I/O, where and when, in one line.
+func TestDrillFailsOnUnexpectedErrors(t *testing.T) {
+	text := `# Both paths die and nothing queues: I/O fails with EIO.
+features none
+checker no_path_retry=fail
+1s    error p0
++0    error p1
++0    await all-failed within 10s
++0.5s restore p0
++0    await p0 active within 20s
+`
+	rep, err := RunSchedule(context.Background(), "no-queueing", text, testOptions(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	rep.Summary(&b)
+	t.Logf("\n%s", b.String())
+	if rep.Pass() {
+		t.Fatal("a drill with unexpected I/O errors passed")
+	}
+	first, _, _ := strings.Cut(b.String(), "\n")
+	for _, want := range []string{"udm drill no-queueing (custom): FAIL: no unexpected I/O errors: ", " at offset ", " (4096 bytes) failed at ", " s after ", "outside any expected-error window"} {
+		if !strings.Contains(first, want) {
+			t.Errorf("first line lacks %q: %s", want, first)
+		}
+	}
+	if rep.Analysis.FirstUnexpected == nil || rep.Analysis.FirstUnexpected.Errno != "EIO" {
+		t.Errorf("first unexpected error: %+v", rep.Analysis.FirstUnexpected)
+	}
+}
+
+// A drill against a daemon it didn't start (--control): its devices are
+// made there and removed after; a restart is refused.
+func TestDrillExternalDaemon(t *testing.T) {
+	state := t.TempDir()
+	sock := filepath.Join(t.TempDir(), "c.sock")
+	if len(sock) > 100 {
+		d, err := os.MkdirTemp("", "udmx")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(d) })
+		sock = filepath.Join(d, "c.sock")
+	}
+	p, err := startDaemon(context.Background(), "udm serve", filepath.Join(state, "log"),
+		[]string{udmBin, "serve", "--state-dir", state, "--control", sock, "--nbd", "127.0.0.1:0", "--nbd-unix", "", "--no-demo"}, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop(10 * time.Second)
+	c := daemon.NewClient(sock)
+	if _, err := c.Create(context.Background(), daemon.CreateRequest{Name: "other", Table: "0 2048 zero"}); err != nil {
+		t.Fatal(err)
+	}
+	opt := testOptions(t)
+	opt.Control = sock
+	runScenario(t, "single-path-loss", opt)
+	devs, err := c.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(devs) != 1 || devs[0].Name != "other" {
+		t.Fatalf("devices after the drill: %+v", devs)
+	}
+	sc, _ := Lookup("restart")
+	if _, err := RunScenario(context.Background(), sc, false, opt); err == nil || !strings.Contains(err.Error(), "restart needs a daemon the drill starts") {
+		t.Fatalf("restart against a running daemon: %v", err)
+	}
+}
+
+// A schedule that can't parse says where.
+func TestRunScheduleErrors(t *testing.T) {
+	_, err := RunSchedule(context.Background(), "x", "1s explode p0\n", testOptions(t))
+	if !errors.Is(err, ErrSchedule) || !strings.Contains(err.Error(), "line 1") {
+		t.Fatalf("bad schedule: %v", err)
+	}
+}
