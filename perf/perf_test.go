@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"syscall"
@@ -377,5 +378,27 @@ func TestInlineCompletionsDoNotRecurse(t *testing.T) {
 	}
 	if deepest > 1 {
 		t.Fatalf("Submit calls nested %d deep: completions recurse into submissions", deepest)
+	}
+}
+
+// A NaN breaks a timeline's line; markers are drawn with their labels
+// inside the plot.
+func TestPlotTimelineGapsAndMarkers(t *testing.T) {
+	var b strings.Builder
+	pts := [][2]float64{{0, 1}, {1, 2}, {2, math.NaN()}, {3, 4}, {4, 5}}
+	if err := PlotTimeline(&b, "t", "y", []Series{{Name: "s", Points: pts}}, true, []Marker{{X: 2, Label: "cut r0"}}); err != nil {
+		t.Fatal(err)
+	}
+	svg := b.String()
+	if n := strings.Count(svg, `d="M`); n != 1 {
+		t.Fatalf("%d paths, want 1", n)
+	}
+	i := strings.Index(svg, `d="M`)
+	d := svg[i : i+strings.Index(svg[i:], `"/>`)]
+	if strings.Count(d, "M") != 2 || strings.Count(d, "L") != 2 || strings.Contains(d, "NaN") {
+		t.Fatalf("line with a gap: %s", d)
+	}
+	if !strings.Contains(svg, `text-anchor="end" transform="rotate(-90`) || !strings.Contains(svg, "cut r0") {
+		t.Fatal("marker label missing or outside the plot")
 	}
 }

@@ -47,7 +47,8 @@ func PlotPercentiles(w io.Writer, title string, series []Series) error {
 }
 
 // PlotTimeline draws a value over time (seconds) on a linear or log y
-// axis, with optional vertical event markers.
+// axis, with optional vertical event markers. A point whose y is NaN
+// breaks its line (no value there).
 func PlotTimeline(w io.Writer, title, ylabel string, series []Series, logY bool, events []Marker) error {
 	var xmax float64
 	for _, s := range series {
@@ -99,7 +100,7 @@ func plotWith(w io.Writer, title, xl, yl string, ss []Series, x0, x1 float64, xt
 	ymin, ymax := math.Inf(1), math.Inf(-1)
 	for _, s := range ss {
 		for _, p := range s.Points {
-			if logY && p[1] <= 0 {
+			if logY && p[1] <= 0 || math.IsNaN(p[1]) {
 				continue
 			}
 			ymin, ymax = min(ymin, p[1]), max(ymax, p[1])
@@ -151,7 +152,8 @@ func plotWith(w io.Writer, title, xl, yl string, ss []Series, x0, x1 float64, xt
 	}
 	for _, m := range markers {
 		fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%d" y2="%.1f" stroke="#c00" stroke-dasharray="4 3"/>`, px(m.X), px(m.X), T, float64(T)+ph)
-		fmt.Fprintf(&b, `<text x="%.1f" y="%d" fill="#c00" font-size="10" transform="rotate(-90 %.1f %d)">%s</text>`+"\n",
+		// Rotated to read upwards, ending at the top of the plot.
+		fmt.Fprintf(&b, `<text x="%.1f" y="%d" fill="#c00" font-size="10" text-anchor="end" transform="rotate(-90 %.1f %d)">%s</text>`+"\n",
 			px(m.X)+3, T+4, px(m.X)+3, T+4, html.EscapeString(m.Label))
 	}
 	fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%.0f" height="%.0f" fill="none" stroke="#333"/>`+"\n", L, T, pw, ph)
@@ -159,18 +161,28 @@ func plotWith(w io.Writer, title, xl, yl string, ss []Series, x0, x1 float64, xt
 	fmt.Fprintf(&b, `<text x="16" y="%.1f" text-anchor="middle" transform="rotate(-90 16 %.1f)">%s</text>`+"\n", float64(T)+ph/2, float64(T)+ph/2, html.EscapeString(yl))
 	for i, s := range ss {
 		col := palette[i%len(palette)]
-		var pts []string
+		// A NaN y ends a stretch of the line (a gap: no value there).
+		var path strings.Builder
+		move := true
 		for _, p := range s.Points {
+			if math.IsNaN(p[1]) {
+				move = true
+				continue
+			}
 			if logY && p[1] <= 0 {
 				continue
 			}
-			pts = append(pts, fmt.Sprintf("%.1f,%.1f", px(p[0]), py(p[1])))
+			cmd := "L"
+			if move {
+				cmd, move = "M", false
+			}
+			fmt.Fprintf(&path, "%s%.1f,%.1f ", cmd, px(p[0]), py(p[1]))
 		}
 		dash := ""
 		if s.Dashed {
 			dash = ` stroke-dasharray="6 3"`
 		}
-		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2"%s points="%s"/>`+"\n", col, dash, strings.Join(pts, " "))
+		fmt.Fprintf(&b, `<path fill="none" stroke="%s" stroke-width="2"%s d="%s"/>`+"\n", col, dash, strings.TrimSpace(path.String()))
 		ly := T + 14 + i*18
 		fmt.Fprintf(&b, `<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="%s" stroke-width="3"%s/>`, W-R+12, W-R+36, ly-4, ly-4, col, dash)
 		fmt.Fprintf(&b, `<text x="%d" y="%d">%s</text>`+"\n", W-R+42, ly, html.EscapeString(s.Name))
