@@ -176,17 +176,21 @@ func (r *Report) Plot(w io.Writer) error {
 	rec := r.Record
 	iv := rec.Interval
 	xmax := rec.End
-	for _, p := range rec.Timeline {
-		xmax = math.Max(xmax, p.T+iv)
-	}
 	var iops, errs, p99, mx [][2]float64
 	for _, p := range rec.Timeline {
+		if p.T+iv > rec.End+iv/2 {
+			break // the last, partial interval (the workload stopping)
+		}
 		x := p.T + iv/2
 		iops = append(iops, [2]float64{x, p.IOPS})
 		errs = append(errs, [2]float64{x, float64(p.Errors) / iv})
 		if p.IOPS > 0 {
 			p99 = append(p99, [2]float64{x, p.P99 / 1e3})
 			mx = append(mx, [2]float64{x, p.Max / 1e3})
+		} else {
+			// Nothing completed: a gap in the latency lines.
+			p99 = append(p99, [2]float64{x, math.NaN()})
+			mx = append(mx, [2]float64{x, math.NaN()})
 		}
 	}
 	// Pin both plots' x range to [0, xmax].
@@ -202,15 +206,13 @@ func (r *Report) Plot(w io.Writer) error {
 		return err
 	}
 	lat := []perf.Series{{Name: "p99 latency", Points: p99}, {Name: "max latency", Points: mx, Dashed: true}}
-	if len(p99) > 0 {
-		lat[0].Points = append(lat[0].Points, [2]float64{xmax, lastY(p99)})
-	}
+	lat[0].Points = append(lat[0].Points, [2]float64{xmax, math.NaN()})
 	if err := perf.PlotTimeline(&mid, "latency per 100 ms interval", "ms (log)", lat, true, markers); err != nil {
 		return err
 	}
 	const W, H = 900, 420
 	rows := len(rec.Paths) + 2
-	bandH := 40 + rows*22 + 40
+	bandH := 40 + rows*22 + 50
 	fmt.Fprintf(w, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n",
 		W, 2*H+bandH, W, 2*H+bandH)
 	fmt.Fprintf(w, `<rect width="%d" height="%d" fill="white"/>`+"\n", W, 2*H+bandH)
@@ -270,33 +272,41 @@ func (r *Report) band(w io.Writer, y0 int, xmax float64, markers []perf.Marker) 
 	rec := r.Record
 	px := func(x float64) float64 { return L + math.Max(0, math.Min(x, xmax))/xmax*PW }
 	fmt.Fprintf(w, `<g transform="translate(0,%d)">`+"\n", y0)
-	fmt.Fprintf(w, `<text x="%d" y="22" font-size="15" font-weight="bold">paths as the daemon reported them (polled every 100 ms)</text>`+"\n", L)
-	rows := append(append([]string{}, rec.Paths...), "queued I/O", "suspended")
+	fmt.Fprintf(w, `<text x="%d" y="22" font-size="15" font-weight="bold">paths as the daemon listed them (polled every 100 ms)</text>`+"\n", L)
+	rows := append(append([]string{}, rec.Paths...), "queued", "suspended")
+	color := func(i int, s Sample) string {
+		name := rows[i]
+		switch {
+		case !s.OK:
+			return bandColors["down"]
+		case i < len(rec.Paths):
+			return bandColors[s.Paths[name]]
+		case name == "queued" && s.Queued > 0:
+			return bandColors["queued"]
+		case name == "suspended" && s.Suspended:
+			return bandColors["suspended"]
+		}
+		return ""
+	}
 	for i, name := range rows {
 		y := 40 + i*rowH
-		fmt.Fprintf(w, `<text x="%d" y="%d" text-anchor="end">%s</text>`+"\n", L-6, y+15, html.EscapeString(name))
-		for j, s := range rec.Samples {
-			x1 := rec.End
-			if j+1 < len(rec.Samples) {
-				x1 = rec.Samples[j+1].T
+		fmt.Fprintf(w, `<text x="%d" y="%d" text-anchor="end" font-size="11">%s</text>`+"\n", L-4, y+15, html.EscapeString(name))
+		// One rectangle per run of samples of one colour, each sample
+		// holding until the next.
+		for j := 0; j < len(rec.Samples); {
+			col := color(i, rec.Samples[j])
+			k := j + 1
+			for k < len(rec.Samples) && color(i, rec.Samples[k]) == col {
+				k++
 			}
-			if x1 <= s.T || s.T > xmax {
-				continue
+			x0, x1 := rec.Samples[j].T, rec.End
+			if k < len(rec.Samples) {
+				x1 = rec.Samples[k].T
 			}
-			var col string
-			switch {
-			case !s.OK:
-				col = bandColors["down"]
-			case i < len(rec.Paths):
-				col = bandColors[s.Paths[name]]
-			case name == "queued I/O" && s.Queued > 0:
-				col = bandColors["queued"]
-			case name == "suspended" && s.Suspended:
-				col = bandColors["suspended"]
-			default:
-				continue
+			if col != "" && x1 > x0 {
+				fmt.Fprintf(w, `<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s"/>`, px(x0), y+2, math.Max(px(x1)-px(x0), 0.5), rowH-4, col)
 			}
-			fmt.Fprintf(w, `<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s"/>`, px(s.T), y+2, math.Max(px(x1)-px(s.T), 0.5), rowH-4, col)
+			j = k
 		}
 		fmt.Fprintf(w, `<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#333"/>`+"\n", L, y+2, PW, rowH-4)
 	}
@@ -312,6 +322,17 @@ func (r *Report) band(w io.Writer, y0 int, xmax float64, markers []perf.Marker) 
 		ly := 44 + i*16
 		fmt.Fprintf(w, `<rect x="%d" y="%d" width="14" height="10" fill="%s"/><text x="%d" y="%d">%s</text>`+"\n", lx, ly, bandColors[k], lx+20, ly+10, label)
 	}
-	fmt.Fprintf(w, `<text x="%.1f" y="%d" text-anchor="middle">time (s)</text>`+"\n", float64(L)+PW/2, bottom+20)
+	step := 1.0
+	for _, st := range []float64{0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300} {
+		step = st
+		if xmax/st <= 10 {
+			break
+		}
+	}
+	for x := 0.0; x <= xmax+1e-9; x += step {
+		fmt.Fprintf(w, `<line x1="%.1f" x2="%.1f" y1="%d" y2="%d" stroke="#333"/><text x="%.1f" y="%d" text-anchor="middle">%g</text>`+"\n",
+			px(x), px(x), bottom, bottom+4, px(x), bottom+16, x)
+	}
+	fmt.Fprintf(w, `<text x="%.1f" y="%d" text-anchor="middle">time (s)</text>`+"\n", float64(L)+PW/2, bottom+32)
 	fmt.Fprintln(w, `</g>`)
 }
