@@ -71,5 +71,14 @@ lint:
 run: build
 	$(BIN) serve
 
+# drill: the full form of every failover drill (udm drill --list) with
+# perf's verified workload, then those fio can run with fio's; reports
+# (NAME.txt, NAME.json, NAME.svg) go to drill/reports/. The remote drill
+# needs root and network namespaces (it says so and is skipped without).
+DRILLFLAGS ?=
+drill: build
+	$(BIN) drill --all --full --quiet --out drill/reports $(DRILLFLAGS)
+	$(BIN) drill --all --full --quiet --fio --out drill/reports/fio $(DRILLFLAGS)
+
 clean:
 	rm -rf bin
