@@ -229,7 +229,7 @@ path p1 dm
 				} else {
 					c.Detail = "the map never came back with every path active"
 				}
-				cs = append(cs, c, resumedCheck(r, "restart"))
+				cs = append(cs, c, resumedAfter(r, e, fmt.Sprintf("I/O completed after restart %d", i+1)))
 			}
 			if len(cs) == 0 {
 				cs = append(cs, Check{Name: "daemon restarted", Detail: "no restart was played"})
@@ -394,8 +394,8 @@ func heldCheck(r *Record, until string) Check {
 	return c
 }
 
-// resumedCheck: I/O completed after the event (matched by its text or
-// action) ended.
+// resumedCheck: I/O completed after the last event matching what (its
+// text or its action) ended.
 func resumedCheck(r *Record, what string) Check {
 	var e *EventRecord
 	for i := len(r.Events) - 1; i >= 0; i-- {
@@ -404,15 +404,26 @@ func resumedCheck(r *Record, what string) Check {
 			break
 		}
 	}
-	c := Check{Name: "I/O completed after " + what}
 	if e == nil {
-		c.Detail = what + " was not played"
-		return c
+		return Check{Name: "I/O completed after " + what, Detail: what + " was not played"}
 	}
+	return resumedAfter(r, e, "I/O completed after "+what)
+}
+
+// resumedAfter: I/O completed in the intervals after e ended (until the
+// next event, or the end).
+func resumedAfter(r *Record, e *EventRecord, name string) Check {
+	c := Check{Name: name}
 	from := math.Ceil(e.End/r.Interval-1e-9) * r.Interval
-	n := r.completions(from, r.End)
+	to := r.End
+	for _, e2 := range r.Events {
+		if e2.Start > e.End && actionOf(e2.Action) != "await" && e2.Start < to {
+			to = e2.Start
+		}
+	}
+	n := r.completions(from, to)
 	c.Pass = n > 0
-	c.Detail = fmt.Sprintf("%.0f I/Os in the %.1f s after it", n, r.End-from)
+	c.Detail = fmt.Sprintf("%.0f I/Os in the %.1f s after it", n, to-from)
 	return c
 }
 
