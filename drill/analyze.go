@@ -50,9 +50,9 @@ type Fault struct {
 	Action   string   `json:"action"`
 	At       float64  `json:"at_s"`
 	ToFailed *float64 `json:"to_failed_s,omitempty"`
-	// Failover: to the end of the first interval, from the one in which
-	// the path was seen failed, with at least half the baseline IOPS
-	// while another path was active.
+	// Failover: to the end of the first interval that starts after the
+	// path was seen failed (while another was listed active) with at
+	// least half the baseline IOPS.
 	Failover  *float64 `json:"failover_s,omitempty"`
 	Repair    string   `json:"repair,omitempty"`
 	RepairAt  float64  `json:"repair_at_s,omitempty"`
@@ -295,7 +295,7 @@ func measureFaults(r *Record, base float64) []Fault {
 				}
 			}
 			if others && base > 0 {
-				from := math.Floor(s.T/r.Interval+1e-9) * r.Interval
+				from := math.Ceil(s.T/r.Interval-1e-9) * r.Interval
 				for _, p := range r.Timeline {
 					if p.T >= from-1e-9 && p.IOPS >= base/2 {
 						fo := p.T + r.Interval - e.Start

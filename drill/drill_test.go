@@ -202,3 +202,32 @@ func TestRunScheduleErrors(t *testing.T) {
 		t.Fatalf("bad schedule: %v", err)
 	}
 }
+
+// The README's example schedule is testdata/example.drill, and it passes.
+func TestExampleSchedule(t *testing.T) {
+	text, err := os.ReadFile("testdata/example.drill")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(testutil.ModuleRoot(t), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var indented strings.Builder
+	for _, l := range strings.SplitAfter(strings.TrimSuffix(string(text), "\n"), "\n") {
+		indented.WriteString("    " + l)
+	}
+	if !strings.Contains(string(readme), indented.String()+"\n") {
+		t.Fatal("README.md doesn't show testdata/example.drill as its example schedule")
+	}
+	rep, err := RunSchedule(context.Background(), "example", string(text), testOptions(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	rep.Summary(&b)
+	if !rep.Pass() {
+		t.Fatalf("%s", b.String())
+	}
+	t.Logf("\n%s", b.String())
+}
