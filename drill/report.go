@@ -25,7 +25,7 @@ func (r *Report) Summary(w io.Writer) {
 	}
 	fmt.Fprintln(w, head)
 	row := func(k, format string, args ...any) {
-		fmt.Fprintf(w, "  %-9s %s\n", k, fmt.Sprintf(format, args...))
+		fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf("  %-9s %s", k, fmt.Sprintf(format, args...)), " "))
 	}
 	if r.Outcome != "" {
 		row("outcome", "%s", r.Outcome)
