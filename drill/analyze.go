@@ -51,8 +51,8 @@ type Fault struct {
 	At       float64  `json:"at_s"`
 	ToFailed *float64 `json:"to_failed_s,omitempty"`
 	// Failover: to the end of the first interval that starts after the
-	// path was seen failed (while another was listed active) with at
-	// least half the baseline IOPS.
+	// path was seen failed with at least half the baseline IOPS, when
+	// another path was listed active all the while.
 	Failover  *float64 `json:"failover_s,omitempty"`
 	Repair    string   `json:"repair,omitempty"`
 	RepairAt  float64  `json:"repair_at_s,omitempty"`
@@ -288,18 +288,16 @@ func measureFaults(r *Record, base float64) []Fault {
 		if s := r.firstSample(e.Start, func(s Sample) bool { return down(s.Paths[path]) }); s != nil {
 			d := s.T - e.Start
 			f.ToFailed = &d
-			others := false
-			for p, st := range s.Paths {
-				if p != path && st == StateActive {
-					others = true
-				}
-			}
-			if others && base > 0 {
+			if base > 0 {
 				from := math.Ceil(s.T/r.Interval-1e-9) * r.Interval
 				for _, p := range r.Timeline {
 					if p.T >= from-1e-9 && p.IOPS >= base/2 {
-						fo := p.T + r.Interval - e.Start
-						f.Failover = &fo
+						// A failover only if another path was listed
+						// active all along until then.
+						if !r.anySample(s.T, p.T+r.Interval, func(s Sample) bool { return !otherActive(s, path) }) {
+							fo := p.T + r.Interval - e.Start
+							f.Failover = &fo
+						}
 						break
 					}
 				}
@@ -327,6 +325,16 @@ func measureFaults(r *Record, base float64) []Fault {
 		out = append(out, f)
 	}
 	return out
+}
+
+// otherActive reports whether a path other than path is listed active.
+func otherActive(s Sample, path string) bool {
+	for p, st := range s.Paths {
+		if p != path && st == StateActive {
+			return true
+		}
+	}
+	return false
 }
 
 func bytesStr(n int64) string {

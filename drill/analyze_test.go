@@ -251,3 +251,22 @@ func TestReportRendering(t *testing.T) {
 		t.Error("an await is drawn as an event")
 	}
 }
+
+// No failover is reported when no other path was there to take the I/O
+// (both failed; I/O came back through a reload).
+func TestAnalyzeNoFailoverWithoutAPath(t *testing.T) {
+	r := steady(40)
+	r.Events = []EventRecord{{Action: "error p0", Start: 1}, {Action: "error p1", Start: 1}, {Action: "resume", Start: 3}}
+	setPath(r, "p0", StateFailed, 1.1)
+	setPath(r, "p1", StateFailed, 1.2)
+	for i := 11; i < 31; i++ {
+		r.Timeline[i].IOPS = 0
+	}
+	a := Analyze(r, nil)
+	if len(a.Faults) != 2 || a.Faults[0].Failover != nil || a.Faults[1].Failover != nil || a.Faults[0].ToFailed == nil {
+		t.Fatalf("faults %+v", a.Faults)
+	}
+	if a.LongestGap < 1.99 || a.LongestGap > 2.01 || a.GapAt < 1.09 || a.GapAt > 1.11 {
+		t.Fatalf("gap %v at %v", a.LongestGap, a.GapAt)
+	}
+}
