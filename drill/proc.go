@@ -2,11 +2,9 @@ package drill
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -168,14 +166,4 @@ func sparseFile(path string, size int64) error {
 		return err
 	}
 	return f.Close()
-}
-
-// joinErrs joins the non-nil errors.
-func joinErrs(errs []error) error { return errors.Join(errs...) }
-
-func abs(p string) string {
-	if a, err := filepath.Abs(p); err == nil {
-		return a
-	}
-	return p
 }

@@ -143,18 +143,6 @@ func (r *Record) event(action string, nth int) *EventRecord {
 	return nil
 }
 
-// eventFor finds the first played event "action path" at or after t.
-func (r *Record) eventFor(action, path string, t float64) *EventRecord {
-	for i := range r.Events {
-		e := &r.Events[i]
-		a, p := splitAction(e.Action)
-		if a == action && p == path && e.Start >= t {
-			return e
-		}
-	}
-	return nil
-}
-
 func actionOf(s string) string { a, _ := splitAction(s); return a }
 
 // splitAction returns an event's action and first argument.
