@@ -175,6 +175,11 @@ func TestDrillExternalDaemon(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.stop(10 * time.Second)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the daemon's log:\n%s", p.tail(20000))
+		}
+	})
 	c := daemon.NewClient(sock)
 	if _, err := c.Create(context.Background(), daemon.CreateRequest{Name: "other", Table: "0 2048 zero"}); err != nil {
 		t.Fatal(err)

@@ -151,15 +151,29 @@ func startFio(ctx context.Context, uri, dir string, w Workload) (*fioRunner, err
 	cmd.Dir = dir
 	// One process (--thread) in a group of its own: a kill ends it all.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	outPipe, err := cmd.StdoutPipe()
+	// Our own pipes (not StdoutPipe): Wait runs as soon as fio exits
+	// (startLocked), and must not close them before they are read out.
+	outR, outW, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
-	errPipe, err := cmd.StderrPipe()
+	errR, errW, err := os.Pipe()
 	if err != nil {
+		outR.Close()
+		outW.Close()
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	cmd.Stdout, cmd.Stderr = outW, errW
+	waited := make(chan struct{})
+	err = startLocked(cmd, func(err error) {
+		f.err = err
+		close(waited)
+	})
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
 		return nil, fmt.Errorf("drill: fio: %w", err)
 	}
 	f.proc = cmd
@@ -169,8 +183,9 @@ func startFio(ctx context.Context, uri, dir string, w Workload) (*fioRunner, err
 	var once sync.Once
 	var pipes sync.WaitGroup
 	pipes.Add(2)
-	scan := func(r io.Reader, dst *strings.Builder) {
+	scan := func(r io.ReadCloser, dst *strings.Builder) {
 		defer pipes.Done()
+		defer r.Close()
 		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 64<<10), 16<<20)
 		for sc.Scan() {
@@ -185,11 +200,11 @@ func startFio(ctx context.Context, uri, dir string, w Workload) (*fioRunner, err
 			f.mu.Unlock()
 		}
 	}
-	go scan(outPipe, &f.out)
-	go scan(errPipe, &f.stderr)
+	go scan(outR, &f.out)
+	go scan(errR, &f.stderr)
 	go func() {
 		pipes.Wait()
-		f.err = cmd.Wait()
+		<-waited
 		once.Do(func() { close(connected) })
 		close(f.done)
 	}()
