@@ -236,3 +236,78 @@ func TestExampleSchedule(t *testing.T) {
 	}
 	t.Logf("\n%s", b.String())
 }
+
+// The actions the built-ins don't use, end to end: messages, the
+// operator's fail and reinstate, a file path that vanishes, a flakey
+// layer, checker changes, raw messages.
+func TestScheduleActions(t *testing.T) {
+	text := `path p0 dm
+path p1 dm
+path f0 file
+1s    fail-path p0                 # a message: the next passing check reinstates it
++0    await p0 failed within 5s
++0    await p0 active within 10s
++0.3s operator-fail p1             # the checker leaves it failed
++0    await p1 failed within 5s
++0.6s operator-reinstate p1
++0    await p1 active within 5s
++0.3s vanish f0                    # the checker marks it gone
++0    await f0 failed within 5s
++0.3s flakey p0 0 5                # down at once: every I/O fails
++0    await p0 failed within 10s
++0.3s restore p0
++0    await p0 active within 10s
++0    checker polling_interval=300ms
++0    message fail_if_no_path
++0    message queue_if_no_path
++0    reinstate-path p0
+tail 1s
+`
+	rep, err := RunSchedule(context.Background(), "actions", text, testOptions(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	rep.Summary(&b)
+	if !rep.Pass() {
+		t.Fatalf("%s", b.String())
+	}
+	t.Logf("\n%s", b.String())
+	if len(rep.Analysis.Faults) != 4 {
+		t.Fatalf("faults: %+v", rep.Analysis.Faults)
+	}
+	last := rep.Record.lastSample()
+	if last == nil || last.Paths["f0"] != StateGone || last.Paths["p0"] != StateActive || last.Paths["p1"] != StateActive {
+		t.Fatalf("last sample %+v", last)
+	}
+}
+
+// A remote path served by nbdkit whose server is killed and started
+// again.
+func TestRemoteNbdkitVanish(t *testing.T) {
+	testutil.RequireTool(t, "nbdkit")
+	if err := NetnsAvailable(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	text := `remote nbdkit
+path r0 remote
+path r1 remote
+1s    vanish r0
++0    await r0 failed within 10s
++1s   restore r0
++0    await r0 active within 30s
+`
+	rep, err := RunSchedule(context.Background(), "nbdkit", text, testOptions(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	rep.Summary(&b)
+	if !rep.Pass() {
+		t.Fatalf("%s", b.String())
+	}
+	t.Logf("\n%s", b.String())
+	if !strings.Contains(rep.PathDevs["r0"], "nbd://169.254.") || !strings.Contains(b.String(), "server restarted") {
+		t.Fatalf("paths %v", rep.PathDevs)
+	}
+}
