@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,10 +19,11 @@ import (
 // BgServer is a server process the benchmark runs clients against; its
 // CPU time is read from /proc so a run can report server CPU per I/O.
 type BgServer struct {
-	Name string
-	cmd  *exec.Cmd
-	log  *os.File
-	pid  int
+	Name   string
+	cmd    *exec.Cmd
+	log    *os.File
+	pid    int
+	exited chan struct{} // closed once the process has been reaped
 }
 
 // StartServer starts argv and waits until addr (host:port or a Unix
@@ -34,11 +36,26 @@ func StartServer(name, logDir string, argv []string, addr string) (*BgServer, er
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	// Pdeathsig fires when the thread that forked the child exits, not
+	// the process: fork from a thread locked for the child's whole life
+	// (a Go thread can exit when a locked goroutine ends).
+	started := make(chan error, 1)
+	exited := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		cmd.Wait()
+		close(exited)
+	}()
+	if err := <-started; err != nil {
 		lf.Close()
 		return nil, fmt.Errorf("perf: start %s: %w", name, err)
 	}
-	s := &BgServer{Name: name, cmd: cmd, log: lf, pid: cmd.Process.Pid}
+	s := &BgServer{Name: name, cmd: cmd, log: lf, pid: cmd.Process.Pid, exited: exited}
 	if err := WaitListening(addr, 15*time.Second); err != nil {
 		s.Stop()
 		out, _ := os.ReadFile(lf.Name())
@@ -104,13 +121,11 @@ func (s *BgServer) Stop() {
 		return
 	}
 	syscall.Kill(-s.pid, syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { s.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-s.exited:
 	case <-time.After(5 * time.Second):
 		syscall.Kill(-s.pid, syscall.SIGKILL)
-		<-done
+		<-s.exited
 	}
 	s.log.Close()
 }
