@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/rs/zerolog"
 )
@@ -25,6 +26,9 @@ type Config struct {
 	Metrics string
 	// Loops is the number of uring loops (default: the number of CPUs).
 	Loops int
+	// Spin is how long a loop that just did work polls for more before
+	// sleeping (0: uring.DefaultSpin; negative: never). See uring.Config.
+	Spin time.Duration
 	// NoDemo skips the built-in demo device on a fresh state dir.
 	NoDemo bool
 	// Log is where the daemon logs; children carry "component".

@@ -98,6 +98,9 @@ type Config struct {
 	// Defaults 8 and 20µs; BatchDiv < 0 disables batching.
 	BatchDiv  int
 	BatchWait time.Duration
+	// Spin is how long a loop that just did work polls for more before
+	// it sleeps (default 50µs; negative: never). See spin.
+	Spin time.Duration
 }
 
 // Stats are counters kept by the loop.
@@ -180,6 +183,9 @@ func NewLoop(cfg Config) (*Loop, error) {
 	}
 	if cfg.BatchWait == 0 {
 		cfg.BatchWait = 20 * time.Microsecond
+	}
+	if cfg.Spin == 0 {
+		cfg.Spin = DefaultSpin
 	}
 	l := &Loop{id: cfg.ID, cfg: cfg, done: make(chan struct{}), freeSlot: -1, wakeFd: -1}
 	l.wakeOne[0] = 1
@@ -267,8 +273,8 @@ func (l *Loop) run(ready chan<- error) {
 func (l *Loop) loop() {
 	var cancelTS Timespec
 	for {
-		l.runPosted()
-		l.reap()
+		busy := l.runPosted()
+		busy = l.reap() > 0 || busy
 		if l.closeReq.Load() && !l.closing {
 			l.startClose()
 		}
@@ -277,7 +283,7 @@ func (l *Loop) loop() {
 		}
 		l.flushBacklog()
 		l.state.Store(stateSleeping)
-		if !l.posted.empty() {
+		if l.hasWork() {
 			l.state.Store(stateRunning)
 			l.enter(0, nil)
 			continue
@@ -298,10 +304,64 @@ func (l *Loop) loop() {
 				ts = &cancelTS
 			}
 		}
+		if busy && l.cfg.Spin > 0 && !l.closing {
+			l.state.Store(stateRunning)
+			if l.spin() {
+				continue
+			}
+			l.state.Store(stateSleeping)
+			if l.hasWork() {
+				l.state.Store(stateRunning)
+				continue
+			}
+		}
 		l.enterWait(wait, ts, minWait)
 		l.state.Store(stateRunning)
 		if l.closing {
 			l.cancelAll()
+		}
+	}
+}
+
+// hasWork reports whether a function was posted or Close was asked for.
+// The loop checks it after announcing it will sleep: a Post or Close that
+// saw it running didn't wake it.
+func (l *Loop) hasWork() bool {
+	return !l.posted.empty() || (l.closeReq.Load() && !l.closing)
+}
+
+// DefaultSpin is Config.Spin's default.
+const DefaultSpin = 50 * time.Microsecond
+
+// spin polls, for up to Config.Spin, for work arriving: completions the
+// kernel has ready for this task (IORING_SQ_TASKRUN in the shared ring: a
+// memory read, no system call), posted functions, or the wake-up. It
+// returns true if some arrived, after submitting what is queued.
+//
+// Why: on a VM, waking a thread whose vCPU halted costs tens of µs (an
+// IPI and a VM exit), far more than the I/O itself. A loop that just did
+// work will likely get more within microseconds (a client's next request
+// at queue depth 1); polling instead of sleeping keeps the vCPU running,
+// and the work reaches it without a wake-up. Measured with fio's nbd
+// engine at depth 1 over a Unix socket, unpinned on 2 vCPUs: 15k IOPS,
+// p50 65µs sleeping; 32-37k IOPS, p50 23µs spinning 30-60µs, for about
+// the same server CPU per I/O (the wake-ups burned it before). A loop
+// that found nothing sleeps; an idle loop doesn't spin at all.
+func (l *Loop) spin() bool {
+	if l.ring.Unsubmitted() > 0 {
+		l.enter(0, nil)
+		if l.ring.CQReady() {
+			return true
+		}
+	}
+	end := nanotime() + int64(l.cfg.Spin)
+	for i := 0; ; i++ {
+		if l.ring.TaskrunPending() || l.ring.CQReady() || l.hasWork() {
+			l.enter(0, nil) // run the task work: post the CQEs
+			return true
+		}
+		if i&63 == 63 && nanotime() > end {
+			return false
 		}
 	}
 }
@@ -730,17 +790,18 @@ func (l *Loop) startClose() {
 	l.push(&e)
 }
 
-func (l *Loop) runPosted() {
+func (l *Loop) runPosted() bool {
 	for i := 0; i < 1024; i++ {
 		n := l.posted.pop()
 		if n == nil {
-			return
+			return i > 0
 		}
 		l.postedN.Store(l.postedN.Load() + 1)
 		fn := n.fn
 		n.fn = nil
 		fn()
 	}
+	return true
 }
 
 // finishPosts runs, after the loop ended, every function posted before

@@ -183,6 +183,17 @@ func (r *Ring) SQSpace() uint32 {
 	return r.sqCap - (r.sqeTail - r.sqHead.Load())
 }
 
+// TaskrunPending reports whether the kernel has completions waiting to be
+// run on this ring's task (IORING_SQ_TASKRUN, with SetupTaskrunFlag): an
+// io_uring_enter with GETEVENTS would post CQEs. Cheap: one load of the
+// shared ring.
+func (r *Ring) TaskrunPending() bool {
+	return r.flags&SetupTaskrunFlag != 0 && r.sqFlags.Load()&sqTaskrun != 0
+}
+
+// CQReady reports whether CQEs are waiting in the ring.
+func (r *Ring) CQReady() bool { return r.cqHead.Load() != r.cqTail.Load() }
+
 // Unsubmitted is the number of SQEs filled but not yet submitted.
 func (r *Ring) Unsubmitted() uint32 {
 	return r.sqeTail - r.sqTail.Load()

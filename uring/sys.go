@@ -15,8 +15,8 @@ const (
 	SetupSingleIssuer  = 1 << 12
 	SetupDeferTaskrun  = 1 << 13
 	setupNoSQArray     = 1 << 16
-	defaultSetupFlags  = SetupSubmitAll | SetupCoopTaskrun | SetupSingleIssuer | SetupDeferTaskrun
-	fallbackSetupFlags = SetupSubmitAll | SetupCoopTaskrun
+	defaultSetupFlags  = SetupSubmitAll | SetupCoopTaskrun | SetupTaskrunFlag | SetupSingleIssuer | SetupDeferTaskrun
+	fallbackSetupFlags = SetupSubmitAll | SetupCoopTaskrun | SetupTaskrunFlag
 )
 
 // Features reported by the kernel (io_uring_params.features).

@@ -8,10 +8,12 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/rs/zerolog"
 
 	"udm/daemon"
+	"udm/uring"
 )
 
 // runServe runs the daemon until SIGTERM or SIGINT (a second one exits
@@ -25,6 +27,7 @@ func runServe(args []string) error {
 	nbdUnix := fs.String("nbd-unix", def.NBDUnix, `serve NBD on this Unix socket ("" disables)`)
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. "+daemon.SuggestedMetrics+")")
 	loops := fs.Int("loops", def.Loops, "uring loops (threads running I/O)")
+	spin := fs.Duration("spin", uring.DefaultSpin, "how long a busy loop polls for more work before it sleeps (0: never)")
 	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	noDemo := fs.Bool("no-demo", false, "don't create the demo device on an empty state dir")
 	if err := fs.Parse(args); err != nil {
@@ -58,7 +61,7 @@ func runServe(args []string) error {
 	log = log.Level(lvl).With().Timestamp().Logger()
 
 	d, err := daemon.New(daemon.Config{StateDir: *stateDir, Control: *control, NBD: *nbdAddr, NBDUnix: *nbdUnix,
-		Metrics: *metrics, Loops: *loops, NoDemo: *noDemo, Log: log, Out: os.Stdout})
+		Metrics: *metrics, Loops: *loops, Spin: spinCfg(*spin), NoDemo: *noDemo, Log: log, Out: os.Stdout})
 	if err != nil {
 		return err
 	}
@@ -77,4 +80,12 @@ func runServe(args []string) error {
 		return err
 	}
 	return nil
+}
+
+// spinCfg maps --spin to uring.Config.Spin, where 0 means the default.
+func spinCfg(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
