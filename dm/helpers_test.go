@@ -700,3 +700,18 @@ func waitIdle(t testing.TB, d *Device) {
 	t.Helper()
 	eventually(t, "pending I/O to drain", func() bool { return d.Pending() == 0 })
 }
+
+// settledStats returns d's stats once its in-flight count is back to 0: a
+// bio's end callback runs just before the core drops the count, so a
+// waiter woken by the callback can read the stats a moment early.
+func settledStats(t testing.TB, d *Device) Stats {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s := d.Stats()
+		if s.InFlight == 0 || time.Now().After(deadline) {
+			return s
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}

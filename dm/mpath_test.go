@@ -277,7 +277,7 @@ func TestSeedErrorPaths(t *testing.T) {
 					want = 0
 				}
 				mustErrno(t, "pushed-back write", r.wait(t), want)
-				if s := f.d.Stats(); s.Pushback != 0 || s.Deferred != 0 || s.InFlight != 0 {
+				if s := settledStats(t, f.d); s.Pushback != 0 || s.Deferred != 0 || s.InFlight != 0 {
 					t.Fatalf("stats %+v", s)
 				}
 			})

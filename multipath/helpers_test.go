@@ -452,3 +452,18 @@ func (f *mpFix) queued(l *uring.Loop, sector uint64, data []byte) *bio {
 	}
 	return b
 }
+
+// settledStats returns d's stats once its in-flight count is back to 0: a
+// bio's end callback runs just before the core drops the count, so a
+// waiter woken by the callback can read the stats a moment early.
+func settledStats(t testing.TB, d *dm.Device) dm.Stats {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s := d.Stats()
+		if s.InFlight == 0 || time.Now().After(deadline) {
+			return s
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}

@@ -315,7 +315,7 @@ func TestSeedErrorPaths(t *testing.T) {
 			// down and queueing off until the next resume (the kernel has
 			// no multipath presuspend undo), it fails.
 			mustErrno(t, "pushed-back write", w.wait(t), syscall.EIO)
-			s := f.mp.Stats()
+			s := settledStats(t, f.mp)
 			if s.Pushback != 0 || s.Deferred != 0 || s.InFlight != 0 {
 				t.Fatalf("stats %+v", s)
 			}
