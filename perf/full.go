@@ -167,7 +167,7 @@ func FullSuite(opt FullOptions) (*Suite, error) {
 				return nil, fmt.Errorf("perf: udm create %s: %v: %s", name, err, out)
 			}
 		}
-		allocs := MetricsCounter(fmt.Sprintf("http://127.0.0.1:%d/metrics", mport), "go_memstats_mallocs_total")
+		allocs := MetricsCounter(fmt.Sprintf("http://127.0.0.1:%d/debug/allocs", mport), "udm_heap_allocs_total")
 		add(NBDContender(CUdmLinTCP, fmt.Sprintf("nbd://127.0.0.1:%d/lin", port), srv, allocs))
 		add(NBDContender(CUdmLinUnix, fmt.Sprintf("nbd+unix:///lin?socket=%s", usock), srv, allocs))
 		add(NBDContender(CUdmMpTCP, fmt.Sprintf("nbd://127.0.0.1:%d/mp", port), srv, allocs))
