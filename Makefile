@@ -45,9 +45,12 @@ fuzz-short:
 		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	done
 
-# bench-go: the hot-path Go benchmarks, in benchstat's format.
+# bench-go: the hot-path Go benchmarks, in benchstat's format (also in
+# perf/results/bench-go.txt).
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./uring/ ./dm/... ./multipath/ ./nbd/
+	@mkdir -p perf/results
+	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./uring/ ./dm/... ./multipath/ ./nbd/ > perf/results/bench-go.txt; \
+		rc=$$?; cat perf/results/bench-go.txt; exit $$rc
 
 # bench-uring: the loop against fio's io_uring engine on the same targets.
 bench-uring: build
