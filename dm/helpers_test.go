@@ -706,12 +706,6 @@ func waitIdle(t testing.TB, d *Device) {
 // waiter woken by the callback can read the stats a moment early.
 func settledStats(t testing.TB, d *Device) Stats {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		s := d.Stats()
-		if s.InFlight == 0 || time.Now().After(deadline) {
-			return s
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
+	eventually(t, "the in-flight count to drop to 0", func() bool { return d.Stats().InFlight == 0 })
+	return d.Stats()
 }
