@@ -282,6 +282,9 @@ func (l *Loop) loop() {
 			return
 		}
 		l.flushBacklog()
+		if busy && l.cfg.Spin > 0 && !l.closing && l.spin() {
+			continue
+		}
 		l.state.Store(stateSleeping)
 		if l.hasWork() {
 			l.state.Store(stateRunning)
@@ -302,17 +305,6 @@ func (l *Loop) loop() {
 			} else {
 				cancelTS = Timespec{Nsec: int64(l.cfg.BatchWait)}
 				ts = &cancelTS
-			}
-		}
-		if busy && l.cfg.Spin > 0 && !l.closing {
-			l.state.Store(stateRunning)
-			if l.spin() {
-				continue
-			}
-			l.state.Store(stateSleeping)
-			if l.hasWork() {
-				l.state.Store(stateRunning)
-				continue
 			}
 		}
 		l.enterWait(wait, ts, minWait)
