@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"udm/daemon"
+	"udm/internal/testutil"
 )
 
 // These tests run the real binary: TestMain builds cmd/udm once, each
@@ -28,30 +29,7 @@ var udmBin string
 // timing.
 const safety = 60 * time.Second
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "udm-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	udmBin = filepath.Join(dir, "udm")
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-	}
-	args := []string{"build", "-o", udmBin}
-	if raceBuild {
-		args = append(args, "-race")
-	}
-	if out, err := exec.Command(goBin, append(args, "udm/cmd/udm")...).CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building udm: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testutil.MainWithUDM(m, raceBuild, &udmBin) }
 
 // syncBuf is a bytes.Buffer safe for a writer goroutine and readers.
 type syncBuf struct {

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,30 +20,7 @@ import (
 
 var udmBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "udm-drill-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	udmBin = filepath.Join(dir, "udm")
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-	}
-	args := []string{"build", "-o", udmBin}
-	if raceBuild {
-		args = append(args, "-race")
-	}
-	if out, err := exec.Command(goBin, append(args, "udm/cmd/udm")...).CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building udm: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testutil.MainWithUDM(m, raceBuild, &udmBin) }
 
 func testOptions(t *testing.T) Options {
 	return Options{UDM: udmBin, Log: testLog{t}, Size: 32 << 20, Workload: Workload{Seed: uint64(time.Now().UnixNano())}}

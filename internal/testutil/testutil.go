@@ -3,6 +3,7 @@
 package testutil
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -102,4 +103,33 @@ func ModuleRoot(t testing.TB) string {
 		}
 		dir = parent
 	}
+}
+
+// MainWithUDM is a TestMain that builds cmd/udm once into a temporary
+// directory (with -race when race is set: the tests run under it, and so
+// should the daemon they start), stores its path in *bin, runs the tests
+// and removes the build.
+func MainWithUDM(m *testing.M, race bool, bin *string) {
+	dir, err := os.MkdirTemp("", "udm-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*bin = filepath.Join(dir, "udm")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+	}
+	args := []string{"build", "-o", *bin}
+	if race {
+		args = append(args, "-race")
+	}
+	if out, err := exec.Command(goBin, append(args, "udm/cmd/udm")...).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building udm: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
