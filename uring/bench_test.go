@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
@@ -72,21 +73,40 @@ func benchRead(b *testing.B, path string, depth int, fixed bool) {
 }
 
 func benchReadDeadline(b *testing.B, path string, depth int, fixed bool, deadline string) {
+	r := startReader(b, path, depth, fixed, deadline)
+	before := r.l.Stats()
+	b.ReportAllocs()
+	b.ResetTimer()
+	r.runN(b.N)
+	b.StopTimer()
+	after := r.l.Stats()
+	if r.errs > 0 {
+		b.Fatalf("%d reads failed", r.errs)
+	}
+	b.ReportMetric(float64(after.Enters-before.Enters)/float64(b.N), "syscalls/op")
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "IOPS")
+}
+
+// startReader sets up a loop and a reader of path with depth buffers,
+// and warms it up with 1000 reads. The loop and file close with tb.
+func startReader(tb testing.TB, path string, depth int, fixed bool, deadline string) *reader {
 	l, err := NewLoop(Config{})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	defer l.Close()
+	tb.Cleanup(func() { l.Close() })
 	f, err := OpenBlock(path, OpenOptions{})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	defer f.Close()
-	r := &reader{l: l, fixed: fixed, deadline: deadline, blocks: uint64(f.Size / 4096), rng: rand.New(rand.NewPCG(1, 1)), done: make(chan struct{})}
+	tb.Cleanup(func() { f.Close() })
+	r := &reader{l: l, fixed: fixed, deadline: deadline, blocks: uint64(f.Size / 4096), rng: rand.New(rand.NewPCG(1, 1))}
+	var rerr error
 	l.Call(func() {
 		idx, err := l.RegisterFile(f.Fd)
 		if err != nil {
-			b.Fatal(err)
+			rerr = err
+			return
 		}
 		r.fd = idx
 		if !fixed {
@@ -96,33 +116,24 @@ func benchReadDeadline(b *testing.B, path string, depth int, fixed bool, deadlin
 			r.bufs = append(r.bufs, l.Arena().Get(4096))
 		}
 	})
-	// Warm up, then measure b.N reads.
-	r.left = 1000
-	l.Call(func() {
-		for i := 0; i < depth; i++ {
-			r.left--
-			r.submit(uint64(i))
-		}
-	})
-	<-r.done
-	before := l.Stats()
-	r.done = make(chan struct{})
-	r.left = b.N - depth
-	b.ReportAllocs()
-	b.ResetTimer()
-	l.Call(func() {
-		for i := 0; i < min(depth, b.N); i++ {
-			r.submit(uint64(i))
-		}
-	})
-	<-r.done
-	b.StopTimer()
-	after := l.Stats()
-	if r.errs > 0 {
-		b.Fatalf("%d reads failed", r.errs)
+	if rerr != nil {
+		tb.Fatal(rerr)
 	}
-	b.ReportMetric(float64(after.Enters-before.Enters)/float64(b.N), "syscalls/op")
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "IOPS")
+	r.runN(1000)
+	return r
+}
+
+// runN performs n reads, len(r.bufs) at a time, and waits for them.
+func (r *reader) runN(n int) {
+	depth := len(r.bufs)
+	r.done = make(chan struct{})
+	r.left = max(0, n-depth)
+	r.l.Call(func() {
+		for i := 0; i < min(depth, n); i++ {
+			r.submit(uint64(i))
+		}
+	})
+	<-r.done
 }
 
 func BenchmarkRead4K(b *testing.B) {
@@ -186,4 +197,41 @@ func BenchmarkPost(b *testing.B) {
 	l.Call(func() {})
 	st := l.Stats()
 	b.ReportMetric(float64(st.Wakes)/float64(b.N), "wakes/op")
+}
+
+// TestSteadyReadAllocatesNothing: the steady read path (fixed buffers
+// and file, a handler object, with and without deadlines) allocates
+// nothing per read. Allocations are counted process-wide, so a little
+// slack covers the test's own Call and the runtime; one allocation per
+// read would be thousands.
+func TestSteadyReadAllocatesNothing(t *testing.T) {
+	file := testutil.TempFile(t, 16<<20)
+	fillFile(t, file)
+	const n = 20000
+	for _, tc := range []struct {
+		name     string
+		depth    int
+		fixed    bool
+		deadline string
+	}{
+		{"qd1-fixed", 1, true, ""},
+		{"qd32-fixed", 32, true, ""},
+		{"qd32-plain", 32, false, ""},
+		{"qd32-linked-deadline", 32, true, "link"},
+		{"qd32-swept-deadline", 32, true, "swept"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startReader(t, file, tc.depth, tc.fixed, tc.deadline)
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			r.runN(n)
+			runtime.ReadMemStats(&after)
+			if r.errs > 0 {
+				t.Fatalf("%d reads failed", r.errs)
+			}
+			if allocs := after.Mallocs - before.Mallocs; allocs > n/100 {
+				t.Fatalf("%d allocations for %d reads (%.3f per read): the steady path allocates", allocs, n, float64(allocs)/n)
+			}
+		})
+	}
 }

@@ -141,6 +141,9 @@ type Loop struct {
 	// backlog holds SQEs (with user_data already set) that did not fit in
 	// the SQ and that the kernel did not take yet; flushed in order.
 	backlog []SQE
+	// refuseSQ is a test hook: sqe() reports the SQ full this many more
+	// times, as when the kernel takes no more submissions for now.
+	refuseSQ int
 
 	files    []bool // fixed-file slot used
 	freeFile []int32
@@ -500,6 +503,10 @@ func (l *Loop) freeSlotAt(idx int32) {
 // sqe returns a slot in the SQ, flushing to the kernel when the SQ is full.
 // It returns nil only when the kernel won't take more right now.
 func (l *Loop) sqe() *SQE {
+	if l.refuseSQ > 0 {
+		l.refuseSQ--
+		return nil
+	}
 	if len(l.backlog) == 0 {
 		if s := l.ring.NextSQE(); s != nil {
 			return s
@@ -518,7 +525,12 @@ func (l *Loop) push(e *SQE) {
 		*s = *e
 		return
 	}
-	l.backlog = append(l.backlog, *e)
+	l.toBacklog(*e)
+}
+
+// toBacklog queues SQEs behind those already waiting for SQ space.
+func (l *Loop) toBacklog(es ...SQE) {
+	l.backlog = append(l.backlog, es...)
 	if n := uint64(len(l.backlog)); n > l.backlogHigh.Load() {
 		l.backlogHigh.Store(n)
 	}
@@ -527,6 +539,11 @@ func (l *Loop) push(e *SQE) {
 // pushChain places SQEs that must reach the kernel in one submission
 // (a linked chain) contiguously.
 func (l *Loop) pushChain(es []SQE) {
+	if l.refuseSQ > 0 {
+		l.refuseSQ--
+		l.toBacklog(es...)
+		return
+	}
 	if len(l.backlog) == 0 && l.ring.SQSpace() < uint32(len(es)) {
 		l.enter(0, nil)
 	}
@@ -536,7 +553,7 @@ func (l *Loop) pushChain(es []SQE) {
 		}
 		return
 	}
-	l.backlog = append(l.backlog, es...)
+	l.toBacklog(es...)
 }
 
 func (l *Loop) flushBacklog() {

@@ -288,12 +288,60 @@ func TestSQFullBackpressure(t *testing.T) {
 	}
 }
 
+// orderCounter records the order completions arrive in.
+type orderCounter struct {
+	*counter
+	order []uint64 // written on the loop only
+}
+
+func (o *orderCounter) Complete(tag uint64, res int32, flags uint32) {
+	o.order = append(o.order, tag)
+	o.counter.Complete(tag, res, flags)
+}
+
+// TestBacklogInOrder makes the SQ refuse submissions (as a kernel that
+// takes no more for now does) so that SQEs queue in the backlog: they
+// reach the kernel in the order they were submitted, later submissions
+// queue behind them, and each ends exactly once.
+func TestBacklogInOrder(t *testing.T) {
+	l := newLoop(t, Config{Entries: 8, ArenaSize: -1})
+	const n = 500
+	c := &orderCounter{counter: newCounter(n)}
+	l.Post(func() {
+		for i := 0; i < n; i++ {
+			if i%50 == 0 {
+				l.refuseSQ = 7 // the next 7 submissions find the SQ full
+			}
+			var e SQE
+			e.PrepNop()
+			if _, err := l.Submit(&e, c, uint64(i)); err != nil {
+				panic(err)
+			}
+		}
+	})
+	c.check(t)
+	st := l.Stats()
+	if st.BacklogHigh < 7 {
+		t.Fatalf("backlog high-water mark %d: the backlog was not used", st.BacklogHigh)
+	}
+	var order []uint64
+	l.Call(func() { order = append(order, c.order...) })
+	for i, tag := range order {
+		if tag != uint64(i) {
+			t.Fatalf("completion %d was NOP %d: the backlog reordered submissions (%v...)", i, tag, order[:min(len(order), i+5)])
+		}
+	}
+}
+
 func TestBacklogKeepsChainsWhole(t *testing.T) {
 	l := newLoop(t, Config{Entries: 4, ArenaSize: -1})
 	const n = 300
 	c := newCounter(n)
 	l.Post(func() {
 		for i := 0; i < n; i++ {
+			if i%30 == 0 {
+				l.refuseSQ = 5 // chains go through the backlog too
+			}
 			var e SQE
 			e.PrepNop()
 			if _, err := l.SubmitDeadline(&e, time.Second, c, uint64(i)); err != nil {
@@ -306,6 +354,9 @@ func TestBacklogKeepsChainsWhole(t *testing.T) {
 		if res != 0 {
 			t.Fatalf("NOP %d with a linked timeout: %v", tag, Errno(res))
 		}
+	}
+	if st := l.Stats(); st.BacklogHigh < 2 {
+		t.Fatalf("backlog high-water mark %d: no chain went through the backlog", st.BacklogHigh)
 	}
 }
 
