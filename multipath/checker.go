@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -90,11 +91,13 @@ const (
 // Failback is a failback policy.
 type Failback struct {
 	Mode  FailbackMode
-	Delay time.Duration // FailbackDeferred
+	Delay time.Duration // FailbackDeferred: positive
 }
 
-// ParseFailback reads "manual", "immediate", "followover" or a number of
-// seconds ("" is manual).
+// ParseFailback reads "manual", "immediate", "followover" or a deferred
+// failback's delay ("" is manual): a number of seconds, multipathd's
+// syntax ("5"), or a Go duration for other delays ("20ms", "1.5s"). The
+// delay must be positive.
 func ParseFailback(s string) (Failback, error) {
 	switch s {
 	case "", "manual":
@@ -104,13 +107,24 @@ func ParseFailback(s string) (Failback, error) {
 	case "followover":
 		return Failback{Mode: FailbackFollowover}, nil
 	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n <= 0 {
-		return Failback{}, fmt.Errorf("multipath: failback %q: want manual, immediate, followover or seconds", s)
+	var d time.Duration // 0: not a valid delay
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		if n <= int64(math.MaxInt64/time.Second) {
+			d = time.Duration(n) * time.Second
+		}
+	} else if x, err := time.ParseDuration(s); err == nil {
+		d = x
 	}
-	return Failback{Mode: FailbackDeferred, Delay: time.Duration(n) * time.Second}, nil
+	if d <= 0 {
+		return Failback{}, fmt.Errorf("multipath: failback %q: want manual, immediate, followover, seconds or a duration", s)
+	}
+	return Failback{Mode: FailbackDeferred, Delay: d}, nil
 }
 
+// String is the policy as ParseFailback reads it: a deferred failback's
+// delay in seconds when it is whole seconds, else as a Go duration. (A
+// deferred failback with no positive delay prints as what it is, "0s",
+// which ParseFailback refuses.)
 func (f Failback) String() string {
 	switch f.Mode {
 	case FailbackImmediate:
@@ -118,7 +132,10 @@ func (f Failback) String() string {
 	case FailbackFollowover:
 		return "followover"
 	case FailbackDeferred:
-		return strconv.Itoa(int(f.Delay / time.Second))
+		if f.Delay > 0 && f.Delay%time.Second == 0 {
+			return strconv.FormatInt(int64(f.Delay/time.Second), 10)
+		}
+		return f.Delay.String()
 	}
 	return "manual"
 }

@@ -3,6 +3,8 @@ package multipath
 import (
 	"errors"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"syscall"
@@ -207,6 +209,30 @@ func TestNoPathRetry(t *testing.T) {
 			mustErrno(t, "second queued write", w.wait(t), syscall.EIO)
 		})
 	})
+	t.Run("held I/O waits N intervals, not fewer", func(t *testing.T) {
+		// The ticks are driven by hand: the checker's own come hourly,
+		// and so do path checks (paths fail by I/O here).
+		const n = 3
+		cfg := fastCheck
+		cfg.PollingInterval, cfg.MaxPollingInterval, cfg.NoPathRetry = time.Hour, time.Hour, n
+		forExecs(t, func(t *testing.T, kind string) {
+			f := newFix(t, false, envConfig{check: cfg})
+			e, mp := f.entry(), f.target("mp")
+			eventually(t, "the first checks, at attach", func() bool { return e.paths[0].checks.Load() > 0 && e.paths[1].checks.Load() > 0 })
+			w := f.queued(f.exec(kind), 8, pattern(4, 4*kib))
+			for i := 1; i < n; i++ {
+				e.noPathTick()
+				if w.ended() || mp.Held() != 1 || !mp.state().queue {
+					t.Fatalf("after %d of %d intervals: ended %v, held %d", i, n, w.ended(), mp.Held())
+				}
+			}
+			e.noPathTick()
+			mustErrno(t, "held write after N intervals", w.wait(t), syscall.EIO)
+			if mp.state().queue || mp.Held() != 0 {
+				t.Fatal("still queueing after no_path_retry ran out")
+			}
+		})
+	})
 	t.Run("a path back within N keeps the I/O", func(t *testing.T) {
 		cfg := fastCheck
 		cfg.NoPathRetry = 1000000
@@ -256,17 +282,71 @@ func TestParseCheckerSettings(t *testing.T) {
 		}
 	}
 	for s, want := range map[string]Failback{"manual": {}, "immediate": {Mode: FailbackImmediate},
-		"followover": {Mode: FailbackFollowover}, "30": {Mode: FailbackDeferred, Delay: 30 * time.Second}} {
+		"followover": {Mode: FailbackFollowover}, "30": {Mode: FailbackDeferred, Delay: 30 * time.Second},
+		"20ms": {Mode: FailbackDeferred, Delay: 20 * time.Millisecond}, "1.5s": {Mode: FailbackDeferred, Delay: 1500 * time.Millisecond}} {
 		got, err := ParseFailback(s)
 		if err != nil || got != want || got.String() != s {
 			t.Errorf("ParseFailback(%q) = %v, %v", s, got, err)
 		}
 	}
-	for _, s := range []string{"0", "soon"} {
+	// Durations are read too; whole seconds print as seconds.
+	for s, want := range map[string]string{"5s": "5", "2m": "120", "1h0m0.5s": "1h0m0.5s", "+7": "7"} {
+		got, err := ParseFailback(s)
+		if err != nil || got.String() != want {
+			t.Errorf("ParseFailback(%q) = %v, %v; want %s", s, got, err, want)
+		}
+	}
+	for _, s := range []string{"0", "0s", "-1", "-20ms", "soon", "5x", "9223372037", "99999999999999999999"} {
 		if _, err := ParseFailback(s); err == nil {
 			t.Errorf("ParseFailback(%q) accepted", s)
 		}
 	}
+}
+
+// Every failback policy prints as a string ParseFailback reads back as
+// the same policy, sub-second delays included.
+func TestFailbackRoundTrip(t *testing.T) {
+	fbs := []Failback{{}, {Mode: FailbackImmediate}, {Mode: FailbackFollowover}}
+	for _, d := range []time.Duration{1, time.Microsecond, 20 * time.Millisecond, 999 * time.Millisecond, time.Second,
+		1500 * time.Millisecond, 90 * time.Second, 36 * time.Hour, time.Duration(math.MaxInt64/time.Second) * time.Second,
+		math.MaxInt64} {
+		fbs = append(fbs, Failback{Mode: FailbackDeferred, Delay: d})
+	}
+	rng := rand.New(rand.NewPCG(5, 0)) // fixed: FuzzParseFailback explores
+	for range 1000 {
+		d := time.Duration(rng.Int64N(int64(time.Hour))) + 1
+		if rng.IntN(2) == 0 {
+			d = d.Round(time.Millisecond) + time.Millisecond
+		}
+		fbs = append(fbs, Failback{Mode: FailbackDeferred, Delay: d})
+	}
+	for _, fb := range fbs {
+		got, err := ParseFailback(fb.String())
+		if err != nil || got != fb {
+			t.Fatalf("%+v prints as %q, which reads back as %+v, %v", fb, fb.String(), got, err)
+		}
+	}
+}
+
+// Whatever ParseFailback accepts prints as a string it reads back as the
+// same policy.
+func FuzzParseFailback(f *testing.F) {
+	for _, s := range []string{"", "manual", "immediate", "followover", "30", "20ms", "1.5s", "0", "-5", "1h2m3.000000004s", "+7"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		fb, err := ParseFailback(s)
+		if err != nil {
+			return
+		}
+		if fb.Mode == FailbackDeferred && fb.Delay <= 0 {
+			t.Fatalf("%q: delay %v", s, fb.Delay)
+		}
+		again, err := ParseFailback(fb.String())
+		if err != nil || again != fb {
+			t.Fatalf("%q reads as %+v, prints as %q, reads back as %+v, %v", s, fb, fb.String(), again, err)
+		}
+	})
 }
 
 // Failback: group 1 (p0 and p2) is preferred, group 2 (p1) takes over
@@ -481,6 +561,63 @@ func TestCheckerLoopDevice(t *testing.T) {
 	if !f.onFile(0, data) {
 		t.Fatal("data not in the file")
 	}
+}
+
+// A check that gets no answer (a read held by a delay target far longer
+// than the test) fails the path after check_timeout; while that read is
+// still outstanding, later checks fail at once without sending another;
+// once it is answered, checks read again.
+func TestCheckerTimeout(t *testing.T) {
+	cfg := fastCheck
+	cfg.CheckTimeout = 100 * time.Millisecond
+	f := newFix(t, false, envConfig{check: cfg})
+	e := f.entry()
+	lastErr := func() string {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return e.paths[0].lastErr
+	}
+	f.waitChecks(0, 1)
+	start := time.Now()
+	f.swap("p0", fmt.Sprintf("0 %d delay %s 0 600000", f.sectors, f.file))
+	eventually(t, "a check read held on p0", func() bool { return f.held("p0") == 1 })
+	eventually(t, "the checker to fail p0", func() bool { return !f.pathActive(0) })
+	// No check read reached the delay before the swap, so the path
+	// failed no sooner than check_timeout after it; and well within a
+	// generous bound after that. The read is still held: it was the
+	// timeout that failed the path, not an answer.
+	took := time.Since(start)
+	if slack := 10 * time.Second; took < cfg.CheckTimeout || took > cfg.CheckTimeout+slack {
+		t.Fatalf("p0 failed %v after the swap, want check_timeout %v (+ up to %v)", took, cfg.CheckTimeout, slack)
+	}
+	if n := f.held("p0"); n != 1 {
+		t.Fatalf("%d reads held on p0 when it failed", n)
+	}
+	// The checker logs the failing check's error once, when the path
+	// goes faulty (later checks overwrite lastErr).
+	want := fmt.Sprintf("no answer in %v: %v", cfg.CheckTimeout, syscall.ETIMEDOUT)
+	if logs := f.logs.String(); !strings.Contains(logs, `"checker":"faulty"`) || !strings.Contains(logs, want) {
+		t.Fatalf("log lacks the check timeout (%q):\n%s", want, logs)
+	}
+	// The next checks find the read outstanding and send no other.
+	f.waitChecks(0, 3)
+	if err := lastErr(); !strings.Contains(err, "earlier check still outstanding") {
+		t.Fatalf("check with a read outstanding: %q", err)
+	}
+	if n := f.held("p0"); n != 1 || f.pathActive(0) {
+		t.Fatalf("%d reads held on p0 (want the first only), active %v", n, f.pathActive(0))
+	}
+	// The held read is answered (the release waits for it): the next
+	// check sends a read again, which hangs in turn.
+	f.release("p0")
+	eventually(t, "a new check read held on p0", func() bool { return f.held("p0") == 1 })
+	f.waitChecks(0, 3)
+	if n := f.held("p0"); n != 1 || f.pathActive(0) {
+		t.Fatalf("%d reads held on p0, active %v", n, f.pathActive(0))
+	}
+	// A working path again: reinstated.
+	f.repairPath("p0")
+	eventually(t, "the checker to reinstate p0", func() bool { return f.pathActive(0) })
 }
 
 // A check's verdict is dropped when the path was failed or reinstated

@@ -295,16 +295,41 @@ func (f *mpFix) held(p string) int {
 	return r + w
 }
 
+// gatedCtx is a canceled context whose Err first waits for cond: a
+// suspend that checks it right after presuspend sees what presuspend
+// started on a loop finish first.
+type gatedCtx struct {
+	context.Context
+	t    testing.TB
+	what string
+	cond func() bool
+}
+
+func (c gatedCtx) Err() error {
+	eventually(c.t, c.what, c.cond)
+	return c.Context.Err()
+}
+
+// doneAfter is a canceled context that reports it only once cond holds.
+func doneAfter(t testing.TB, what string, cond func() bool) context.Context {
+	ctx, cancel := context.WithCancel(bg())
+	cancel()
+	return gatedCtx{ctx, t, what, cond}
+}
+
 func TestSeedErrorPaths(t *testing.T) {
 	t.Run("a failure inside suspend after the flag is set clears it and flushes pushback", func(t *testing.T) {
 		forExecs(t, func(t *testing.T, kind string) {
 			f := newFix(t, true, envConfig{})
 			w := f.queued(f.exec(kind), 8, pattern(0xd4, 4*kib))
 			// A context that is already done fails the suspend right after
-			// presuspend, which pushed the held write back.
-			ctx, cancel := context.WithCancel(bg())
-			cancel()
-			err := f.mp.Suspend(ctx, true)
+			// presuspend, which pushed the held write back: at once
+			// without an executor, on the loop with one, which the
+			// context waits for when the suspend asks it.
+			err := f.mp.Suspend(doneAfter(t, "presuspend to push the write back", func() bool {
+				s := f.mp.Stats()
+				return s.Pushback == 1 && s.Pushbacks == 1
+			}), true)
 			if !errors.Is(err, dm.ErrInterrupted) || !errors.Is(err, context.Canceled) {
 				t.Fatalf("suspend: %v", err)
 			}
@@ -319,9 +344,7 @@ func TestSeedErrorPaths(t *testing.T) {
 			if s.Pushback != 0 || s.Deferred != 0 || s.InFlight != 0 {
 				t.Fatalf("stats %+v", s)
 			}
-			// Without an executor, presuspend pushed the write back before
-			// the suspend gave up (a loop's may run after it).
-			if kind == "noexec" && s.Pushbacks != 1 {
+			if s.Pushbacks != 1 {
 				t.Fatalf("the write was not pushed back: %+v", s)
 			}
 			// The next resume turns queueing back on.
@@ -408,6 +431,114 @@ func TestSeedErrorPaths(t *testing.T) {
 			// suspend any more: EIO.
 			f.release("p2")
 			mustErrno(t, "X (requeued after the interrupt)", x.wait(t), syscall.EIO)
+		})
+	})
+}
+
+// The seed's suspend cases with two multipath devices over the same
+// paths: what one device's suspend does to its I/O leaves the other's
+// alone.
+func TestSeedTwoDevices(t *testing.T) {
+	// unaffected checks that mpb still holds wb, queueing, with nothing
+	// pushed back or deferred.
+	unaffected := func(f *mpFix, mpb *dm.Device, wb *bio, what string) {
+		f.t.Helper()
+		tb := f.target("mpb")
+		if s := mpb.Stats(); wb.ended() || tb.Held() != 1 || !tb.state().queue || s.Suspended || mpb.NoflushSuspending() ||
+			s.Pushbacks != 0 || s.Deferred != 0 || s.Pushback != 0 {
+			f.t.Fatalf("%s: mpb's write ended %v, held %d, queueing %v, stats %+v", what, wb.ended(), tb.Held(), tb.state().queue, s)
+		}
+	}
+	// finish lets mpb's write complete on p0.
+	finish := func(f *mpFix, wb *bio) {
+		f.t.Helper()
+		f.mustMsg("mpb", "reinstate_path", "/dev/mapper/p0")
+		mustErrno(f.t, "mpb's write", wb.wait(f.t), 0)
+		if !f.onFile(64, pattern(0xbb, 4*kib)) {
+			f.t.Fatal("mpb's write not in the file")
+		}
+	}
+
+	t.Run("queued I/O fails on a suspend without noflush, of that device only", func(t *testing.T) {
+		forExecs(t, func(t *testing.T, kind string) {
+			f := newFix(t, true, envConfig{})
+			l := f.exec(kind)
+			w := f.queued(l, 8, pattern(3, 4*kib))
+			// mpb queues over the same (broken) paths: its write fails on
+			// both and is held.
+			mpb := f.create("mpb", f.mpTable(true, "/dev/mapper/p0", "/dev/mapper/p1"))
+			wb := f.env.write(mpb, l, 64, pattern(0xbb, 4*kib))
+			f.l.add(wb)
+			eventually(t, "mpb to hold its write", func() bool { return f.target("mpb").Held() == 1 })
+			if err := f.mp.Suspend(bg(), false); err != nil {
+				t.Fatal(err)
+			}
+			mustErrno(t, "mp's queued write", w.wait(t), syscall.EIO)
+			if s := f.mp.Stats(); !s.Suspended || s.Deferred != 0 || s.Pushbacks != 0 {
+				t.Fatalf("mp stats %+v", s)
+			}
+			unaffected(f, mpb, wb, "mp suspended")
+			if err := f.mp.Resume(bg()); err != nil {
+				t.Fatal(err)
+			}
+			unaffected(f, mpb, wb, "mp resumed")
+			f.repairPath("p0")
+			finish(f, wb)
+		})
+	})
+	t.Run("an interrupted noflush suspend re-issues what it pushed back, and only its own", func(t *testing.T) {
+		forExecs(t, func(t *testing.T, kind string) {
+			// As TestSeedErrorPaths: A hangs on p1 (then fails), X on p2
+			// (then succeeds); both maps queue.
+			f, l := hungFix(t, kind, false)
+			paths := []string{"/dev/mapper/p0", "/dev/mapper/p1", "/dev/mapper/p2"}
+			f.swap("mp", f.mpTable(true, paths...))
+			// mpb holds a write with every path failed by message: no I/O
+			// of it reaches the paths.
+			mpb := f.create("mpb", f.mpTable(true, paths...))
+			for _, p := range paths {
+				f.mustMsg("mpb", "fail_path", p)
+			}
+			wb := f.env.write(mpb, l, 64, pattern(0xbb, 4*kib))
+			f.l.add(wb)
+			eventually(t, "mpb to hold its write", func() bool { return f.target("mpb").Held() == 1 })
+			f.mustMsg("mp", "fail_path", "/dev/mapper/p0")
+			f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
+			aData, xData := pattern(0xaa, 4*kib), pattern(0x55, 4*kib)
+			a := f.write(l, 8, aData)
+			eventually(t, "A on p1", func() bool { return f.held("p1") == 1 })
+			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p2")
+			f.mustMsg("mp", "fail_path", "/dev/mapper/p1")
+			x := f.write(l, 16, xData)
+			eventually(t, "X on p2", func() bool { return f.held("p2") == 1 })
+			f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
+
+			ctx, cancel := context.WithCancel(bg())
+			done := make(chan error, 1)
+			go func() { done <- f.mp.Suspend(ctx, true) }()
+			eventually(t, "the suspend to start", f.mp.NoflushSuspending)
+			f.release("p1")
+			eventually(t, "A on pushback", func() bool { return f.mp.Stats().Pushback == 1 })
+			unaffected(f, mpb, wb, "mp suspending")
+			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p0")
+			cancel()
+			if err := <-done; !errors.Is(err, dm.ErrInterrupted) {
+				t.Fatalf("suspend: %v", err)
+			}
+			mustErrno(t, "A (pushed back, re-issued)", a.wait(t), 0)
+			if !f.onFile(8, aData) || x.ended() {
+				t.Fatal("A's data not in the file, or X ended")
+			}
+			if s := f.mp.Stats(); s.Pushbacks != 1 || s.Suspended {
+				t.Fatalf("mp stats %+v", s)
+			}
+			unaffected(f, mpb, wb, "mp's suspend interrupted")
+			f.release("p2")
+			mustErrno(t, "X", x.wait(t), 0)
+			if !f.onFile(16, xData) {
+				t.Fatal("X's data not in the file")
+			}
+			finish(f, wb)
 		})
 	})
 }
