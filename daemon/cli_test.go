@@ -65,8 +65,12 @@ func TestVerbs(t *testing.T) {
 		{"zer", "0 2048 zero", "0 2048 zero ", "0 2048 zero "},
 		{"fla", "0 2048 flakey " + c + " 0 5 0 0", "0 2048 flakey " + c + " 0 5 0 0", "0 2048 flakey "},
 		{"fla2", "0 2048 flakey " + c + " 0 5 1 1 drop_writes", "0 2048 flakey " + c + " 0 5 1 1 drop_writes", "0 2048 flakey "},
-		{"del", "0 2048 delay " + c + " 0 10", "0 2048 delay " + c + " 0 10", "0 2048 delay 0 0"},
-		{"del2", "0 2048 delay " + c + " 0 10 " + b + " 0 20", "0 2048 delay " + c + " 0 10 " + b + " 0 20", "0 2048 delay 0 0"},
+		// dm-delay: INFO is the bios held per class (reads writes
+		// flushes) whatever the form; TABLE gives the classes given.
+		{"del", "0 2048 delay " + c + " 0 10", "0 2048 delay " + c + " 0 10", "0 2048 delay 0 0 0"},
+		{"del2", "0 2048 delay " + c + " 0 10 " + b + " 0 20", "0 2048 delay " + c + " 0 10 " + b + " 0 20", "0 2048 delay 0 0 0"},
+		{"del3", "0 2048 delay " + c + " 0 10 " + b + " 8 20 " + a + " 16 0", "0 2048 delay " + c + " 0 10 " + b + " 8 20 " + a + " 16 0",
+			"0 2048 delay 0 0 0"},
 		{"mp", "0 2048 multipath 0 0 2 1 round-robin 0 1 1 " + a + " 1 service-time 0 1 2 " + b + " 1 5",
 			"0 2048 multipath 0 0 2 1 round-robin 0 1 1 " + a + " 1 service-time 0 1 2 " + b + " 1 5 ",
 			"0 2048 multipath 2 0 0 0 2 1 E 0 1 0 " + a + " A 0 E 0 1 2 " + b + " A 0 0 5 "},

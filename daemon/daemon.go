@@ -285,6 +285,8 @@ func (d *Daemon) flushAll(ctx context.Context) {
 		case err := <-done:
 			if err != nil {
 				d.log.Warn().Err(err).Str("dev", name).Msg("flush at shutdown failed")
+			} else {
+				d.log.Debug().Str("dev", name).Msg("flushed at shutdown")
 			}
 		case <-ctx.Done():
 			b.Cancel()

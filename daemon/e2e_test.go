@@ -2,7 +2,9 @@ package daemon_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net/http"
 	"os"
@@ -15,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"udm/internal/testutil"
 )
@@ -217,6 +221,19 @@ func TestSeedScenario(t *testing.T) {
 	if n := scrape(t, metrics, `udm_device_pushbacks_total{device="mp"}`); n <= 0 {
 		t.Fatalf("pushbacks_total = %v after a noflush suspend with queued I/O", n)
 	}
+	// fio's randwrite writes each block of its size once; a write pushed
+	// back and re-issued ends (and counts) once.
+	if n := scrape(t, metrics, `udm_device_bytes_total{device="mp",op="write"}`); n != size {
+		t.Errorf("bytes_total write = %v, want fio's %d", n, size)
+	}
+	// Idle: nothing in flight or parked, and the new path never failed.
+	for _, m := range []string{`udm_device_inflight{device="mp"}`, `udm_device_pushback{device="mp"}`,
+		`udm_device_deferred{device="mp"}`, `udm_path_inflight{device="mp",path="` + p2 + `"}`,
+		`udm_path_errors_total{device="mp",path="` + p2 + `"}`} {
+		if n := scrape(t, metrics, m); n != 0 {
+			t.Errorf("%s = %v after fio finished", m, n)
+		}
+	}
 	if got := u.ok("status", "mp"); !strings.Contains(got, p2+" A 0 ") {
 		t.Fatalf("status after the repair: %q", got)
 	}
@@ -384,68 +401,14 @@ func TestRestart(t *testing.T) {
 	}
 }
 
-// TestShutdown: SIGTERM lets NBD requests in flight finish and exits 0;
-// a second signal exits at once, even while requests can't finish.
+// TestShutdown: SIGTERM or SIGINT lets NBD requests in flight finish,
+// flushes every device and exits 0, every acknowledged write on the
+// backing file; a second signal exits at once, even while requests can't
+// finish.
 func TestShutdown(t *testing.T) {
-	t.Run("graceful", func(t *testing.T) {
-		u := startUDM(t, t.TempDir(), "--no-demo")
-		dir := shmDir(t)
-		a := backing(t, dir, "a", 64<<20)
-		u.ok("create", "d", "--table", "0 131072 linear "+a+" 0")
-		cl := dialNBD(t, u.nbdURI("d"))
-		var wg sync.WaitGroup
-		var ok, failed int64
-		var mu sync.Mutex
-		stop := make(chan struct{})
-		for i := 0; i < 8; i++ {
-			wg.Add(1)
-			go func(i int) {
-				defer wg.Done()
-				buf := make([]byte, 65536)
-				for off := int64(i) * 65536; ; off = (off + 8*65536) % (64 << 20) {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					err := cl.WriteAt(context.Background(), buf, off, false)
-					mu.Lock()
-					if err != nil {
-						failed++
-					} else {
-						ok++
-					}
-					mu.Unlock()
-					if err != nil {
-						return
-					}
-				}
-			}(i)
-		}
-		eventually(t, "writes to flow", func() bool { mu.Lock(); defer mu.Unlock(); return ok > 50 })
-		u.cmd.Process.Signal(syscall.SIGTERM)
-		if code := u.exitCode(); code != 0 {
-			t.Fatalf("exit %d after SIGTERM with I/O in flight\n%s", code, u.stderr)
-		}
-		close(stop)
-		cl.Close()
-		wg.Wait()
-		logs := u.stderr.String()
-		for _, want := range []string{`"message":"shutting down"`, `"message":"stopped"`} {
-			if !strings.Contains(logs, want) {
-				t.Errorf("no %s log line", want)
-			}
-		}
-		if _, err := os.Stat(u.sock); !os.IsNotExist(err) {
-			t.Errorf("control socket left behind: %v", err)
-		}
-		// It comes back with its device.
-		u.restart()
-		if got := u.ok("ls"); got != "d\n" {
-			t.Fatalf("ls after restart: %q", got)
-		}
-	})
-
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run("graceful-"+unix.SignalName(sig), func(t *testing.T) { testGracefulShutdown(t, sig) })
+	}
 	t.Run("second-signal", func(t *testing.T) {
 		u := startUDM(t, t.TempDir(), "--no-demo")
 		dir := shmDir(t)
@@ -467,6 +430,102 @@ func TestShutdown(t *testing.T) {
 		cl.Close()
 		<-held
 	})
+}
+
+// testGracefulShutdown signals the daemon while eight writers keep
+// 64 KiB writes in flight, each writer to offsets of its own, every
+// write with a pattern of its own.
+func testGracefulShutdown(t *testing.T, sig syscall.Signal) {
+	u := startUDM(t, t.TempDir(), "--no-demo")
+	dir := shmDir(t)
+	const size, bs, writers = 64 << 20, 65536, 8
+	a := backing(t, dir, "a", size)
+	u.ok("create", "d", "--table", fmt.Sprintf("0 %d linear %s 0", size>>9, a))
+	cl := dialNBD(t, u.nbdURI("d"))
+	pattern := func(seq uint64) []byte {
+		p := make([]byte, bs)
+		for i := 0; i < bs; i += 8 {
+			binary.LittleEndian.PutUint64(p[i:], seq)
+		}
+		return p
+	}
+	// acked[off] is the last write acknowledged there; maybe[off] the one
+	// that failed (the daemon went away): it may or may not have landed.
+	var wg sync.WaitGroup
+	var mu sync.Mutex // guards ok, acked, maybe
+	var ok int64
+	acked, maybe := map[int64]uint64{}, map[int64]uint64{}
+	stop := make(chan struct{})
+	for i := 0; i < writers; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			for n, off := uint64(1), int64(i)*bs; ; n, off = n+1, (off+writers*bs)%size {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				seq := n<<8 | uint64(i)
+				err := cl.WriteAt(context.Background(), pattern(seq), off, false)
+				mu.Lock()
+				if err != nil {
+					maybe[off] = seq
+				} else {
+					acked[off] = seq
+					ok++
+				}
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}(i)
+	}
+	eventually(t, "writes to flow", func() bool { mu.Lock(); defer mu.Unlock(); return ok > 50 })
+	u.cmd.Process.Signal(sig)
+	if code := u.exitCode(); code != 0 {
+		t.Fatalf("exit %d after %v with I/O in flight\n%s", code, sig, u.stderr)
+	}
+	close(stop)
+	cl.Close()
+	wg.Wait()
+	logs := u.stderr.String()
+	for _, want := range []string{`"signal":"` + sig.String() + `"`, `"message":"shutting down"`, `"message":"stopped"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("no %s log line", want)
+		}
+	}
+	// The shutdown flushed the device, without error.
+	if !regexp.MustCompile(`"dev":"d".*"message":"flushed at shutdown"`).MatchString(logs) {
+		t.Errorf("no log line of the shutdown flush of d")
+	}
+	if strings.Contains(logs, "flush at shutdown") {
+		t.Errorf("the shutdown flush failed or did not finish")
+	}
+	// Every acknowledged write is on the backing file.
+	data, err := os.ReadFile(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off, seq := range acked {
+		got := data[off : off+bs]
+		if bytes.Equal(got, pattern(seq)) {
+			continue
+		}
+		if m, ok := maybe[off]; ok && bytes.Equal(got, pattern(m)) {
+			continue
+		}
+		t.Fatalf("offset %d: the write acknowledged there (seq %#x) is not on the file after the shutdown", off, seq)
+	}
+	if _, err := os.Stat(u.sock); !os.IsNotExist(err) {
+		t.Errorf("control socket left behind: %v", err)
+	}
+	// It comes back with its device.
+	u.restart()
+	if got := u.ok("ls"); got != "d\n" {
+		t.Fatalf("ls after restart: %q", got)
+	}
 }
 
 // queued reports whether show topology shows held I/O.
@@ -560,11 +619,29 @@ func TestMakeRun(t *testing.T) {
 		if v := scrape(t, u.info.Metrics, `udm_path_fail_count{device="demo",path="`+p+`",group="1"}`); v != 0 {
 			t.Errorf("path %s failed %v times", p, v)
 		}
+		// No I/O failed on it, and none is left in flight.
+		for _, m := range []string{`udm_path_errors_total{device="demo",path="` + p + `"}`,
+			`udm_path_inflight{device="demo",path="` + p + `"}`} {
+			if v := scrape(t, u.info.Metrics, m); v != 0 {
+				t.Errorf("%s = %v", m, v)
+			}
+		}
 	}
 	for _, m := range []string{`udm_device_latency_seconds_count{device="demo",op="write"}`, `udm_nbd_requests_total`,
 		`udm_loop_cqes_completed_total{loop="0"}`, `udm_device_io_total{device="demo",op="read"}`} {
 		if v := scrape(t, u.info.Metrics, m); v <= 0 {
 			t.Errorf("%s = %v", m, v)
+		}
+	}
+	// qemu-io alone wrote and read 1 MiB; nothing is in flight now.
+	for _, op := range []string{"read", "write"} {
+		if v := scrape(t, u.info.Metrics, `udm_device_bytes_total{device="demo",op="`+op+`"}`); v < 1<<20 {
+			t.Errorf("udm_device_bytes_total{op=%q} = %v, want at least qemu-io's 1 MiB", op, v)
+		}
+	}
+	for _, m := range []string{`udm_device_inflight{device="demo"}`, `udm_device_pushback{device="demo"}`} {
+		if v := scrape(t, u.info.Metrics, m); v != 0 {
+			t.Errorf("%s = %v when idle", m, v)
 		}
 	}
 	topo := u.ok("show", "topology")

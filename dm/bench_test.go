@@ -65,72 +65,55 @@ type benchExec struct{ id int }
 func (e *benchExec) Post(fn func()) error { fn(); return nil }
 func (e *benchExec) ID() int              { return e.id }
 
-// The pending count: one atomic against a sharded counter (what Device
-// uses, one shard per loop), each doing what Submit and the end of a bio
-// do: increment, read the BLOCK_IO flag, decrement and read it again.
+// The pending count, as a Device keeps it: each iteration is what Submit
+// and the end of a bio do to it (pick the bio's shard by its executor's
+// ID, increment, read the flags; then pendingDec: decrement, read the
+// flags), from all CPUs at once, each goroutine standing for one loop.
+// "sharded" is the Device as made (one shard per CPU, the real choice);
+// "one-atomic" is the same Device cut down to one shard, so every loop
+// adds to one shared counter: the alternative. "sum" is what the drain
+// wait of a suspend pays per look: the sum of the shards.
 func BenchmarkPending(b *testing.B) {
-	var flags atomic.Uint32
-	b.Run("one-atomic", func(b *testing.B) {
-		var pending struct {
-			_ [64]byte
-			v atomic.Int64
-			_ [56]byte
+	mk := func(b *testing.B, oneAtomic bool) *Device {
+		d := newDev(b, nil, "0 2048 zero")
+		if oneAtomic {
+			d.shards, d.shardMask = d.shards[:1], 0
 		}
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				pending.v.Add(1)
-				if flags.Load() != 0 {
-					b.Fatal("flag")
+		return d
+	}
+	for _, bc := range []struct {
+		name      string
+		oneAtomic bool
+	}{{"sharded", false}, {"one-atomic", true}} {
+		b.Run(bc.name, func(b *testing.B) {
+			d := mk(b, bc.oneAtomic)
+			var ids atomic.Int32
+			b.ReportMetric(float64(len(d.shards)), "shards")
+			b.RunParallel(func(pb *testing.PB) {
+				bio := &Bio{Exec: &benchExec{id: int(ids.Add(1) - 1)}}
+				for pb.Next() {
+					sh := &d.shards[d.shardOf(bio)]
+					sh.pending.Add(1)
+					if d.flags.Load()&flagBlockIO != 0 {
+						b.Fatal("BLOCK_IO")
+					}
+					d.pendingDec(sh)
 				}
-				if pending.v.Add(-1) == 0 && flags.Load() != 0 {
-					b.Fatal("flag")
-				}
+			})
+			if n := d.Pending(); n != 0 {
+				b.Fatalf("pending %d after the benchmark", n)
 			}
 		})
-	})
-	b.Run("sharded-16", func(b *testing.B) {
-		var c shardedCounter
-		var next atomic.Uint32
-		b.RunParallel(func(pb *testing.PB) {
-			shard := int(next.Add(1)) % len(c.shards) // per goroutine: a loop's shard
-			for pb.Next() {
-				c.add(shard, 1)
-				if flags.Load() != 0 {
-					b.Fatal("flag")
-				}
-				c.add(shard, -1)
-				if flags.Load() != 0 && c.sum() == 0 {
-					b.Fatal("flag")
-				}
-			}
-		})
-	})
-	b.Run("sharded-16-sum", func(b *testing.B) {
-		// What the drain wait costs with shards: summing them.
-		var c shardedCounter
+	}
+	b.Run("sum", func(b *testing.B) {
+		d := mk(b, false)
+		b.ReportMetric(float64(len(d.shards)), "shards")
 		for i := 0; i < b.N; i++ {
-			if c.sum() != 0 {
+			if d.pendingSum() != 0 {
 				b.Fatal("sum")
 			}
 		}
 	})
-}
-
-type shardedCounter struct {
-	shards [16]struct {
-		v atomic.Int64
-		_ [56]byte
-	}
-}
-
-func (c *shardedCounter) add(shard int, n int64) { c.shards[shard].v.Add(n) }
-
-func (c *shardedCounter) sum() int64 {
-	var s int64
-	for i := range c.shards {
-		s += c.shards[i].v.Load()
-	}
-	return s
 }
 
 // The pushback lock: its critical section checks NOFLUSH_SUSPENDING and

@@ -11,7 +11,9 @@ import (
 // delayTarget holds I/O for a while before passing it on:
 // `delay <dev> <off> <ms> [<wdev> <woff> <wms> [<fdev> <foff> <fms>]]`.
 // Reads use the first class, writes (and discards, write-zeroes) the
-// second, empty flushes the third; a missing class copies the one before.
+// second, empty flushes the third; a missing class copies the one before
+// (but holds its own clones). Status INFO is the kernel's three counts of
+// held clones, read write flush; TABLE echoes the classes given.
 // A suspend releases every held clone at once and, until resume, clones
 // are passed on at once. A held clone whose bio was canceled is dropped
 // with ECANCELED when released, instead of being submitted.
@@ -229,14 +231,15 @@ func (d *delayTarget) Destroy() {
 
 func (d *delayTarget) Status(t StatusType) string {
 	if t == StatusInfo {
+		// The kernel's "%u %u %u" of read.ops, write.ops and flush.ops:
+		// the clones each class holds now (counted when delayed, no
+		// longer once released), whatever the argument count.
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		s := fmt.Sprintf("%d %d", len(d.class[delayRead].held), len(d.class[delayWrite].held))
-		if d.argc >= 7 {
-			s += fmt.Sprintf(" %d", len(d.class[delayFlush].held))
-		}
-		return s
+		return fmt.Sprintf("%d %d %d", len(d.class[delayRead].held), len(d.class[delayWrite].held), len(d.class[delayFlush].held))
 	}
+	// TABLE: the read class, then the write class with 6 or 9
+	// arguments, then the flush class with 9.
 	var parts []string
 	for i := range d.class {
 		if (i == delayWrite && d.argc < 6) || (i == delayFlush && d.argc < 9) {

@@ -30,9 +30,11 @@ func TestTargetFormats(t *testing.T) {
 		{"0 64 flakey a 8 1 2 1 drop_writes", "", "0 64 flakey"},
 		{"0 64 flakey a 8 1 2 2 error_reads error_writes", "0 64 flakey a 8 1 2 2 error_writes error_reads", "0 64 flakey"},
 		{"0 64 flakey a 8 1 2 6 corrupt_bio_byte 32 w 1 0 error_reads", "0 64 flakey a 8 1 2 6 error_reads corrupt_bio_byte 32 w 1 0", "0 64 flakey"},
-		{"0 64 delay a 0 50", "", "0 64 delay 0 0"},
-		{"0 64 delay a 0 50 b 10 100", "", "0 64 delay 0 0"},
+		// dm-delay's INFO is "reads writes flushes" held, for every form.
+		{"0 64 delay a 0 50", "", "0 64 delay 0 0 0"},
+		{"0 64 delay a 0 50 b 10 100", "", "0 64 delay 0 0 0"},
 		{"0 64 delay a 0 50 b 10 100 c 20 0", "", "0 64 delay 0 0 0"},
+		{"0 64 delay a 0 0 a 0 0 a 0 0", "", "0 64 delay 0 0 0"},
 		{"0 8 linear a 0\n8 8 zero", "", "0 8 linear\n8 8 zero"},
 	} {
 		t.Run(tc.table, func(t *testing.T) {
@@ -289,7 +291,9 @@ func TestDelayTarget(t *testing.T) {
 			l.submit(d, OpWrite, i, 512)
 		}
 		r := l.submit(d, OpRead, 0, 512)
-		if st, _ := d.Status(); st[0] != "0 64 delay 1 5" {
+		l.submit(d, OpFlush, 0, 0)
+		l.submit(d, OpDiscard, 8, 512) // the write class
+		if st, _ := d.Status(); st[0] != "0 64 delay 1 6 1" {
 			t.Fatalf("status %q", st)
 		}
 		if l.endedCount() != 0 || a.IOs() != 0 {
@@ -300,10 +304,10 @@ func TestDelayTarget(t *testing.T) {
 		}
 		l.waitAll(t)
 		mustErrno(t, "read", r.err, 0)
-		if a.Writes() != 5 || a.Reads() != 1 {
-			t.Fatalf("device got %d writes %d reads", a.Writes(), a.Reads())
+		if a.Writes() != 5 || a.Reads() != 1 || a.IOs() != 8 {
+			t.Fatalf("device got %d writes %d reads, %d I/Os", a.Writes(), a.Reads(), a.IOs())
 		}
-		if st, _ := d.Status(); st[0] != "0 64 delay 0 0" {
+		if st, _ := d.Status(); st[0] != "0 64 delay 0 0 0" {
 			t.Fatalf("status %q", st)
 		}
 		if err := d.Resume(bg()); err != nil {
@@ -318,6 +322,40 @@ func TestDelayTarget(t *testing.T) {
 			t.Fatal(err)
 		}
 		l.waitAll(t)
+	})
+	t.Run("status counts the clones each class holds", func(t *testing.T) {
+		// As dm-delay: read.ops, write.ops, flush.ops, incremented when a
+		// bio is delayed and decremented when it is released; a class of
+		// 0 ms delays nothing and counts nothing; with 3 or 6 arguments
+		// the flush class copies the one before but counts its own.
+		for _, tc := range []struct {
+			args string
+			want string // after a read, a write, a write-zeroes and a flush
+		}{
+			{"a 0 " + forever, "1 2 1"},
+			{"a 0 0 a 0 " + forever, "0 2 1"},
+			{"a 0 " + forever + " a 0 0", "1 0 0"},
+			{"a 0 " + forever + " a 0 0 a 0 " + forever, "1 0 1"},
+			{"a 0 0 a 0 0 a 0 " + forever, "0 0 1"},
+		} {
+			a := NewMemDevice("a", MiB)
+			d := newDev(t, nil, "0 64 delay "+tc.args, a)
+			var l ledger
+			l.submit(d, OpRead, 0, 512)
+			l.submit(d, OpWrite, 1, 512)
+			l.submit(d, OpWriteZeroes, 2, 512)
+			l.submit(d, OpFlush, 0, 0)
+			if st, _ := d.Status(); st[0] != "0 64 delay "+tc.want {
+				t.Fatalf("delay %s: status %q, want %q", tc.args, st[0], "0 64 delay "+tc.want)
+			}
+			if err := d.Suspend(bg(), false); err != nil {
+				t.Fatal(err)
+			}
+			l.waitAll(t)
+			if st, _ := d.Status(); st[0] != "0 64 delay 0 0 0" {
+				t.Fatalf("delay %s: status after release %q", tc.args, st[0])
+			}
+		}
 	})
 	t.Run("the timer releases", func(t *testing.T) {
 		a := NewMemDevice("a", MiB)

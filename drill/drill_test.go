@@ -3,8 +3,10 @@ package drill
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -284,5 +286,93 @@ path r1 remote
 	t.Logf("\n%s", b.String())
 	if !strings.Contains(rep.PathDevs["r0"], "nbd://169.254.") || !strings.Contains(b.String(), "server restarted") {
 		t.Fatalf("paths %v", rep.PathDevs)
+	}
+}
+
+// `udm drill --json --out DIR FILE`, the built binary end to end: stdout
+// is the report as JSON (the verdict and what the summary shows), and
+// DIR gets NAME.txt, NAME.json (the same JSON) and NAME.svg.
+func TestDrillCLI(t *testing.T) {
+	dir := t.TempDir()
+	sched := filepath.Join(dir, "cli-smoke.drill")
+	text := `# One path fails by message and comes back.
+path p0 dm
+path p1 dm
+0.5s  fail-path p0
++0    await p0 failed within 10s
++0    reinstate-path p0
++0    await p0 active within 10s
+tail  0.5s
+`
+	if err := os.WriteFile(sched, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "reports")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, udmBin, "drill", "--json", "--out", out, "--size", "16m", sched)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("udm drill: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	var rep struct {
+		Name     string `json:"name"`
+		Form     string `json:"form"`
+		Workload string `json:"workload"`
+		Seed     uint64 `json:"seed"`
+		Table    string `json:"table"`
+		Record   struct {
+			Ops     int64         `json:"ops"`
+			Paths   []string      `json:"paths"`
+			Events  []EventRecord `json:"events"`
+			Samples []Sample      `json:"samples"`
+		} `json:"record"`
+		Analysis struct {
+			Verdict          string  `json:"verdict"`
+			UnexpectedErrors *int64  `json:"unexpected_errors"`
+			Checks           []Check `json:"checks"`
+		} `json:"analysis"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		t.Fatalf("stdout is not the report as JSON: %v\n%s", err, stdout.String())
+	}
+	a := rep.Analysis
+	if rep.Name != "cli-smoke" || rep.Form != "custom" || rep.Workload == "" || rep.Seed == 0 ||
+		!strings.Contains(rep.Table, " multipath ") || a.Verdict != "PASS" || a.UnexpectedErrors == nil ||
+		*a.UnexpectedErrors != 0 || len(a.Checks) == 0 || rep.Record.Ops == 0 || len(rep.Record.Events) != 4 ||
+		len(rep.Record.Samples) == 0 || strings.Join(rep.Record.Paths, " ") != "p0 p1" {
+		t.Fatalf("report:\n%s", stdout.String())
+	}
+	for _, c := range a.Checks {
+		if !c.Pass {
+			t.Errorf("check %s failed: %s", c.Name, c.Detail)
+		}
+	}
+
+	base := filepath.Join(out, "cli-smoke")
+	if !strings.Contains(stderr.String(), "udm drill: wrote "+base+".txt, "+base+".json, "+base+".svg") {
+		t.Errorf("stderr does not name the files written:\n%s", stderr.String())
+	}
+	txt, err := os.ReadFile(base + ".txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first, _, _ := strings.Cut(string(txt), "\n"); first != "udm drill cli-smoke (custom): PASS" || !strings.Contains(string(txt), "  verdict   PASS\n") {
+		t.Errorf("%s.txt:\n%s", base, txt)
+	}
+	js, err := os.ReadFile(base + ".json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(js, stdout.Bytes()) {
+		t.Errorf("%s.json differs from what --json printed", base)
+	}
+	svg, err := os.ReadFile(base + ".svg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(svg, []byte("<svg")) || !bytes.HasSuffix(bytes.TrimSpace(svg), []byte("</svg>")) {
+		t.Errorf("%s.svg is not an SVG:\n%.200s", base, svg)
 	}
 }
