@@ -20,10 +20,11 @@ import (
 //	◀ SENDMSG (one at a time) gathers queued replies: header+data iovecs
 //
 // Replies go out in completion order. A request slot (with its Bio and
-// buffer) lives from parse until its reply is sent; MaxInflight slots per
-// connection bound the memory a client can pin, and when they run out, or
-// replies pile up unsent, the connection stops receiving until they drain.
-// Nothing here allocates per request.
+// buffer) lives from parse until its reply is sent. MaxInflight slots and
+// MaxInflightBytes of data buffers per connection bound what a client can
+// pin: when either runs out, or replies pile up unsent, the connection
+// stops taking requests (and receiving) until replies drain. Nothing here
+// allocates per request.
 
 const (
 	tagRecv = iota
@@ -57,11 +58,14 @@ type conn struct {
 	drain        int64 // bytes of a refused payload still to discard
 	closeDrained bool  // close once the refused payload is drained
 
-	reqs     []req
-	free     []int32
-	bios     int // requests submitted to the device, not yet ended
-	statuses int // BLOCK_STATUS requests being answered off the loop
-	inflight int // slots in use
+	reqs       []req
+	free       []int32
+	bios       int   // requests submitted to the device, not yet ended
+	statuses   int   // BLOCK_STATUS requests being answered off the loop
+	inflight   int   // slots in use
+	bufBytes   int64 // payload bytes in the slots' buffers
+	overBudget bool  // the next request waits for bufBytes to drain
+	arenaGet   func(a *uring.Arena, n int) (uring.Buf, error)
 
 	sendq       []*req // replies waiting for the next send
 	sending     []*req // replies in (or left over from) the current send
@@ -142,7 +146,7 @@ func (c *conn) armRecv() {
 	if r := c.payload; r != nil {
 		e.PrepRecv(c.sfd, r.buf.B[r.got:], unix.MSG_WAITALL)
 	} else {
-		if len(c.free) == 0 || c.queuedBytes > maxQueued {
+		if len(c.free) == 0 || c.overBudget || c.queuedBytes > maxQueued {
 			return // throttled: a reply going out will re-arm
 		}
 		if c.rstart == c.rend {
@@ -193,6 +197,7 @@ func (c *conn) onRecv(res int32) {
 
 // parse takes complete requests out of rbuf.
 func (c *conn) parse() {
+	c.overBudget = false
 	for !c.closing && c.payload == nil {
 		avail := c.rend - c.rstart
 		if c.drain > 0 {
@@ -219,9 +224,34 @@ func (c *conn) parse() {
 			c.shutdown(true, "request out of sync (bad magic)")
 			return
 		}
+		if n := c.bufNeed(h); n > 0 && c.bufBytes > 0 && c.bufBytes+n > int64(c.s.cfg.MaxInflightBytes) {
+			c.overBudget = true
+			return // resumes when a reply has gone out
+		}
 		c.rstart += RequestSize
 		c.handle(h)
 	}
+}
+
+// bufNeed is the data buffer h will take if it is accepted.
+func (c *conn) bufNeed(h Request) int64 {
+	if (h.Type == CmdRead || h.Type == CmdWrite) && int(h.Length) <= c.s.cfg.MaxPayload {
+		return int64(h.Length)
+	}
+	return 0
+}
+
+// getBuf gives r its data buffer; false means there is no memory for it.
+func (c *conn) getBuf(r *req) bool {
+	b, err := c.arenaGet(c.l.Arena(), int(r.hdr.Length))
+	if err != nil {
+		c.log.Warn().Err(err).Uint32("length", r.hdr.Length).Msg("nbd: no buffer for a request")
+		return false
+	}
+	r.buf = b
+	c.bufBytes += int64(len(b.B))
+	c.s.stats.notePeak(c.bufBytes)
+	return true
 }
 
 func (c *conn) alloc(h Request) *req {
@@ -261,6 +291,8 @@ func (c *conn) handle(h Request) {
 			refuse(EOVERFLOW)
 		case h.Type == CmdRead && h.Flags&^(CmdFlagFUA|CmdFlagDF) != 0:
 			refuse(EINVAL)
+		case h.Type == CmdRead && h.Flags&CmdFlagDF != 0 && !c.structured:
+			refuse(EINVAL) // SEND_DF is not offered without structured replies
 		case h.Type == CmdWrite && h.Flags&^CmdFlagFUA != 0:
 			refuse(EINVAL)
 		case overflow || end > size:
@@ -271,12 +303,12 @@ func (c *conn) handle(h Request) {
 			}
 		case h.Type == CmdWrite && c.dev.ReadOnly():
 			refuse(EPERM)
+		case !c.getBuf(r):
+			refuse(ENOMEM)
 		case h.Type == CmdRead:
-			r.buf = c.l.Arena().Get(int(h.Length))
 			c.setBio(r, dm.OpRead, 0)
 			c.submit(r)
 		default:
-			r.buf = c.l.Arena().Get(int(h.Length))
 			n := copy(r.buf.B, c.rbuf[c.rstart:c.rend])
 			c.rstart += n
 			r.got = n
@@ -389,7 +421,17 @@ func (c *conn) submit(r *req) {
 func (r *req) BioEnd(_ *dm.Bio, err error) {
 	c := r.c
 	c.bios--
-	c.reply(r, ErrnoToWire(err))
+	werr := ErrnoToWire(err)
+	if werr == ENOTSUP && (r.hdr.Type != CmdWriteZeroes || r.hdr.Flags&CmdFlagFastZero == 0) {
+		// NBD_ENOTSUP means "not fast" to a FAST_ZERO write-zeroes and
+		// is not to be sent otherwise. A backing that can't discard
+		// declined a hint; one that can't do anything else failed it.
+		werr = EIO
+		if r.hdr.Type == CmdTrim {
+			werr = 0
+		}
+	}
+	c.reply(r, werr)
 }
 
 // reply queues r's reply (or, on a dead connection, drops it).
@@ -523,6 +565,7 @@ func (c *conn) dropSending() {
 
 func (c *conn) release(r *req) {
 	if r.buf.B != nil {
+		c.bufBytes -= int64(len(r.buf.B))
 		c.l.Arena().Put(r.buf)
 		r.buf = uring.Buf{}
 	}

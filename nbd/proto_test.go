@@ -8,7 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -21,6 +21,7 @@ type rawClient struct {
 	structured bool
 	size       uint64
 	flags      uint16
+	peeked     []byte // read by replied, not yet consumed
 }
 
 func dialRaw(t testing.TB, addr string) *rawClient {
@@ -50,9 +51,34 @@ func dialRaw(t testing.TB, addr string) *rawClient {
 
 func (rc *rawClient) read(b []byte) {
 	rc.t.Helper()
-	if _, err := io.ReadFull(rc.c, b); err != nil {
+	n := copy(b, rc.peeked)
+	rc.peeked = rc.peeked[n:]
+	if _, err := io.ReadFull(rc.c, b[n:]); err != nil {
 		rc.t.Fatalf("read: %v", err)
 	}
+}
+
+// replied reports whether a reply starts to arrive within d; it is left
+// to be read. False only says nothing came in that time.
+func (rc *rawClient) replied(d time.Duration) bool {
+	rc.t.Helper()
+	if len(rc.peeked) > 0 {
+		return true
+	}
+	rc.c.SetReadDeadline(time.Now().Add(d))
+	defer rc.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var b [1]byte
+	n, err := rc.c.Read(b[:])
+	if n == 1 {
+		rc.peeked = append(rc.peeked, b[0])
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	rc.t.Fatalf("read: %v", err)
+	return false
 }
 
 func (rc *rawClient) write(b []byte) {
@@ -395,33 +421,56 @@ func TestExportNameAndAbort(t *testing.T) {
 
 func TestManyInFlightOutOfOrder(t *testing.T) {
 	ts := newTestServer(t, 1, ServerConfig{})
-	ts.linear("disk", 64<<20)
+	// Reads of the first half are held by their backing until released;
+	// reads of the second half complete at once.
+	const half = 4 << 20
+	slow, fast := ts.memBacking("mem:slow", half), ts.memBacking("mem:fast", half)
+	ts.create("disk", fmt.Sprintf("0 %d linear %s 0\n%d %d linear %s 0", half/512, slow.Name(), half/512, half/512, fast.Name()))
+	fillPattern(t, slow, 0)
+	fillPattern(t, fast, half)
+	slow.Hang(true)
 	rc := dialRaw(t, ts.tcp)
 	rc.goExport("disk", true)
-	// 512 requests sent before reading a single reply: the read side must
-	// not stall (at least 128 in flight), and every reply must arrive.
-	const n = 512
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; i < n; i++ {
-			if i%2 == 0 {
-				rc.send(CmdWrite, 0, uint64(i), uint64(i)*4096, 4096, bytes.Repeat([]byte{byte(i)}, 4096))
-			} else {
-				rc.send(CmdRead, 0, uint64(i), uint64(i-1)*4096, 4096, nil)
-			}
-		}
-	}()
+	// Every request is on the wire before a reply is read: even cookies
+	// read the held half, odd ones the other.
+	const n = 320
+	off := func(cookie uint64) uint64 { return cookie%2*half + cookie/2*4096 }
+	var reqs []byte
+	for i := uint64(0); i < n; i++ {
+		var b [RequestSize]byte
+		Request{Type: CmdRead, Cookie: i, Offset: off(i), Length: 4096}.Encode(b[:])
+		reqs = append(reqs, b[:]...)
+	}
+	rc.write(reqs)
 	seen := map[uint64]bool{}
-	for len(seen) < n {
-		cookie, werr, _ := rc.reply()
-		if werr != 0 || seen[cookie] {
+	answer := func() uint64 {
+		t.Helper()
+		cookie, werr, data := rc.reply()
+		if werr != 0 || seen[cookie] || cookie >= n {
 			t.Fatalf("reply for cookie %d: error %d, duplicate %v", cookie, werr, seen[cookie])
 		}
+		if !bytes.Equal(data, pattern(off(cookie), 4096)) {
+			t.Fatalf("reply for cookie %d: wrong data", cookie)
+		}
 		seen[cookie] = true
+		return cookie
 	}
-	wg.Wait()
+	// The immediate half is answered while the held half waits: replies
+	// out of order, and the read side did not stall behind the first
+	// held read.
+	for i := 0; i < n/2; i++ {
+		if cookie := answer(); cookie%2 == 0 {
+			t.Fatalf("reply %d is for held read %d", i, cookie)
+		}
+	}
+	// The server took in every held read before answering one: they are
+	// all at the backing together.
+	ctEventually(t, "every held read at the backing at once", func() bool { return slow.Held() == n/2 })
+	slow.Hang(false)
+	slow.Release()
+	for len(seen) < n {
+		answer()
+	}
 }
 
 func TestClientVanishesMidRequest(t *testing.T) {
@@ -542,5 +591,169 @@ func TestShutdownAnswersInFlight(t *testing.T) {
 	}
 	if !rc.closed() {
 		t.Fatal("connection open after Shutdown")
+	}
+}
+
+// TestSendDFOnlyWithStructuredReplies: NBD_FLAG_SEND_DF is offered only
+// once structured replies are negotiated (proto.md: the server MUST leave
+// it clear otherwise), by INFO, GO and EXPORT_NAME alike; and a DF read is
+// refused where the flag was not offered.
+func TestSendDFOnlyWithStructuredReplies(t *testing.T) {
+	ts := newTestServer(t, 1, ServerConfig{})
+	ts.linear("disk", 8<<20)
+	for _, how := range []string{"INFO", "GO", "EXPORT_NAME"} {
+		for _, structured := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/structured=%v", how, structured), func(t *testing.T) {
+				rc := dialRaw(t, ts.tcp)
+				if structured {
+					rc.option(OptStructuredReply, nil)
+					if r, _ := rc.optReply(); r.Type != RepAck {
+						t.Fatalf("STRUCTURED_REPLY: reply type %#x", r.Type)
+					}
+					rc.structured = true
+				}
+				var flags uint16
+				switch how {
+				case "INFO":
+					rc.option(OptInfo, AppendGoRequest(nil, GoRequest{Name: "disk"}))
+					for {
+						r, data := rc.optReply()
+						if r.Type == RepAck {
+							break
+						}
+						if r.Type != RepInfo {
+							t.Fatalf("INFO: reply type %#x: %s", r.Type, data)
+						}
+						if binary.BigEndian.Uint16(data) == InfoExport {
+							flags = binary.BigEndian.Uint16(data[10:])
+						}
+					}
+				case "GO":
+					rc.goExport("disk", false)
+					flags = rc.flags
+				case "EXPORT_NAME":
+					rc.option(OptExportName, []byte("disk"))
+					var b [10]byte
+					rc.read(b[:])
+					flags = binary.BigEndian.Uint16(b[8:])
+				}
+				if flags&TFlagHasFlags == 0 {
+					t.Fatalf("flags %#x: no transmission flags seen", flags)
+				}
+				if got := flags&TFlagSendDF != 0; got != structured {
+					t.Fatalf("flags %#x: SEND_DF %v with structured replies %v", flags, got, structured)
+				}
+				if how == "INFO" {
+					return
+				}
+				want := EINVAL
+				if structured {
+					want = 0
+				}
+				rc.send(CmdRead, CmdFlagDF, 1, 0, 4096, nil)
+				_, werr, data := rc.reply()
+				if werr != want {
+					t.Fatalf("DF read: error %d, want %d", werr, want)
+				}
+				if werr == 0 && len(data) != 4096 {
+					t.Fatalf("DF read: %d bytes", len(data))
+				}
+			})
+		}
+	}
+}
+
+// TestCacheAndFastZero checks CACHE (advisory: success within the export,
+// EINVAL outside it or with a flag) and the answers proto.md allows
+// WRITE_ZEROES with FAST_ZERO: done (and fast) where the backing zeroes
+// fast, NBD_ENOTSUP at once where it can't, the export untouched; and
+// NBD_ENOTSUP for nothing else.
+func TestCacheAndFastZero(t *testing.T) {
+	ts := newTestServer(t, 1, ServerConfig{})
+	const size = 8 << 20
+	m := ts.memDisk("disk", size)
+	ts.linear("file", size) // tmpfs: no FALLOC_FL_ZERO_RANGE
+	rc := dialRaw(t, ts.tcp)
+	rc.goExport("disk", false)
+	if rc.flags&TFlagSendCache == 0 || rc.flags&TFlagSendFastZero == 0 || rc.flags&TFlagSendWriteZeroes == 0 {
+		t.Fatalf("flags %#x lack SEND_CACHE, SEND_FAST_ZERO or SEND_WRITE_ZEROES", rc.flags)
+	}
+	cases := []struct {
+		name   string
+		typ    uint16
+		flags  uint16
+		off    uint64
+		length uint32
+		fail   syscall.Errno // the backing fails the I/O with this
+		want   uint32
+		zeroed bool // the range reads back as zeroes
+	}{
+		{name: "cache", typ: CmdCache, off: 1 << 20, length: 1 << 20},
+		{name: "cache of the whole export", typ: CmdCache, length: size},
+		{name: "cache past the end", typ: CmdCache, off: size - 4096, length: 8192, want: EINVAL},
+		{name: "cache beyond the end", typ: CmdCache, off: size, length: 512, want: EINVAL},
+		{name: "cache offset overflow", typ: CmdCache, off: ^uint64(0) - 511, length: 4096, want: EINVAL},
+		{name: "cache with a flag", typ: CmdCache, flags: CmdFlagFUA, length: 4096, want: EINVAL},
+		{name: "fast zero", typ: CmdWriteZeroes, flags: CmdFlagFastZero, off: 4096, length: 8192, zeroed: true},
+		{name: "fast zero, no hole", typ: CmdWriteZeroes, flags: CmdFlagFastZero | CmdFlagNoHole, off: 1 << 20, length: 4096, zeroed: true},
+		{name: "fast zero the backing can't do fast", typ: CmdWriteZeroes, flags: CmdFlagFastZero, off: 2 << 20, length: 4096,
+			fail: syscall.EOPNOTSUPP, want: ENOTSUP},
+		{name: "zero the backing can't do", typ: CmdWriteZeroes, off: 2 << 20, length: 4096, fail: syscall.EOPNOTSUPP, want: EIO},
+		{name: "trim the backing can't do", typ: CmdTrim, off: 2 << 20, length: 4096, fail: syscall.EOPNOTSUPP},
+		{name: "fast zero past the end", typ: CmdWriteZeroes, flags: CmdFlagFastZero, off: size, length: 4096, want: ENOSPC},
+	}
+	for i, c := range cases {
+		fillPattern(t, m, 0)
+		if c.fail != 0 {
+			m.FailNext(1, c.fail)
+		}
+		rc.send(c.typ, c.flags, uint64(i), c.off, c.length, nil)
+		cookie, werr, _ := rc.reply()
+		m.FailNext(0, 0)
+		if cookie != uint64(i) || werr != c.want {
+			t.Errorf("%s: cookie %d error %d, want cookie %d error %d", c.name, cookie, werr, i, c.want)
+			continue
+		}
+		if c.off >= size || uint64(c.length) > size-c.off {
+			continue
+		}
+		got := make([]byte, c.length)
+		m.ReadAt(got, int64(c.off))
+		switch {
+		case c.zeroed && !bytes.Equal(got, make([]byte, c.length)):
+			t.Errorf("%s: not zeroed", c.name)
+		case !c.zeroed && c.typ != CmdTrim && !bytes.Equal(got, pattern(c.off, int(c.length))):
+			t.Errorf("%s: the export changed", c.name)
+		}
+	}
+	// On a real file whose file system can't zero a range, FAST_ZERO is
+	// either done or refused with NBD_ENOTSUP leaving the data alone.
+	rf := dialRaw(t, ts.unix)
+	rf.goExport("file", false)
+	data := bytes.Repeat([]byte{0x77}, 8192)
+	rf.send(CmdWrite, 0, 1, 0, 8192, data)
+	if _, werr, _ := rf.reply(); werr != 0 {
+		t.Fatalf("write: error %d", werr)
+	}
+	rf.send(CmdWriteZeroes, CmdFlagFastZero, 2, 0, 8192, nil)
+	_, werr, _ := rf.reply()
+	rf.send(CmdRead, 0, 3, 0, 8192, nil)
+	if _, rerr, _ := rf.reply(); rerr != 0 {
+		t.Fatalf("read: error %d", rerr)
+	}
+	got := rf.readData(8192)
+	switch {
+	case werr == 0 && !bytes.Equal(got, make([]byte, 8192)):
+		t.Error("file: FAST_ZERO answered success but the range is not zero")
+	case werr == ENOTSUP && !bytes.Equal(got, data):
+		t.Error("file: FAST_ZERO refused but the data changed")
+	case werr != 0 && werr != ENOTSUP:
+		t.Errorf("file: FAST_ZERO answered error %d, want success or ENOTSUP", werr)
+	}
+	t.Logf("FAST_ZERO on a tmpfs file: error %d", werr)
+	// Without FAST_ZERO it is done, never refused as "not fast".
+	rf.send(CmdWriteZeroes, 0, 4, 0, 8192, nil)
+	if _, werr, _ := rf.reply(); werr != 0 {
+		t.Fatalf("file: plain WRITE_ZEROES: error %d", werr)
 	}
 }

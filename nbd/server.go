@@ -64,6 +64,16 @@ type ServerConfig struct {
 	// MaxInflight is the number of requests one connection may have in
 	// flight (default 256); more wait in the socket.
 	MaxInflight int
+	// MaxInflightBytes bounds the payload bytes (the data buffers of
+	// reads and writes, from parse until the reply is on the wire) one
+	// connection holds. A request that would go over it waits in the
+	// socket until replies drain: backpressure, not an error. Default
+	// 64 MiB: two requests of the largest size, and room for MaxInflight
+	// requests of the sizes clients use (256 of 128 KiB are 32 MiB).
+	// Never less than MaxPayload, so a request of the largest size always
+	// fits. The arena rounds buffers up to a power of two, so the memory
+	// one connection pins stays below twice this.
+	MaxInflightBytes int
 	// HandshakeTimeout bounds the option haggling (default 10s).
 	HandshakeTimeout time.Duration
 	// NoMultiConn withholds NBD_FLAG_CAN_MULTI_CONN.
@@ -107,6 +117,9 @@ type Server struct {
 	conns     map[*conn]struct{}
 	shakes    map[net.Conn]struct{}
 	closed    bool
+	// getBuf takes a data buffer from a loop's arena (arenaGet; tests
+	// replace it). Connections copy it when they start.
+	getBuf func(a *uring.Arena, n int) (uring.Buf, error)
 
 	wg    sync.WaitGroup // accept loops and handshakes
 	connW sync.WaitGroup // transmission-phase connections
@@ -121,6 +134,19 @@ type ServerStats struct {
 	HandshakeErr atomic.Int64
 	Requests     atomic.Int64
 	Errors       atomic.Int64 // requests answered with an error
+	// PeakInflightBytes is the most payload bytes one connection has held
+	// at once (bounded by ServerConfig.MaxInflightBytes).
+	PeakInflightBytes atomic.Int64
+}
+
+// notePeak raises PeakInflightBytes to v.
+func (st *ServerStats) notePeak(v int64) {
+	for {
+		old := st.PeakInflightBytes.Load()
+		if v <= old || st.PeakInflightBytes.CompareAndSwap(old, v) {
+			return
+		}
+	}
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -140,6 +166,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxInflight <= 0 {
 		cfg.MaxInflight = 256
 	}
+	if cfg.MaxInflightBytes <= 0 {
+		cfg.MaxInflightBytes = 64 << 20
+	}
+	cfg.MaxInflightBytes = max(cfg.MaxInflightBytes, cfg.MaxPayload)
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}
@@ -147,7 +177,17 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg.Extents = deviceExtents
 	}
 	return &Server{cfg: cfg, log: cfg.Log, listeners: map[net.Listener]struct{}{},
-		conns: map[*conn]struct{}{}, shakes: map[net.Conn]struct{}{}}, nil
+		conns: map[*conn]struct{}{}, shakes: map[net.Conn]struct{}{}, getBuf: arenaGet}, nil
+}
+
+// arenaGet takes a buffer of n bytes from a; a failed mmap is ENOMEM (the
+// request is refused, the arena stays usable).
+func arenaGet(a *uring.Arena, n int) (uring.Buf, error) {
+	b, err := a.TryGet(n)
+	if err != nil {
+		return b, syscall.ENOMEM
+	}
+	return b, nil
 }
 
 // Stats returns the server's counters.
@@ -262,9 +302,15 @@ const (
 	maxOptionDrain = 1 << 20
 )
 
-func (s *Server) transmissionFlags(dev *dm.Device) uint16 {
+// transmissionFlags are the flags of dev's export. SEND_DF only with
+// structured replies: without them the protocol says it must be clear
+// (a simple reply is never fragmented anyway).
+func (s *Server) transmissionFlags(dev *dm.Device, structured bool) uint16 {
 	f := TFlagHasFlags | TFlagSendFlush | TFlagSendFUA | TFlagSendTrim | TFlagSendWriteZeroes |
-		TFlagSendFastZero | TFlagSendCache | TFlagSendDF
+		TFlagSendFastZero | TFlagSendCache
+	if structured {
+		f |= TFlagSendDF
+	}
 	if !s.cfg.NoMultiConn {
 		f |= TFlagCanMultiConn
 	}
@@ -312,6 +358,7 @@ func (s *Server) handshake(nc net.Conn) {
 		return
 	}
 	s.conns[c] = struct{}{}
+	c.arenaGet = s.getBuf
 	s.connW.Add(1)
 	s.mu.Unlock()
 	s.stats.Active.Add(1)
@@ -398,7 +445,7 @@ func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, err
 				// The protocol has no way to refuse: close.
 				return nil, structured, meta, fmt.Errorf("nbd: export %q: %w", data, err)
 			}
-			e, err := s.open(string(data), dev)
+			e, err := s.open(string(data), dev, structured)
 			if err != nil {
 				return nil, structured, meta, err
 			}
@@ -429,7 +476,7 @@ func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, err
 				}
 				continue
 			}
-			flags := s.transmissionFlags(dev)
+			flags := s.transmissionFlags(dev, structured)
 			var info []byte
 			info = binary.BigEndian.AppendUint16(info, InfoExport)
 			info = binary.BigEndian.AppendUint64(info, uint64(dev.Size()))
@@ -468,7 +515,7 @@ func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, err
 				}
 				continue
 			}
-			e, err := s.open(g.Name, dev)
+			e, err := s.open(g.Name, dev, structured)
 			if err != nil {
 				if err := replyErr(oh.Option, RepErrShutdown, err.Error()); err != nil {
 					return nil, structured, meta, err
@@ -562,11 +609,11 @@ func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, err
 const metaContextID = 1
 
 // open takes a reference on dev for a connection.
-func (s *Server) open(name string, dev *dm.Device) (*export, error) {
+func (s *Server) open(name string, dev *dm.Device, structured bool) (*export, error) {
 	if err := dev.Open(); err != nil {
 		return nil, err
 	}
-	return &export{name: name, dev: dev, size: uint64(dev.Size()), flags: s.transmissionFlags(dev)}, nil
+	return &export{name: name, dev: dev, size: uint64(dev.Size()), flags: s.transmissionFlags(dev, structured)}, nil
 }
 
 // dupFd takes a duplicate of the connection's socket for the loop.

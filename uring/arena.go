@@ -65,20 +65,32 @@ func classOf(n int) int {
 }
 
 // Get returns a buffer of at least n bytes (len n, capacity the class
-// size). Buffers larger than the biggest class come from a dedicated mmap.
+// size). Buffers larger than the biggest class come from a dedicated mmap;
+// Get panics if that mmap fails (TryGet returns the error instead).
 func (a *Arena) Get(n int) Buf {
+	b, err := a.TryGet(n)
+	if err != nil {
+		panic(fmt.Sprintf("uring: %v", err))
+	}
+	return b
+}
+
+// TryGet is Get, but a failed mmap of an overflow buffer is returned as
+// an error (wrapping the syscall.Errno, ENOMEM as a rule) and leaves the
+// arena as it was.
+func (a *Arena) TryGet(n int) (Buf, error) {
 	c := classOf(n)
 	if c < numClasses {
 		if fl := a.free[c]; len(fl) > 0 {
 			b := fl[len(fl)-1]
 			a.free[c] = fl[:len(fl)-1]
-			return Buf{B: b[:n], Index: a.index, class: int8(c)}
+			return Buf{B: b[:n], Index: a.index, class: int8(c)}, nil
 		}
 		sz := 1 << (c + minClassShift)
 		if a.next+sz <= len(a.mem) {
 			b := a.mem[a.next : a.next+sz : a.next+sz]
 			a.next += sz
-			return Buf{B: b[:n], Index: a.index, class: int8(c)}
+			return Buf{B: b[:n], Index: a.index, class: int8(c)}, nil
 		}
 	}
 	sz := (n + PageSize - 1) &^ (PageSize - 1)
@@ -87,16 +99,16 @@ func (a *Arena) Get(n int) Buf {
 		if fl := a.over[c]; len(fl) > 0 {
 			b := fl[len(fl)-1]
 			a.over[c] = fl[:len(fl)-1]
-			return Buf{B: b[:n], Index: -1, class: int8(c)}
+			return Buf{B: b[:n], Index: -1, class: int8(c)}, nil
 		}
 		sz = 1 << (c + minClassShift)
 		cl = int8(c)
 	}
 	mem, err := unix.Mmap(-1, 0, sz, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
-		panic(fmt.Sprintf("uring: mmap %d-byte buffer: %v", sz, err))
+		return Buf{}, fmt.Errorf("mmap %d-byte buffer: %w", sz, err)
 	}
-	return Buf{B: mem[:n], Index: -1, class: cl}
+	return Buf{B: mem[:n], Index: -1, class: cl}, nil
 }
 
 // Put returns a buffer obtained from Get. Unregistered overflow buffers of
