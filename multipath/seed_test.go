@@ -289,6 +289,23 @@ func (f *mpFix) release(p string) {
 	}
 }
 
+// hangAX writes A (sector 8) so that it hangs on p1 and X (sector 16) so
+// that it hangs on p2, then fails every path by message: hungFix's
+// interrupted-suspend set-up.
+func (f *mpFix) hangAX(t *testing.T, l *uring.Loop, aData, xData []byte) (a, x *bio) {
+	t.Helper()
+	f.mustMsg("mp", "fail_path", "/dev/mapper/p0")
+	f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
+	a = f.write(l, 8, aData)
+	eventually(t, "A on p1", func() bool { return f.held("p1") == 1 })
+	f.mustMsg("mp", "reinstate_path", "/dev/mapper/p2")
+	f.mustMsg("mp", "fail_path", "/dev/mapper/p1")
+	x = f.write(l, 16, xData)
+	eventually(t, "X on p2", func() bool { return f.held("p2") == 1 })
+	f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
+	return a, x
+}
+
 func (f *mpFix) held(p string) int {
 	var r, w int
 	fmt.Sscanf(f.status(p), "0 8192 delay %d %d", &r, &w)
@@ -365,16 +382,8 @@ func TestSeedErrorPaths(t *testing.T) {
 			f, l := hungFix(t, kind, false)
 			// A goes to p1 (hangs, then fails), X to p2 (hangs, then
 			// succeeds).
-			f.mustMsg("mp", "fail_path", "/dev/mapper/p0")
-			f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
 			aData, xData := pattern(0xaa, 4*kib), pattern(0x55, 4*kib)
-			a := f.write(l, 8, aData)
-			eventually(t, "A on p1", func() bool { return f.held("p1") == 1 })
-			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p2")
-			f.mustMsg("mp", "fail_path", "/dev/mapper/p1")
-			x := f.write(l, 16, xData)
-			eventually(t, "X on p2", func() bool { return f.held("p2") == 1 })
-			f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
+			a, x := f.hangAX(t, l, aData, xData)
 
 			ctx, cancel := context.WithCancel(bg())
 			done := make(chan error, 1)
@@ -405,15 +414,7 @@ func TestSeedErrorPaths(t *testing.T) {
 			f, l := hungFix(t, kind, true)
 			// A hangs on p1 and X on p2, and both will fail there; X keeps
 			// the suspend waiting.
-			f.mustMsg("mp", "fail_path", "/dev/mapper/p0")
-			f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
-			a := f.write(l, 8, pattern(0xaa, 4*kib))
-			eventually(t, "A on p1", func() bool { return f.held("p1") == 1 })
-			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p2")
-			f.mustMsg("mp", "fail_path", "/dev/mapper/p1")
-			x := f.write(l, 16, pattern(0x55, 4*kib))
-			eventually(t, "X on p2", func() bool { return f.held("p2") == 1 })
-			f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
+			a, x := f.hangAX(t, l, pattern(0xaa, 4*kib), pattern(0x55, 4*kib))
 
 			ctx, cancel := context.WithCancel(bg())
 			done := make(chan error, 1)
@@ -502,16 +503,8 @@ func TestSeedTwoDevices(t *testing.T) {
 			wb := f.env.write(mpb, l, 64, pattern(0xbb, 4*kib))
 			f.l.add(wb)
 			eventually(t, "mpb to hold its write", func() bool { return f.target("mpb").Held() == 1 })
-			f.mustMsg("mp", "fail_path", "/dev/mapper/p0")
-			f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
 			aData, xData := pattern(0xaa, 4*kib), pattern(0x55, 4*kib)
-			a := f.write(l, 8, aData)
-			eventually(t, "A on p1", func() bool { return f.held("p1") == 1 })
-			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p2")
-			f.mustMsg("mp", "fail_path", "/dev/mapper/p1")
-			x := f.write(l, 16, xData)
-			eventually(t, "X on p2", func() bool { return f.held("p2") == 1 })
-			f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
+			a, x := f.hangAX(t, l, aData, xData)
 
 			ctx, cancel := context.WithCancel(bg())
 			done := make(chan error, 1)
