@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -825,5 +827,61 @@ func TestLinkedChain(t *testing.T) {
 	c2.check(t)
 	if !errors.Is(Errno(c2.res[0]), unix.EBADF) || !errors.Is(Errno(c2.res[1]), unix.ECANCELED) {
 		t.Fatalf("broken chain: %v, %v; want EBADF then ECANCELED", Errno(c2.res[0]), Errno(c2.res[1]))
+	}
+}
+
+// TestRingSetupFallback plays a kernel that refuses the default setup
+// flags (an unknown flag bit stands in for them): NewRing falls back to
+// the next set, and a loop runs on such a ring.
+func TestRingSetupFallback(t *testing.T) {
+	saved := setupTries
+	t.Cleanup(func() { setupTries = saved })
+	const unknown = 1 << 30 // no such IORING_SETUP_ flag: EINVAL
+	setupTries = []uint32{defaultSetupFlags | unknown, fallbackSetupFlags}
+	r, err := NewRing(RingOptions{Entries: 8})
+	if err != nil {
+		t.Fatalf("NewRing with the default refused: %v", err)
+	}
+	if r.flags&SetupDeferTaskrun != 0 || r.flags&SetupCoopTaskrun == 0 {
+		t.Fatalf("ring flags %#x: want the fallback set %#x", r.flags, fallbackSetupFlags)
+	}
+	r.Close()
+	l := newLoop(t, Config{Entries: 8, ArenaSize: -1})
+	if res := do(t, l, func(e *SQE) { e.PrepNop() }); res != 0 {
+		t.Fatalf("NOP on a fallback ring: %v", Errno(res))
+	}
+
+	setupTries = []uint32{unknown}
+	if _, err := NewRing(RingOptions{Entries: 8}); !errors.Is(err, unix.EINVAL) {
+		t.Fatalf("NewRing with every flag set refused: %v, want EINVAL", err)
+	}
+}
+
+// TestOpenBlockRefusedDirect opens a file on ramfs, which refuses
+// O_DIRECT: ErrNoDirect with a hint, unless buffered I/O is allowed.
+func TestOpenBlockRefusedDirect(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount ramfs")
+	}
+	dir := t.TempDir()
+	if err := unix.Mount("none", dir, "ramfs", 0, ""); err != nil {
+		t.Skipf("mount ramfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	path := filepath.Join(dir, "f.img")
+	if err := os.WriteFile(path, make([]byte, 64<<10), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := OpenBlock(path, OpenOptions{})
+	if !errors.Is(err, ErrNoDirect) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("OpenBlock on ramfs: %v, want ErrNoDirect naming the file", err)
+	}
+	f, err := OpenBlock(path, OpenOptions{AllowBuffered: true})
+	if err != nil {
+		t.Fatalf("OpenBlock with AllowBuffered: %v", err)
+	}
+	defer f.Close()
+	if f.Direct || f.Size != 64<<10 {
+		t.Fatalf("opened Direct=%v size %d, want buffered, %d bytes", f.Direct, f.Size, 64<<10)
 	}
 }

@@ -59,6 +59,11 @@ type RingOptions struct {
 	Flags uint32
 }
 
+// setupTries are the flag sets NewRing tries in turn for the default:
+// a kernel that refuses one (EINVAL) gets the next. (A variable so a test
+// can play an older kernel.)
+var setupTries = []uint32{defaultSetupFlags, fallbackSetupFlags, 0}
+
 // NewRing sets up an io_uring. With the default flags the calling goroutine
 // must be locked to its OS thread and stay there for the life of the ring.
 func NewRing(opt RingOptions) (*Ring, error) {
@@ -70,7 +75,7 @@ func NewRing(opt RingOptions) (*Ring, error) {
 	}
 	tries := []uint32{opt.Flags}
 	if opt.Flags == 0 {
-		tries = []uint32{defaultSetupFlags, fallbackSetupFlags, 0}
+		tries = setupTries
 	}
 	var lastErr error
 	for _, fl := range tries {
