@@ -285,7 +285,7 @@ func (l *Loop) loop() {
 			return
 		}
 		l.flushBacklog()
-		if busy && l.cfg.Spin > 0 && !l.closing && l.spin() {
+		if busy && l.cfg.Spin > 0 && !l.closing && l.ioInflight <= spinMaxStorage && l.spin() {
 			continue
 		}
 		l.state.Store(stateSleeping)
@@ -327,6 +327,17 @@ func (l *Loop) hasWork() bool {
 
 // DefaultSpin is Config.Spin's default.
 const DefaultSpin = 50 * time.Microsecond
+
+// spinMaxStorage: a loop with more storage operations than this in flight
+// sleeps in the kernel instead of spinning. Those operations complete on
+// kernel threads (a loop device's workers, io-wq) that need a CPU; on two
+// vCPUs a spinning loop takes the one they would use, and with many in
+// flight the wake-up is shared by a batch anyway. Measured with udm bench
+// --raw on a loop device over /dev/shm (AMD EPYC, 2 vCPUs): at depth 32,
+// 295-297k IOPS, p50 113-117µs, 3.3µs CPU per I/O spinning always; 331-340k,
+// p50 95-98µs, 1.95µs with this limit at 2 (fio io_uring: 341-345k); at
+// depth 1 unchanged (87-91k, p50 11µs; never spinning: 57k, p50 16µs).
+const spinMaxStorage = 2
 
 // spin polls, for up to Config.Spin, for work arriving: completions the
 // kernel has ready for this task (IORING_SQ_TASKRUN in the shared ring: a
