@@ -79,8 +79,8 @@
 // needs, and write no cache line that another loop writes: the pending
 // count, the I/O counters and the latency histograms are sharded by the
 // bio's executor ID (uring.Loop has one; BenchmarkPending and
-// BenchmarkSubmit/linear-4k-parallel show why: one shared atomic costs
-// 5x), the table is an atomic pointer, and the deferred lock and the
+// BenchmarkSubmit/linear-4k-parallel show why: with two loops, one shared
+// atomic costs 19 ns per bio, the sharded counter 5.3 ns), the table is an atomic pointer, and the deferred lock and the
 // pushback spinlock are touched only while a suspend is under way. A
 // suspend sums the shards; that is sound because a bio is counted in one
 // shard from submission to end.
