@@ -306,6 +306,20 @@ func (f *mpFix) hangAX(t *testing.T, l *uring.Loop, aData, xData []byte) (a, x *
 	return a, x
 }
 
+// suspendPushingA starts a noflush suspend of mp and releases p1, so that
+// A (from hangAX) fails there with no path left and is pushed back; X
+// keeps the suspend waiting. Cancel ends the suspend; done has its error.
+func (f *mpFix) suspendPushingA(t *testing.T) (cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(bg())
+	ch := make(chan error, 1)
+	go func() { ch <- f.mp.Suspend(ctx, true) }()
+	eventually(t, "the suspend to start", f.mp.NoflushSuspending)
+	f.release("p1")
+	eventually(t, "A on pushback", func() bool { return f.mp.Stats().Pushback == 1 })
+	return cancel, ch
+}
+
 func (f *mpFix) held(p string) int {
 	var r, w int
 	fmt.Sscanf(f.status(p), "0 8192 delay %d %d", &r, &w)
@@ -385,13 +399,7 @@ func TestSeedErrorPaths(t *testing.T) {
 			aData, xData := pattern(0xaa, 4*kib), pattern(0x55, 4*kib)
 			a, x := f.hangAX(t, l, aData, xData)
 
-			ctx, cancel := context.WithCancel(bg())
-			done := make(chan error, 1)
-			go func() { done <- f.mp.Suspend(ctx, true) }()
-			eventually(t, "the suspend to start", f.mp.NoflushSuspending)
-			// A fails on p1 with no path left: pushed back.
-			f.release("p1")
-			eventually(t, "A on pushback", func() bool { return f.mp.Stats().Pushback == 1 })
+			cancel, done := f.suspendPushingA(t)
 			// p0 is back; the suspend, still waiting for X, gives up.
 			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p0")
 			cancel()
@@ -416,12 +424,7 @@ func TestSeedErrorPaths(t *testing.T) {
 			// the suspend waiting.
 			a, x := f.hangAX(t, l, pattern(0xaa, 4*kib), pattern(0x55, 4*kib))
 
-			ctx, cancel := context.WithCancel(bg())
-			done := make(chan error, 1)
-			go func() { done <- f.mp.Suspend(ctx, true) }()
-			eventually(t, "the suspend to start", f.mp.NoflushSuspending)
-			f.release("p1")
-			eventually(t, "A on pushback", func() bool { return f.mp.Stats().Pushback == 1 })
+			cancel, done := f.suspendPushingA(t)
 			cancel()
 			if err := <-done; !errors.Is(err, dm.ErrInterrupted) {
 				t.Fatalf("suspend: %v", err)
@@ -506,12 +509,7 @@ func TestSeedTwoDevices(t *testing.T) {
 			aData, xData := pattern(0xaa, 4*kib), pattern(0x55, 4*kib)
 			a, x := f.hangAX(t, l, aData, xData)
 
-			ctx, cancel := context.WithCancel(bg())
-			done := make(chan error, 1)
-			go func() { done <- f.mp.Suspend(ctx, true) }()
-			eventually(t, "the suspend to start", f.mp.NoflushSuspending)
-			f.release("p1")
-			eventually(t, "A on pushback", func() bool { return f.mp.Stats().Pushback == 1 })
+			cancel, done := f.suspendPushingA(t)
 			unaffected(f, mpb, wb, "mp suspending")
 			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p0")
 			cancel()
