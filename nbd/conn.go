@@ -14,7 +14,8 @@ import (
 //
 //	RECV (one armed at a time) ─▶ parse requests out of rbuf
 //	  ▶ write payloads land in the request's arena buffer (the rest of a
-//	    payload is received straight into it)
+//	    payload is received straight into it; after a big write, headers
+//	    are received one at a time, so big payloads all are)
 //	  ▶ dm.Device.Submit(&req.bio)   (Exec = this loop)
 //	◀ BioEnd (on this loop) ─▶ reply header into req.head, queued
 //	◀ SENDMSG (one at a time) gathers queued replies: header+data iovecs
@@ -32,6 +33,7 @@ const (
 	tagStatus // a BLOCK_STATUS reply computed off the loop
 
 	rbufSize      = 256 << 10
+	bigPayload    = 32 << 10 // a write this large makes the next receive header-sized
 	maxIov        = 64
 	maxQueued     = 64 << 20 // reply bytes queued before we stop reading
 	drainLimit    = 64 << 20 // refused write payloads up to this are drained
@@ -52,6 +54,7 @@ type conn struct {
 
 	rbuf         []byte
 	rstart, rend int
+	headerOnly   bool // receive one header at a time (see bigPayload)
 	recvArmed    bool
 	recvID       uring.OpID
 	payload      *req  // a write whose payload is still arriving
@@ -155,7 +158,16 @@ func (c *conn) armRecv() {
 			c.rend = copy(c.rbuf, c.rbuf[c.rstart:c.rend])
 			c.rstart = 0
 		}
-		e.PrepRecv(c.sfd, c.rbuf[c.rend:], 0)
+		b := c.rbuf[c.rend:]
+		if c.headerOnly {
+			// After a big write, take just the next header: if it is
+			// another big write, its payload is then received straight
+			// into its buffer instead of into rbuf and copied.
+			if n := RequestSize - (c.rend - c.rstart); n > 0 {
+				b = b[:n]
+			}
+		}
+		e.PrepRecv(c.sfd, b, 0)
 	}
 	c.prep(&e)
 	id, err := c.l.Submit(&e, c, tagRecv)
@@ -268,6 +280,7 @@ func (c *conn) alloc(h Request) *req {
 // handle validates one request and starts it.
 func (c *conn) handle(h Request) {
 	r := c.alloc(h)
+	c.headerOnly = false
 	size := uint64(c.dev.Size())
 	end := h.Offset + uint64(h.Length)
 	overflow := end < h.Offset
@@ -309,9 +322,13 @@ func (c *conn) handle(h Request) {
 			c.setBio(r, dm.OpRead, 0)
 			c.submit(r)
 		default:
+			c.headerOnly = len(r.buf.B) >= bigPayload
 			n := copy(r.buf.B, c.rbuf[c.rstart:c.rend])
 			c.rstart += n
 			r.got = n
+			if n > 0 {
+				c.s.stats.PayloadCopied.Add(int64(n))
+			}
 			var fl dm.BioFlags
 			if h.Flags&CmdFlagFUA != 0 {
 				fl = dm.FUA

@@ -757,3 +757,64 @@ func TestCacheAndFastZero(t *testing.T) {
 		t.Fatalf("file: plain WRITE_ZEROES: error %d", werr)
 	}
 }
+
+// TestBigWritesReceivedIntoTheirBuffers: a burst of big writes, with small
+// writes, a read and a flush among them, all on the wire before the first
+// reply is read. Every write lands; and after the first big write the
+// connection takes one header at a time, so the payloads of the big writes
+// after it are received into their buffers instead of being copied out of
+// the receive buffer (at most two receive buffers' worth are copied;
+// without it, 1.9 of the 2.1 MiB were).
+func TestBigWritesReceivedIntoTheirBuffers(t *testing.T) {
+	ts := newTestServer(t, 1, ServerConfig{})
+	ts.linear("disk", 16<<20)
+	rc := dialRaw(t, ts.tcp)
+	rc.goExport("disk", true)
+	type w struct {
+		off  uint64
+		data []byte
+	}
+	var writes []w
+	var burst []byte
+	add := func(typ uint16, cookie, off uint64, n uint32, payload []byte) {
+		var b [RequestSize]byte
+		Request{Type: typ, Cookie: cookie, Offset: off, Length: n}.Encode(b[:])
+		burst = append(append(burst, b[:]...), payload...)
+	}
+	cookie := uint64(0)
+	write := func(off uint64, n int) {
+		d := pattern(off^0x5a5a, n)
+		writes = append(writes, w{off, d})
+		add(CmdWrite, cookie, off, uint32(n), d)
+		cookie++
+	}
+	write(0, 4096)
+	for i := uint64(0); i < 16; i++ {
+		write((1+i)*128<<10, 128<<10)
+		if i == 7 {
+			write(8<<20, 4096)
+			add(CmdRead, cookie, 0, 4096, nil)
+			cookie++
+			write(9<<20, 64<<10)
+		}
+	}
+	add(CmdFlush, cookie, 0, 0, nil)
+	cookie++
+	rc.write(burst)
+	for i := uint64(0); i < cookie; i++ {
+		if c, werr, _ := rc.reply(); werr != 0 {
+			t.Fatalf("request %d: error %d", c, werr)
+		}
+	}
+	for _, x := range writes {
+		rc.send(CmdRead, 0, 1000, x.off, uint32(len(x.data)), nil)
+		if _, werr, data := rc.reply(); werr != 0 || !bytes.Equal(data, x.data) {
+			t.Fatalf("read back %d bytes at %d: error %d, equal %v", len(x.data), x.off, werr, bytes.Equal(data, x.data))
+		}
+	}
+	// A receive of the whole buffer happens twice: at the start, and after
+	// the small requests in the middle.
+	if got, most := ts.srv.Stats().PayloadCopied.Load(), int64(2*rbufSize+8192); got > most {
+		t.Fatalf("%d payload bytes copied out of the receive buffer, want at most %d", got, most)
+	}
+}

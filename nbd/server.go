@@ -134,6 +134,12 @@ type ServerStats struct {
 	HandshakeErr atomic.Int64
 	Requests     atomic.Int64
 	Errors       atomic.Int64 // requests answered with an error
+	// PayloadCopied counts write payload bytes that arrived in a
+	// connection's receive buffer with the headers before them and were
+	// copied into their data buffer. After a write of 32 KiB or more a
+	// connection receives one header at a time, so the payloads of big
+	// writes that follow land in their buffers directly.
+	PayloadCopied atomic.Int64
 	// PeakInflightBytes is the most payload bytes one connection has held
 	// at once (bounded by ServerConfig.MaxInflightBytes).
 	PeakInflightBytes atomic.Int64
