@@ -440,7 +440,7 @@ func (d *Device) reissueDeferred() {
 		bb := b
 		if err := b.Exec.Post(func() { d.Submit(bb) }); err != nil {
 			// The bio's loop is gone: nothing can run it there.
-			d.shards[d.shardOf(bb)].account(bb, ErrIO)
+			d.shards[d.shardOf(bb)].account(bb, ErrIO, nanotime())
 			bb.End.BioEnd(bb, ErrIO)
 		}
 	}

@@ -155,7 +155,7 @@ func (d *Device) bioDone(b *Bio) {
 	} else if e := s & statusErrnoMask; e != 0 {
 		err = syscall.Errno(e)
 	}
-	sh.account(b, err)
+	sh.account(b, err, bioNow(b))
 	b.End.BioEnd(b, err)
 	d.pendingDec(sh)
 }
@@ -198,7 +198,7 @@ func (d *Device) pendingDec(sh *shard) {
 // against the table live then. Submit never blocks.
 func (d *Device) Submit(b *Bio) {
 	if b.core.start == 0 {
-		b.core.start = nanotime()
+		b.core.start = bioNow(b)
 	}
 	si := d.shardOf(b)
 	sh := &d.shards[si]

@@ -18,15 +18,24 @@ type IOStats struct {
 }
 
 // Start counts an I/O as in flight and returns its start stamp for Done.
-func (s *IOStats) Start() int64 {
+func (s *IOStats) Start() int64 { return s.StartAt(nanotime()) }
+
+// StartAt is Start with the time given: now is a runtime nanotime
+// reading, such as uring.Loop.Now.
+func (s *IOStats) StartAt(now int64) int64 {
 	s.inflight.Add(1)
-	return nanotime()
+	return now
 }
 
 // Done ends an I/O of op and n bytes begun at start (Start's stamp).
 func (s *IOStats) Done(op Op, n uint32, start int64, err error) {
+	s.DoneAt(op, n, start, nanotime(), err)
+}
+
+// DoneAt is Done with the time given, as StartAt.
+func (s *IOStats) DoneAt(op Op, n uint32, start, now int64, err error) {
 	cl := latClass(op)
-	s.lat[cl].observe(nanotime() - start)
+	s.lat[cl].observe(now - start)
 	s.ops[cl].Add(1)
 	if op.HasData() {
 		s.bytes[op].Add(uint64(n))

@@ -43,9 +43,10 @@ type shard struct {
 	_       [64]byte
 }
 
-func (s *shard) account(b *Bio, err error) {
+// account counts b, ended with err at now (bioNow's reading).
+func (s *shard) account(b *Bio, err error, now int64) {
 	if t := b.core.start; t != 0 {
-		s.lat[latClass(b.Op)].observe(nanotime() - t)
+		s.lat[latClass(b.Op)].observe(now - t)
 		b.core.start = 0
 	}
 	if op := int(b.Op); op < len(s.ops) {
@@ -70,6 +71,20 @@ func newShards() []shard {
 		n <<= 1
 	}
 	return make([]shard, n)
+}
+
+// clockExecutor is an Executor with a clock that is read once per
+// callback (uring.Loop.Now): a bio's start and end stamps then share the
+// readings its target's device makes, instead of a clock read each.
+type clockExecutor interface{ Now() int64 }
+
+// bioNow is the time for b's stamps. Submit and the end of a bio with an
+// Exec run on it, so its clock can be used.
+func bioNow(b *Bio) int64 {
+	if x, ok := b.Exec.(clockExecutor); ok {
+		return x.Now()
+	}
+	return nanotime()
 }
 
 // idExecutor is an Executor that numbers itself, as uring.Loop does: its

@@ -130,6 +130,7 @@ type Loop struct {
 	ring  *Ring
 	arena *Arena
 
+	now        int64 // Now's reading for the current callback; 0: none yet
 	slots      []slot
 	freeSlot   int32
 	inflight   int // operations with slots
@@ -463,6 +464,7 @@ func (l *Loop) dispatch(c *CQE) {
 		l.freeSlotAt(idx)
 	}
 	res := c.Res
+	l.now = 0
 	if flags&slotDeadline != 0 && flags&slotCancelled == 0 && res == -int32(unix.ECANCELED) {
 		res = -int32(unix.ETIMEDOUT)
 	}
@@ -819,6 +821,7 @@ func (l *Loop) runPosted() bool {
 		l.postedN.Store(l.postedN.Load() + 1)
 		fn := n.fn
 		n.fn = nil
+		l.now = 0
 		fn()
 	}
 	return true
@@ -841,6 +844,7 @@ func (l *Loop) finishPosts() {
 			runtime.Gosched()
 			continue
 		}
+		l.now = 0
 		n.fn()
 	}
 }
@@ -894,6 +898,39 @@ func (l *Loop) Done() <-chan struct{} { return l.done }
 
 // ID returns the loop's configured ID.
 func (l *Loop) ID() int { return l.id }
+
+// Now is the monotonic clock (runtime nanotime, the clock time.Since
+// uses), read at most once per completion handler or posted function: the
+// first call in a callback reads it and the others get the same value.
+// It stamps I/O for latency statistics, where several layers time the same
+// I/O at the same moment (a dm device, the file under it), and a clock
+// read costs 40-50ns on these VMs, about 1.4% of the CPU per I/O each at
+// depth 32 (perf record of udm bench through linear). The Linux block
+// layer caches its time per plug for the same reason. Readings in one
+// callback differ from the true time by at most that callback's run
+// time. On the loop only; use it as stamps, not as deadlines. Once the
+// loop has closed it reads the clock every time, so that whoever ends an
+// I/O a closed loop refused (any goroutine) can still call it.
+func (l *Loop) Now() int64 {
+	if l.closed.Load() {
+		return nanotime()
+	}
+	if l.now == 0 {
+		l.now = nanotime()
+	}
+	return l.now
+}
+
+// Renew reads the clock anew and makes that the callback's Now: for a
+// callback that has just done work that takes time itself (a pread on
+// the loop thread), so that what ends after it isn't stamped before it.
+func (l *Loop) Renew() int64 {
+	if l.closed.Load() {
+		return nanotime()
+	}
+	l.now = nanotime()
+	return l.now
+}
 
 // Arena returns the loop's registered buffer arena (on the loop only).
 func (l *Loop) Arena() *Arena { return l.arena }

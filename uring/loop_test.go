@@ -885,3 +885,61 @@ func TestOpenBlockRefusedDirect(t *testing.T) {
 		t.Fatalf("opened Direct=%v size %d, want buffered, %d bytes", f.Direct, f.Size, 64<<10)
 	}
 }
+
+// nowHandler records the loop's Now at its completion, twice.
+type nowHandler struct {
+	l      *Loop
+	t1, t2 int64
+	done   chan struct{}
+}
+
+func (h *nowHandler) Complete(uint64, int32, uint32) {
+	h.t1 = h.l.Now()
+	for nanotime() <= h.t1+2000 {
+	}
+	h.t2 = h.l.Now()
+	close(h.done)
+}
+
+// TestNowPerCallback: Now is read once per posted function or completion
+// and then repeats; Renew reads it anew; a later callback reads it again;
+// a closed loop reads the clock at every call, from any goroutine.
+func TestNowPerCallback(t *testing.T) {
+	l := newLoop(t, Config{ArenaSize: -1})
+	var a, b, c, c2, d int64
+	h := &nowHandler{l: l, done: make(chan struct{})}
+	l.Call(func() {
+		a = l.Now()
+		for nanotime() <= a+2000 {
+		}
+		b = l.Now()
+		c = l.Renew()
+		c2 = l.Now()
+		var e SQE
+		e.PrepNop()
+		if _, err := l.Submit(&e, h, 0); err != nil {
+			t.Error(err)
+		}
+	})
+	l.Call(func() { d = l.Now() })
+	<-h.done
+	if a == 0 || b != a {
+		t.Fatalf("Now within one callback: %d then %d", a, b)
+	}
+	if c <= a || c2 != c {
+		t.Fatalf("Renew: %d after %d, then Now %d", c, a, c2)
+	}
+	if h.t1 <= c || h.t2 != h.t1 {
+		t.Fatalf("Now in a completion: %d then %d (posted function's: %d)", h.t1, h.t2, c)
+	}
+	if d <= c {
+		t.Fatalf("Now in the next posted function: %d, not after %d", d, c)
+	}
+	l.Close()
+	x := l.Now()
+	for nanotime() <= x+2000 {
+	}
+	if y := l.Now(); y <= x {
+		t.Fatalf("Now on a closed loop repeated: %d then %d", x, y)
+	}
+}

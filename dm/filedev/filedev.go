@@ -368,7 +368,7 @@ func (p *port) alloc(c *dm.Clone, op uint8) int32 {
 	s := &p.slots[i]
 	p.free = s.next
 	s.c, s.op = c, op
-	s.start = p.stats.Start()
+	s.start = p.stats.StartAt(p.l.Now())
 	return i
 }
 
@@ -377,7 +377,7 @@ func (p *port) alloc(c *dm.Clone, op uint8) int32 {
 func (p *port) end(i int32, err error) {
 	start := p.slots[i].start
 	c := p.release(i)
-	p.stats.Done(c.Op, c.Len, start, err)
+	p.stats.DoneAt(c.Op, c.Len, start, p.l.Now(), err)
 	c.End(err)
 }
 
@@ -430,9 +430,9 @@ func (p *port) submit(c *dm.Clone) {
 		return
 	}
 	if d.inline {
-		start := p.stats.Start()
+		start := p.stats.StartAt(p.l.Now())
 		err := d.inlineIO(c, off, n)
-		p.stats.Done(c.Op, c.Len, start, err)
+		p.stats.DoneAt(c.Op, c.Len, start, p.l.Renew(), err)
 		c.End(err)
 		return
 	}
