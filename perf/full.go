@@ -36,6 +36,10 @@ const (
 	CQemuThrUnix = "qemu-nbd aio=threads, unix"
 	CQemuUrTCP   = "qemu-nbd aio=io_uring, tcp"
 	CQemuUrUnix  = "qemu-nbd aio=io_uring, unix"
+	// The floor server (ServeFloor) is a reference, not a peer: the least
+	// a server can do per request, busy-polling one connection.
+	CFloorTCP  = "floor server, tcp"
+	CFloorUnix = "floor server, unix"
 )
 
 // FullOptions configure FullSuite.
@@ -189,10 +193,14 @@ func FullSuite(opt FullOptions) (*Suite, error) {
 				"driver=raw,file.driver=file,file.filename="+file+",file.locking=off,file.aio="+aio+",cache.direct=on")...)
 		}
 	}
+	floor := func(l []string) []string {
+		return append(append([]string{opt.Self, "bench", "floor-server"}, l...), file)
+	}
 	peers := []peer{
 		{CNbdkitTCP, nbdkit, true}, {CNbdkitUnix, nbdkit, false},
 		{CQemuThrTCP, qemu("threads"), true}, {CQemuThrUnix, qemu("threads"), false},
 		{CQemuUrTCP, qemu("io_uring"), true}, {CQemuUrUnix, qemu("io_uring"), false},
+		{CFloorTCP, floor, true}, {CFloorUnix, floor, false},
 	}
 	for i, p := range peers {
 		if !keep(p.name, opt.Only) {
@@ -200,7 +208,7 @@ func FullSuite(opt FullOptions) (*Suite, error) {
 		}
 		var listen []string
 		var addr, uri string
-		isQemu := strings.HasPrefix(p.name, "qemu")
+		isQemu, isFloor := strings.HasPrefix(p.name, "qemu"), strings.HasPrefix(p.name, "floor")
 		if p.tcp {
 			port, err := FreePort()
 			if err != nil {
@@ -208,18 +216,24 @@ func FullSuite(opt FullOptions) (*Suite, error) {
 			}
 			addr = fmt.Sprintf("127.0.0.1:%d", port)
 			uri = "nbd://" + addr + "/"
-			if isQemu {
+			switch {
+			case isQemu:
 				listen = []string{"-b", "127.0.0.1", "-p", fmt.Sprint(port)}
-			} else {
+			case isFloor:
+				listen = []string{"--listen", addr}
+			default:
 				listen = []string{"-i", "127.0.0.1", "-p", fmt.Sprint(port)}
 			}
 		} else {
 			addr = filepath.Join(opt.Dir, fmt.Sprintf("peer%d.sock", i))
 			os.Remove(addr)
 			uri = "nbd+unix:///?socket=" + addr
-			if isQemu {
+			switch {
+			case isQemu:
 				listen = []string{"-k", addr}
-			} else {
+			case isFloor:
+				listen = []string{"--unix", addr}
+			default:
 				listen = []string{"-U", addr}
 			}
 		}
@@ -270,7 +284,7 @@ func FullRatios(names []string) []Ratio {
 			if i, ok := idx[CFioLoop]; ok {
 				return i
 			}
-		case strings.HasPrefix(n, "udm nbd") || strings.HasPrefix(n, "nbdkit") || strings.HasPrefix(n, "qemu"):
+		case strings.HasPrefix(n, "udm nbd") || strings.HasPrefix(n, "nbdkit") || strings.HasPrefix(n, "qemu") || strings.HasPrefix(n, "floor"):
 			if i, ok := idx[CFioFile]; ok {
 				return i
 			}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -21,6 +22,9 @@ import (
 func runBench(args []string) error {
 	if len(args) > 0 && args[0] == "matrix" {
 		return runMatrix(args[1:])
+	}
+	if len(args) > 0 && args[0] == "floor-server" {
+		return runFloorServer(args[1:])
 	}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	raw := fs.String("raw", "", "file or block device to drive directly through the loop")
@@ -209,4 +213,29 @@ func runMatrix(args []string) error {
 		return fmt.Errorf("%d runs failed", len(rep.Failures))
 	}
 	return err
+}
+
+// runFloorServer: `udm bench floor-server (--listen ADDR | --unix PATH)
+// FILE`, the minimal busy-polling NBD server that make bench measures as
+// a reference (perf.ServeFloor). It runs until killed.
+func runFloorServer(args []string) error {
+	fs := flag.NewFlagSet("bench floor-server", flag.ContinueOnError)
+	listen := fs.String("listen", "", "TCP address to listen on (HOST:PORT)")
+	sock := fs.String("unix", "", "Unix socket to listen on")
+	if err := fs.Parse(args); err != nil {
+		return usageErr{err}
+	}
+	if fs.NArg() != 1 || (*listen == "") == (*sock == "") {
+		return usageErr{fmt.Errorf("usage: udm bench floor-server (--listen ADDR | --unix PATH) FILE")}
+	}
+	network, addr := "tcp", *listen
+	if *sock != "" {
+		network, addr = "unix", *sock
+		os.Remove(addr)
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return err
+	}
+	return perf.ServeFloor(ln, fs.Arg(0))
 }

@@ -1,0 +1,242 @@
+package perf
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"udm/nbd"
+)
+
+// The floor server is a reference for `make bench`, not a product: the
+// least an NBD server can do per request on one connection. Each
+// connection has a locked thread that busy-polls its socket (a
+// non-blocking read, retried: never a sleep, never a wake-up), reads one
+// request header at a time, serves it with a pread or pwrite on the file
+// and answers with one writev, in order. Only simple replies, no options
+// beyond GO and EXPORT_NAME: what fio's nbd engine needs. Its latency at
+// depth 1 is what a client like fio sees with the server's share as small
+// as it gets; with many requests in flight it does nothing to batch and
+// is no reference there.
+
+// maxFloorPayload bounds one request's data.
+const maxFloorPayload = 32 << 20
+
+// ServeFloor serves file on ln, one goroutine per connection, until ln
+// fails (is closed).
+func ServeFloor(ln net.Listener, file string) error {
+	f, err := os.OpenFile(file, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := serveFloorConn(c, f, st.Size()); err != nil && !errors.Is(err, io.EOF) {
+				fmt.Fprintln(os.Stderr, "floor server:", err)
+			}
+		}()
+	}
+}
+
+type floorConn struct {
+	fd int
+}
+
+func (c floorConn) readFull(b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Read(c.fd, b)
+		switch {
+		case err == unix.EAGAIN || err == unix.EINTR:
+			continue // busy-poll
+		case err != nil:
+			return err
+		case n == 0:
+			return io.EOF
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+func (c floorConn) writeAll(bs ...[]byte) error {
+	for {
+		n, err := unix.Writev(c.fd, bs)
+		if err == unix.EAGAIN || err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for len(bs) > 0 && n >= len(bs[0]) {
+			n -= len(bs[0])
+			bs = bs[1:]
+		}
+		if len(bs) == 0 {
+			return nil
+		}
+		bs[0] = bs[0][n:]
+	}
+}
+
+func serveFloorConn(nc net.Conn, f *os.File, size int64) error {
+	defer nc.Close()
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return fmt.Errorf("%T has no file descriptor", nc)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	// The descriptor is the net.Conn's, already non-blocking; it is only
+	// used within this function, while nc stays open.
+	var fd int
+	raw.Control(func(u uintptr) { fd = int(u) })
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	c := floorConn{fd}
+	if err := c.handshake(size); err != nil {
+		return err
+	}
+	file := int(f.Fd())
+	hdr := make([]byte, nbd.RequestSize)
+	reply := make([]byte, nbd.SimpleReplySize)
+	buf := make([]byte, 1<<20)
+	for {
+		if err := c.readFull(hdr); err != nil {
+			return err
+		}
+		r, err := nbd.ParseRequest(hdr)
+		if err != nil {
+			return err
+		}
+		if r.Length > maxFloorPayload {
+			return fmt.Errorf("request of %d bytes", r.Length)
+		}
+		if int(r.Length) > len(buf) {
+			buf = make([]byte, r.Length)
+		}
+		data := buf[:r.Length]
+		inRange := r.Offset+uint64(r.Length) <= uint64(size)
+		var werr uint32
+		var out []byte
+		switch r.Type {
+		case nbd.CmdRead:
+			if !inRange {
+				werr = nbd.EINVAL
+			} else if _, err := unix.Pread(file, data, int64(r.Offset)); err != nil {
+				werr = nbd.EIO
+			} else {
+				out = data
+			}
+		case nbd.CmdWrite:
+			if err := c.readFull(data); err != nil {
+				return err
+			}
+			if !inRange {
+				werr = nbd.ENOSPC
+			} else if _, err := unix.Pwrite(file, data, int64(r.Offset)); err != nil {
+				werr = nbd.EIO
+			}
+		case nbd.CmdFlush:
+			if err := unix.Fdatasync(file); err != nil {
+				werr = nbd.EIO
+			}
+		case nbd.CmdDisc:
+			return nil
+		default:
+			werr = nbd.EINVAL
+		}
+		nbd.PutSimpleReply(reply, werr, r.Cookie)
+		if out != nil {
+			err = c.writeAll(reply, out)
+		} else {
+			err = c.writeAll(reply)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// handshake: fixed newstyle; GO (or INFO, or EXPORT_NAME) gets the one
+// export, any other option is unsupported.
+func (c floorConn) handshake(size int64) error {
+	be := binary.BigEndian
+	hello := make([]byte, 18)
+	be.PutUint64(hello, nbd.NBDMagic)
+	be.PutUint64(hello[8:], nbd.IHaveOpt)
+	be.PutUint16(hello[16:], nbd.FlagFixedNewstyle|nbd.FlagNoZeroes)
+	if err := c.writeAll(hello); err != nil {
+		return err
+	}
+	var cf [4]byte
+	if err := c.readFull(cf[:]); err != nil {
+		return err
+	}
+	noZeroes := be.Uint32(cf[:])&nbd.ClientNoZeroes != 0
+	tflags := nbd.TFlagHasFlags | nbd.TFlagSendFlush
+	for {
+		var oh [nbd.OptionHeaderSize]byte
+		if err := c.readFull(oh[:]); err != nil {
+			return err
+		}
+		h, err := nbd.ParseOptionHeader(oh[:])
+		if err != nil {
+			return err
+		}
+		if h.Length > 64<<10 {
+			return fmt.Errorf("option of %d bytes", h.Length)
+		}
+		data := make([]byte, h.Length)
+		if err := c.readFull(data); err != nil {
+			return err
+		}
+		switch h.Option {
+		case nbd.OptExportName:
+			b := make([]byte, 10, 134)
+			be.PutUint64(b, uint64(size))
+			be.PutUint16(b[8:], tflags)
+			if !noZeroes {
+				b = b[:134]
+			}
+			return c.writeAll(b)
+		case nbd.OptGo, nbd.OptInfo:
+			info := make([]byte, 12)
+			be.PutUint16(info, nbd.InfoExport)
+			be.PutUint64(info[2:], uint64(size))
+			be.PutUint16(info[10:], tflags)
+			out := nbd.AppendOptionReply(nil, h.Option, nbd.RepInfo, info)
+			out = nbd.AppendOptionReply(out, h.Option, nbd.RepAck, nil)
+			if err := c.writeAll(out); err != nil {
+				return err
+			}
+			if h.Option == nbd.OptGo {
+				return nil
+			}
+		case nbd.OptAbort:
+			c.writeAll(nbd.AppendOptionReply(nil, h.Option, nbd.RepAck, nil))
+			return io.EOF
+		default:
+			if err := c.writeAll(nbd.AppendOptionReply(nil, h.Option, nbd.RepErrUnsup, nil)); err != nil {
+				return err
+			}
+		}
+	}
+}
