@@ -1,7 +1,6 @@
 package perf
 
 import (
-	"context"
 	"net"
 	"os/exec"
 	"path/filepath"
@@ -28,22 +27,7 @@ func startFloor(t *testing.T, size int64) (uri, file string) {
 // (each busy-polls a CPU: kept small).
 func TestFloorServerVerify(t *testing.T) {
 	uri, _ := startFloor(t, 16<<20)
-	eng, err := NewNBDEngine(uri, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer eng.Close()
-	if eng.Size() != 16<<20 {
-		t.Fatalf("size %d", eng.Size())
-	}
-	res, err := Run(context.Background(), Config{RW: "randrw", ReadPct: 50, Depth: 8, Loops: 2, TotalBytes: 4 << 20,
-		Verify: true, Seed: 3}, eng)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Errors != 0 || len(res.VerifyFailures) != 0 || res.Reads == 0 || res.Writes == 0 || res.VerifiedBytes == 0 {
-		t.Fatalf("result %+v (failures %v)", res, res.VerifyFailures)
-	}
+	verifyThroughNBD(t, uri, 16<<20, Config{RW: "randrw", ReadPct: 50, Depth: 8, Loops: 2, TotalBytes: 4 << 20, Verify: true, Seed: 3})
 }
 
 // fio's nbd engine, the client make bench uses, writes and verifies

@@ -42,17 +42,23 @@ func startNbdkitUnix(t *testing.T, size int64) string {
 // The NBD engine runs a verified mixed workload through udm's client on
 // two loops over two connections.
 func TestNBDEngineVerify(t *testing.T) {
-	uri := startNbdkitUnix(t, 16<<20)
+	verifyThroughNBD(t, startNbdkitUnix(t, 16<<20), 16<<20,
+		Config{RW: "randrw", ReadPct: 50, Depth: 16, Loops: 2, TotalBytes: 16 << 20, Verify: true, Seed: 7})
+}
+
+// verifyThroughNBD runs cfg (a verified mix) on an NBD engine with two
+// connections to uri, an export of size bytes, and wants it clean.
+func verifyThroughNBD(t *testing.T, uri string, size int64, cfg Config) {
+	t.Helper()
 	eng, err := NewNBDEngine(uri, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer eng.Close()
-	if eng.Size() != 16<<20 {
+	if eng.Size() != size {
 		t.Fatalf("size %d", eng.Size())
 	}
-	res, err := Run(context.Background(), Config{RW: "randrw", ReadPct: 50, Depth: 16, Loops: 2, TotalBytes: 16 << 20,
-		Verify: true, Seed: 7}, eng)
+	res, err := Run(context.Background(), cfg, eng)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,13 +1,3 @@
-// Package perf is udm's load generator and benchmark harness: workloads
-// (sequential and random reads and writes, mixes) with optional data
-// verification, run on uring loops against an Engine (a raw file or block
-// device, a dm device in process, an NBD export), with per-I/O latency
-// in HDR histograms. It also runs fio and reads its JSON, so the same
-// Result type describes both sides of a comparison.
-//
-// The generator follows the fast path's rules: each loop runs a worker
-// that keeps Depth I/Os in flight from the loop thread and records each
-// completion inline, so the harness adds no goroutine hop of its own.
 package perf
 
 import (
