@@ -149,6 +149,11 @@ type Loop struct {
 	files    []bool // fixed-file slot used
 	freeFile []int32
 
+	// flush holds the Flushers asked for this turn (FlushLater);
+	// flushing is the other buffer, swapped in while they run.
+	flush, flushing []Flusher
+	rest            bool // Rest: no spin before the next sleep
+
 	posted   mpsc
 	state    atomic.Uint32
 	posting  atomic.Int32 // Posts between their closed check and their push
@@ -279,6 +284,7 @@ func (l *Loop) loop() {
 	for {
 		busy := l.runPosted()
 		busy = l.reap() > 0 || busy
+		l.runFlush()
 		if l.closeReq.Load() && !l.closing {
 			l.startClose()
 		}
@@ -286,7 +292,9 @@ func (l *Loop) loop() {
 			return
 		}
 		l.flushBacklog()
-		if busy && l.cfg.Spin > 0 && !l.closing && l.ioInflight <= spinMaxStorage && l.spin() {
+		rest := l.rest
+		l.rest = false
+		if busy && !rest && l.cfg.Spin > 0 && !l.closing && l.ioInflight <= spinMaxStorage && l.spin() {
 			continue
 		}
 		l.state.Store(stateSleeping)
@@ -319,12 +327,44 @@ func (l *Loop) loop() {
 	}
 }
 
+// Flusher is work a handler put off until the end of the loop's turn.
+type Flusher interface {
+	Flush()
+}
+
+// FlushLater has f.Flush run once the completions and posted functions
+// of this turn have been handled, before the loop submits and sleeps:
+// a connection whose requests complete in one turn sends their replies
+// in one message instead of one each. Register a Flusher once per turn
+// (keep a flag); Flush may register again, for the same turn.
+func (l *Loop) FlushLater(f Flusher) {
+	l.flush = append(l.flush, f)
+}
+
+func (l *Loop) runFlush() {
+	for len(l.flush) > 0 {
+		batch := l.flush
+		l.flush = l.flushing[:0]
+		for i, f := range batch {
+			batch[i] = nil
+			l.now = 0
+			f.Flush()
+		}
+		l.flushing = batch[:0]
+	}
+}
+
 // hasWork reports whether a function was posted or Close was asked for.
 // The loop checks it after announcing it will sleep: a Post or Close that
 // saw it running didn't wake it.
 func (l *Loop) hasWork() bool {
 	return !l.posted.empty() || (l.closeReq.Load() && !l.closing)
 }
+
+// Rest asks the loop not to spin before its next sleep: a handler that
+// set a timer for its next work (a connection letting requests gather)
+// would only burn the CPU until it fires.
+func (l *Loop) Rest() { l.rest = true }
 
 // DefaultSpin is Config.Spin's default.
 const DefaultSpin = 50 * time.Microsecond
@@ -846,6 +886,7 @@ func (l *Loop) finishPosts() {
 		}
 		l.now = 0
 		n.fn()
+		l.runFlush()
 	}
 }
 

@@ -943,3 +943,120 @@ func TestNowPerCallback(t *testing.T) {
 		t.Fatalf("Now on a closed loop repeated: %d then %d", x, y)
 	}
 }
+
+// flushRecorder registers itself for the end of the turn from every
+// completion, once a turn, and records how many completions each Flush
+// found.
+type flushRecorder struct {
+	l       *Loop
+	queued  bool
+	done    int   // completions so far
+	flushed []int // done at each Flush
+	fin     chan struct{}
+	want    int
+}
+
+func (f *flushRecorder) Complete(uint64, int32, uint32) {
+	f.done++
+	if !f.queued {
+		f.queued = true
+		f.l.FlushLater(f)
+	}
+}
+
+func (f *flushRecorder) Flush() {
+	f.queued = false
+	f.flushed = append(f.flushed, f.done)
+	if f.done == f.want {
+		close(f.fin)
+	}
+}
+
+// Completions reaped in one turn are followed by one Flush, after all of
+// them: the point of FlushLater (an NBD connection sends the replies of
+// a turn in one message).
+func TestFlushLaterOncePerTurn(t *testing.T) {
+	l := newLoop(t, Config{})
+	f := &flushRecorder{l: l, fin: make(chan struct{}), want: 8}
+	l.Call(func() {
+		for i := 0; i < f.want; i++ {
+			var e SQE
+			e.PrepNop()
+			if _, err := l.Submit(&e, f, 0); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	select {
+	case <-f.fin:
+	case <-time.After(10 * time.Second):
+		t.Fatal("never flushed")
+	}
+	var flushed []int
+	l.Call(func() { flushed = f.flushed })
+	// Eight NOPs submitted together complete together: one turn.
+	if len(flushed) != 1 || flushed[0] != f.want {
+		t.Fatalf("Flush saw %v completions, want one Flush after all %d", flushed, f.want)
+	}
+}
+
+// A Flush that registers again runs again in the same turn, not never.
+func TestFlushLaterFromFlush(t *testing.T) {
+	l := newLoop(t, Config{})
+	var runs int
+	var self Flusher
+	self = flushFunc(func() {
+		if runs++; runs < 3 {
+			l.FlushLater(self)
+		}
+	})
+	l.Call(func() { l.FlushLater(self) })
+	l.Call(func() {}) // a later turn: the first one has ended
+	if runs != 3 {
+		t.Fatalf("Flush ran %d times, want 3", runs)
+	}
+}
+
+type flushFunc func()
+
+func (f flushFunc) Flush() { f() }
+
+// restHandler calls Rest from its completion, or not.
+type restHandler struct {
+	l    *Loop
+	rest bool
+	done chan struct{}
+}
+
+func (h *restHandler) Complete(uint64, int32, uint32) {
+	if h.rest {
+		h.l.Rest()
+	}
+	close(h.done)
+}
+
+// Rest makes a loop that just did work sleep at once instead of spinning
+// for Config.Spin; without it the loop spins (the test would fail
+// without Rest, which the second case shows).
+func TestRestSkipsSpin(t *testing.T) {
+	for _, rest := range []bool{true, false} {
+		t.Run(fmt.Sprintf("rest=%v", rest), func(t *testing.T) {
+			l := newLoop(t, Config{Spin: 2 * time.Second})
+			h := &restHandler{l: l, rest: rest, done: make(chan struct{})}
+			l.Call(func() {
+				var e SQE
+				e.PrepNop()
+				l.Submit(&e, h, 0)
+			})
+			<-h.done
+			asleep := func() bool { return l.state.Load() != stateRunning }
+			deadline := time.Now().Add(500 * time.Millisecond)
+			for !asleep() && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			if asleep() != rest {
+				t.Fatalf("rest=%v: asleep 500ms after the completion = %v", rest, asleep())
+			}
+		})
+	}
+}
