@@ -29,6 +29,10 @@ type Config struct {
 	// Spin is how long a loop that just did work polls for more before
 	// sleeping (0: uring.DefaultSpin; negative: never). See uring.Config.
 	Spin time.Duration
+	// Gather is how long an NBD connection whose client keeps many
+	// requests in flight lets them gather before taking them in (0:
+	// nbd.DefaultGatherWindow; negative: never). See nbd.ServerConfig.
+	Gather time.Duration
 	// NoDemo skips the built-in demo device on a fresh state dir.
 	NoDemo bool
 	// Log is where the daemon logs; children carry "component".

@@ -141,9 +141,10 @@ func (d *Daemon) init(cfg Config) (err error) {
 		}
 	}
 	if d.nbd, err = nbd.NewServer(nbd.ServerConfig{
-		Exports: nbd.RegistryExports(d.reg, ""),
-		Loops:   d.loops,
-		Log:     d.log.With().Str("component", "nbd").Logger(),
+		Exports:      nbd.RegistryExports(d.reg, ""),
+		Loops:        d.loops,
+		Log:          d.log.With().Str("component", "nbd").Logger(),
+		GatherWindow: d.cfg.Gather,
 	}); err != nil {
 		return err
 	}

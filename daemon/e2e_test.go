@@ -627,7 +627,7 @@ func TestMakeRun(t *testing.T) {
 			}
 		}
 	}
-	for _, m := range []string{`udm_device_latency_seconds_count{device="demo",op="write"}`, `udm_nbd_requests_total`,
+	for _, m := range []string{`udm_device_latency_seconds_count{device="demo",op="write"}`, `udm_nbd_requests_total`, `udm_nbd_receives_total`,
 		`udm_loop_cqes_completed_total{loop="0"}`, `udm_device_io_total{device="demo",op="read"}`} {
 		if v := scrape(t, u.info.Metrics, m); v <= 0 {
 			t.Errorf("%s = %v", m, v)

@@ -38,6 +38,8 @@ var (
 	mNBDShake  = prometheus.NewDesc("udm_nbd_handshake_errors_total", "NBD handshakes that failed.", nil, nil)
 	mNBDReqs   = prometheus.NewDesc("udm_nbd_requests_total", "NBD requests received.", nil, nil)
 	mNBDErrs   = prometheus.NewDesc("udm_nbd_request_errors_total", "NBD requests answered with an error.", nil, nil)
+	mNBDRecvs  = prometheus.NewDesc("udm_nbd_receives_total", "Socket receives that brought NBD requests.", nil, nil)
+	mNBDGath   = prometheus.NewDesc("udm_nbd_gathered_receives_total", "Receives that waited for the gather window (requests from a pipelining client taken in together).", nil, nil)
 
 	loopLabels     = []string{"loop"}
 	mLoopSubmitted = prometheus.NewDesc("udm_loop_sqes_submitted_total", "io_uring SQEs submitted by the loop.", loopLabels, nil)
@@ -54,7 +56,7 @@ type collector struct{ d *Daemon }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mDevIO, mDevBytes, mDevErrors, mDevPushed, mDevInfl, mDevDefer, mDevPush,
-		mDevSusp, mDevOpen, mDevEvent, mDevSize, mDevLat, mNBDAcc, mNBDActive, mNBDShake, mNBDReqs, mNBDErrs,
+		mDevSusp, mDevOpen, mDevEvent, mDevSize, mDevLat, mNBDAcc, mNBDActive, mNBDShake, mNBDReqs, mNBDErrs, mNBDRecvs, mNBDGath,
 		mLoopSubmitted, mLoopCompleted, mLoopEnters, mLoopWakes, mLoopPosted} {
 		ch <- d
 	}
@@ -103,6 +105,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(mNBDShake, float64(st.HandshakeErr.Load()))
 		counter(mNBDReqs, float64(st.Requests.Load()))
 		counter(mNBDErrs, float64(st.Errors.Load()))
+		counter(mNBDRecvs, float64(st.Receives.Load()))
+		counter(mNBDGath, float64(st.Gathered.Load()))
 	}
 	for _, l := range d.loops {
 		st := l.Stats()

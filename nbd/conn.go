@@ -17,8 +17,11 @@ import (
 //	    payload is received straight into it; after a big write, headers
 //	    are received one at a time, so big payloads all are)
 //	  ▶ dm.Device.Submit(&req.bio)   (Exec = this loop)
+//	  ▶ the next RECV is armed at once, or, for a client that keeps many
+//	    requests in flight, after the gather window (pace.go)
 //	◀ BioEnd (on this loop) ─▶ reply header into req.head, queued
-//	◀ SENDMSG (one at a time) gathers queued replies: header+data iovecs
+//	◀ at the end of the loop's turn (Flush): SENDMSG (one at a time)
+//	  gathers the queued replies: header+data iovecs
 //
 // Replies go out in completion order. A request slot (with its Bio and
 // buffer) lives from parse until its reply is sent. MaxInflight slots and
@@ -31,6 +34,7 @@ const (
 	tagRecv = iota
 	tagSend
 	tagStatus // a BLOCK_STATUS reply computed off the loop
+	tagGather // the gather timer: time to receive
 
 	rbufSize      = 256 << 10
 	bigPayload    = 32 << 10 // a write this large makes the next receive header-sized
@@ -56,6 +60,10 @@ type conn struct {
 	rstart, rend int
 	headerOnly   bool // receive one header at a time (see bigPayload)
 	recvArmed    bool
+	gatherArmed  bool // the gather timer is set: receive when it fires
+	gatherID     uring.OpID
+	gathered     bool // the receive armed waited for the gather window
+	pace         pacer
 	recvID       uring.OpID
 	payload      *req  // a write whose payload is still arriving
 	drain        int64 // bytes of a refused payload still to discard
@@ -76,6 +84,7 @@ type conn struct {
 	iov         []unix.Iovec
 	msg         unix.Msghdr
 	sendArmed   bool
+	flushQueued bool // FlushLater asked: the turn's replies go in one send
 	queuedBytes int
 
 	closing bool // no more requests are read
@@ -138,11 +147,40 @@ func (c *conn) Complete(tag uint64, res int32, _ uint32) {
 		c.onRecv(res)
 	case tagSend:
 		c.onSend(res)
+	case tagGather:
+		c.gatherArmed = false
+		if c.closing {
+			c.maybeFinish()
+			return
+		}
+		c.gathered = true
+		c.armRecv()
+	}
+	if c.gatherArmed {
+		c.l.Rest() // nothing to do here until the timer fires
 	}
 }
 
+// gather sets the gather timer in place of arming the receive: the
+// requests the client sends meanwhile are taken in one receive when it
+// fires (see pacer). false: it couldn't be set.
+func (c *conn) gather() bool {
+	if c.recvArmed || c.payload != nil || c.closing {
+		return false
+	}
+	if !c.gatherArmed {
+		id, err := c.l.Timeout(c.s.cfg.GatherWindow, c, tagGather)
+		if err != nil {
+			return false
+		}
+		c.gatherArmed, c.gatherID = true, id
+	}
+	c.l.Rest()
+	return true
+}
+
 func (c *conn) armRecv() {
-	if c.recvArmed || c.closing {
+	if c.recvArmed || c.closing || c.gatherArmed {
 		return
 	}
 	var e uring.SQE
@@ -192,6 +230,7 @@ func (c *conn) onRecv(res int32) {
 		c.shutdown(true, why)
 		return
 	}
+	payload := c.payload != nil
 	if r := c.payload; r != nil {
 		r.got += int(res)
 		if r.got < len(r.buf.B) {
@@ -203,19 +242,30 @@ func (c *conn) onRecv(res int32) {
 	} else {
 		c.rend += int(res)
 	}
-	c.parse()
+	gathered := c.gathered
+	c.gathered = false
+	n := c.parse()
+	if n > 0 {
+		c.s.stats.Receives.Add(1)
+		if gathered {
+			c.s.stats.Gathered.Add(1)
+		}
+	}
+	if c.s.cfg.GatherWindow > 0 && !payload && (c.pace.received(c.l.Now(), n) || c.s.cfg.forceGather) && c.gather() {
+		return
+	}
 	c.armRecv()
 }
 
-// parse takes complete requests out of rbuf.
-func (c *conn) parse() {
+// parse takes complete requests out of rbuf; it returns how many.
+func (c *conn) parse() (n int) {
 	c.overBudget = false
 	for !c.closing && c.payload == nil {
 		avail := c.rend - c.rstart
 		if c.drain > 0 {
-			n := min(int64(avail), c.drain)
-			c.rstart += int(n)
-			c.drain -= n
+			k := min(int64(avail), c.drain)
+			c.rstart += int(k)
+			c.drain -= k
 			if c.drain > 0 {
 				return
 			}
@@ -236,13 +286,15 @@ func (c *conn) parse() {
 			c.shutdown(true, "request out of sync (bad magic)")
 			return
 		}
-		if n := c.bufNeed(h); n > 0 && c.bufBytes > 0 && c.bufBytes+n > int64(c.s.cfg.MaxInflightBytes) {
+		if need := c.bufNeed(h); need > 0 && c.bufBytes > 0 && c.bufBytes+need > int64(c.s.cfg.MaxInflightBytes) {
 			c.overBudget = true
 			return // resumes when a reply has gone out
 		}
 		c.rstart += RequestSize
 		c.handle(h)
+		n++
 	}
+	return n
 }
 
 // bufNeed is the data buffer h will take if it is accepted.
@@ -492,6 +544,16 @@ func (c *conn) reply(r *req, werr uint32) {
 	}
 	c.queuedBytes += r.headLen + len(r.data)
 	c.sendq = append(c.sendq, r)
+	if !c.flushQueued {
+		c.flushQueued = true
+		c.l.FlushLater(c)
+	}
+}
+
+// Flush runs at the end of the loop's turn: the replies queued in it go
+// out together.
+func (c *conn) Flush() {
+	c.flushQueued = false
 	c.kickSend()
 }
 
@@ -616,6 +678,9 @@ func (c *conn) shutdown(hard bool, why string) {
 		if c.recvArmed {
 			c.l.Cancel(c.recvID)
 		}
+		if c.gatherArmed {
+			c.l.Cancel(c.gatherID)
+		}
 		if r := c.payload; r != nil {
 			c.payload = nil
 			r.finished = true
@@ -633,7 +698,7 @@ func (c *conn) shutdown(hard bool, why string) {
 
 // maybeFinish closes the connection once nothing refers to it.
 func (c *conn) maybeFinish() {
-	if !c.closing || c.done || c.recvArmed || c.sendArmed || c.bios > 0 || c.statuses > 0 {
+	if !c.closing || c.done || c.recvArmed || c.gatherArmed || c.sendArmed || c.bios > 0 || c.statuses > 0 {
 		return
 	}
 	if !c.hard && (len(c.sendq) > 0 || len(c.sending) > 0) {

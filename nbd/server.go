@@ -74,10 +74,17 @@ type ServerConfig struct {
 	// fits. The arena rounds buffers up to a power of two, so the memory
 	// one connection pins stays below twice this.
 	MaxInflightBytes int
+	// GatherWindow is how long a connection whose client keeps many
+	// requests in flight lets them gather in the socket before it takes
+	// them in one receive (see pacer; default DefaultGatherWindow,
+	// negative: never gather).
+	GatherWindow time.Duration
 	// HandshakeTimeout bounds the option haggling (default 10s).
 	HandshakeTimeout time.Duration
 	// NoMultiConn withholds NBD_FLAG_CAN_MULTI_CONN.
 	NoMultiConn bool
+	// forceGather (tests) gathers every receive, whatever the pacer says.
+	forceGather bool
 	// Extents answers BLOCK_STATUS (base:allocation) for the byte range
 	// [off, off+length) of dev; nil asks the device (dm.Device.Extents).
 	Extents func(dev *dm.Device, off, length uint64) ([]Extent, error)
@@ -134,6 +141,12 @@ type ServerStats struct {
 	HandshakeErr atomic.Int64
 	Requests     atomic.Int64
 	Errors       atomic.Int64 // requests answered with an error
+	// Receives counts the receives that brought request headers;
+	// Gathered those among them that waited for the gather window
+	// (ServerConfig.GatherWindow): Requests/Receives is how many
+	// requests a receive took in.
+	Receives atomic.Int64
+	Gathered atomic.Int64
 	// PayloadCopied counts write payload bytes that arrived in a
 	// connection's receive buffer with the headers before them and were
 	// copied into their data buffer. After a write of 32 KiB or more a
@@ -176,6 +189,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg.MaxInflightBytes = 64 << 20
 	}
 	cfg.MaxInflightBytes = max(cfg.MaxInflightBytes, cfg.MaxPayload)
+	if cfg.GatherWindow == 0 {
+		cfg.GatherWindow = DefaultGatherWindow
+	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}

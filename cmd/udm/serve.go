@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"udm/daemon"
+	"udm/nbd"
 	"udm/uring"
 )
 
@@ -28,6 +29,7 @@ func runServe(args []string) error {
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. "+daemon.SuggestedMetrics+")")
 	loops := fs.Int("loops", def.Loops, "uring loops (threads running I/O)")
 	spin := fs.Duration("spin", uring.DefaultSpin, "how long a busy loop polls for more work before it sleeps (0: never)")
+	gather := fs.Duration("gather", nbd.DefaultGatherWindow, "how long an NBD connection with many requests in flight lets them gather before taking them in (0: never)")
 	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	noDemo := fs.Bool("no-demo", false, "don't create the demo device on an empty state dir")
 	if err := fs.Parse(args); err != nil {
@@ -61,7 +63,7 @@ func runServe(args []string) error {
 	log = log.Level(lvl).With().Timestamp().Logger()
 
 	d, err := daemon.New(daemon.Config{StateDir: *stateDir, Control: *control, NBD: *nbdAddr, NBDUnix: *nbdUnix,
-		Metrics: *metrics, Loops: *loops, Spin: spinCfg(*spin), NoDemo: *noDemo, Log: log, Out: os.Stdout})
+		Metrics: *metrics, Loops: *loops, Spin: spinCfg(*spin), Gather: spinCfg(*gather), NoDemo: *noDemo, Log: log, Out: os.Stdout})
 	if err != nil {
 		return err
 	}
@@ -82,7 +84,8 @@ func runServe(args []string) error {
 	return nil
 }
 
-// spinCfg maps --spin to uring.Config.Spin, where 0 means the default.
+// spinCfg maps --spin and --gather to their configs, where 0 means the
+// default and a negative value never.
 func spinCfg(d time.Duration) time.Duration {
 	if d <= 0 {
 		return -1
