@@ -73,7 +73,7 @@ func (j FioJob) Args() []string {
 		a = append(a, "--size="+strconv.FormatInt(j.Size, 10))
 	}
 	if j.Verify {
-		a = append(a, "--verify=crc32c", "--do_verify=1", "--verify_fatal=1")
+		a = append(a, "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0")
 	}
 	return append(a, j.Extra...)
 }
