@@ -51,6 +51,10 @@ type FullOptions struct {
 	// Only keeps contenders whose names contain one of these (all if
 	// empty); Workloads likewise for workloads.
 	Only, Workloads []string
+	// Variants are more udm serve command lines' extra arguments ("--gather
+	// 0"): each one's linear export runs beside the others, its rows
+	// named "udm nbd linear [ARGS], tcp" (and unix).
+	Variants []string
 }
 
 // Suite is a prepared side-by-side run and what to tear down after it.
@@ -136,46 +140,18 @@ func FullSuite(opt FullOptions) (*Suite, error) {
 		}
 		return false
 	}
-	// udm serve.
+	// udm serve, and a server for each variant (rows named after its
+	// arguments, linear only: an A/B of a setting in one interleaved run).
 	if want(CUdmLinTCP, CUdmLinUnix, CUdmMpTCP, CUdmMpUnix) {
-		port, err := FreePort()
-		if err != nil {
+		if err := s.startUdm(opt, file, link, "", nil, add); err != nil {
 			return nil, err
 		}
-		state := filepath.Join(opt.Dir, "udm-state")
-		ctl := filepath.Join(opt.Dir, "udm-control.sock")
-		usock := filepath.Join(opt.Dir, "udm-nbd.sock")
-		os.RemoveAll(state)
-		mport, err := FreePort()
-		if err != nil {
+	}
+	for i, v := range opt.Variants {
+		args := strings.Fields(v)
+		if err := s.startUdm(opt, file, "", fmt.Sprintf("v%d", i), args, add); err != nil {
 			return nil, err
 		}
-		argv := []string{opt.Self, "serve", "--state-dir", state, "--control", ctl, "--no-demo",
-			"--nbd", fmt.Sprintf("127.0.0.1:%d", port), "--nbd-unix", usock, "--log-level", "warn",
-			"--metrics", fmt.Sprintf("127.0.0.1:%d", mport)}
-		if opt.Loops > 0 {
-			argv = append(argv, "--loops", fmt.Sprint(opt.Loops))
-		}
-		srv, err := StartServer("udm serve", opt.Dir, argv, usock)
-		if err != nil {
-			return nil, err
-		}
-		s.cleanup = append(s.cleanup, srv.Stop)
-		for name, table := range map[string]string{
-			"lin": fmt.Sprintf("0 %d linear %s 0", sectors, file),
-			"mp":  fmt.Sprintf("0 %d multipath 0 0 1 1 round-robin 0 2 1 %s 1 %s 1", sectors, file, link),
-		} {
-			cmd := exec.Command(opt.Self, "create", name, "--table", table)
-			cmd.Env = append(os.Environ(), "UDM_SOCKET="+ctl)
-			if out, err := cmd.CombinedOutput(); err != nil {
-				return nil, fmt.Errorf("perf: udm create %s: %v: %s", name, err, out)
-			}
-		}
-		allocs := MetricsCounter(fmt.Sprintf("http://127.0.0.1:%d/debug/allocs", mport), "udm_heap_allocs_total")
-		add(NBDContender(CUdmLinTCP, fmt.Sprintf("nbd://127.0.0.1:%d/lin", port), srv, allocs))
-		add(NBDContender(CUdmLinUnix, fmt.Sprintf("nbd+unix:///lin?socket=%s", usock), srv, allocs))
-		add(NBDContender(CUdmMpTCP, fmt.Sprintf("nbd://127.0.0.1:%d/mp", port), srv, allocs))
-		add(NBDContender(CUdmMpUnix, fmt.Sprintf("nbd+unix:///mp?socket=%s", usock), srv, allocs))
 	}
 	// Peers: one server process per transport, so each one's CPU is its
 	// own.
@@ -246,6 +222,62 @@ func FullSuite(opt FullOptions) (*Suite, error) {
 	}
 	ok = true
 	return s, nil
+}
+
+// startUdm starts a udm serve (with extra arguments) exporting a linear
+// device over file and, given link, a 2-path multipath over file and
+// link, and adds its contenders. tag names the scratch files of a
+// variant ("" for the main server).
+func (s *Suite) startUdm(opt FullOptions, file, link, tag string, extra []string, add func(Contender)) error {
+	port, err := FreePort()
+	if err != nil {
+		return err
+	}
+	mport, err := FreePort()
+	if err != nil {
+		return err
+	}
+	state := filepath.Join(opt.Dir, "udm-state"+tag)
+	ctl := filepath.Join(opt.Dir, "udm-control"+tag+".sock")
+	usock := filepath.Join(opt.Dir, "udm-nbd"+tag+".sock")
+	os.RemoveAll(state)
+	argv := []string{opt.Self, "serve", "--state-dir", state, "--control", ctl, "--no-demo",
+		"--nbd", fmt.Sprintf("127.0.0.1:%d", port), "--nbd-unix", usock, "--log-level", "warn",
+		"--metrics", fmt.Sprintf("127.0.0.1:%d", mport)}
+	if opt.Loops > 0 {
+		argv = append(argv, "--loops", fmt.Sprint(opt.Loops))
+	}
+	argv = append(argv, extra...)
+	srv, err := StartServer("udm serve"+tag, opt.Dir, argv, usock)
+	if err != nil {
+		return err
+	}
+	s.cleanup = append(s.cleanup, srv.Stop)
+	sectors := opt.Size / 512
+	tables := map[string]string{"lin": fmt.Sprintf("0 %d linear %s 0", sectors, file)}
+	if link != "" {
+		tables["mp"] = fmt.Sprintf("0 %d multipath 0 0 1 1 round-robin 0 2 1 %s 1 %s 1", sectors, file, link)
+	}
+	for name, table := range tables {
+		cmd := exec.Command(opt.Self, "create", name, "--table", table)
+		cmd.Env = append(os.Environ(), "UDM_SOCKET="+ctl)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("perf: udm create %s: %v: %s", name, err, out)
+		}
+	}
+	allocs := MetricsCounter(fmt.Sprintf("http://127.0.0.1:%d/debug/allocs", mport), "udm_heap_allocs_total")
+	tcp, unix := fmt.Sprintf("nbd://127.0.0.1:%d/", port), fmt.Sprintf("nbd+unix:///%%s?socket=%s", usock)
+	if tag != "" {
+		name := "udm nbd linear [" + strings.Join(extra, " ") + "]"
+		add(NBDContender(name+", tcp", tcp+"lin", srv, allocs))
+		add(NBDContender(name+", unix", fmt.Sprintf(unix, "lin"), srv, allocs))
+		return nil
+	}
+	add(NBDContender(CUdmLinTCP, tcp+"lin", srv, allocs))
+	add(NBDContender(CUdmLinUnix, fmt.Sprintf(unix, "lin"), srv, allocs))
+	add(NBDContender(CUdmMpTCP, tcp+"mp", srv, allocs))
+	add(NBDContender(CUdmMpUnix, fmt.Sprintf(unix, "mp"), srv, allocs))
+	return nil
 }
 
 // Peers are the other NBD servers of a transport.

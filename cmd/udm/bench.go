@@ -131,6 +131,11 @@ func runMatrix(args []string) error {
 	loops := fs.Int("loops", 0, "udm serve --loops (0: its default)")
 	only := fs.String("only", "", "comma-separated substrings: run only matching contenders")
 	workloads := fs.String("workloads", "", "comma-separated substrings: run only matching workloads")
+	var variants []string
+	fs.Func("variant", "full suite: also run a udm serve with these extra arguments (e.g. '--gather 0'), linear export only; repeatable", func(v string) error {
+		variants = append(variants, v)
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -169,7 +174,7 @@ func runMatrix(args []string) error {
 			return err
 		}
 		defer os.RemoveAll(dir)
-		s, err := perf.FullSuite(perf.FullOptions{Self: self, Dir: dir, Size: sz, Loops: *loops, Only: split(*only), Workloads: split(*workloads)})
+		s, err := perf.FullSuite(perf.FullOptions{Self: self, Dir: dir, Size: sz, Loops: *loops, Only: split(*only), Workloads: split(*workloads), Variants: variants})
 		if err != nil {
 			return err
 		}
