@@ -251,7 +251,10 @@ func (c *conn) onRecv(res int32) {
 			c.s.stats.Gathered.Add(1)
 		}
 	}
-	if c.s.cfg.GatherWindow > 0 && !payload && (c.pace.received(c.l.Now(), n) || c.s.cfg.forceGather) && c.gather() {
+	if !payload {
+		c.pace.received(c.l.Now(), n, gathered)
+	}
+	if c.s.cfg.GatherWindow > 0 && (c.pace.gathering() || c.s.cfg.forceGather) && c.gather() {
 		return
 	}
 	c.armRecv()

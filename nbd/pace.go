@@ -72,19 +72,24 @@ const (
 // DefaultGatherWindow is ServerConfig.GatherWindow's default.
 const DefaultGatherWindow = 50 * time.Microsecond
 
-// received notes a receive at now that brought n requests (headers); it
-// reports whether the next receive should wait for the gather window.
-func (p *pacer) received(now int64, n int) bool {
+// received notes a receive at now that brought n requests (headers),
+// after the gather window if gathered; it reports whether the next
+// receive should wait for the window.
+func (p *pacer) received(now int64, n int, gathered bool) bool {
 	if p.start == 0 {
 		p.start, p.backoff, p.next = now, paceMinBackoff, now+paceMinBackoff
 	}
 	p.reqs += n
-	if p.mode != pacePrompt && n <= 1 {
+	switch {
+	case p.mode == pacePrompt || !gathered:
+		// A prompt receive (the rest of a write's payload came first)
+		// says nothing of how well gathering works.
+	case n <= 1:
 		if p.singles++; p.singles >= paceSingles {
 			p.toPrompt(now, p.mode == paceTrial)
 			return false
 		}
-	} else {
+	default:
 		p.singles = 0
 	}
 	if el := now - p.start; el >= paceEpoch {
@@ -108,8 +113,11 @@ func (p *pacer) received(now int64, n int) bool {
 		}
 		p.start, p.reqs = now, 0
 	}
-	return p.mode != pacePrompt
+	return p.gathering()
 }
+
+// gathering reports whether receives wait for the gather window.
+func (p *pacer) gathering() bool { return p.mode != pacePrompt }
 
 // toPrompt goes back to receiving at once, and starts a fresh epoch; a
 // failed trial doubles the wait for the next one.

@@ -27,7 +27,7 @@ func simulate(p *pacer, dur time.Duration, model func(i int, gather bool) (int, 
 			inGather += int64(dt)
 		}
 		total++
-		gather = p.received(now, n)
+		gather = p.received(now, n, gather)
 	}
 	return gathered, total, float64(inGather) / float64(dur)
 }
@@ -128,12 +128,38 @@ func TestPacerSingles(t *testing.T) {
 	now := int64(2 * time.Second)
 	for i := 0; i < paceSingles-1; i++ {
 		now += int64(60 * time.Microsecond)
-		if !p.received(now, 1) {
+		if !p.received(now, 1, true) {
 			t.Fatalf("stopped gathering after %d single requests, want %d", i+1, paceSingles)
 		}
 	}
-	if p.received(now+int64(60*time.Microsecond), 1) {
+	if p.received(now+int64(60*time.Microsecond), 1, true) {
 		t.Fatalf("still gathering after %d single requests in a row", paceSingles)
+	}
+}
+
+// Receives that didn't wait for the window (the rest of a write's
+// payload came in first, then the next header at once) don't count as
+// gathered receives with one request.
+func TestPacerPromptReceivesDontCount(t *testing.T) {
+	var p pacer
+	simulate(&p, time.Second, func(_ int, gather bool) (int, time.Duration) {
+		if gather {
+			return 6, 60 * time.Microsecond
+		}
+		return 1, 12 * time.Microsecond
+	})
+	if !p.gathering() {
+		t.Fatal("not gathering after a second of a pipelining client")
+	}
+	now := int64(2 * time.Second)
+	for i := 0; i < 10*paceSingles; i++ {
+		now += int64(20 * time.Microsecond)
+		p.received(now, 1, false)
+		now += int64(60 * time.Microsecond)
+		p.received(now, 5, true)
+	}
+	if !p.gathering() {
+		t.Fatal("stopped gathering over prompt receives of one request")
 	}
 }
 
