@@ -18,12 +18,18 @@ import (
 // recv, parse, a dm bio through linear to a file, the reply — with a
 // client made of raw system calls on preallocated buffers (it allocates
 // nothing), and counts the heap allocations of the whole process per
-// request.
+// request; receiving at once, and gathering (the timer, the pacer).
 func TestServerAllocatesNothingPerRequest(t *testing.T) {
 	if ctRace {
 		t.Skip("skipped under -race: the race detector allocates on its own")
 	}
-	ts := newTestServer(t, 1, ServerConfig{})
+	for _, gather := range []bool{false, true} {
+		t.Run(fmt.Sprintf("gather=%v", gather), func(t *testing.T) { testAllocs(t, gather) })
+	}
+}
+
+func testAllocs(t *testing.T, gather bool) {
+	ts := newTestServer(t, 1, ServerConfig{forceGather: gather, GatherWindow: DefaultGatherWindow})
 	ts.linear("disk", 64<<20) // tmpfs: filedev copies inline
 	exports := []string{"disk"}
 	if os.Geteuid() == 0 {

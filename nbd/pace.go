@@ -20,13 +20,13 @@ import "time"
 //
 //	prompt ──(an epoch of at least paceMinReqs requests, trial due)──▶ trial
 //	trial  ──(its epoch's rate ≥ paceKeep × prompt's)──▶ gather
-//	trial  ──(slower, or a gathered receive with one request)──▶ prompt, next trial after a doubled back-off
+//	trial  ──(slower, or paceSingles gathered receives of one request)──▶ prompt, next trial after a doubled back-off
 //	gather ──(paceGatherEpochs epochs)──▶ prompt (measure it again), then trial
-//	gather ──(a gathered receive with one request)──▶ prompt
+//	gather ──(paceSingles gathered receives of one request in a row)──▶ prompt
 //
-// A gathered receive that brings a single request means the client was
-// waiting for us: at depth 1 a trial costs that one request the window,
-// once per back-off (up to paceMaxBackoff).
+// Gathered receives that bring a single request mean the client waits
+// for us: at depth 1 a trial costs paceSingles requests the window, once
+// per back-off (up to paceMaxBackoff).
 //
 // The pacer is a plain state machine on the loop's clock; the connection
 // feeds it each receive and does what it says.
@@ -73,9 +73,8 @@ const (
 const DefaultGatherWindow = 50 * time.Microsecond
 
 // received notes a receive at now that brought n requests (headers),
-// after the gather window if gathered; it reports whether the next
-// receive should wait for the window.
-func (p *pacer) received(now int64, n int, gathered bool) bool {
+// after the gather window if gathered.
+func (p *pacer) received(now int64, n int, gathered bool) {
 	if p.start == 0 {
 		p.start, p.backoff, p.next = now, paceMinBackoff, now+paceMinBackoff
 	}
@@ -87,7 +86,7 @@ func (p *pacer) received(now int64, n int, gathered bool) bool {
 	case n <= 1:
 		if p.singles++; p.singles >= paceSingles {
 			p.toPrompt(now, p.mode == paceTrial)
-			return false
+			return
 		}
 	default:
 		p.singles = 0
@@ -113,10 +112,9 @@ func (p *pacer) received(now int64, n int, gathered bool) bool {
 		}
 		p.start, p.reqs = now, 0
 	}
-	return p.gathering()
 }
 
-// gathering reports whether receives wait for the gather window.
+// gathering reports whether the next receive waits for the gather window.
 func (p *pacer) gathering() bool { return p.mode != pacePrompt }
 
 // toPrompt goes back to receiving at once, and starts a fresh epoch; a

@@ -27,9 +27,21 @@ func simulate(p *pacer, dur time.Duration, model func(i int, gather bool) (int, 
 			inGather += int64(dt)
 		}
 		total++
-		gather = p.received(now, n, gather)
+		p.received(now, n, gather)
+		gather = p.gathering()
 	}
 	return gathered, total, float64(inGather) / float64(dur)
+}
+
+// client is a model for simulate: a gathered receive brings gn requests
+// after gd, a prompt one pn after pd.
+func client(gn int, gd time.Duration, pn int, pd time.Duration) func(int, bool) (int, time.Duration) {
+	return func(_ int, gather bool) (int, time.Duration) {
+		if gather {
+			return gn, gd
+		}
+		return pn, pd
+	}
 }
 
 // A client at depth 1 waits for each reply: a gathered receive brings one
@@ -37,12 +49,7 @@ func simulate(p *pacer, dur time.Duration, model func(i int, gather bool) (int, 
 // back off to paceMaxBackoff, so hardly a request waits.
 func TestPacerDepthOne(t *testing.T) {
 	var p pacer
-	gathered, total, _ := simulate(&p, 10*time.Second, func(_ int, gather bool) (int, time.Duration) {
-		if gather {
-			return 1, 70 * time.Microsecond
-		}
-		return 1, 22 * time.Microsecond
-	})
+	gathered, total, _ := simulate(&p, 10*time.Second, client(1, 70*time.Microsecond, 1, 22*time.Microsecond))
 	// Trials at 50ms, then 100, 200, ... 2s between: about 9 in 10s.
 	if gathered == 0 || gathered > 3*12 {
 		t.Fatalf("%d of %d receives gathered, want a few trials of %d", gathered, total, paceSingles)
@@ -57,12 +64,7 @@ func TestPacerDepthOne(t *testing.T) {
 // for one prompt epoch and one trial every paceGatherEpochs.
 func TestPacerPipelined(t *testing.T) {
 	var p pacer
-	gathered, total, share := simulate(&p, 5*time.Second, func(_ int, gather bool) (int, time.Duration) {
-		if gather {
-			return 6, 60 * time.Microsecond
-		}
-		return 1, 12 * time.Microsecond
-	})
+	gathered, total, share := simulate(&p, 5*time.Second, client(6, 60*time.Microsecond, 1, 12*time.Microsecond))
 	if share < 0.85 {
 		t.Fatalf("gathered %.0f%% of the time (%d of %d receives), want most", 100*share, gathered, total)
 	}
@@ -72,12 +74,7 @@ func TestPacerPipelined(t *testing.T) {
 // 50k/s against 83k/s prompt) is tried less and less often.
 func TestPacerGatherSlower(t *testing.T) {
 	var p pacer
-	_, _, share := simulate(&p, 10*time.Second, func(_ int, gather bool) (int, time.Duration) {
-		if gather {
-			return 3, 60 * time.Microsecond
-		}
-		return 1, 12 * time.Microsecond
-	})
+	_, _, share := simulate(&p, 10*time.Second, client(3, 60*time.Microsecond, 1, 12*time.Microsecond))
 	if share > 0.03 {
 		t.Fatalf("gathered %.1f%% of the time, want trials only", 100*share)
 	}
@@ -116,23 +113,18 @@ func TestPacerSingles(t *testing.T) {
 	}
 
 	p = pacer{}
-	simulate(&p, time.Second, func(_ int, gather bool) (int, time.Duration) {
-		if gather {
-			return 6, 60 * time.Microsecond
-		}
-		return 1, 12 * time.Microsecond
-	})
+	simulate(&p, time.Second, client(6, 60*time.Microsecond, 1, 12*time.Microsecond))
 	if p.mode == pacePrompt {
 		t.Fatal("not gathering after a second of a pipelining client")
 	}
 	now := int64(2 * time.Second)
 	for i := 0; i < paceSingles-1; i++ {
 		now += int64(60 * time.Microsecond)
-		if !p.received(now, 1, true) {
+		if p.received(now, 1, true); !p.gathering() {
 			t.Fatalf("stopped gathering after %d single requests, want %d", i+1, paceSingles)
 		}
 	}
-	if p.received(now+int64(60*time.Microsecond), 1, true) {
+	if p.received(now+int64(60*time.Microsecond), 1, true); p.gathering() {
 		t.Fatalf("still gathering after %d single requests in a row", paceSingles)
 	}
 }
@@ -142,12 +134,7 @@ func TestPacerSingles(t *testing.T) {
 // gathered receives with one request.
 func TestPacerPromptReceivesDontCount(t *testing.T) {
 	var p pacer
-	simulate(&p, time.Second, func(_ int, gather bool) (int, time.Duration) {
-		if gather {
-			return 6, 60 * time.Microsecond
-		}
-		return 1, 12 * time.Microsecond
-	})
+	simulate(&p, time.Second, client(6, 60*time.Microsecond, 1, 12*time.Microsecond))
 	if !p.gathering() {
 		t.Fatal("not gathering after a second of a pipelining client")
 	}
@@ -161,6 +148,21 @@ func TestPacerPromptReceivesDontCount(t *testing.T) {
 	if !p.gathering() {
 		t.Fatal("stopped gathering over prompt receives of one request")
 	}
+}
+
+// patternClient starts a server with cfg exporting "disk", size bytes
+// filled by fillPattern, and connects a raw client to it over addr(ts).
+func patternClient(t *testing.T, cfg ServerConfig, size int64, unix, structured bool) (*testServer, *rawClient) {
+	t.Helper()
+	ts := newTestServer(t, 1, cfg)
+	fillPattern(t, ts.memDisk("disk", size), 0)
+	addr := ts.tcp
+	if unix {
+		addr = ts.unix
+	}
+	rc := dialRaw(t, addr)
+	rc.goExport("disk", structured)
+	return ts, rc
 }
 
 // pipeline plays a client like fio's nbd engine: depth requests in flight,
@@ -206,15 +208,7 @@ func pipeline(t *testing.T, rc *rawClient, size uint64, depth, total int) {
 func TestGatherPipelinedClient(t *testing.T) {
 	for _, unix := range []bool{false, true} {
 		t.Run(fmt.Sprintf("unix=%v", unix), func(t *testing.T) {
-			ts := newTestServer(t, 1, ServerConfig{forceGather: true, GatherWindow: 2 * time.Millisecond})
-			m := ts.memDisk("disk", 8<<20)
-			fillPattern(t, m, 0)
-			addr := ts.tcp
-			if unix {
-				addr = ts.unix
-			}
-			rc := dialRaw(t, addr)
-			rc.goExport("disk", true)
+			ts, rc := patternClient(t, ServerConfig{forceGather: true, GatherWindow: 2 * time.Millisecond}, 8<<20, unix, true)
 			pipeline(t, rc, 8<<20, 32, 4000)
 			st := ts.srv.Stats()
 			reqs, recvs, gathered := st.Requests.Load(), st.Receives.Load(), st.Gathered.Load()
@@ -227,11 +221,7 @@ func TestGatherPipelinedClient(t *testing.T) {
 
 // A client that hangs up while its connection gathers is let go.
 func TestGatherHangUp(t *testing.T) {
-	ts := newTestServer(t, 1, ServerConfig{forceGather: true})
-	m := ts.memDisk("disk", 1<<20)
-	fillPattern(t, m, 0)
-	rc := dialRaw(t, ts.tcp)
-	rc.goExport("disk", true)
+	ts, rc := patternClient(t, ServerConfig{forceGather: true}, 1<<20, false, true)
 	pipeline(t, rc, 1<<20, 8, 100)
 	rc.c.Close()
 	deadline := time.Now().Add(10 * time.Second)
@@ -245,11 +235,7 @@ func TestGatherHangUp(t *testing.T) {
 
 // Shutdown cancels a gather window: the server doesn't wait for it.
 func TestShutdownCancelsGather(t *testing.T) {
-	ts := newTestServer(t, 1, ServerConfig{forceGather: true, GatherWindow: time.Hour})
-	m := ts.memDisk("disk", 1<<20)
-	fillPattern(t, m, 0)
-	rc := dialRaw(t, ts.tcp)
-	rc.goExport("disk", false)
+	ts, rc := patternClient(t, ServerConfig{forceGather: true, GatherWindow: time.Hour}, 1<<20, false, false)
 	// The first receive is prompt; the hour's window starts after it.
 	rc.send(CmdRead, 0, 1, 0, 4096, nil)
 	if _, werr, _ := rc.reply(); werr != 0 {
@@ -269,11 +255,7 @@ func TestShutdownCancelsGather(t *testing.T) {
 // With the pacer deciding (the default), a pipelining client is found
 // out: its receives come to be gathered.
 func TestPacingFindsPipelinedClient(t *testing.T) {
-	ts := newTestServer(t, 1, ServerConfig{})
-	m := ts.memDisk("disk", 8<<20)
-	fillPattern(t, m, 0)
-	rc := dialRaw(t, ts.unix)
-	rc.goExport("disk", true)
+	ts, rc := patternClient(t, ServerConfig{}, 8<<20, true, true)
 	deadline := time.Now().Add(20 * time.Second)
 	for ts.srv.Stats().Gathered.Load() == 0 {
 		if time.Now().After(deadline) {
@@ -288,11 +270,7 @@ func TestPacingFindsPipelinedClient(t *testing.T) {
 // A client at depth 1 is hardly ever made to wait: at most paceSingles
 // receives per trial, and trials back off.
 func TestPacingLeavesDepthOneAlone(t *testing.T) {
-	ts := newTestServer(t, 1, ServerConfig{})
-	m := ts.memDisk("disk", 8<<20)
-	fillPattern(t, m, 0)
-	rc := dialRaw(t, ts.unix)
-	rc.goExport("disk", true)
+	ts, rc := patternClient(t, ServerConfig{}, 8<<20, true, true)
 	start := time.Now()
 	pipeline(t, rc, 8<<20, 1, 20000)
 	el := time.Since(start)
