@@ -266,17 +266,18 @@ func (s *Suite) startUdm(opt FullOptions, file, link, tag string, extra []string
 		}
 	}
 	allocs := MetricsCounter(fmt.Sprintf("http://127.0.0.1:%d/debug/allocs", mport), "udm_heap_allocs_total")
-	tcp, unix := fmt.Sprintf("nbd://127.0.0.1:%d/", port), fmt.Sprintf("nbd+unix:///%%s?socket=%s", usock)
+	tcp := func(exp string) string { return fmt.Sprintf("nbd://127.0.0.1:%d/%s", port, exp) }
+	unix := func(exp string) string { return fmt.Sprintf("nbd+unix:///%s?socket=%s", exp, usock) }
 	if tag != "" {
 		name := "udm nbd linear [" + strings.Join(extra, " ") + "]"
-		add(NBDContender(name+", tcp", tcp+"lin", srv, allocs))
-		add(NBDContender(name+", unix", fmt.Sprintf(unix, "lin"), srv, allocs))
+		add(NBDContender(name+", tcp", tcp("lin"), srv, allocs))
+		add(NBDContender(name+", unix", unix("lin"), srv, allocs))
 		return nil
 	}
-	add(NBDContender(CUdmLinTCP, tcp+"lin", srv, allocs))
-	add(NBDContender(CUdmLinUnix, fmt.Sprintf(unix, "lin"), srv, allocs))
-	add(NBDContender(CUdmMpTCP, tcp+"mp", srv, allocs))
-	add(NBDContender(CUdmMpUnix, fmt.Sprintf(unix, "mp"), srv, allocs))
+	add(NBDContender(CUdmLinTCP, tcp("lin"), srv, allocs))
+	add(NBDContender(CUdmLinUnix, unix("lin"), srv, allocs))
+	add(NBDContender(CUdmMpTCP, tcp("mp"), srv, allocs))
+	add(NBDContender(CUdmMpUnix, unix("mp"), srv, allocs))
 	return nil
 }
 

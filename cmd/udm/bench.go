@@ -202,7 +202,14 @@ func runMatrix(args []string) error {
 		}
 	}
 	if *md != "" {
-		cmdline := "udm bench matrix " + strings.Join(args, " ")
+		quoted := make([]string, len(args))
+		for i, a := range args {
+			quoted[i] = a
+			if strings.ContainsAny(a, " '\"") {
+				quoted[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+			}
+		}
+		cmdline := "udm bench matrix " + strings.Join(quoted, " ")
 		if err := perf.WriteBenchmarks(rep, *md, *out, cmdline); err != nil {
 			return err
 		}
