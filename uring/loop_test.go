@@ -1000,20 +1000,30 @@ func TestFlushLaterOncePerTurn(t *testing.T) {
 	}
 }
 
-// A Flush that registers again runs again in the same turn, not never.
+// A Flush that registers again runs again, and then no more.
 func TestFlushLaterFromFlush(t *testing.T) {
 	l := newLoop(t, Config{})
-	var runs int
+	runs := 0 // on the loop
+	third := make(chan struct{})
 	var self Flusher
 	self = flushFunc(func() {
 		if runs++; runs < 3 {
 			l.FlushLater(self)
+		} else if runs == 3 {
+			close(third)
 		}
 	})
 	l.Call(func() { l.FlushLater(self) })
-	l.Call(func() {}) // a later turn: the first one has ended
-	if runs != 3 {
-		t.Fatalf("Flush ran %d times, want 3", runs)
+	select {
+	case <-third:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a Flush registered from Flush never ran")
+	}
+	var n int
+	l.Call(func() {})
+	l.Call(func() { n = runs })
+	if n != 3 {
+		t.Fatalf("Flush ran %d times, want 3", n)
 	}
 }
 
