@@ -9,7 +9,13 @@
 //   - operations are submitted in batches; each turn of the loop makes one
 //     io_uring_enter that both submits what handlers queued and waits for
 //     the next completion;
-//   - completions run their Handler inline on the loop's thread;
+//   - completions run their Handler inline on the loop's thread; work a
+//     handler puts off with FlushLater runs once at the end of the turn,
+//     after all of its completions (an NBD connection sends the replies
+//     of a turn together);
+//   - a loop that just did work polls for more (Config.Spin) before it
+//     sleeps, unless a handler asked it to Rest (its next work is a
+//     timer away);
 //   - an operation's user_data is a slot index plus a generation, never a
 //     Go pointer, and slots are preallocated, so the steady path allocates
 //     nothing;
