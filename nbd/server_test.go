@@ -233,7 +233,15 @@ func qemuOpts(uri string) string {
 
 func TestFioVerify(t *testing.T) {
 	testutil.RequireTool(t, "fio")
-	ts := newTestServer(t, 2, ServerConfig{})
+	for _, gather := range []bool{false, true} {
+		t.Run(fmt.Sprintf("gather=%v", gather), func(t *testing.T) { testFioVerify(t, gather) })
+	}
+}
+
+// testFioVerify: fio verifies its writes through the server, receiving
+// at once, or with every receive gathered.
+func testFioVerify(t *testing.T, gather bool) {
+	ts := newTestServer(t, 2, ServerConfig{forceGather: gather})
 	ts.linear("disk", 64<<20)
 	for _, uri := range []string{ts.uri("disk"), ts.unixURI("disk")} {
 		out := run(t, "fio", "--name=v", "--ioengine=nbd", "--uri="+uri, "--rw=randwrite", "--bs=4k", "--iodepth=32",
