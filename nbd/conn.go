@@ -153,8 +153,8 @@ func (c *conn) Complete(tag uint64, res int32, _ uint32) {
 			c.maybeFinish()
 			return
 		}
-		c.gathered = true
 		c.armRecv()
+		c.gathered = c.recvArmed // not if throttled: a later receive is prompt
 	}
 	if c.gatherArmed {
 		c.l.Rest() // nothing to do here until the timer fires
