@@ -63,7 +63,7 @@ func runServe(args []string) error {
 	log = log.Level(lvl).With().Timestamp().Logger()
 
 	d, err := daemon.New(daemon.Config{StateDir: *stateDir, Control: *control, NBD: *nbdAddr, NBDUnix: *nbdUnix,
-		Metrics: *metrics, Loops: *loops, Spin: spinCfg(*spin), Gather: spinCfg(*gather), NoDemo: *noDemo, Log: log, Out: os.Stdout})
+		Metrics: *metrics, Loops: *loops, Spin: durationCfg(*spin), Gather: durationCfg(*gather), NoDemo: *noDemo, Log: log, Out: os.Stdout})
 	if err != nil {
 		return err
 	}
@@ -84,9 +84,9 @@ func runServe(args []string) error {
 	return nil
 }
 
-// spinCfg maps --spin and --gather to their configs, where 0 means the
+// durationCfg maps --spin and --gather to their configs, where 0 means the
 // default and a negative value never.
-func spinCfg(d time.Duration) time.Duration {
+func durationCfg(d time.Duration) time.Duration {
 	if d <= 0 {
 		return -1
 	}
