@@ -1,6 +1,6 @@
 //go:build race
 
-package nbd
+package client
 
 // ctRace: the race detector is on (sync.Pool drops items at random and
 // allocation counts mean nothing).

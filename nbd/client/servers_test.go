@@ -1,4 +1,4 @@
-package nbd
+package client
 
 // Real NBD servers (nbdkit, qemu-nbd) for the client's interop tests.
 

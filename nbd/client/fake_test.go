@@ -1,4 +1,4 @@
-package nbd
+package client
 
 // A scripted in-process NBD server for the protocol corners real
 // servers don't reach on demand: hole and error chunks, chunks out of

@@ -1,4 +1,4 @@
-package nbd
+package client
 
 // Faults with real servers: slow and hung servers, servers killed and
 // restarted mid-stream, Close with requests in flight.

@@ -3,4 +3,4 @@
 // running its connections on the uring loops, and a client so that a
 // multipath path can be a remote export (nbd://host:port/export or
 // nbd+unix:///export?socket=PATH).
-package nbd
+package server

@@ -1,6 +1,6 @@
 //go:build !race
 
-package nbd
+package client
 
 // ctRace: the race detector is off.
 const ctRace = false
