@@ -32,7 +32,7 @@ test: deps build
 	@$(MAKE) --no-print-directory fuzz-short
 
 # The daemon and drills run race-built subprocesses (minutes): make race has them.
-RACEPKGS ?= ./uring/ ./dm/... ./multipath/ ./nbd/ ./perf/
+RACEPKGS ?= ./uring/ ./dm/... ./multipath/ ./nbd/... ./perf/
 
 race:
 	$(GO) test -count=1 -race -timeout 20m $(PKGS)
@@ -49,7 +49,7 @@ fuzz-short:
 # perf/results/bench-go.txt).
 bench-go:
 	@mkdir -p perf/results
-	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./uring/ ./dm/... ./multipath/ ./nbd/ > perf/results/bench-go.txt; \
+	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./uring/ ./dm/... ./multipath/ ./nbd/... > perf/results/bench-go.txt; \
 		rc=$$?; cat perf/results/bench-go.txt; exit $$rc
 
 # bench-uring: the loop against fio's io_uring engine on the same targets.

@@ -16,7 +16,7 @@ import (
 
 	"udm/dm"
 	"udm/multipath"
-	"udm/nbd"
+	"udm/nbd/client"
 )
 
 // TestVerbs drives every verb against one daemon, checking dmsetup's
@@ -467,11 +467,11 @@ func eventNumber(t *testing.T, u *udmd, name string) int {
 }
 
 // dialNBD connects to an export with udm's own NBD client.
-func dialNBD(t *testing.T, uri string) *nbd.Client {
+func dialNBD(t *testing.T, uri string) *client.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), safety)
 	defer cancel()
-	cl, err := nbd.Dial(ctx, uri, nbd.ClientOptions{Log: zerolog.Nop(), ReconnectTimeout: -1, Retries: -1})
+	cl, err := client.Dial(ctx, uri, client.Options{Log: zerolog.Nop(), ReconnectTimeout: -1, Retries: -1})
 	if err != nil {
 		t.Fatalf("nbd dial %s: %v", uri, err)
 	}

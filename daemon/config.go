@@ -31,7 +31,7 @@ type Config struct {
 	Spin time.Duration
 	// Gather is how long an NBD connection whose client keeps many
 	// requests in flight lets them gather before taking them in (0:
-	// nbd.DefaultGatherWindow; negative: never). See nbd.ServerConfig.
+	// server.DefaultGatherWindow; negative: never). See server.Config.
 	Gather time.Duration
 	// NoDemo skips the built-in demo device on a fresh state dir.
 	NoDemo bool

@@ -18,7 +18,8 @@ import (
 
 	"udm/dm"
 	"udm/dm/filedev"
-	"udm/nbd"
+	"udm/nbd/client"
+	"udm/nbd/server"
 	"udm/uring"
 )
 
@@ -42,7 +43,7 @@ type Daemon struct {
 	targets *dm.TargetRegistry
 	reg     *dm.Registry
 	store   *Store
-	nbd     *nbd.Server
+	nbd     *server.Server
 	mp      *mpath
 	lock    *os.File
 	started time.Time
@@ -140,8 +141,8 @@ func (d *Daemon) init(cfg Config) (err error) {
 			d.log.Error().Err(err).Msg("demo device not created")
 		}
 	}
-	if d.nbd, err = nbd.NewServer(nbd.ServerConfig{
-		Exports:      nbd.RegistryExports(d.reg, ""),
+	if d.nbd, err = server.New(server.Config{
+		Exports:      server.RegistryExports(d.reg, ""),
 		Loops:        d.loops,
 		Log:          d.log.With().Str("component", "nbd").Logger(),
 		GatherWindow: d.cfg.Gather,
@@ -171,8 +172,8 @@ func (d *Daemon) init(cfg Config) (err error) {
 // filedev on the loops (loop 0 runs I/O that arrives from outside a
 // loop). The registry resolves /dev/mapper/NAME itself.
 func (d *Daemon) opener() dm.Opener {
-	remote := nbd.Opener(nbd.ClientOptions{Log: d.log.With().Str("component", "nbd-client").Logger()})
-	return nbd.ComposeOpeners(remote, filedev.Opener(d.loops[0]))
+	remote := client.Opener(client.Options{Log: d.log.With().Str("component", "nbd-client").Logger()})
+	return client.ComposeOpeners(remote, filedev.Opener(d.loops[0]))
 }
 
 // Registry is the daemon's device registry.
@@ -209,7 +210,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
-			if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, nbd.ErrServerClosed) {
+			if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, server.ErrClosed) {
 				errc <- fmt.Errorf("%s: %w", what, err)
 			}
 		}()

@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"udm/nbd"
+	"udm/nbd/wire"
 )
 
 // The floor server is a reference for `make bench`, not a product: the
@@ -115,14 +115,14 @@ func serveFloorConn(nc net.Conn, f *os.File, size int64) error {
 		return err
 	}
 	file := int(f.Fd())
-	hdr := make([]byte, nbd.RequestSize)
-	reply := make([]byte, nbd.SimpleReplySize)
+	hdr := make([]byte, wire.RequestSize)
+	reply := make([]byte, wire.SimpleReplySize)
 	buf := make([]byte, 1<<20)
 	for {
 		if err := c.readFull(hdr); err != nil {
 			return err
 		}
-		r, err := nbd.ParseRequest(hdr)
+		r, err := wire.ParseRequest(hdr)
 		if err != nil {
 			return err
 		}
@@ -137,33 +137,33 @@ func serveFloorConn(nc net.Conn, f *os.File, size int64) error {
 		var werr uint32
 		var out []byte
 		switch r.Type {
-		case nbd.CmdRead:
+		case wire.CmdRead:
 			if !inRange {
-				werr = nbd.EINVAL
+				werr = wire.EINVAL
 			} else if _, err := unix.Pread(file, data, int64(r.Offset)); err != nil {
-				werr = nbd.EIO
+				werr = wire.EIO
 			} else {
 				out = data
 			}
-		case nbd.CmdWrite:
+		case wire.CmdWrite:
 			if err := c.readFull(data); err != nil {
 				return err
 			}
 			if !inRange {
-				werr = nbd.ENOSPC
+				werr = wire.ENOSPC
 			} else if _, err := unix.Pwrite(file, data, int64(r.Offset)); err != nil {
-				werr = nbd.EIO
+				werr = wire.EIO
 			}
-		case nbd.CmdFlush:
+		case wire.CmdFlush:
 			if err := unix.Fdatasync(file); err != nil {
-				werr = nbd.EIO
+				werr = wire.EIO
 			}
-		case nbd.CmdDisc:
+		case wire.CmdDisc:
 			return nil
 		default:
-			werr = nbd.EINVAL
+			werr = wire.EINVAL
 		}
-		nbd.PutSimpleReply(reply, werr, r.Cookie)
+		wire.PutSimpleReply(reply, werr, r.Cookie)
 		if out != nil {
 			err = c.writeAll(reply, out)
 		} else {
@@ -180,9 +180,9 @@ func serveFloorConn(nc net.Conn, f *os.File, size int64) error {
 func (c floorConn) handshake(size int64) error {
 	be := binary.BigEndian
 	hello := make([]byte, 18)
-	be.PutUint64(hello, nbd.NBDMagic)
-	be.PutUint64(hello[8:], nbd.IHaveOpt)
-	be.PutUint16(hello[16:], nbd.FlagFixedNewstyle|nbd.FlagNoZeroes)
+	be.PutUint64(hello, wire.NBDMagic)
+	be.PutUint64(hello[8:], wire.IHaveOpt)
+	be.PutUint16(hello[16:], wire.FlagFixedNewstyle|wire.FlagNoZeroes)
 	if err := c.writeAll(hello); err != nil {
 		return err
 	}
@@ -190,14 +190,14 @@ func (c floorConn) handshake(size int64) error {
 	if err := c.readFull(cf[:]); err != nil {
 		return err
 	}
-	noZeroes := be.Uint32(cf[:])&nbd.ClientNoZeroes != 0
-	tflags := nbd.TFlagHasFlags | nbd.TFlagSendFlush
+	noZeroes := be.Uint32(cf[:])&wire.ClientNoZeroes != 0
+	tflags := wire.TFlagHasFlags | wire.TFlagSendFlush
 	for {
-		var oh [nbd.OptionHeaderSize]byte
+		var oh [wire.OptionHeaderSize]byte
 		if err := c.readFull(oh[:]); err != nil {
 			return err
 		}
-		h, err := nbd.ParseOptionHeader(oh[:])
+		h, err := wire.ParseOptionHeader(oh[:])
 		if err != nil {
 			return err
 		}
@@ -209,7 +209,7 @@ func (c floorConn) handshake(size int64) error {
 			return err
 		}
 		switch h.Option {
-		case nbd.OptExportName:
+		case wire.OptExportName:
 			b := make([]byte, 10, 134)
 			be.PutUint64(b, uint64(size))
 			be.PutUint16(b[8:], tflags)
@@ -217,24 +217,24 @@ func (c floorConn) handshake(size int64) error {
 				b = b[:134]
 			}
 			return c.writeAll(b)
-		case nbd.OptGo, nbd.OptInfo:
+		case wire.OptGo, wire.OptInfo:
 			info := make([]byte, 12)
-			be.PutUint16(info, nbd.InfoExport)
+			be.PutUint16(info, wire.InfoExport)
 			be.PutUint64(info[2:], uint64(size))
 			be.PutUint16(info[10:], tflags)
-			out := nbd.AppendOptionReply(nil, h.Option, nbd.RepInfo, info)
-			out = nbd.AppendOptionReply(out, h.Option, nbd.RepAck, nil)
+			out := wire.AppendOptionReply(nil, h.Option, wire.RepInfo, info)
+			out = wire.AppendOptionReply(out, h.Option, wire.RepAck, nil)
 			if err := c.writeAll(out); err != nil {
 				return err
 			}
-			if h.Option == nbd.OptGo {
+			if h.Option == wire.OptGo {
 				return nil
 			}
-		case nbd.OptAbort:
-			c.writeAll(nbd.AppendOptionReply(nil, h.Option, nbd.RepAck, nil))
+		case wire.OptAbort:
+			c.writeAll(wire.AppendOptionReply(nil, h.Option, wire.RepAck, nil))
 			return io.EOF
 		default:
-			if err := c.writeAll(nbd.AppendOptionReply(nil, h.Option, nbd.RepErrUnsup, nil)); err != nil {
+			if err := c.writeAll(wire.AppendOptionReply(nil, h.Option, wire.RepErrUnsup, nil)); err != nil {
 				return err
 			}
 		}

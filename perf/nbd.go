@@ -6,7 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"udm/nbd"
+	"udm/nbd/client"
+	"udm/nbd/wire"
 	"udm/uring"
 )
 
@@ -17,7 +18,7 @@ import (
 // the client as a multipath path would use it.
 type NBDEngine struct {
 	uri     string
-	clients []*nbd.Client
+	clients []*client.Client
 	next    atomic.Int32
 }
 
@@ -30,7 +31,7 @@ func NewNBDEngine(uri string, conns int) (*NBDEngine, error) {
 	e := &NBDEngine{uri: uri}
 	for range conns {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		c, err := nbd.Dial(ctx, uri, nbd.ClientOptions{})
+		c, err := client.Dial(ctx, uri, client.Options{})
 		cancel()
 		if err != nil {
 			e.Close()
@@ -60,7 +61,7 @@ func (e *NBDEngine) Port(l *uring.Loop) (Port, error) {
 
 type nbdPort struct {
 	l     *uring.Loop
-	c     *nbd.Client
+	c     *client.Client
 	slots []*nbdSlot // by IO index; pointers: slots in flight must not move
 }
 
@@ -81,15 +82,15 @@ func (p *nbdPort) Submit(io *IO) {
 	}
 	s := p.slots[io.Index]
 	s.io = io
-	cmd := nbd.CmdRead
+	cmd := wire.CmdRead
 	if io.Op == Write {
-		cmd = nbd.CmdWrite
+		cmd = wire.CmdWrite
 	}
-	p.c.Start(nbd.ClientRequest{Cmd: cmd, Offset: io.Off, Buf: io.Buf.B}, s, 0)
+	p.c.Start(client.Request{Cmd: cmd, Offset: io.Off, Buf: io.Buf.B}, s, 0)
 }
 
-// ClientDone runs on a client goroutine: post the end to the loop.
-func (s *nbdSlot) ClientDone(_ uint64, err error) {
+// Done runs on a client goroutine: post the end to the loop.
+func (s *nbdSlot) Done(_ uint64, err error) {
 	s.err = err
 	if s.l.Post(s.fn) != nil {
 		// The loop is gone: the run was torn down; nobody waits.

@@ -6,7 +6,7 @@ import "testing"
 // against nbdkit's memory plugin over a unix socket.
 func BenchmarkClientReadWrite4K(b *testing.B) {
 	srv := ctNbdkit(b, true, "memory", "64M")
-	c := ctDial(b, srv.uri, ClientOptions{})
+	c := ctDial(b, srv.uri, Options{})
 	ctx := ctCtx(b)
 	buf := make([]byte, 4096)
 	b.ReportAllocs()

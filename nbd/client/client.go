@@ -42,10 +42,11 @@ import (
 	"github.com/rs/zerolog"
 
 	"udm/dm"
+	"udm/nbd/wire"
 )
 
-// ClientOptions configure Dial. Zero values take the defaults noted.
-type ClientOptions struct {
+// Options configure Dial. Zero values take the defaults noted.
+type Options struct {
 	Log zerolog.Logger
 	// DialTimeout bounds one connection attempt, handshake included
 	// (default 10s).
@@ -81,7 +82,7 @@ type ClientOptions struct {
 	BlockStatus bool
 }
 
-func (o *ClientOptions) defaults() {
+func (o *Options) defaults() {
 	if o.DialTimeout <= 0 {
 		o.DialTimeout = 10 * time.Second
 	}
@@ -104,8 +105,8 @@ func (o *ClientOptions) defaults() {
 	}
 }
 
-// ClientInfo is what the handshake told about the export.
-type ClientInfo struct {
+// Info is what the handshake told about the export.
+type Info struct {
 	Size  int64
 	Flags uint16 // transmission flags (TFlag*)
 	// Block size constraints (NBD_INFO_BLOCK_SIZE; defaults 1, 4096 and
@@ -124,33 +125,33 @@ type ClientInfo struct {
 }
 
 // ReadOnly reports whether the export refuses writes.
-func (i ClientInfo) ReadOnly() bool { return i.Flags&TFlagReadOnly != 0 }
+func (i Info) ReadOnly() bool { return i.Flags&wire.TFlagReadOnly != 0 }
 
 // CanFlush reports NBD_FLAG_SEND_FLUSH.
-func (i ClientInfo) CanFlush() bool { return i.Flags&TFlagSendFlush != 0 }
+func (i Info) CanFlush() bool { return i.Flags&wire.TFlagSendFlush != 0 }
 
 // CanFUA reports NBD_FLAG_SEND_FUA.
-func (i ClientInfo) CanFUA() bool { return i.Flags&TFlagSendFUA != 0 }
+func (i Info) CanFUA() bool { return i.Flags&wire.TFlagSendFUA != 0 }
 
 // CanTrim reports NBD_FLAG_SEND_TRIM.
-func (i ClientInfo) CanTrim() bool { return i.Flags&TFlagSendTrim != 0 }
+func (i Info) CanTrim() bool { return i.Flags&wire.TFlagSendTrim != 0 }
 
 // CanWriteZeroes reports NBD_FLAG_SEND_WRITE_ZEROES.
-func (i ClientInfo) CanWriteZeroes() bool { return i.Flags&TFlagSendWriteZeroes != 0 }
+func (i Info) CanWriteZeroes() bool { return i.Flags&wire.TFlagSendWriteZeroes != 0 }
 
 // CanMultiConn reports NBD_FLAG_CAN_MULTI_CONN.
-func (i ClientInfo) CanMultiConn() bool { return i.Flags&TFlagCanMultiConn != 0 }
+func (i Info) CanMultiConn() bool { return i.Flags&wire.TFlagCanMultiConn != 0 }
 
-// ClientHandler is told the result of a request started with
+// Handler is told the result of a request started with
 // Client.Start, exactly once, on one of the client's goroutines (or in
 // Start itself for a request refused at once). It must not block for
 // long, and must not call Client.Close.
-type ClientHandler interface {
-	ClientDone(tag uint64, err error)
+type Handler interface {
+	Done(tag uint64, err error)
 }
 
-// ClientRequest is one request for Client.Start.
-type ClientRequest struct {
+// Request is one request for Client.Start.
+type Request struct {
 	// Cmd is CmdRead, CmdWrite, CmdFlush, CmdTrim or CmdWriteZeroes.
 	Cmd uint16
 	// Flags: CmdFlagFUA (write, trim, write-zeroes), CmdFlagNoHole
@@ -166,23 +167,23 @@ type ClientRequest struct {
 	Timeout time.Duration
 }
 
-// ClientExtent is one extent of a block status reply (base:allocation:
+// Extent is one extent of a block status reply (base:allocation:
 // StateHole, StateZero).
-type ClientExtent struct {
+type Extent struct {
 	Length uint32
 	Flags  uint32
 }
 
-// ClientStats are counters kept by a Client.
-type ClientStats struct {
+// Stats are counters kept by a Client.
+type Stats struct {
 	Reconnects int64 // connections made after the first
 	Retried    int64 // requests re-sent after their connection died
 	TimedOut   int64 // requests ended by their deadline
 }
 
-// ErrClientClosed is returned by calls on a closed client (the I/O
+// ErrClosed is returned by calls on a closed client (the I/O
 // paths end requests with ESHUTDOWN, which it matches).
-var ErrClientClosed = fmt.Errorf("nbd: client closed: %w", syscall.ESHUTDOWN)
+var ErrClosed = fmt.Errorf("nbd: client closed: %w", syscall.ESHUTDOWN)
 
 // Client is a connection to one NBD export, re-established when it is
 // lost. It is safe for concurrent use. It is a dm.BlockDevice (see
@@ -190,9 +191,9 @@ var ErrClientClosed = fmt.Errorf("nbd: client closed: %w", syscall.ESHUTDOWN)
 type Client struct {
 	uri   URI
 	name  string
-	opts  ClientOptions
+	opts  Options
 	log   zerolog.Logger
-	info  atomic.Pointer[ClientInfo]
+	info  atomic.Pointer[Info]
 	ioDl  atomic.Int64 // dm per-I/O deadline (time.Duration); 0: RequestTimeout
 	pool  sync.Pool    // of *creq bound to this client
 	ctx   context.Context
@@ -221,7 +222,7 @@ type Client struct {
 // Dial connects to the export named by uri (an nbd:// or nbd+unix://
 // URI) and completes the handshake; ctx bounds this first attempt. Later
 // reconnections happen by themselves until Close.
-func Dial(ctx context.Context, uri string, opts ClientOptions) (*Client, error) {
+func Dial(ctx context.Context, uri string, opts Options) (*Client, error) {
 	u, err := ParseURI(uri)
 	if err != nil {
 		return nil, err
@@ -255,11 +256,11 @@ func Dial(ctx context.Context, uri string, opts ClientOptions) (*Client, error) 
 func (c *Client) URI() URI { return c.uri }
 
 // Info is what the last handshake told about the export.
-func (c *Client) Info() ClientInfo { return *c.info.Load() }
+func (c *Client) Info() Info { return *c.info.Load() }
 
 // Stats returns the client's counters.
-func (c *Client) Stats() ClientStats {
-	return ClientStats{Reconnects: c.reconnects.Load(), Retried: c.retried.Load(), TimedOut: c.timedOut.Load()}
+func (c *Client) Stats() Stats {
+	return Stats{Reconnects: c.reconnects.Load(), Retried: c.retried.Load(), TimedOut: c.timedOut.Load()}
 }
 
 // Connected reports whether a connection is live now.
@@ -271,7 +272,7 @@ func (c *Client) Connected() bool {
 
 // Close disconnects (NBD_CMD_DISC), ends every request not yet ended
 // with ESHUTDOWN and waits for the client's goroutines. It is
-// idempotent; it must not be called from a ClientHandler.
+// idempotent; it must not be called from a Handler.
 func (c *Client) Close() error {
 	c.once.Do(func() {
 		c.mu.Lock()
@@ -316,7 +317,7 @@ type creq struct {
 	// Completion: exactly one of clone, h, ch (sync) is used.
 	clone   *dm.Clone
 	multi   *multiOp // a split request's parent: its pieces
-	h       ClientHandler
+	h       Handler
 	tag     uint64
 	ch      chan error // cap 1, kept across uses
 	sync    bool
@@ -342,7 +343,7 @@ type creq struct {
 	err         error // result
 	chunkErr    error // first error chunk of a structured reply
 	covered     uint64
-	extents     []ClientExtent
+	extents     []Extent
 	gotStatus   bool
 	interrupted bool // killed the connection to get the buffer back
 }
@@ -386,12 +387,12 @@ var (
 	errProtocol       = errors.New("nbd: protocol error")
 )
 
-// Start sends one request asynchronously; h.ClientDone(tag, err) tells
+// Start sends one request asynchronously; h.Done(tag, err) tells
 // its result exactly once. err is nil or a syscall.Errno: EINVAL (bad
 // range or alignment), EPERM (read-only), EOPNOTSUPP, ETIMEDOUT,
 // ENOTCONN (connection lost and not back in time, or retries used up),
 // ESHUTDOWN (closed), or what the server returned (EIO, ENOSPC, ...).
-func (c *Client) Start(q ClientRequest, h ClientHandler, tag uint64) {
+func (c *Client) Start(q Request, h Handler, tag uint64) {
 	r := c.getReq()
 	r.h, r.tag = h, tag
 	c.start(r, q, c.opts.RequestTimeout)
@@ -399,7 +400,7 @@ func (c *Client) Start(q ClientRequest, h ClientHandler, tag uint64) {
 
 // start validates q and sends it on r (whose completion is set), or ends
 // r at once. dflt is the timeout when q has none.
-func (c *Client) start(r *creq, q ClientRequest, dflt time.Duration) {
+func (c *Client) start(r *creq, q Request, dflt time.Duration) {
 	info := c.info.Load()
 	tmo := q.Timeout
 	if tmo <= 0 {
@@ -410,7 +411,7 @@ func (c *Client) start(r *creq, q ClientRequest, dflt time.Duration) {
 		deadline = time.Now().Add(tmo)
 	}
 	length := q.Length
-	if q.Cmd == CmdRead || q.Cmd == CmdWrite {
+	if q.Cmd == wire.CmdRead || q.Cmd == wire.CmdWrite {
 		if uint64(len(q.Buf)) > 1<<32-1 {
 			c.refuse(r, errInval)
 			return
@@ -423,19 +424,19 @@ func (c *Client) start(r *creq, q ClientRequest, dflt time.Duration) {
 	}
 	flags := q.Flags
 	switch q.Cmd {
-	case CmdFlush:
+	case wire.CmdFlush:
 		if !info.CanFlush() {
 			// No write cache to flush.
 			c.refuse(r, nil)
 			return
 		}
-	case CmdWrite, CmdTrim, CmdWriteZeroes:
-		fua := flags&CmdFlagFUA != 0
+	case wire.CmdWrite, wire.CmdTrim, wire.CmdWriteZeroes:
+		fua := flags&wire.CmdFlagFUA != 0
 		if !info.CanFUA() {
-			flags &^= CmdFlagFUA
+			flags &^= wire.CmdFlagFUA
 		}
-		if q.Cmd == CmdWriteZeroes && !info.CanWriteZeroes() {
-			c.startMulti(r, info, CmdWrite, fua, q.Offset, length, nil, deadline, true)
+		if q.Cmd == wire.CmdWriteZeroes && !info.CanWriteZeroes() {
+			c.startMulti(r, info, wire.CmdWrite, fua, q.Offset, length, nil, deadline, true)
 			return
 		}
 		if fua && !info.CanFUA() && info.CanFlush() {
@@ -443,11 +444,11 @@ func (c *Client) start(r *creq, q ClientRequest, dflt time.Duration) {
 			c.startMulti(r, info, q.Cmd, true, q.Offset, length, q.Buf, deadline, false)
 			return
 		}
-		if q.Cmd == CmdWrite && length > info.MaxPayload {
+		if q.Cmd == wire.CmdWrite && length > info.MaxPayload {
 			c.startMulti(r, info, q.Cmd, false, q.Offset, length, q.Buf, deadline, false)
 			return
 		}
-	case CmdRead:
+	case wire.CmdRead:
 		if length > info.MaxPayload {
 			c.startMulti(r, info, q.Cmd, false, q.Offset, length, q.Buf, deadline, false)
 			return
@@ -459,22 +460,22 @@ func (c *Client) start(r *creq, q ClientRequest, dflt time.Duration) {
 }
 
 // check refuses what the export can't take.
-func (c *Client) check(info *ClientInfo, cmd, flags uint16, off int64, length uint32) error {
+func (c *Client) check(info *Info, cmd, flags uint16, off int64, length uint32) error {
 	switch cmd {
-	case CmdRead:
-	case CmdWrite, CmdTrim, CmdWriteZeroes:
+	case wire.CmdRead:
+	case wire.CmdWrite, wire.CmdTrim, wire.CmdWriteZeroes:
 		if info.ReadOnly() || c.opts.ReadOnly {
 			return errPerm
 		}
-		if cmd == CmdTrim && !info.CanTrim() {
+		if cmd == wire.CmdTrim && !info.CanTrim() {
 			return errNotSup
 		}
-	case CmdFlush:
+	case wire.CmdFlush:
 		if off != 0 || length != 0 {
 			return errInval
 		}
 		return nil
-	case CmdBlockStatus:
+	case wire.CmdBlockStatus:
 		if !info.BlockStatus {
 			return errNotSup
 		}
@@ -487,8 +488,8 @@ func (c *Client) check(info *ClientInfo, cmd, flags uint16, off int64, length ui
 	if m := uint64(info.MinBlock); m > 1 && (uint64(off)%m != 0 || uint64(length)%m != 0) {
 		return errInval
 	}
-	if flags&^(CmdFlagFUA|CmdFlagNoHole) != 0 || flags&CmdFlagNoHole != 0 && cmd != CmdWriteZeroes ||
-		flags&CmdFlagFUA != 0 && (cmd == CmdRead || cmd == CmdBlockStatus) {
+	if flags&^(wire.CmdFlagFUA|wire.CmdFlagNoHole) != 0 || flags&wire.CmdFlagNoHole != 0 && cmd != wire.CmdWriteZeroes ||
+		flags&wire.CmdFlagFUA != 0 && (cmd == wire.CmdRead || cmd == wire.CmdBlockStatus) {
 		return errInval
 	}
 	return nil
@@ -621,7 +622,7 @@ func (c *Client) deliver(r *creq) {
 	default:
 		// The handler runs before r is released: a multiOp relies on
 		// its pieces staying put until it has heard of them.
-		r.h.ClientDone(r.tag, r.err)
+		r.h.Done(r.tag, r.err)
 		r.unref()
 	}
 }
@@ -670,7 +671,7 @@ func (r *creq) lateWriteRisk() *clientConn {
 		return nil
 	}
 	switch r.cmd {
-	case CmdWrite, CmdWriteZeroes, CmdTrim:
+	case wire.CmdWrite, wire.CmdWriteZeroes, wire.CmdTrim:
 		return r.conn
 	}
 	return nil
@@ -714,7 +715,7 @@ func (c *Client) wait(ctx context.Context, r *creq) error {
 }
 
 // do runs one synchronous request.
-func (c *Client) do(ctx context.Context, q ClientRequest) error {
+func (c *Client) do(ctx context.Context, q Request) error {
 	r := c.getReq()
 	r.sync = true
 	c.start(r, q, c.opts.RequestTimeout)
@@ -723,26 +724,26 @@ func (c *Client) do(ctx context.Context, q ClientRequest) error {
 
 // ReadAt reads len(p) bytes at off.
 func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) error {
-	return c.do(ctx, ClientRequest{Cmd: CmdRead, Offset: off, Buf: p})
+	return c.do(ctx, Request{Cmd: wire.CmdRead, Offset: off, Buf: p})
 }
 
 // WriteAt writes p at off; fua makes it durable before it completes.
 func (c *Client) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	var fl uint16
 	if fua {
-		fl = CmdFlagFUA
+		fl = wire.CmdFlagFUA
 	}
-	return c.do(ctx, ClientRequest{Cmd: CmdWrite, Flags: fl, Offset: off, Buf: p})
+	return c.do(ctx, Request{Cmd: wire.CmdWrite, Flags: fl, Offset: off, Buf: p})
 }
 
 // Flush makes every completed write durable.
 func (c *Client) Flush(ctx context.Context) error {
-	return c.do(ctx, ClientRequest{Cmd: CmdFlush})
+	return c.do(ctx, Request{Cmd: wire.CmdFlush})
 }
 
 // Trim discards a range (it may read back as anything).
 func (c *Client) Trim(ctx context.Context, off int64, length uint32) error {
-	return c.do(ctx, ClientRequest{Cmd: CmdTrim, Offset: off, Length: length})
+	return c.do(ctx, Request{Cmd: wire.CmdTrim, Offset: off, Length: length})
 }
 
 // WriteZeroes makes a range read back as zeroes; noHole asks the server
@@ -751,28 +752,28 @@ func (c *Client) Trim(ctx context.Context, off int64, length uint32) error {
 func (c *Client) WriteZeroes(ctx context.Context, off int64, length uint32, noHole bool) error {
 	var fl uint16
 	if noHole {
-		fl = CmdFlagNoHole
+		fl = wire.CmdFlagNoHole
 	}
-	return c.do(ctx, ClientRequest{Cmd: CmdWriteZeroes, Flags: fl, Offset: off, Length: length})
+	return c.do(ctx, Request{Cmd: wire.CmdWriteZeroes, Flags: fl, Offset: off, Length: length})
 }
 
 // BlockStatus returns the base:allocation extents from off, covering at
-// most length bytes (ClientOptions.BlockStatus must have been set and
+// most length bytes (Options.BlockStatus must have been set and
 // the server must have agreed, else EOPNOTSUPP).
-func (c *Client) BlockStatus(ctx context.Context, off int64, length uint32) ([]ClientExtent, error) {
+func (c *Client) BlockStatus(ctx context.Context, off int64, length uint32) ([]Extent, error) {
 	r := c.getReq()
 	r.sync = true
 	info := c.info.Load()
-	if err := c.check(info, CmdBlockStatus, 0, off, length); err != nil {
+	if err := c.check(info, wire.CmdBlockStatus, 0, off, length); err != nil {
 		r.unref0()
 		return nil, err
 	}
-	r.cmd, r.off, r.length = CmdBlockStatus, uint64(off), length
+	r.cmd, r.off, r.length = wire.CmdBlockStatus, uint64(off), length
 	if t := c.opts.RequestTimeout; t > 0 {
 		r.deadline = time.Now().Add(t)
 	}
 	c.submit(r)
-	var ext []ClientExtent
+	var ext []Extent
 	err := c.waitKeep(ctx, r, func() { ext = r.extents })
 	return ext, err
 }
@@ -814,11 +815,11 @@ func (c *Client) Check(ctx context.Context, timeout time.Duration) error {
 	r.waitConn = true
 	r.deadline = time.Now().Add(timeout)
 	if n := int64(max(info.MinBlock, 512)); info.Size >= n {
-		r.cmd, r.length, r.buf = CmdRead, uint32(n), make([]byte, n)
+		r.cmd, r.length, r.buf = wire.CmdRead, uint32(n), make([]byte, n)
 	} else if info.Size > 0 {
-		r.cmd, r.length, r.buf = CmdRead, uint32(info.Size), make([]byte, info.Size)
+		r.cmd, r.length, r.buf = wire.CmdRead, uint32(info.Size), make([]byte, info.Size)
 	} else if info.CanFlush() {
-		r.cmd = CmdFlush
+		r.cmd = wire.CmdFlush
 	} else {
 		// An empty export that takes no flush: nothing to probe but the
 		// connection itself.
@@ -851,14 +852,14 @@ type multiOp struct {
 // startMulti splits [off, off+length) of cmd into wire requests of at
 // most MaxPayload bytes (writes of zeroes when zero is set), then a
 // flush if fua.
-func (c *Client) startMulti(parent *creq, info *ClientInfo, cmd uint16, fua bool, off int64, length uint32, buf []byte, deadline time.Time, zero bool) {
+func (c *Client) startMulti(parent *creq, info *Info, cmd uint16, fua bool, off int64, length uint32, buf []byte, deadline time.Time, zero bool) {
 	m := &multiOp{c: c, parent: parent, deadline: deadline, flush: fua && !info.CanFUA()}
 	var fl uint16
 	if fua && info.CanFUA() {
-		fl = CmdFlagFUA
+		fl = wire.CmdFlagFUA
 	}
 	chunk := uint32(1<<32 - 1)
-	if cmd == CmdRead || cmd == CmdWrite {
+	if cmd == wire.CmdRead || cmd == wire.CmdWrite {
 		chunk = info.MaxPayload
 	}
 	var zeroes []byte
@@ -932,7 +933,7 @@ func (m *multiOp) abort(err error) {
 }
 
 // zeroBuf returns a shared buffer of zeroes for write-zeroes emulation.
-func (c *Client) zeroBuf(info *ClientInfo) []byte {
+func (c *Client) zeroBuf(info *Info) []byte {
 	c.zeroOnce.Do(func() {
 		n := min(info.MaxPayload, 1<<20)
 		if m := info.MinBlock; m > 1 {
@@ -946,8 +947,8 @@ func (c *Client) zeroBuf(info *ClientInfo) []byte {
 // flushTag tags a multiOp's trailing flush.
 const flushTag = 1 << 63
 
-// ClientDone collects the pieces of a multiOp.
-func (m *multiOp) ClientDone(tag uint64, err error) {
+// Done collects the pieces of a multiOp.
+func (m *multiOp) Done(tag uint64, err error) {
 	m.mu.Lock()
 	if tag < uint64(len(m.kids)) {
 		m.kids[tag] = nil
@@ -968,7 +969,7 @@ func (m *multiOp) ClientDone(tag uint64, err error) {
 		// give back), bounded by the deadline.
 		r := m.c.getReq()
 		r.h, r.tag = m, flushTag
-		r.cmd = CmdFlush
+		r.cmd = wire.CmdFlush
 		r.deadline = m.deadline
 		m.c.submit(r)
 		return

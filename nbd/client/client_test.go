@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"udm/internal/testutil"
+	"udm/nbd/internal/nbdtest"
+	"udm/nbd/wire"
 )
 
 // ctServerKind names a way to serve a 64 MiB scratch export.
@@ -53,7 +55,7 @@ func TestClientHandshakeMatchesNbdinfo(t *testing.T) {
 	for _, k := range ctServers() {
 		t.Run(k.name, func(t *testing.T) {
 			srv := k.start(t)
-			c := ctDial(t, srv.uri, ClientOptions{})
+			c := ctDial(t, srv.uri, Options{})
 			info := c.Info()
 			want := ctNbdinfo(t, srv.uri)
 			num := func(key string) int64 { v, _ := want[key].(float64); return int64(v) }
@@ -71,7 +73,7 @@ func TestClientHandshakeMatchesNbdinfo(t *testing.T) {
 				{"can_trim", info.CanTrim()},
 				{"can_zero", info.CanWriteZeroes()},
 				{"can_multi_conn", info.CanMultiConn()},
-				{"is_rotational", info.Flags&TFlagRotational != 0},
+				{"is_rotational", info.Flags&wire.TFlagRotational != 0},
 				{"structured", info.Structured},
 			} {
 				if f.got != flag(f.key) {
@@ -145,7 +147,7 @@ func TestClientRoundTrips(t *testing.T) {
 	for _, k := range ctServers() {
 		t.Run(k.name, func(t *testing.T) {
 			srv := k.start(t)
-			c := ctDial(t, srv.uri, ClientOptions{})
+			c := ctDial(t, srv.uri, Options{})
 			ctRoundTrips(t, c, rand.New(rand.NewPCG(seed, 1)), 60, 256<<10)
 			if err := c.Flush(ctCtx(t)); err != nil {
 				t.Fatalf("flush: %v", err)
@@ -175,7 +177,7 @@ func TestClientTrimZeroesFlush(t *testing.T) {
 	for _, k := range ctServers() {
 		t.Run(k.name, func(t *testing.T) {
 			srv := k.start(t)
-			c := ctDial(t, srv.uri, ClientOptions{})
+			c := ctDial(t, srv.uri, Options{})
 			ctx := ctCtx(t)
 			buf := make([]byte, 1<<20)
 			for i, tc := range []struct {
@@ -214,7 +216,7 @@ func TestClientTrimZeroesFlush(t *testing.T) {
 			if err := c.WriteAt(ctx, ctPattern(buf[:4096], 99), 12<<20, true); err != nil {
 				t.Fatalf("fua write: %v", err)
 			}
-			c2 := ctDial(t, srv.uri, ClientOptions{})
+			c2 := ctDial(t, srv.uri, Options{})
 			got := make([]byte, 4096)
 			if err := c2.ReadAt(ctx, got, 12<<20); err != nil || !bytes.Equal(got, buf[:4096]) {
 				t.Errorf("FUA write not visible on another connection (err %v)", err)
@@ -237,7 +239,7 @@ func newCollector(n int) *ctCollector {
 	return k
 }
 
-func (k *ctCollector) ClientDone(tag uint64, err error) {
+func (k *ctCollector) Done(tag uint64, err error) {
 	k.mu.Lock()
 	k.count[tag]++
 	k.errs[tag] = err
@@ -277,7 +279,7 @@ func TestClientManyInFlight(t *testing.T) {
 	for _, k := range ctServers() {
 		t.Run(k.name, func(t *testing.T) {
 			srv := k.start(t)
-			c := ctDial(t, srv.uri, ClientOptions{})
+			c := ctDial(t, srv.uri, Options{})
 			rng := rand.New(rand.NewPCG(seed, 2))
 			const n = 512
 			bufs := make([][]byte, n)
@@ -287,7 +289,7 @@ func TestClientManyInFlight(t *testing.T) {
 				for j := range bufs[i] {
 					bufs[i][j] = byte(rng.Uint32())
 				}
-				c.Start(ClientRequest{Cmd: CmdWrite, Offset: int64(i) * 64 << 10, Buf: bufs[i]}, col, uint64(i))
+				c.Start(Request{Cmd: wire.CmdWrite, Offset: int64(i) * 64 << 10, Buf: bufs[i]}, col, uint64(i))
 			}
 			col.wait(t)
 			col.once(t, n)
@@ -301,7 +303,7 @@ func TestClientManyInFlight(t *testing.T) {
 			col = newCollector(n)
 			for i := range got {
 				got[i] = make([]byte, len(bufs[i]))
-				c.Start(ClientRequest{Cmd: CmdRead, Offset: int64(i) * 64 << 10, Buf: got[i]}, col, uint64(i))
+				c.Start(Request{Cmd: wire.CmdRead, Offset: int64(i) * 64 << 10, Buf: got[i]}, col, uint64(i))
 			}
 			col.wait(t)
 			col.once(t, n)
@@ -325,7 +327,7 @@ func TestClientReadOnly(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := tc.start(t)
-			c := ctDial(t, srv.uri, ClientOptions{})
+			c := ctDial(t, srv.uri, Options{})
 			if !c.Info().ReadOnly() || !c.ReadOnly() {
 				t.Fatalf("export not seen as read-only (flags %#x)", c.Info().Flags)
 			}
@@ -346,9 +348,9 @@ func TestClientReadOnly(t *testing.T) {
 	}
 	// The client's own read-only option.
 	srv := ctNbdkit(t, true, "memory", "1M")
-	c := ctDial(t, srv.uri, ClientOptions{ReadOnly: true})
+	c := ctDial(t, srv.uri, Options{ReadOnly: true})
 	if err := c.WriteAt(ctx, make([]byte, 512), 0, false); !errors.Is(err, syscall.EPERM) || !c.ReadOnly() {
-		t.Errorf("write with ClientOptions.ReadOnly: %v, want EPERM", err)
+		t.Errorf("write with Options.ReadOnly: %v, want EPERM", err)
 	}
 }
 
@@ -359,16 +361,16 @@ func TestClientServerErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		args []string
-		opts ClientOptions
+		opts Options
 		want syscall.Errno
 		op   string
 	}{
-		{"read-EIO-structured", []string{"error=EIO", "error-pread-rate=1"}, ClientOptions{}, syscall.EIO, "read"},
-		{"read-EIO-simple", []string{"error=EIO", "error-pread-rate=1"}, ClientOptions{NoStructuredReply: true}, syscall.EIO, "read"},
-		{"write-EPERM", []string{"error=EPERM", "error-pwrite-rate=1"}, ClientOptions{}, syscall.EPERM, "write"},
-		{"write-ENOSPC", []string{"error=ENOSPC", "error-pwrite-rate=1"}, ClientOptions{}, syscall.ENOSPC, "write"},
-		{"zero-EINVAL", []string{"error=EINVAL", "error-zero-rate=1"}, ClientOptions{}, syscall.EINVAL, "zero"},
-		{"trim-ENOMEM", []string{"error=ENOMEM", "error-trim-rate=1"}, ClientOptions{}, syscall.ENOMEM, "trim"},
+		{"read-EIO-structured", []string{"error=EIO", "error-pread-rate=1"}, Options{}, syscall.EIO, "read"},
+		{"read-EIO-simple", []string{"error=EIO", "error-pread-rate=1"}, Options{NoStructuredReply: true}, syscall.EIO, "read"},
+		{"write-EPERM", []string{"error=EPERM", "error-pwrite-rate=1"}, Options{}, syscall.EPERM, "write"},
+		{"write-ENOSPC", []string{"error=ENOSPC", "error-pwrite-rate=1"}, Options{}, syscall.ENOSPC, "write"},
+		{"zero-EINVAL", []string{"error=EINVAL", "error-zero-rate=1"}, Options{}, syscall.EINVAL, "zero"},
+		{"trim-ENOMEM", []string{"error=ENOMEM", "error-trim-rate=1"}, Options{}, syscall.ENOMEM, "trim"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"--filter=error", "memory", "1M"}, tc.args...)
@@ -410,15 +412,15 @@ func TestClientNegotiationFallbacks(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		args       []string
-		opts       ClientOptions
+		opts       Options
 		structured bool
 		goOpt      bool
 		fixed      bool
 	}{
-		{"no-structured-by-client", nil, ClientOptions{NoStructuredReply: true}, false, true, true},
-		{"no-structured-by-server", []string{"--no-sr"}, ClientOptions{}, false, true, true},
-		{"export-name", nil, ClientOptions{NoOptGo: true}, true, false, true},
-		{"not-fixed-newstyle", []string{"--mask-handshake=0"}, ClientOptions{}, false, false, false},
+		{"no-structured-by-client", nil, Options{NoStructuredReply: true}, false, true, true},
+		{"no-structured-by-server", []string{"--no-sr"}, Options{}, false, true, true},
+		{"export-name", nil, Options{NoOptGo: true}, true, false, true},
+		{"not-fixed-newstyle", []string{"--mask-handshake=0"}, Options{}, false, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := ctNbdkit(t, false, append(tc.args, "memory", "8M")...)
@@ -438,7 +440,7 @@ func TestClientNegotiationFallbacks(t *testing.T) {
 
 func TestClientNoSuchExport(t *testing.T) {
 	srv := ctQemuNBD(t, true, testutil.TempFile(t, 1<<20), "-x", "disk")
-	for _, opts := range []ClientOptions{{}, {NoOptGo: true}} {
+	for _, opts := range []Options{{}, {NoOptGo: true}} {
 		ctx, cancel := context.WithTimeout(context.Background(), ctSafety)
 		_, err := Dial(ctx, srv.uri[:len("nbd+unix:///")]+"nope"+srv.uri[len("nbd+unix:///"):], opts)
 		cancel()
@@ -447,7 +449,7 @@ func TestClientNoSuchExport(t *testing.T) {
 		}
 	}
 	u := srv.uri[:len("nbd+unix:///")] + "disk" + srv.uri[len("nbd+unix:///"):]
-	c := ctDial(t, u, ClientOptions{})
+	c := ctDial(t, u, Options{})
 	if c.Size() != 1<<20 {
 		t.Errorf("size %d", c.Size())
 	}
@@ -459,7 +461,7 @@ func TestClientBlockSizeConstraints(t *testing.T) {
 	seed := ctSeed(t)
 	srv := ctNbdkit(t, true, "--filter=blocksize-policy", "memory", "16M", "blocksize-minimum=4096",
 		"blocksize-preferred=16384", "blocksize-maximum=65536", "blocksize-error-policy=error")
-	c := ctDial(t, srv.uri, ClientOptions{})
+	c := ctDial(t, srv.uri, Options{})
 	info := c.Info()
 	if info.MinBlock != 4096 || info.PrefBlock != 16384 || info.MaxBlock != 65536 || info.MaxPayload != 65536 || c.BlockSize() != 4096 {
 		t.Fatalf("block sizes %+v", info)
@@ -494,7 +496,7 @@ func TestClientBlockSizeConstraints(t *testing.T) {
 func TestClientBlockStatus(t *testing.T) {
 	file := testutil.TempFile(t, 4<<20)
 	srv := ctQemuNBD(t, true, file)
-	c := ctDial(t, srv.uri, ClientOptions{BlockStatus: true})
+	c := ctDial(t, srv.uri, Options{BlockStatus: true})
 	if !c.Info().BlockStatus {
 		t.Fatal("base:allocation not negotiated")
 	}
@@ -513,7 +515,7 @@ func TestClientBlockStatus(t *testing.T) {
 			t.Fatalf("zero-length extent in %v", ext)
 		}
 		end := pos + uint64(e.Length)
-		hole := e.Flags&StateHole != 0
+		hole := e.Flags&wire.StateHole != 0
 		if pos < 1<<20 && !hole || pos >= 1<<20 && end <= 1<<20+64<<10 && hole {
 			t.Errorf("extent [%d,%d) flags %#x is wrong", pos, end, e.Flags)
 		}
@@ -523,7 +525,7 @@ func TestClientBlockStatus(t *testing.T) {
 		t.Errorf("extents cover only %d bytes: %v", pos, ext)
 	}
 	// Without negotiation: EOPNOTSUPP.
-	c2 := ctDial(t, srv.uri, ClientOptions{})
+	c2 := ctDial(t, srv.uri, Options{})
 	if _, err := c2.BlockStatus(ctx, 0, 4096); !errors.Is(err, syscall.EOPNOTSUPP) {
 		t.Errorf("block status without the context: %v", err)
 	}
@@ -544,11 +546,11 @@ func TestClientBlockStatus(t *testing.T) {
 // The steady state of the synchronous API allocates (almost) nothing:
 // requests, timers and buffers are reused.
 func TestClientAllocations(t *testing.T) {
-	if ctRace {
+	if nbdtest.Race {
 		t.Skip("skipped: allocation counts are meaningless under the race detector (sync.Pool drops items)")
 	}
 	srv := ctNbdkit(t, true, "memory", "1M")
-	c := ctDial(t, srv.uri, ClientOptions{RequestTimeout: time.Minute})
+	c := ctDial(t, srv.uri, Options{RequestTimeout: time.Minute})
 	ctx := ctCtx(t)
 	buf := make([]byte, 4096)
 	for i := 0; i < 100; i++ { // warm the pools

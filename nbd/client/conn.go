@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"udm/nbd/wire"
 )
 
 // clientConn is one connection of a Client: its socket, a writer and a
@@ -21,7 +23,7 @@ type clientConn struct {
 	c    *Client
 	nc   net.Conn
 	br   *bufio.Reader
-	info *ClientInfo
+	info *Info
 
 	kick     chan struct{} // wakes the writer
 	dead     chan struct{} // closed by fail
@@ -42,13 +44,13 @@ type clientConn struct {
 	done   []*creq
 
 	// The reader's:
-	rhdr    [StructReplySize]byte
+	rhdr    [wire.StructReplySize]byte
 	roff    [8]byte
 	scratch []byte
 }
 
 // connect dials the export and runs the handshake, bounded by ctx.
-func (c *Client) connect(ctx context.Context) (*clientConn, *ClientInfo, error) {
+func (c *Client) connect(ctx context.Context) (*clientConn, *Info, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, c.uri.Network(), c.uri.Address())
 	if err != nil {
@@ -87,7 +89,7 @@ func (c *Client) connect(ctx context.Context) (*clientConn, *ClientInfo, error) 
 
 // install makes cc the live connection, hands it the waiting requests
 // and starts its goroutines.
-func (c *Client) install(cc *clientConn, info *ClientInfo) {
+func (c *Client) install(cc *clientConn, info *Info) {
 	c.mu.Lock()
 	c.info.Store(info)
 	c.conn = cc
@@ -357,24 +359,24 @@ func (cc *clientConn) writer() {
 		}
 		if cc.disc {
 			c.mu.Unlock()
-			var b [RequestSize]byte
-			Request{Type: CmdDisc}.Encode(b[:])
+			var b [wire.RequestSize]byte
+			wire.Request{Type: wire.CmdDisc}.Encode(b[:])
 			cc.nc.Write(b[:])
 			cc.fail(errShutdown)
 			return
 		}
 		batch := cc.sendq
 		cc.sendq = cc.spare[:0]
-		if need := len(batch) * RequestSize; cap(cc.hdrs) < need {
+		if need := len(batch) * wire.RequestSize; cap(cc.hdrs) < need {
 			cc.hdrs = make([]byte, need)
 		}
 		iov := cc.iov[:0]
 		for i, r := range batch {
 			r.q, r.sent = qNone, true
-			h := cc.hdrs[i*RequestSize : (i+1)*RequestSize]
-			Request{Flags: r.flags, Type: r.cmd, Cookie: r.cookie, Offset: r.off, Length: r.length}.Encode(h)
+			h := cc.hdrs[i*wire.RequestSize : (i+1)*wire.RequestSize]
+			wire.Request{Flags: r.flags, Type: r.cmd, Cookie: r.cookie, Offset: r.off, Length: r.length}.Encode(h)
 			iov = append(iov, h)
-			if r.cmd == CmdWrite {
+			if r.cmd == wire.CmdWrite {
 				r.pins++
 				cc.pinned = append(cc.pinned, r)
 				iov = append(iov, r.buf[:r.length])
@@ -432,16 +434,16 @@ func (cc *clientConn) readReply() error {
 		return fmt.Errorf("nbd: receive: %w", err)
 	}
 	switch m := binary.BigEndian.Uint32(h); m {
-	case SimpleMagic:
-		if _, err := io.ReadFull(cc.br, h[4:SimpleReplySize]); err != nil {
+	case wire.SimpleMagic:
+		if _, err := io.ReadFull(cc.br, h[4:wire.SimpleReplySize]); err != nil {
 			return fmt.Errorf("nbd: receive: %w", err)
 		}
 		return cc.simpleReply(binary.BigEndian.Uint64(h[8:]), binary.BigEndian.Uint32(h[4:]))
-	case StructMagic:
+	case wire.StructMagic:
 		if !cc.info.Structured {
 			return fmt.Errorf("%w: structured reply that was not negotiated", errProtocol)
 		}
-		if _, err := io.ReadFull(cc.br, h[4:StructReplySize]); err != nil {
+		if _, err := io.ReadFull(cc.br, h[4:wire.StructReplySize]); err != nil {
 			return fmt.Errorf("nbd: receive: %w", err)
 		}
 		return cc.chunk(binary.BigEndian.Uint16(h[4:]), binary.BigEndian.Uint16(h[6:]),
@@ -490,11 +492,11 @@ func (cc *clientConn) simpleReply(cookie uint64, wireErr uint32) error {
 		c.mu.Unlock()
 		return err
 	}
-	if wireErr == ESHUTDOWN {
+	if wireErr == wire.ESHUTDOWN {
 		c.mu.Unlock()
 		return errServerShutdown
 	}
-	if r.cmd == CmdRead && wireErr == 0 {
+	if r.cmd == wire.CmdRead && wireErr == 0 {
 		if cc.info.Structured {
 			c.mu.Unlock()
 			return fmt.Errorf("%w: simple reply with data to a read after structured replies were negotiated", errProtocol)
@@ -528,7 +530,7 @@ func (cc *clientConn) simpleReply(cookie uint64, wireErr uint32) error {
 			}
 		}
 	}
-	d := c.finishLocked(r, WireToErrno(wireErr))
+	d := c.finishLocked(r, wire.ToErrno(wireErr))
 	c.mu.Unlock()
 	if d {
 		c.deliver(r)
@@ -539,8 +541,8 @@ func (cc *clientConn) simpleReply(cookie uint64, wireErr uint32) error {
 // chunk handles one structured reply chunk.
 func (cc *clientConn) chunk(flags, typ uint16, cookie uint64, length uint32) error {
 	c := cc.c
-	done := flags&ReplyFlagDone != 0
-	if typ == ReplyOffsetData {
+	done := flags&wire.ReplyFlagDone != 0
+	if typ == wire.ReplyOffsetData {
 		return cc.dataChunk(done, cookie, length)
 	}
 	// Every other chunk is small: read it whole first.
@@ -563,15 +565,15 @@ func (cc *clientConn) chunk(flags, typ uint16, cookie uint64, length uint32) err
 	var hole []byte
 	if !r.ended {
 		switch {
-		case typ == ReplyNone:
+		case typ == wire.ReplyNone:
 			if length != 0 || !done {
 				r.setChunkErr(errIO)
 			}
-		case typ == ReplyOffsetHole:
+		case typ == wire.ReplyOffsetHole:
 			off, n, ok := uint64(0), uint32(0), length == 12
 			if ok {
 				off, n = binary.BigEndian.Uint64(p), binary.BigEndian.Uint32(p[8:])
-				ok = r.cmd == CmdRead && n > 0 && r.within(off, uint64(n))
+				ok = r.cmd == wire.CmdRead && n > 0 && r.within(off, uint64(n))
 			}
 			if !ok {
 				r.setChunkErr(errIO)
@@ -579,17 +581,17 @@ func (cc *clientConn) chunk(flags, typ uint16, cookie uint64, length uint32) err
 			}
 			hole = r.buf[off-r.off : off-r.off+uint64(n)]
 			r.covered += uint64(n)
-		case typ == ReplyBlockStatus:
-			if r.cmd != CmdBlockStatus || length < 12 || (length-4)%8 != 0 {
+		case typ == wire.ReplyBlockStatus:
+			if r.cmd != wire.CmdBlockStatus || length < 12 || (length-4)%8 != 0 {
 				r.setChunkErr(errIO)
 				break
 			}
 			if binary.BigEndian.Uint32(p) != cc.info.MetaContext {
 				break // another context's
 			}
-			ext := make([]ClientExtent, 0, (length-4)/8)
+			ext := make([]Extent, 0, (length-4)/8)
 			for q := p[4:]; len(q) >= 8; q = q[8:] {
-				ext = append(ext, ClientExtent{Length: binary.BigEndian.Uint32(q), Flags: binary.BigEndian.Uint32(q[4:])})
+				ext = append(ext, Extent{Length: binary.BigEndian.Uint32(q), Flags: binary.BigEndian.Uint32(q[4:])})
 			}
 			r.extents, r.gotStatus = ext, true
 		case typ&0x8000 != 0: // ReplyError, ReplyErrorOffset and errors yet unknown
@@ -598,7 +600,7 @@ func (cc *clientConn) chunk(flags, typ uint16, cookie uint64, length uint32) err
 				break
 			}
 			we := binary.BigEndian.Uint32(p)
-			if we == ESHUTDOWN {
+			if we == wire.ESHUTDOWN {
 				c.mu.Unlock()
 				return errServerShutdown
 			}
@@ -606,7 +608,7 @@ func (cc *clientConn) chunk(flags, typ uint16, cookie uint64, length uint32) err
 				r.setChunkErr(errIO)
 				break
 			}
-			r.setChunkErr(WireToErrno(we))
+			r.setChunkErr(wire.ToErrno(we))
 			if c.log.Debug().Enabled() {
 				c.log.Debug().Uint64("cookie", cookie).Uint32("error", we).Str("msg", string(p[6:6+binary.BigEndian.Uint16(p[4:])])).Msg("nbd: error chunk")
 			}
@@ -658,7 +660,7 @@ func (cc *clientConn) dataChunk(done bool, cookie uint64, length uint32) error {
 		c.mu.Unlock()
 		return err
 	}
-	if r.ended || r.cmd != CmdRead || !r.within(off, n) {
+	if r.ended || r.cmd != wire.CmdRead || !r.within(off, n) {
 		if !r.ended {
 			r.setChunkErr(errIO)
 		}
@@ -723,11 +725,11 @@ func (r *creq) result() error {
 		return r.chunkErr
 	}
 	switch r.cmd {
-	case CmdRead:
+	case wire.CmdRead:
 		if r.covered != uint64(r.length) {
 			return errIO // the chunks didn't cover the read
 		}
-	case CmdBlockStatus:
+	case wire.CmdBlockStatus:
 		if !r.gotStatus {
 			return errIO
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"udm/dm"
+	"udm/nbd/wire"
 )
 
 // The Client as a dm.BlockDevice: a multipath path or a linear target's
@@ -32,11 +33,11 @@ func (c *Client) Size() int64 { return c.info.Load().Size }
 func (c *Client) BlockSize() int { return max(int(c.info.Load().MinBlock), dm.SectorSize) }
 
 // ReadOnly reports whether writes are refused (by the export or by
-// ClientOptions.ReadOnly).
+// Options.ReadOnly).
 func (c *Client) ReadOnly() bool { return c.opts.ReadOnly || c.info.Load().ReadOnly() }
 
 // SetIODeadline bounds each later clone submitted to the client (0 or
-// less: ClientOptions.RequestTimeout); a clone that passes it ends with
+// less: Options.RequestTimeout); a clone that passes it ends with
 // ETIMEDOUT, and the client never touches its buffer afterwards.
 func (c *Client) SetIODeadline(d time.Duration) { c.ioDl.Store(int64(max(d, 0))) }
 
@@ -44,26 +45,26 @@ func (c *Client) SetIODeadline(d time.Duration) { c.ioDl.Store(int64(max(d, 0)))
 // executor when it has one (posted from the client's goroutines), else
 // on a client goroutine. Errors are syscall.Errno values (see Start).
 func (c *Client) Submit(cl *dm.Clone) {
-	q := ClientRequest{Offset: int64(cl.Sector) << dm.SectorShift, Length: cl.Len}
+	q := Request{Offset: int64(cl.Sector) << dm.SectorShift, Length: cl.Len}
 	switch cl.Op {
 	case dm.OpRead:
-		q.Cmd, q.Buf = CmdRead, cl.Buf[:cl.Len]
+		q.Cmd, q.Buf = wire.CmdRead, cl.Buf[:cl.Len]
 	case dm.OpWrite:
-		q.Cmd, q.Buf = CmdWrite, cl.Buf[:cl.Len]
+		q.Cmd, q.Buf = wire.CmdWrite, cl.Buf[:cl.Len]
 	case dm.OpFlush:
-		q.Cmd, q.Offset, q.Length = CmdFlush, 0, 0
+		q.Cmd, q.Offset, q.Length = wire.CmdFlush, 0, 0
 	case dm.OpDiscard:
-		q.Cmd = CmdTrim
+		q.Cmd = wire.CmdTrim
 	case dm.OpWriteZeroes:
-		q.Cmd = CmdWriteZeroes
+		q.Cmd = wire.CmdWriteZeroes
 		if cl.Flags&dm.NoUnmap != 0 {
-			q.Flags |= CmdFlagNoHole
+			q.Flags |= wire.CmdFlagNoHole
 		}
 	default:
 		q.Cmd = 0xffff // refused with EINVAL
 	}
 	if cl.Flags&dm.FUA != 0 && cl.Op != dm.OpRead && cl.Op != dm.OpFlush {
-		q.Flags |= CmdFlagFUA
+		q.Flags |= wire.CmdFlagFUA
 	}
 	r := c.getReq()
 	r.clone = cl
@@ -88,7 +89,7 @@ func (r *creq) endClone() {
 // each, dialed within opts.DialTimeout). The export's size must be a
 // whole number of sectors. Compose it with a file opener with
 // ComposeOpeners.
-func Opener(opts ClientOptions) dm.Opener {
+func Opener(opts Options) dm.Opener {
 	return func(name string, readOnly bool) (dm.BlockDevice, io.Closer, error) {
 		o := opts
 		o.ReadOnly = o.ReadOnly || readOnly

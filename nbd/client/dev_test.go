@@ -14,6 +14,7 @@ import (
 	"udm/dm"
 	"udm/dm/filedev"
 	"udm/internal/testutil"
+	"udm/nbd/internal/nbdtest"
 	"udm/uring"
 )
 
@@ -63,7 +64,7 @@ func TestClientAsTableDevice(t *testing.T) {
 	}
 	defer l.Close()
 	var client dm.BlockDevice
-	nbdOpen := Opener(ClientOptions{})
+	nbdOpen := Opener(Options{})
 	open := ComposeOpeners(func(name string, ro bool) (dm.BlockDevice, io.Closer, error) {
 		d, cl, err := nbdOpen(name, ro)
 		client = d
@@ -129,7 +130,7 @@ func TestClientAsTableDevice(t *testing.T) {
 // any goroutine when the clone has no executor.
 func TestClientIODeadline(t *testing.T) {
 	srv := ctNbdkit(t, true, "--filter=delay", "memory", "1M", "delay-read=300ms")
-	c := ctDial(t, srv.uri, ClientOptions{})
+	c := ctDial(t, srv.uri, Options{})
 	var _ dm.DeadlineSetter = c
 	c.SetIODeadline(20 * time.Millisecond)
 	done := make(chan error, 2)
@@ -157,14 +158,14 @@ func TestClientIODeadline(t *testing.T) {
 	case <-time.After(ctSafety):
 		t.Fatal("read never ended")
 	}
-	ctEventually(t, "the late reply consumed", func() bool { return ctTableEmpty(c) })
+	nbdtest.Eventually(t, "the late reply consumed", func() bool { return ctTableEmpty(c) })
 }
 
 // The opener refuses an export that isn't a whole number of sectors, and
 // a bad URI; file names go to the file opener.
 func TestClientOpener(t *testing.T) {
 	srv := ctNbdkit(t, true, "memory", "1000")
-	open := Opener(ClientOptions{})
+	open := Opener(Options{})
 	if _, _, err := open(srv.uri, false); !errors.Is(err, syscall.EINVAL) {
 		t.Errorf("open of a 1000-byte export: %v, want EINVAL", err)
 	}

@@ -19,6 +19,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"udm/nbd/internal/nbdtest"
+	"udm/nbd/wire"
 )
 
 // ctFake serves one export; handle answers each request (it runs on the
@@ -32,7 +35,7 @@ type ctFake struct {
 	structured bool
 	data       []byte    // the export's content, for memory
 	bs         [3]uint32 // block sizes to advertise (none if zero)
-	handle     func(fc *ctFakeConn, req Request, payload []byte)
+	handle     func(fc *ctFakeConn, req wire.Request, payload []byte)
 
 	mu    sync.Mutex
 	conns []net.Conn
@@ -47,19 +50,19 @@ type ctFakeConn struct {
 	idx int32 // 1 for the first connection
 }
 
-func newCtFake(t testing.TB, structured bool, handle func(fc *ctFakeConn, req Request, payload []byte)) *ctFake {
+func newCtFake(t testing.TB, structured bool, handle func(fc *ctFakeConn, req wire.Request, payload []byte)) *ctFake {
 	t.Helper()
 	return newCtFakeSize(t, structured, 1<<20, handle)
 }
 
-func newCtFakeSize(t testing.TB, structured bool, size uint64, handle func(fc *ctFakeConn, req Request, payload []byte)) *ctFake {
+func newCtFakeSize(t testing.TB, structured bool, size uint64, handle func(fc *ctFakeConn, req wire.Request, payload []byte)) *ctFake {
 	t.Helper()
 	return newCtFakeBlocks(t, structured, size, [3]uint32{}, handle)
 }
 
 // newCtFakeBlocks also advertises block sizes (min, preferred, max) when
 // bs is not zero.
-func newCtFakeBlocks(t testing.TB, structured bool, size uint64, bs [3]uint32, handle func(fc *ctFakeConn, req Request, payload []byte)) *ctFake {
+func newCtFakeBlocks(t testing.TB, structured bool, size uint64, bs [3]uint32, handle func(fc *ctFakeConn, req wire.Request, payload []byte)) *ctFake {
 	t.Helper()
 	sock := filepath.Join(ctDir(t), "fake.sock")
 	ln, err := net.Listen("unix", sock)
@@ -67,7 +70,7 @@ func newCtFakeBlocks(t testing.TB, structured bool, size uint64, bs [3]uint32, h
 		t.Fatal(err)
 	}
 	f := &ctFake{t: t, ln: ln, uri: "nbd+unix:///?socket=" + sock, size: size,
-		flags:      TFlagHasFlags | TFlagSendFlush | TFlagSendFUA | TFlagSendTrim | TFlagSendWriteZeroes,
+		flags:      wire.TFlagHasFlags | wire.TFlagSendFlush | wire.TFlagSendFUA | wire.TFlagSendTrim | wire.TFlagSendWriteZeroes,
 		structured: structured, handle: handle, bs: bs}
 	f.data = make([]byte, f.size)
 	f.wg.Add(1)
@@ -116,9 +119,9 @@ func (fc *ctFakeConn) serve() {
 	f := fc.f
 	br := bufio.NewReader(fc.nc)
 	var hs [18]byte
-	binary.BigEndian.PutUint64(hs[0:], NBDMagic)
-	binary.BigEndian.PutUint64(hs[8:], IHaveOpt)
-	binary.BigEndian.PutUint16(hs[16:], FlagFixedNewstyle|FlagNoZeroes)
+	binary.BigEndian.PutUint64(hs[0:], wire.NBDMagic)
+	binary.BigEndian.PutUint64(hs[8:], wire.IHaveOpt)
+	binary.BigEndian.PutUint16(hs[16:], wire.FlagFixedNewstyle|wire.FlagNoZeroes)
 	fc.nc.Write(hs[:])
 	var cf [4]byte
 	if _, err := io.ReadFull(br, cf[:]); err != nil {
@@ -126,11 +129,11 @@ func (fc *ctFakeConn) serve() {
 	}
 	structured := false
 	for done := false; !done; {
-		var oh [OptionHeaderSize]byte
+		var oh [wire.OptionHeaderSize]byte
 		if _, err := io.ReadFull(br, oh[:]); err != nil {
 			return
 		}
-		h, err := ParseOptionHeader(oh[:])
+		h, err := wire.ParseOptionHeader(oh[:])
 		if err != nil {
 			return
 		}
@@ -139,45 +142,45 @@ func (fc *ctFakeConn) serve() {
 			return
 		}
 		switch h.Option {
-		case OptStructuredReply:
+		case wire.OptStructuredReply:
 			if f.structured {
 				structured = true
-				fc.nc.Write(AppendOptionReply(nil, h.Option, RepAck, nil))
+				fc.nc.Write(wire.AppendOptionReply(nil, h.Option, wire.RepAck, nil))
 			} else {
-				fc.nc.Write(AppendOptionReply(nil, h.Option, RepErrUnsup, nil))
+				fc.nc.Write(wire.AppendOptionReply(nil, h.Option, wire.RepErrUnsup, nil))
 			}
-		case OptGo:
-			info := binary.BigEndian.AppendUint16(nil, InfoExport)
+		case wire.OptGo:
+			info := binary.BigEndian.AppendUint16(nil, wire.InfoExport)
 			info = binary.BigEndian.AppendUint64(info, f.size)
 			info = binary.BigEndian.AppendUint16(info, f.flags)
-			reply := AppendOptionReply(nil, h.Option, RepInfo, info)
+			reply := wire.AppendOptionReply(nil, h.Option, wire.RepInfo, info)
 			if f.bs[0] != 0 {
-				reply = AppendOptionReply(reply, h.Option, RepInfo, ctInfoBlockSize(f.bs[0], f.bs[1], f.bs[2]))
+				reply = wire.AppendOptionReply(reply, h.Option, wire.RepInfo, ctInfoBlockSize(f.bs[0], f.bs[1], f.bs[2]))
 			}
-			fc.nc.Write(AppendOptionReply(reply, h.Option, RepAck, nil))
+			fc.nc.Write(wire.AppendOptionReply(reply, h.Option, wire.RepAck, nil))
 			done = true
 		default:
-			fc.nc.Write(AppendOptionReply(nil, h.Option, RepErrUnsup, nil))
+			fc.nc.Write(wire.AppendOptionReply(nil, h.Option, wire.RepErrUnsup, nil))
 		}
 	}
 	_ = structured
 	for {
-		var rb [RequestSize]byte
+		var rb [wire.RequestSize]byte
 		if _, err := io.ReadFull(br, rb[:]); err != nil {
 			return
 		}
-		req, err := ParseRequest(rb[:])
+		req, err := wire.ParseRequest(rb[:])
 		if err != nil {
 			return
 		}
 		var payload []byte
-		if req.Type == CmdWrite {
+		if req.Type == wire.CmdWrite {
 			payload = make([]byte, req.Length)
 			if _, err := io.ReadFull(br, payload); err != nil {
 				return
 			}
 		}
-		if req.Type == CmdDisc {
+		if req.Type == wire.CmdDisc {
 			return
 		}
 		f.handle(fc, req, payload)
@@ -186,15 +189,15 @@ func (fc *ctFakeConn) serve() {
 
 // simple sends a simple reply (with data, for a read).
 func (fc *ctFakeConn) simple(cookie uint64, werr uint32, data []byte) {
-	b := make([]byte, SimpleReplySize, SimpleReplySize+len(data))
-	PutSimpleReply(b, werr, cookie)
+	b := make([]byte, wire.SimpleReplySize, wire.SimpleReplySize+len(data))
+	wire.PutSimpleReply(b, werr, cookie)
 	fc.write(append(b, data...))
 }
 
 // chunk sends one structured reply chunk.
 func (fc *ctFakeConn) chunk(flags, typ uint16, cookie uint64, payload []byte) {
-	b := make([]byte, StructReplySize, StructReplySize+len(payload))
-	PutStructuredHeader(b, flags, typ, cookie, uint32(len(payload)))
+	b := make([]byte, wire.StructReplySize, wire.StructReplySize+len(payload))
+	wire.PutStructuredHeader(b, flags, typ, cookie, uint32(len(payload)))
 	fc.write(append(b, payload...))
 }
 
@@ -219,17 +222,17 @@ func ctErrChunk(werr uint32, msg string) []byte {
 }
 
 // memory answers like a plain memory export: the default behaviour.
-func (fc *ctFakeConn) memory(req Request, payload []byte) {
+func (fc *ctFakeConn) memory(req wire.Request, payload []byte) {
 	f := fc.f
 	switch req.Type {
-	case CmdRead:
+	case wire.CmdRead:
 		d := f.data[req.Offset : req.Offset+uint64(req.Length)]
 		if f.structured {
-			fc.chunk(ReplyFlagDone, ReplyOffsetData, req.Cookie, ctData(req.Offset, d))
+			fc.chunk(wire.ReplyFlagDone, wire.ReplyOffsetData, req.Cookie, ctData(req.Offset, d))
 		} else {
 			fc.simple(req.Cookie, 0, d)
 		}
-	case CmdWrite:
+	case wire.CmdWrite:
 		copy(f.data[req.Offset:], payload)
 		fc.simple(req.Cookie, 0, nil)
 	default:
@@ -239,39 +242,39 @@ func (fc *ctFakeConn) memory(req Request, payload []byte) {
 
 func TestClientStructuredChunks(t *testing.T) {
 	pat := ctPattern(make([]byte, 8192), 5)
-	f := newCtFake(t, true, func(fc *ctFakeConn, req Request, payload []byte) {
+	f := newCtFake(t, true, func(fc *ctFakeConn, req wire.Request, payload []byte) {
 		c := req.Cookie
 		switch req.Offset {
 		case 0: // data then hole then data, out of order, then NONE+DONE
-			fc.chunk(0, ReplyOffsetData, c, ctData(6144, pat[6144:]))
-			fc.chunk(0, ReplyOffsetHole, c, ctHole(2048, 4096))
-			fc.chunk(0, ReplyOffsetData, c, ctData(0, pat[:2048]))
-			fc.chunk(ReplyFlagDone, ReplyNone, c, nil)
+			fc.chunk(0, wire.ReplyOffsetData, c, ctData(6144, pat[6144:]))
+			fc.chunk(0, wire.ReplyOffsetHole, c, ctHole(2048, 4096))
+			fc.chunk(0, wire.ReplyOffsetData, c, ctData(0, pat[:2048]))
+			fc.chunk(wire.ReplyFlagDone, wire.ReplyNone, c, nil)
 		case 8192: // an error chunk among data
-			fc.chunk(0, ReplyOffsetData, c, ctData(8192, pat[:4096]))
-			fc.chunk(0, ReplyError, c, ctErrChunk(ENOSPC, "full"))
-			fc.chunk(ReplyFlagDone, ReplyOffsetData, c, ctData(8192+4096, pat[4096:]))
+			fc.chunk(0, wire.ReplyOffsetData, c, ctData(8192, pat[:4096]))
+			fc.chunk(0, wire.ReplyError, c, ctErrChunk(wire.ENOSPC, "full"))
+			fc.chunk(wire.ReplyFlagDone, wire.ReplyOffsetData, c, ctData(8192+4096, pat[4096:]))
 		case 16384: // an error with an offset
-			fc.chunk(ReplyFlagDone, ReplyErrorOffset, c, append(ctErrChunk(EPERM, "no"), binary.BigEndian.AppendUint64(nil, 16384+512)...))
+			fc.chunk(wire.ReplyFlagDone, wire.ReplyErrorOffset, c, append(ctErrChunk(wire.EPERM, "no"), binary.BigEndian.AppendUint64(nil, 16384+512)...))
 		case 24576: // chunks that don't cover the read
-			fc.chunk(ReplyFlagDone, ReplyOffsetData, c, ctData(24576, pat[:4096]))
+			fc.chunk(wire.ReplyFlagDone, wire.ReplyOffsetData, c, ctData(24576, pat[:4096]))
 		case 32768: // data outside the request
-			fc.chunk(0, ReplyOffsetData, c, ctData(32768+8192, pat[:512]))
-			fc.chunk(ReplyFlagDone, ReplyOffsetData, c, ctData(32768, pat))
+			fc.chunk(0, wire.ReplyOffsetData, c, ctData(32768+8192, pat[:512]))
+			fc.chunk(wire.ReplyFlagDone, wire.ReplyOffsetData, c, ctData(32768, pat))
 		case 40960: // an unknown error type
-			fc.chunk(ReplyFlagDone, 1<<15|77, c, ctErrChunk(EINVAL, ""))
+			fc.chunk(wire.ReplyFlagDone, 1<<15|77, c, ctErrChunk(wire.EINVAL, ""))
 		case 49152: // an unknown non-error type
 			fc.chunk(0, 77, c, []byte{1, 2, 3})
-			fc.chunk(ReplyFlagDone, ReplyOffsetData, c, ctData(49152, pat))
+			fc.chunk(wire.ReplyFlagDone, wire.ReplyOffsetData, c, ctData(49152, pat))
 		case 57344: // offsets near 2^64: no wrap-around into the buffer
-			fc.chunk(0, ReplyOffsetData, c, ctData(^uint64(0)-100, pat[:512]))
-			fc.chunk(0, ReplyOffsetHole, c, ctHole(^uint64(0)-100, 200))
-			fc.chunk(ReplyFlagDone, ReplyOffsetData, c, ctData(57344, pat))
+			fc.chunk(0, wire.ReplyOffsetData, c, ctData(^uint64(0)-100, pat[:512]))
+			fc.chunk(0, wire.ReplyOffsetHole, c, ctHole(^uint64(0)-100, 200))
+			fc.chunk(wire.ReplyFlagDone, wire.ReplyOffsetData, c, ctData(57344, pat))
 		default:
 			fc.memory(req, payload)
 		}
 	})
-	c := ctDial(t, f.uri, ClientOptions{})
+	c := ctDial(t, f.uri, Options{})
 	ctx := ctCtx(t)
 	buf := make([]byte, 8192)
 	fill := func() {
@@ -308,9 +311,9 @@ func TestClientStructuredChunks(t *testing.T) {
 // Replies out of order and chunks of several requests interleaved.
 func TestClientInterleavedReplies(t *testing.T) {
 	var mu sync.Mutex
-	var held []Request
+	var held []wire.Request
 	pat := ctPattern(make([]byte, 4096), 9)
-	f := newCtFake(t, true, func(fc *ctFakeConn, req Request, _ []byte) {
+	f := newCtFake(t, true, func(fc *ctFakeConn, req wire.Request, _ []byte) {
 		mu.Lock()
 		held = append(held, req)
 		if len(held) < 8 {
@@ -322,19 +325,19 @@ func TestClientInterleavedReplies(t *testing.T) {
 		mu.Unlock()
 		// First halves in order, second halves in reverse.
 		for _, r := range hs {
-			fc.chunk(0, ReplyOffsetData, r.Cookie, ctData(r.Offset, pat[:2048]))
+			fc.chunk(0, wire.ReplyOffsetData, r.Cookie, ctData(r.Offset, pat[:2048]))
 		}
 		for i := len(hs) - 1; i >= 0; i-- {
 			r := hs[i]
-			fc.chunk(ReplyFlagDone, ReplyOffsetData, r.Cookie, ctData(r.Offset+2048, pat[2048:]))
+			fc.chunk(wire.ReplyFlagDone, wire.ReplyOffsetData, r.Cookie, ctData(r.Offset+2048, pat[2048:]))
 		}
 	})
-	c := ctDial(t, f.uri, ClientOptions{})
+	c := ctDial(t, f.uri, Options{})
 	col := newCollector(8)
 	bufs := make([][]byte, 8)
 	for i := range bufs {
 		bufs[i] = make([]byte, 4096)
-		c.Start(ClientRequest{Cmd: CmdRead, Offset: int64(i) * 4096, Buf: bufs[i]}, col, uint64(i))
+		c.Start(Request{Cmd: wire.CmdRead, Offset: int64(i) * 4096, Buf: bufs[i]}, col, uint64(i))
 	}
 	col.wait(t)
 	col.once(t, 8)
@@ -348,14 +351,14 @@ func TestClientInterleavedReplies(t *testing.T) {
 // Simple replies: a read error carries no data, and the stream stays in
 // sync.
 func TestClientSimpleReplyErrors(t *testing.T) {
-	f := newCtFake(t, false, func(fc *ctFakeConn, req Request, payload []byte) {
-		if req.Type == CmdRead && req.Offset == 0 {
-			fc.simple(req.Cookie, ENOSPC, nil)
+	f := newCtFake(t, false, func(fc *ctFakeConn, req wire.Request, payload []byte) {
+		if req.Type == wire.CmdRead && req.Offset == 0 {
+			fc.simple(req.Cookie, wire.ENOSPC, nil)
 			return
 		}
 		fc.memory(req, payload)
 	})
-	c := ctDial(t, f.uri, ClientOptions{})
+	c := ctDial(t, f.uri, Options{})
 	ctx := ctCtx(t)
 	if c.Info().Structured {
 		t.Fatal("structured replies negotiated with a server that refused them")
@@ -377,19 +380,19 @@ func TestClientSimpleReplyErrors(t *testing.T) {
 // deadline still ends it (the connection is killed to get the buffer
 // back), with ETIMEDOUT, and the client reconnects.
 func TestClientTimeoutMidPayload(t *testing.T) {
-	f := newCtFake(t, true, func(fc *ctFakeConn, req Request, payload []byte) {
-		if req.Type == CmdRead && req.Offset == 0 && fc.idx == 1 {
-			b := make([]byte, StructReplySize)
-			PutStructuredHeader(b, ReplyFlagDone, ReplyOffsetData, req.Cookie, 8+4096)
+	f := newCtFake(t, true, func(fc *ctFakeConn, req wire.Request, payload []byte) {
+		if req.Type == wire.CmdRead && req.Offset == 0 && fc.idx == 1 {
+			b := make([]byte, wire.StructReplySize)
+			wire.PutStructuredHeader(b, wire.ReplyFlagDone, wire.ReplyOffsetData, req.Cookie, 8+4096)
 			fc.write(append(append(b, binary.BigEndian.AppendUint64(nil, 0)...), make([]byte, 1000)...))
 			return // and never the rest
 		}
 		fc.memory(req, payload)
 	})
-	c := ctDial(t, f.uri, ClientOptions{})
+	c := ctDial(t, f.uri, Options{})
 	col := newCollector(1)
 	buf := make([]byte, 4096)
-	c.Start(ClientRequest{Cmd: CmdRead, Buf: buf, Timeout: 50 * time.Millisecond}, col, 0)
+	c.Start(Request{Cmd: wire.CmdRead, Buf: buf, Timeout: 50 * time.Millisecond}, col, 0)
 	col.wait(t)
 	if err := col.errs[0]; !errors.Is(err, syscall.ETIMEDOUT) {
 		t.Fatalf("stalled read: %v, want ETIMEDOUT", err)
@@ -409,17 +412,17 @@ func TestClientCancelDuringSend(t *testing.T) {
 	block := make(chan struct{})
 	var unblock sync.Once
 	release := func() { unblock.Do(func() { close(block) }) }
-	f := newCtFakeSize(t, true, 32<<20, func(fc *ctFakeConn, req Request, payload []byte) {
-		if fc.idx == 1 && req.Type == CmdFlush {
+	f := newCtFakeSize(t, true, 32<<20, func(fc *ctFakeConn, req wire.Request, payload []byte) {
+		if fc.idx == 1 && req.Type == wire.CmdFlush {
 			<-block // stop reading this connection
 		}
 		fc.memory(req, payload)
 	})
 	t.Cleanup(release) // after the fake's, so it runs before it
-	c := ctDial(t, f.uri, ClientOptions{})
+	c := ctDial(t, f.uri, Options{})
 	ctx := ctCtx(t)
 	col := newCollector(1)
-	c.Start(ClientRequest{Cmd: CmdFlush}, col, 0)
+	c.Start(Request{Cmd: wire.CmdFlush}, col, 0)
 	pinned := func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -433,7 +436,7 @@ func TestClientCancelDuringSend(t *testing.T) {
 	wctx, cancel := context.WithCancel(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- c.WriteAt(wctx, make([]byte, 16<<20), 0, false) }()
-	ctEventually(t, "the writer is stuck sending the payload", pinned)
+	nbdtest.Eventually(t, "the writer is stuck sending the payload", pinned)
 	cancel()
 	select {
 	case err := <-errc:
@@ -458,28 +461,28 @@ func TestClientCancelDuringSend(t *testing.T) {
 func TestClientRetryAfterProtocolTrouble(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		first func(fc *ctFakeConn, req Request)
+		first func(fc *ctFakeConn, req wire.Request)
 	}{
-		{"unknown-cookie", func(fc *ctFakeConn, req Request) { fc.simple(req.Cookie+1000, 0, nil) }},
-		{"bad-magic", func(fc *ctFakeConn, req Request) { fc.write(make([]byte, 16)) }},
-		{"eshutdown-simple", func(fc *ctFakeConn, req Request) { fc.simple(req.Cookie, ESHUTDOWN, nil) }},
-		{"eshutdown-chunk", func(fc *ctFakeConn, req Request) {
-			fc.chunk(ReplyFlagDone, ReplyError, req.Cookie, ctErrChunk(ESHUTDOWN, "bye"))
+		{"unknown-cookie", func(fc *ctFakeConn, req wire.Request) { fc.simple(req.Cookie+1000, 0, nil) }},
+		{"bad-magic", func(fc *ctFakeConn, req wire.Request) { fc.write(make([]byte, 16)) }},
+		{"eshutdown-simple", func(fc *ctFakeConn, req wire.Request) { fc.simple(req.Cookie, wire.ESHUTDOWN, nil) }},
+		{"eshutdown-chunk", func(fc *ctFakeConn, req wire.Request) {
+			fc.chunk(wire.ReplyFlagDone, wire.ReplyError, req.Cookie, ctErrChunk(wire.ESHUTDOWN, "bye"))
 		}},
-		{"simple-read-data-after-structured", func(fc *ctFakeConn, req Request) { fc.simple(req.Cookie, 0, make([]byte, req.Length)) }},
-		{"hang-up", func(fc *ctFakeConn, req Request) { fc.nc.Close() }},
+		{"simple-read-data-after-structured", func(fc *ctFakeConn, req wire.Request) { fc.simple(req.Cookie, 0, make([]byte, req.Length)) }},
+		{"hang-up", func(fc *ctFakeConn, req wire.Request) { fc.nc.Close() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pat := ctPattern(make([]byte, 4096), 3)
-			f := newCtFake(t, true, func(fc *ctFakeConn, req Request, payload []byte) {
-				if fc.idx == 1 && req.Type == CmdRead {
+			f := newCtFake(t, true, func(fc *ctFakeConn, req wire.Request, payload []byte) {
+				if fc.idx == 1 && req.Type == wire.CmdRead {
 					tc.first(fc, req)
 					return
 				}
 				fc.memory(req, payload)
 			})
 			copy(f.data[4096:], pat)
-			c := ctDial(t, f.uri, ClientOptions{})
+			c := ctDial(t, f.uri, Options{})
 			got := make([]byte, 4096)
 			if err := c.ReadAt(ctCtx(t), got, 4096); err != nil || !bytes.Equal(got, pat) {
 				t.Fatalf("read: %v", err)
@@ -494,14 +497,14 @@ func TestClientRetryAfterProtocolTrouble(t *testing.T) {
 // Retries are bounded: a server that drops every connection fails the
 // request with ENOTCONN after Retries re-sends.
 func TestClientRetriesBounded(t *testing.T) {
-	f := newCtFake(t, true, func(fc *ctFakeConn, req Request, payload []byte) {
-		if req.Type == CmdRead {
+	f := newCtFake(t, true, func(fc *ctFakeConn, req wire.Request, payload []byte) {
+		if req.Type == wire.CmdRead {
 			fc.nc.Close()
 			return
 		}
 		fc.memory(req, payload)
 	})
-	c := ctDial(t, f.uri, ClientOptions{Retries: 2})
+	c := ctDial(t, f.uri, Options{Retries: 2})
 	err := c.ReadAt(ctCtx(t), make([]byte, 512), 0)
 	if !errors.Is(err, syscall.ENOTCONN) {
 		t.Fatalf("read: %v, want ENOTCONN", err)
@@ -522,8 +525,8 @@ func TestClientCancelSplitRead(t *testing.T) {
 	var once sync.Once
 	release := func() { once.Do(func() { close(hold) }) }
 	var held atomic.Int32
-	f := newCtFakeBlocks(t, true, 1<<20, [3]uint32{512, 4096, 16384}, func(fc *ctFakeConn, req Request, payload []byte) {
-		if req.Type == CmdRead && req.Offset >= 32768 {
+	f := newCtFakeBlocks(t, true, 1<<20, [3]uint32{512, 4096, 16384}, func(fc *ctFakeConn, req wire.Request, payload []byte) {
+		if req.Type == wire.CmdRead && req.Offset >= 32768 {
 			held.Add(1)
 			go func() { // answer later, off the connection's goroutine
 				<-hold
@@ -537,7 +540,7 @@ func TestClientCancelSplitRead(t *testing.T) {
 	for i := range f.data {
 		f.data[i] = 0x11
 	}
-	c := ctDial(t, f.uri, ClientOptions{})
+	c := ctDial(t, f.uri, Options{})
 	if c.Info().MaxPayload != 16384 {
 		t.Fatalf("max payload %d", c.Info().MaxPayload)
 	}
@@ -548,13 +551,13 @@ func TestClientCancelSplitRead(t *testing.T) {
 	ctx, cancel := context.WithCancel(ctCtx(t))
 	errc := make(chan error, 1)
 	go func() { errc <- c.ReadAt(ctx, buf, 0) }()
-	ctEventually(t, "two pieces held", func() bool { return held.Load() == 2 })
+	nbdtest.Eventually(t, "two pieces held", func() bool { return held.Load() == 2 })
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("canceled split read: %v", err)
 	}
 	release()
-	ctEventually(t, "late pieces consumed", func() bool { return ctTableEmpty(c) })
+	nbdtest.Eventually(t, "late pieces consumed", func() bool { return ctTableEmpty(c) })
 	if !ctAllBytes(buf[32768:], 0xCC) {
 		t.Fatal("a piece answered after the cancel wrote into the buffer")
 	}

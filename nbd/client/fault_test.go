@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"udm/internal/testutil"
+	"udm/nbd/internal/nbdtest"
+	"udm/nbd/wire"
 )
 
 // ctTableEmpty reports whether the client holds no request (zombies
@@ -44,7 +46,7 @@ func ctAllSent(c *Client, n int) bool {
 // context's error), and its late reply never lands in the buffer.
 func TestClientTimeoutLateReply(t *testing.T) {
 	srv := ctNbdkit(t, true, "--filter=delay", "memory", "1M", "delay-read=500ms")
-	c := ctDial(t, srv.uri, ClientOptions{})
+	c := ctDial(t, srv.uri, Options{})
 	ctx := ctCtx(t)
 	if err := c.WriteAt(ctx, ctPattern(make([]byte, 8192), 7), 0, false); err != nil {
 		t.Fatal(err)
@@ -55,7 +57,7 @@ func TestClientTimeoutLateReply(t *testing.T) {
 	for i := range buf {
 		buf[i] = 0xAA
 	}
-	c.Start(ClientRequest{Cmd: CmdRead, Buf: buf, Timeout: 20 * time.Millisecond}, col, 0)
+	c.Start(Request{Cmd: wire.CmdRead, Buf: buf, Timeout: 20 * time.Millisecond}, col, 0)
 	col.wait(t)
 	if err := col.errs[0]; !errors.Is(err, syscall.ETIMEDOUT) {
 		t.Fatalf("read: %v, want ETIMEDOUT", err)
@@ -72,7 +74,7 @@ func TestClientTimeoutLateReply(t *testing.T) {
 		t.Fatalf("read: %v, want the context's deadline", err)
 	}
 	// The late replies arrive and are dropped.
-	ctEventually(t, "late replies consumed", func() bool { return ctTableEmpty(c) })
+	nbdtest.Eventually(t, "late replies consumed", func() bool { return ctTableEmpty(c) })
 	if !ctAllBytes(buf, 0xAA) || !ctAllBytes(buf2, 0xBB) {
 		t.Fatal("a timed-out read wrote into its buffer")
 	}
@@ -89,7 +91,7 @@ func TestClientTimeoutLateReply(t *testing.T) {
 // again after SIGCONT; a client-wide RequestTimeout bounds I/O meanwhile.
 func TestClientCheckHungServer(t *testing.T) {
 	srv := ctNbdkit(t, false, "memory", "1M")
-	c := ctDial(t, srv.uri, ClientOptions{RequestTimeout: 200 * time.Millisecond})
+	c := ctDial(t, srv.uri, Options{RequestTimeout: 200 * time.Millisecond})
 	ctx := ctCtx(t)
 	if err := c.Check(ctx, time.Second); err != nil {
 		t.Fatalf("check of a healthy server: %v", err)
@@ -112,20 +114,20 @@ func TestClientCheckHungServer(t *testing.T) {
 func TestClientRetryInFlightAcrossRestart(t *testing.T) {
 	file := testutil.TempFile(t, 4<<20)
 	srv := ctNbdkit(t, true, "--filter=delay", "file", file, "delay-write=10", "delay-read=10")
-	c := ctDial(t, srv.uri, ClientOptions{Retries: 5})
+	c := ctDial(t, srv.uri, Options{Retries: 5})
 	const n = 16
 	col := newCollector(2 * n)
 	data := make([][]byte, n)
 	for i := range data {
 		data[i] = ctPattern(make([]byte, 4096), byte(i+1))
-		c.Start(ClientRequest{Cmd: CmdWrite, Flags: CmdFlagFUA, Offset: int64(i) * 8192, Buf: data[i]}, col, uint64(i))
+		c.Start(Request{Cmd: wire.CmdWrite, Flags: wire.CmdFlagFUA, Offset: int64(i) * 8192, Buf: data[i]}, col, uint64(i))
 	}
 	reads := make([][]byte, n)
 	for i := range reads {
 		reads[i] = make([]byte, 4096)
-		c.Start(ClientRequest{Cmd: CmdRead, Offset: 1<<20 + int64(i)*4096, Buf: reads[i]}, col, uint64(n+i))
+		c.Start(Request{Cmd: wire.CmdRead, Offset: 1<<20 + int64(i)*4096, Buf: reads[i]}, col, uint64(n+i))
 	}
-	ctEventually(t, "all requests on the wire", func() bool { return ctAllSent(c, 2*n) })
+	nbdtest.Eventually(t, "all requests on the wire", func() bool { return ctAllSent(c, 2*n) })
 	// The server dies with all of them unanswered; it comes back without
 	// the delay.
 	srv.kill()
@@ -167,7 +169,7 @@ func TestClientServerRestartMidStream(t *testing.T) {
 			} else {
 				srv = ctQemuNBD(t, false, file)
 			}
-			c := ctDial(t, srv.uri, ClientOptions{Retries: 50, ReconnectTimeout: ctSafety})
+			c := ctDial(t, srv.uri, Options{Retries: 50, ReconnectTimeout: ctSafety})
 			type hist struct {
 				acked     []byte   // last acknowledged data
 				uncertain [][]byte // failed writes after it
@@ -211,7 +213,7 @@ func TestClientServerRestartMidStream(t *testing.T) {
 				mu.Lock()
 				base := ok
 				mu.Unlock()
-				ctEventually(t, "writes progress", func() bool {
+				nbdtest.Eventually(t, "writes progress", func() bool {
 					mu.Lock()
 					defer mu.Unlock()
 					return ok >= base+n
@@ -262,7 +264,7 @@ func TestClientServerRestartMidStream(t *testing.T) {
 // server is back, Check passes and I/O works.
 func TestClientServerGone(t *testing.T) {
 	srv := ctNbdkit(t, true, "memory", "1M")
-	c := ctDial(t, srv.uri, ClientOptions{ReconnectTimeout: 100 * time.Millisecond})
+	c := ctDial(t, srv.uri, Options{ReconnectTimeout: 100 * time.Millisecond})
 	ctx := ctCtx(t)
 	if err := c.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
 		t.Fatal(err)
@@ -271,7 +273,7 @@ func TestClientServerGone(t *testing.T) {
 	if err := c.ReadAt(ctx, make([]byte, 4096), 0); !errors.Is(err, syscall.ENOTCONN) {
 		t.Fatalf("read while the server is gone: %v, want ENOTCONN", err)
 	}
-	ctEventually(t, "the client gives up waiting", func() bool {
+	nbdtest.Eventually(t, "the client gives up waiting", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return c.down
@@ -283,7 +285,7 @@ func TestClientServerGone(t *testing.T) {
 		t.Fatal("check passed with no server")
 	}
 	srv.start()
-	ctEventually(t, "check passes again", func() bool { return c.Check(ctx, time.Second) == nil })
+	nbdtest.Eventually(t, "check passes again", func() bool { return c.Check(ctx, time.Second) == nil })
 	if err := c.ReadAt(ctx, make([]byte, 4096), 0); err != nil {
 		t.Fatalf("read after the server came back: %v", err)
 	}
@@ -293,17 +295,17 @@ func TestClientServerGone(t *testing.T) {
 // exactly once; later requests fail with ESHUTDOWN.
 func TestClientCloseInFlight(t *testing.T) {
 	srv := ctNbdkit(t, true, "--filter=delay", "memory", "1M", "delay-read=10")
-	c := ctDial(t, srv.uri, ClientOptions{})
+	c := ctDial(t, srv.uri, Options{})
 	const n = 200
 	col := newCollector(n + 1)
 	bufs := make([][]byte, n)
 	for i := range bufs {
 		bufs[i] = make([]byte, 4096)
-		c.Start(ClientRequest{Cmd: CmdRead, Offset: int64(i%256) * 4096, Buf: bufs[i]}, col, uint64(i))
+		c.Start(Request{Cmd: wire.CmdRead, Offset: int64(i%256) * 4096, Buf: bufs[i]}, col, uint64(i))
 	}
-	ctEventually(t, "requests on the wire", func() bool { return ctAllSent(c, n) })
+	nbdtest.Eventually(t, "requests on the wire", func() bool { return ctAllSent(c, n) })
 	c.Close()
-	c.Start(ClientRequest{Cmd: CmdRead, Buf: make([]byte, 512)}, col, n)
+	c.Start(Request{Cmd: wire.CmdRead, Buf: make([]byte, 512)}, col, n)
 	col.wait(t)
 	col.once(t, n+1)
 	for i, err := range col.errs {
@@ -317,7 +319,7 @@ func TestClientCloseInFlight(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
-	if err := c.ReadAt(context.Background(), make([]byte, 512), 0); !errors.Is(err, syscall.ESHUTDOWN) || !errors.Is(ErrClientClosed, syscall.ESHUTDOWN) {
+	if err := c.ReadAt(context.Background(), make([]byte, 512), 0); !errors.Is(err, syscall.ESHUTDOWN) || !errors.Is(ErrClosed, syscall.ESHUTDOWN) {
 		t.Errorf("read after Close: %v", err)
 	}
 }
@@ -325,14 +327,14 @@ func TestClientCloseInFlight(t *testing.T) {
 // Close while the client is reconnecting ends the waiting requests.
 func TestClientCloseWhileReconnecting(t *testing.T) {
 	srv := ctNbdkit(t, true, "memory", "1M")
-	c := ctDial(t, srv.uri, ClientOptions{ReconnectTimeout: time.Hour})
+	c := ctDial(t, srv.uri, Options{ReconnectTimeout: time.Hour})
 	srv.kill()
 	const n = 20
 	col := newCollector(n)
 	for i := 0; i < n; i++ {
-		c.Start(ClientRequest{Cmd: CmdRead, Buf: make([]byte, 512)}, col, uint64(i))
+		c.Start(Request{Cmd: wire.CmdRead, Buf: make([]byte, 512)}, col, uint64(i))
 	}
-	ctEventually(t, "the connection is seen lost", func() bool { return !c.Connected() })
+	nbdtest.Eventually(t, "the connection is seen lost", func() bool { return !c.Connected() })
 	c.Close()
 	col.wait(t)
 	col.once(t, n)

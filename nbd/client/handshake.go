@@ -9,6 +9,8 @@ import (
 	"math/bits"
 	"net"
 	"syscall"
+
+	"udm/nbd/wire"
 )
 
 // Handshake errors. Each wraps the errno a caller can act on.
@@ -36,30 +38,30 @@ const (
 // clientHandshake runs the fixed newstyle negotiation on nc (reads
 // through br) for export and returns what the server said. The caller
 // sets nc's deadline.
-func clientHandshake(nc net.Conn, br *bufio.Reader, export string, opts *ClientOptions) (*ClientInfo, error) {
+func clientHandshake(nc net.Conn, br *bufio.Reader, export string, opts *Options) (*Info, error) {
 	var hs [18]byte
 	if _, err := io.ReadFull(br, hs[:]); err != nil {
 		return nil, fmt.Errorf("%w: reading the greeting: %w", ErrHandshake, err)
 	}
-	if binary.BigEndian.Uint64(hs[0:]) != NBDMagic {
+	if binary.BigEndian.Uint64(hs[0:]) != wire.NBDMagic {
 		return nil, fmt.Errorf("%w: not an NBD server (magic %#x)", ErrHandshake, binary.BigEndian.Uint64(hs[0:]))
 	}
 	switch m := binary.BigEndian.Uint64(hs[8:]); m {
-	case IHaveOpt:
+	case wire.IHaveOpt:
 	case cliservMagic:
 		return nil, fmt.Errorf("%w: the server uses oldstyle negotiation, which is not supported", ErrHandshake)
 	default:
 		return nil, fmt.Errorf("%w: bad second magic %#x", ErrHandshake, m)
 	}
 	hflags := binary.BigEndian.Uint16(hs[16:])
-	info := &ClientInfo{FixedNewstyle: hflags&FlagFixedNewstyle != 0}
-	noZeroes := hflags&FlagNoZeroes != 0
+	info := &Info{FixedNewstyle: hflags&wire.FlagFixedNewstyle != 0}
+	noZeroes := hflags&wire.FlagNoZeroes != 0
 	var cflags uint32
 	if info.FixedNewstyle {
-		cflags |= ClientFixedNewstyle
+		cflags |= wire.ClientFixedNewstyle
 	}
 	if noZeroes {
-		cflags |= ClientNoZeroes
+		cflags |= wire.ClientNoZeroes
 	}
 	if err := writeAll(nc, binary.BigEndian.AppendUint32(nil, cflags)); err != nil {
 		return nil, fmt.Errorf("%w: sending client flags: %w", ErrHandshake, err)
@@ -67,7 +69,7 @@ func clientHandshake(nc net.Conn, br *bufio.Reader, export string, opts *ClientO
 	h := &handshaker{nc: nc, br: br}
 	if info.FixedNewstyle {
 		if !opts.NoStructuredReply {
-			ok, err := h.simpleOption(OptStructuredReply, nil)
+			ok, err := h.simpleOption(wire.OptStructuredReply, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -97,7 +99,7 @@ func clientHandshake(nc net.Conn, br *bufio.Reader, export string, opts *ClientO
 }
 
 // finishInfo validates and defaults the block sizes.
-func finishInfo(info *ClientInfo) (*ClientInfo, error) {
+func finishInfo(info *Info) (*Info, error) {
 	if info.Size < 0 {
 		return nil, fmt.Errorf("%w: export size %d", ErrHandshake, uint64(info.Size))
 	}
@@ -126,8 +128,8 @@ func writeAll(w io.Writer, b []byte) error {
 }
 
 func (h *handshaker) send(opt uint32, data []byte) error {
-	b := make([]byte, OptionHeaderSize, OptionHeaderSize+len(data))
-	PutOptionHeader(b, opt, uint32(len(data)))
+	b := make([]byte, wire.OptionHeaderSize, wire.OptionHeaderSize+len(data))
+	wire.PutOptionHeader(b, opt, uint32(len(data)))
 	if err := writeAll(h.nc, append(b, data...)); err != nil {
 		return fmt.Errorf("%w: sending option %d: %w", ErrHandshake, opt, err)
 	}
@@ -136,12 +138,12 @@ func (h *handshaker) send(opt uint32, data []byte) error {
 
 // reply reads one option reply to opt; its data stays valid until the
 // next call.
-func (h *handshaker) reply(opt uint32) (OptionReply, []byte, error) {
-	var hb [OptReplyHeaderLen]byte
+func (h *handshaker) reply(opt uint32) (wire.OptionReply, []byte, error) {
+	var hb [wire.OptReplyHeaderLen]byte
 	if _, err := io.ReadFull(h.br, hb[:]); err != nil {
-		return OptionReply{}, nil, fmt.Errorf("%w: reading the reply to option %d: %w", ErrHandshake, opt, err)
+		return wire.OptionReply{}, nil, fmt.Errorf("%w: reading the reply to option %d: %w", ErrHandshake, opt, err)
 	}
-	rep, err := ParseOptionReply(hb[:])
+	rep, err := wire.ParseOptionReply(hb[:])
 	if err != nil {
 		return rep, nil, fmt.Errorf("%w: %w", ErrHandshake, err)
 	}
@@ -162,19 +164,19 @@ func (h *handshaker) reply(opt uint32) (OptionReply, []byte, error) {
 }
 
 // repError turns an error reply into an error.
-func repError(opt uint32, rep OptionReply, data []byte) error {
+func repError(opt uint32, rep wire.OptionReply, data []byte) error {
 	msg := ""
 	if len(data) > 0 {
 		msg = ": " + string(data)
 	}
 	switch rep.Type {
-	case RepErrUnknown:
+	case wire.RepErrUnknown:
 		return fmt.Errorf("%w%s", ErrNoExport, msg)
-	case RepErrTLSReqd:
+	case wire.RepErrTLSReqd:
 		return fmt.Errorf("%w%s", ErrTLSRequired, msg)
-	case RepErrShutdown:
+	case wire.RepErrShutdown:
 		return fmt.Errorf("%w: server shutting down%s", ErrHandshake, msg)
-	case RepErrPolicy:
+	case wire.RepErrPolicy:
 		return fmt.Errorf("%w: option %d refused by policy%s", ErrHandshake, opt, msg)
 	}
 	return fmt.Errorf("%w: option %d: error reply %#x%s", ErrHandshake, opt, rep.Type, msg)
@@ -191,41 +193,41 @@ func (h *handshaker) simpleOption(opt uint32, data []byte) (bool, error) {
 		return false, err
 	}
 	switch {
-	case rep.Type == RepAck:
+	case rep.Type == wire.RepAck:
 		return true, nil
-	case rep.Type == RepErrShutdown || rep.Type == RepErrTLSReqd:
+	case rep.Type == wire.RepErrShutdown || rep.Type == wire.RepErrTLSReqd:
 		return false, repError(opt, rep, d)
-	case IsRepErr(rep.Type):
+	case wire.IsRepErr(rep.Type):
 		return false, nil
 	}
 	return false, fmt.Errorf("%w: option %d: unexpected reply type %d", ErrHandshake, opt, rep.Type)
 }
 
 // setMetaContext selects base:allocation.
-func (h *handshaker) setMetaContext(export string, info *ClientInfo) error {
-	data := AppendMetaContextRequest(nil, MetaContextRequest{Export: export, Queries: []string{MetaBaseAllocation}})
-	if err := h.send(OptSetMetaContext, data); err != nil {
+func (h *handshaker) setMetaContext(export string, info *Info) error {
+	data := wire.AppendMetaContextRequest(nil, wire.MetaContextRequest{Export: export, Queries: []string{wire.MetaBaseAllocation}})
+	if err := h.send(wire.OptSetMetaContext, data); err != nil {
 		return err
 	}
 	for {
-		rep, d, err := h.reply(OptSetMetaContext)
+		rep, d, err := h.reply(wire.OptSetMetaContext)
 		if err != nil {
 			return err
 		}
 		switch {
-		case rep.Type == RepAck:
+		case rep.Type == wire.RepAck:
 			return nil
-		case rep.Type == RepMetaContext:
+		case rep.Type == wire.RepMetaContext:
 			if len(d) < 4 {
 				return fmt.Errorf("%w: short meta context reply", ErrHandshake)
 			}
-			if string(d[4:]) == MetaBaseAllocation {
+			if string(d[4:]) == wire.MetaBaseAllocation {
 				info.BlockStatus = true
 				info.MetaContext = binary.BigEndian.Uint32(d)
 			}
-		case rep.Type == RepErrShutdown || rep.Type == RepErrTLSReqd:
-			return repError(OptSetMetaContext, rep, d)
-		case IsRepErr(rep.Type):
+		case rep.Type == wire.RepErrShutdown || rep.Type == wire.RepErrTLSReqd:
+			return repError(wire.OptSetMetaContext, rep, d)
+		case wire.IsRepErr(rep.Type):
 			return nil // no block status
 		default:
 			return fmt.Errorf("%w: meta context: unexpected reply type %d", ErrHandshake, rep.Type)
@@ -235,37 +237,37 @@ func (h *handshaker) setMetaContext(export string, info *ClientInfo) error {
 
 // optGo sends NBD_OPT_GO asking for block sizes. It returns false (and
 // no error) if the server doesn't know the option.
-func (h *handshaker) optGo(export string, info *ClientInfo) (bool, error) {
-	data := AppendGoRequest(nil, GoRequest{Name: export, Infos: []uint16{InfoBlockSize}})
-	if err := h.send(OptGo, data); err != nil {
+func (h *handshaker) optGo(export string, info *Info) (bool, error) {
+	data := wire.AppendGoRequest(nil, wire.GoRequest{Name: export, Infos: []uint16{wire.InfoBlockSize}})
+	if err := h.send(wire.OptGo, data); err != nil {
 		return false, err
 	}
 	gotExport := false
 	for {
-		rep, d, err := h.reply(OptGo)
+		rep, d, err := h.reply(wire.OptGo)
 		if err != nil {
 			return false, err
 		}
 		switch {
-		case rep.Type == RepAck:
+		case rep.Type == wire.RepAck:
 			if !gotExport {
 				return false, fmt.Errorf("%w: NBD_OPT_GO acknowledged without NBD_INFO_EXPORT", ErrHandshake)
 			}
 			info.Go = true
 			return true, nil
-		case rep.Type == RepInfo:
+		case rep.Type == wire.RepInfo:
 			if len(d) < 2 {
 				return false, fmt.Errorf("%w: short NBD_REP_INFO", ErrHandshake)
 			}
 			switch binary.BigEndian.Uint16(d) {
-			case InfoExport:
+			case wire.InfoExport:
 				if len(d) != 12 {
 					return false, fmt.Errorf("%w: NBD_INFO_EXPORT of %d bytes", ErrHandshake, len(d))
 				}
 				info.Size = int64(binary.BigEndian.Uint64(d[2:]))
 				info.Flags = binary.BigEndian.Uint16(d[10:])
 				gotExport = true
-			case InfoBlockSize:
+			case wire.InfoBlockSize:
 				if len(d) != 14 {
 					return false, fmt.Errorf("%w: NBD_INFO_BLOCK_SIZE of %d bytes", ErrHandshake, len(d))
 				}
@@ -273,10 +275,10 @@ func (h *handshaker) optGo(export string, info *ClientInfo) (bool, error) {
 				info.PrefBlock = binary.BigEndian.Uint32(d[6:])
 				info.MaxBlock = binary.BigEndian.Uint32(d[10:])
 			}
-		case rep.Type == RepErrUnsup:
+		case rep.Type == wire.RepErrUnsup:
 			return false, nil
-		case IsRepErr(rep.Type):
-			return false, repError(OptGo, rep, d)
+		case wire.IsRepErr(rep.Type):
+			return false, repError(wire.OptGo, rep, d)
 		default:
 			return false, fmt.Errorf("%w: NBD_OPT_GO: unexpected reply type %d", ErrHandshake, rep.Type)
 		}
@@ -284,8 +286,8 @@ func (h *handshaker) optGo(export string, info *ClientInfo) (bool, error) {
 }
 
 // exportName enters transmission with NBD_OPT_EXPORT_NAME.
-func (h *handshaker) exportName(export string, noZeroes bool, info *ClientInfo) error {
-	if err := h.send(OptExportName, []byte(export)); err != nil {
+func (h *handshaker) exportName(export string, noZeroes bool, info *Info) error {
+	if err := h.send(wire.OptExportName, []byte(export)); err != nil {
 		return err
 	}
 	n := 10
@@ -306,5 +308,5 @@ func (h *handshaker) exportName(export string, noZeroes bool, info *ClientInfo) 
 
 // abort ends the negotiation politely (NBD_OPT_ABORT), best effort.
 func (h *handshaker) abort() {
-	_ = h.send(OptAbort, nil)
+	_ = h.send(wire.OptAbort, nil)
 }

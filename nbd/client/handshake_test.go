@@ -11,6 +11,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"udm/nbd/internal/nbdtest"
+	"udm/nbd/wire"
 )
 
 // ctScript serves each connection with fn (the server's side of a
@@ -59,8 +62,8 @@ func ctScript(t *testing.T, fn func(nc net.Conn, br *bufio.Reader)) string {
 // ctGreet sends the newstyle greeting and reads the client's flags.
 func ctGreet(nc net.Conn, br *bufio.Reader, hflags uint16) (uint32, bool) {
 	var hs [18]byte
-	binary.BigEndian.PutUint64(hs[0:], NBDMagic)
-	binary.BigEndian.PutUint64(hs[8:], IHaveOpt)
+	binary.BigEndian.PutUint64(hs[0:], wire.NBDMagic)
+	binary.BigEndian.PutUint64(hs[8:], wire.IHaveOpt)
 	binary.BigEndian.PutUint16(hs[16:], hflags)
 	nc.Write(hs[:])
 	var cf [4]byte
@@ -72,11 +75,11 @@ func ctGreet(nc net.Conn, br *bufio.Reader, hflags uint16) (uint32, bool) {
 
 // ctOption reads one option.
 func ctOption(br *bufio.Reader) (uint32, []byte, bool) {
-	var oh [OptionHeaderSize]byte
+	var oh [wire.OptionHeaderSize]byte
 	if _, err := io.ReadFull(br, oh[:]); err != nil {
 		return 0, nil, false
 	}
-	h, err := ParseOptionHeader(oh[:])
+	h, err := wire.ParseOptionHeader(oh[:])
 	if err != nil {
 		return 0, nil, false
 	}
@@ -88,20 +91,20 @@ func ctOption(br *bufio.Reader) (uint32, []byte, bool) {
 }
 
 func ctInfoExport(size uint64, flags uint16) []byte {
-	b := binary.BigEndian.AppendUint16(nil, InfoExport)
+	b := binary.BigEndian.AppendUint16(nil, wire.InfoExport)
 	b = binary.BigEndian.AppendUint64(b, size)
 	return binary.BigEndian.AppendUint16(b, flags)
 }
 
 func ctInfoBlockSize(min, pref, max uint32) []byte {
-	b := binary.BigEndian.AppendUint16(nil, InfoBlockSize)
+	b := binary.BigEndian.AppendUint16(nil, wire.InfoBlockSize)
 	b = binary.BigEndian.AppendUint32(b, min)
 	b = binary.BigEndian.AppendUint32(b, pref)
 	return binary.BigEndian.AppendUint32(b, max)
 }
 
 // ctHandshakeDial dials uri once, without retries, and returns the error.
-func ctHandshakeDial(uri string, opts ClientOptions) (*Client, error) {
+func ctHandshakeDial(uri string, opts Options) (*Client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), ctSafety)
 	defer cancel()
 	return Dial(ctx, uri, opts)
@@ -114,12 +117,12 @@ func TestClientGoUnsupportedFallsBack(t *testing.T) {
 		var gotName string
 		var mu sync.Mutex
 		uri := ctScript(t, func(nc net.Conn, br *bufio.Reader) {
-			hf := FlagFixedNewstyle
+			hf := wire.FlagFixedNewstyle
 			if noZeroes {
-				hf |= FlagNoZeroes
+				hf |= wire.FlagNoZeroes
 			}
 			cf, ok := ctGreet(nc, br, hf)
-			if !ok || (cf&ClientNoZeroes != 0) != noZeroes {
+			if !ok || (cf&wire.ClientNoZeroes != 0) != noZeroes {
 				return
 			}
 			for {
@@ -127,33 +130,33 @@ func TestClientGoUnsupportedFallsBack(t *testing.T) {
 				if !ok {
 					return
 				}
-				if opt != OptExportName {
-					nc.Write(AppendOptionReply(nil, opt, RepErrUnsup, nil))
+				if opt != wire.OptExportName {
+					nc.Write(wire.AppendOptionReply(nil, opt, wire.RepErrUnsup, nil))
 					continue
 				}
 				mu.Lock()
 				gotName = string(data)
 				mu.Unlock()
 				b := binary.BigEndian.AppendUint64(nil, 1<<20)
-				b = binary.BigEndian.AppendUint16(b, TFlagHasFlags|TFlagSendFlush)
+				b = binary.BigEndian.AppendUint16(b, wire.TFlagHasFlags|wire.TFlagSendFlush)
 				if !noZeroes {
 					b = append(b, make([]byte, 124)...)
 				}
 				nc.Write(b)
 				// Transmission: answer a flush, then stop.
-				var rb [RequestSize]byte
+				var rb [wire.RequestSize]byte
 				if _, err := io.ReadFull(br, rb[:]); err != nil {
 					return
 				}
-				req, _ := ParseRequest(rb[:])
-				rep := make([]byte, SimpleReplySize)
-				PutSimpleReply(rep, 0, req.Cookie)
+				req, _ := wire.ParseRequest(rb[:])
+				rep := make([]byte, wire.SimpleReplySize)
+				wire.PutSimpleReply(rep, 0, req.Cookie)
 				nc.Write(rep)
 				io.Copy(io.Discard, br)
 				return
 			}
 		})
-		c, err := ctHandshakeDial(uri, ClientOptions{})
+		c, err := ctHandshakeDial(uri, Options{})
 		if err != nil {
 			t.Fatalf("no-zeroes %v: %v", noZeroes, err)
 		}
@@ -175,7 +178,7 @@ func TestClientGoUnsupportedFallsBack(t *testing.T) {
 func TestClientHandshakeErrors(t *testing.T) {
 	goReply := func(replies ...[]byte) func(nc net.Conn, br *bufio.Reader) {
 		return func(nc net.Conn, br *bufio.Reader) {
-			if _, ok := ctGreet(nc, br, FlagFixedNewstyle|FlagNoZeroes); !ok {
+			if _, ok := ctGreet(nc, br, wire.FlagFixedNewstyle|wire.FlagNoZeroes); !ok {
 				return
 			}
 			for {
@@ -184,37 +187,37 @@ func TestClientHandshakeErrors(t *testing.T) {
 					return
 				}
 				switch opt {
-				case OptGo:
+				case wire.OptGo:
 					for _, r := range replies {
 						nc.Write(r)
 					}
-				case OptAbort:
-					nc.Write(AppendOptionReply(nil, opt, RepAck, nil))
+				case wire.OptAbort:
+					nc.Write(wire.AppendOptionReply(nil, opt, wire.RepAck, nil))
 					return
 				default:
-					nc.Write(AppendOptionReply(nil, opt, RepErrUnsup, nil))
+					nc.Write(wire.AppendOptionReply(nil, opt, wire.RepErrUnsup, nil))
 				}
 			}
 		}
 	}
-	ack := AppendOptionReply(nil, OptGo, RepAck, nil)
-	info := AppendOptionReply(nil, OptGo, RepInfo, ctInfoExport(1<<20, TFlagHasFlags))
+	ack := wire.AppendOptionReply(nil, wire.OptGo, wire.RepAck, nil)
+	info := wire.AppendOptionReply(nil, wire.OptGo, wire.RepInfo, ctInfoExport(1<<20, wire.TFlagHasFlags))
 	for _, tc := range []struct {
 		name   string
 		server func(nc net.Conn, br *bufio.Reader)
 		want   error
 	}{
-		{"no-such-export", goReply(AppendOptionReply(nil, OptGo, RepErrUnknown, []byte("nope"))), ErrNoExport},
-		{"tls-required", goReply(AppendOptionReply(nil, OptGo, RepErrTLSReqd, nil)), ErrTLSRequired},
-		{"policy", goReply(AppendOptionReply(nil, OptGo, RepErrPolicy, nil)), ErrHandshake},
-		{"shutting-down", goReply(AppendOptionReply(nil, OptGo, RepErrShutdown, nil)), ErrHandshake},
+		{"no-such-export", goReply(wire.AppendOptionReply(nil, wire.OptGo, wire.RepErrUnknown, []byte("nope"))), ErrNoExport},
+		{"tls-required", goReply(wire.AppendOptionReply(nil, wire.OptGo, wire.RepErrTLSReqd, nil)), ErrTLSRequired},
+		{"policy", goReply(wire.AppendOptionReply(nil, wire.OptGo, wire.RepErrPolicy, nil)), ErrHandshake},
+		{"shutting-down", goReply(wire.AppendOptionReply(nil, wire.OptGo, wire.RepErrShutdown, nil)), ErrHandshake},
 		{"ack-without-export-info", goReply(ack), ErrHandshake},
-		{"bad-min-block", goReply(info, AppendOptionReply(nil, OptGo, RepInfo, ctInfoBlockSize(3, 4096, 1<<20)), ack), ErrHandshake},
-		{"max-below-min", goReply(info, AppendOptionReply(nil, OptGo, RepInfo, ctInfoBlockSize(4096, 4096, 512)), ack), ErrHandshake},
-		{"short-info", goReply(AppendOptionReply(nil, OptGo, RepInfo, []byte{0, 0, 1}), ack), ErrHandshake},
-		{"reply-to-another-option", goReply(AppendOptionReply(nil, OptList, RepAck, nil)), ErrHandshake},
+		{"bad-min-block", goReply(info, wire.AppendOptionReply(nil, wire.OptGo, wire.RepInfo, ctInfoBlockSize(3, 4096, 1<<20)), ack), ErrHandshake},
+		{"max-below-min", goReply(info, wire.AppendOptionReply(nil, wire.OptGo, wire.RepInfo, ctInfoBlockSize(4096, 4096, 512)), ack), ErrHandshake},
+		{"short-info", goReply(wire.AppendOptionReply(nil, wire.OptGo, wire.RepInfo, []byte{0, 0, 1}), ack), ErrHandshake},
+		{"reply-to-another-option", goReply(wire.AppendOptionReply(nil, wire.OptList, wire.RepAck, nil)), ErrHandshake},
 		{"oldstyle", func(nc net.Conn, br *bufio.Reader) {
-			b := binary.BigEndian.AppendUint64(nil, NBDMagic)
+			b := binary.BigEndian.AppendUint64(nil, wire.NBDMagic)
 			b = binary.BigEndian.AppendUint64(b, cliservMagic)
 			nc.Write(append(b, make([]byte, 8+4+124)...))
 			io.Copy(io.Discard, br)
@@ -235,7 +238,7 @@ func TestClientHandshakeErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			uri := ctScript(t, tc.server)
-			c, err := ctHandshakeDial(uri, ClientOptions{})
+			c, err := ctHandshakeDial(uri, Options{})
 			if err == nil {
 				c.Close()
 				t.Fatal("handshake succeeded")
@@ -249,7 +252,7 @@ func TestClientHandshakeErrors(t *testing.T) {
 	uri := ctScript(t, func(nc net.Conn, br *bufio.Reader) { io.Copy(io.Discard, br) })
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if _, err := Dial(ctx, uri, ClientOptions{}); err == nil {
+	if _, err := Dial(ctx, uri, Options{}); err == nil {
 		t.Fatal("dial of a silent server succeeded")
 	}
 }
@@ -260,7 +263,7 @@ func TestClientReconnectSizeChange(t *testing.T) {
 	var mu sync.Mutex
 	size := uint64(1 << 20)
 	uri := ctScript(t, func(nc net.Conn, br *bufio.Reader) {
-		if _, ok := ctGreet(nc, br, FlagFixedNewstyle|FlagNoZeroes); !ok {
+		if _, ok := ctGreet(nc, br, wire.FlagFixedNewstyle|wire.FlagNoZeroes); !ok {
 			return
 		}
 		for {
@@ -268,38 +271,38 @@ func TestClientReconnectSizeChange(t *testing.T) {
 			if !ok {
 				return
 			}
-			if opt != OptGo {
-				nc.Write(AppendOptionReply(nil, opt, RepErrUnsup, nil))
+			if opt != wire.OptGo {
+				nc.Write(wire.AppendOptionReply(nil, opt, wire.RepErrUnsup, nil))
 				continue
 			}
 			mu.Lock()
 			sz := size
 			mu.Unlock()
-			nc.Write(AppendOptionReply(nil, opt, RepInfo, ctInfoExport(sz, TFlagHasFlags|TFlagSendFlush)))
-			nc.Write(AppendOptionReply(nil, opt, RepAck, nil))
+			nc.Write(wire.AppendOptionReply(nil, opt, wire.RepInfo, ctInfoExport(sz, wire.TFlagHasFlags|wire.TFlagSendFlush)))
+			nc.Write(wire.AppendOptionReply(nil, opt, wire.RepAck, nil))
 			break
 		}
 		// Every connection serves one request.
-		var rb [RequestSize]byte
+		var rb [wire.RequestSize]byte
 		if _, err := io.ReadFull(br, rb[:]); err != nil {
 			return
 		}
-		req, _ := ParseRequest(rb[:])
-		if req.Type == CmdDisc {
+		req, _ := wire.ParseRequest(rb[:])
+		if req.Type == wire.CmdDisc {
 			return
 		}
-		rep := make([]byte, SimpleReplySize)
-		PutSimpleReply(rep, 0, req.Cookie)
+		rep := make([]byte, wire.SimpleReplySize)
+		wire.PutSimpleReply(rep, 0, req.Cookie)
 		nc.Write(rep)
 		nc.Close()
 	})
-	c := ctDial(t, uri, ClientOptions{ReconnectTimeout: time.Hour})
+	c := ctDial(t, uri, Options{ReconnectTimeout: time.Hour})
 	ctx := ctCtx(t)
 	if err := c.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// Each connection serves one request: wait for the next one.
-	ctEventually(t, "reconnected", func() bool { return c.Stats().Reconnects == 1 && c.Connected() })
+	nbdtest.Eventually(t, "reconnected", func() bool { return c.Stats().Reconnects == 1 && c.Connected() })
 	mu.Lock()
 	size = 2 << 20
 	mu.Unlock()

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"udm/nbd/wire"
 )
 
 // A write that passes its deadline while on the wire must not be able to
@@ -21,16 +23,16 @@ func TestClientTimedOutWriteResetsConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := &ctFake{t: t, ln: ln, uri: "nbd://" + ln.Addr().String() + "/", size: 1 << 20,
-		flags: TFlagHasFlags | TFlagSendFlush | TFlagSendFUA | TFlagSendTrim | TFlagSendWriteZeroes}
+		flags: wire.TFlagHasFlags | wire.TFlagSendFlush | wire.TFlagSendFUA | wire.TFlagSendTrim | wire.TFlagSendWriteZeroes}
 	f.data = make([]byte, f.size)
 	var mu sync.Mutex
 	var hung net.Conn // the connection whose write got no reply
 	release := make(chan struct{})
-	f.handle = func(fc *ctFakeConn, req Request, payload []byte) {
+	f.handle = func(fc *ctFakeConn, req wire.Request, payload []byte) {
 		switch {
-		case fc.idx == 1 && req.Offset == 4096 && req.Type == CmdRead:
+		case fc.idx == 1 && req.Offset == 4096 && req.Type == wire.CmdRead:
 			return // never answered
-		case fc.idx == 1 && req.Offset == 4096 && req.Type == CmdWrite:
+		case fc.idx == 1 && req.Offset == 4096 && req.Type == wire.CmdWrite:
 			// Never answered, and the connection is not read any more
 			// (the test reads it to see how it ended).
 			mu.Lock()
@@ -52,12 +54,12 @@ func TestClientTimedOutWriteResetsConnection(t *testing.T) {
 		}
 		f.mu.Unlock()
 	})
-	c := ctDial(t, f.uri, ClientOptions{})
+	c := ctDial(t, f.uri, Options{})
 	ctx := ctCtx(t)
 
 	// A read times out: same connection afterwards.
 	col := newCollector(1)
-	c.Start(ClientRequest{Cmd: CmdRead, Offset: 4096, Buf: make([]byte, 4096), Timeout: 50 * time.Millisecond}, col, 0)
+	c.Start(Request{Cmd: wire.CmdRead, Offset: 4096, Buf: make([]byte, 4096), Timeout: 50 * time.Millisecond}, col, 0)
 	col.wait(t)
 	if err := col.errs[0]; !errors.Is(err, syscall.ETIMEDOUT) {
 		t.Fatalf("read: %v, want ETIMEDOUT", err)
@@ -71,7 +73,7 @@ func TestClientTimedOutWriteResetsConnection(t *testing.T) {
 
 	// A write times out: the connection is reset and replaced.
 	col = newCollector(1)
-	c.Start(ClientRequest{Cmd: CmdWrite, Offset: 4096, Buf: make([]byte, 4096), Timeout: 50 * time.Millisecond}, col, 0)
+	c.Start(Request{Cmd: wire.CmdWrite, Offset: 4096, Buf: make([]byte, 4096), Timeout: 50 * time.Millisecond}, col, 0)
 	col.wait(t)
 	if err := col.errs[0]; !errors.Is(err, syscall.ETIMEDOUT) {
 		t.Fatalf("write: %v, want ETIMEDOUT", err)

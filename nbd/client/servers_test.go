@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"udm/internal/testutil"
+	"udm/nbd/internal/nbdtest"
 )
 
 // ctSafety bounds how long a client test waits for something that must
@@ -196,7 +197,7 @@ func (s *ctServer) signal(sig syscall.Signal) {
 		return
 	}
 	dir := fmt.Sprintf("/proc/%d/task", cmd.Process.Pid)
-	ctEventually(s.t, s.kind+" stopped", func() bool {
+	nbdtest.Eventually(s.t, s.kind+" stopped", func() bool {
 		tasks, err := os.ReadDir(dir)
 		if err != nil {
 			return false
@@ -241,7 +242,7 @@ func ctNbdinfo(t testing.TB, uri string) map[string]any {
 
 // ctDial dials uri with test-friendly reconnection settings on top of
 // opts.
-func ctDial(t testing.TB, uri string, opts ClientOptions) *Client {
+func ctDial(t testing.TB, uri string, opts Options) *Client {
 	t.Helper()
 	if opts.MaxBackoff == 0 {
 		opts.MaxBackoff = 100 * time.Millisecond
@@ -264,16 +265,4 @@ func ctCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), ctSafety)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// ctEventually polls cond until it holds or ctSafety passes.
-func ctEventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(ctSafety)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("never happened: %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }

@@ -12,6 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"udm/internal/testutil"
+	"udm/nbd/internal/nbdtest"
+	"udm/nbd/wire"
 )
 
 // TestServerAllocatesNothingPerRequest drives the server's steady path —
@@ -20,7 +22,7 @@ import (
 // nothing), and counts the heap allocations of the whole process per
 // request; receiving at once, and gathering (the timer, the pacer).
 func TestServerAllocatesNothingPerRequest(t *testing.T) {
-	if ctRace {
+	if nbdtest.Race {
 		t.Skip("skipped under -race: the race detector allocates on its own")
 	}
 	for _, gather := range []bool{false, true} {
@@ -29,7 +31,7 @@ func TestServerAllocatesNothingPerRequest(t *testing.T) {
 }
 
 func testAllocs(t *testing.T, gather bool) {
-	ts := newTestServer(t, 1, ServerConfig{forceGather: gather, GatherWindow: DefaultGatherWindow})
+	ts := newTestServer(t, 1, Config{forceGather: gather, GatherWindow: DefaultGatherWindow})
 	ts.linear("disk", 64<<20) // tmpfs: filedev copies inline
 	exports := []string{"disk"}
 	if os.Geteuid() == 0 {
@@ -57,21 +59,21 @@ func testAllocs(t *testing.T, gather bool) {
 		defer unix.Close(fd)
 		unix.SetNonblock(fd, false)
 		const batch = 32
-		req := make([]byte, batch*(RequestSize+4096))
+		req := make([]byte, batch*(wire.RequestSize+4096))
 		rep := make([]byte, 1<<20)
 		// One batch: 16 reads and 16 writes of 4 KiB, then all replies.
 		round := func(n int) {
 			for r := 0; r < n; r++ {
 				p := req[:0]
 				for i := 0; i < batch; i++ {
-					var h [RequestSize]byte
-					typ := CmdRead
+					var h [wire.RequestSize]byte
+					typ := wire.CmdRead
 					if i%2 == 1 {
-						typ = CmdWrite
+						typ = wire.CmdWrite
 					}
-					Request{Type: typ, Cookie: uint64(i), Offset: uint64((r*batch+i)%16000) * 4096, Length: 4096}.Encode(h[:])
+					wire.Request{Type: typ, Cookie: uint64(i), Offset: uint64((r*batch+i)%16000) * 4096, Length: 4096}.Encode(h[:])
 					p = append(p, h[:]...)
-					if typ == CmdWrite {
+					if typ == wire.CmdWrite {
 						p = p[:len(p)+4096]
 					}
 				}
@@ -88,13 +90,13 @@ func testAllocs(t *testing.T, gather bool) {
 				for i := 0; i < batch; i++ {
 					switch {
 					case !structured && i%2 == 0:
-						want += SimpleReplySize + 4096
+						want += wire.SimpleReplySize + 4096
 					case !structured:
-						want += SimpleReplySize
+						want += wire.SimpleReplySize
 					case i%2 == 0:
-						want += StructReplySize + 8 + 4096
+						want += wire.StructReplySize + 8 + 4096
 					default:
-						want += StructReplySize
+						want += wire.StructReplySize
 					}
 				}
 				for got := 0; got < want; {
@@ -104,7 +106,7 @@ func testAllocs(t *testing.T, gather bool) {
 					}
 					got += k
 				}
-				if m := binary.BigEndian.Uint32(rep); m != SimpleMagic && m != StructMagic {
+				if m := binary.BigEndian.Uint32(rep); m != wire.SimpleMagic && m != wire.StructMagic {
 					t.Fatalf("bad reply magic %#x", m)
 				}
 			}

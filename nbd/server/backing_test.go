@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"udm/dm"
+	"udm/nbd/internal/nbdtest"
+	"udm/nbd/wire"
 	"udm/uring"
 )
 
@@ -65,7 +67,7 @@ func durable(ios []backingIO, dev string, op dm.Op) bool {
 // durable on each backing it touches — a flush, or the write with FUA —
 // and not answered before the backing has completed that.
 func TestFlushAndFUAReachBacking(t *testing.T) {
-	ts := newTestServer(t, 1, ServerConfig{})
+	ts := newTestServer(t, 1, Config{})
 	const half = 4 << 20
 	a, b := ts.memBacking("mem:a", half), ts.memBacking("mem:b", half)
 	ts.create("disk", fmt.Sprintf("0 %d linear %s 0\n%d %d linear %s 0", half/512, a.Name(), half/512, half/512, b.Name()))
@@ -91,12 +93,12 @@ func TestFlushAndFUAReachBacking(t *testing.T) {
 		devs    []*dm.MemDevice // where
 		payload []byte
 	}{
-		{name: "flush", typ: CmdFlush, op: dm.OpFlush, devs: []*dm.MemDevice{a, b}},
-		{name: "write with FUA", typ: CmdWrite, flags: CmdFlagFUA, off: 8192, length: 8192, op: dm.OpWrite,
+		{name: "flush", typ: wire.CmdFlush, op: dm.OpFlush, devs: []*dm.MemDevice{a, b}},
+		{name: "write with FUA", typ: wire.CmdWrite, flags: wire.CmdFlagFUA, off: 8192, length: 8192, op: dm.OpWrite,
 			devs: []*dm.MemDevice{a}, payload: bytes.Repeat([]byte{0xf1}, 8192)},
-		{name: "write with FUA across both backings", typ: CmdWrite, flags: CmdFlagFUA, off: half - 4096, length: 8192,
+		{name: "write with FUA across both backings", typ: wire.CmdWrite, flags: wire.CmdFlagFUA, off: half - 4096, length: 8192,
 			op: dm.OpWrite, devs: []*dm.MemDevice{a, b}, payload: bytes.Repeat([]byte{0xf2}, 8192)},
-		{name: "write-zeroes with FUA", typ: CmdWriteZeroes, flags: CmdFlagFUA, off: half + 4096, length: 4096,
+		{name: "write-zeroes with FUA", typ: wire.CmdWriteZeroes, flags: wire.CmdFlagFUA, off: half + 4096, length: 4096,
 			op: dm.OpWriteZeroes, devs: []*dm.MemDevice{b}},
 	}
 	for i, c := range cases {
@@ -112,7 +114,7 @@ func TestFlushAndFUAReachBacking(t *testing.T) {
 			var released []backingIO
 			for !rc.replied(50 * time.Millisecond) {
 				var n int
-				ctEventually(t, "the backings to hold what they were sent", func() bool {
+				nbdtest.Eventually(t, "the backings to hold what they were sent", func() bool {
 					mu.Lock()
 					n = len(ios)
 					mu.Unlock()
@@ -163,12 +165,12 @@ func TestFlushAndFUAReachBacking(t *testing.T) {
 // every one, correctly.
 func TestInflightByteBudget(t *testing.T) {
 	const maxPayload, budget, n = 4 << 20, 16 << 20, 24 // 96 MiB asked for
-	ts := newTestServer(t, 1, ServerConfig{MaxPayload: maxPayload, MaxInflightBytes: budget})
+	ts := newTestServer(t, 1, Config{MaxPayload: maxPayload, MaxInflightBytes: budget})
 	m := ts.memDisk("disk", n*maxPayload)
 	for _, c := range []struct {
 		name string
 		typ  uint16
-	}{{"reads", CmdRead}, {"writes", CmdWrite}} {
+	}{{"reads", wire.CmdRead}, {"writes", wire.CmdWrite}} {
 		typ := c.typ
 		t.Run(c.name, func(t *testing.T) {
 			fillPattern(t, m, 0)
@@ -186,10 +188,10 @@ func TestInflightByteBudget(t *testing.T) {
 				// in the socket.
 				var b []byte
 				for i := 0; i < n; i++ {
-					var h [RequestSize]byte
-					Request{Type: typ, Cookie: uint64(i), Offset: uint64(i) * maxPayload, Length: maxPayload}.Encode(h[:])
+					var h [wire.RequestSize]byte
+					wire.Request{Type: typ, Cookie: uint64(i), Offset: uint64(i) * maxPayload, Length: maxPayload}.Encode(h[:])
 					b = append(b, h[:]...)
-					if typ == CmdWrite {
+					if typ == wire.CmdWrite {
 						b = append(b, data(i)...)
 					}
 				}
@@ -203,7 +205,7 @@ func TestInflightByteBudget(t *testing.T) {
 					t.Fatalf("reply for cookie %d: error %d (or a duplicate)", cookie, werr)
 				}
 				seen[cookie] = true
-				if typ == CmdRead {
+				if typ == wire.CmdRead {
 					if got := rc.readData(maxPayload); !bytes.Equal(got, pattern(cookie*maxPayload, maxPayload)) {
 						t.Fatalf("read %d: wrong data", cookie)
 					}
@@ -219,10 +221,10 @@ func TestInflightByteBudget(t *testing.T) {
 			if peak > budget || maxHeld > budget/maxPayload {
 				t.Errorf("%d bytes in flight (%d requests at the backing at once), budget %d", peak, maxHeld, budget)
 			}
-			if typ == CmdRead && peak < 2*maxPayload {
+			if typ == wire.CmdRead && peak < 2*maxPayload {
 				t.Errorf("at most %d bytes in flight: the budget should let several requests go at once", peak)
 			}
-			if typ == CmdWrite {
+			if typ == wire.CmdWrite {
 				for i := 0; i < n; i++ {
 					got := make([]byte, maxPayload)
 					m.ReadAt(got, int64(i)*maxPayload)
@@ -271,7 +273,7 @@ func TestInflightByteBudgetDefaults(t *testing.T) {
 		{1 << 20, 8 << 20, 8 << 20},   // as asked
 		{16 << 20, 4 << 20, 16 << 20}, // raised to MaxPayload
 	} {
-		s, err := NewServer(ServerConfig{Exports: RegistryExports(dm.NewRegistry(dm.Config{}), ""), Loops: []*uring.Loop{nil},
+		s, err := New(Config{Exports: RegistryExports(dm.NewRegistry(dm.Config{}), ""), Loops: []*uring.Loop{nil},
 			MaxPayload: c.maxPayload, MaxInflightBytes: c.budget})
 		if err != nil {
 			t.Fatal(err)
@@ -286,7 +288,7 @@ func TestInflightByteBudgetDefaults(t *testing.T) {
 // refused with ENOMEM (a write's payload drained), and the connection goes
 // on.
 func TestBufferAllocationFailure(t *testing.T) {
-	ts := newTestServer(t, 1, ServerConfig{})
+	ts := newTestServer(t, 1, Config{})
 	ts.memDisk("disk", 16<<20)
 	ts.srv.mu.Lock()
 	ts.srv.getBuf = func(a *uring.Arena, n int) (uring.Buf, error) {
@@ -307,10 +309,10 @@ func TestBufferAllocationFailure(t *testing.T) {
 				payload int
 				want    uint32
 			}{
-				{"big read", CmdRead, 2 << 20, 0, ENOMEM},
-				{"big write", CmdWrite, 2 << 20, 2 << 20, ENOMEM},
-				{"small write", CmdWrite, 4096, 4096, 0},
-				{"small read", CmdRead, 4096, 0, 0},
+				{"big read", wire.CmdRead, 2 << 20, 0, wire.ENOMEM},
+				{"big write", wire.CmdWrite, 2 << 20, 2 << 20, wire.ENOMEM},
+				{"small write", wire.CmdWrite, 4096, 4096, 0},
+				{"small read", wire.CmdRead, 4096, 0, 0},
 			}
 			for i, c := range cases {
 				rc.send(c.typ, 0, uint64(i), 0, c.length, bytes.Repeat([]byte{0x3c}, c.payload))
@@ -318,7 +320,7 @@ func TestBufferAllocationFailure(t *testing.T) {
 				if cookie != uint64(i) || werr != c.want {
 					t.Fatalf("%s: cookie %d error %d, want cookie %d error %d", c.name, cookie, werr, i, c.want)
 				}
-				if c.typ == CmdRead && werr == 0 && !structured {
+				if c.typ == wire.CmdRead && werr == 0 && !structured {
 					rc.readData(int(c.length))
 				}
 			}

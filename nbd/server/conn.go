@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"udm/dm"
+	"udm/nbd/wire"
 	"udm/uring"
 )
 
@@ -41,7 +42,7 @@ const (
 	maxIov        = 64
 	maxQueued     = 64 << 20 // reply bytes queued before we stop reading
 	drainLimit    = 64 << 20 // refused write payloads up to this are drained
-	cmdFlagsKnown = CmdFlagFUA | CmdFlagNoHole | CmdFlagDF | CmdFlagReqOne | CmdFlagFastZero
+	cmdFlagsKnown = wire.CmdFlagFUA | wire.CmdFlagNoHole | wire.CmdFlagDF | wire.CmdFlagReqOne | wire.CmdFlagFastZero
 )
 
 type conn struct {
@@ -97,7 +98,7 @@ type req struct {
 	c        *conn
 	idx      int32
 	bio      dm.Bio
-	hdr      Request
+	hdr      wire.Request
 	buf      uring.Buf
 	got      int // payload bytes received
 	head     [32]byte
@@ -192,7 +193,7 @@ func (c *conn) armRecv() {
 		}
 		if c.rstart == c.rend {
 			c.rstart, c.rend = 0, 0
-		} else if c.rstart > 0 && (len(c.rbuf)-c.rend < RequestSize || c.rstart > len(c.rbuf)/2) {
+		} else if c.rstart > 0 && (len(c.rbuf)-c.rend < wire.RequestSize || c.rstart > len(c.rbuf)/2) {
 			c.rend = copy(c.rbuf, c.rbuf[c.rstart:c.rend])
 			c.rstart = 0
 		}
@@ -201,7 +202,7 @@ func (c *conn) armRecv() {
 			// After a big write, take just the next header: if it is
 			// another big write, its payload is then received straight
 			// into its buffer instead of into rbuf and copied.
-			if n := RequestSize - (c.rend - c.rstart); n > 0 {
+			if n := wire.RequestSize - (c.rend - c.rstart); n > 0 {
 				b = b[:n]
 			}
 		}
@@ -278,13 +279,13 @@ func (c *conn) parse() (n int) {
 			}
 			continue
 		}
-		if avail < RequestSize {
+		if avail < wire.RequestSize {
 			return
 		}
 		if len(c.free) == 0 {
 			return // resumes when a reply has gone out
 		}
-		h, err := ParseRequest(c.rbuf[c.rstart:c.rend])
+		h, err := wire.ParseRequest(c.rbuf[c.rstart:c.rend])
 		if err != nil {
 			c.shutdown(true, "request out of sync (bad magic)")
 			return
@@ -293,7 +294,7 @@ func (c *conn) parse() (n int) {
 			c.overBudget = true
 			return // resumes when a reply has gone out
 		}
-		c.rstart += RequestSize
+		c.rstart += wire.RequestSize
 		c.handle(h)
 		n++
 	}
@@ -301,8 +302,8 @@ func (c *conn) parse() (n int) {
 }
 
 // bufNeed is the data buffer h will take if it is accepted.
-func (c *conn) bufNeed(h Request) int64 {
-	if (h.Type == CmdRead || h.Type == CmdWrite) && int(h.Length) <= c.s.cfg.MaxPayload {
+func (c *conn) bufNeed(h wire.Request) int64 {
+	if (h.Type == wire.CmdRead || h.Type == wire.CmdWrite) && int(h.Length) <= c.s.cfg.MaxPayload {
 		return int64(h.Length)
 	}
 	return 0
@@ -321,7 +322,7 @@ func (c *conn) getBuf(r *req) bool {
 	return true
 }
 
-func (c *conn) alloc(h Request) *req {
+func (c *conn) alloc(h wire.Request) *req {
 	i := c.free[len(c.free)-1]
 	c.free = c.free[:len(c.free)-1]
 	r := &c.reqs[i]
@@ -333,13 +334,13 @@ func (c *conn) alloc(h Request) *req {
 }
 
 // handle validates one request and starts it.
-func (c *conn) handle(h Request) {
+func (c *conn) handle(h wire.Request) {
 	r := c.alloc(h)
 	c.headerOnly = false
 	size := uint64(c.dev.Size())
 	end := h.Offset + uint64(h.Length)
 	overflow := end < h.Offset
-	hasPayload := h.Type == CmdWrite
+	hasPayload := h.Type == wire.CmdWrite
 	refuse := func(e uint32) {
 		c.reply(r, e)
 		if hasPayload {
@@ -347,33 +348,33 @@ func (c *conn) handle(h Request) {
 		}
 	}
 	if h.Flags&^cmdFlagsKnown != 0 {
-		refuse(EINVAL)
+		refuse(wire.EINVAL)
 		return
 	}
 	switch h.Type {
-	case CmdRead, CmdWrite:
+	case wire.CmdRead, wire.CmdWrite:
 		switch {
 		case h.Length == 0 || h.Length%minBlock != 0 || h.Offset%minBlock != 0:
-			refuse(EINVAL)
+			refuse(wire.EINVAL)
 		case int(h.Length) > c.s.cfg.MaxPayload:
-			refuse(EOVERFLOW)
-		case h.Type == CmdRead && h.Flags&^(CmdFlagFUA|CmdFlagDF) != 0:
-			refuse(EINVAL)
-		case h.Type == CmdRead && h.Flags&CmdFlagDF != 0 && !c.structured:
-			refuse(EINVAL) // SEND_DF is not offered without structured replies
-		case h.Type == CmdWrite && h.Flags&^CmdFlagFUA != 0:
-			refuse(EINVAL)
+			refuse(wire.EOVERFLOW)
+		case h.Type == wire.CmdRead && h.Flags&^(wire.CmdFlagFUA|wire.CmdFlagDF) != 0:
+			refuse(wire.EINVAL)
+		case h.Type == wire.CmdRead && h.Flags&wire.CmdFlagDF != 0 && !c.structured:
+			refuse(wire.EINVAL) // SEND_DF is not offered without structured replies
+		case h.Type == wire.CmdWrite && h.Flags&^wire.CmdFlagFUA != 0:
+			refuse(wire.EINVAL)
 		case overflow || end > size:
-			if h.Type == CmdRead {
-				refuse(EINVAL)
+			if h.Type == wire.CmdRead {
+				refuse(wire.EINVAL)
 			} else {
-				refuse(ENOSPC)
+				refuse(wire.ENOSPC)
 			}
-		case h.Type == CmdWrite && c.dev.ReadOnly():
-			refuse(EPERM)
+		case h.Type == wire.CmdWrite && c.dev.ReadOnly():
+			refuse(wire.EPERM)
 		case !c.getBuf(r):
-			refuse(ENOMEM)
-		case h.Type == CmdRead:
+			refuse(wire.ENOMEM)
+		case h.Type == wire.CmdRead:
 			c.setBio(r, dm.OpRead, 0)
 			c.submit(r)
 		default:
@@ -385,7 +386,7 @@ func (c *conn) handle(h Request) {
 				c.s.stats.PayloadCopied.Add(int64(n))
 			}
 			var fl dm.BioFlags
-			if h.Flags&CmdFlagFUA != 0 {
+			if h.Flags&wire.CmdFlagFUA != 0 {
 				fl = dm.FUA
 			}
 			c.setBio(r, dm.OpWrite, fl)
@@ -395,69 +396,69 @@ func (c *conn) handle(h Request) {
 			}
 			c.submit(r)
 		}
-	case CmdFlush:
+	case wire.CmdFlush:
 		if h.Flags != 0 {
-			refuse(EINVAL)
+			refuse(wire.EINVAL)
 			return
 		}
 		c.setBio(r, dm.OpFlush, 0)
 		c.submit(r)
-	case CmdTrim, CmdWriteZeroes:
-		allowed := CmdFlagFUA
-		if h.Type == CmdWriteZeroes {
-			allowed |= CmdFlagNoHole | CmdFlagFastZero
+	case wire.CmdTrim, wire.CmdWriteZeroes:
+		allowed := wire.CmdFlagFUA
+		if h.Type == wire.CmdWriteZeroes {
+			allowed |= wire.CmdFlagNoHole | wire.CmdFlagFastZero
 		}
 		switch {
 		case h.Flags&^allowed != 0:
-			refuse(EINVAL)
+			refuse(wire.EINVAL)
 		case h.Length == 0 || h.Length%minBlock != 0 || h.Offset%minBlock != 0:
-			refuse(EINVAL)
+			refuse(wire.EINVAL)
 		case overflow || end > size:
-			refuse(ENOSPC)
+			refuse(wire.ENOSPC)
 		case c.dev.ReadOnly():
-			refuse(EPERM)
+			refuse(wire.EPERM)
 		default:
 			op, fl := dm.OpDiscard, dm.BioFlags(0)
-			if h.Type == CmdWriteZeroes {
+			if h.Type == wire.CmdWriteZeroes {
 				op = dm.OpWriteZeroes
-				if h.Flags&CmdFlagNoHole != 0 {
+				if h.Flags&wire.CmdFlagNoHole != 0 {
 					fl |= dm.NoUnmap
 				}
-				if h.Flags&CmdFlagFastZero != 0 {
+				if h.Flags&wire.CmdFlagFastZero != 0 {
 					fl |= dm.FastZero
 				}
 			}
-			if h.Flags&CmdFlagFUA != 0 {
+			if h.Flags&wire.CmdFlagFUA != 0 {
 				fl |= dm.FUA
 			}
 			c.setBio(r, op, fl)
 			c.submit(r)
 		}
-	case CmdCache:
+	case wire.CmdCache:
 		// Advisory: the data is one read away on our devices anyway.
 		if overflow || end > size || h.Flags != 0 {
-			refuse(EINVAL)
+			refuse(wire.EINVAL)
 			return
 		}
 		c.reply(r, 0)
-	case CmdBlockStatus:
+	case wire.CmdBlockStatus:
 		switch {
 		case !c.meta:
-			refuse(EINVAL)
-		case h.Flags&^CmdFlagReqOne != 0 || h.Length == 0:
-			refuse(EINVAL)
+			refuse(wire.EINVAL)
+		case h.Flags&^wire.CmdFlagReqOne != 0 || h.Length == 0:
+			refuse(wire.EINVAL)
 		case overflow || end > size:
-			refuse(EINVAL)
+			refuse(wire.EINVAL)
 		default:
 			c.blockStatus(r)
 		}
-	case CmdDisc:
+	case wire.CmdDisc:
 		r.noReply = true
 		c.reply(r, 0)
 		c.shutdown(false, "client disconnected")
 	default:
 		// Unknown commands carry no payload we know of: refuse and go on.
-		c.reply(r, EINVAL)
+		c.reply(r, wire.EINVAL)
 	}
 }
 
@@ -493,13 +494,13 @@ func (c *conn) submit(r *req) {
 func (r *req) BioEnd(_ *dm.Bio, err error) {
 	c := r.c
 	c.bios--
-	werr := ErrnoToWire(err)
-	if werr == ENOTSUP && (r.hdr.Type != CmdWriteZeroes || r.hdr.Flags&CmdFlagFastZero == 0) {
+	werr := wire.FromErrno(err)
+	if werr == wire.ENOTSUP && (r.hdr.Type != wire.CmdWriteZeroes || r.hdr.Flags&wire.CmdFlagFastZero == 0) {
 		// NBD_ENOTSUP means "not fast" to a FAST_ZERO write-zeroes and
 		// is not to be sent otherwise. A backing that can't discard
 		// declined a hint; one that can't do anything else failed it.
-		werr = EIO
-		if r.hdr.Type == CmdTrim {
+		werr = wire.EIO
+		if r.hdr.Type == wire.CmdTrim {
 			werr = 0
 		}
 	}
@@ -519,31 +520,31 @@ func (c *conn) reply(r *req, werr uint32) {
 		return
 	}
 	h := r.hdr
-	read := h.Type == CmdRead && werr == 0
+	read := h.Type == wire.CmdRead && werr == 0
 	switch {
 	case !c.structured:
-		PutSimpleReply(r.head[:], werr, h.Cookie)
-		r.headLen = SimpleReplySize
+		wire.PutSimpleReply(r.head[:], werr, h.Cookie)
+		r.headLen = wire.SimpleReplySize
 		if read {
 			r.data = r.buf.B
 		}
 	case werr != 0:
-		PutStructuredHeader(r.head[:], ReplyFlagDone, ReplyError, h.Cookie, 6)
+		wire.PutStructuredHeader(r.head[:], wire.ReplyFlagDone, wire.ReplyError, h.Cookie, 6)
 		binary.BigEndian.PutUint32(r.head[20:], werr)
 		binary.BigEndian.PutUint16(r.head[24:], 0)
 		r.headLen = 26
 	case read:
-		PutStructuredHeader(r.head[:], ReplyFlagDone, ReplyOffsetData, h.Cookie, 8+h.Length)
+		wire.PutStructuredHeader(r.head[:], wire.ReplyFlagDone, wire.ReplyOffsetData, h.Cookie, 8+h.Length)
 		binary.BigEndian.PutUint64(r.head[20:], h.Offset)
 		r.headLen = 28
 		r.data = r.buf.B
 	case r.extra != nil:
-		PutStructuredHeader(r.head[:], ReplyFlagDone, ReplyBlockStatus, h.Cookie, uint32(len(r.extra)))
-		r.headLen = StructReplySize
+		wire.PutStructuredHeader(r.head[:], wire.ReplyFlagDone, wire.ReplyBlockStatus, h.Cookie, uint32(len(r.extra)))
+		r.headLen = wire.StructReplySize
 		r.data = r.extra
 	default:
-		PutStructuredHeader(r.head[:], ReplyFlagDone, ReplyNone, h.Cookie, 0)
-		r.headLen = StructReplySize
+		wire.PutStructuredHeader(r.head[:], wire.ReplyFlagDone, wire.ReplyNone, h.Cookie, 0)
+		r.headLen = wire.StructReplySize
 	}
 	c.queuedBytes += r.headLen + len(r.data)
 	c.sendq = append(c.sendq, r)
@@ -662,7 +663,7 @@ func (c *conn) afterFree() {
 		c.maybeFinish()
 		return
 	}
-	if c.payload == nil && c.rend-c.rstart >= RequestSize {
+	if c.payload == nil && c.rend-c.rstart >= wire.RequestSize {
 		c.parse()
 	}
 	c.armRecv()
@@ -746,14 +747,14 @@ func (c *conn) blockStatus(r *req) {
 			b = binary.BigEndian.AppendUint32(b, uint32(n))
 			b = binary.BigEndian.AppendUint32(b, e.Flags)
 			total += n
-			if h.Flags&CmdFlagReqOne != 0 || total >= uint64(h.Length) {
+			if h.Flags&wire.CmdFlagReqOne != 0 || total >= uint64(h.Length) {
 				break
 			}
 		}
 		if l.Post(func() {
 			c.statuses--
 			if err != nil {
-				c.reply(r, ErrnoToWire(err))
+				c.reply(r, wire.FromErrno(err))
 				return
 			}
 			r.extra = b

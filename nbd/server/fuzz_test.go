@@ -17,15 +17,16 @@ import (
 
 	"udm/dm"
 	"udm/dm/filedev"
+	"udm/nbd/wire"
 	"udm/uring"
 )
 
 func FuzzParseRequest(f *testing.F) {
-	var b [RequestSize]byte
-	for _, r := range []Request{
-		{Type: CmdRead, Cookie: 1, Offset: 4096, Length: 4096},
-		{Type: CmdWrite, Flags: CmdFlagFUA, Cookie: 2, Length: 512},
-		{Type: CmdWriteZeroes, Flags: CmdFlagNoHole | CmdFlagFastZero, Offset: 1 << 40, Length: 1 << 31},
+	var b [wire.RequestSize]byte
+	for _, r := range []wire.Request{
+		{Type: wire.CmdRead, Cookie: 1, Offset: 4096, Length: 4096},
+		{Type: wire.CmdWrite, Flags: wire.CmdFlagFUA, Cookie: 2, Length: 512},
+		{Type: wire.CmdWriteZeroes, Flags: wire.CmdFlagNoHole | wire.CmdFlagFastZero, Offset: 1 << 40, Length: 1 << 31},
 		{Type: 0xffff, Flags: 0xffff, Cookie: ^uint64(0), Offset: ^uint64(0), Length: ^uint32(0)},
 	} {
 		r.Encode(b[:])
@@ -33,40 +34,40 @@ func FuzzParseRequest(f *testing.F) {
 	}
 	f.Add([]byte{0x25, 0x60})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r, err := ParseRequest(data)
+		r, err := wire.ParseRequest(data)
 		if err != nil {
 			return
 		}
-		var out [RequestSize]byte
+		var out [wire.RequestSize]byte
 		r.Encode(out[:])
-		if !bytes.Equal(out[:], data[:RequestSize]) {
-			t.Fatalf("request %+v re-encodes as % x, parsed from % x", r, out, data[:RequestSize])
+		if !bytes.Equal(out[:], data[:wire.RequestSize]) {
+			t.Fatalf("request %+v re-encodes as % x, parsed from % x", r, out, data[:wire.RequestSize])
 		}
 	})
 }
 
 func FuzzParseOptionPayloads(f *testing.F) {
-	f.Add(AppendGoRequest(nil, GoRequest{Name: "disk", Infos: []uint16{InfoBlockSize, InfoName}}))
-	f.Add(AppendGoRequest(nil, GoRequest{}))
-	f.Add(AppendMetaContextRequest(nil, MetaContextRequest{Export: "disk", Queries: []string{MetaBaseAllocation, "x"}}))
+	f.Add(wire.AppendGoRequest(nil, wire.GoRequest{Name: "disk", Infos: []uint16{wire.InfoBlockSize, wire.InfoName}}))
+	f.Add(wire.AppendGoRequest(nil, wire.GoRequest{}))
+	f.Add(wire.AppendMetaContextRequest(nil, wire.MetaContextRequest{Export: "disk", Queries: []string{wire.MetaBaseAllocation, "x"}}))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if g, err := ParseGoRequest(data); err == nil {
-			again, err := ParseGoRequest(AppendGoRequest(nil, g))
+		if g, err := wire.ParseGoRequest(data); err == nil {
+			again, err := wire.ParseGoRequest(wire.AppendGoRequest(nil, g))
 			if err != nil || !reflect.DeepEqual(again, g) {
 				t.Fatalf("GO request %+v does not round-trip: %+v, %v", g, again, err)
 			}
 		}
-		if m, err := ParseMetaContextRequest(data); err == nil {
-			again, err := ParseMetaContextRequest(AppendMetaContextRequest(nil, m))
+		if m, err := wire.ParseMetaContextRequest(data); err == nil {
+			again, err := wire.ParseMetaContextRequest(wire.AppendMetaContextRequest(nil, m))
 			if err != nil || !reflect.DeepEqual(again, m) {
 				t.Fatalf("meta context request %+v does not round-trip: %+v, %v", m, again, err)
 			}
 		}
-		if h, err := ParseOptionHeader(data); err == nil {
-			var b [OptionHeaderSize]byte
-			PutOptionHeader(b[:], h.Option, h.Length)
-			if !bytes.Equal(b[:], data[:OptionHeaderSize]) {
+		if h, err := wire.ParseOptionHeader(data); err == nil {
+			var b [wire.OptionHeaderSize]byte
+			wire.PutOptionHeader(b[:], h.Option, h.Length)
+			if !bytes.Equal(b[:], data[:wire.OptionHeaderSize]) {
 				t.Fatalf("option header %+v does not round-trip", h)
 			}
 		}
@@ -108,7 +109,7 @@ func startDetachedServer() (*testServer, error) {
 	if _, err := reg.Create(context.Background(), "disk", "", fmt.Sprintf("0 8192 linear %s 0", f.Name())); err != nil {
 		return nil, err
 	}
-	srv, err := NewServer(ServerConfig{Exports: RegistryExports(reg, ""), Loops: []*uring.Loop{l}, Log: zerolog.Nop(),
+	srv, err := New(Config{Exports: RegistryExports(reg, ""), Loops: []*uring.Loop{l}, Log: zerolog.Nop(),
 		MaxPayload: 1 << 20, HandshakeTimeout: 2 * time.Second})
 	if err != nil {
 		return nil, err
@@ -126,7 +127,7 @@ func startDetachedServer() (*testServer, error) {
 func serverAlive(t *testing.T, ts *testServer) {
 	rc := dialRaw(t, ts.tcp)
 	rc.goExport("disk", false)
-	rc.send(CmdRead, 0, 77, 0, 512, nil)
+	rc.send(wire.CmdRead, 0, 77, 0, 512, nil)
 	if cookie, werr, _ := rc.reply(); cookie != 77 || werr != 0 {
 		t.Fatalf("server broken after fuzz input: cookie %d error %d", cookie, werr)
 	}
@@ -152,15 +153,15 @@ func drive(t *testing.T, c net.Conn, data []byte) {
 
 func FuzzServerOptions(f *testing.F) {
 	opt := func(o uint32, data []byte) []byte {
-		var h [OptionHeaderSize]byte
-		PutOptionHeader(h[:], o, uint32(len(data)))
+		var h [wire.OptionHeaderSize]byte
+		wire.PutOptionHeader(h[:], o, uint32(len(data)))
 		return append(h[:], data...)
 	}
-	flags := binary.BigEndian.AppendUint32(nil, ClientFixedNewstyle|ClientNoZeroes)
-	f.Add(append(append([]byte(nil), flags...), opt(OptList, nil)...))
-	f.Add(append(append([]byte(nil), flags...), opt(OptGo, AppendGoRequest(nil, GoRequest{Name: "disk"}))...))
-	f.Add(append(append([]byte(nil), flags...), opt(OptStructuredReply, nil)...))
-	f.Add(append(append([]byte(nil), flags...), opt(OptSetMetaContext, AppendMetaContextRequest(nil, MetaContextRequest{Export: "disk", Queries: []string{"base:allocation"}}))...))
+	flags := binary.BigEndian.AppendUint32(nil, wire.ClientFixedNewstyle|wire.ClientNoZeroes)
+	f.Add(append(append([]byte(nil), flags...), opt(wire.OptList, nil)...))
+	f.Add(append(append([]byte(nil), flags...), opt(wire.OptGo, wire.AppendGoRequest(nil, wire.GoRequest{Name: "disk"}))...))
+	f.Add(append(append([]byte(nil), flags...), opt(wire.OptStructuredReply, nil)...))
+	f.Add(append(append([]byte(nil), flags...), opt(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, wire.MetaContextRequest{Export: "disk", Queries: []string{"base:allocation"}}))...))
 	f.Add(append(append([]byte(nil), flags...), opt(99, []byte("zz"))...))
 	f.Add([]byte{0, 0, 0, 7})
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -179,18 +180,18 @@ func FuzzServerOptions(f *testing.F) {
 
 func FuzzServerRequests(f *testing.F) {
 	req := func(typ, flags uint16, off uint64, n uint32, payload int) []byte {
-		var b [RequestSize]byte
-		Request{Type: typ, Flags: flags, Cookie: 9, Offset: off, Length: n}.Encode(b[:])
+		var b [wire.RequestSize]byte
+		wire.Request{Type: typ, Flags: flags, Cookie: 9, Offset: off, Length: n}.Encode(b[:])
 		return append(b[:], make([]byte, payload)...)
 	}
-	f.Add(req(CmdRead, 0, 0, 4096, 0))
-	f.Add(req(CmdWrite, CmdFlagFUA, 4096, 4096, 4096))
-	f.Add(req(CmdWrite, 0, 0, 8192, 100))
-	f.Add(append(req(CmdFlush, 0, 0, 0, 0), req(CmdTrim, 0, 0, 1<<20, 0)...))
-	f.Add(req(CmdWriteZeroes, CmdFlagNoHole, 1<<20, 1<<20, 0))
-	f.Add(req(CmdDisc, 0, 0, 0, 0))
+	f.Add(req(wire.CmdRead, 0, 0, 4096, 0))
+	f.Add(req(wire.CmdWrite, wire.CmdFlagFUA, 4096, 4096, 4096))
+	f.Add(req(wire.CmdWrite, 0, 0, 8192, 100))
+	f.Add(append(req(wire.CmdFlush, 0, 0, 0, 0), req(wire.CmdTrim, 0, 0, 1<<20, 0)...))
+	f.Add(req(wire.CmdWriteZeroes, wire.CmdFlagNoHole, 1<<20, 1<<20, 0))
+	f.Add(req(wire.CmdDisc, 0, 0, 0, 0))
 	f.Add(req(77, 0, 0, 0, 0))
-	f.Add(req(CmdWrite, 0, 0, 1<<30, 10))
+	f.Add(req(wire.CmdWrite, 0, 0, 1<<30, 10))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ts := sharedServer(t)
 		rc := dialRaw(t, ts.tcp)

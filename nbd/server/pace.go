@@ -69,7 +69,7 @@ const (
 	paceMaxBackoff   = int64(2 * time.Second)
 )
 
-// DefaultGatherWindow is ServerConfig.GatherWindow's default.
+// DefaultGatherWindow is Config.GatherWindow's default.
 const DefaultGatherWindow = 50 * time.Microsecond
 
 // received notes a receive at now that brought n requests (headers),

@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"udm/nbd/wire"
 )
 
 // simulate feeds p the receives of a client model for dur of simulated
@@ -152,7 +154,7 @@ func TestPacerPromptReceivesDontCount(t *testing.T) {
 
 // patternClient starts a server with cfg exporting "disk", size bytes
 // filled by fillPattern, and connects a raw client to it over addr(ts).
-func patternClient(t *testing.T, cfg ServerConfig, size int64, unix, structured bool) (*testServer, *rawClient) {
+func patternClient(t *testing.T, cfg Config, size int64, unix, structured bool) (*testServer, *rawClient) {
 	t.Helper()
 	ts := newTestServer(t, 1, cfg)
 	fillPattern(t, ts.memDisk("disk", size), 0)
@@ -176,8 +178,8 @@ func pipeline(t *testing.T, rc *rawClient, size uint64, depth, total int) {
 	next := func() []byte {
 		off := rng.Uint64N(size/4096) * 4096
 		offs[uint64(sent)] = off
-		var b [RequestSize]byte
-		Request{Type: CmdRead, Cookie: uint64(sent), Offset: off, Length: 4096}.Encode(b[:])
+		var b [wire.RequestSize]byte
+		wire.Request{Type: wire.CmdRead, Cookie: uint64(sent), Offset: off, Length: 4096}.Encode(b[:])
 		sent++
 		return b[:]
 	}
@@ -208,7 +210,7 @@ func pipeline(t *testing.T, rc *rawClient, size uint64, depth, total int) {
 func TestGatherPipelinedClient(t *testing.T) {
 	for _, unix := range []bool{false, true} {
 		t.Run(fmt.Sprintf("unix=%v", unix), func(t *testing.T) {
-			ts, rc := patternClient(t, ServerConfig{forceGather: true, GatherWindow: 2 * time.Millisecond}, 8<<20, unix, true)
+			ts, rc := patternClient(t, Config{forceGather: true, GatherWindow: 2 * time.Millisecond}, 8<<20, unix, true)
 			pipeline(t, rc, 8<<20, 32, 4000)
 			st := ts.srv.Stats()
 			reqs, recvs, gathered := st.Requests.Load(), st.Receives.Load(), st.Gathered.Load()
@@ -221,7 +223,7 @@ func TestGatherPipelinedClient(t *testing.T) {
 
 // A client that hangs up while its connection gathers is let go.
 func TestGatherHangUp(t *testing.T) {
-	ts, rc := patternClient(t, ServerConfig{forceGather: true}, 1<<20, false, true)
+	ts, rc := patternClient(t, Config{forceGather: true}, 1<<20, false, true)
 	pipeline(t, rc, 1<<20, 8, 100)
 	rc.c.Close()
 	deadline := time.Now().Add(10 * time.Second)
@@ -235,9 +237,9 @@ func TestGatherHangUp(t *testing.T) {
 
 // Shutdown cancels a gather window: the server doesn't wait for it.
 func TestShutdownCancelsGather(t *testing.T) {
-	ts, rc := patternClient(t, ServerConfig{forceGather: true, GatherWindow: time.Hour}, 1<<20, false, false)
+	ts, rc := patternClient(t, Config{forceGather: true, GatherWindow: time.Hour}, 1<<20, false, false)
 	// The first receive is prompt; the hour's window starts after it.
-	rc.send(CmdRead, 0, 1, 0, 4096, nil)
+	rc.send(wire.CmdRead, 0, 1, 0, 4096, nil)
 	if _, werr, _ := rc.reply(); werr != 0 {
 		t.Fatalf("error %d", werr)
 	}
@@ -255,7 +257,7 @@ func TestShutdownCancelsGather(t *testing.T) {
 // With the pacer deciding (the default), a pipelining client is found
 // out: its receives come to be gathered.
 func TestPacingFindsPipelinedClient(t *testing.T) {
-	ts, rc := patternClient(t, ServerConfig{}, 8<<20, true, true)
+	ts, rc := patternClient(t, Config{}, 8<<20, true, true)
 	deadline := time.Now().Add(20 * time.Second)
 	for ts.srv.Stats().Gathered.Load() == 0 {
 		if time.Now().After(deadline) {
@@ -270,7 +272,7 @@ func TestPacingFindsPipelinedClient(t *testing.T) {
 // A client at depth 1 is hardly ever made to wait: at most paceSingles
 // receives per trial, and trials back off.
 func TestPacingLeavesDepthOneAlone(t *testing.T) {
-	ts, rc := patternClient(t, ServerConfig{}, 8<<20, true, true)
+	ts, rc := patternClient(t, Config{}, 8<<20, true, true)
 	start := time.Now()
 	pipeline(t, rc, 8<<20, 1, 20000)
 	el := time.Since(start)

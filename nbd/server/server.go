@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"udm/dm"
+	"udm/nbd/wire"
 	"udm/uring"
 )
 
@@ -52,8 +53,8 @@ func (r regExports) Lookup(name string) (*dm.Device, error) {
 
 func (r regExports) List() []string { return r.reg.List() }
 
-// ServerConfig configures a Server.
-type ServerConfig struct {
+// Config configures a Server.
+type Config struct {
 	Exports Exports
 	// Loops run the connections' transmission phase (round robin).
 	Loops []*uring.Loop
@@ -103,10 +104,10 @@ func deviceExtents(dev *dm.Device, off, length uint64) ([]Extent, error) {
 	for _, e := range exts {
 		var f uint32
 		if e.Flags&dm.ExtentHole != 0 {
-			f |= StateHole
+			f |= wire.StateHole
 		}
 		if e.Flags&dm.ExtentZero != 0 {
-			f |= StateZero
+			f |= wire.StateZero
 		}
 		out = append(out, Extent{Length: uint64(e.Length), Flags: f})
 	}
@@ -115,7 +116,7 @@ func deviceExtents(dev *dm.Device, off, length uint64) ([]Extent, error) {
 
 // Server serves exports over NBD fixed-newstyle.
 type Server struct {
-	cfg  ServerConfig
+	cfg  Config
 	log  zerolog.Logger
 	next atomic.Uint32 // round robin over loops
 
@@ -131,11 +132,11 @@ type Server struct {
 	wg    sync.WaitGroup // accept loops and handshakes
 	connW sync.WaitGroup // transmission-phase connections
 
-	stats ServerStats
+	stats Stats
 }
 
-// ServerStats are counters of a server, safe to read at any time.
-type ServerStats struct {
+// Stats are counters of a server, safe to read at any time.
+type Stats struct {
 	Accepted     atomic.Int64
 	Active       atomic.Int64
 	HandshakeErr atomic.Int64
@@ -143,7 +144,7 @@ type ServerStats struct {
 	Errors       atomic.Int64 // requests answered with an error
 	// Receives counts the receives that brought request headers;
 	// Gathered those among them that waited for the gather window
-	// (ServerConfig.GatherWindow): Requests/Receives is how many
+	// (Config.GatherWindow): Requests/Receives is how many
 	// requests a receive took in.
 	Receives atomic.Int64
 	Gathered atomic.Int64
@@ -154,12 +155,12 @@ type ServerStats struct {
 	// writes that follow land in their buffers directly.
 	PayloadCopied atomic.Int64
 	// PeakInflightBytes is the most payload bytes one connection has held
-	// at once (bounded by ServerConfig.MaxInflightBytes).
+	// at once (bounded by Config.MaxInflightBytes).
 	PeakInflightBytes atomic.Int64
 }
 
 // notePeak raises PeakInflightBytes to v.
-func (st *ServerStats) notePeak(v int64) {
+func (st *Stats) notePeak(v int64) {
 	for {
 		old := st.PeakInflightBytes.Load()
 		if v <= old || st.PeakInflightBytes.CompareAndSwap(old, v) {
@@ -168,11 +169,11 @@ func (st *ServerStats) notePeak(v int64) {
 	}
 }
 
-// ErrServerClosed is returned by Serve after Shutdown or Close.
-var ErrServerClosed = errors.New("nbd: server closed")
+// ErrClosed is returned by Serve after Shutdown or Close.
+var ErrClosed = errors.New("nbd: server closed")
 
-// NewServer makes a server; call Serve for each listener.
-func NewServer(cfg ServerConfig) (*Server, error) {
+// New makes a server; call Serve for each listener.
+func New(cfg Config) (*Server, error) {
 	if cfg.Exports == nil {
 		return nil, fmt.Errorf("nbd: server needs exports")
 	}
@@ -213,16 +214,16 @@ func arenaGet(a *uring.Arena, n int) (uring.Buf, error) {
 }
 
 // Stats returns the server's counters.
-func (s *Server) Stats() *ServerStats { return &s.stats }
+func (s *Server) Stats() *Stats { return &s.stats }
 
 // Serve accepts connections on ln until Shutdown or Close; it then
-// returns ErrServerClosed.
+// returns ErrClosed.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		ln.Close()
-		return ErrServerClosed
+		return ErrClosed
 	}
 	s.listeners[ln] = struct{}{}
 	s.wg.Add(1)
@@ -236,7 +237,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			closed := s.closed
 			s.mu.Unlock()
 			if closed {
-				return ErrServerClosed
+				return ErrClosed
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
@@ -253,7 +254,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		if s.closed {
 			s.mu.Unlock()
 			nc.Close()
-			return ErrServerClosed
+			return ErrClosed
 		}
 		s.shakes[nc] = struct{}{}
 		s.wg.Add(1)
@@ -328,16 +329,16 @@ const (
 // structured replies: without them the protocol says it must be clear
 // (a simple reply is never fragmented anyway).
 func (s *Server) transmissionFlags(dev *dm.Device, structured bool) uint16 {
-	f := TFlagHasFlags | TFlagSendFlush | TFlagSendFUA | TFlagSendTrim | TFlagSendWriteZeroes |
-		TFlagSendFastZero | TFlagSendCache
+	f := wire.TFlagHasFlags | wire.TFlagSendFlush | wire.TFlagSendFUA | wire.TFlagSendTrim | wire.TFlagSendWriteZeroes |
+		wire.TFlagSendFastZero | wire.TFlagSendCache
 	if structured {
-		f |= TFlagSendDF
+		f |= wire.TFlagSendDF
 	}
 	if !s.cfg.NoMultiConn {
-		f |= TFlagCanMultiConn
+		f |= wire.TFlagCanMultiConn
 	}
 	if dev.ReadOnly() {
-		f |= TFlagReadOnly
+		f |= wire.TFlagReadOnly
 	}
 	return f
 }
@@ -412,9 +413,9 @@ func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, err
 	nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	defer nc.SetDeadline(time.Time{})
 	var greet [18]byte
-	binary.BigEndian.PutUint64(greet[0:], NBDMagic)
-	binary.BigEndian.PutUint64(greet[8:], IHaveOpt)
-	binary.BigEndian.PutUint16(greet[16:], FlagFixedNewstyle|FlagNoZeroes)
+	binary.BigEndian.PutUint64(greet[0:], wire.NBDMagic)
+	binary.BigEndian.PutUint64(greet[8:], wire.IHaveOpt)
+	binary.BigEndian.PutUint16(greet[16:], wire.FlagFixedNewstyle|wire.FlagNoZeroes)
 	if _, err := nc.Write(greet[:]); err != nil {
 		return nil, false, false, err
 	}
@@ -423,21 +424,21 @@ func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, err
 		return nil, false, false, err
 	}
 	clientFlags := binary.BigEndian.Uint32(cf[:])
-	if clientFlags&^(ClientFixedNewstyle|ClientNoZeroes) != 0 {
+	if clientFlags&^(wire.ClientFixedNewstyle|wire.ClientNoZeroes) != 0 {
 		return nil, false, false, fmt.Errorf("nbd: unknown client flags %#x", clientFlags)
 	}
-	noZeroes := clientFlags&ClientNoZeroes != 0
+	noZeroes := clientFlags&wire.ClientNoZeroes != 0
 	reply := func(opt, typ uint32, data []byte) error {
-		_, err := nc.Write(AppendOptionReply(nil, opt, typ, data))
+		_, err := nc.Write(wire.AppendOptionReply(nil, opt, typ, data))
 		return err
 	}
 	replyErr := func(opt, typ uint32, msg string) error { return reply(opt, typ, []byte(msg)) }
-	var hdr [OptionHeaderSize]byte
+	var hdr [wire.OptionHeaderSize]byte
 	for {
 		if _, err := io.ReadFull(nc, hdr[:]); err != nil {
 			return nil, structured, meta, err
 		}
-		oh, err := ParseOptionHeader(hdr[:])
+		oh, err := wire.ParseOptionHeader(hdr[:])
 		if err != nil {
 			return nil, structured, meta, err
 		}
@@ -448,10 +449,10 @@ func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, err
 			if _, err := io.CopyN(io.Discard, nc, int64(oh.Length)); err != nil {
 				return nil, structured, meta, err
 			}
-			if oh.Option == OptExportName {
+			if oh.Option == wire.OptExportName {
 				return nil, structured, meta, fmt.Errorf("nbd: export name of %d bytes", oh.Length)
 			}
-			if err := replyErr(oh.Option, RepErrTooBig, "option too long"); err != nil {
+			if err := replyErr(oh.Option, wire.RepErrTooBig, "option too long"); err != nil {
 				return nil, structured, meta, err
 			}
 			continue
@@ -461,7 +462,7 @@ func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, err
 			return nil, structured, meta, err
 		}
 		switch oh.Option {
-		case OptExportName:
+		case wire.OptExportName:
 			dev, err := s.cfg.Exports.Lookup(string(data))
 			if err != nil {
 				// The protocol has no way to refuse: close.
@@ -483,75 +484,75 @@ func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, err
 				return nil, structured, meta, err
 			}
 			return e, structured, meta, nil
-		case OptGo, OptInfo:
-			g, err := ParseGoRequest(data)
+		case wire.OptGo, wire.OptInfo:
+			g, err := wire.ParseGoRequest(data)
 			if err != nil {
-				if err := replyErr(oh.Option, RepErrInvalid, err.Error()); err != nil {
+				if err := replyErr(oh.Option, wire.RepErrInvalid, err.Error()); err != nil {
 					return nil, structured, meta, err
 				}
 				continue
 			}
 			dev, err := s.cfg.Exports.Lookup(g.Name)
 			if err != nil {
-				if err := replyErr(oh.Option, RepErrUnknown, fmt.Sprintf("no export %q", g.Name)); err != nil {
+				if err := replyErr(oh.Option, wire.RepErrUnknown, fmt.Sprintf("no export %q", g.Name)); err != nil {
 					return nil, structured, meta, err
 				}
 				continue
 			}
 			flags := s.transmissionFlags(dev, structured)
 			var info []byte
-			info = binary.BigEndian.AppendUint16(info, InfoExport)
+			info = binary.BigEndian.AppendUint16(info, wire.InfoExport)
 			info = binary.BigEndian.AppendUint64(info, uint64(dev.Size()))
 			info = binary.BigEndian.AppendUint16(info, flags)
-			if err := reply(oh.Option, RepInfo, info); err != nil {
+			if err := reply(oh.Option, wire.RepInfo, info); err != nil {
 				return nil, structured, meta, err
 			}
 			for _, want := range g.Infos {
 				var b []byte
 				switch want {
-				case InfoName:
-					b = binary.BigEndian.AppendUint16(nil, InfoName)
+				case wire.InfoName:
+					b = binary.BigEndian.AppendUint16(nil, wire.InfoName)
 					b = append(b, g.Name...)
-				case InfoDescription:
-					b = binary.BigEndian.AppendUint16(nil, InfoDescription)
+				case wire.InfoDescription:
+					b = binary.BigEndian.AppendUint16(nil, wire.InfoDescription)
 					b = append(b, "udm device "+g.Name...)
 				default:
 					continue
 				}
-				if err := reply(oh.Option, RepInfo, b); err != nil {
+				if err := reply(oh.Option, wire.RepInfo, b); err != nil {
 					return nil, structured, meta, err
 				}
 			}
 			// Always state our block sizes: the client may send only
 			// aligned requests of at most MaxPayload bytes.
-			bs := binary.BigEndian.AppendUint16(nil, InfoBlockSize)
+			bs := binary.BigEndian.AppendUint16(nil, wire.InfoBlockSize)
 			bs = binary.BigEndian.AppendUint32(bs, minBlock)
 			bs = binary.BigEndian.AppendUint32(bs, prefBlock)
 			bs = binary.BigEndian.AppendUint32(bs, uint32(s.cfg.MaxPayload))
-			if err := reply(oh.Option, RepInfo, bs); err != nil {
+			if err := reply(oh.Option, wire.RepInfo, bs); err != nil {
 				return nil, structured, meta, err
 			}
-			if oh.Option == OptInfo {
-				if err := reply(oh.Option, RepAck, nil); err != nil {
+			if oh.Option == wire.OptInfo {
+				if err := reply(oh.Option, wire.RepAck, nil); err != nil {
 					return nil, structured, meta, err
 				}
 				continue
 			}
 			e, err := s.open(g.Name, dev, structured)
 			if err != nil {
-				if err := replyErr(oh.Option, RepErrShutdown, err.Error()); err != nil {
+				if err := replyErr(oh.Option, wire.RepErrShutdown, err.Error()); err != nil {
 					return nil, structured, meta, err
 				}
 				continue
 			}
-			if err := reply(oh.Option, RepAck, nil); err != nil {
+			if err := reply(oh.Option, wire.RepAck, nil); err != nil {
 				e.dev.Close()
 				return nil, structured, meta, err
 			}
 			return e, structured, meta, nil
-		case OptList:
+		case wire.OptList:
 			if len(data) != 0 {
-				if err := replyErr(oh.Option, RepErrInvalid, "LIST takes no data"); err != nil {
+				if err := replyErr(oh.Option, wire.RepErrInvalid, "LIST takes no data"); err != nil {
 					return nil, structured, meta, err
 				}
 				continue
@@ -560,68 +561,68 @@ func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, err
 			sort.Strings(names)
 			for _, n := range names {
 				b := binary.BigEndian.AppendUint32(nil, uint32(len(n)))
-				if err := reply(oh.Option, RepServer, append(b, n...)); err != nil {
+				if err := reply(oh.Option, wire.RepServer, append(b, n...)); err != nil {
 					return nil, structured, meta, err
 				}
 			}
-			if err := reply(oh.Option, RepAck, nil); err != nil {
+			if err := reply(oh.Option, wire.RepAck, nil); err != nil {
 				return nil, structured, meta, err
 			}
-		case OptAbort:
-			reply(oh.Option, RepAck, nil)
+		case wire.OptAbort:
+			reply(oh.Option, wire.RepAck, nil)
 			return nil, structured, meta, errAbort
-		case OptStructuredReply:
+		case wire.OptStructuredReply:
 			if len(data) != 0 {
-				if err := replyErr(oh.Option, RepErrInvalid, "STRUCTURED_REPLY takes no data"); err != nil {
+				if err := replyErr(oh.Option, wire.RepErrInvalid, "STRUCTURED_REPLY takes no data"); err != nil {
 					return nil, structured, meta, err
 				}
 				continue
 			}
 			structured = true
-			if err := reply(oh.Option, RepAck, nil); err != nil {
+			if err := reply(oh.Option, wire.RepAck, nil); err != nil {
 				return nil, structured, meta, err
 			}
-		case OptListMetaContext, OptSetMetaContext:
-			m, err := ParseMetaContextRequest(data)
+		case wire.OptListMetaContext, wire.OptSetMetaContext:
+			m, err := wire.ParseMetaContextRequest(data)
 			switch {
 			case err != nil:
-				err = replyErr(oh.Option, RepErrInvalid, err.Error())
+				err = replyErr(oh.Option, wire.RepErrInvalid, err.Error())
 			case !structured:
-				err = replyErr(oh.Option, RepErrInvalid, "structured replies not negotiated")
+				err = replyErr(oh.Option, wire.RepErrInvalid, "structured replies not negotiated")
 			default:
 				if _, lerr := s.cfg.Exports.Lookup(m.Export); lerr != nil {
-					err = replyErr(oh.Option, RepErrUnknown, fmt.Sprintf("no export %q", m.Export))
+					err = replyErr(oh.Option, wire.RepErrUnknown, fmt.Sprintf("no export %q", m.Export))
 					break
 				}
 				found := false
 				for _, q := range m.Queries {
-					if q == MetaBaseAllocation || (oh.Option == OptListMetaContext && (q == "base:" || q == "base")) {
+					if q == wire.MetaBaseAllocation || (oh.Option == wire.OptListMetaContext && (q == "base:" || q == "base")) {
 						found = true
 					}
 				}
-				if len(m.Queries) == 0 && oh.Option == OptListMetaContext {
+				if len(m.Queries) == 0 && oh.Option == wire.OptListMetaContext {
 					found = true
 				}
-				if oh.Option == OptSetMetaContext {
+				if oh.Option == wire.OptSetMetaContext {
 					meta = found
 				}
 				if found {
 					b := binary.BigEndian.AppendUint32(nil, metaContextID)
-					if err = reply(oh.Option, RepMetaContext, append(b, MetaBaseAllocation...)); err != nil {
+					if err = reply(oh.Option, wire.RepMetaContext, append(b, wire.MetaBaseAllocation...)); err != nil {
 						return nil, structured, meta, err
 					}
 				}
-				err = reply(oh.Option, RepAck, nil)
+				err = reply(oh.Option, wire.RepAck, nil)
 			}
 			if err != nil {
 				return nil, structured, meta, err
 			}
-		case OptStartTLS:
-			if err := replyErr(oh.Option, RepErrPolicy, "TLS is not supported; use a trusted network or a Unix socket"); err != nil {
+		case wire.OptStartTLS:
+			if err := replyErr(oh.Option, wire.RepErrPolicy, "TLS is not supported; use a trusted network or a Unix socket"); err != nil {
 				return nil, structured, meta, err
 			}
 		default:
-			if err := replyErr(oh.Option, RepErrUnsup, fmt.Sprintf("option %d not supported", oh.Option)); err != nil {
+			if err := replyErr(oh.Option, wire.RepErrUnsup, fmt.Sprintf("option %d not supported", oh.Option)); err != nil {
 				return nil, structured, meta, err
 			}
 		}

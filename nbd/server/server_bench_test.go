@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"udm/nbd/wire"
 )
 
 // BenchmarkServerPipelined measures the server's whole path — socket recv
@@ -21,7 +23,7 @@ func BenchmarkServerPipelined(b *testing.B) {
 }
 
 func benchServer(b *testing.B, op string, depth int) {
-	ts := newTestServer(b, 1, ServerConfig{})
+	ts := newTestServer(b, 1, Config{})
 	ts.linear("disk", 64<<20)
 	rc := dialRaw(b, ts.unix)
 	rc.goExport("disk", false)
@@ -31,13 +33,13 @@ func benchServer(b *testing.B, op string, depth int) {
 	}
 	defer unix.Close(fd)
 	unix.SetNonblock(fd, false)
-	typ, reqLen, repLen := CmdRead, RequestSize, SimpleReplySize+4096
+	typ, reqLen, repLen := wire.CmdRead, wire.RequestSize, wire.SimpleReplySize+4096
 	if op == "write" {
-		typ, reqLen, repLen = CmdWrite, RequestSize+4096, SimpleReplySize
+		typ, reqLen, repLen = wire.CmdWrite, wire.RequestSize+4096, wire.SimpleReplySize
 	}
 	req := make([]byte, depth*reqLen)
 	for i := 0; i < depth; i++ {
-		Request{Type: typ, Cookie: uint64(i), Offset: uint64(i) * 4096, Length: 4096}.Encode(req[i*reqLen:])
+		wire.Request{Type: typ, Cookie: uint64(i), Offset: uint64(i) * 4096, Length: 4096}.Encode(req[i*reqLen:])
 	}
 	rep := make([]byte, depth*repLen)
 	batch := func() {

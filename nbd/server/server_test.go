@@ -38,7 +38,7 @@ type testServer struct {
 	mems map[string]*dm.MemDevice // in-memory backings tables may name
 }
 
-func newTestServer(t testing.TB, nloops int, cfg ServerConfig) *testServer {
+func newTestServer(t testing.TB, nloops int, cfg Config) *testServer {
 	t.Helper()
 	ts := &testServer{t: t, mems: map[string]*dm.MemDevice{}}
 	for i := 0; i < nloops; i++ {
@@ -65,7 +65,7 @@ func newTestServer(t testing.TB, nloops int, cfg ServerConfig) *testServer {
 	} else {
 		cfg.Log = zerolog.Nop()
 	}
-	srv, err := NewServer(cfg)
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +161,7 @@ func run(t testing.TB, name string, args ...string) string {
 
 func TestNbdinfo(t *testing.T) {
 	testutil.RequireTool(t, "nbdinfo")
-	ts := newTestServer(t, 1, ServerConfig{})
+	ts := newTestServer(t, 1, Config{})
 	ts.linear("disk", 64<<20)
 	ts.linear("other", 8<<20)
 	ts.linear("ro", 4<<20)
@@ -205,7 +205,7 @@ func TestNbdinfo(t *testing.T) {
 
 func TestQemuIO(t *testing.T) {
 	testutil.RequireTool(t, "qemu-io")
-	ts := newTestServer(t, 2, ServerConfig{})
+	ts := newTestServer(t, 2, Config{})
 	ts.linear("disk", 64<<20)
 	for _, uri := range []string{ts.uri("disk"), ts.unixURI("disk")} {
 		out := run(t, "qemu-io", "--image-opts", "driver=nbd,"+qemuOpts(uri),
@@ -241,7 +241,7 @@ func TestFioVerify(t *testing.T) {
 // testFioVerify: fio verifies its writes through the server, receiving
 // at once, or with every receive gathered.
 func testFioVerify(t *testing.T, gather bool) {
-	ts := newTestServer(t, 2, ServerConfig{forceGather: gather})
+	ts := newTestServer(t, 2, Config{forceGather: gather})
 	ts.linear("disk", 64<<20)
 	for _, uri := range []string{ts.uri("disk"), ts.unixURI("disk")} {
 		out := run(t, "fio", "--name=v", "--ioengine=nbd", "--uri="+uri, "--rw=randwrite", "--bs=4k", "--iodepth=32",
@@ -266,7 +266,7 @@ func contextWithTimeout(t testing.TB, d time.Duration) context.Context {
 
 func TestQemuImgConvertCompare(t *testing.T) {
 	testutil.RequireTool(t, "qemu-img")
-	ts := newTestServer(t, 2, ServerConfig{})
+	ts := newTestServer(t, 2, Config{})
 	ts.linear("disk", 32<<20)
 	src := filepath.Join(t.TempDir(), "src.img")
 	f, err := os.Create(src)
@@ -294,7 +294,7 @@ func TestQemuImgConvertCompare(t *testing.T) {
 
 func TestNbdcopyBothWays(t *testing.T) {
 	testutil.RequireTool(t, "nbdcopy")
-	ts := newTestServer(t, 2, ServerConfig{})
+	ts := newTestServer(t, 2, Config{})
 	ts.linear("disk", 16<<20)
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.img")
@@ -321,7 +321,7 @@ func TestNbdcopyBothWays(t *testing.T) {
 
 func TestBlockStatusHoles(t *testing.T) {
 	testutil.RequireTool(t, "nbdinfo")
-	ts := newTestServer(t, 1, ServerConfig{})
+	ts := newTestServer(t, 1, Config{})
 	f := ts.linear("disk", 8<<20)
 	// One data range in a sparse file: 1 MiB at 2 MiB.
 	fh, err := os.OpenFile(f, os.O_WRONLY, 0)

@@ -140,8 +140,8 @@ const (
 	ESHUTDOWN uint32 = 108
 )
 
-// ErrnoToWire maps an I/O error to the NBD error sent to the client.
-func ErrnoToWire(err error) uint32 {
+// FromErrno maps an I/O error to the NBD error sent to the client.
+func FromErrno(err error) uint32 {
 	if err == nil {
 		return 0
 	}
@@ -168,8 +168,8 @@ func ErrnoToWire(err error) uint32 {
 	return EIO
 }
 
-// WireToErrno maps an NBD error from the server to a syscall.Errno.
-func WireToErrno(v uint32) error {
+// ToErrno maps an NBD error from the server to a syscall.Errno.
+func ToErrno(v uint32) error {
 	switch v {
 	case 0:
 		return nil
