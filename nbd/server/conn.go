@@ -354,7 +354,7 @@ func (c *conn) handle(h wire.Request) {
 	switch h.Type {
 	case wire.CmdRead, wire.CmdWrite:
 		switch {
-		case h.Length == 0 || h.Length%minBlock != 0 || h.Offset%minBlock != 0:
+		case h.Length == 0 || h.Length%wire.MinBlock != 0 || h.Offset%wire.MinBlock != 0:
 			refuse(wire.EINVAL)
 		case int(h.Length) > c.s.cfg.MaxPayload:
 			refuse(wire.EOVERFLOW)
@@ -411,7 +411,7 @@ func (c *conn) handle(h wire.Request) {
 		switch {
 		case h.Flags&^allowed != 0:
 			refuse(wire.EINVAL)
-		case h.Length == 0 || h.Length%minBlock != 0 || h.Offset%minBlock != 0:
+		case h.Length == 0 || h.Length%wire.MinBlock != 0 || h.Offset%wire.MinBlock != 0:
 			refuse(wire.EINVAL)
 		case overflow || end > size:
 			refuse(wire.ENOSPC)
@@ -737,7 +737,7 @@ func (c *conn) blockStatus(r *req) {
 		} else {
 			exts = []Extent{{Length: uint64(h.Length)}}
 		}
-		b := binary.BigEndian.AppendUint32(nil, metaContextID)
+		b := binary.BigEndian.AppendUint32(nil, wire.MetaContextID)
 		total := uint64(0)
 		for _, e := range exts {
 			if e.Length == 0 {

@@ -376,7 +376,7 @@ func TestHandshakeOptions(t *testing.T) {
 	rc.read(h[:])
 	body := make([]byte, binary.BigEndian.Uint32(h[12:]))
 	rc.read(body)
-	if binary.BigEndian.Uint16(h[2:]) != wire.ReplyBlockStatus || binary.BigEndian.Uint32(body) != metaContextID {
+	if binary.BigEndian.Uint16(h[2:]) != wire.ReplyBlockStatus || binary.BigEndian.Uint32(body) != wire.MetaContextID {
 		t.Fatalf("BLOCK_STATUS reply type %d context %d", binary.BigEndian.Uint16(h[2:]), binary.BigEndian.Uint32(body))
 	}
 	var total uint64

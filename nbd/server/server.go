@@ -2,12 +2,10 @@ package server
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -316,29 +314,12 @@ type export struct {
 	flags uint16
 }
 
-const (
-	minBlock  = 512
-	prefBlock = 4096
-	// maxOptionLen bounds option payloads we read; longer ones are
-	// drained (up to maxOptionDrain) and refused.
-	maxOptionLen   = 64 << 10
-	maxOptionDrain = 1 << 20
-)
-
-// transmissionFlags are the flags of dev's export. SEND_DF only with
-// structured replies: without them the protocol says it must be clear
-// (a simple reply is never fragmented anyway).
-func (s *Server) transmissionFlags(dev *dm.Device, structured bool) uint16 {
-	f := wire.TFlagHasFlags | wire.TFlagSendFlush | wire.TFlagSendFUA | wire.TFlagSendTrim | wire.TFlagSendWriteZeroes |
-		wire.TFlagSendFastZero | wire.TFlagSendCache
-	if structured {
-		f |= wire.TFlagSendDF
-	}
+// handshakeFlags are the transmission flags every export has.
+func (s *Server) handshakeFlags() uint16 {
+	f := wire.TFlagHasFlags | wire.TFlagSendFlush | wire.TFlagSendFUA | wire.TFlagSendTrim |
+		wire.TFlagSendWriteZeroes | wire.TFlagSendFastZero | wire.TFlagSendCache
 	if !s.cfg.NoMultiConn {
 		f |= wire.TFlagCanMultiConn
-	}
-	if dev.ReadOnly() {
-		f |= wire.TFlagReadOnly
 	}
 	return f
 }
@@ -354,7 +335,7 @@ func (s *Server) handshake(nc net.Conn) {
 	closed := s.closed
 	s.mu.Unlock()
 	if err != nil || exp == nil || closed {
-		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, errAbort) {
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, wire.ErrAbort) {
 			s.stats.HandshakeErr.Add(1)
 			log.Debug().Err(err).Msg("nbd handshake failed")
 		}
@@ -405,238 +386,28 @@ func (s *Server) connDone(c *conn) {
 	}
 }
 
-var errAbort = errors.New("nbd: client aborted")
-
-// negotiate runs the fixed-newstyle handshake. It returns the chosen
-// export (opened) or nil when the client left.
+// negotiate runs the fixed-newstyle handshake (wire.Handshake) on nc.
+// It returns the chosen export (opened) or an error.
 func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, err error) {
 	nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	defer nc.SetDeadline(time.Time{})
-	var greet [18]byte
-	binary.BigEndian.PutUint64(greet[0:], wire.NBDMagic)
-	binary.BigEndian.PutUint64(greet[8:], wire.IHaveOpt)
-	binary.BigEndian.PutUint16(greet[16:], wire.FlagFixedNewstyle|wire.FlagNoZeroes)
-	if _, err := nc.Write(greet[:]); err != nil {
+	h := wire.Handshake{
+		Lookup: func(name string) (wire.Export, error) {
+			dev, err := s.cfg.Exports.Lookup(name)
+			if err != nil {
+				return nil, err
+			}
+			return dev, nil
+		},
+		List:       s.cfg.Exports.List,
+		Flags:      s.handshakeFlags(),
+		MaxPayload: uint32(s.cfg.MaxPayload),
+	}
+	r, err := wire.Negotiate(nc, &h)
+	if err != nil {
 		return nil, false, false, err
 	}
-	var cf [4]byte
-	if _, err := io.ReadFull(nc, cf[:]); err != nil {
-		return nil, false, false, err
-	}
-	clientFlags := binary.BigEndian.Uint32(cf[:])
-	if clientFlags&^(wire.ClientFixedNewstyle|wire.ClientNoZeroes) != 0 {
-		return nil, false, false, fmt.Errorf("nbd: unknown client flags %#x", clientFlags)
-	}
-	noZeroes := clientFlags&wire.ClientNoZeroes != 0
-	reply := func(opt, typ uint32, data []byte) error {
-		_, err := nc.Write(wire.AppendOptionReply(nil, opt, typ, data))
-		return err
-	}
-	replyErr := func(opt, typ uint32, msg string) error { return reply(opt, typ, []byte(msg)) }
-	var hdr [wire.OptionHeaderSize]byte
-	for {
-		if _, err := io.ReadFull(nc, hdr[:]); err != nil {
-			return nil, structured, meta, err
-		}
-		oh, err := wire.ParseOptionHeader(hdr[:])
-		if err != nil {
-			return nil, structured, meta, err
-		}
-		if oh.Length > maxOptionLen {
-			if oh.Length > maxOptionDrain {
-				return nil, structured, meta, fmt.Errorf("nbd: option %d of %d bytes", oh.Option, oh.Length)
-			}
-			if _, err := io.CopyN(io.Discard, nc, int64(oh.Length)); err != nil {
-				return nil, structured, meta, err
-			}
-			if oh.Option == wire.OptExportName {
-				return nil, structured, meta, fmt.Errorf("nbd: export name of %d bytes", oh.Length)
-			}
-			if err := replyErr(oh.Option, wire.RepErrTooBig, "option too long"); err != nil {
-				return nil, structured, meta, err
-			}
-			continue
-		}
-		data := make([]byte, oh.Length)
-		if _, err := io.ReadFull(nc, data); err != nil {
-			return nil, structured, meta, err
-		}
-		switch oh.Option {
-		case wire.OptExportName:
-			dev, err := s.cfg.Exports.Lookup(string(data))
-			if err != nil {
-				// The protocol has no way to refuse: close.
-				return nil, structured, meta, fmt.Errorf("nbd: export %q: %w", data, err)
-			}
-			e, err := s.open(string(data), dev, structured)
-			if err != nil {
-				return nil, structured, meta, err
-			}
-			var b [10 + 124]byte
-			binary.BigEndian.PutUint64(b[0:], e.size)
-			binary.BigEndian.PutUint16(b[8:], e.flags)
-			n := len(b)
-			if noZeroes {
-				n = 10
-			}
-			if _, err := nc.Write(b[:n]); err != nil {
-				e.dev.Close()
-				return nil, structured, meta, err
-			}
-			return e, structured, meta, nil
-		case wire.OptGo, wire.OptInfo:
-			g, err := wire.ParseGoRequest(data)
-			if err != nil {
-				if err := replyErr(oh.Option, wire.RepErrInvalid, err.Error()); err != nil {
-					return nil, structured, meta, err
-				}
-				continue
-			}
-			dev, err := s.cfg.Exports.Lookup(g.Name)
-			if err != nil {
-				if err := replyErr(oh.Option, wire.RepErrUnknown, fmt.Sprintf("no export %q", g.Name)); err != nil {
-					return nil, structured, meta, err
-				}
-				continue
-			}
-			flags := s.transmissionFlags(dev, structured)
-			var info []byte
-			info = binary.BigEndian.AppendUint16(info, wire.InfoExport)
-			info = binary.BigEndian.AppendUint64(info, uint64(dev.Size()))
-			info = binary.BigEndian.AppendUint16(info, flags)
-			if err := reply(oh.Option, wire.RepInfo, info); err != nil {
-				return nil, structured, meta, err
-			}
-			for _, want := range g.Infos {
-				var b []byte
-				switch want {
-				case wire.InfoName:
-					b = binary.BigEndian.AppendUint16(nil, wire.InfoName)
-					b = append(b, g.Name...)
-				case wire.InfoDescription:
-					b = binary.BigEndian.AppendUint16(nil, wire.InfoDescription)
-					b = append(b, "udm device "+g.Name...)
-				default:
-					continue
-				}
-				if err := reply(oh.Option, wire.RepInfo, b); err != nil {
-					return nil, structured, meta, err
-				}
-			}
-			// Always state our block sizes: the client may send only
-			// aligned requests of at most MaxPayload bytes.
-			bs := binary.BigEndian.AppendUint16(nil, wire.InfoBlockSize)
-			bs = binary.BigEndian.AppendUint32(bs, minBlock)
-			bs = binary.BigEndian.AppendUint32(bs, prefBlock)
-			bs = binary.BigEndian.AppendUint32(bs, uint32(s.cfg.MaxPayload))
-			if err := reply(oh.Option, wire.RepInfo, bs); err != nil {
-				return nil, structured, meta, err
-			}
-			if oh.Option == wire.OptInfo {
-				if err := reply(oh.Option, wire.RepAck, nil); err != nil {
-					return nil, structured, meta, err
-				}
-				continue
-			}
-			e, err := s.open(g.Name, dev, structured)
-			if err != nil {
-				if err := replyErr(oh.Option, wire.RepErrShutdown, err.Error()); err != nil {
-					return nil, structured, meta, err
-				}
-				continue
-			}
-			if err := reply(oh.Option, wire.RepAck, nil); err != nil {
-				e.dev.Close()
-				return nil, structured, meta, err
-			}
-			return e, structured, meta, nil
-		case wire.OptList:
-			if len(data) != 0 {
-				if err := replyErr(oh.Option, wire.RepErrInvalid, "LIST takes no data"); err != nil {
-					return nil, structured, meta, err
-				}
-				continue
-			}
-			names := s.cfg.Exports.List()
-			sort.Strings(names)
-			for _, n := range names {
-				b := binary.BigEndian.AppendUint32(nil, uint32(len(n)))
-				if err := reply(oh.Option, wire.RepServer, append(b, n...)); err != nil {
-					return nil, structured, meta, err
-				}
-			}
-			if err := reply(oh.Option, wire.RepAck, nil); err != nil {
-				return nil, structured, meta, err
-			}
-		case wire.OptAbort:
-			reply(oh.Option, wire.RepAck, nil)
-			return nil, structured, meta, errAbort
-		case wire.OptStructuredReply:
-			if len(data) != 0 {
-				if err := replyErr(oh.Option, wire.RepErrInvalid, "STRUCTURED_REPLY takes no data"); err != nil {
-					return nil, structured, meta, err
-				}
-				continue
-			}
-			structured = true
-			if err := reply(oh.Option, wire.RepAck, nil); err != nil {
-				return nil, structured, meta, err
-			}
-		case wire.OptListMetaContext, wire.OptSetMetaContext:
-			m, err := wire.ParseMetaContextRequest(data)
-			switch {
-			case err != nil:
-				err = replyErr(oh.Option, wire.RepErrInvalid, err.Error())
-			case !structured:
-				err = replyErr(oh.Option, wire.RepErrInvalid, "structured replies not negotiated")
-			default:
-				if _, lerr := s.cfg.Exports.Lookup(m.Export); lerr != nil {
-					err = replyErr(oh.Option, wire.RepErrUnknown, fmt.Sprintf("no export %q", m.Export))
-					break
-				}
-				found := false
-				for _, q := range m.Queries {
-					if q == wire.MetaBaseAllocation || (oh.Option == wire.OptListMetaContext && (q == "base:" || q == "base")) {
-						found = true
-					}
-				}
-				if len(m.Queries) == 0 && oh.Option == wire.OptListMetaContext {
-					found = true
-				}
-				if oh.Option == wire.OptSetMetaContext {
-					meta = found
-				}
-				if found {
-					b := binary.BigEndian.AppendUint32(nil, metaContextID)
-					if err = reply(oh.Option, wire.RepMetaContext, append(b, wire.MetaBaseAllocation...)); err != nil {
-						return nil, structured, meta, err
-					}
-				}
-				err = reply(oh.Option, wire.RepAck, nil)
-			}
-			if err != nil {
-				return nil, structured, meta, err
-			}
-		case wire.OptStartTLS:
-			if err := replyErr(oh.Option, wire.RepErrPolicy, "TLS is not supported; use a trusted network or a Unix socket"); err != nil {
-				return nil, structured, meta, err
-			}
-		default:
-			if err := replyErr(oh.Option, wire.RepErrUnsup, fmt.Sprintf("option %d not supported", oh.Option)); err != nil {
-				return nil, structured, meta, err
-			}
-		}
-	}
-}
-
-const metaContextID = 1
-
-// open takes a reference on dev for a connection.
-func (s *Server) open(name string, dev *dm.Device, structured bool) (*export, error) {
-	if err := dev.Open(); err != nil {
-		return nil, err
-	}
-	return &export{name: name, dev: dev, size: uint64(dev.Size()), flags: s.transmissionFlags(dev, structured)}, nil
+	return &export{name: r.Name, dev: r.Export.(*dm.Device), size: r.Size, flags: r.Flags}, r.Structured, r.Meta, nil
 }
 
 // dupFd takes a duplicate of the connection's socket for the loop.
