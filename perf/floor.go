@@ -1,7 +1,6 @@
 package perf
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -20,11 +19,12 @@ import (
 // connection has a locked thread that busy-polls its socket (a
 // non-blocking read, retried: never a sleep, never a wake-up), reads one
 // request header at a time, serves it with a pread or pwrite on the file
-// and answers with one writev, in order. Only simple replies, no options
-// beyond GO and EXPORT_NAME: what fio's nbd engine needs. Its latency at
-// depth 1 is what a client like fio sees with the server's share as small
-// as it gets; with many requests in flight it does nothing to batch and
-// is no reference there.
+// and answers with one writev, in order. Its handshake is the wire
+// package's with simple replies only, and it serves reads, writes and
+// flushes: what fio's nbd engine needs. Its latency at depth 1 is what a
+// client like fio sees with the server's share as small as it gets; with
+// many requests in flight it does nothing to batch and is no reference
+// there.
 
 // maxFloorPayload bounds one request's data.
 const maxFloorPayload = 32 << 20
@@ -175,68 +175,51 @@ func serveFloorConn(nc net.Conn, f *os.File, size int64) error {
 	}
 }
 
-// handshake: fixed newstyle; GO (or INFO, or EXPORT_NAME) gets the one
-// export, any other option is unsupported.
-func (c floorConn) handshake(size int64) error {
-	be := binary.BigEndian
-	hello := make([]byte, 18)
-	be.PutUint64(hello, wire.NBDMagic)
-	be.PutUint64(hello[8:], wire.IHaveOpt)
-	be.PutUint16(hello[16:], wire.FlagFixedNewstyle|wire.FlagNoZeroes)
-	if err := c.writeAll(hello); err != nil {
-		return err
-	}
-	var cf [4]byte
-	if err := c.readFull(cf[:]); err != nil {
-		return err
-	}
-	noZeroes := be.Uint32(cf[:])&wire.ClientNoZeroes != 0
-	tflags := wire.TFlagHasFlags | wire.TFlagSendFlush
+// Read reads what is there, busy-polling until something is (or the
+// connection ends).
+func (c floorConn) Read(b []byte) (int, error) {
 	for {
-		var oh [wire.OptionHeaderSize]byte
-		if err := c.readFull(oh[:]); err != nil {
-			return err
+		n, err := unix.Read(c.fd, b)
+		switch {
+		case err == unix.EAGAIN || err == unix.EINTR:
+			continue // busy-poll
+		case err != nil:
+			return 0, err
+		case n == 0 && len(b) > 0:
+			return 0, io.EOF
 		}
-		h, err := wire.ParseOptionHeader(oh[:])
-		if err != nil {
-			return err
-		}
-		if h.Length > 64<<10 {
-			return fmt.Errorf("option of %d bytes", h.Length)
-		}
-		data := make([]byte, h.Length)
-		if err := c.readFull(data); err != nil {
-			return err
-		}
-		switch h.Option {
-		case wire.OptExportName:
-			b := make([]byte, 10, 134)
-			be.PutUint64(b, uint64(size))
-			be.PutUint16(b[8:], tflags)
-			if !noZeroes {
-				b = b[:134]
-			}
-			return c.writeAll(b)
-		case wire.OptGo, wire.OptInfo:
-			info := make([]byte, 12)
-			be.PutUint16(info, wire.InfoExport)
-			be.PutUint64(info[2:], uint64(size))
-			be.PutUint16(info[10:], tflags)
-			out := wire.AppendOptionReply(nil, h.Option, wire.RepInfo, info)
-			out = wire.AppendOptionReply(out, h.Option, wire.RepAck, nil)
-			if err := c.writeAll(out); err != nil {
-				return err
-			}
-			if h.Option == wire.OptGo {
-				return nil
-			}
-		case wire.OptAbort:
-			c.writeAll(wire.AppendOptionReply(nil, h.Option, wire.RepAck, nil))
-			return io.EOF
-		default:
-			if err := c.writeAll(wire.AppendOptionReply(nil, h.Option, wire.RepErrUnsup, nil)); err != nil {
-				return err
-			}
-		}
+		return n, nil
 	}
+}
+
+// Write writes all of b.
+func (c floorConn) Write(b []byte) (int, error) {
+	if err := c.writeAll(b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// floorExport is the one export: the file, whatever name is asked for.
+type floorExport struct{ size int64 }
+
+func (e floorExport) Size() int64    { return e.size }
+func (e floorExport) ReadOnly() bool { return false }
+func (e floorExport) Open() error    { return nil }
+func (e floorExport) Close() error   { return nil }
+
+// handshake: the wire package's, with simple replies only and the one
+// export (any name) that takes reads, writes and flushes.
+func (c floorConn) handshake(size int64) error {
+	h := wire.Handshake{
+		Lookup:       func(string) (wire.Export, error) { return floorExport{size}, nil },
+		Flags:        wire.TFlagHasFlags | wire.TFlagSendFlush,
+		MaxPayload:   maxFloorPayload,
+		NoStructured: true,
+	}
+	_, err := wire.Negotiate(c, &h)
+	if errors.Is(err, wire.ErrAbort) {
+		return io.EOF
+	}
+	return err
 }
