@@ -1,14 +1,12 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -20,59 +18,6 @@ import (
 	"udm/nbd/wire"
 	"udm/uring"
 )
-
-func FuzzParseRequest(f *testing.F) {
-	var b [wire.RequestSize]byte
-	for _, r := range []wire.Request{
-		{Type: wire.CmdRead, Cookie: 1, Offset: 4096, Length: 4096},
-		{Type: wire.CmdWrite, Flags: wire.CmdFlagFUA, Cookie: 2, Length: 512},
-		{Type: wire.CmdWriteZeroes, Flags: wire.CmdFlagNoHole | wire.CmdFlagFastZero, Offset: 1 << 40, Length: 1 << 31},
-		{Type: 0xffff, Flags: 0xffff, Cookie: ^uint64(0), Offset: ^uint64(0), Length: ^uint32(0)},
-	} {
-		r.Encode(b[:])
-		f.Add(append([]byte(nil), b[:]...))
-	}
-	f.Add([]byte{0x25, 0x60})
-	f.Fuzz(func(t *testing.T, data []byte) {
-		r, err := wire.ParseRequest(data)
-		if err != nil {
-			return
-		}
-		var out [wire.RequestSize]byte
-		r.Encode(out[:])
-		if !bytes.Equal(out[:], data[:wire.RequestSize]) {
-			t.Fatalf("request %+v re-encodes as % x, parsed from % x", r, out, data[:wire.RequestSize])
-		}
-	})
-}
-
-func FuzzParseOptionPayloads(f *testing.F) {
-	f.Add(wire.AppendGoRequest(nil, wire.GoRequest{Name: "disk", Infos: []uint16{wire.InfoBlockSize, wire.InfoName}}))
-	f.Add(wire.AppendGoRequest(nil, wire.GoRequest{}))
-	f.Add(wire.AppendMetaContextRequest(nil, wire.MetaContextRequest{Export: "disk", Queries: []string{wire.MetaBaseAllocation, "x"}}))
-	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0, 0})
-	f.Fuzz(func(t *testing.T, data []byte) {
-		if g, err := wire.ParseGoRequest(data); err == nil {
-			again, err := wire.ParseGoRequest(wire.AppendGoRequest(nil, g))
-			if err != nil || !reflect.DeepEqual(again, g) {
-				t.Fatalf("GO request %+v does not round-trip: %+v, %v", g, again, err)
-			}
-		}
-		if m, err := wire.ParseMetaContextRequest(data); err == nil {
-			again, err := wire.ParseMetaContextRequest(wire.AppendMetaContextRequest(nil, m))
-			if err != nil || !reflect.DeepEqual(again, m) {
-				t.Fatalf("meta context request %+v does not round-trip: %+v, %v", m, again, err)
-			}
-		}
-		if h, err := wire.ParseOptionHeader(data); err == nil {
-			var b [wire.OptionHeaderSize]byte
-			wire.PutOptionHeader(b[:], h.Option, h.Length)
-			if !bytes.Equal(b[:], data[:wire.OptionHeaderSize]) {
-				t.Fatalf("option header %+v does not round-trip", h)
-			}
-		}
-	})
-}
 
 // fuzzServer is one live server shared by the fuzz iterations of a
 // process; it lives until the process exits.
