@@ -181,15 +181,15 @@ type Stats struct {
 	TimedOut   int64 // requests ended by their deadline
 }
 
-// ErrClosed is returned by calls on a closed client (the I/O
+// errClosed is returned by calls on a closed client (the I/O
 // paths end requests with ESHUTDOWN, which it matches).
-var ErrClosed = fmt.Errorf("nbd: client closed: %w", syscall.ESHUTDOWN)
+var errClosed = fmt.Errorf("nbd: client closed: %w", syscall.ESHUTDOWN)
 
 // Client is a connection to one NBD export, re-established when it is
 // lost. It is safe for concurrent use. It is a dm.BlockDevice (see
 // client_dev.go).
 type Client struct {
-	uri   URI
+	uri   exportURI
 	name  string
 	opts  Options
 	log   zerolog.Logger
@@ -223,7 +223,7 @@ type Client struct {
 // URI) and completes the handshake; ctx bounds this first attempt. Later
 // reconnections happen by themselves until Close.
 func Dial(ctx context.Context, uri string, opts Options) (*Client, error) {
-	u, err := ParseURI(uri)
+	u, err := parseURI(uri)
 	if err != nil {
 		return nil, err
 	}
@@ -251,9 +251,6 @@ func Dial(ctx context.Context, uri string, opts Options) (*Client, error) {
 	go c.supervise(cc)
 	return c, nil
 }
-
-// URI is the parsed address of the export.
-func (c *Client) URI() URI { return c.uri }
 
 // Info is what the last handshake told about the export.
 func (c *Client) Info() Info { return *c.info.Load() }

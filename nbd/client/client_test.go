@@ -444,8 +444,8 @@ func TestClientNoSuchExport(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), ctSafety)
 		_, err := Dial(ctx, srv.uri[:len("nbd+unix:///")]+"nope"+srv.uri[len("nbd+unix:///"):], opts)
 		cancel()
-		if !errors.Is(err, ErrNoExport) {
-			t.Errorf("dial a missing export (NoOptGo %v): %v, want ErrNoExport", opts.NoOptGo, err)
+		if !errors.Is(err, errNoExport) {
+			t.Errorf("dial a missing export (NoOptGo %v): %v, want errNoExport", opts.NoOptGo, err)
 		}
 	}
 	u := srv.uri[:len("nbd+unix:///")] + "disk" + srv.uri[len("nbd+unix:///"):]

@@ -68,7 +68,7 @@ func (c *Client) connect(ctx context.Context) (*clientConn, *Info, error) {
 	}
 	if err == nil {
 		if old := c.info.Load(); old != nil && old.Size != info.Size {
-			err = fmt.Errorf("%w: from %d to %d bytes", ErrSizeChanged, old.Size, info.Size)
+			err = fmt.Errorf("%w: from %d to %d bytes", errSizeChanged, old.Size, info.Size)
 		}
 	}
 	if err != nil {

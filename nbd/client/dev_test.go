@@ -169,7 +169,7 @@ func TestClientOpener(t *testing.T) {
 	if _, _, err := open(srv.uri, false); !errors.Is(err, syscall.EINVAL) {
 		t.Errorf("open of a 1000-byte export: %v, want EINVAL", err)
 	}
-	if _, _, err := open("nbds://h/x", false); !errors.Is(err, ErrURIUnsupported) {
+	if _, _, err := open("nbds://h/x", false); !errors.Is(err, errURIUnsupported) {
 		t.Errorf("open of nbds://: %v", err)
 	}
 	srv2 := ctNbdkit(t, true, "memory", "1M")

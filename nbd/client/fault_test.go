@@ -319,7 +319,7 @@ func TestClientCloseInFlight(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
-	if err := c.ReadAt(context.Background(), make([]byte, 512), 0); !errors.Is(err, syscall.ESHUTDOWN) || !errors.Is(ErrClosed, syscall.ESHUTDOWN) {
+	if err := c.ReadAt(context.Background(), make([]byte, 512), 0); !errors.Is(err, syscall.ESHUTDOWN) || !errors.Is(errClosed, syscall.ESHUTDOWN) {
 		t.Errorf("read after Close: %v", err)
 	}
 }

@@ -15,16 +15,16 @@ import (
 
 // Handshake errors. Each wraps the errno a caller can act on.
 var (
-	// ErrNoExport: the server has no such export (NBD_REP_ERR_UNKNOWN,
+	// errNoExport: the server has no such export (NBD_REP_ERR_UNKNOWN,
 	// or it closed the connection on NBD_OPT_EXPORT_NAME).
-	ErrNoExport = fmt.Errorf("nbd: no such export: %w", syscall.ENOENT)
-	// ErrTLSRequired: the server insists on TLS, which the client
+	errNoExport = fmt.Errorf("nbd: no such export: %w", syscall.ENOENT)
+	// errTLSRequired: the server insists on TLS, which the client
 	// doesn't speak.
-	ErrTLSRequired = fmt.Errorf("nbd: server requires TLS: %w", syscall.EPROTONOSUPPORT)
-	// ErrHandshake: the server broke the protocol or refused the client.
-	ErrHandshake = fmt.Errorf("nbd: handshake failed: %w", syscall.EPROTO)
-	// ErrSizeChanged: after a reconnection the export has another size.
-	ErrSizeChanged = fmt.Errorf("nbd: export size changed: %w", syscall.EIO)
+	errTLSRequired = fmt.Errorf("nbd: server requires TLS: %w", syscall.EPROTONOSUPPORT)
+	// errHandshake: the server broke the protocol or refused the client.
+	errHandshake = fmt.Errorf("nbd: handshake failed: %w", syscall.EPROTO)
+	// errSizeChanged: after a reconnection the export has another size.
+	errSizeChanged = fmt.Errorf("nbd: export size changed: %w", syscall.EIO)
 )
 
 const (
@@ -41,17 +41,17 @@ const (
 func clientHandshake(nc net.Conn, br *bufio.Reader, export string, opts *Options) (*Info, error) {
 	var hs [18]byte
 	if _, err := io.ReadFull(br, hs[:]); err != nil {
-		return nil, fmt.Errorf("%w: reading the greeting: %w", ErrHandshake, err)
+		return nil, fmt.Errorf("%w: reading the greeting: %w", errHandshake, err)
 	}
 	if binary.BigEndian.Uint64(hs[0:]) != wire.NBDMagic {
-		return nil, fmt.Errorf("%w: not an NBD server (magic %#x)", ErrHandshake, binary.BigEndian.Uint64(hs[0:]))
+		return nil, fmt.Errorf("%w: not an NBD server (magic %#x)", errHandshake, binary.BigEndian.Uint64(hs[0:]))
 	}
 	switch m := binary.BigEndian.Uint64(hs[8:]); m {
 	case wire.IHaveOpt:
 	case cliservMagic:
-		return nil, fmt.Errorf("%w: the server uses oldstyle negotiation, which is not supported", ErrHandshake)
+		return nil, fmt.Errorf("%w: the server uses oldstyle negotiation, which is not supported", errHandshake)
 	default:
-		return nil, fmt.Errorf("%w: bad second magic %#x", ErrHandshake, m)
+		return nil, fmt.Errorf("%w: bad second magic %#x", errHandshake, m)
 	}
 	hflags := binary.BigEndian.Uint16(hs[16:])
 	info := &Info{FixedNewstyle: hflags&wire.FlagFixedNewstyle != 0}
@@ -64,7 +64,7 @@ func clientHandshake(nc net.Conn, br *bufio.Reader, export string, opts *Options
 		cflags |= wire.ClientNoZeroes
 	}
 	if err := writeAll(nc, binary.BigEndian.AppendUint32(nil, cflags)); err != nil {
-		return nil, fmt.Errorf("%w: sending client flags: %w", ErrHandshake, err)
+		return nil, fmt.Errorf("%w: sending client flags: %w", errHandshake, err)
 	}
 	h := &handshaker{nc: nc, br: br}
 	if info.FixedNewstyle {
@@ -101,7 +101,7 @@ func clientHandshake(nc net.Conn, br *bufio.Reader, export string, opts *Options
 // finishInfo validates and defaults the block sizes.
 func finishInfo(info *Info) (*Info, error) {
 	if info.Size < 0 {
-		return nil, fmt.Errorf("%w: export size %d", ErrHandshake, uint64(info.Size))
+		return nil, fmt.Errorf("%w: export size %d", errHandshake, uint64(info.Size))
 	}
 	if info.MinBlock == 0 {
 		info.MinBlock, info.PrefBlock, info.MaxBlock = 1, 4096, defaultMaxPayload
@@ -109,7 +109,7 @@ func finishInfo(info *Info) (*Info, error) {
 	pow2 := func(v uint32) bool { return v != 0 && bits.OnesCount32(v) == 1 }
 	if !pow2(info.MinBlock) || info.MinBlock > 64<<10 || !pow2(info.PrefBlock) || info.PrefBlock < info.MinBlock ||
 		info.MaxBlock < info.MinBlock || info.MaxBlock != 1<<32-1 && info.MaxBlock%info.MinBlock != 0 {
-		return nil, fmt.Errorf("%w: bad block sizes min %d preferred %d max %d", ErrHandshake, info.MinBlock, info.PrefBlock, info.MaxBlock)
+		return nil, fmt.Errorf("%w: bad block sizes min %d preferred %d max %d", errHandshake, info.MinBlock, info.PrefBlock, info.MaxBlock)
 	}
 	info.MaxPayload = min(info.MaxBlock, defaultMaxPayload)
 	info.MaxPayload -= info.MaxPayload % info.MinBlock
@@ -131,7 +131,7 @@ func (h *handshaker) send(opt uint32, data []byte) error {
 	b := make([]byte, wire.OptionHeaderSize, wire.OptionHeaderSize+len(data))
 	wire.PutOptionHeader(b, opt, uint32(len(data)))
 	if err := writeAll(h.nc, append(b, data...)); err != nil {
-		return fmt.Errorf("%w: sending option %d: %w", ErrHandshake, opt, err)
+		return fmt.Errorf("%w: sending option %d: %w", errHandshake, opt, err)
 	}
 	return nil
 }
@@ -141,24 +141,24 @@ func (h *handshaker) send(opt uint32, data []byte) error {
 func (h *handshaker) reply(opt uint32) (wire.OptionReply, []byte, error) {
 	var hb [wire.OptReplyHeaderLen]byte
 	if _, err := io.ReadFull(h.br, hb[:]); err != nil {
-		return wire.OptionReply{}, nil, fmt.Errorf("%w: reading the reply to option %d: %w", ErrHandshake, opt, err)
+		return wire.OptionReply{}, nil, fmt.Errorf("%w: reading the reply to option %d: %w", errHandshake, opt, err)
 	}
 	rep, err := wire.ParseOptionReply(hb[:])
 	if err != nil {
-		return rep, nil, fmt.Errorf("%w: %w", ErrHandshake, err)
+		return rep, nil, fmt.Errorf("%w: %w", errHandshake, err)
 	}
 	if rep.Option != opt {
-		return rep, nil, fmt.Errorf("%w: reply for option %d while waiting for %d", ErrHandshake, rep.Option, opt)
+		return rep, nil, fmt.Errorf("%w: reply for option %d while waiting for %d", errHandshake, rep.Option, opt)
 	}
 	if rep.Length > maxOptReply {
-		return rep, nil, fmt.Errorf("%w: option reply of %d bytes", ErrHandshake, rep.Length)
+		return rep, nil, fmt.Errorf("%w: option reply of %d bytes", errHandshake, rep.Length)
 	}
 	if cap(h.buf) < int(rep.Length) {
 		h.buf = make([]byte, rep.Length)
 	}
 	data := h.buf[:rep.Length]
 	if _, err := io.ReadFull(h.br, data); err != nil {
-		return rep, nil, fmt.Errorf("%w: reading the reply to option %d: %w", ErrHandshake, opt, err)
+		return rep, nil, fmt.Errorf("%w: reading the reply to option %d: %w", errHandshake, opt, err)
 	}
 	return rep, data, nil
 }
@@ -171,15 +171,15 @@ func repError(opt uint32, rep wire.OptionReply, data []byte) error {
 	}
 	switch rep.Type {
 	case wire.RepErrUnknown:
-		return fmt.Errorf("%w%s", ErrNoExport, msg)
+		return fmt.Errorf("%w%s", errNoExport, msg)
 	case wire.RepErrTLSReqd:
-		return fmt.Errorf("%w%s", ErrTLSRequired, msg)
+		return fmt.Errorf("%w%s", errTLSRequired, msg)
 	case wire.RepErrShutdown:
-		return fmt.Errorf("%w: server shutting down%s", ErrHandshake, msg)
+		return fmt.Errorf("%w: server shutting down%s", errHandshake, msg)
 	case wire.RepErrPolicy:
-		return fmt.Errorf("%w: option %d refused by policy%s", ErrHandshake, opt, msg)
+		return fmt.Errorf("%w: option %d refused by policy%s", errHandshake, opt, msg)
 	}
-	return fmt.Errorf("%w: option %d: error reply %#x%s", ErrHandshake, opt, rep.Type, msg)
+	return fmt.Errorf("%w: option %d: error reply %#x%s", errHandshake, opt, rep.Type, msg)
 }
 
 // simpleOption sends an option that is answered by one ACK or an error;
@@ -200,7 +200,7 @@ func (h *handshaker) simpleOption(opt uint32, data []byte) (bool, error) {
 	case wire.IsRepErr(rep.Type):
 		return false, nil
 	}
-	return false, fmt.Errorf("%w: option %d: unexpected reply type %d", ErrHandshake, opt, rep.Type)
+	return false, fmt.Errorf("%w: option %d: unexpected reply type %d", errHandshake, opt, rep.Type)
 }
 
 // setMetaContext selects base:allocation.
@@ -219,7 +219,7 @@ func (h *handshaker) setMetaContext(export string, info *Info) error {
 			return nil
 		case rep.Type == wire.RepMetaContext:
 			if len(d) < 4 {
-				return fmt.Errorf("%w: short meta context reply", ErrHandshake)
+				return fmt.Errorf("%w: short meta context reply", errHandshake)
 			}
 			if string(d[4:]) == wire.MetaBaseAllocation {
 				info.BlockStatus = true
@@ -230,7 +230,7 @@ func (h *handshaker) setMetaContext(export string, info *Info) error {
 		case wire.IsRepErr(rep.Type):
 			return nil // no block status
 		default:
-			return fmt.Errorf("%w: meta context: unexpected reply type %d", ErrHandshake, rep.Type)
+			return fmt.Errorf("%w: meta context: unexpected reply type %d", errHandshake, rep.Type)
 		}
 	}
 }
@@ -251,25 +251,25 @@ func (h *handshaker) optGo(export string, info *Info) (bool, error) {
 		switch {
 		case rep.Type == wire.RepAck:
 			if !gotExport {
-				return false, fmt.Errorf("%w: NBD_OPT_GO acknowledged without NBD_INFO_EXPORT", ErrHandshake)
+				return false, fmt.Errorf("%w: NBD_OPT_GO acknowledged without NBD_INFO_EXPORT", errHandshake)
 			}
 			info.Go = true
 			return true, nil
 		case rep.Type == wire.RepInfo:
 			if len(d) < 2 {
-				return false, fmt.Errorf("%w: short NBD_REP_INFO", ErrHandshake)
+				return false, fmt.Errorf("%w: short NBD_REP_INFO", errHandshake)
 			}
 			switch binary.BigEndian.Uint16(d) {
 			case wire.InfoExport:
 				if len(d) != 12 {
-					return false, fmt.Errorf("%w: NBD_INFO_EXPORT of %d bytes", ErrHandshake, len(d))
+					return false, fmt.Errorf("%w: NBD_INFO_EXPORT of %d bytes", errHandshake, len(d))
 				}
 				info.Size = int64(binary.BigEndian.Uint64(d[2:]))
 				info.Flags = binary.BigEndian.Uint16(d[10:])
 				gotExport = true
 			case wire.InfoBlockSize:
 				if len(d) != 14 {
-					return false, fmt.Errorf("%w: NBD_INFO_BLOCK_SIZE of %d bytes", ErrHandshake, len(d))
+					return false, fmt.Errorf("%w: NBD_INFO_BLOCK_SIZE of %d bytes", errHandshake, len(d))
 				}
 				info.MinBlock = binary.BigEndian.Uint32(d[2:])
 				info.PrefBlock = binary.BigEndian.Uint32(d[6:])
@@ -280,7 +280,7 @@ func (h *handshaker) optGo(export string, info *Info) (bool, error) {
 		case wire.IsRepErr(rep.Type):
 			return false, repError(wire.OptGo, rep, d)
 		default:
-			return false, fmt.Errorf("%w: NBD_OPT_GO: unexpected reply type %d", ErrHandshake, rep.Type)
+			return false, fmt.Errorf("%w: NBD_OPT_GO: unexpected reply type %d", errHandshake, rep.Type)
 		}
 	}
 }
@@ -297,9 +297,9 @@ func (h *handshaker) exportName(export string, noZeroes bool, info *Info) error 
 	b := make([]byte, n)
 	if _, err := io.ReadFull(h.br, b); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
-			return fmt.Errorf("%w: %q (the server closed the connection on NBD_OPT_EXPORT_NAME)", ErrNoExport, export)
+			return fmt.Errorf("%w: %q (the server closed the connection on NBD_OPT_EXPORT_NAME)", errNoExport, export)
 		}
-		return fmt.Errorf("%w: reading the export's size and flags: %w", ErrHandshake, err)
+		return fmt.Errorf("%w: reading the export's size and flags: %w", errHandshake, err)
 	}
 	info.Size = int64(binary.BigEndian.Uint64(b))
 	info.Flags = binary.BigEndian.Uint16(b[8:])

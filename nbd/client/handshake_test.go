@@ -207,26 +207,26 @@ func TestClientHandshakeErrors(t *testing.T) {
 		server func(nc net.Conn, br *bufio.Reader)
 		want   error
 	}{
-		{"no-such-export", goReply(wire.AppendOptionReply(nil, wire.OptGo, wire.RepErrUnknown, []byte("nope"))), ErrNoExport},
-		{"tls-required", goReply(wire.AppendOptionReply(nil, wire.OptGo, wire.RepErrTLSReqd, nil)), ErrTLSRequired},
-		{"policy", goReply(wire.AppendOptionReply(nil, wire.OptGo, wire.RepErrPolicy, nil)), ErrHandshake},
-		{"shutting-down", goReply(wire.AppendOptionReply(nil, wire.OptGo, wire.RepErrShutdown, nil)), ErrHandshake},
-		{"ack-without-export-info", goReply(ack), ErrHandshake},
-		{"bad-min-block", goReply(info, wire.AppendOptionReply(nil, wire.OptGo, wire.RepInfo, ctInfoBlockSize(3, 4096, 1<<20)), ack), ErrHandshake},
-		{"max-below-min", goReply(info, wire.AppendOptionReply(nil, wire.OptGo, wire.RepInfo, ctInfoBlockSize(4096, 4096, 512)), ack), ErrHandshake},
-		{"short-info", goReply(wire.AppendOptionReply(nil, wire.OptGo, wire.RepInfo, []byte{0, 0, 1}), ack), ErrHandshake},
-		{"reply-to-another-option", goReply(wire.AppendOptionReply(nil, wire.OptList, wire.RepAck, nil)), ErrHandshake},
+		{"no-such-export", goReply(wire.AppendOptionReply(nil, wire.OptGo, wire.RepErrUnknown, []byte("nope"))), errNoExport},
+		{"tls-required", goReply(wire.AppendOptionReply(nil, wire.OptGo, wire.RepErrTLSReqd, nil)), errTLSRequired},
+		{"policy", goReply(wire.AppendOptionReply(nil, wire.OptGo, wire.RepErrPolicy, nil)), errHandshake},
+		{"shutting-down", goReply(wire.AppendOptionReply(nil, wire.OptGo, wire.RepErrShutdown, nil)), errHandshake},
+		{"ack-without-export-info", goReply(ack), errHandshake},
+		{"bad-min-block", goReply(info, wire.AppendOptionReply(nil, wire.OptGo, wire.RepInfo, ctInfoBlockSize(3, 4096, 1<<20)), ack), errHandshake},
+		{"max-below-min", goReply(info, wire.AppendOptionReply(nil, wire.OptGo, wire.RepInfo, ctInfoBlockSize(4096, 4096, 512)), ack), errHandshake},
+		{"short-info", goReply(wire.AppendOptionReply(nil, wire.OptGo, wire.RepInfo, []byte{0, 0, 1}), ack), errHandshake},
+		{"reply-to-another-option", goReply(wire.AppendOptionReply(nil, wire.OptList, wire.RepAck, nil)), errHandshake},
 		{"oldstyle", func(nc net.Conn, br *bufio.Reader) {
 			b := binary.BigEndian.AppendUint64(nil, wire.NBDMagic)
 			b = binary.BigEndian.AppendUint64(b, cliservMagic)
 			nc.Write(append(b, make([]byte, 8+4+124)...))
 			io.Copy(io.Discard, br)
-		}, ErrHandshake},
+		}, errHandshake},
 		{"not-nbd", func(nc net.Conn, br *bufio.Reader) {
 			nc.Write([]byte("SSH-2.0-OpenSSH_9.2p1 Debian\r\n"))
 			io.Copy(io.Discard, br)
-		}, ErrHandshake},
-		{"hangs-up", func(nc net.Conn, br *bufio.Reader) {}, ErrHandshake},
+		}, errHandshake},
+		{"hangs-up", func(nc net.Conn, br *bufio.Reader) {}, errHandshake},
 		{"export-name-refused", func(nc net.Conn, br *bufio.Reader) {
 			// Not fixed newstyle: only NBD_OPT_EXPORT_NAME, refused by
 			// closing the connection.
@@ -234,7 +234,7 @@ func TestClientHandshakeErrors(t *testing.T) {
 				return
 			}
 			ctOption(br)
-		}, ErrNoExport},
+		}, errNoExport},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			uri := ctScript(t, tc.server)

@@ -9,46 +9,46 @@ import (
 	"strings"
 )
 
-// DefaultPort is the IANA port for NBD.
-const DefaultPort = 10809
+// defaultPort is the IANA port for NBD.
+const defaultPort = 10809
 
 // URI schemes (NetworkBlockDevice doc/uri.md).
 const (
-	SchemeTCP  = "nbd"
-	SchemeUnix = "nbd+unix"
+	schemeTCP  = "nbd"
+	schemeUnix = "nbd+unix"
 )
 
-// ErrURI marks a string that is not an NBD URI the client can use;
-// ErrURIUnsupported one that names a transport it does not speak (TLS,
+// errURI marks a string that is not an NBD URI the client can use;
+// errURIUnsupported one that names a transport it does not speak (TLS,
 // vsock). Both are wrapped with the offending URI.
 var (
-	ErrURI            = errors.New("nbd: bad URI")
-	ErrURIUnsupported = fmt.Errorf("%w: unsupported", ErrURI)
+	errURI            = errors.New("nbd: bad URI")
+	errURIUnsupported = fmt.Errorf("%w: unsupported", errURI)
 )
 
 // maxExportName is the protocol's bound on strings.
 const maxExportName = 4096
 
-// URI is a parsed NBD URI: nbd://host[:port]/export or
+// exportURI is a parsed NBD URI: nbd://host[:port]/export or
 // nbd+unix:///export?socket=PATH.
-type URI struct {
-	// Scheme is SchemeTCP or SchemeUnix.
+type exportURI struct {
+	// Scheme is schemeTCP or schemeUnix.
 	Scheme string
-	// Host and Port are set for SchemeTCP (Host without brackets for
+	// Host and Port are set for schemeTCP (Host without brackets for
 	// IPv6 literals).
 	Host string
 	Port int
-	// Socket is the Unix socket's path for SchemeUnix; a leading NUL
+	// Socket is the Unix socket's path for schemeUnix; a leading NUL
 	// names an abstract socket.
 	Socket string
 	// Export is the export name (may be empty: the server's default).
 	Export string
 }
 
-// IsURI reports whether name looks like an NBD URI (any nbd scheme,
-// including the ones ParseURI rejects): openers use it to decide who
+// isURI reports whether name looks like an NBD URI (any nbd scheme,
+// including the ones parseURI rejects): openers use it to decide who
 // handles a table's device name.
-func IsURI(name string) bool {
+func isURI(name string) bool {
 	i := strings.Index(name, "://")
 	if i <= 0 {
 		return false
@@ -57,15 +57,15 @@ func IsURI(name string) bool {
 	return s == "nbd" || strings.HasPrefix(s, "nbd+") || s == "nbds" || strings.HasPrefix(s, "nbds+")
 }
 
-// ParseURI parses an NBD URI. It accepts nbd:// (TCP, port 10809 unless
+// parseURI parses an NBD URI. It accepts nbd:// (TCP, port 10809 unless
 // given, IPv6 literals in brackets) and nbd+unix:// (a socket query
 // parameter, no authority). The export name is the path without its
 // leading slash, percent-decoded. TLS schemes and parameters, vsock,
 // user info, fragments and unknown query parameters (other than the
 // experimental x-*) are errors.
-func ParseURI(s string) (URI, error) {
-	bad := func(format string, a ...any) (URI, error) {
-		return URI{}, fmt.Errorf("%w %q: %s", ErrURI, s, fmt.Sprintf(format, a...))
+func parseURI(s string) (exportURI, error) {
+	bad := func(format string, a ...any) (exportURI, error) {
+		return exportURI{}, fmt.Errorf("%w %q: %s", errURI, s, fmt.Sprintf(format, a...))
 	}
 	if strings.IndexByte(s, 0) >= 0 {
 		return bad("contains a NUL byte (write it as %%00)")
@@ -74,14 +74,14 @@ func ParseURI(s string) (URI, error) {
 	if err != nil {
 		return bad("%v", errors.Unwrap(err))
 	}
-	var out URI
+	var out exportURI
 	switch scheme := strings.ToLower(u.Scheme); scheme {
-	case SchemeTCP, SchemeUnix:
+	case schemeTCP, schemeUnix:
 		out.Scheme = scheme
 	case "nbds", "nbds+unix":
-		return URI{}, fmt.Errorf("%w %q: TLS (%s://) is not supported", ErrURIUnsupported, s, scheme)
+		return exportURI{}, fmt.Errorf("%w %q: TLS (%s://) is not supported", errURIUnsupported, s, scheme)
 	case "nbd+vsock", "nbds+vsock":
-		return URI{}, fmt.Errorf("%w %q: vsock is not supported", ErrURIUnsupported, s)
+		return exportURI{}, fmt.Errorf("%w %q: vsock is not supported", errURIUnsupported, s)
 	case "":
 		return bad("no scheme (want nbd:// or nbd+unix://)")
 	default:
@@ -115,7 +115,7 @@ func ParseURI(s string) (URI, error) {
 	for k, v := range q {
 		switch {
 		case k == "socket":
-			if out.Scheme != SchemeUnix {
+			if out.Scheme != schemeUnix {
 				return bad("socket= is only for nbd+unix://")
 			}
 			if len(v) != 1 {
@@ -123,7 +123,7 @@ func ParseURI(s string) (URI, error) {
 			}
 			out.Socket = v[0]
 		case strings.HasPrefix(k, "tls-"):
-			return URI{}, fmt.Errorf("%w %q: TLS parameter %s is not supported", ErrURIUnsupported, s, k)
+			return exportURI{}, fmt.Errorf("%w %q: TLS parameter %s is not supported", errURIUnsupported, s, k)
 		case strings.HasPrefix(k, "x-"):
 			// Experimental parameters of other clients: ignored.
 		default:
@@ -131,7 +131,7 @@ func ParseURI(s string) (URI, error) {
 		}
 	}
 	switch out.Scheme {
-	case SchemeTCP:
+	case schemeTCP:
 		host := u.Hostname()
 		if host == "" {
 			return bad("no host")
@@ -147,7 +147,7 @@ func ParseURI(s string) (URI, error) {
 			return bad("bad host name %q", host)
 		}
 		out.Host = host
-		out.Port = DefaultPort
+		out.Port = defaultPort
 		if ps := u.Port(); ps != "" {
 			n, err := strconv.Atoi(ps)
 			if err != nil || n < 1 || n > 65535 {
@@ -157,7 +157,7 @@ func ParseURI(s string) (URI, error) {
 		} else if strings.HasSuffix(u.Host, ":") {
 			return bad("empty port")
 		}
-	case SchemeUnix:
+	case schemeUnix:
 		if u.Host != "" {
 			return bad("nbd+unix:// takes no host (got %q)", u.Host)
 		}
@@ -172,8 +172,8 @@ func ParseURI(s string) (URI, error) {
 }
 
 // Network and Address are the arguments for net.Dial.
-func (u URI) Network() string {
-	if u.Scheme == SchemeUnix {
+func (u exportURI) Network() string {
+	if u.Scheme == schemeUnix {
 		return "unix"
 	}
 	return "tcp"
@@ -181,8 +181,8 @@ func (u URI) Network() string {
 
 // Address is where Dial connects: host:port, or the socket path (an
 // abstract socket as @name).
-func (u URI) Address() string {
-	if u.Scheme == SchemeUnix {
+func (u exportURI) Address() string {
+	if u.Scheme == schemeUnix {
 		switch {
 		case strings.HasPrefix(u.Socket, "\x00"):
 			return "@" + u.Socket[1:]
@@ -194,10 +194,10 @@ func (u URI) Address() string {
 	return net.JoinHostPort(u.Host, strconv.Itoa(u.Port))
 }
 
-// String formats u as a canonical URI (ParseURI(u.String()) == u).
-func (u URI) String() string {
+// String formats u as a canonical URI (parseURI(u.String()) == u).
+func (u exportURI) String() string {
 	v := url.URL{Scheme: u.Scheme, Path: "/" + u.Export}
-	if u.Scheme == SchemeUnix {
+	if u.Scheme == schemeUnix {
 		return "nbd+unix://" + v.EscapedPath() + "?socket=" + queryEscape(u.Socket)
 	}
 	h := u.Host

@@ -7,29 +7,29 @@ import (
 
 var uriTests = []struct {
 	in      string
-	want    URI
+	want    exportURI
 	addr    string
 	err     bool
-	unsup   bool // ErrURIUnsupported
-	isNBDOK bool // IsURI must say yes even when parsing fails
+	unsup   bool // errURIUnsupported
+	isNBDOK bool // isURI must say yes even when parsing fails
 }{
-	{in: "nbd://example.com:10810/disk", want: URI{Scheme: "nbd", Host: "example.com", Port: 10810, Export: "disk"}, addr: "example.com:10810"},
-	{in: "nbd://example.com/disk", want: URI{Scheme: "nbd", Host: "example.com", Port: 10809, Export: "disk"}, addr: "example.com:10809"},
-	{in: "nbd://example.com/", want: URI{Scheme: "nbd", Host: "example.com", Port: 10809}},
-	{in: "nbd://example.com", want: URI{Scheme: "nbd", Host: "example.com", Port: 10809}},
-	{in: "nbd://example.com//disk", want: URI{Scheme: "nbd", Host: "example.com", Port: 10809, Export: "/disk"}},
-	{in: "nbd://example.com/hello%20world", want: URI{Scheme: "nbd", Host: "example.com", Port: 10809, Export: "hello world"}},
-	{in: "NBD://127.0.0.1:1/a/b", want: URI{Scheme: "nbd", Host: "127.0.0.1", Port: 1, Export: "a/b"}, addr: "127.0.0.1:1"},
-	{in: "nbd://[::1]:10809/x", want: URI{Scheme: "nbd", Host: "::1", Port: 10809, Export: "x"}, addr: "[::1]:10809"},
-	{in: "nbd://[::1]/x", want: URI{Scheme: "nbd", Host: "::1", Port: 10809, Export: "x"}},
-	{in: "nbd://[fe80::1%25eth0]:5/x", want: URI{Scheme: "nbd", Host: "fe80::1%eth0", Port: 5, Export: "x"}, addr: "[fe80::1%eth0]:5"},
-	{in: "nbd://h/x?x-debug=1", want: URI{Scheme: "nbd", Host: "h", Port: 10809, Export: "x"}},
-	{in: "nbd+unix:///export?socket=/tmp/s.sock", want: URI{Scheme: "nbd+unix", Socket: "/tmp/s.sock", Export: "export"}, addr: "/tmp/s.sock"},
-	{in: "nbd+unix:///?socket=rel.sock", want: URI{Scheme: "nbd+unix", Socket: "rel.sock"}, addr: "rel.sock"},
-	{in: "nbd+unix://?socket=/s", want: URI{Scheme: "nbd+unix", Socket: "/s"}},
-	{in: "nbd+unix:///?socket=%00/abstract", want: URI{Scheme: "nbd+unix", Socket: "\x00/abstract"}, addr: "@/abstract"},
-	{in: "nbd+unix:///d?socket=@odd", want: URI{Scheme: "nbd+unix", Socket: "@odd", Export: "d"}, addr: "./@odd"},
-	{in: "nbd+unix:///a%3Fb?socket=/x%26y", want: URI{Scheme: "nbd+unix", Socket: "/x&y", Export: "a?b"}},
+	{in: "nbd://example.com:10810/disk", want: exportURI{Scheme: "nbd", Host: "example.com", Port: 10810, Export: "disk"}, addr: "example.com:10810"},
+	{in: "nbd://example.com/disk", want: exportURI{Scheme: "nbd", Host: "example.com", Port: 10809, Export: "disk"}, addr: "example.com:10809"},
+	{in: "nbd://example.com/", want: exportURI{Scheme: "nbd", Host: "example.com", Port: 10809}},
+	{in: "nbd://example.com", want: exportURI{Scheme: "nbd", Host: "example.com", Port: 10809}},
+	{in: "nbd://example.com//disk", want: exportURI{Scheme: "nbd", Host: "example.com", Port: 10809, Export: "/disk"}},
+	{in: "nbd://example.com/hello%20world", want: exportURI{Scheme: "nbd", Host: "example.com", Port: 10809, Export: "hello world"}},
+	{in: "NBD://127.0.0.1:1/a/b", want: exportURI{Scheme: "nbd", Host: "127.0.0.1", Port: 1, Export: "a/b"}, addr: "127.0.0.1:1"},
+	{in: "nbd://[::1]:10809/x", want: exportURI{Scheme: "nbd", Host: "::1", Port: 10809, Export: "x"}, addr: "[::1]:10809"},
+	{in: "nbd://[::1]/x", want: exportURI{Scheme: "nbd", Host: "::1", Port: 10809, Export: "x"}},
+	{in: "nbd://[fe80::1%25eth0]:5/x", want: exportURI{Scheme: "nbd", Host: "fe80::1%eth0", Port: 5, Export: "x"}, addr: "[fe80::1%eth0]:5"},
+	{in: "nbd://h/x?x-debug=1", want: exportURI{Scheme: "nbd", Host: "h", Port: 10809, Export: "x"}},
+	{in: "nbd+unix:///export?socket=/tmp/s.sock", want: exportURI{Scheme: "nbd+unix", Socket: "/tmp/s.sock", Export: "export"}, addr: "/tmp/s.sock"},
+	{in: "nbd+unix:///?socket=rel.sock", want: exportURI{Scheme: "nbd+unix", Socket: "rel.sock"}, addr: "rel.sock"},
+	{in: "nbd+unix://?socket=/s", want: exportURI{Scheme: "nbd+unix", Socket: "/s"}},
+	{in: "nbd+unix:///?socket=%00/abstract", want: exportURI{Scheme: "nbd+unix", Socket: "\x00/abstract"}, addr: "@/abstract"},
+	{in: "nbd+unix:///d?socket=@odd", want: exportURI{Scheme: "nbd+unix", Socket: "@odd", Export: "d"}, addr: "./@odd"},
+	{in: "nbd+unix:///a%3Fb?socket=/x%26y", want: exportURI{Scheme: "nbd+unix", Socket: "/x&y", Export: "a?b"}},
 
 	{in: "nbds://example.com/disk", err: true, unsup: true, isNBDOK: true},
 	{in: "nbds+unix:///d?socket=/s", err: true, unsup: true, isNBDOK: true},
@@ -62,80 +62,80 @@ var uriTests = []struct {
 
 func TestParseURI(t *testing.T) {
 	for _, tc := range uriTests {
-		got, err := ParseURI(tc.in)
-		if IsURI(tc.in) != (!tc.err || tc.isNBDOK) {
-			t.Errorf("IsURI(%q) = %v", tc.in, IsURI(tc.in))
+		got, err := parseURI(tc.in)
+		if isURI(tc.in) != (!tc.err || tc.isNBDOK) {
+			t.Errorf("isURI(%q) = %v", tc.in, isURI(tc.in))
 		}
 		if tc.err {
 			if err == nil {
-				t.Errorf("ParseURI(%q) = %+v, want an error", tc.in, got)
+				t.Errorf("parseURI(%q) = %+v, want an error", tc.in, got)
 				continue
 			}
-			if !errors.Is(err, ErrURI) {
-				t.Errorf("ParseURI(%q): %v does not match ErrURI", tc.in, err)
+			if !errors.Is(err, errURI) {
+				t.Errorf("parseURI(%q): %v does not match errURI", tc.in, err)
 			}
-			if errors.Is(err, ErrURIUnsupported) != tc.unsup {
-				t.Errorf("ParseURI(%q): %v: unsupported = %v, want %v", tc.in, err, !tc.unsup, tc.unsup)
+			if errors.Is(err, errURIUnsupported) != tc.unsup {
+				t.Errorf("parseURI(%q): %v: unsupported = %v, want %v", tc.in, err, !tc.unsup, tc.unsup)
 			}
 			continue
 		}
 		if err != nil {
-			t.Errorf("ParseURI(%q): %v", tc.in, err)
+			t.Errorf("parseURI(%q): %v", tc.in, err)
 			continue
 		}
 		if got != tc.want {
-			t.Errorf("ParseURI(%q) = %+v, want %+v", tc.in, got, tc.want)
+			t.Errorf("parseURI(%q) = %+v, want %+v", tc.in, got, tc.want)
 		}
 		if tc.addr != "" && got.Address() != tc.addr {
-			t.Errorf("ParseURI(%q).Address() = %q, want %q", tc.in, got.Address(), tc.addr)
+			t.Errorf("parseURI(%q).Address() = %q, want %q", tc.in, got.Address(), tc.addr)
 		}
-		again, err := ParseURI(got.String())
+		again, err := parseURI(got.String())
 		if err != nil || again != got {
-			t.Errorf("ParseURI(%q).String() = %q reparses as %+v, %v", tc.in, got.String(), again, err)
+			t.Errorf("parseURI(%q).String() = %q reparses as %+v, %v", tc.in, got.String(), again, err)
 		}
 	}
 }
 
 func TestURINetwork(t *testing.T) {
-	u, _ := ParseURI("nbd+unix:///e?socket=/s")
+	u, _ := parseURI("nbd+unix:///e?socket=/s")
 	if u.Network() != "unix" {
 		t.Errorf("unix URI network %q", u.Network())
 	}
-	u, _ = ParseURI("nbd://h/e")
+	u, _ = parseURI("nbd://h/e")
 	if u.Network() != "tcp" {
 		t.Errorf("tcp URI network %q", u.Network())
 	}
 }
 
-// FuzzParseURI: ParseURI never panics, and what it accepts formats to a
+// FuzzParseURI: parseURI never panics, and what it accepts formats to a
 // URI that parses back to the same value.
 func FuzzParseURI(f *testing.F) {
 	for _, tc := range uriTests {
 		f.Add(tc.in)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		u, err := ParseURI(s)
+		u, err := parseURI(s)
 		if err != nil {
-			if !errors.Is(err, ErrURI) {
-				t.Fatalf("ParseURI(%q): error %v does not wrap ErrURI", s, err)
+			if !errors.Is(err, errURI) {
+				t.Fatalf("parseURI(%q): error %v does not wrap errURI", s, err)
 			}
 			return
 		}
-		if !IsURI(s) {
-			t.Fatalf("ParseURI accepted %q but IsURI says no", s)
+		if !isURI(s) {
+			t.Fatalf("parseURI accepted %q but isURI says no", s)
 		}
-		if u.Scheme != SchemeTCP && u.Scheme != SchemeUnix {
-			t.Fatalf("ParseURI(%q): scheme %q", s, u.Scheme)
+		if u.Scheme != schemeTCP && u.Scheme != schemeUnix {
+			t.Fatalf("parseURI(%q): scheme %q", s, u.Scheme)
 		}
-		if (u.Scheme == SchemeTCP) != (u.Host != "" && u.Port > 0 && u.Socket == "") {
-			t.Fatalf("ParseURI(%q) = %+v: inconsistent", s, u)
+		if (u.Scheme == schemeTCP) != (u.Host != "" && u.Port > 0 && u.Socket == "") {
+			t.Fatalf("parseURI(%q) = %+v: inconsistent", s, u)
 		}
-		again, err := ParseURI(u.String())
+		again, err := parseURI(u.String())
 		if err != nil {
-			t.Fatalf("ParseURI(%q).String() = %q: %v", s, u.String(), err)
+			t.Fatalf("parseURI(%q).String() = %q: %v", s, u.String(), err)
 		}
 		if again != u {
-			t.Fatalf("ParseURI(%q) = %+v; String %q reparses as %+v", s, u, u.String(), again)
+			t.Fatalf("parseURI(%q) = %+v; String %q reparses as %+v", s, u, u.String(), again)
 		}
 	})
 }

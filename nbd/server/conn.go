@@ -728,14 +728,14 @@ func (c *conn) maybeFinish() {
 func (c *conn) blockStatus(r *req) {
 	c.statuses++
 	h := r.hdr
-	dev, l, fn := c.dev, c.l, c.s.cfg.Extents
+	dev, l, fn := c.dev, c.l, c.s.cfg.extents
 	go func() {
-		var exts []Extent
+		var exts []extent
 		var err error
 		if fn != nil {
 			exts, err = fn(dev, h.Offset, uint64(h.Length))
 		} else {
-			exts = []Extent{{Length: uint64(h.Length)}}
+			exts = []extent{{Length: uint64(h.Length)}}
 		}
 		b := binary.BigEndian.AppendUint32(nil, wire.MetaContextID)
 		total := uint64(0)
@@ -765,9 +765,9 @@ func (c *conn) blockStatus(r *req) {
 	}()
 }
 
-// Extent is a run of bytes with NBD base:allocation flags (StateHole,
+// extent is a run of bytes with NBD base:allocation flags (StateHole,
 // StateZero).
-type Extent struct {
+type extent struct {
 	Length uint64
 	Flags  uint32
 }

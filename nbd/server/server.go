@@ -84,21 +84,21 @@ type Config struct {
 	NoMultiConn bool
 	// forceGather (tests) gathers every receive, whatever the pacer says.
 	forceGather bool
-	// Extents answers BLOCK_STATUS (base:allocation) for the byte range
+	// extents answers BLOCK_STATUS (base:allocation) for the byte range
 	// [off, off+length) of dev; nil asks the device (dm.Device.Extents).
-	Extents func(dev *dm.Device, off, length uint64) ([]Extent, error)
+	extents func(dev *dm.Device, off, length uint64) ([]extent, error)
 }
 
 // deviceExtents is the default BLOCK_STATUS source: the dm device's map
 // of holes.
-func deviceExtents(dev *dm.Device, off, length uint64) ([]Extent, error) {
+func deviceExtents(dev *dm.Device, off, length uint64) ([]extent, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	exts, err := dev.Extents(ctx, int64(off), int64(length))
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Extent, 0, len(exts))
+	out := make([]extent, 0, len(exts))
 	for _, e := range exts {
 		var f uint32
 		if e.Flags&dm.ExtentHole != 0 {
@@ -107,7 +107,7 @@ func deviceExtents(dev *dm.Device, off, length uint64) ([]Extent, error) {
 		if e.Flags&dm.ExtentZero != 0 {
 			f |= wire.StateZero
 		}
-		out = append(out, Extent{Length: uint64(e.Length), Flags: f})
+		out = append(out, extent{Length: uint64(e.Length), Flags: f})
 	}
 	return out, nil
 }
@@ -194,8 +194,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}
-	if cfg.Extents == nil {
-		cfg.Extents = deviceExtents
+	if cfg.extents == nil {
+		cfg.extents = deviceExtents
 	}
 	return &Server{cfg: cfg, log: cfg.Log, listeners: map[net.Listener]struct{}{},
 		conns: map[*conn]struct{}{}, shakes: map[net.Conn]struct{}{}, getBuf: arenaGet}, nil
