@@ -27,8 +27,8 @@ package client
 // its reply arrives (its payload is discarded) or its connection dies:
 // the stream can't be parsed without it, and its cookie stays unique.
 //
-// Lock order: Client.mu is the only lock; no socket I/O and no handler
-// runs under it.
+// Lock order (see doc.go): multiOp.mu before Client.mu; no socket I/O
+// and no handler runs under either.
 
 import (
 	"context"
@@ -187,7 +187,7 @@ var errClosed = fmt.Errorf("nbd: client closed: %w", syscall.ESHUTDOWN)
 
 // Client is a connection to one NBD export, re-established when it is
 // lost. It is safe for concurrent use. It is a dm.BlockDevice (see
-// client_dev.go).
+// dev.go).
 type Client struct {
 	uri   exportURI
 	name  string

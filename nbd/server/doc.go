@@ -1,6 +1,34 @@
-// Package nbd speaks the NBD fixed-newstyle protocol
-// (NetworkBlockDevice doc/proto.md): a server that exports dm devices,
-// running its connections on the uring loops, and a client so that a
-// multipath path can be a remote export (nbd://host:port/export or
-// nbd+unix:///export?socket=PATH).
+// Package server exports dm devices over NBD (fixed newstyle, structured
+// replies, base:allocation), with each connection's transmission phase
+// confined to a uring loop.
+//
+// # What runs where
+//
+// Serve's accept loop and one goroutine per new connection run the
+// handshake (wire.Negotiate, bounded by Config.HandshakeTimeout) with
+// ordinary blocking socket I/O. When it settles on an export, the socket
+// is duplicated, made non-blocking and handed to a loop (round robin over
+// Config.Loops) with Loop.Post; from then on everything of that
+// connection runs on that loop and only there: receives, parsing,
+// dm.Device.Submit, the bios' ends, the replies' sends, the gather timer
+// (pace.go) and its teardown. A conn and its request slots are touched by
+// no other goroutine, so they need no lock.
+//
+// Nothing on the loop blocks: socket I/O is io_uring RECV and SENDMSG
+// submitted on the loop, the device's bios end on the loop (Exec is the
+// loop), and data buffers come from the loop's arena (TryGet: a failed
+// mmap is ENOMEM for that request, never a wait). BLOCK_STATUS, which may
+// have to ask several devices for their holes, runs in a goroutine of
+// its own and posts its reply back to the loop. Shutdown and Close reach
+// a connection only by posting to its loop.
+//
+// # Locks
+//
+// There is one mutex, Server.mu. It guards the sets of listeners,
+// handshaking sockets and connections, and the closed flag. It is taken
+// by Serve, the handshake goroutines, Shutdown/Close, and on the loop when
+// a connection ends (connDone); so it is held only over map updates and,
+// in stop, the close(2) of listeners and handshaking sockets — never
+// across a blocking call, and nothing else is locked while it is held (it
+// nests with no other lock). The counters (Stats) are atomics.
 package server
