@@ -113,7 +113,7 @@ func Opener(opts Options) dm.Opener {
 
 // ComposeOpeners returns an opener that gives NBD URIs (isURI) to nbd
 // and every other name to files: the daemon's
-// ComposeOpeners(nbd.Opener(opts), filedev.Opener(loop)).
+// ComposeOpeners(client.Opener(opts), filedev.Opener(loop)).
 func ComposeOpeners(nbd, files dm.Opener) dm.Opener {
 	return func(name string, readOnly bool) (dm.BlockDevice, io.Closer, error) {
 		if isURI(name) {

@@ -19,18 +19,18 @@ type Export interface {
 }
 
 // Block sizes a server states (NBD_INFO_BLOCK_SIZE): requests must be
-// aligned to MinBlock; PrefBlock is the preferred size.
+// aligned to MinBlock; prefBlock is the preferred size.
 const (
 	MinBlock  = 512
-	PrefBlock = 4096
+	prefBlock = 4096
 )
 
-// Option payloads up to MaxOptionLen bytes are read; longer ones up to
-// MaxOptionDrain bytes are drained and refused; longer still end the
+// Option payloads up to maxOptionLen bytes are read; longer ones up to
+// maxOptionDrain bytes are drained and refused; longer still end the
 // connection.
 const (
-	MaxOptionLen   = 64 << 10
-	MaxOptionDrain = 1 << 20
+	maxOptionLen   = 64 << 10
+	maxOptionDrain = 1 << 20
 )
 
 // MetaContextID is the id of base:allocation, the one meta context a
@@ -136,9 +136,9 @@ const (
 // Intake says how to take in the payload of the option oh announces.
 func (h *Handshake) Intake(oh OptionHeader) Intake {
 	switch {
-	case oh.Length <= MaxOptionLen:
+	case oh.Length <= maxOptionLen:
 		return IntakeRead
-	case oh.Length <= MaxOptionDrain:
+	case oh.Length <= maxOptionDrain:
 		return IntakeDrain
 	}
 	return IntakeNone
@@ -147,7 +147,7 @@ func (h *Handshake) Intake(oh OptionHeader) Intake {
 // Option takes one option: its header and its payload (nil for one that
 // Intake did not have read).
 func (h *Handshake) Option(oh OptionHeader, data []byte) Step {
-	if oh.Length > MaxOptionLen {
+	if oh.Length > maxOptionLen {
 		return h.oversized(oh)
 	}
 	switch oh.Option {
@@ -183,7 +183,7 @@ func fail(err error) Step { return Step{Next: Fail, Err: err} }
 // oversized answers an option whose payload was too long to read.
 func (h *Handshake) oversized(oh OptionHeader) Step {
 	switch {
-	case oh.Length > MaxOptionDrain:
+	case oh.Length > maxOptionDrain:
 		return fail(fmt.Errorf("nbd: option %d of %d bytes", oh.Option, oh.Length))
 	case oh.Option == OptExportName:
 		return fail(fmt.Errorf("nbd: export name of %d bytes", oh.Length))
@@ -269,7 +269,7 @@ func (h *Handshake) goInfo(opt uint32, data []byte) Step {
 	// requests of at most MaxPayload bytes.
 	bs := binary.BigEndian.AppendUint16(nil, InfoBlockSize)
 	bs = binary.BigEndian.AppendUint32(bs, MinBlock)
-	bs = binary.BigEndian.AppendUint32(bs, PrefBlock)
+	bs = binary.BigEndian.AppendUint32(bs, prefBlock)
 	bs = binary.BigEndian.AppendUint32(bs, h.MaxPayload)
 	out = AppendOptionReply(out, opt, RepInfo, bs)
 	if opt == OptInfo {

@@ -95,8 +95,8 @@ func TestHandshakeSteps(t *testing.T) {
 	for _, c := range []struct {
 		len  uint32
 		want Intake
-	}{{0, IntakeRead}, {MaxOptionLen, IntakeRead}, {MaxOptionLen + 1, IntakeDrain},
-		{MaxOptionDrain, IntakeDrain}, {MaxOptionDrain + 1, IntakeNone}} {
+	}{{0, IntakeRead}, {maxOptionLen, IntakeRead}, {maxOptionLen + 1, IntakeDrain},
+		{maxOptionDrain, IntakeDrain}, {maxOptionDrain + 1, IntakeNone}} {
 		if got := h.Intake(OptionHeader{Option: OptGo, Length: c.len}); got != c.want {
 			t.Errorf("intake of %d bytes: %d, want %d", c.len, got, c.want)
 		}
@@ -139,12 +139,12 @@ func TestHandshakeSteps(t *testing.T) {
 	if st, reps := step(OptGo, AppendGoRequest(nil, GoRequest{Name: "nope"})); st.Next != Continue || !eq(types(reps), []uint32{RepErrUnknown}) {
 		t.Errorf("go to no export: %v %v", st.Next, types(reps))
 	}
-	if st := h.Option(OptionHeader{Option: OptList, Length: MaxOptionLen + 1}, nil); st.Next != Continue {
+	if st := h.Option(OptionHeader{Option: OptList, Length: maxOptionLen + 1}, nil); st.Next != Continue {
 		t.Errorf("drained option: %v", st.Next)
 	} else if reps, _ := optReplies(st.Reply); !eq(types(reps), []uint32{RepErrTooBig}) {
 		t.Errorf("drained option: %v", types(reps))
 	}
-	if st := h.Option(OptionHeader{Option: OptExportName, Length: MaxOptionLen + 1}, nil); st.Next != Fail {
+	if st := h.Option(OptionHeader{Option: OptExportName, Length: maxOptionLen + 1}, nil); st.Next != Fail {
 		t.Errorf("export name too long: %v", st.Next)
 	}
 	if st, reps := step(7777, nil); st.Next != Continue || !eq(types(reps), []uint32{RepErrUnsup}) {
@@ -232,7 +232,7 @@ func FuzzHandshake(f *testing.F) {
 	f.Add(uint16(0xffff), seed(opt(OptListMetaContext, meta), opt(OptStartTLS, nil), opt(99, []byte("zz")), opt(OptAbort, nil)))
 	f.Add(uint16(40), seed(opt(OptGo, goReq("disk"))))
 	f.Add(uint16(18), seed(opt(OptExportName, nil)))
-	big := make([]byte, MaxOptionLen+1)
+	big := make([]byte, maxOptionLen+1)
 	f.Add(uint16(0xffff), seed(opt(OptList, big), opt(OptExportName, big)))
 	f.Add(uint16(0xffff), []byte{0, 0, 0, 7})
 	f.Fuzz(func(t *testing.T, failAfter uint16, data []byte) {
