@@ -141,7 +141,7 @@ func parseSample(s string) (string, map[string]string) {
 	return name, labels
 }
 
-// TestSeedScenario is the seed's scenario through NBD: a multipath device
+// TestNoflushReloadUnderFio is the noflush-reload failover through NBD: a multipath device
 // with queue_if_no_path over two paths; fio writing with verify; both
 // paths fail; a noflush suspend; a table with a new path is loaded and
 // the device resumed; fio finishes with no error and its data verifies
@@ -149,7 +149,7 @@ func parseSample(s string) (string, map[string]string) {
 // the end).
 // The three path names are hard links to one file: three routes to the
 // same disk.
-func TestSeedScenario(t *testing.T) {
+func TestNoflushReloadUnderFio(t *testing.T) {
 	testutil.RequireTool(t, "fio")
 	u := startUDM(t, t.TempDir(), "--no-demo", "--metrics", "127.0.0.1:0")
 	dir := shmDir(t)
@@ -164,7 +164,7 @@ func TestSeedScenario(t *testing.T) {
 	sectors := size >> 9
 	u.ok("create", "mp", "--table", fmt.Sprintf("0 %d multipath 1 queue_if_no_path 0 1 1 round-robin 0 2 1 %s 1 %s 1", sectors, p0, p1))
 
-	args := []string{"--name=seed", "--ioengine=nbd", "--uri=" + u.nbdURI("mp"), "--rw=randwrite", "--bs=4k",
+	args := []string{"--name=noflush-reload", "--ioengine=nbd", "--uri=" + u.nbdURI("mp"), "--rw=randwrite", "--bs=4k",
 		"--iodepth=16", fmt.Sprintf("--size=%d", size), "--verify=crc32c", "--verify_state_save=0", "--do_verify=1",
 		"--verify_fatal=1", "--verify_backlog=512"}
 	if raceBuild {

@@ -268,8 +268,8 @@ func (d *Device) Clear() {
 	old.destroy()
 }
 
-// Suspend stops I/O to the targets: SEMANTICS.md "Core" gives the order.
-// With noflush, targets push back what they hold (it is re-issued at
+// Suspend stops I/O to the targets, in the order the package doc gives
+// (step 6). With noflush, targets push back what they hold (it is re-issued at
 // resume); without, they may fail it. Suspending a suspended device does
 // nothing. If ctx ends first the suspend undoes itself, the device stays
 // live, and the error wraps ErrInterrupted and ctx.Err().

@@ -107,7 +107,8 @@ func TestTwoTableSlots(t *testing.T) {
 	}
 }
 
-// The suspend and resume orders of SEMANTICS.md, with the state each hook
+// The suspend and resume orders (flag, presuspend, block, drain,
+// postsuspend; preresume, resume, re-issue), with the state each hook
 // sees.
 func TestSuspendResumeOrder(t *testing.T) {
 	for _, noflush := range []bool{false, true} {

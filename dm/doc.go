@@ -37,7 +37,7 @@
 //     same shard, waking a suspend waiting for the drain. (So a bio's End
 //     runs just before it stops counting as pending: a suspend that
 //     returned has seen every End of the bios it waited for.)
-//  6. Suspend (SEMANTICS.md "Core"): set NOFLUSH_SUSPENDING (noflush),
+//  6. Suspend (as the kernel's dm core): set NOFLUSH_SUSPENDING (noflush),
 //     presuspend targets, set BLOCK_IO, wait for pending == 0,
 //     postsuspend, SUSPENDED, then clear NOFLUSH_SUSPENDING and merge
 //     pushback at the head of deferred in one step under both locks.

@@ -11,8 +11,10 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// The seed's own test list (SEMANTICS.md), with qpath standing in for
-// multipath: regression, new path, error paths, and two devices at once.
+// Queueing, pushback and suspend in the core, with qpath standing in for
+// multipath: I/O with and without a valid path and queue_if_no_path,
+// queued I/O across noflush suspends, resumes and table loads, failed
+// and interrupted suspends, and two devices at once.
 
 type mpFixture struct {
 	t    *testing.T
@@ -69,7 +71,7 @@ func (f *mpFixture) onDev(dev *MemDevice, sector int64, v byte) bool {
 	return bytes.Equal(buf, fill(make([]byte, 4096), v))
 }
 
-func TestSeedRegression(t *testing.T) {
+func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 	t.Run("I/O succeeds with valid paths", func(t *testing.T) {
 		f := newMP(t, true)
 		mustErrno(t, "write", f.write(8, 0xa1).wait(t), 0)
@@ -108,7 +110,7 @@ func TestSeedRegression(t *testing.T) {
 	})
 }
 
-func TestSeedNewPath(t *testing.T) {
+func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 	// noflushSuspended: a write queued in the target, then a noflush
 	// suspend pushes it back, and it does not return.
 	noflushSuspended := func(t *testing.T) (*mpFixture, *ioRec) {
@@ -243,7 +245,7 @@ func TestSeedNewPath(t *testing.T) {
 	})
 }
 
-func TestSeedErrorPaths(t *testing.T) {
+func TestFailedOrInterruptedSuspendFlushesPushback(t *testing.T) {
 	t.Run("a failure inside suspend after the flag is set clears it and flushes pushback", func(t *testing.T) {
 		for _, recover := range []bool{false, true} {
 			name := map[bool]string{false: "path still down: EIO", true: "path back: succeeds"}[recover]
@@ -327,7 +329,7 @@ func TestSeedErrorPaths(t *testing.T) {
 
 // Two devices at once, in one registry, sharing their path device through
 // the pool: each keeps its own pushback and deferred bios.
-func TestSeedTwoDevices(t *testing.T) {
+func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
 	path := NewMemDevice("p", 4*MiB)
 	spare := NewMemDevice("spare", 4*MiB)
 	opens := map[string]int{}

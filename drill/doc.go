@@ -76,7 +76,7 @@
 // checks (no unexpected error, data verified, schedule played, no I/O left
 // hanging) and a scenario's own checks make the verdict.
 //
-// The built-in Scenarios are the seven, the remote drill and a
+// The built-in Scenarios are seven local drills, the remote drill and a
 // suspend/resume storm; each has a short form (seconds, run by go test)
 // and a full form (make drill).
 package drill

@@ -43,8 +43,10 @@ func pick[T any](full bool, short, long T) T {
 
 const noFioErrors = "it expects I/O errors: fio ends its job at the first one, and its verification can't tell a failed write from lost data; run it with the perf workload"
 
-// Scenarios are the built-in drills, in the issue's order, then the
-// remote drill and the suspend storm.
+// Scenarios are the built-in drills: the seven local ones (path loss, a
+// hung path, all paths down, the noflush reload, a flush suspend,
+// no_path_retry and a restart), then the remote drill and the suspend
+// storm.
 var Scenarios = []*Scenario{
 	{
 		Name:    "single-path-loss",
@@ -118,7 +120,7 @@ tail  %s
 		Name:    "noflush-reload",
 		Outcome: "all paths down, I/O held; suspend --noflush; load a table with a new path; resume: everything held completes on the new path; zero errors, data verified",
 		text: func(full bool) string {
-			return fmt.Sprintf(`# The seed's scenario: with every path down and I/O held, the operator
+			return fmt.Sprintf(`# The noflush failover: with every path down and I/O held, the operator
 # suspends without flushing (held I/O is pushed back, not failed), loads
 # a table with a new path and resumes: the held I/O completes on it.
 path p0 dm

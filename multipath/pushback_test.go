@@ -12,10 +12,14 @@ import (
 	"udm/uring"
 )
 
-// The seed's own test list (SEMANTICS.md), with the real multipath target
-// over real files: paths are dm devices mapping one file, made to fail by
-// swapping their table to error. Each case runs with bios from a uring
-// loop and with bios that have no executor.
+// Queueing, pushback and suspend with the real multipath target over
+// real files: what happens to I/O with and without valid paths and
+// queue_if_no_path, what a noflush suspend does to queued I/O and how a
+// resume, a path recovery or a table load brings it back, and what a
+// failed or interrupted suspend does to pushback. Paths are dm devices
+// mapping one file, made to fail by swapping their table to error. Each
+// case runs with bios from a uring loop and with bios that have no
+// executor.
 
 func forExecs(t *testing.T, fn func(t *testing.T, kind string)) {
 	for _, kind := range execs {
@@ -23,7 +27,7 @@ func forExecs(t *testing.T, fn func(t *testing.T, kind string)) {
 	}
 }
 
-func TestSeedRegression(t *testing.T) {
+func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 	t.Run("I/O succeeds with valid paths", func(t *testing.T) {
 		forExecs(t, func(t *testing.T, kind string) {
 			f := newFix(t, true, envConfig{})
@@ -133,7 +137,7 @@ func noflushSuspended(t *testing.T, kind string, cfg envConfig) (*mpFix, *bio, [
 	return f, w, data
 }
 
-func TestSeedNewPath(t *testing.T) {
+func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 	t.Run("queued I/O is pushed back but does not return on a noflush suspend", func(t *testing.T) {
 		forExecs(t, func(t *testing.T, kind string) { noflushSuspended(t, kind, envConfig{}) })
 	})
@@ -348,7 +352,7 @@ func doneAfter(t testing.TB, what string, cond func() bool) context.Context {
 	return gatedCtx{ctx, t, what, cond}
 }
 
-func TestSeedErrorPaths(t *testing.T) {
+func TestFailedOrInterruptedSuspendFlushesPushback(t *testing.T) {
 	t.Run("a failure inside suspend after the flag is set clears it and flushes pushback", func(t *testing.T) {
 		forExecs(t, func(t *testing.T, kind string) {
 			f := newFix(t, true, envConfig{})
@@ -439,10 +443,9 @@ func TestSeedErrorPaths(t *testing.T) {
 	})
 }
 
-// The seed's suspend cases with two multipath devices over the same
-// paths: what one device's suspend does to its I/O leaves the other's
-// alone.
-func TestSeedTwoDevices(t *testing.T) {
+// The suspend cases with two multipath devices over the same paths: what
+// one device's suspend does to its I/O leaves the other's alone.
+func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
 	// unaffected checks that mpb still holds wb, queueing, with nothing
 	// pushed back or deferred.
 	unaffected := func(f *mpFix, mpb *dm.Device, wb *bio, what string) {
@@ -492,8 +495,9 @@ func TestSeedTwoDevices(t *testing.T) {
 	})
 	t.Run("an interrupted noflush suspend re-issues what it pushed back, and only its own", func(t *testing.T) {
 		forExecs(t, func(t *testing.T, kind string) {
-			// As TestSeedErrorPaths: A hangs on p1 (then fails), X on p2
-			// (then succeeds); both maps queue.
+			// As in TestFailedOrInterruptedSuspendFlushesPushback: A
+			// hangs on p1 (then fails), X on p2 (then succeeds); both
+			// maps queue.
 			f, l := hungFix(t, kind, false)
 			paths := []string{"/dev/mapper/p0", "/dev/mapper/p1", "/dev/mapper/p2"}
 			f.swap("mp", f.mpTable(true, paths...))
