@@ -2,30 +2,38 @@
 GO      ?= go
 PKGS    := ./...
 BIN     := bin/udm
-DEBS    := fio qemu-utils nbdkit libnbd-bin
-TOOLS   := fio qemu-img qemu-io qemu-nbd nbdkit nbdinfo nbdcopy
+# The Debian packages the tests drive and the commands they provide, as
+# .ci/run reads them too.
+DEBFILE := .ci/debian-packages
+DEBS    := $(shell awk '!/^\#/ && NF {print $$1}' $(DEBFILE))
+TOOLS   := $(shell awk '!/^\#/ && NF {for (i = 2; i <= NF; i++) print $$i}' $(DEBFILE))
 
-.PHONY: all build test race bench bench-go bench-uring lint run deps drill clean
+.PHONY: all build test race bench bench-go bench-uring lint run deps tools drill clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/udm
 
-# deps installs the Debian packages the tests drive (as root), or says what
-# to install.
+# deps installs the Debian packages the tests drive (as root, with
+# apt-get), or says what to install.
 deps:
-	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
-	if [ -z "$$missing" ]; then echo "deps: all present ($(TOOLS))"; exit 0; fi; \
-	echo "deps: missing:$$missing"; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq $(DEBS); \
+		apt-get update -qq && apt-get install -y -qq $(DEBS) >/dev/null && echo "deps: installed $(DEBS)"; \
 	else \
 		echo "deps: run as root: apt-get install -y $(DEBS)"; exit 1; \
 	fi
 
-test: deps build
+# tools checks that the commands the tests drive are installed (it
+# installs nothing: that is make deps).
+tools:
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "missing:$$missing; install them with make deps (as root) or apt-get install -y $(DEBS)"; exit 1; \
+	fi
+
+test: tools build
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 15m $(PKGS)
 	$(GO) test -count=1 -race -timeout 15m $(RACEPKGS)
@@ -52,15 +60,19 @@ bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 3 ./uring/ ./dm/... ./multipath/ ./nbd/... > perf/results/bench-go.txt; \
 		rc=$$?; cat perf/results/bench-go.txt; exit $$rc
 
-# bench-uring: the loop against fio's io_uring engine on the same targets.
+# bench-uring: the loop against fio's io_uring engine on the same targets
+# (the table on stdout; the raw report in perf/out/report-uring.json,
+# which git ignores).
 bench-uring: build
-	$(BIN) bench matrix --suite uring --reps 3 --runtime 5s --out perf/results
+	$(BIN) bench matrix --suite uring --reps 3 --runtime 5s --out perf/out
 
 # bench: the side-by-side run against fio (raw file and loop device),
-# nbdkit and qemu-nbd; writes BENCHMARKS.md, perf/results/*.{json,svg}.
+# nbdkit and qemu-nbd; writes BENCHMARKS.md and its plots
+# (perf/results/*.svg); the raw report goes to perf/out/report.json,
+# which git ignores.
 BENCHFLAGS ?= --reps 3 --runtime 5s --ramp 1s
 bench: build
-	$(BIN) bench matrix --suite full $(BENCHFLAGS) --md BENCHMARKS.md --out perf/results
+	$(BIN) bench matrix --suite full $(BENCHFLAGS) --md BENCHMARKS.md --out perf/out --plots perf/results
 	$(MAKE) --no-print-directory bench-uring
 	$(MAKE) --no-print-directory bench-go
 
@@ -76,7 +88,8 @@ run: build
 
 # drill: the full form of every failover drill (udm drill --list) with
 # perf's verified workload, then those fio can run with fio's; reports
-# (NAME.txt, NAME.json, NAME.svg) go to drill/reports/. The remote drill
+# go to drill/reports/: NAME.txt and NAME.svg (the samples the README
+# links) and NAME.json (the raw record, which git ignores). The remote drill
 # needs root and network namespaces (it says so and is skipped without).
 DRILLFLAGS ?=
 drill: build
@@ -84,4 +97,4 @@ drill: build
 	$(BIN) drill --all --full --quiet --fio --out drill/reports/fio $(DRILLFLAGS)
 
 clean:
-	rm -rf bin
+	rm -rf bin perf/out

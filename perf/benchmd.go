@@ -28,8 +28,9 @@ func med(r *Report, workload, contender string) *Result {
 	return m[i]
 }
 
-// EvaluateTargets checks the targets (see BENCHMARKS.md) against
-// the medians of a full run.
+// EvaluateTargets checks udm's performance targets (the table at the top
+// of BENCHMARKS.md: IOPS, p50, p99.9 and CPU per I/O against the best
+// peer, allocations per I/O) against the medians of a full run.
 func EvaluateTargets(r *Report) []Check {
 	var cs []Check
 	missing := func(target, what string) {
@@ -112,19 +113,25 @@ func EvaluateTargets(r *Report) []Check {
 	return cs
 }
 
-// WriteBenchmarks writes BENCHMARKS.md (to mdPath), the JSON report and
-// one latency-percentile SVG per workload (to dir, linked relative to
-// the markdown file).
-func WriteBenchmarks(r *Report, mdPath, dir, command string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+// WriteBenchmarks writes BENCHMARKS.md (to mdPath), the JSON report (to
+// dir/report.json) and one latency-percentile SVG per workload (to
+// plotDir, or dir if plotDir is empty; linked relative to the markdown
+// file).
+func WriteBenchmarks(r *Report, mdPath, dir, plotDir, command string) error {
+	if plotDir == "" {
+		plotDir = dir
+	}
+	for _, d := range []string{dir, plotDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
 	}
 	if err := r.WriteJSON(filepath.Join(dir, "report.json")); err != nil {
 		return err
 	}
-	rel, err := filepath.Rel(filepath.Dir(mdPath), dir)
+	rel, err := filepath.Rel(filepath.Dir(mdPath), plotDir)
 	if err != nil {
-		rel = dir
+		rel = plotDir
 	}
 	for _, w := range r.Workloads {
 		var ss []Series
@@ -134,7 +141,7 @@ func WriteBenchmarks(r *Report, mdPath, dir, command string) error {
 			}
 			ss = append(ss, Series{Name: r.Contenders[i], Points: m.Lat.Percentiles, Dashed: !strings.HasPrefix(r.Contenders[i], "udm")})
 		}
-		f, err := os.Create(filepath.Join(dir, w.Name+".svg"))
+		f, err := os.Create(filepath.Join(plotDir, w.Name+".svg"))
 		if err != nil {
 			return err
 		}

@@ -125,7 +125,8 @@ func runMatrix(args []string) error {
 	reps := fs.Int("reps", 3, "repetitions (order rotated each time)")
 	runtime := fs.Duration("runtime", 5*time.Second, "measured time per run")
 	ramp := fs.Duration("ramp", time.Second, "warm-up per run")
-	out := fs.String("out", "", "directory for the JSON report and plots (make bench: perf/results)")
+	out := fs.String("out", "", "directory for the JSON report, and the plots unless --plots (make bench: perf/out)")
+	plots := fs.String("plots", "", "directory for the latency plots the markdown report links (default: --out; make bench: perf/results)")
 	md := fs.String("md", "", "write the markdown report here (full suite: BENCHMARKS.md)")
 	size := fs.String("size", "1g", "backing file size")
 	loops := fs.Int("loops", 0, "udm serve --loops (0: its default)")
@@ -210,7 +211,7 @@ func runMatrix(args []string) error {
 			}
 		}
 		cmdline := "udm bench matrix " + strings.Join(quoted, " ")
-		if err := perf.WriteBenchmarks(rep, *md, *out, cmdline); err != nil {
+		if err := perf.WriteBenchmarks(rep, *md, *out, *plots, cmdline); err != nil {
 			return err
 		}
 	} else if *out != "" {
