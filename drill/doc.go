@@ -79,4 +79,11 @@
 // The built-in Scenarios are seven local drills, the remote drill and a
 // suspend/resume storm; each has a short form (seconds, run by go test)
 // and a full form (make drill).
+//
+// Lock order: there is none to keep, as no two locks are ever held at
+// once. The drill runs in goroutines of its own (the workload, the path
+// poller, the schedule), none of them on a uring loop. The lock in play
+// guards the path-state samples the poller and the awaits append, and
+// fioRunner.mu guards fio's output as the two goroutines reading its
+// stdout and stderr collect it; each is held only to append or copy.
 package drill

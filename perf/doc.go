@@ -26,4 +26,10 @@
 //     JSON and latency-percentile SVGs (benchmd.go, plot.go).
 //   - ServeFloor: the minimal busy-polling NBD server make bench measures
 //     as a reference (floor.go).
+//
+// Lock order: verifier.mu is the package's only mutex and a leaf: it
+// guards the list of verification failures, is taken on the loop that
+// found the mismatch only to append to it (no I/O and no other lock
+// under it) and by Run to copy it at the end. Everything else the
+// workers share is per loop or atomic.
 package perf

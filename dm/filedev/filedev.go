@@ -11,9 +11,16 @@
 // Flush is fdatasync; FUA is RWF_DSYNC on the write; discard punches a
 // hole (or is dropped where the device can't, as discard is advisory);
 // write-zeroes uses fallocate's zero range, and writes zeroes where that
-// is not supported. A per-I/O deadline (SetIODeadline) links an io_uring
-// LINK_TIMEOUT to each operation: a hung device fails the I/O with
-// ETIMEDOUT instead of stalling it.
+// is not supported. A per-I/O deadline (SetIODeadline) fails an
+// operation that outlives it with ETIMEDOUT instead of stalling it:
+// deadlines of 100 ms and more by the loop's sweep (uring.SubmitTimed),
+// shorter ones by a linked io_uring LINK_TIMEOUT.
+//
+// Lock order: Device.mu is a leaf. It guards the fallback loop and the
+// closed flag and is taken only to find or start the fallback loop (for
+// the path checker and for clones from outside a loop) and by Close;
+// clones submitted on a loop never take it, and Close releases it before
+// it waits for the loops to unregister the file.
 package filedev
 
 import (
