@@ -15,7 +15,7 @@ import (
 // TestPackageDocs checks every package of the module: a package other
 // than main has a doc comment, and a package that declares a sync.Mutex
 // or sync.RWMutex (a struct field or a package variable) states its lock
-// order there ("Lock order: ...").
+// order there ("Lock order: ...", or a "# Locks" section).
 func TestPackageDocs(t *testing.T) {
 	dirs, err := packageDirs(".")
 	if err != nil {
@@ -24,7 +24,9 @@ func TestPackageDocs(t *testing.T) {
 	if len(dirs) < 5 {
 		t.Fatalf("found only %d package directories (%v): is the test running at the module root?", len(dirs), dirs)
 	}
+	seen := map[string]bool{}
 	for _, dir := range dirs {
+		seen[dir] = true
 		problems := checkPackageDoc(t, dir)
 		if why, ok := lockOrderPending[dir]; ok {
 			if len(problems) != 1 || !strings.Contains(problems[0], "states no lock order") {
@@ -34,6 +36,11 @@ func TestPackageDocs(t *testing.T) {
 		}
 		for _, problem := range problems {
 			t.Errorf("%s: %s", dir, problem)
+		}
+	}
+	for dir := range lockOrderPending {
+		if !seen[dir] {
+			t.Errorf("%s: listed in lockOrderPending but no longer a package: take it off the list", dir)
 		}
 	}
 }
@@ -65,6 +72,9 @@ func TestPackageDocsCatches(t *testing.T) {
 		{"pointer and renamed import", map[string]string{"a.go": "// Package a does a.\npackage a\n\nimport s \"sync\"\n\nvar mu *s.Mutex\n"},
 			[]string{"declares a mutex (mu, a.go)"}},
 		{"mutex with order", map[string]string{"a.go": "// Package a does a.\n//\n// Lock order: T.mu alone.\npackage a\n\nimport \"sync\"\n\ntype T struct{ mu sync.Mutex }\n"}, nil},
+		{"mutex with a Locks heading", map[string]string{"a.go": "// Package a does a.\n//\n// # Locks\n//\n// T.mu nests with no other lock.\npackage a\n\nimport \"sync\"\n\ntype T struct{ mu sync.Mutex }\n"}, nil},
+		{"locks mentioned, no order", map[string]string{"a.go": "// Package a does a; it locks T.mu.\npackage a\n\nimport \"sync\"\n\ntype T struct{ mu sync.Mutex }\n"},
+			[]string{"states no lock order"}},
 		{"mutex in main, no doc", map[string]string{"main.go": "package main\n\nimport \"sync\"\n\nvar mu sync.Mutex\n\nfunc main() {}\n"},
 			[]string{"declares a mutex (mu, main.go) but its doc states no lock order"}},
 		{"mutex in a test file", map[string]string{"a.go": "// Package a does a.\npackage a\n", "a_test.go": "package a\n\nimport \"sync\"\n\nvar mu sync.Mutex\n"}, nil},
@@ -123,7 +133,9 @@ func packageDirs(root string) ([]string, error) {
 	return dirs, err
 }
 
-var lockOrder = regexp.MustCompile(`(?i)\block order`)
+// lockOrder finds where a doc states its lock order: the words "lock
+// order" (or "lock ordering"), or a "# Locks" heading.
+var lockOrder = regexp.MustCompile(`(?im)\block order|^# Locks?$`)
 
 // checkPackageDoc parses the non-test Go files of dir and returns what is
 // wrong with the package's doc comment.
@@ -163,7 +175,7 @@ func checkPackageDoc(t *testing.T, dir string) []string {
 	if len(mutexes) > 0 && !lockOrder.MatchString(doc) {
 		sort.Strings(mutexes)
 		problems = append(problems, "package "+pkg+" declares a mutex ("+strings.Join(mutexes, "; ")+
-			`) but its doc states no lock order (a paragraph "Lock order: ...")`)
+			`) but its doc states no lock order (a paragraph "Lock order: ..." or a "# Locks" section)`)
 	}
 	return problems
 }
