@@ -24,32 +24,11 @@ func TestPackageDocs(t *testing.T) {
 	if len(dirs) < 5 {
 		t.Fatalf("found only %d package directories (%v): is the test running at the module root?", len(dirs), dirs)
 	}
-	seen := map[string]bool{}
 	for _, dir := range dirs {
-		seen[dir] = true
-		problems := checkPackageDoc(t, dir)
-		if why, ok := lockOrderPending[dir]; ok {
-			if len(problems) != 1 || !strings.Contains(problems[0], "states no lock order") {
-				t.Errorf("%s: listed in lockOrderPending (%s), but its problems are %q: take it off the list", dir, why, problems)
-			}
-			continue
-		}
-		for _, problem := range problems {
+		for _, problem := range checkPackageDoc(t, dir) {
 			t.Errorf("%s: %s", dir, problem)
 		}
 	}
-	for dir := range lockOrderPending {
-		if !seen[dir] {
-			t.Errorf("%s: listed in lockOrderPending but no longer a package: take it off the list", dir)
-		}
-	}
-}
-
-// lockOrderPending lists the packages whose doc does not state their lock
-// order yet, and why; each must have exactly that problem (so an entry
-// goes once the package states its order) and no other.
-var lockOrderPending = map[string]string{
-	"nbd": "being split into nbd/wire, nbd/server and nbd/client, whose docs will state theirs",
 }
 
 // TestPackageDocsCatches runs the check on packages written for it, so
