@@ -2,7 +2,6 @@ package multipath
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -179,6 +178,8 @@ type CheckerConfig struct {
 	Default MapConfig
 	// PerMap configures maps by device name.
 	PerMap map[string]MapConfig
+	// Clock is the time source (nil: the wall clock).
+	Clock Clock
 }
 
 // Checker is multipathd's path checker: it watches the paths of every
@@ -187,10 +188,12 @@ type CheckerConfig struct {
 // whose check passes (unless the operator failed it: FailPath), applies
 // no_path_retry and failback, and lists maps and paths (Maps).
 //
-// Each map gets one goroutine per path (checks may block for their
-// timeout; one hung path must not delay the others' checks) and one for
-// no_path_retry and deferred failback. A map's goroutines stop when its
-// table is destroyed or replaced, or when the Checker is closed.
+// What to do and when is decided by a pure model per map (mapChecker);
+// each map has one goroutine that drives it (a timer for its next
+// wake-up, the results of checks, I/O failures) and one goroutine per
+// running check (checks may block for their timeout; one hung path must
+// not delay the others' checks). A map's goroutines stop when its table
+// is destroyed or replaced, or when the Checker is closed.
 //
 // A path is checked by its device's own check when it has one (files and
 // block devices: an O_DIRECT read of one block at offset 0 through
@@ -207,6 +210,7 @@ type CheckerConfig struct {
 type Checker struct {
 	log    zerolog.Logger
 	def    MapConfig
+	clock  Clock
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -223,7 +227,10 @@ type Checker struct {
 // NewChecker returns a checker with no maps; targets registered with it
 // attach their maps when they go live.
 func NewChecker(cfg CheckerConfig) *Checker {
-	c := &Checker{log: cfg.Log, def: cfg.Default}
+	c := &Checker{log: cfg.Log, def: cfg.Default, clock: cfg.Clock}
+	if c.clock == nil {
+		c.clock = wallClock{}
+	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.mu.maps = make(map[any]*mapEntry)
 	c.mu.conf = make(map[string]MapConfig)
@@ -253,7 +260,8 @@ func (c *Checker) Close() error {
 }
 
 // SetMapConfig configures the map named name (now, if it is live, and
-// when it is next loaded).
+// when it is next loaded). The map's checking starts afresh (the
+// operator's marks stay).
 func (c *Checker) SetMapConfig(name string, cfg MapConfig) {
 	c.mu.Lock()
 	c.mu.conf[name] = cfg
@@ -338,16 +346,32 @@ func (c *Checker) detach(t *Multipath) {
 
 func (c *Checker) newEntryLocked(t *Multipath) *mapEntry {
 	name := t.Name()
-	e := &mapEntry{c: c, t: t, name: name, cfg: c.configFor(name), log: c.log.With().Str("map", name).Logger()}
+	e := &mapEntry{c: c, t: t, name: name, cfg: c.configFor(name), clock: c.clock,
+		log: c.log.With().Str("map", name).Logger()}
 	e.ctx, e.cancel = context.WithCancel(c.ctx)
 	e.wake = make(chan struct{}, 1)
-	now := time.Now()
-	for i := range t.paths {
-		pe := &pathEntry{idx: i, interval: e.cfg.PollingInterval, next: now, wake: make(chan struct{}, 1)}
-		pe.operator = c.mu.operator[[2]string{name, t.paths[i].name}]
-		e.paths = append(e.paths, pe)
+	e.results = make(chan checkResult, len(t.paths))
+	e.ioFailed = make([]atomic.Bool, len(t.paths))
+	var ps []checkPath
+	for _, p := range t.paths {
+		_, self := p.dev.(deviceChecker)
+		ps = append(ps, checkPath{Name: p.dev.Name(), Group: p.group.idx, SelfTimed: self,
+			Operator: c.mu.operator[[2]string{name, p.name}]})
 	}
+	e.mu.m = newMapChecker(e.cfg, ps, len(t.groups), preferredGroup(t))
+	e.mu.tokens = make([]checkToken, len(t.paths))
+	e.mu.cancels = make([]context.CancelFunc, len(t.paths))
 	return e
+}
+
+// preferredGroup is the group failback returns to: the table's initial
+// group (multipathd puts the best group first and names it there).
+func preferredGroup(t *Multipath) int {
+	g := int(t.spec.InitialPG) - 1
+	if g < 0 || g >= len(t.groups) {
+		return 0
+	}
+	return g
 }
 
 // Map finds a live map by device name.
@@ -418,47 +442,49 @@ var checkStateNames = [...]string{"undef", "ready", "faulty", "gone"}
 
 func (s CheckState) String() string { return checkStateNames[s] }
 
-// mapEntry is the checker's state for one live map.
+// mapEntry drives the checker's model of one live map: it feeds it the
+// clock's time, check results, I/O failures and the operator's actions,
+// and carries out what it returns.
 type mapEntry struct {
-	c    *Checker
-	t    *Multipath
-	name string
-	cfg  MapConfig
-	log  zerolog.Logger
-	ctx  context.Context
+	c     *Checker
+	t     *Multipath
+	name  string
+	cfg   MapConfig
+	log   zerolog.Logger
+	clock Clock
+	ctx   context.Context
 	// cancel stops the goroutines; wg waits for them.
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	wake   chan struct{} // wakes the map goroutine (failback scheduled)
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	wake    chan struct{}    // the model's next wake-up may have moved
+	results chan checkResult // checks' results, to the map's goroutine
+	// ioFailed: I/O failed the path (set by the target on a loop, taken
+	// by the map's goroutine; no lock, so that a loop never waits).
+	ioFailed []atomic.Bool
 
-	// opMu serializes decisions about paths (a check's verdict, the
-	// operator's fail/reinstate) so that a check that started before the
-	// operator failed a path can't reinstate it. Held while calling the
-	// target; never taken by the target.
-	opMu sync.Mutex
-
+	// mu serializes the model's steps together with the actions they
+	// ask for, so that, e.g., a check that started before the operator
+	// failed a path can't reinstate it. It is held while calling the
+	// target; the target never takes it.
 	mu struct {
-		sync.Mutex  // guards the following and the pathEntry fields
-		noPathTicks int
-		// retryOff: no_path_retry turned queueing off.
-		retryOff   bool
-		failbackAt time.Time
+		sync.Mutex // guards the following
+		m          *mapChecker
+		// tokens: each path's epoch and fail count when its running
+		// check started (a verdict is stale if they changed).
+		tokens []checkToken
+		// cancels: each path's running device check.
+		cancels []context.CancelFunc
 	}
-	paths []*pathEntry
 }
 
-// pathEntry is the checker's state for one path (fields guarded by
-// mapEntry.mu, except wake and checking).
-type pathEntry struct {
-	idx      int
-	state    CheckState
-	interval time.Duration
-	next     time.Time // when the next check is due
-	operator bool
-	lastErr  string
-	wake     chan struct{}
-	checking atomic.Bool  // a read check is outstanding
-	checks   atomic.Int64 // checks done
+type checkToken struct {
+	epoch uint32
+	fails uint32
+}
+
+type checkResult struct {
+	path int
+	err  error
 }
 
 func (e *mapEntry) start() {
@@ -470,45 +496,21 @@ func (e *mapEntry) start() {
 			}
 		}
 	}
-	e.applyNoPathRetry()
-	// Paths the operator failed stay failed in a new table.
-	for _, pe := range e.paths {
-		if pe.operator {
-			e.t.failPathIdx(pe.idx, "operator", nil)
-		}
-	}
-	if e.cfg.PollingInterval < 0 {
+	e.mu.Lock()
+	e.execLocked(e.mu.m.start(e.clock.Now()))
+	off := e.mu.m.off()
+	e.mu.Unlock()
+	if off {
 		return
 	}
-	for _, pe := range e.paths {
-		e.wg.Add(1)
-		go e.runPath(pe)
-	}
 	e.wg.Add(1)
-	go e.runMap()
+	go e.run()
 }
 
 func (e *mapEntry) stop() {
 	e.t.watch.CompareAndSwap(e, nil)
 	e.cancel()
 	e.wg.Wait()
-}
-
-// applyNoPathRetry sets queueing as the configuration asks, when the map
-// goes live.
-func (e *mapEntry) applyNoPathRetry() {
-	var err error
-	switch n := e.cfg.NoPathRetry; {
-	case n == NoPathRetryTable:
-		return
-	case n == NoPathRetryFail:
-		err = e.t.SetQueueIfNoPath(false)
-	default:
-		err = e.t.SetQueueIfNoPath(true)
-	}
-	if err != nil {
-		e.log.Warn().Err(err).Str("no_path_retry", e.cfg.NoPathRetry.String()).Msg("can't apply no_path_retry")
-	}
 }
 
 func kick(ch chan struct{}) {
@@ -518,37 +520,86 @@ func kick(ch chan struct{}) {
 	}
 }
 
-// pathFailedByIO is the target telling that I/O failed path i: check it
-// again one polling interval from now, not after a long healthy interval.
-func (e *mapEntry) pathFailedByIO(i int) {
-	pe := e.paths[i]
-	e.mu.Lock()
-	pe.interval = e.cfg.PollingInterval
-	if n := time.Now().Add(pe.interval); n.Before(pe.next) {
-		pe.next = n
+// run is the map's goroutine: it wakes the model when it asked to be,
+// hands it the checks' results and the I/O failures.
+func (e *mapEntry) run() {
+	defer e.wg.Done()
+	timer := e.clock.NewTimer()
+	defer timer.Stop()
+	for {
+		e.mu.Lock()
+		at := e.mu.m.wake()
+		e.mu.Unlock()
+		if at.IsZero() {
+			timer.Stop()
+		} else {
+			timer.Reset(max(at.Sub(e.clock.Now()), 0))
+		}
+		select {
+		case <-e.ctx.Done():
+			return
+		case <-timer.C():
+			e.runDue()
+		case r := <-e.results:
+			e.checkDone(r)
+		case <-e.wake:
+			e.takeIOFailures()
+		}
 	}
-	e.mu.Unlock()
-	kick(pe.wake)
+}
+
+// runDue has the model do what is due now.
+func (e *mapEntry) runDue() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ctx.Err() != nil {
+		return
+	}
+	st := e.t.state()
+	e.execLocked(e.mu.m.tick(e.clock.Now(), &st))
+}
+
+func (e *mapEntry) checkDone(r checkResult) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ctx.Err() != nil {
+		return
+	}
+	if cancel := e.mu.cancels[r.path]; cancel != nil {
+		cancel()
+		e.mu.cancels[r.path] = nil
+	}
+	p, tok := e.t.paths[r.path], e.mu.tokens[r.path]
+	st := e.t.state()
+	stale := p.epoch.Load() != tok.epoch || st.fails[r.path] != tok.fails
+	e.execLocked(e.mu.m.checkDone(e.clock.Now(), r.path, r.err, stale, &st))
+}
+
+func (e *mapEntry) takeIOFailures() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.clock.Now()
+	for i := range e.ioFailed {
+		if e.ioFailed[i].Swap(false) {
+			e.mu.m.ioFailed(now, i)
+		}
+	}
+}
+
+// pathFailedByIO is the target telling that I/O failed path i (on a
+// loop, maybe): the model checks it again one polling interval from now.
+func (e *mapEntry) pathFailedByIO(i int) {
+	e.ioFailed[i].Store(true)
+	kick(e.wake)
 }
 
 // operate is the operator failing or reinstating path i.
 func (e *mapEntry) operate(i int, fail bool) {
-	e.opMu.Lock()
-	defer e.opMu.Unlock()
-	if fail {
-		e.t.failPathIdx(i, "operator", nil)
-	} else {
-		e.t.reinstatePathIdx(i, "operator")
-	}
-	pe := e.paths[i]
 	e.mu.Lock()
-	pe.operator = fail
-	pe.interval = e.cfg.PollingInterval
-	pe.next = time.Now()
-	if !fail {
-		pe.next = pe.next.Add(pe.interval)
-	}
-	e.mu.Unlock()
+	st := e.t.state()
+	acts := e.mu.m.operate(e.clock.Now(), i, fail, &st)
+	// The mark is the checker's before the target acts, as the model's
+	// is: a listing never shows the path failed and unmarked.
 	e.c.mu.Lock()
 	key := [2]string{e.t.Name(), e.t.paths[i].name}
 	if fail {
@@ -557,113 +608,90 @@ func (e *mapEntry) operate(i int, fail bool) {
 		delete(e.c.mu.operator, key)
 	}
 	e.c.mu.Unlock()
-	kick(pe.wake)
-	if !fail {
-		e.afterReinstate(i)
-	}
-}
-
-// runPath checks one path when it is due, until the map goes away.
-func (e *mapEntry) runPath(pe *pathEntry) {
-	defer e.wg.Done()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		select {
-		case <-e.ctx.Done():
-			return
-		case <-timer.C:
-		case <-pe.wake:
-			if !timer.Stop() {
-				select {
-				case <-timer.C:
-				default:
-				}
-			}
-		}
-		e.mu.Lock()
-		wait := time.Until(pe.next)
-		e.mu.Unlock()
-		if wait <= 0 {
-			e.checkPath(pe)
-			e.mu.Lock()
-			wait = time.Until(pe.next)
-			e.mu.Unlock()
-		}
-		timer.Reset(max(wait, 0))
-	}
-}
-
-// checkPath runs one check and acts on it.
-func (e *mapEntry) checkPath(pe *pathEntry) {
-	e.mu.Lock()
-	operator := pe.operator
+	e.execLocked(acts)
 	e.mu.Unlock()
-	if operator {
-		e.mu.Lock()
-		pe.next = time.Now().Add(pe.interval)
-		e.mu.Unlock()
-		return
-	}
-	p := e.t.paths[pe.idx]
-	epoch, fails := p.epoch.Load(), e.t.failCount(pe.idx)
-	err := e.check(p.dev, pe)
-	if e.ctx.Err() != nil {
-		return
-	}
-	defer pe.checks.Add(1)
-	e.opMu.Lock()
-	defer e.opMu.Unlock()
+	kick(e.wake)
+}
+
+// noPathTick runs one no_path_retry interval now (tests drive it by hand).
+func (e *mapEntry) noPathTick() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	st := e.t.state()
-	active := st.active[pe.idx]
-	e.mu.Lock()
-	if pe.operator {
-		e.mu.Unlock()
-		return
-	}
-	if p.epoch.Load() != epoch || st.fails[pe.idx] != fails {
-		// The path was failed or reinstated while the check ran: its
-		// verdict is about the past. Check again soon.
-		pe.next = time.Now().Add(e.cfg.PollingInterval)
-		e.mu.Unlock()
-		return
-	}
-	prev := pe.state
-	switch {
-	case err == nil:
-		pe.state = CheckUp
-		pe.lastErr = ""
-	case errors.Is(err, errPathGone):
-		pe.state = CheckGone
-		pe.lastErr = err.Error()
-	default:
-		pe.state = CheckDown
-		pe.lastErr = err.Error()
-	}
-	// The interval doubles while the path stays healthy and active;
-	// any change, or a path that is down, checks at the base interval.
-	if pe.state == CheckUp && prev == CheckUp && active {
-		pe.interval = min(2*pe.interval, e.cfg.MaxPollingInterval)
-	} else {
-		pe.interval = e.cfg.PollingInterval
-	}
-	pe.next = time.Now().Add(pe.interval)
-	state := pe.state
-	e.mu.Unlock()
-	if state != prev {
-		ev := e.log.Info()
-		if state != CheckUp {
-			ev = e.log.Warn().Str("error", pe.lastErr)
+	e.execLocked(e.mu.m.noPathTick(&st))
+}
+
+// execLocked carries out the model's actions, in order.
+func (e *mapEntry) execLocked(acts []checkAct) {
+	for _, a := range acts {
+		switch a.Kind {
+		case doCheck:
+			e.startCheckLocked(a)
+		case doCancel:
+			if cancel := e.mu.cancels[a.Path]; cancel != nil {
+				cancel()
+				e.mu.cancels[a.Path] = nil
+			}
+		case doFail:
+			e.t.failPathIdx(a.Path, a.Cause, a.Err)
+		case doReinstate:
+			e.t.reinstatePathIdx(a.Path, a.Cause)
+		case doQueue:
+			err := e.t.SetQueueIfNoPath(a.On)
+			e.mu.m.queueDone(a, err)
+			switch {
+			case !a.Retry && err != nil:
+				e.log.Warn().Err(err).Str("no_path_retry", e.cfg.NoPathRetry.String()).Msg("can't apply no_path_retry")
+			case a.Retry && err == nil && a.On:
+				e.log.Info().Msg("a path is back: queueing I/O again (no_path_retry)")
+			case a.Retry && err == nil:
+				e.log.Warn().Int("no_path_retry", int(e.cfg.NoPathRetry)).Msg("no path left: retries exhausted, failing I/O")
+			}
+		case doSwitch:
+			if err := e.t.switchGroup(a.Group); err != nil {
+				e.log.Warn().Err(err).Int("group", a.Group+1).Msg("failback")
+			} else {
+				e.log.Info().Int("group", a.Group+1).Str("failback", e.cfg.Failback.String()).Msg("failback to the preferred group")
+			}
+		case doNote:
+			ev := e.log.Info()
+			if a.State != CheckUp {
+				ev = e.log.Warn().Str("error", a.Err.Error())
+			}
+			ev.Str("path", e.t.paths[a.Path].name).Str("checker", a.State.String()).Str("was", a.Was.String()).Msg("path check")
 		}
-		ev.Str("path", p.name).Str("checker", state.String()).Str("was", prev.String()).Msg("path check")
 	}
-	switch {
-	case state == CheckUp && !active:
-		e.t.reinstatePathIdx(pe.idx, "checker")
-		e.afterReinstate(pe.idx)
-	case state != CheckUp && active:
-		e.t.failPathIdx(pe.idx, "checker", err)
+}
+
+// startCheckLocked starts a check of a path in its own goroutine; its
+// result goes to the map's goroutine.
+func (e *mapEntry) startCheckLocked(a checkAct) {
+	i := a.Path
+	p := e.t.paths[i]
+	e.mu.tokens[i] = checkToken{epoch: p.epoch.Load(), fails: e.t.failCount(i)}
+	ctx := e.ctx
+	if _, ok := p.dev.(deviceChecker); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(e.ctx)
+		e.mu.cancels[i] = cancel
 	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		err := check(ctx, p.dev, a.Timeout)
+		select {
+		case e.results <- checkResult{path: i, err: err}:
+		case <-e.ctx.Done():
+		}
+	}()
+}
+
+// Test and listing accessors (under mu).
+
+func (e *mapEntry) pathChecks(i int) int64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.mu.m.paths[i].checks
 }
 
 var errPathGone = &Error{"multipath: path device gone", syscall.ENODEV}
@@ -675,55 +703,45 @@ type vanisher interface {
 }
 
 // deviceChecker is a path device with its own check (filedev's directio
-// read; an NBD client's probe).
+// read; an NBD client's probe), which gives up after timeout by itself.
 type deviceChecker interface {
 	Check(ctx context.Context, timeout time.Duration) error
 }
 
-func (e *mapEntry) check(dev dm.BlockDevice, pe *pathEntry) error {
+// check checks dev once. A device check is bounded by the device and by
+// ctx (canceled when the model gives up on it); a read check waits for
+// its read, which the model times out, until the map goes away (ctx
+// is then the map's).
+func check(ctx context.Context, dev dm.BlockDevice, timeout time.Duration) error {
 	if v, ok := dev.(vanisher); ok && v.Vanished() {
 		v.MarkGone()
 		return fmt.Errorf("%w: %s no longer names the file that was opened", errPathGone, dev.Name())
 	}
-	timeout := e.cfg.CheckTimeout
 	if dc, ok := dev.(deviceChecker); ok {
-		ctx, cancel := context.WithTimeout(e.ctx, timeout+timeout/2)
-		defer cancel()
 		err := dc.Check(ctx, timeout)
 		if g, ok := dev.(interface{ Gone() bool }); ok && err != nil && g.Gone() {
 			return fmt.Errorf("%w: %w", errPathGone, err)
 		}
 		return err
 	}
-	return readCheck(e.ctx, dev, timeout, &pe.checking)
+	return readCheck(ctx, dev)
 }
 
-// readCheck reads the first block of dev through the device itself. A
-// read still outstanding from an earlier, timed-out check fails the
-// check without sending another.
-func readCheck(ctx context.Context, dev dm.BlockDevice, timeout time.Duration, busy *atomic.Bool) error {
-	if !busy.CompareAndSwap(false, true) {
-		return fmt.Errorf("multipath: check of %s: earlier check still outstanding: %w", dev.Name(), syscall.ETIMEDOUT)
-	}
+// readCheck reads the first block of dev through the device itself and
+// waits for the answer (or ctx).
+func readCheck(ctx context.Context, dev dm.BlockDevice) error {
 	bs := max(dev.BlockSize(), dm.SectorSize)
 	buf := alignedBuf(bs)
 	done := make(chan error, 1)
-	c := dm.NewDetachedClone(nil, func(_ *dm.Clone, err error) {
-		busy.Store(false)
-		done <- err
-	})
+	c := dm.NewDetachedClone(nil, func(_ *dm.Clone, err error) { done <- err })
 	c.Op, c.Sector, c.Len, c.Buf = dm.OpRead, 0, uint32(bs), buf
 	dev.Submit(c)
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
 	select {
 	case err := <-done:
 		if err != nil {
 			return fmt.Errorf("multipath: check of %s: %w", dev.Name(), err)
 		}
 		return nil
-	case <-timer.C:
-		return fmt.Errorf("multipath: check of %s: no answer in %v: %w", dev.Name(), timeout, syscall.ETIMEDOUT)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -738,127 +756,4 @@ func alignedBuf(n int) []byte {
 		off = align - r
 	}
 	return b[off : off+n : off+n]
-}
-
-// preferredGroup is the group failback returns to: the table's initial
-// group (multipathd puts the best group first and names it there).
-func (e *mapEntry) preferredGroup() int {
-	g := int(e.t.spec.InitialPG) - 1
-	if g < 0 || g >= len(e.t.groups) {
-		return 0
-	}
-	return g
-}
-
-// afterReinstate applies failback after path i came back.
-func (e *mapEntry) afterReinstate(i int) {
-	fb := e.cfg.Failback
-	if fb.Mode == FailbackManual || len(e.t.groups) < 2 {
-		return
-	}
-	pg := e.preferredGroup()
-	if e.t.paths[i].group.idx != pg {
-		return
-	}
-	st := e.t.state()
-	if st.eff == pg {
-		return
-	}
-	switch fb.Mode {
-	case FailbackFollowover:
-		if st.groupActive[pg] != 1 {
-			return // not the group's first path back
-		}
-	case FailbackDeferred:
-		e.mu.Lock()
-		if e.mu.failbackAt.IsZero() {
-			e.mu.failbackAt = time.Now().Add(fb.Delay)
-		}
-		e.mu.Unlock()
-		kick(e.wake)
-		return
-	}
-	e.failback(pg)
-}
-
-func (e *mapEntry) failback(pg int) {
-	st := e.t.state()
-	if st.eff == pg || st.groupActive[pg] == 0 {
-		return
-	}
-	if err := e.t.switchGroup(pg); err != nil {
-		e.log.Warn().Err(err).Int("group", pg+1).Msg("failback")
-		return
-	}
-	e.log.Info().Int("group", pg+1).Str("failback", e.cfg.Failback.String()).Msg("failback to the preferred group")
-}
-
-// runMap applies no_path_retry (counting polling intervals without a
-// path) and deferred failback.
-func (e *mapEntry) runMap() {
-	defer e.wg.Done()
-	tick := time.NewTicker(e.cfg.PollingInterval)
-	defer tick.Stop()
-	fbTimer := time.NewTimer(time.Hour)
-	fbTimer.Stop()
-	defer fbTimer.Stop()
-	for {
-		select {
-		case <-e.ctx.Done():
-			return
-		case <-tick.C:
-			e.noPathTick()
-		case <-e.wake:
-			e.mu.Lock()
-			at := e.mu.failbackAt
-			e.mu.Unlock()
-			if !at.IsZero() {
-				fbTimer.Reset(max(time.Until(at), 0))
-			}
-		case <-fbTimer.C:
-			e.mu.Lock()
-			e.mu.failbackAt = time.Time{}
-			e.mu.Unlock()
-			e.failback(e.preferredGroup())
-		}
-	}
-}
-
-func (e *mapEntry) noPathTick() {
-	n := e.cfg.NoPathRetry
-	if n <= 0 {
-		return
-	}
-	// opMu, not mu, is held while calling the target: the target may
-	// call back (pathFailedByIO), which takes mu.
-	e.opMu.Lock()
-	defer e.opMu.Unlock()
-	valid := e.t.ValidPaths()
-	e.mu.Lock()
-	off := e.mu.retryOff
-	if valid > 0 {
-		e.mu.noPathTicks = 0
-	} else {
-		e.mu.noPathTicks++
-	}
-	exhausted := valid == 0 && e.mu.noPathTicks >= int(n) && !off
-	e.mu.Unlock()
-	switch {
-	case valid > 0 && off:
-		if err := e.t.SetQueueIfNoPath(true); err == nil {
-			e.setRetryOff(false)
-			e.log.Info().Msg("a path is back: queueing I/O again (no_path_retry)")
-		}
-	case exhausted:
-		if err := e.t.SetQueueIfNoPath(false); err == nil {
-			e.setRetryOff(true)
-			e.log.Warn().Int("no_path_retry", int(n)).Msg("no path left: retries exhausted, failing I/O")
-		}
-	}
-}
-
-func (e *mapEntry) setRetryOff(off bool) {
-	e.mu.Lock()
-	e.mu.retryOff = off
-	e.mu.Unlock()
 }

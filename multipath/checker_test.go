@@ -30,9 +30,9 @@ func (f *mpFix) entry() *mapEntry {
 // waitChecks waits until path i has been checked n more times.
 func (f *mpFix) waitChecks(i int, n int64) {
 	f.t.Helper()
-	pe := f.entry().paths[i]
-	want := pe.checks.Load() + n
-	eventually(f.t, fmt.Sprintf("%d more checks of path %d", n, i), func() bool { return pe.checks.Load() >= want })
+	e := f.entry()
+	want := e.pathChecks(i) + n
+	eventually(f.t, fmt.Sprintf("%d more checks of path %d", n, i), func() bool { return e.pathChecks(i) >= want })
 }
 
 func (f *mpFix) pathActive(i int) bool { return f.target("mp").state().active[i] }
@@ -169,7 +169,7 @@ func TestCheckerPollingInterval(t *testing.T) {
 	interval := func(i int) time.Duration {
 		e.mu.Lock()
 		defer e.mu.Unlock()
-		return e.paths[i].interval
+		return e.mu.m.paths[i].interval
 	}
 	eventually(t, "p0's interval to reach the maximum", func() bool { return interval(0) == fastCheck.MaxPollingInterval })
 	f.breakPath("p0")
@@ -216,7 +216,7 @@ func TestNoPathRetry(t *testing.T) {
 		forExecs(t, func(t *testing.T, kind string) {
 			f := newFix(t, false, envConfig{check: cfg})
 			e, mp := f.entry(), f.target("mp")
-			eventually(t, "the first checks, at attach", func() bool { return e.paths[0].checks.Load() > 0 && e.paths[1].checks.Load() > 0 })
+			eventually(t, "the first checks, at attach", func() bool { return e.pathChecks(0) > 0 && e.pathChecks(1) > 0 })
 			w := f.queued(f.exec(kind), 8, pattern(4, 4*kib))
 			for i := 1; i < n; i++ {
 				e.noPathTick()
@@ -573,7 +573,7 @@ func TestCheckerTimeout(t *testing.T) {
 	lastErr := func() string {
 		e.mu.Lock()
 		defer e.mu.Unlock()
-		return e.paths[0].lastErr
+		return e.mu.m.paths[0].lastErr
 	}
 	f.waitChecks(0, 1)
 	start := time.Now()
@@ -624,16 +624,16 @@ func TestCheckerDiscardsStaleVerdict(t *testing.T) {
 	f := newMemFix(t, "0 0 1 1 round-robin 0 2 1 a 1 b 1", envConfig{check: fastCheck})
 	a := f.paths[0]
 	mp := f.target("mp")
-	pe := mp.watch.Load().paths[0]
+	e := mp.watch.Load()
 	a.Hang(true)
 	eventually(t, "a check read held on a", func() bool { return a.Held() == 1 })
-	checks := pe.checks.Load()
+	checks := e.pathChecks(0)
 	// The operator (here by message) fails and reinstates a meanwhile.
 	f.mustMsg("mp", "fail_path", "a")
 	f.mustMsg("mp", "reinstate_path", "a")
 	// The check fails; the next one hangs, so no later verdict interferes.
 	a.ReleaseErr(syscall.EIO)
-	eventually(t, "the check to end", func() bool { return pe.checks.Load() > checks })
+	eventually(t, "the check to end", func() bool { return e.pathChecks(0) > checks })
 	eventually(t, "the next check held", func() bool { return a.Held() == 1 })
 	if !mp.state().active[0] {
 		t.Fatal("a stale check failed the reinstated path")

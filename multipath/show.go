@@ -113,18 +113,19 @@ func (c *Checker) Maps() []MapStatus {
 			ms.NoPathRetry = "table"
 		}
 		ms.Failback = e.cfg.Failback.String()
-		now := time.Now()
+		now := e.clock.Now()
 		e.mu.Lock()
+		m := e.mu.m
 		for gi := range ms.Groups {
 			for pi := range ms.Groups[gi].Paths {
 				ps := &ms.Groups[gi].Paths[pi]
-				pe := e.paths[e.t.groups[gi].paths[pi].idx]
-				ps.Checker = pe.state.String()
-				ps.Operator = pe.operator
-				ps.LastError = pe.lastErr
-				ps.Checks = pe.checks.Load()
+				pc := &m.paths[e.t.groups[gi].paths[pi].idx]
+				ps.Checker = pc.state.String()
+				ps.Operator = pc.Operator
+				ps.LastError = pc.lastErr
+				ps.Checks = pc.checks
 				if e.cfg.PollingInterval > 0 {
-					ps.NextCheck = max(pe.next.Sub(now), 0)
+					ps.NextCheck = max(pc.next.Sub(now), 0)
 				}
 			}
 		}
