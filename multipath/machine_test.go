@@ -15,9 +15,10 @@ import (
 
 var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testdata scenario scripts")
 
-// A scenario script (testdata/*.txt) drives a Machine event by event.
-// Each step is a command line, a line "----", and the expected output up
-// to a blank line. Lines starting with # outside steps are comments.
+// A scenario script (testdata/*.txt) drives a Machine, and the checker's
+// model over it, event by event. Each step is a command line, a line
+// "----", and the expected output up to a blank line. Lines starting
+// with # outside steps are comments.
 //
 // Commands:
 //
@@ -30,8 +31,12 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testda
 //	presuspend [noflush] | undo | postsuspend | resume
 //
 // Actions print one per line: event, process-queue, path-failed DEV,
-// path-reinstated DEV. go test -run TestScenarios -rewrite rewrites the
-// expected outputs.
+// path-reinstated DEV.
+//
+// The checker's model (checker_test.go, checkerStep) has its own
+// commands: checker, advance, done, operator, paths, wake.
+//
+// go test -run TestScenarios -rewrite rewrites the expected outputs.
 func TestScenarios(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.txt")
 	if err != nil || len(files) == 0 {
@@ -76,7 +81,7 @@ func runScenario(t *testing.T, file string) {
 		t.Fatal(err)
 	}
 	steps, comments := parseScript(t, string(data))
-	var m *Machine
+	sc := &scene{}
 	var out strings.Builder
 	for i, st := range steps {
 		for _, c := range comments[i] {
@@ -84,7 +89,7 @@ func runScenario(t *testing.T, file string) {
 				out.WriteString(c + "\n")
 			}
 		}
-		got := runStep(t, &m, st.cmd)
+		got := runStep(t, sc, st.cmd)
 		out.WriteString(st.cmd + "\n----\n")
 		for _, g := range got {
 			out.WriteString(g + "\n")
@@ -106,11 +111,14 @@ func runScenario(t *testing.T, file string) {
 	}
 }
 
-func runStep(t *testing.T, mp **Machine, cmd string) []string {
+func runStep(t *testing.T, sc *scene, cmd string) []string {
 	f := strings.Fields(cmd)
-	m := *mp
+	m := sc.m
 	if f[0] != "new" && m == nil {
 		t.Fatalf("%q before new", cmd)
+	}
+	if out, ok := sc.checkerStep(t, f); ok {
+		return out
 	}
 	noflush := len(f) > 1 && f[len(f)-1] == "noflush"
 	pathName := func(i int) string {
@@ -134,6 +142,7 @@ func runStep(t *testing.T, mp **Machine, cmd string) []string {
 			case ActPathFailed:
 				out = append(out, "path-failed "+pathName(a.Path))
 			case ActPathReinstated:
+				sc.epoch[a.Path]++
 				out = append(out, "path-reinstated "+pathName(a.Path))
 			default:
 				out = append(out, a.String())
@@ -165,10 +174,10 @@ func runStep(t *testing.T, mp **Machine, cmd string) []string {
 	case "new":
 		spec, err := ParseSpec(dm.SplitArgs(strings.TrimPrefix(cmd, "new")))
 		if err != nil {
-			*mp = nil
+			*sc = scene{}
 			return []string{"error: " + err.Error()}
 		}
-		*mp = NewMachine(spec)
+		*sc = scene{m: NewMachine(spec), epoch: make([]uint32, spec.NumPaths())}
 		out := []string{"ok"}
 		for _, w := range spec.Warnings {
 			out = append(out, "warning: "+w)
@@ -213,6 +222,9 @@ func runStep(t *testing.T, mp **Machine, cmd string) []string {
 		out := acts(m.FailPath(idx[0]))
 		if out[0] == "ok" {
 			out = nil
+		}
+		if sc.c != nil {
+			sc.c.ioFailed(sc.now(), idx[0])
 		}
 		d, changed := m.Map(noflush)
 		if d == DecidePath {

@@ -556,21 +556,25 @@ func (t *Multipath) switchGroup(g int) error {
 func (t *Multipath) state() mapState {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	m := t.mu.m
+	return machineState(t.mu.m, len(t.mu.held))
+}
+
+// machineState is the state of m, which holds held I/Os.
+func machineState(m *Machine, held int) mapState {
 	st := mapState{
 		queue:     m.QueueIfNoPath(),
 		queueNext: m.QueueAfterResume(),
 		valid:     m.Valid(),
 		cur:       m.Group(),
 		eff:       m.EffectiveGroup(),
-		held:      len(t.mu.held),
+		held:      held,
 		suspended: m.Suspended(),
 	}
-	for g := range t.groups {
+	for g := range m.groups {
 		st.bypassed = append(st.bypassed, m.Bypassed(g))
 		st.groupActive = append(st.groupActive, m.GroupActivePaths(g))
 	}
-	for i := range t.paths {
+	for i := range m.paths {
 		st.active = append(st.active, m.PathActive(i))
 		st.fails = append(st.fails, m.FailCount(i))
 	}
