@@ -161,27 +161,6 @@ func TestCheckerOperator(t *testing.T) {
 	}
 }
 
-// While a path stays healthy its polling interval doubles up to the
-// maximum; a change resets it.
-func TestCheckerPollingInterval(t *testing.T) {
-	f := newFix(t, false, envConfig{check: fastCheck})
-	e := f.entry()
-	interval := func(i int) time.Duration {
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		return e.mu.m.paths[i].interval
-	}
-	eventually(t, "p0's interval to reach the maximum", func() bool { return interval(0) == fastCheck.MaxPollingInterval })
-	f.breakPath("p0")
-	eventually(t, "p0 to fail", func() bool { return !f.pathActive(0) })
-	f.waitChecks(0, 2)
-	if iv := interval(0); iv != fastCheck.PollingInterval {
-		t.Fatalf("a failed path is checked every %v, want %v", iv, fastCheck.PollingInterval)
-	}
-	f.repairPath("p0")
-	eventually(t, "p0's interval to grow again", func() bool { return interval(0) == fastCheck.MaxPollingInterval })
-}
-
 func TestNoPathRetry(t *testing.T) {
 	t.Run("N intervals, then fail, then queue again", func(t *testing.T) {
 		cfg := fastCheck
@@ -562,31 +541,72 @@ func TestCheckerLoopDevice(t *testing.T) {
 }
 
 // A check that gets no answer (a read held by a delay target far longer
-// than the test) fails the path after check_timeout; while that read is
-// still outstanding, later checks fail at once without sending another;
-// once it is answered, checks read again.
+// than the test) fails the path at check_timeout after it started, on
+// the checker's clock (a fake one here); while that read is still
+// outstanding, later checks fail at once without sending another; once
+// it is answered, checks read again.
 func TestCheckerTimeout(t *testing.T) {
 	cfg := fastCheck
 	cfg.CheckTimeout = 100 * time.Millisecond
-	f := newFix(t, false, envConfig{check: cfg})
+	clk := newFakeClock()
+	f := newFix(t, false, envConfig{check: cfg, clock: clk})
 	e := f.entry()
+	// step moves the clock one base interval on and runs what is due.
+	step := func() {
+		clk.Advance(cfg.PollingInterval)
+		e.runDue()
+	}
 	lastErr := func() string {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		return e.mu.m.paths[0].lastErr
 	}
-	f.waitChecks(0, 1)
-	start := time.Now()
+	running := func() (bool, time.Time) {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		p := &e.mu.m.paths[0]
+		return p.running, p.deadline
+	}
+	// stepChecks steps until p0 has been checked n more times.
+	stepChecks := func(n int64) {
+		want := e.pathChecks(0) + n
+		eventually(t, fmt.Sprintf("%d more checks of p0", n), func() bool {
+			if e.pathChecks(0) >= want {
+				return true
+			}
+			step()
+			return false
+		})
+	}
+	// startCheck steps until a check of p0 is under way and returns its
+	// deadline.
+	startCheck := func() time.Time {
+		var dl time.Time
+		eventually(t, "a check of p0 to start", func() bool {
+			var ok bool
+			if ok, dl = running(); ok {
+				return true
+			}
+			step()
+			return false
+		})
+		return dl
+	}
+	f.waitChecks(0, 1) // the check at attach
 	f.swap("p0", fmt.Sprintf("0 %d delay %s 0 600000", f.sectors, f.file))
+	dl := startCheck()
 	eventually(t, "a check read held on p0", func() bool { return f.held("p0") == 1 })
-	eventually(t, "the checker to fail p0", func() bool { return !f.pathActive(0) })
-	// No check read reached the delay before the swap, so the path
-	// failed no sooner than check_timeout after it; and well within a
-	// generous bound after that. The read is still held: it was the
-	// timeout that failed the path, not an answer.
-	took := time.Since(start)
-	if slack := 10 * time.Second; took < cfg.CheckTimeout || took > cfg.CheckTimeout+slack {
-		t.Fatalf("p0 failed %v after the swap, want check_timeout %v (+ up to %v)", took, cfg.CheckTimeout, slack)
+	// Not failed a nanosecond before check_timeout; failed at it. The
+	// read is still held: it was the timeout that failed the path.
+	clk.Advance(dl.Sub(clk.Now()) - 1)
+	e.runDue()
+	if !f.pathActive(0) {
+		t.Fatal("p0 failed before check_timeout")
+	}
+	clk.Advance(1)
+	e.runDue()
+	if f.pathActive(0) {
+		t.Fatal("p0 not failed at check_timeout")
 	}
 	if n := f.held("p0"); n != 1 {
 		t.Fatalf("%d reads held on p0 when it failed", n)
@@ -598,7 +618,7 @@ func TestCheckerTimeout(t *testing.T) {
 		t.Fatalf("log lacks the check timeout (%q):\n%s", want, logs)
 	}
 	// The next checks find the read outstanding and send no other.
-	f.waitChecks(0, 3)
+	stepChecks(3)
 	if err := lastErr(); !strings.Contains(err, "earlier check still outstanding") {
 		t.Fatalf("check with a read outstanding: %q", err)
 	}
@@ -608,14 +628,23 @@ func TestCheckerTimeout(t *testing.T) {
 	// The held read is answered (the release waits for it): the next
 	// check sends a read again, which hangs in turn.
 	f.release("p0")
+	eventually(t, "the held read to return", func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return !e.mu.m.paths[0].outstanding
+	})
+	startCheck()
 	eventually(t, "a new check read held on p0", func() bool { return f.held("p0") == 1 })
-	f.waitChecks(0, 3)
+	stepChecks(3)
 	if n := f.held("p0"); n != 1 || f.pathActive(0) {
 		t.Fatalf("%d reads held on p0, active %v", n, f.pathActive(0))
 	}
 	// A working path again: reinstated.
 	f.repairPath("p0")
-	eventually(t, "the checker to reinstate p0", func() bool { return f.pathActive(0) })
+	eventually(t, "the checker to reinstate p0", func() bool {
+		step()
+		return f.pathActive(0)
+	})
 }
 
 // A check's verdict is dropped when the path was failed or reinstated

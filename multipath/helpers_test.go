@@ -71,6 +71,8 @@ type envConfig struct {
 	opt Options
 	// check configures the checker (default: no polling).
 	check MapConfig
+	// clock is the checker's (default: the wall clock).
+	clock Clock
 	mem   []dm.BlockDevice
 	loops int
 }
@@ -95,7 +97,7 @@ func newEnv(t testing.TB, cfg envConfig) *env {
 	if cfg.check.PollingInterval == 0 {
 		cfg.check.PollingInterval = -1
 	}
-	e.chk = NewChecker(CheckerConfig{Log: e.log, Default: cfg.check})
+	e.chk = NewChecker(CheckerConfig{Log: e.log, Default: cfg.check, Clock: cfg.clock})
 	t.Cleanup(func() { e.chk.Close() })
 	opt := cfg.opt
 	opt.Checker = e.chk
