@@ -244,14 +244,18 @@ func (f *mpFix) bringBack(p string, repair bool) {
 
 func runRandomFailover(t *testing.T, sel string, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
-	// A hung path fails its I/O after the deadline; the working path's
-	// I/O never takes that long.
+	// A hung path fails its I/O after the deadline. Only the path being
+	// hung has one: a working path's I/O may take that long too on a
+	// loaded machine, which would fail the one good path.
 	const deadline = 300 * time.Millisecond
 	f := newFix(t, false, envConfig{
-		opt:   Options{IODeadline: deadline},
 		check: MapConfig{PollingInterval: 3 * time.Millisecond, CheckTimeout: 5 * time.Second},
 	})
 	f.swap("mp", fmt.Sprintf("0 %d multipath 0 0 1 1 %s 0 2 0 /dev/mapper/p0 /dev/mapper/p1", f.sectors, sel))
+	mp := f.target("mp")
+	setDeadline := func(p string, dl time.Duration) {
+		mp.PathDevice(map[string]int{"p0": 0, "p1": 1}[p]).(dm.DeadlineSetter).SetIODeadline(dl)
+	}
 	m := &rfModel{seed: seed, gen: make([]atomic.Uint32, rfBlocks)}
 
 	// Workers: rfDepth per loop, and one without an executor.
@@ -313,6 +317,7 @@ func runRandomFailover(t *testing.T, sel string, seed uint64) {
 				f.mustMsg("mp", "fail_path", "/dev/mapper/"+p)
 				s.failed = true
 			default:
+				setDeadline(p, deadline)
 				f.swap(p, fmt.Sprintf("0 %d delay %s 0 600000", f.sectors, f.file))
 				s.hung = true
 				hangs++
@@ -325,12 +330,14 @@ func runRandomFailover(t *testing.T, sel string, seed uint64) {
 			continue
 		}
 		// Repair p: a working table, then reinstate it.
+		setDeadline(p, 0)
 		f.bringBack(p, s.broken || s.hung)
 		*s = pstate{}
 		time.Sleep(time.Duration(rng.IntN(4000)) * time.Microsecond)
 	}
 	for _, p := range names {
 		if !good(p) {
+			setDeadline(p, 0)
 			f.bringBack(p, ps[p].broken || ps[p].hung)
 		}
 	}
