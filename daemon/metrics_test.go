@@ -58,7 +58,7 @@ func TestMetrics(t *testing.T) {
 		// a read past its new end fails there (EIO) and is retried on p1.
 		p0, p1 := backing(t, dir, "e0", 8<<20), backing(t, dir, "e1", 8<<20)
 		u.ok("create", "em", "--table", "0 16384 multipath 0 0 1 1 round-robin 0 2 1 "+p0+" 1 "+p1+" 1")
-		u.ok("checker", "em", "polling_interval=-1s") // no checker: nothing reinstates p0
+		u.ok("checker", "em", "polling_interval=off") // no checker: nothing reinstates p0
 		if err := os.Truncate(p0, 1<<20); err != nil {
 			t.Fatal(err)
 		}
@@ -107,7 +107,7 @@ func TestMetrics(t *testing.T) {
 		u.ok("create", "mp", "--table", "0 16384 multipath 1 queue_if_no_path 0 1 1 round-robin 0 1 1 "+hang+" 1")
 		// No checker (its reads would be held too) and no per-I/O
 		// deadline (it would fail the held write over).
-		u.ok("checker", "mp", "polling_interval=-1s", "io_deadline=-1s")
+		u.ok("checker", "mp", "polling_interval=off", "io_deadline=-1s")
 		u.ok("load", "hang", "--table", "0 16384 delay "+f+" 0 3600000")
 		u.ok("resume", "hang")
 		cl := dialNBD(t, u.nbdURI("mp"))

@@ -19,7 +19,8 @@ import (
 // multipathd's multipaths section has them. Empty fields take the
 // defaults. They are kept in the device's state file.
 type CheckerSettings struct {
-	// PollingInterval is how often a path is checked (Go duration: "5s").
+	// PollingInterval is how often a path is checked (Go duration: "5s",
+	// from 50ms to 24h; "off": not checked).
 	PollingInterval string `json:"polling_interval,omitempty"`
 	// MaxPollingInterval bounds the interval, which doubles while a path
 	// stays healthy.
@@ -36,30 +37,39 @@ type CheckerSettings struct {
 	IODeadline string `json:"io_deadline,omitempty"`
 }
 
-// MapConfig parses the settings.
+// MapConfig parses the settings. Durations out of the checker's bounds
+// are refused (multipath.ParsePollingInterval); polling_interval=off
+// turns the map's checker off.
 func (s CheckerSettings) MapConfig() (multipath.MapConfig, error) {
 	var c multipath.MapConfig
-	dur := func(what, v string, to *time.Duration) error {
-		if v == "" {
-			return nil
-		}
-		d, err := time.ParseDuration(v)
+	dur := func(what, v string, parse func(string) (time.Duration, error), to *time.Duration) error {
+		d, err := parse(v)
 		if err != nil {
-			return fmt.Errorf("bad %s %q (want a duration such as 5s or 500ms)", what, v)
+			return fmt.Errorf("bad %s %q: %w", what, v, err)
 		}
 		*to = d
 		return nil
 	}
-	if err := dur("polling_interval", s.PollingInterval, &c.PollingInterval); err != nil {
+	if err := dur("polling_interval", s.PollingInterval, multipath.ParsePollingInterval, &c.PollingInterval); err != nil {
 		return c, err
 	}
-	if err := dur("max_polling_interval", s.MaxPollingInterval, &c.MaxPollingInterval); err != nil {
+	if err := dur("max_polling_interval", s.MaxPollingInterval, multipath.ParseMaxPollingInterval, &c.MaxPollingInterval); err != nil {
 		return c, err
 	}
-	if err := dur("check_timeout", s.CheckTimeout, &c.CheckTimeout); err != nil {
+	if err := dur("check_timeout", s.CheckTimeout, multipath.ParseCheckTimeout, &c.CheckTimeout); err != nil {
 		return c, err
 	}
-	if err := dur("io_deadline", s.IODeadline, &c.IODeadline); err != nil {
+	ioDeadline := func(v string) (time.Duration, error) {
+		if v == "" {
+			return 0, nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return 0, errors.New("want a duration such as 2s or 500ms, or -1s for none")
+		}
+		return d, nil
+	}
+	if err := dur("io_deadline", s.IODeadline, ioDeadline, &c.IODeadline); err != nil {
 		return c, err
 	}
 	var err error

@@ -254,10 +254,18 @@ func TestCheckerSettings(t *testing.T) {
 	if err := s.Set("polling", "1s"); err == nil {
 		t.Fatal("unknown setting accepted")
 	}
-	for _, bad := range []CheckerSettings{{PollingInterval: "5"}, {NoPathRetry: "sometimes"}, {Failback: "later"}, {IODeadline: "x"}} {
+	for _, bad := range []CheckerSettings{{PollingInterval: "5"}, {NoPathRetry: "sometimes"}, {Failback: "later"}, {IODeadline: "x"},
+		{PollingInterval: "1us"}, {PollingInterval: "-1s"}, {PollingInterval: "0s"}, {MaxPollingInterval: "-5s"}, {CheckTimeout: "1ns"},
+		{CheckTimeout: "-1s"}, {PollingInterval: "48h"}} {
 		if _, err := bad.MapConfig(); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}
+	}
+	if c, err := (CheckerSettings{PollingInterval: "off"}).MapConfig(); err != nil || c.PollingInterval >= 0 {
+		t.Fatalf("polling_interval off: %+v %v", c, err)
+	}
+	if _, err := (CheckerSettings{PollingInterval: "1us"}).MapConfig(); err == nil || !strings.Contains(err.Error(), "bad polling_interval \"1us\": multipath: want a duration from 50ms to 24h, or off") {
+		t.Fatalf("polling_interval 1us: %v", err)
 	}
 	if c, err := (CheckerSettings{}).MapConfig(); err != nil || c != (multipath.MapConfig{}) {
 		t.Fatalf("empty settings: %+v %v", c, err)

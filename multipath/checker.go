@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -24,6 +25,49 @@ const (
 	DefaultMaxPollingFactor = 4
 	DefaultCheckTimeout     = 2 * time.Second
 )
+
+// Bounds of the checker's durations. multipathd counts polling_interval,
+// max_polling_interval and checker_timeout in whole seconds from 1; udm
+// takes Go durations, so that tests and drills can poll faster, down to
+// a floor that keeps checking cheap: a check costs about half a
+// millisecond of CPU, so a two-path map polled every 50 ms takes ~3% of
+// a core, every 200 ms under 1%, and every 1 µs most of one. A check
+// timeout below the floor would fail healthy paths on a busy machine.
+const (
+	MinCheckerDuration = 50 * time.Millisecond
+	MaxCheckerDuration = 24 * time.Hour
+)
+
+// ParsePollingInterval reads polling_interval: a Go duration from
+// MinCheckerDuration to MaxCheckerDuration, "off" (the map's paths are
+// not checked, only listed; returned as -1), or "" (the default, 0).
+func ParsePollingInterval(s string) (time.Duration, error) {
+	if s == "off" {
+		return -1, nil
+	}
+	return parseCheckerDuration(s, ", or off")
+}
+
+// ParseMaxPollingInterval reads max_polling_interval, within the same
+// bounds ("": 4 × polling_interval). A maximum below polling_interval
+// is raised to it, as multipathd does.
+func ParseMaxPollingInterval(s string) (time.Duration, error) { return parseCheckerDuration(s, "") }
+
+// ParseCheckTimeout reads check_timeout, within the same bounds ("":
+// the default).
+func ParseCheckTimeout(s string) (time.Duration, error) { return parseCheckerDuration(s, "") }
+
+func parseCheckerDuration(s, or string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < MinCheckerDuration || d > MaxCheckerDuration {
+		return 0, fmt.Errorf("multipath: want a duration from %v to %s%s", MinCheckerDuration,
+			strings.TrimSuffix(MaxCheckerDuration.String(), "0m0s"), or)
+	}
+	return d, nil
+}
 
 // NoPathRetry is multipathd's no_path_retry: what a map does once it has
 // no path left.

@@ -280,6 +280,35 @@ func TestParseCheckerSettings(t *testing.T) {
 	}
 }
 
+// The checker's durations are refused out of their bounds, and
+// polling_interval=off turns checking off.
+func TestParseCheckerDurations(t *testing.T) {
+	for _, tc := range []struct {
+		parse func(string) (time.Duration, error)
+		s     string
+		want  time.Duration
+	}{
+		{ParsePollingInterval, "", 0}, {ParsePollingInterval, "5s", 5 * time.Second}, {ParsePollingInterval, "50ms", 50 * time.Millisecond},
+		{ParsePollingInterval, "24h", 24 * time.Hour}, {ParsePollingInterval, "off", -1}, {ParsePollingInterval, "200ms", 200 * time.Millisecond},
+		{ParseMaxPollingInterval, "", 0}, {ParseMaxPollingInterval, "20s", 20 * time.Second},
+		{ParseCheckTimeout, "", 0}, {ParseCheckTimeout, "500ms", 500 * time.Millisecond},
+	} {
+		if got, err := tc.parse(tc.s); err != nil || got != tc.want {
+			t.Errorf("%q: %v, %v; want %v", tc.s, got, err, tc.want)
+		}
+	}
+	for _, parse := range []func(string) (time.Duration, error){ParsePollingInterval, ParseMaxPollingInterval, ParseCheckTimeout} {
+		for _, s := range []string{"1us", "49ms", "0", "0s", "-1s", "25h", "5", "soon", "1e9h"} {
+			if d, err := parse(s); err == nil || !strings.Contains(err.Error(), "from 50ms to 24h") {
+				t.Errorf("%q accepted (%v) or unclear error: %v", s, d, err)
+			}
+		}
+	}
+	if _, err := ParseCheckTimeout("off"); err == nil {
+		t.Error("check_timeout off accepted")
+	}
+}
+
 // Every failback policy prints as a string ParseFailback reads back as
 // the same policy, sub-second delays included.
 func TestFailbackRoundTrip(t *testing.T) {
