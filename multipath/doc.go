@@ -24,7 +24,14 @@
 //     snapshot for the fast path.
 //   - The selectors (selector.go): round-robin, queue-length,
 //     service-time and historical-service-time, lock-free.
-//   - Checker (checker.go) and listings (show.go): multipathd's duties.
+//   - mapChecker (checkmodel.go): the checker's pure model of one map —
+//     polling with back-off, check deadlines, the operator's marks,
+//     no_path_retry and failback. Events with their time in, actions
+//     out; no I/O, no locks, no clock. testdata/checker-*.txt are its
+//     scenario scripts, run over a Machine by the same runner.
+//   - Checker (checker.go) and listings (show.go): multipathd's duties;
+//     its mapEntry drives a mapChecker with goroutines and a Clock
+//     (clock.go: the wall clock, or a test's fake one).
 //
 // # The snapshot
 //
@@ -89,32 +96,78 @@
 //
 // # The checker
 //
-// Checker runs multipathd's loop per live map (see its documentation):
-// a goroutine per path checks it (the device's own Check, e.g. filedev's
-// O_DIRECT read through io_uring, or a one-block read through the
-// device), fails it on a failed check, reinstates it on a passing one
-// unless the operator failed it, with the polling interval doubling while
-// the path stays healthy. A verdict is dropped if the path was failed or
-// reinstated while the check ran. A per-map goroutine applies
-// no_path_retry and deferred failback. Maps attach when their table goes
-// live (Resume) and detach when it is destroyed.
+// Checker runs multipathd's loop per live map (see its documentation).
+// Maps attach when their table goes live (Resume) and detach when it is
+// destroyed or replaced; new settings (SetMapConfig) replace the map's
+// model too. The operator's marks (FailPath) are kept by the Checker,
+// by map and path name, and outlive tables.
+//
+// Each map has a mapEntry: a mapChecker (the model), one goroutine that
+// drives it, and one goroutine per running check. The driver's loop
+// asks the model when it next wants to run (wake), arms one Clock timer
+// for it, and waits for the timer, a check's result or a kick (I/O
+// failed a path; the operator acted). Every step — the model deciding
+// and the driver carrying out its actions on the target — runs under
+// mapEntry.mu, from the driver's goroutine or, for the operator's fail
+// and reinstate, from the caller's (so they are done when FailPath
+// returns).
+//
+// # Life of a check
+//
+//  1. A path is due (its next check time passed): the model asks for a
+//     check with a deadline, check_timeout from now. The driver records
+//     the path's epoch and fail count and starts a goroutine that checks
+//     it: a vanished file fails at once (gone); a device with its own
+//     check (filedev's O_DIRECT read through io_uring, an NBD probe) is
+//     given check_timeout and ends by itself; any other device gets a
+//     one-block read through it, which waits as long as the device takes.
+//  2. The result comes back to the driver's goroutine, which reads the
+//     target's state and hands both to the model (checkDone). The verdict
+//     is dropped if the operator failed the path meanwhile, or if the
+//     path was failed or reinstated while the check ran (its epoch or
+//     fail count moved: a stale verdict; checked again one base interval
+//     later). Otherwise the path's check state is set (ready, faulty,
+//     gone), the interval doubles if the path stayed ready and active
+//     (up to max_polling_interval) or goes back to polling_interval, and
+//     the model asks to reinstate a ready path that is failed (then
+//     failback, if the preferred group got a path back) or to fail a
+//     path that is not ready and active.
+//  3. If the deadline passes first, the model gives the verdict itself
+//     (faulty: "no answer in check_timeout") and asks to cancel the
+//     check. A device's own check is canceled (its deadline is a backstop
+//     half a timeout after the device's); a read can't be, and stays
+//     outstanding: until it returns, the path's due checks fail at once
+//     without sending another read. Its late result is dropped.
+//  4. An I/O error on the path (the target's pathFailedByIO, maybe on a
+//     loop: an atomic flag and a kick, no lock) brings the next check
+//     forward to one base interval from then. An operator's path is not
+//     checked at all until ReinstatePath.
+//
+// no_path_retry N ticks every polling interval in the same model: N
+// ticks in a row without a valid path turn queueing off (held I/O fails
+// with EIO), the first with one turns it on again. A deferred failback
+// is one more wake-up time.
 //
 // # Lock order
 //
 //	dm.Device locks (the core calls Map/EndIO with none held; hooks run
 //	  under its suspend lock, messages under its table read lock)
-//	mapEntry.opMu (serializes a path's check verdict with the operator's
-//	  fail/reinstate; held while calling the target, never taken by it)
-//	  Checker.mu (maps, per-map configuration, operator-failed paths)
+//	mapEntry.mu (a map's checker model and the driver's per-check
+//	  tokens; held while the model's actions call the target, never
+//	  taken by the target)
+//	  Checker.mu (maps, per-map configuration, operator marks)
 //	    dm.Device.mu (a map's current name, Device.Name)
 //	  Multipath.mu (the Machine, the held list) — a leaf: the target
 //	    never submits, ends a clone, triggers an event, logs or calls the
 //	    checker with it held
-//	  mapEntry.mu (path check state) — a leaf; the target's
-//	    pathFailedByIO callback takes it with no other lock held
+//	  dm.Device.eventMu (the target's TriggerEvent, after it released
+//	    Multipath.mu)
 //
 // Checker.mu is never held while starting or stopping a map's goroutines
-// or calling the target.
+// or calling the target; stopping a map (cancel, then wait for its
+// goroutines) happens with no lock held. The fast path (Map, the
+// selectors, EndIO of a healthy path) takes no lock at all; EndIO of a
+// failed path takes Multipath.mu and tells the checker lock-free.
 //
 // # Deviations from the kernel
 //
