@@ -657,14 +657,6 @@ func (e *mapEntry) operate(i int, fail bool) {
 	kick(e.wake)
 }
 
-// noPathTick runs one no_path_retry interval now (tests drive it by hand).
-func (e *mapEntry) noPathTick() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	st := e.t.state()
-	e.execLocked(e.mu.m.noPathTick(&st))
-}
-
 // execLocked carries out the model's actions, in order.
 func (e *mapEntry) execLocked(acts []checkAct) {
 	for _, a := range acts {

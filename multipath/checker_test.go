@@ -187,23 +187,30 @@ func TestNoPathRetry(t *testing.T) {
 		})
 	})
 	t.Run("held I/O waits N intervals, not fewer", func(t *testing.T) {
-		// The ticks are driven by hand: the checker's own come hourly,
-		// and so do path checks (paths fail by I/O here).
+		// The intervals pass on the checker's clock, a fake one moved by
+		// hand (paths fail by I/O here).
 		const n = 3
 		cfg := fastCheck
 		cfg.PollingInterval, cfg.MaxPollingInterval, cfg.NoPathRetry = time.Hour, time.Hour, n
 		forExecs(t, func(t *testing.T, kind string) {
-			f := newFix(t, false, envConfig{check: cfg})
+			clk := newFakeClock()
+			f := newFix(t, false, envConfig{check: cfg, clock: clk})
 			e, mp := f.entry(), f.target("mp")
 			eventually(t, "the first checks, at attach", func() bool { return e.pathChecks(0) > 0 && e.pathChecks(1) > 0 })
 			w := f.queued(f.exec(kind), 8, pattern(4, 4*kib))
+			// interval ends one polling interval; the no_path_retry tick
+			// runs in it (runDue returns once it has).
+			interval := func() {
+				clk.Advance(cfg.PollingInterval)
+				e.runDue()
+			}
 			for i := 1; i < n; i++ {
-				e.noPathTick()
+				interval()
 				if w.ended() || mp.Held() != 1 || !mp.state().queue {
 					t.Fatalf("after %d of %d intervals: ended %v, held %d", i, n, w.ended(), mp.Held())
 				}
 			}
-			e.noPathTick()
+			interval()
 			mustErrno(t, "held write after N intervals", w.wait(t), syscall.EIO)
 			if mp.state().queue || mp.Held() != 0 {
 				t.Fatal("still queueing after no_path_retry ran out")
