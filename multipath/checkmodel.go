@@ -33,7 +33,6 @@ type mapChecker struct {
 	failbackAt  time.Time // deferred failback due (zero: none)
 	groups      int
 	preferred   int // the group failback returns to (0-based)
-	ticks       int64
 }
 
 // checkPath describes one path to the model.
@@ -99,26 +98,6 @@ type checkAct struct {
 	Cause      string
 	Err        error
 	State, Was CheckState
-}
-
-func (a checkAct) String() string {
-	switch a.Kind {
-	case doCheck:
-		return fmt.Sprintf("check %d timeout=%v", a.Path, a.Timeout)
-	case doCancel:
-		return fmt.Sprintf("cancel %d", a.Path)
-	case doFail:
-		return fmt.Sprintf("fail %d (%s)", a.Path, a.Cause)
-	case doReinstate:
-		return fmt.Sprintf("reinstate %d (%s)", a.Path, a.Cause)
-	case doQueue:
-		return fmt.Sprintf("queue %v", a.On)
-	case doSwitch:
-		return fmt.Sprintf("switch-group %d", a.Group+1)
-	case doNote:
-		return fmt.Sprintf("note %d %v (was %v)", a.Path, a.State, a.Was)
-	}
-	return fmt.Sprintf("act(%d)", a.Kind)
 }
 
 // newMapChecker models a map whose paths are ps, with groups groups of
@@ -380,7 +359,6 @@ func (m *mapChecker) noPathTick(st *mapState) []checkAct {
 	if n <= 0 {
 		return nil
 	}
-	m.ticks++
 	if st.valid > 0 {
 		m.noPathTicks = 0
 	} else {
