@@ -14,6 +14,46 @@ import (
 // ErrClosed is returned for work offered to a loop that is closing or closed.
 var ErrClosed = errors.New("uring: loop closed")
 
+// ErrCallOnLoop is returned by the methods that wait for a loop (Call,
+// Close) when they are called on a loop's thread: waiting there would
+// stop that loop until the wait ends, and forever if the loop waited for
+// is the caller's own. The error names the call site.
+var ErrCallOnLoop = errors.New("uring: waiting for a loop on a loop's thread")
+
+// loopThreads maps the thread ID of every running loop to its Loop.
+var loopThreads sync.Map // int -> *Loop
+
+// onLoopThread returns the loop whose thread the caller runs on, if any.
+// It costs a system call.
+func onLoopThread() *Loop {
+	if v, ok := loopThreads.Load(unix.Gettid()); ok {
+		return v.(*Loop)
+	}
+	return nil
+}
+
+// refuseOnLoop returns ErrCallOnLoop, naming what was called, on which
+// loop, for which loop and where from (the caller of the exported method
+// that calls refuseOnLoop), if the caller runs on a loop's thread; nil
+// otherwise.
+func (l *Loop) refuseOnLoop(what string) error {
+	cur := onLoopThread()
+	if cur == nil {
+		return nil
+	}
+	site := "unknown caller"
+	if pc, file, line, ok := runtime.Caller(2); ok {
+		site = fmt.Sprintf("%s:%d", file, line)
+		if fn := runtime.FuncForPC(pc); fn != nil {
+			site = fn.Name() + " (" + site + ")"
+		}
+	}
+	if cur == l {
+		return fmt.Errorf("%w: Loop.%s on loop %d's own thread, from %s", ErrCallOnLoop, what, l.id, site)
+	}
+	return fmt.Errorf("%w: Loop.%s for loop %d on loop %d's thread, from %s", ErrCallOnLoop, what, l.id, cur.id, site)
+}
+
 // Handler receives the completion of an operation, on the loop's thread.
 // res is the kernel's result: >= 0 on success, -errno on failure (use
 // Errno to turn it into an error). tag is the value given at submission.
@@ -243,6 +283,7 @@ func (l *Loop) setup() error {
 	}
 	l.wakeFd = fd
 	l.tid = unix.Gettid()
+	loopThreads.Store(l.tid, l)
 	l.growSlots(int(l.cfg.Entries))
 	l.armWake()
 	return nil
@@ -268,6 +309,9 @@ func (l *Loop) run(ready chan<- error) {
 	// SINGLE_ISSUER ring and we'd rather not hand it back to the runtime.
 	defer close(l.done)
 	if err := l.setup(); err != nil {
+		if l.tid != 0 {
+			loopThreads.Delete(l.tid)
+		}
 		l.teardown()
 		l.closed.Store(true)
 		ready <- err
@@ -277,6 +321,7 @@ func (l *Loop) run(ready chan<- error) {
 	l.loop()
 	l.teardown()
 	l.finishPosts()
+	loopThreads.Delete(l.tid)
 }
 
 func (l *Loop) loop() {
@@ -912,8 +957,14 @@ func (l *Loop) wake() {
 	}
 }
 
-// Call runs fn on the loop and waits for it to return.
+// Call runs fn on the loop and waits for it to return. On any loop's
+// thread (a handler, a posted function, a Flusher) it does not wait: it
+// returns ErrCallOnLoop, naming the caller, and fn never runs. Work on a
+// loop that needs another loop's answer posts to it and is posted back.
 func (l *Loop) Call(fn func()) error {
+	if err := l.refuseOnLoop("Call"); err != nil {
+		return err
+	}
 	done := make(chan struct{})
 	if err := l.Post(func() { fn(); close(done) }); err != nil {
 		return err
@@ -923,9 +974,13 @@ func (l *Loop) Call(fn func()) error {
 }
 
 // Close cancels in-flight operations, waits until every one of them has
-// completed through its handler, and stops the loop. It is idempotent and
-// must not be called on the loop itself.
+// completed through its handler, and stops the loop. It is idempotent.
+// On any loop's thread it does nothing and returns ErrCallOnLoop, naming
+// the caller: a loop can't wait for itself, nor stop for another.
 func (l *Loop) Close() error {
+	if err := l.refuseOnLoop("Close"); err != nil {
+		return err
+	}
 	l.closeOnce.Do(func() {
 		l.closeReq.Store(true)
 		l.wake()

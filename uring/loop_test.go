@@ -1070,3 +1070,73 @@ func TestRestSkipsSpin(t *testing.T) {
 		})
 	}
 }
+
+// Call and Close on a loop's thread (its own or another loop's) return
+// ErrCallOnLoop at once, naming the caller, instead of waiting: the loop
+// keeps running, and both still work from an ordinary goroutine.
+func TestWaitingOnALoopFails(t *testing.T) {
+	a := newLoop(t, Config{ID: 1, ArenaSize: -1})
+	b := newLoop(t, Config{ID: 2, ArenaSize: -1})
+	type answer struct {
+		err error
+		ran bool
+	}
+	onLoop := func(on *Loop, what string, f func() (error, bool)) answer {
+		t.Helper()
+		got := make(chan answer, 1)
+		if err := on.Post(func() {
+			err, ran := f()
+			got <- answer{err, ran}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case a := <-got:
+			return a
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s on a loop's thread never returned (the loop waits for itself)", what)
+			return answer{}
+		}
+	}
+	callOn := func(target *Loop) (error, bool) {
+		ran := false
+		err := target.Call(func() { ran = true })
+		return err, ran
+	}
+	for _, tc := range []struct {
+		name       string
+		on, target *Loop
+		f          func() (error, bool)
+		want       string
+	}{
+		{"Call on its own loop", a, a, func() (error, bool) { return callOn(a) }, "Loop.Call on loop 1's own thread"},
+		{"Call on another loop", a, b, func() (error, bool) { return callOn(b) }, "Loop.Call for loop 2 on loop 1's thread"},
+		{"Close on its own loop", b, b, func() (error, bool) { return b.Close(), false }, "Loop.Close on loop 2's own thread"},
+		{"Close of another loop", b, a, func() (error, bool) { return a.Close(), false }, "Loop.Close for loop 1 on loop 2's thread"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := onLoop(tc.on, tc.name, tc.f)
+			if !errors.Is(got.err, ErrCallOnLoop) {
+				t.Fatalf("err = %v, want ErrCallOnLoop", got.err)
+			}
+			if got.ran {
+				t.Fatal("the function ran")
+			}
+			if msg := got.err.Error(); !strings.Contains(msg, tc.want) || !strings.Contains(msg, "TestWaitingOnALoopFails") || !strings.Contains(msg, "loop_test.go:") {
+				t.Fatalf("error %q does not say %q and name the caller", msg, tc.want)
+			}
+			for _, l := range []*Loop{a, b} {
+				ran := false
+				if err := l.Call(func() { ran = true }); err != nil || !ran {
+					t.Fatalf("loop %d after the refused wait: Call = %v, ran %v", l.ID(), err, ran)
+				}
+			}
+		})
+	}
+	if err := a.Close(); err != nil {
+		t.Fatalf("Close off the loop: %v", err)
+	}
+	if err := a.Call(func() {}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Call after Close: %v, want ErrClosed", err)
+	}
+}
