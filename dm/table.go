@@ -2,9 +2,26 @@ package dm
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 )
+
+// MaxSectors is the largest device a table may describe, in sectors:
+// every target must end at or before it. It is the kernel's limit
+// (dm_table_add_target refuses a target with start+len > LLONG_MAX >>
+// SECTOR_SHIFT, "too large device"): a device's size in bytes, which the
+// API, the metrics and the NBD export size carry as a signed 64-bit
+// integer, then always fits, 2^63-512 bytes at most.
+const MaxSectors = math.MaxInt64 >> SectorShift
+
+// checkExtent refuses a target that doesn't fit in MaxSectors.
+func checkExtent(start, length uint64) error {
+	if start > MaxSectors || length > MaxSectors-start {
+		return fmt.Errorf("target at sector %d of %d sectors is too large: a device ends at sector %d at most", start, length, uint64(MaxSectors))
+	}
+	return nil
+}
 
 // TableLine is one line of a table in the kernel's syntax:
 // `<start> <len> <type> <args...>`, in 512-byte sectors.
@@ -78,6 +95,9 @@ func ParseTableLine(s string) (TableLine, error) {
 	length, err := strconv.ParseUint(f[1], 10, 64)
 	if err != nil {
 		return TableLine{}, fmt.Errorf("bad length %q", f[1])
+	}
+	if err := checkExtent(start, length); err != nil {
+		return TableLine{}, err
 	}
 	return TableLine{Start: start, Len: length, Type: f[2], Args: SplitArgs(rest)}, nil
 }
@@ -203,8 +223,8 @@ func checkLayout(lines []TableLine, types []*TargetType) error {
 			}
 			return fmt.Errorf("%w: line %d: target at %d overlaps the previous one (which ends at %d)", ErrInvalidTable, n, l.Start, next)
 		}
-		if l.Start+l.Len < l.Start {
-			return fmt.Errorf("%w: line %d: target end overflows", ErrInvalidTable, n)
+		if err := checkExtent(l.Start, l.Len); err != nil {
+			return fmt.Errorf("%w: line %d: %w", ErrInvalidTable, n, err)
 		}
 		next = l.Start + l.Len
 		tt := types[i]

@@ -66,6 +66,16 @@ var tableCases = []struct {
 	{"negative len", "0 -8 zero", nil, "bad length"},
 	{"overflowing len", "0 99999999999999999999 zero", nil, "bad length"},
 	{"error names the line", "0 8 zero\n\n8 zz zero", nil, "line 3"},
+	// A device ends at sector 2^54-1 at most (its size in bytes fits in
+	// an int64): larger ones wrapped to negative or zero sizes.
+	{"largest device", "0 18014398509481983 zero", []TableLine{{0, 1<<54 - 1, "zero", nil}}, ""},
+	{"largest device in two targets", "0 8 zero\n8 18014398509481975 zero", []TableLine{{0, 8, "zero", nil}, {8, 1<<54 - 9, "zero", nil}}, ""},
+	{"2^54 sectors", "0 18014398509481984 zero", nil, "too large"},
+	{"2^55 sectors", "0 36028797018963968 zero", nil, "too large"},
+	{"largest uint64 length", "0 18446744073709551615 zero", nil, "too large"},
+	{"end past the largest device", "8 18014398509481976 zero", nil, "too large"},
+	{"start past the largest device", "18014398509481984 1 zero", nil, "too large"},
+	{"end wraps around", "18446744073709551615 2 zero", nil, "too large"},
 }
 
 func TestParseTable(t *testing.T) {
@@ -106,6 +116,11 @@ func FuzzParseTable(f *testing.F) {
 		if err != nil {
 			return
 		}
+		for _, l := range lines {
+			if l.Start > MaxSectors || l.Len > MaxSectors || l.Start+l.Len > MaxSectors {
+				t.Fatalf("parsed %v, which ends beyond MaxSectors", l)
+			}
+		}
 		out := FormatTable(lines)
 		again, err := ParseTable(out)
 		if err != nil {
@@ -143,6 +158,8 @@ func TestLoadValidation(t *testing.T) {
 		{"gap", "0 8 zero\n16 8 zero", "gap in table", ErrInvalidTable},
 		{"overlap", "0 8 zero\n4 8 zero", "overlaps", ErrInvalidTable},
 		{"zero length", "0 0 zero", "zero-length", ErrInvalidTable},
+		{"too large", "0 18014398509481984 zero", "too large", ErrInvalidTable},
+		{"largest", "0 18014398509481983 zero", "", nil},
 		{"unknown type names the word", "0 8 zero\n8 8 frobnicate x", `"frobnicate"`, ErrUnknownTarget},
 		{"constructor error names the line", "0 8 zero\n8 8 failing", "line 2 (8 8 failing): failing: no good", ErrInvalidTable},
 		{"linear arg count", "0 8 linear a", "line 1 (0 8 linear a): linear: invalid argument count", ErrInvalidTable},
@@ -173,6 +190,30 @@ func TestLoadValidation(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The largest device has a positive size in bytes and serves its last
+// sector; a table built without the parser is held to the same limit.
+func TestLargestDevice(t *testing.T) {
+	d := NewDevice(DeviceConfig{Name: "big"})
+	if err := d.LoadLines([]TableLine{{Start: 0, Len: MaxSectors + 1, Type: "zero"}}); !errors.Is(err, ErrInvalidTable) || !strings.Contains(err.Error(), "too large") {
+		t.Fatalf("load of 2^54 sectors: %v", err)
+	}
+	if err := d.LoadLines([]TableLine{{0, 8, "zero", nil}, {8, 1<<64 - 8, "zero", nil}}); !errors.Is(err, ErrInvalidTable) {
+		t.Fatalf("load of a table that ends at 2^64: %v", err)
+	}
+	if err := d.Load("0 18014398509481983 zero"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Resume(bg()); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := d.Size(), int64(MaxSectors)*SectorSize; got != want || got <= 0 {
+		t.Fatalf("size %d, want %d", got, want)
+	}
+	r := newRec(OpRead, MaxSectors-1, 512)
+	d.Submit(&r.Bio)
+	mustErrno(t, "read of the last sector", r.wait(t), 0)
 }
 
 // A constructor failing on line 2 releases what line 1 opened.
