@@ -2,6 +2,7 @@ package dm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -91,6 +92,10 @@ type Device struct {
 	targets *TargetRegistry
 	pool    *devPool
 	reg     *Registry // nil for a standalone device
+	// bg runs the removal a last Close starts: the registry's, or the
+	// device's own.
+	bg      *background
+	removed chan struct{} // closed once removed
 
 	// hook, set by tests, runs at the named points so that they can
 	// force interleavings. Only slow paths (requeues, suspends) read it.
@@ -138,6 +143,11 @@ func NewDevice(cfg DeviceConfig) *Device {
 	return newDevice(cfg, newDevPool(cfg.Open, nil), nil)
 }
 
+// WaitRemoval waits until no removal started by a last Close is under
+// way, or ctx ends (returning ctx.Err()). For a device in a registry it
+// waits for those of every device there, as Registry.Wait does.
+func (d *Device) WaitRemoval(ctx context.Context) error { return d.bg.wait(ctx) }
+
 func newDevice(cfg DeviceConfig, pool *devPool, reg *Registry) *Device {
 	d := &Device{
 		drained: make(chan struct{}, 1),
@@ -148,6 +158,12 @@ func newDevice(cfg DeviceConfig, pool *devPool, reg *Registry) *Device {
 		targets: cfg.Targets,
 		pool:    pool,
 		reg:     reg,
+		removed: make(chan struct{}),
+	}
+	if reg != nil {
+		d.bg = &reg.bg
+	} else {
+		d.bg = &background{}
 	}
 	d.shards = newShards()
 	d.shardMask = uint32(len(d.shards) - 1)
@@ -440,10 +456,40 @@ func (d *Device) reissueDeferred() {
 		bb := b
 		if err := b.Exec.Post(func() { d.Submit(bb) }); err != nil {
 			// The bio's loop is gone: nothing can run it there.
-			d.shards[d.shardOf(bb)].account(bb, ErrIO, nanotime())
-			bb.End.BioEnd(bb, ErrIO)
+			d.endUnmapped(bb, ErrIO)
 		}
 	}
+}
+
+// endUnmapped ends b, which never reached a table (it was deferred), with
+// err, counting it in the device's stats, on the calling goroutine.
+func (d *Device) endUnmapped(b *Bio, err error) {
+	d.shards[d.shardOf(b)].account(b, err, nanotime())
+	b.End.BioEnd(b, err)
+}
+
+// EndDeferred ends every bio waiting on the deferred list with EIO and
+// returns how many: for an owner that stops for good while the device is
+// suspended (a daemon shutting down), so that those bios end instead of
+// waiting for a resume that won't come. The device stays as it is
+// (suspended, its tables in place). A bio with an Exec ends on it.
+func (d *Device) EndDeferred() int {
+	d.defMu.Lock()
+	l := d.deferred.take()
+	d.stats.deferred.Store(0)
+	d.defMu.Unlock()
+	n := 0
+	for b := l.pop(); b != nil; b = l.pop() {
+		n++
+		if b.Exec != nil {
+			bb := b
+			if b.Exec.Post(func() { d.endUnmapped(bb, ErrIO) }) == nil {
+				continue
+			}
+		}
+		d.endUnmapped(b, ErrIO)
+	}
+	return n
 }
 
 // TriggerEvent bumps the event counter and wakes WaitEvent callers.
@@ -488,8 +534,14 @@ func (d *Device) Open() error {
 	return nil
 }
 
-// Close ends one Open. The last Close of a device marked for deferred
-// removal removes it (suspending with flush, so it may wait for I/O).
+// Close ends one Open; it never blocks, and may be called on a loop.
+// The last Close of a device marked for deferred removal starts the
+// removal and returns: removing suspends with flush and destroys the
+// tables, which waits for I/O and for the loops the devices below run
+// on, so it runs on a goroutine of its own (the kernel queues it on a
+// workqueue), owned by the registry (Registry.Wait waits for it) or, for
+// a standalone device, by the device (Removed). If the device is opened
+// again before that goroutine removes it, it stays marked.
 func (d *Device) Close() error {
 	d.mu.Lock()
 	if d.mu.open == 0 {
@@ -498,16 +550,35 @@ func (d *Device) Close() error {
 	}
 	d.mu.open--
 	last := d.mu.open == 0 && d.mu.deferredRemove && !d.mu.removing
-	if last {
-		d.mu.deferredRemove = false
-	}
 	d.mu.Unlock()
 	if last {
-		// deferred=true: if someone opened it meanwhile, stay marked.
-		return d.Remove(context.Background(), false, true)
+		d.bg.start(d.deferredRemoval)
 	}
 	return nil
 }
+
+// deferredRemoval removes a device marked for deferred removal after its
+// last Close (see Close).
+func (d *Device) deferredRemoval() {
+	marked, err := d.RemoveOrDefer(context.Background(), false)
+	switch {
+	case errors.Is(err, ErrRemoved):
+		// Another last Close's goroutine, or a forced Remove, was first.
+	case err != nil:
+		// Stay marked: the next last Close tries again.
+		d.mu.Lock()
+		if !d.mu.removing {
+			d.mu.deferredRemove = true
+		}
+		d.mu.Unlock()
+		d.log.Error().Err(err).Msg("deferred removal failed")
+	case !marked && d.reg != nil && d.reg.onDeferredRemove != nil:
+		d.reg.onDeferredRemove(d)
+	}
+}
+
+// Removed is closed once the device has been removed.
+func (d *Device) Removed() <-chan struct{} { return d.removed }
 
 // Remove removes the device: it suspends with flush, destroys both tables
 // (releasing their devices) and leaves it without a table, so later I/O
@@ -516,20 +587,32 @@ func (d *Device) Close() error {
 // I/O, and the device is removed under its users) or deferred (marked, and
 // removed on last Close; returns nil). A device in a registry leaves it.
 func (d *Device) Remove(ctx context.Context, force, deferred bool) error {
+	_, err := d.remove(ctx, force, deferred)
+	return err
+}
+
+// RemoveOrDefer is Remove with deferred set that also says which
+// happened: marked is true if the device was open and is now marked for
+// removal on its last Close, false if it was removed.
+func (d *Device) RemoveOrDefer(ctx context.Context, force bool) (marked bool, err error) {
+	return d.remove(ctx, force, true)
+}
+
+func (d *Device) remove(ctx context.Context, force, deferred bool) (marked bool, err error) {
 	d.mu.Lock()
 	if d.mu.removing {
 		d.mu.Unlock()
-		return ErrRemoved
+		return false, ErrRemoved
 	}
 	if d.mu.open > 0 && !force {
 		if deferred {
 			d.mu.deferredRemove = true
 			d.mu.Unlock()
 			d.TriggerEvent() // Info changed: wake watchers
-			return nil
+			return true, nil
 		}
 		d.mu.Unlock()
-		return ErrBusy
+		return false, ErrBusy
 	}
 	d.mu.removing = true
 	d.mu.deferredRemove = false
@@ -538,13 +621,14 @@ func (d *Device) Remove(ctx context.Context, force, deferred bool) error {
 		d.mu.Lock()
 		d.mu.removing = false
 		d.mu.Unlock()
-		return err
+		return false, err
 	}
 	if d.reg != nil {
 		d.reg.forget(d)
 	}
+	close(d.removed)
 	d.log.Debug().Bool("force", force).Msg("removed")
-	return nil
+	return false, nil
 }
 
 // CancelDeferredRemove clears a deferred removal (the kernel's

@@ -435,6 +435,54 @@ func TestDeferredReissueClosedExec(t *testing.T) {
 	mustErrno(t, "bio of a closed loop", r.wait(t), syscall.EIO)
 }
 
+// EndDeferred ends what a suspended device holds with EIO, each bio once
+// (on its executor if it has one), and leaves the device suspended with
+// its table: resuming it serves new I/O.
+func TestEndDeferred(t *testing.T) {
+	a := NewMemDevice("a", MiB)
+	d := newDev(t, nil, "0 64 linear a 0", a)
+	loop := newTestLoop(t)
+	if err := d.Suspend(bg(), false); err != nil {
+		t.Fatal(err)
+	}
+	var l ledger
+	var held []*ioRec
+	for i := uint64(0); i < 4; i++ {
+		r := l.bio(OpWrite, i, 512)
+		if i%2 == 1 {
+			r.Exec = loop
+		}
+		d.Submit(&r.Bio)
+		held = append(held, r)
+	}
+	if d.Stats().Deferred != 4 || l.endedCount() != 0 {
+		t.Fatalf("deferred %d ended %d", d.Stats().Deferred, l.endedCount())
+	}
+	posted := loop.posted.Load()
+	if n := d.EndDeferred(); n != 4 {
+		t.Fatalf("EndDeferred ended %d, want 4", n)
+	}
+	for i, r := range held {
+		mustErrno(t, fmt.Sprintf("held write %d", i), r.wait(t), syscall.EIO)
+	}
+	l.checkOnce(t)
+	if n := loop.posted.Load() - posted; n != 2 {
+		t.Fatalf("%d bios ended through the loop, want 2", n)
+	}
+	if s := d.Stats(); s.Deferred != 0 || !d.Suspended() {
+		t.Fatalf("after EndDeferred: deferred %d, suspended %v", s.Deferred, d.Suspended())
+	}
+	if n := d.EndDeferred(); n != 0 {
+		t.Fatalf("second EndDeferred ended %d", n)
+	}
+	if err := d.Resume(bg()); err != nil {
+		t.Fatal(err)
+	}
+	r := newRec(OpRead, 0, 512)
+	d.Submit(&r.Bio)
+	mustErrno(t, "read after resume", r.wait(t), 0)
+}
+
 func TestEvents(t *testing.T) {
 	d := NewDevice(DeviceConfig{Name: "ev"})
 	n := d.Event()

@@ -19,6 +19,10 @@ type Config struct {
 	// Open opens the devices tables name, other than /dev/mapper/NAME of
 	// the registry's own devices, which it resolves itself (stacking).
 	Open Opener
+	// DeferredRemoved, if set, is called after a removal that a last
+	// Close started (Device.Close) has removed a device, on the goroutine
+	// that removed it (not a loop), before Wait sees that removal over.
+	DeferredRemoved func(*Device)
 }
 
 // Registry holds the named devices (what dmsetup ls lists). Tables of its
@@ -27,6 +31,10 @@ type Registry struct {
 	log     zerolog.Logger
 	targets *TargetRegistry
 	pool    *devPool
+
+	// bg runs the removals that last Closes start.
+	bg               background
+	onDeferredRemove func(*Device)
 
 	mu   sync.Mutex
 	devs map[string]*Device // guarded by mu
@@ -37,7 +45,7 @@ func NewRegistry(cfg Config) *Registry {
 	if cfg.Targets == nil {
 		cfg.Targets = DefaultTargets()
 	}
-	r := &Registry{log: cfg.Log, targets: cfg.Targets, devs: make(map[string]*Device)}
+	r := &Registry{log: cfg.Log, targets: cfg.Targets, devs: make(map[string]*Device), onDeferredRemove: cfg.DeferredRemoved}
 	r.pool = newDevPool(cfg.Open, r)
 	return r
 }
@@ -126,6 +134,11 @@ func (r *Registry) List() []string {
 	return out
 }
 
+// Wait waits until no removal started by a last Close (Device.Close) is
+// under way, or ctx ends (returning ctx.Err()). Whoever stops using the
+// registry (a daemon shutting down) waits for them.
+func (r *Registry) Wait(ctx context.Context) error { return r.bg.wait(ctx) }
+
 // Remove removes a device (see Device.Remove).
 func (r *Registry) Remove(ctx context.Context, name string, force, deferred bool) error {
 	d, err := r.Get(name)
@@ -176,6 +189,11 @@ func (r *Registry) forget(d *Device) {
 func (r *Registry) RemoveAll(ctx context.Context) error {
 	var errs []error
 	for {
+		// Removing a device closes those below it; a removal their
+		// last Close started must be over before they are counted.
+		if err := r.Wait(ctx); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
 		names := r.List()
 		if len(names) == 0 {
 			break

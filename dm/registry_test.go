@@ -185,8 +185,18 @@ func TestRegistryRemove(t *testing.T) {
 		if err := d.Close(); err != nil {
 			t.Fatal(err)
 		}
+		// The last close hands the removal to a goroutine of the
+		// registry's.
+		if err := f.reg.Wait(bg()); err != nil {
+			t.Fatal(err)
+		}
 		if len(f.reg.List()) != 0 || f.opened("a") != 0 {
 			t.Fatalf("after last close: %q", f.reg.List())
+		}
+		select {
+		case <-d.Removed():
+		default:
+			t.Fatal("Removed not closed after the removal")
 		}
 	})
 	t.Run("force fails held I/O under its users", func(t *testing.T) {
@@ -323,6 +333,9 @@ func TestRegistryStacking(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := f.reg.Remove(bg(), "upper", false, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.reg.Wait(bg()); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.reg.List()) != 0 || f.opened("a") != 0 {

@@ -309,7 +309,13 @@ func (d *Device) Check(ctx context.Context, timeout time.Duration) error {
 }
 
 // Close unregisters the file from the loops it was used on and closes it.
-// No I/O may be in flight.
+// No I/O may be in flight. It waits for each of those loops to drop the
+// file, except where it can't: on a loop's thread, where waiting for a
+// loop is refused (uring.ErrCallOnLoop), it unregisters the file there
+// and then if that is the loop it runs on, and asks the others to
+// (their rings keep their own reference to the file until they do).
+// Stopping a private fallback loop waits for it: on a loop's thread that
+// is refused, and the error is returned.
 func (d *Device) Close() error {
 	d.mu.Lock()
 	if d.closed {
@@ -324,12 +330,20 @@ func (d *Device) Close() error {
 		if p == nil {
 			continue
 		}
-		p.l.Call(func() { p.l.UnregisterFile(p.fd) })
+		unregister := func() { p.l.UnregisterFile(p.fd) }
+		if p.l.OnLoop() {
+			unregister()
+			continue
+		}
+		if err := p.l.Call(unregister); errors.Is(err, uring.ErrCallOnLoop) {
+			p.l.Post(unregister) // ErrClosed: the ring and its files are gone
+		}
 	}
+	var err error
 	if own {
-		fl.Close()
+		err = fl.Close()
 	}
-	return d.f.Close()
+	return errors.Join(err, d.f.Close())
 }
 
 // port is the device on one loop: its fixed-file index and the clones in
