@@ -134,6 +134,9 @@ func (d *Daemon) init(cfg Config) (err error) {
 		Log:     d.log.With().Str("component", "dm").Logger(),
 		Targets: d.targets,
 		Open:    d.opener(),
+		// A last close (an NBD connection's, on a loop) hands the
+		// removal to the registry's goroutine; the state goes then.
+		DeferredRemoved: d.deferredRemoved,
 	})
 	d.restore()
 	if fresh && !cfg.NoDemo {

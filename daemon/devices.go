@@ -171,14 +171,19 @@ func (d *Daemon) remove(ctx context.Context, name string, force, deferred bool) 
 	if err != nil {
 		return err
 	}
-	if err := dev.Remove(ctx, force, deferred); err != nil {
+	if deferred {
+		marked, err := dev.RemoveOrDefer(ctx, force)
+		if err != nil {
+			return err
+		}
+		if marked {
+			// It goes on last close; deferredRemoved forgets its
+			// state then.
+			d.devLog(name).Info().Int("open_count", dev.Info().OpenCount).Msg("device removal deferred to last close")
+			return nil
+		}
+	} else if err := dev.Remove(ctx, force, false); err != nil {
 		return err
-	}
-	if cur, err := d.reg.Get(name); err == nil && cur == dev {
-		// Deferred: it goes on last close. Forget its state then.
-		d.devLog(name).Info().Int("open_count", dev.Info().OpenCount).Msg("device removal deferred to last close")
-		d.watchDeferred(dev, name)
-		return nil
 	}
 	d.forget(dev, name, force)
 	return nil
@@ -196,28 +201,12 @@ func (d *Daemon) forget(dev *dm.Device, name string, force bool) {
 	d.devLog(name).Info().Bool("force", force).Msg("device removed")
 }
 
-// watchDeferred waits for a device marked for deferred removal to go,
-// then forgets its state.
-func (d *Daemon) watchDeferred(dev *dm.Device, name string) {
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		ev := dev.Event()
-		for {
-			if cur, err := d.reg.Get(name); err != nil || cur != dev {
-				d.forget(dev, name, false)
-				return
-			}
-			if !dev.Info().DeferredRemove {
-				return // cancelled (@cancel_deferred_remove)
-			}
-			n, err := dev.WaitEvent(d.base, ev)
-			if err != nil {
-				return
-			}
-			ev = n
-		}
-	}()
+// deferredRemoved forgets the state of a device that a last close
+// removed (dm.Config.DeferredRemoved: it runs on the registry's removal
+// goroutine, never on a loop, and before Registry.Wait returns, so a
+// shutdown that waited for the registry has deleted the state file).
+func (d *Daemon) deferredRemoved(dev *dm.Device) {
+	d.forget(dev, dev.Name(), false)
 }
 
 func (d *Daemon) message(ctx context.Context, name string, sector uint64, args []string) (string, error) {
