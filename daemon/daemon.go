@@ -26,9 +26,19 @@ import (
 // LoopArena is the registered buffer arena of each loop.
 const LoopArena = 64 << 20
 
-// ShutdownGrace bounds how long in-flight NBD requests get to finish at
-// shutdown before their connections are closed.
-const ShutdownGrace = 10 * time.Second
+// Shutdown bounds (see the package doc, "Shutdown").
+const (
+	// ShutdownGrace bounds how long NBD requests in flight get to finish
+	// at shutdown before their connections are closed.
+	ShutdownGrace = 10 * time.Second
+	// HeldGrace is how long I/O that can't finish by itself (held by a
+	// multipath map without a usable path, deferred on a suspended
+	// device) gets at shutdown before it is failed with EIO.
+	HeldGrace = 3 * time.Second
+	// FlushGrace bounds each device's flush at shutdown, and the wait for
+	// removals that last closes started.
+	FlushGrace = 5 * time.Second
+)
 
 // Daemon is a running udm: loops, the device registry, the NBD server,
 // the control API, metrics, and the state store that brings devices back
@@ -62,7 +72,7 @@ type Daemon struct {
 
 	saveMu sync.Mutex // serializes state snapshots and writes
 
-	wg sync.WaitGroup // serving goroutines and watchers
+	wg sync.WaitGroup // serving goroutines
 
 	closeOnce sync.Once
 }
@@ -248,8 +258,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return runErr
 }
 
-// shutdown stops everything in order; see Run.
+// shutdown stops everything in order; see Run and the package doc.
 func (d *Daemon) shutdown() {
+	start := time.Now()
 	d.log.Info().Msg("shutting down")
 	d.cancelBase() // ends long waits (udm wait)
 	ctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
@@ -260,43 +271,118 @@ func (d *Daemon) shutdown() {
 	if d.metSrv != nil {
 		d.metSrv.Shutdown(ctx)
 	}
+	// The state as last acknowledged, before failing held I/O changes
+	// what the tables say (queue_if_no_path).
+	d.saveAll()
+	held := false
 	if d.nbd != nil {
-		if err := d.nbd.Shutdown(ctx); err != nil {
+		done := make(chan error, 1)
+		go func() { done <- d.nbd.Shutdown(ctx) }()
+		var err error
+		select {
+		case err = <-done:
+		case <-time.After(HeldGrace):
+			held = true
+			d.endHeld()
+			err = <-done
+		}
+		if err != nil {
 			d.log.Warn().Err(err).Msg("NBD connections closed before their requests finished")
 		}
 	}
-	d.flushAll(ctx)
-	d.saveAll()
+	if !held {
+		d.endHeld() // a flush must not queue either
+	}
+	wctx, wcancel := context.WithTimeout(context.Background(), FlushGrace)
+	if err := d.reg.Wait(wctx); err != nil {
+		d.log.Warn().Err(err).Msg("deferred removals still under way at shutdown")
+	}
+	wcancel()
+	d.flushAll(FlushGrace)
 	d.mp.stop()
 	d.teardown()
-	d.log.Info().Msg("stopped")
+	d.log.Info().Dur("took", time.Since(start)).Msg("stopped")
 }
 
-// flushAll sends an empty flush to every live device, so that what was
-// written reaches stable storage. Suspended devices hold I/O (a flush
-// would wait for a resume) and are skipped; a flush still held when ctx
-// ends (a multipath device queueing with no path) is abandoned.
-func (d *Daemon) flushAll(ctx context.Context) {
+// endHeld fails, with EIO, the I/O that nothing but the daemon could
+// complete once it has stopped: multipath maps stop queueing (the
+// fail_if_no_path message: what they hold for want of a path fails, as
+// the kernel's map does on removal and as multipathd has it done when it
+// stops, queue_without_daemon no), and suspended devices end what is
+// deferred on them. The saved state is not changed: at restart the maps
+// queue again and the devices come back suspended.
+func (d *Daemon) endHeld() {
+	for _, name := range d.reg.List() {
+		dev, err := d.reg.Get(name)
+		if err != nil {
+			continue
+		}
+		if dev.Suspended() {
+			if n := dev.EndDeferred(); n > 0 {
+				d.devLog(name).Warn().Int("failed", n).Msg("I/O deferred on a suspended device failed at shutdown")
+			}
+			continue
+		}
+		lines, _ := dev.Table(false)
+		for _, l := range lines {
+			tl, err := dm.ParseTableLine(l)
+			if err != nil || tl.Type != "multipath" {
+				continue
+			}
+			queued := 0
+			if d.mp.checker != nil {
+				if t, ok := d.mp.checker.Map(name); ok {
+					queued = t.MapStatus().Queued
+				}
+			}
+			if _, err := dev.Message(context.Background(), tl.Start, []string{"fail_if_no_path"}); err != nil {
+				d.devLog(name).Debug().Err(err).Msg("queueing not turned off at shutdown")
+				continue
+			}
+			if queued > 0 {
+				d.devLog(name).Warn().Int("failed", queued).Msg("I/O queued for want of a path failed at shutdown")
+			}
+		}
+	}
+}
+
+// flushAll sends an empty flush to every live device, all at once, so
+// that what was written reaches stable storage; each gets up to grace.
+// Suspended devices hold I/O (a flush would wait for a resume) and are
+// skipped; a flush still running after grace is abandoned and reported.
+func (d *Daemon) flushAll(grace time.Duration) {
+	var wg sync.WaitGroup
 	for _, name := range d.reg.List() {
 		dev, err := d.reg.Get(name)
 		if err != nil || dev.Suspended() || dev.Size() == 0 {
 			continue
 		}
-		done := make(chan error, 1)
-		b := &dm.Bio{Op: dm.OpFlush, BufIndex: -1}
-		b.End = dm.EndioFunc(func(_ *dm.Bio, err error) { done <- err })
-		dev.Submit(b)
-		select {
-		case err := <-done:
-			if err != nil {
-				d.log.Warn().Err(err).Str("dev", name).Msg("flush at shutdown failed")
-			} else {
-				d.log.Debug().Str("dev", name).Msg("flushed at shutdown")
-			}
-		case <-ctx.Done():
-			b.Cancel()
-			d.log.Warn().Str("dev", name).Msg("flush at shutdown did not finish")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.flushOne(name, dev, grace)
+		}()
+	}
+	wg.Wait()
+}
+
+func (d *Daemon) flushOne(name string, dev *dm.Device, grace time.Duration) {
+	done := make(chan error, 1)
+	b := &dm.Bio{Op: dm.OpFlush, BufIndex: -1}
+	b.End = dm.EndioFunc(func(_ *dm.Bio, err error) { done <- err })
+	dev.Submit(b)
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			d.log.Warn().Err(err).Str("dev", name).Msg("flush at shutdown failed")
+		} else {
+			d.log.Debug().Str("dev", name).Msg("flushed at shutdown")
 		}
+	case <-timer.C:
+		b.Cancel()
+		d.log.Warn().Str("dev", name).Dur("waited", grace).Msg("flush at shutdown did not finish")
 	}
 }
 

@@ -17,10 +17,41 @@
 // # Shutdown
 //
 // On the first SIGTERM or SIGINT (cmd/udm turns them into a cancelled
-// context for Run) the listeners stop, NBD connections get replies for
-// the requests they have in flight, every device gets an empty flush,
-// the state is saved and the loops close. cmd/udm exits at once on a
-// second signal.
+// context for Run), in order:
+//
+//  1. the control and metrics servers stop (requests under way get up
+//     to ShutdownGrace) and every device's state is saved: what comes
+//     back at restart is what was last acknowledged, before the steps
+//     below change anything;
+//  2. the NBD listeners close and connections take no new requests;
+//     those in flight get replies as they finish, for up to
+//     ShutdownGrace, after which the connections are closed without
+//     the replies still due;
+//  3. I/O that only the daemon could ever complete is failed with EIO
+//     once it has been held HeldGrace (or at once, if the NBD requests
+//     were done first): every multipath map stops queueing (the
+//     fail_if_no_path message), so what a map without a usable path
+//     holds fails, and suspended devices end what is deferred on them.
+//     That is what the kernel does with such I/O when the device is
+//     removed (and what multipathd has it do when multipathd stops,
+//     queue_without_daemon no): once the daemon is gone no path can come
+//     back and no resume can come, so the I/O would never end, and a
+//     client that gets EIO knows the write did not happen, where a
+//     closed connection leaves it guessing. The saved state keeps
+//     queue_if_no_path and the suspension: at restart the maps queue
+//     again and the devices come back suspended;
+//  4. removals that last closes started (deferred removals, whose
+//     connections just closed) finish, for up to FlushGrace, deleting
+//     their state;
+//  5. every live device gets an empty flush, all at once, each bounded
+//     by FlushGrace; a flush that fails (a map with no path: EIO) or
+//     does not finish is logged for that device only;
+//  6. the path checker and the loops stop.
+//
+// A shutdown therefore takes at most about HeldGrace when I/O is held,
+// and its bounds added up otherwise (I/O stuck in a device below with no
+// deadline is the exception: its connection waits for it to end). cmd/udm
+// exits at once on a second signal.
 //
 // # Lock order
 //

@@ -410,15 +410,19 @@ func TestShutdown(t *testing.T) {
 		t.Run("graceful-"+unix.SignalName(sig), func(t *testing.T) { testGracefulShutdown(t, sig) })
 	}
 	t.Run("second-signal", func(t *testing.T) {
-		u := startUDM(t, t.TempDir(), "--no-demo")
+		u := startUDM(t, t.TempDir(), "--no-demo", "--metrics", "127.0.0.1:0")
 		dir := shmDir(t)
 		a := backing(t, dir, "a", 8<<20)
-		u.ok("create", "mp", "--table", "0 16384 multipath 1 queue_if_no_path 0 1 1 round-robin 0 1 1 "+a+" 1")
-		u.ok("fail", "path", a)
-		cl := dialNBD(t, u.nbdURI("mp"))
+		// A write held for ten minutes below the device: not I/O that
+		// shutdown fails (that is what a map without a path queues, or
+		// a suspended device defers), it just doesn't finish.
+		u.ok("create", "slow", "--table", "0 16384 delay "+a+" 0 600000")
+		cl := dialNBD(t, u.nbdURI("slow"))
 		held := make(chan error, 1)
 		go func() { held <- cl.WriteAt(context.Background(), make([]byte, 4096), 0, false) }()
-		eventually(t, "the write to queue", func() bool { return strings.Contains(u.ok("show", "maps"), "mp") && queued(u.ok("show", "topology")) })
+		eventually(t, "the write to be held", func() bool {
+			return scrape(t, u.info.Metrics, `udm_device_inflight{device="slow"}`) == 1
+		})
 		u.cmd.Process.Signal(syscall.SIGTERM)
 		eventually(t, "shutdown to start", func() bool { return strings.Contains(u.stderr.String(), `"message":"shutting down"`) })
 		// The held write keeps the NBD shutdown waiting; a second

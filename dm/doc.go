@@ -73,6 +73,27 @@
 // ...) run under sema only; messages under tableMu (read). Tables are
 // built and destroyed with no device lock held.
 //
+// # What may run on a loop
+//
+// A loop runs every completion and posted function of its connections
+// and devices inline, so nothing there may wait: not for I/O, not for a
+// lock held across I/O, not for a loop (uring refuses Call and Close on
+// a loop's thread with uring.ErrCallOnLoop). These are called on loops
+// and never block: Device.Submit, Clone.End and Clone.Finish, a bio's
+// Endio, a target's Map and EndIO, Device.Open and Device.Close (a last
+// Close that removes the device hands the removal to a goroutine; see
+// Close), TriggerEvent, EndDeferred, and the readers (Info, Stats, Size,
+// Table, Status). They take only leaf locks held for a few instructions
+// (defMu, pushMu, eventMu, Device.mu, a target's own). Never on a loop:
+// Suspend, Resume, Remove and RemoveOrDefer (they wait for I/O to drain),
+// Load, LoadLines and Clear (they build and destroy tables, which open
+// and close devices: a file device's Close waits for the loops it is
+// registered on), Message (a target may act on its devices), SubmitWait,
+// WaitEvent, WaitRemoval, Registry.Create, Registry.Remove,
+// Registry.RemoveAll and Registry.Wait. Work a loop needs from these goes
+// to a goroutine whose owner waits for it, as the removal a last Close
+// starts goes to the registry's (Registry.Wait).
+//
 // # Concurrency of the fast path
 //
 // Submit and the completion path take no mutex that unrelated I/O also

@@ -31,6 +31,18 @@
 //   - Close cancels what is in flight and returns once every operation has
 //     completed through its handler, exactly once.
 //
+// A loop never blocks: a handler, a posted function or a Flusher runs on
+// the loop's thread, and while it waits, nothing else on that loop runs
+// (every connection and device it serves stops). So on a loop's thread,
+// nothing may wait for a loop — its own, which would never return, nor
+// another, which stops this one meanwhile and deadlocks if that one waits
+// back — nor for I/O, nor for a lock that is held across I/O or across
+// such a wait. Call and Close, the methods that wait for a loop, refuse
+// at once on any loop's thread with ErrCallOnLoop, naming the caller;
+// Post never waits and is the way for a loop to ask another loop for
+// work (and to be posted the answer). Work that must block (closing a
+// device, removing one) goes to a goroutine whose owner waits for it.
+//
 // Block-device helpers open files and block devices with O_DIRECT and read
 // their size, logical block size and read-only state.
 package uring
