@@ -48,10 +48,10 @@
 //     does not finish is logged for that device only;
 //  6. the path checker and the loops stop.
 //
-// A shutdown therefore takes at most about HeldGrace when I/O is held,
-// and its bounds added up otherwise (I/O stuck in a device below with no
-// deadline is the exception: its connection waits for it to end). cmd/udm
-// exits at once on a second signal.
+// Every step is bounded, so a shutdown is too; one whose only unfinished
+// I/O is held takes about HeldGrace. The exception is I/O stuck in a
+// device below that has no deadline: its connection waits for it to
+// end. cmd/udm exits at once on a second signal.
 //
 // # Lock order
 //

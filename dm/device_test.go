@@ -483,6 +483,44 @@ func TestEndDeferred(t *testing.T) {
 	mustErrno(t, "read after resume", r.wait(t), 0)
 }
 
+// RemoveOrDefer says whether it removed the device or marked it; the
+// last Close of a marked standalone device removes it on a goroutine of
+// the device's, which WaitRemoval waits for.
+func TestRemoveOrDeferStandalone(t *testing.T) {
+	a := NewMemDevice("a", MiB)
+	d := newDev(t, nil, "0 8 linear a 0", a)
+	if err := d.Open(); err != nil {
+		t.Fatal(err)
+	}
+	if marked, err := d.RemoveOrDefer(bg(), false); err != nil || !marked {
+		t.Fatalf("open device: marked %v, %v", marked, err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WaitRemoval(bg()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.Removed():
+	default:
+		t.Fatal("not removed after the last close")
+	}
+	if i := d.Info(); i.Live || i.DeferredRemove {
+		t.Fatalf("after the deferred removal: %+v", i)
+	}
+
+	e := newDev(t, nil, "0 8 linear a 0", a)
+	if marked, err := e.RemoveOrDefer(bg(), false); err != nil || marked {
+		t.Fatalf("closed device: marked %v, %v", marked, err)
+	}
+	select {
+	case <-e.Removed():
+	default:
+		t.Fatal("not removed at once")
+	}
+}
+
 func TestEvents(t *testing.T) {
 	d := NewDevice(DeviceConfig{Name: "ev"})
 	n := d.Event()
