@@ -32,6 +32,11 @@ func onLoopThread() *Loop {
 	return nil
 }
 
+// OnLoopThread reports whether the caller runs on a loop's thread (any
+// loop's): code that would wait for I/O or for a loop checks it to refuse
+// instead, as Call does. It costs a system call.
+func OnLoopThread() bool { return onLoopThread() != nil }
+
 // refuseOnLoop returns ErrCallOnLoop, naming what was called, on which
 // loop, for which loop and where from (the caller of the exported method
 // that calls refuseOnLoop), if the caller runs on a loop's thread; nil

@@ -269,10 +269,14 @@ func (d *Device) newPort(l *uring.Loop) (*port, error) {
 }
 
 // Check is the directio path checker: an O_DIRECT read of one logical
-// block at offset 0, bounded by timeout.
+// block at offset 0, bounded by timeout. It waits for the fallback loop,
+// so on a loop's thread it refuses at once (uring.ErrCallOnLoop).
 func (d *Device) Check(ctx context.Context, timeout time.Duration) error {
 	if d.gone.Load() {
 		return ErrGone
+	}
+	if uring.OnLoopThread() {
+		return fmt.Errorf("filedev: check %s: %w", d.name, uring.ErrCallOnLoop)
 	}
 	l, err := d.fallbackLoop()
 	if err != nil {

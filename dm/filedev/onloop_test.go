@@ -2,6 +2,7 @@ package filedev
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -157,5 +158,24 @@ func TestCloseOnALoop(t *testing.T) {
 				t.Fatalf("%d of 256 fixed-file slots free after Close", len(slots))
 			}
 		})
+	}
+}
+
+// The path check waits for a loop: on a loop's thread it refuses at once,
+// and off it it works.
+func TestCheckOnALoopRefuses(t *testing.T) {
+	l := newLoop(t, 0)
+	d, err := Open(testutil.TempFile(t, 1<<20), Options{Fallback: l, Mode: ModeUring})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	var cerr error
+	onLoopWithin(t, l, "Check", func() { cerr = d.Check(context.Background(), time.Second) })
+	if !errors.Is(cerr, uring.ErrCallOnLoop) {
+		t.Fatalf("Check on the loop: %v, want ErrCallOnLoop", cerr)
+	}
+	if err := d.Check(context.Background(), bound); err != nil {
+		t.Fatalf("Check off the loop: %v", err)
 	}
 }
