@@ -117,6 +117,9 @@ const (
 	// hookDefer: Submit saw BLOCK_IO and is about to take the deferred
 	// lock.
 	hookDefer
+	// hookDeferredRemoval: the removal a last Close started is about to
+	// run.
+	hookDeferredRemoval
 )
 
 func (d *Device) hookAt(p hookPoint) {
@@ -560,7 +563,8 @@ func (d *Device) Close() error {
 // deferredRemoval removes a device marked for deferred removal after its
 // last Close (see Close).
 func (d *Device) deferredRemoval() {
-	marked, err := d.RemoveOrDefer(context.Background(), false)
+	d.hookAt(hookDeferredRemoval)
+	res, err := d.remove(context.Background(), false, true, true)
 	switch {
 	case errors.Is(err, ErrRemoved):
 		// Another last Close's goroutine, or a forced Remove, was first.
@@ -572,7 +576,7 @@ func (d *Device) deferredRemoval() {
 		}
 		d.mu.Unlock()
 		d.log.Error().Err(err).Msg("deferred removal failed")
-	case !marked && d.reg != nil && d.reg.onDeferredRemove != nil:
+	case res == removedNow && d.reg != nil && d.reg.onDeferredRemove != nil:
 		d.reg.onDeferredRemove(d)
 	}
 }
@@ -587,7 +591,7 @@ func (d *Device) Removed() <-chan struct{} { return d.removed }
 // I/O, and the device is removed under its users) or deferred (marked, and
 // removed on last Close; returns nil). A device in a registry leaves it.
 func (d *Device) Remove(ctx context.Context, force, deferred bool) error {
-	_, err := d.remove(ctx, force, deferred)
+	_, err := d.remove(ctx, force, deferred, false)
 	return err
 }
 
@@ -595,24 +599,42 @@ func (d *Device) Remove(ctx context.Context, force, deferred bool) error {
 // happened: marked is true if the device was open and is now marked for
 // removal on its last Close, false if it was removed.
 func (d *Device) RemoveOrDefer(ctx context.Context, force bool) (marked bool, err error) {
-	return d.remove(ctx, force, true)
+	res, err := d.remove(ctx, force, true, false)
+	return res == markedDeferred, err
 }
 
-func (d *Device) remove(ctx context.Context, force, deferred bool) (marked bool, err error) {
+// What remove did.
+type removeResult int
+
+const (
+	removedNow     removeResult = iota
+	markedDeferred              // open: marked for removal on last Close
+	notMarked                   // onlyMarked, and the mark was cancelled
+)
+
+// remove is Remove; with onlyMarked (the removal a last Close started) it
+// does nothing unless the device is still marked for deferred removal,
+// as the kernel's deferred-remove work skips devices whose mark was
+// cancelled meanwhile.
+func (d *Device) remove(ctx context.Context, force, deferred, onlyMarked bool) (removeResult, error) {
 	d.mu.Lock()
 	if d.mu.removing {
 		d.mu.Unlock()
-		return false, ErrRemoved
+		return removedNow, ErrRemoved
+	}
+	if onlyMarked && !d.mu.deferredRemove {
+		d.mu.Unlock()
+		return notMarked, nil
 	}
 	if d.mu.open > 0 && !force {
 		if deferred {
 			d.mu.deferredRemove = true
 			d.mu.Unlock()
 			d.TriggerEvent() // Info changed: wake watchers
-			return true, nil
+			return markedDeferred, nil
 		}
 		d.mu.Unlock()
-		return false, ErrBusy
+		return removedNow, ErrBusy
 	}
 	d.mu.removing = true
 	d.mu.deferredRemove = false
@@ -621,14 +643,14 @@ func (d *Device) remove(ctx context.Context, force, deferred bool) (marked bool,
 		d.mu.Lock()
 		d.mu.removing = false
 		d.mu.Unlock()
-		return false, err
+		return removedNow, err
 	}
 	if d.reg != nil {
 		d.reg.forget(d)
 	}
 	close(d.removed)
 	d.log.Debug().Bool("force", force).Msg("removed")
-	return false, nil
+	return removedNow, nil
 }
 
 // CancelDeferredRemove clears a deferred removal (the kernel's

@@ -521,6 +521,74 @@ func TestRemoveOrDeferStandalone(t *testing.T) {
 	}
 }
 
+// A deferred removal cancelled between the last Close and the removal's
+// goroutine running leaves the device alone, as does one whose device
+// was opened again meanwhile (it stays marked, and the next last Close
+// removes it).
+func TestDeferredRemovalRechecksTheMark(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		between func(t *testing.T, d *Device)
+		marked  bool
+	}{
+		{"cancelled", func(t *testing.T, d *Device) {
+			if err := d.CancelDeferredRemove(); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+		{"opened again", func(t *testing.T, d *Device) {
+			if err := d.Open(); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := NewMemDevice("a", MiB)
+			d := newDev(t, nil, "0 8 linear a 0", a)
+			gate, reached := make(chan struct{}), make(chan struct{})
+			d.setHook(func(p hookPoint) {
+				if p == hookDeferredRemoval {
+					close(reached)
+					<-gate
+				}
+			})
+			if err := d.Open(); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Remove(bg(), false, true); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			<-reached
+			tc.between(t, d)
+			close(gate)
+			if err := d.WaitRemoval(bg()); err != nil {
+				t.Fatal(err)
+			}
+			if i := d.Info(); !i.Live || i.DeferredRemove != tc.marked {
+				t.Fatalf("after the removal's goroutine: %+v", i)
+			}
+			if !tc.marked {
+				return
+			}
+			d.setHook(nil)
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.WaitRemoval(bg()); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-d.Removed():
+			default:
+				t.Fatal("the next last close did not remove it")
+			}
+		})
+	}
+}
+
 func TestEvents(t *testing.T) {
 	d := NewDevice(DeviceConfig{Name: "ev"})
 	n := d.Event()
