@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"udm/daemon/api"
 	"udm/dm"
 )
 
@@ -21,68 +22,7 @@ import (
 // of endpoints). Replies are JSON; errors are {"error": "...", "errno":
 // "EBUSY"} with an HTTP status that fits the errno.
 
-// APIVersion prefixes every path.
-const APIVersion = "/v1"
-
-// ErrorReply is the body of every error reply.
-type ErrorReply struct {
-	Error string `json:"error"`
-	Errno string `json:"errno,omitempty"`
-}
-
-// DaemonInfo answers GET /v1/daemon.
-type DaemonInfo struct {
-	PID      int    `json:"pid"`
-	StateDir string `json:"state_dir"`
-	Loops    int    `json:"loops"`
-	Started  string `json:"started"`
-	Addrs
-}
-
-// TableReply carries table or status lines.
-type TableReply struct {
-	Lines []string `json:"lines"`
-}
-
-// TableRequest carries a table (load) — in the kernel's syntax, one
-// target per line.
-type TableRequest struct {
-	Table string `json:"table"`
-}
-
-// SuspendRequest is the body of suspend and resume.
-type SuspendRequest struct {
-	NoFlush bool `json:"noflush,omitempty"`
-}
-
-// MessageRequest is a target message.
-type MessageRequest struct {
-	Sector uint64   `json:"sector"`
-	Args   []string `json:"args"`
-}
-
-// MessageReply is a target's answer (often empty).
-type MessageReply struct {
-	Reply string `json:"reply"`
-}
-
-// WaitReply is the event number after a wait.
-type WaitReply struct {
-	Event uint32 `json:"event"`
-}
-
-// TargetInfo is one target type (udm targets).
-type TargetInfo struct {
-	Name    string `json:"name"`
-	Version [3]int `json:"version"`
-}
-
-// PathRequest names a path for fail and reinstate.
-type PathRequest struct {
-	Path string `json:"path"`
-}
-
-func (d *Daemon) api() http.Handler {
+func (d *Daemon) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	h := func(pattern string, f func(r *http.Request) (any, error)) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
@@ -94,13 +34,13 @@ func (d *Daemon) api() http.Handler {
 			writeJSON(w, http.StatusOK, v)
 		})
 	}
-	p := APIVersion
+	p := api.APIVersion
 	h("GET "+p+"/daemon", func(r *http.Request) (any, error) {
-		return DaemonInfo{PID: os.Getpid(), StateDir: d.cfg.StateDir, Loops: len(d.loops),
+		return api.DaemonInfo{PID: os.Getpid(), StateDir: d.cfg.StateDir, Loops: len(d.loops),
 			Started: d.started.UTC().Format("2006-01-02T15:04:05Z"), Addrs: d.Addrs()}, nil
 	})
 	h("GET "+p+"/devices", func(r *http.Request) (any, error) {
-		out := []DeviceInfo{}
+		out := []api.DeviceInfo{}
 		for _, n := range d.reg.List() {
 			if dev, err := d.reg.Get(n); err == nil {
 				out = append(out, infoOf(dev))
@@ -109,7 +49,7 @@ func (d *Daemon) api() http.Handler {
 		return out, nil
 	})
 	h("POST "+p+"/devices", func(r *http.Request) (any, error) {
-		var req CreateRequest
+		var req api.CreateRequest
 		if err := readJSON(r, &req); err != nil {
 			return nil, err
 		}
@@ -136,10 +76,10 @@ func (d *Daemon) api() http.Handler {
 			return nil, err
 		}
 		lines, err := dev.Table(boolParam(r.URL.Query().Get("inactive")))
-		return TableReply{Lines: nonNil(lines)}, err
+		return api.TableReply{Lines: nonNil(lines)}, err
 	})
 	h("PUT "+p+"/devices/{name}/table", func(r *http.Request) (any, error) {
-		var req TableRequest
+		var req api.TableRequest
 		if err := readJSON(r, &req); err != nil {
 			return nil, err
 		}
@@ -154,29 +94,29 @@ func (d *Daemon) api() http.Handler {
 			return nil, err
 		}
 		lines, err := dev.Status()
-		return TableReply{Lines: nonNil(lines)}, err
+		return api.TableReply{Lines: nonNil(lines)}, err
 	})
 	h("POST "+p+"/devices/{name}/suspend", func(r *http.Request) (any, error) {
-		var req SuspendRequest
+		var req api.SuspendRequest
 		if err := readJSON(r, &req); err != nil {
 			return nil, err
 		}
 		return d.suspend(r.Context(), r.PathValue("name"), req.NoFlush)
 	})
 	h("POST "+p+"/devices/{name}/resume", func(r *http.Request) (any, error) {
-		var req SuspendRequest
+		var req api.SuspendRequest
 		if err := readJSON(r, &req); err != nil {
 			return nil, err
 		}
 		return d.resume(r.Context(), r.PathValue("name"), req.NoFlush)
 	})
 	h("POST "+p+"/devices/{name}/message", func(r *http.Request) (any, error) {
-		var req MessageRequest
+		var req api.MessageRequest
 		if err := readJSON(r, &req); err != nil {
 			return nil, err
 		}
 		reply, err := d.message(r.Context(), r.PathValue("name"), req.Sector, req.Args)
-		return MessageReply{Reply: reply}, err
+		return api.MessageReply{Reply: reply}, err
 	})
 	h("GET "+p+"/devices/{name}/wait", func(r *http.Request) (any, error) {
 		dev, err := d.reg.Get(r.PathValue("name"))
@@ -195,12 +135,12 @@ func (d *Daemon) api() http.Handler {
 		if err != nil {
 			return nil, fmt.Errorf("wait interrupted: %w", syscall.EINTR)
 		}
-		return WaitReply{Event: n}, nil
+		return api.WaitReply{Event: n}, nil
 	})
 	h("GET "+p+"/targets", func(r *http.Request) (any, error) {
-		out := []TargetInfo{}
+		out := []api.TargetInfo{}
 		for _, t := range d.targets.Types() {
-			out = append(out, TargetInfo{Name: t.Name, Version: t.Version})
+			out = append(out, api.TargetInfo{Name: t.Name, Version: t.Version})
 		}
 		return out, nil
 	})
@@ -269,7 +209,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status, errno, msg := describe(err, r.PathValue("name"))
-	rep := ErrorReply{Error: msg}
+	rep := api.ErrorReply{Error: msg}
 	if errno != 0 {
 		rep.Errno = unix.ErrnoName(errno)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"udm/daemon"
+	"udm/daemon/api"
 )
 
 // A device removed with --deferred while an NBD client holds it goes
@@ -175,7 +176,7 @@ func TestDeviceSizeLimits(t *testing.T) {
 	const largest = 1<<54 - 1
 	u.ok("create", "big", "--table", fmt.Sprintf("0 %d zero", largest))
 	want := int64(largest) * 512
-	info, err := daemon.NewClient(u.sock).Info(context.Background(), "big")
+	info, err := api.NewClient(u.sock).Info(context.Background(), "big")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"udm/daemon/api"
 	"udm/dm"
 	"udm/dm/filedev"
 	"udm/nbd/client"
@@ -77,15 +78,6 @@ type Daemon struct {
 	closeOnce sync.Once
 }
 
-// Addrs are where a daemon listens (bound addresses: a port 0 in the
-// configuration is resolved).
-type Addrs struct {
-	Control string `json:"control"`
-	NBD     string `json:"nbd,omitempty"`
-	NBDUnix string `json:"nbd_unix,omitempty"`
-	Metrics string `json:"metrics,omitempty"`
-}
-
 // New starts a daemon: it takes the state dir's lock, binds the control
 // socket (refusing if another daemon answers there), starts the loops,
 // brings back the devices of the state dir (or makes the demo on a fresh
@@ -104,7 +96,7 @@ func (d *Daemon) init(cfg Config) (err error) {
 		return errors.New("daemon: state dir and control socket are required")
 	}
 	if cfg.Loops <= 0 {
-		cfg.Loops = Defaults(cfg.StateDir).Loops
+		cfg.Loops = api.Defaults(cfg.StateDir).Loops
 	}
 	if cfg.Out == nil {
 		cfg.Out = io.Discard
@@ -193,8 +185,8 @@ func (d *Daemon) opener() dm.Opener {
 func (d *Daemon) Registry() *dm.Registry { return d.reg }
 
 // Addrs reports where the daemon listens.
-func (d *Daemon) Addrs() Addrs {
-	a := Addrs{Control: d.cfg.Control}
+func (d *Daemon) Addrs() api.Addrs {
+	a := api.Addrs{Control: d.cfg.Control}
 	if d.nbdLn != nil {
 		a.NBD = d.nbdLn.Addr().String()
 	}
@@ -213,7 +205,7 @@ func (d *Daemon) Addrs() Addrs {
 // and the loops are closed. It returns nil after a clean shutdown.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.ctlSrv = &http.Server{
-		Handler:           d.api(),
+		Handler:           d.apiHandler(),
 		BaseContext:       func(net.Listener) context.Context { return d.base },
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          stdLogger(d.log, "control"),

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"udm/daemon/api"
 )
 
 // The built-in demo: a 1 GiB multipath device "demo" whose two paths are
@@ -44,7 +46,7 @@ func (d *Daemon) createDemo() error {
 	if err := os.Link(p0, p1); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("demo: second path: %w", err)
 	}
-	if _, err := d.create(context.Background(), CreateRequest{Name: DemoName, Table: DemoTable(p0, p1)}); err != nil {
+	if _, err := d.create(context.Background(), api.CreateRequest{Name: DemoName, Table: DemoTable(p0, p1)}); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
 	return nil
@@ -61,7 +63,7 @@ func DemoHelp(uri, control string) string {
 	fmt.Fprintf(&b, "  qemu-io -f raw -c 'write -P 0x5a 0 1M' -c 'read -P 0x5a 0 1M' %s\n", uri)
 	fmt.Fprintf(&b, "  nbdinfo %s\n", uri)
 	udm := "udm"
-	if control != Defaults("").Control {
+	if control != api.Defaults("").Control {
 		udm = "UDM_SOCKET=" + control + " udm"
 	}
 	fmt.Fprintf(&b, "  %s show topology; %s status demo\n", udm, udm)

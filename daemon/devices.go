@@ -9,41 +9,18 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"udm/daemon/api"
 	"udm/dm"
 )
 
 // The operations behind the control API. Each changes a device through
 // the dm registry, logs one line, and saves the device's state.
 
-// DeviceInfo is a device as `udm info` shows it.
-type DeviceInfo struct {
-	Name           string `json:"name"`
-	UUID           string `json:"uuid,omitempty"`
-	State          string `json:"state"` // ACTIVE or SUSPENDED
-	Suspended      bool   `json:"suspended"`
-	ReadOnly       bool   `json:"read_only"`
-	Live           bool   `json:"live_table"`
-	Inactive       bool   `json:"inactive_table"`
-	OpenCount      int    `json:"open_count"`
-	EventNr        uint32 `json:"event_nr"`
-	Targets        int    `json:"targets"`
-	DeferredRemove bool   `json:"deferred_remove,omitempty"`
-	Size           int64  `json:"size"` // bytes
-}
-
-func infoOf(dev *dm.Device) DeviceInfo {
+func infoOf(dev *dm.Device) api.DeviceInfo {
 	i := dev.Info()
-	return DeviceInfo{Name: i.Name, UUID: i.UUID, State: i.State(), Suspended: i.Suspended, ReadOnly: i.ReadOnly,
+	return api.DeviceInfo{Name: i.Name, UUID: i.UUID, State: i.State(), Suspended: i.Suspended, ReadOnly: i.ReadOnly,
 		Live: i.Live, Inactive: i.Inactive, OpenCount: i.OpenCount, EventNr: i.EventNr, Targets: i.NumTargets,
 		DeferredRemove: i.DeferredRemove, Size: dev.Size()}
-}
-
-// CreateRequest creates a device (udm create).
-type CreateRequest struct {
-	Name     string `json:"name"`
-	UUID     string `json:"uuid,omitempty"`
-	Table    string `json:"table"`
-	ReadOnly bool   `json:"read_only,omitempty"`
 }
 
 func (d *Daemon) devLog(name string) *zerolog.Logger {
@@ -52,14 +29,14 @@ func (d *Daemon) devLog(name string) *zerolog.Logger {
 }
 
 // create makes a device, loads its table and resumes it.
-func (d *Daemon) create(ctx context.Context, req CreateRequest) (DeviceInfo, error) {
+func (d *Daemon) create(ctx context.Context, req api.CreateRequest) (api.DeviceInfo, error) {
 	lines, err := dm.ParseTable(req.Table)
 	if err != nil {
-		return DeviceInfo{}, err
+		return api.DeviceInfo{}, err
 	}
 	dev, err := d.reg.Create(ctx, req.Name, req.UUID, "")
 	if err != nil {
-		return DeviceInfo{}, err
+		return api.DeviceInfo{}, err
 	}
 	if req.ReadOnly {
 		dev.SetReadOnly(true)
@@ -73,7 +50,7 @@ func (d *Daemon) create(ctx context.Context, req CreateRequest) (DeviceInfo, err
 			if rerr := dev.Remove(context.Background(), true, false); rerr != nil {
 				d.log.Error().Err(rerr).Str("dev", req.Name).Msg("remove after failed create")
 			}
-			return DeviceInfo{}, err
+			return api.DeviceInfo{}, err
 		}
 	}
 	ev := d.devLog(req.Name).Info()
@@ -114,14 +91,14 @@ func (d *Daemon) clear(name string) error {
 	return nil
 }
 
-func (d *Daemon) suspend(ctx context.Context, name string, noflush bool) (DeviceInfo, error) {
+func (d *Daemon) suspend(ctx context.Context, name string, noflush bool) (api.DeviceInfo, error) {
 	dev, err := d.reg.Get(name)
 	if err != nil {
-		return DeviceInfo{}, err
+		return api.DeviceInfo{}, err
 	}
 	was := dev.Suspended()
 	if err := dev.Suspend(ctx, noflush); err != nil {
-		return DeviceInfo{}, err
+		return api.DeviceInfo{}, err
 	}
 	if !was {
 		s := dev.Stats()
@@ -131,10 +108,10 @@ func (d *Daemon) suspend(ctx context.Context, name string, noflush bool) (Device
 	return infoOf(dev), nil
 }
 
-func (d *Daemon) resume(ctx context.Context, name string, noflush bool) (DeviceInfo, error) {
+func (d *Daemon) resume(ctx context.Context, name string, noflush bool) (api.DeviceInfo, error) {
 	dev, err := d.reg.Get(name)
 	if err != nil {
-		return DeviceInfo{}, err
+		return api.DeviceInfo{}, err
 	}
 	before := dev.Info()
 	var old []string
@@ -155,7 +132,7 @@ func (d *Daemon) resume(ctx context.Context, name string, noflush bool) (DeviceI
 	}
 	if err != nil {
 		d.save(dev)
-		return DeviceInfo{}, err
+		return api.DeviceInfo{}, err
 	}
 	if before.Suspended || (before.Inactive && !after.Suspended) {
 		d.devLog(name).Info().Int64("reissued", deferred).Msg("device resumed")

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"udm/daemon"
+	"udm/daemon/api"
 	"udm/internal/testutil"
 )
 
@@ -61,7 +61,7 @@ type udmd struct {
 	stderr   *syncBuf
 	done     chan struct{}
 	waitErr  error
-	info     daemon.DaemonInfo
+	info     api.DaemonInfo
 }
 
 // sockDir returns a short directory for Unix sockets (their paths are
@@ -115,7 +115,7 @@ func (u *udmd) start() {
 		u.waitErr = u.cmd.Wait()
 		close(u.done)
 	}()
-	c := daemon.NewClient(u.sock)
+	c := api.NewClient(u.sock)
 	deadline := time.Now().Add(safety)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

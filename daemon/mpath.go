@@ -7,101 +7,13 @@ import (
 	"sort"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"udm/daemon/api"
 	"udm/dm"
 	"udm/multipath"
 )
-
-// CheckerSettings are a multipath device's path checker settings, as
-// multipathd's multipaths section has them. Empty fields take the
-// defaults. They are kept in the device's state file.
-type CheckerSettings struct {
-	// PollingInterval is how often a path is checked (Go duration: "5s",
-	// from 50ms to 24h; "off": not checked).
-	PollingInterval string `json:"polling_interval,omitempty"`
-	// MaxPollingInterval bounds the interval, which doubles while a path
-	// stays healthy.
-	MaxPollingInterval string `json:"max_polling_interval,omitempty"`
-	// CheckTimeout bounds one check.
-	CheckTimeout string `json:"check_timeout,omitempty"`
-	// NoPathRetry: fail, queue, or a number of polling intervals to
-	// queue for once no path is left.
-	NoPathRetry string `json:"no_path_retry,omitempty"`
-	// Failback: manual, immediate, followover, or a number of seconds.
-	Failback string `json:"failback,omitempty"`
-	// IODeadline bounds each I/O on a path; a path that holds one longer
-	// is failed and the I/O retried elsewhere ("-1s": none).
-	IODeadline string `json:"io_deadline,omitempty"`
-}
-
-// MapConfig parses the settings. Durations out of the checker's bounds
-// are refused (multipath.ParsePollingInterval); polling_interval=off
-// turns the map's checker off.
-func (s CheckerSettings) MapConfig() (multipath.MapConfig, error) {
-	var c multipath.MapConfig
-	dur := func(what, v string, parse func(string) (time.Duration, error), to *time.Duration) error {
-		d, err := parse(v)
-		if err != nil {
-			return fmt.Errorf("bad %s %q: %w", what, v, err)
-		}
-		*to = d
-		return nil
-	}
-	if err := dur("polling_interval", s.PollingInterval, multipath.ParsePollingInterval, &c.PollingInterval); err != nil {
-		return c, err
-	}
-	if err := dur("max_polling_interval", s.MaxPollingInterval, multipath.ParseMaxPollingInterval, &c.MaxPollingInterval); err != nil {
-		return c, err
-	}
-	if err := dur("check_timeout", s.CheckTimeout, multipath.ParseCheckTimeout, &c.CheckTimeout); err != nil {
-		return c, err
-	}
-	ioDeadline := func(v string) (time.Duration, error) {
-		if v == "" {
-			return 0, nil
-		}
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return 0, errors.New("want a duration such as 2s or 500ms, or -1s for none")
-		}
-		return d, nil
-	}
-	if err := dur("io_deadline", s.IODeadline, ioDeadline, &c.IODeadline); err != nil {
-		return c, err
-	}
-	var err error
-	if c.NoPathRetry, err = multipath.ParseNoPathRetry(s.NoPathRetry); err != nil {
-		return c, fmt.Errorf("bad no_path_retry %q (fail, queue, or a number of checks)", s.NoPathRetry)
-	}
-	if c.Failback, err = multipath.ParseFailback(s.Failback); err != nil {
-		return c, fmt.Errorf("bad failback %q (manual, immediate, followover, or seconds)", s.Failback)
-	}
-	return c, nil
-}
-
-// Set changes one setting by its JSON name.
-func (s *CheckerSettings) Set(key, value string) error {
-	switch key {
-	case "polling_interval":
-		s.PollingInterval = value
-	case "max_polling_interval":
-		s.MaxPollingInterval = value
-	case "check_timeout":
-		s.CheckTimeout = value
-	case "no_path_retry":
-		s.NoPathRetry = value
-	case "failback":
-		s.Failback = value
-	case "io_deadline":
-		s.IODeadline = value
-	default:
-		return fmt.Errorf("unknown checker setting %q (polling_interval, max_polling_interval, check_timeout, no_path_retry, failback, io_deadline)", key)
-	}
-	return nil
-}
 
 // mpath wires the multipath target and its path checker into the
 // daemon: per-device checker settings, operator-failed paths, the
@@ -110,12 +22,12 @@ type mpath struct {
 	d       *Daemon
 	checker *multipath.Checker
 
-	mu       sync.Mutex                 // guards settings
-	settings map[string]CheckerSettings // by device name
+	mu       sync.Mutex                     // guards settings
+	settings map[string]api.CheckerSettings // by device name
 }
 
 func newMpath(d *Daemon) *mpath {
-	return &mpath{d: d, settings: map[string]CheckerSettings{},
+	return &mpath{d: d, settings: map[string]api.CheckerSettings{},
 		checker: multipath.NewChecker(multipath.CheckerConfig{Log: d.log.With().Str("component", "multipath").Logger()})}
 }
 
@@ -142,13 +54,13 @@ func (m *mpath) configure(st *DeviceState) error {
 	return m.setSettings(st.Name, *st.Checker)
 }
 
-func (m *mpath) setSettings(name string, s CheckerSettings) error {
+func (m *mpath) setSettings(name string, s api.CheckerSettings) error {
 	cfg, err := s.MapConfig()
 	if err != nil {
 		return err
 	}
 	m.mu.Lock()
-	if s == (CheckerSettings{}) {
+	if s == (api.CheckerSettings{}) {
 		delete(m.settings, name)
 	} else {
 		m.settings[name] = s
@@ -158,7 +70,7 @@ func (m *mpath) setSettings(name string, s CheckerSettings) error {
 	return nil
 }
 
-func (m *mpath) getSettings(name string) CheckerSettings {
+func (m *mpath) getSettings(name string) api.CheckerSettings {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.settings[name]
@@ -184,7 +96,7 @@ func (m *mpath) forget(name string) {
 
 // snapshot adds the checker's state of a device to its saved state.
 func (m *mpath) snapshot(name string, st *DeviceState) {
-	if s := m.getSettings(name); s != (CheckerSettings{}) {
+	if s := m.getSettings(name); s != (api.CheckerSettings{}) {
 		st.Checker = &s
 	}
 	if _, ok := m.checker.Map(name); !ok {
@@ -240,32 +152,20 @@ func (m *mpath) operate(mapName, dev string, fail bool) error {
 	return err
 }
 
-// MapsReply answers GET /v1/multipath/maps.
-type MapsReply struct {
-	Maps []multipath.MapStatus `json:"maps"`
-}
-
-// PathOpRequest names a path (and optionally its map) for fail and
-// reinstate.
-type PathOpRequest struct {
-	Path string `json:"path"`
-	Map  string `json:"map,omitempty"`
-}
-
 func (m *mpath) routes(h func(string, func(*http.Request) (any, error))) {
-	p := APIVersion
+	p := api.APIVersion
 	h("GET "+p+"/multipath/maps", func(r *http.Request) (any, error) {
-		return MapsReply{Maps: m.maps()}, nil
+		return api.MapsReply{Maps: m.maps()}, nil
 	})
 	h("POST "+p+"/multipath/fail", func(r *http.Request) (any, error) {
-		var req PathOpRequest
+		var req api.PathOpRequest
 		if err := readJSON(r, &req); err != nil {
 			return nil, err
 		}
 		return struct{}{}, pathErr(m.operate(req.Map, req.Path, true), req.Path)
 	})
 	h("POST "+p+"/multipath/reinstate", func(r *http.Request) (any, error) {
-		var req PathOpRequest
+		var req api.PathOpRequest
 		if err := readJSON(r, &req); err != nil {
 			return nil, err
 		}
@@ -280,7 +180,7 @@ func (m *mpath) routes(h func(string, func(*http.Request) (any, error))) {
 	})
 	h("PUT "+p+"/devices/{name}/checker", func(r *http.Request) (any, error) {
 		name := r.PathValue("name")
-		var s CheckerSettings
+		var s api.CheckerSettings
 		if err := readJSON(r, &s); err != nil {
 			return nil, err
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"udm/daemon/api"
 	"udm/dm"
 )
 
@@ -30,7 +31,7 @@ type DeviceState struct {
 	Suspended bool   `json:"suspended,omitempty"`
 	ReadOnly  bool   `json:"read_only,omitempty"`
 	// Checker holds the path checker's settings for a multipath device.
-	Checker *CheckerSettings `json:"checker,omitempty"`
+	Checker *api.CheckerSettings `json:"checker,omitempty"`
 	// FailedPaths are the paths an operator failed by hand (`udm fail
 	// path`): they stay failed, with their checker paused, until
 	// reinstated.

@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"udm/daemon"
+	"udm/daemon/api"
 	"udm/multipath"
 )
 
@@ -76,12 +76,12 @@ type Report struct {
 	Workload string    `json:"workload"`
 	Seed     uint64    `json:"seed"`
 	// Table is the map's initial table; PathDevs each path's device in it.
-	Table    string                 `json:"table"`
-	PathDevs map[string]string      `json:"path_devices"`
-	Checker  daemon.CheckerSettings `json:"checker"`
-	Schedule string                 `json:"schedule"`
-	Record   *Record                `json:"record"`
-	Analysis *Analysis              `json:"analysis"`
+	Table    string              `json:"table"`
+	PathDevs map[string]string   `json:"path_devices"`
+	Checker  api.CheckerSettings `json:"checker"`
+	Schedule string              `json:"schedule"`
+	Record   *Record             `json:"record"`
+	Analysis *Analysis           `json:"analysis"`
 	// Logs are the ends of the logs of the processes the drill ran, kept
 	// when the verdict is FAIL.
 	Logs map[string]string `json:"logs,omitempty"`

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"udm/daemon"
+	"udm/daemon/api"
 	"udm/internal/testutil"
 )
 
@@ -157,8 +157,8 @@ func TestDrillExternalDaemon(t *testing.T) {
 			t.Logf("the daemon's log:\n%s", p.tail(20000))
 		}
 	})
-	c := daemon.NewClient(sock)
-	if _, err := c.Create(context.Background(), daemon.CreateRequest{Name: "other", Table: "0 2048 zero"}); err != nil {
+	c := api.NewClient(sock)
+	if _, err := c.Create(context.Background(), api.CreateRequest{Name: "other", Table: "0 2048 zero"}); err != nil {
 		t.Fatal(err)
 	}
 	opt := testOptions(t)

@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"udm/daemon"
+	"udm/daemon/api"
 	"udm/multipath"
 	"udm/perf"
 )
@@ -29,9 +29,9 @@ type env struct {
 	sectors  int64
 	prefix   string // device names start with it
 	mapName  string
-	ctl      *daemon.Client
-	checker  daemon.CheckerSettings // as last set
-	daemon   *proc                  // nil with Options.Control
+	ctl      *api.Client
+	checker  api.CheckerSettings // as last set
+	daemon   *proc               // nil with Options.Control
 	dArgs    []string
 	dSock    string
 	nbdAddr  string
@@ -89,7 +89,7 @@ func setup(ctx context.Context, s *Schedule, opt Options) (_ *env, err error) {
 	e.sectors = opt.Size >> 9
 
 	if opt.Control != "" {
-		e.ctl = daemon.NewClient(opt.Control)
+		e.ctl = api.NewClient(opt.Control)
 		info, err := e.ctl.Daemon(ctx)
 		if err != nil {
 			return nil, err
@@ -109,10 +109,10 @@ func setup(ctx context.Context, s *Schedule, opt Options) (_ *env, err error) {
 		e.dArgs = []string{opt.UDM, "serve", "--state-dir", filepath.Join(e.dir, "state"), "--control", e.dSock,
 			"--nbd", e.nbdAddr, "--nbd-unix", "", "--no-demo", "--loops", strconv.Itoa(opt.Loops), "--log-level", "info"}
 		e.logf("drill: starting udm serve (state %s, NBD %s)", filepath.Join(e.dir, "state"), e.nbdAddr)
-		if e.daemon, err = startDaemon(ctx, "udm serve", filepath.Join(e.dir, "daemon.log"), e.dArgs, e.dSock); err != nil {
+		if e.daemon, err = startDaemon(ctx, "udm serve", filepath.Join(e.dir, "api.log"), e.dArgs, e.dSock); err != nil {
 			return nil, err
 		}
-		e.ctl = daemon.NewClient(e.dSock)
+		e.ctl = api.NewClient(e.dSock)
 		e.prefix = "drill"
 	}
 	e.mapName = e.prefix
@@ -208,7 +208,7 @@ func loopbackFor(addr string) string {
 func (e *env) uri() string { return "nbd://" + e.nbdAddr + "/" + e.mapName }
 
 func (e *env) create(ctx context.Context, name, table string) error {
-	if _, err := e.ctl.Create(ctx, daemon.CreateRequest{Name: name, Table: table}); err != nil {
+	if _, err := e.ctl.Create(ctx, api.CreateRequest{Name: name, Table: table}); err != nil {
 		return fmt.Errorf("drill: create %s: %w", name, err)
 	}
 	e.devices = append(e.devices, name)
@@ -251,8 +251,8 @@ func (e *env) startRemote(ctx context.Context, p *envPath) error {
 		return err
 	}
 	if e.sched.Remote != "nbdkit" {
-		c := daemon.NewClient(p.srvSock)
-		if _, err := c.Create(ctx, daemon.CreateRequest{Name: p.spec.Name, Table: e.linear()}); err != nil {
+		c := api.NewClient(p.srvSock)
+		if _, err := c.Create(ctx, api.CreateRequest{Name: p.spec.Name, Table: e.linear()}); err != nil {
 			return fmt.Errorf("drill: remote %s: %w", p.spec.Name, err)
 		}
 	}
@@ -362,7 +362,7 @@ func (e *env) restartDaemon(ctx context.Context) (string, error) {
 	old := e.daemon.pid()
 	e.daemon.kill()
 	t := time.Now()
-	p, err := startDaemon(ctx, "udm serve", filepath.Join(e.dir, "daemon.log"), e.dArgs, e.dSock)
+	p, err := startDaemon(ctx, "udm serve", filepath.Join(e.dir, "api.log"), e.dArgs, e.dSock)
 	if err != nil {
 		return "", err
 	}

@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"udm/daemon"
+	"udm/daemon/api"
 )
 
 // proc is a process the drill started: a daemon, a remote server, fio.
@@ -34,7 +34,7 @@ func startProc(name, logPath string, argv []string) (*proc, error) {
 	p := &proc{name: name, argv: argv, log: logPath, done: make(chan struct{})}
 	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Stdout, p.cmd.Stderr = lf, lf
-	p.cmd.Env = append(os.Environ(), daemon.Env+"=/nonexistent/udm-drill.sock")
+	p.cmd.Env = append(os.Environ(), api.Env+"=/nonexistent/udm-drill.sock")
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := startLocked(p.cmd, func(err error) {
 		p.err = err
@@ -136,7 +136,7 @@ func startDaemon(ctx context.Context, name, logPath string, argv []string, sock 
 
 // waitAPI waits until the daemon answers on sock (or exits).
 func waitAPI(ctx context.Context, p *proc, sock string) error {
-	c := daemon.NewClient(sock)
+	c := api.NewClient(sock)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, time.Second)

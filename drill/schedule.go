@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"udm/daemon"
+	"udm/daemon/api"
 	"udm/multipath"
 )
 
@@ -62,7 +62,7 @@ type Schedule struct {
 	Selector      string
 	// Checker holds the map's checker settings (drill defaults, then the
 	// schedule's checker lines).
-	Checker daemon.CheckerSettings
+	Checker api.CheckerSettings
 	// Remote is the server of remote paths: "udm" (udm serve) or
 	// "nbdkit".
 	Remote string
@@ -74,7 +74,7 @@ type Schedule struct {
 
 // DefaultChecker are the checker settings a drill starts from: a path
 // is checked every 200 ms, a check may take 500 ms, an I/O on a path 1 s.
-var DefaultChecker = daemon.CheckerSettings{PollingInterval: "200ms", CheckTimeout: "500ms", IODeadline: "1s", NoPathRetry: "queue"}
+var DefaultChecker = api.CheckerSettings{PollingInterval: "200ms", CheckTimeout: "500ms", IODeadline: "1s", NoPathRetry: "queue"}
 
 // DefaultAwait bounds an await without "within".
 const DefaultAwait = 30 * time.Second

@@ -2,7 +2,7 @@ package main
 
 import (
 	"context"
-	"flag"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -15,22 +15,14 @@ import (
 
 // runDrill runs failover drills: built-in scenarios or schedule files.
 func runDrill(args []string) error {
-	fs := flag.NewFlagSet("drill", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, `usage: udm drill [flags] SCENARIO|FILE...
-       udm drill --all [--full] [flags]
-       udm drill --list | --print SCENARIO | --actions
-
-Runs a verified workload against a multipath device of a udm daemon while
-a fault schedule plays, then prints a verdict (exit 1 on FAIL) and, with
---out, writes NAME.txt, NAME.json and NAME.svg. A SCENARIO is a built-in
-(udm drill --list); a FILE is a schedule (udm drill --print NAME shows
-one, udm drill --actions lists what it may do).
-
-flags:
-`)
-		fs.PrintDefaults()
-	}
+	fs := newFlags("drill", "drill [flags] SCENARIO|FILE...")
+	fs.synopsis = append(fs.synopsis, "drill --all [--full] [flags]", "drill --list | --print SCENARIO | --actions")
+	fs.about = joinLines(
+		"Runs a verified workload against a multipath device of a udm daemon while",
+		"a fault schedule plays, then prints a verdict (exit 1 on FAIL) and, with",
+		"--out, writes NAME.txt, NAME.json and NAME.svg. A SCENARIO is a built-in",
+		"(udm drill --list); a FILE is a schedule (udm drill --print NAME shows",
+		"one, udm drill --actions lists what it may do).")
 	list := fs.Bool("list", false, "list the built-in scenarios and what each must show")
 	printS := fs.String("print", "", "print a built-in scenario's schedule (with --full: its full form)")
 	listActions := fs.Bool("actions", false, "list the actions a schedule may use")
@@ -38,7 +30,7 @@ flags:
 	full := fs.Bool("full", false, "run the full form of built-in scenarios (the short form takes seconds)")
 	remote := fs.Bool("remote", false, "run the remote drill (remote-path-cut: NBD paths in network namespaces)")
 	useFio := fs.Bool("fio", false, "run fio (nbd engine, verify=crc32c) as the workload instead of udm's perf")
-	control := fs.String("control", "", "use a running daemon on this control socket instead of starting one (no restart action)")
+	fs.withControl("use a running daemon on this control socket instead of starting one (no restart action)")
 	out := fs.String("out", "", "write the report files (NAME.txt, NAME.json, NAME.svg) to this directory")
 	asJSON := fs.Bool("json", false, "print the report as JSON instead of the summary")
 	size := fs.String("size", "", "backing file size (default 64m; full form 256m)")
@@ -50,34 +42,18 @@ flags:
 	loops := fs.Int("loops", 2, "uring loops of the daemon the drill starts")
 	keep := fs.Bool("keep", false, "keep the scratch directory (state, logs)")
 	quiet := fs.Bool("quiet", false, "no progress lines")
-	// Flags may come after the scenarios too.
-	var targets []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if err == flag.ErrHelp {
-				return errHelp
-			}
-			return usageErr{err}
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		targets = append(targets, fs.Arg(0))
-		args = fs.Args()[1:]
+	targets, err := fs.parse(args, 0, -1)
+	if err != nil {
+		return err
 	}
 	switch {
 	case *list:
-		for _, s := range drill.Scenarios {
-			fmt.Printf("%-28s %s\n", s.Name, s.Outcome)
-			if s.NoFio != "" {
-				fmt.Printf("%-28s (not with --fio: %s)\n", "", s.NoFio)
-			}
-		}
+		drill.List(os.Stdout)
 		return nil
 	case *printS != "":
 		s, ok := drill.Lookup(*printS)
 		if !ok {
-			return usageErr{fmt.Errorf("no built-in scenario %q (udm drill --list)", *printS)}
+			return usageErr{error: fmt.Errorf("no built-in scenario %q (udm drill --list)", *printS)}
 		}
 		fmt.Print(s.Schedule(*full))
 		return nil
@@ -87,104 +63,29 @@ flags:
 		}
 		return nil
 	}
-	if *all {
-		targets = append(targets, drill.Names()...)
-	}
-	if *remote {
-		targets = append(targets, "remote-path-cut")
-	}
-	if len(targets) == 0 {
-		fs.Usage()
-		return usageErr{fmt.Errorf("drill: name a scenario or a schedule file (or --all, --remote)")}
-	}
-	opt := drill.Options{Control: *control, Fio: *useFio, Loops: *loops, Keep: *keep}
+	opt := drill.Options{Control: *fs.control, Fio: *useFio, Loops: *loops, Keep: *keep}
 	if !*quiet {
 		opt.Log = os.Stderr
 	}
-	sz := "64m"
-	if *full {
-		sz = "256m"
-	}
 	if *size != "" {
-		sz = *size
+		if opt.Size, err = perf.ParseSize(*size); err != nil {
+			return usageErr{error: err}
+		}
 	}
-	n, err := perf.ParseSize(sz)
-	if err != nil {
-		return usageErr{err}
-	}
-	opt.Size = n
 	b, err := perf.ParseSize(*bs)
 	if err != nil {
-		return usageErr{err}
+		return usageErr{error: err}
 	}
 	opt.Workload = drill.Workload{RW: *rw, BlockSize: int(b), Depth: *depth, ReadPct: *mix, Seed: *seed}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	var failed []string
-	for _, t := range targets {
-		var rep *drill.Report
-		if sc, ok := drill.Lookup(t); ok {
-			if *useFio && sc.NoFio != "" && *all {
-				fmt.Fprintf(os.Stderr, "udm drill: %s skipped with --fio: %s\n", sc.Name, sc.NoFio)
-				continue
-			}
-			if sc.Name == "remote-path-cut" && *all {
-				if err := drill.NetnsAvailable(); err != nil {
-					fmt.Fprintf(os.Stderr, "udm drill: %s skipped: %v\n", sc.Name, err)
-					continue
-				}
-			}
-			rep, err = drill.RunScenario(ctx, sc, *full, opt)
-		} else {
-			text, rerr := os.ReadFile(t)
-			if rerr != nil {
-				return fmt.Errorf("drill: %q is neither a built-in scenario (udm drill --list) nor a readable file: %v", t, rerr)
-			}
-			name := strings.TrimSuffix(baseName(t), ".drill")
-			rep, err = drill.RunSchedule(ctx, name, string(text), opt)
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", t, err)
-		}
-		if *asJSON {
-			if err := rep.WriteJSON(os.Stdout); err != nil {
-				return err
-			}
-		} else {
-			rep.Summary(os.Stdout)
-			fmt.Println()
-		}
-		if !rep.Pass() {
-			failed = append(failed, rep.Name+": "+rep.Analysis.Reason)
-			for name, log := range rep.Logs {
-				lines := strings.Split(log, "\n")
-				lines = lines[max(0, len(lines)-10):]
-				fmt.Fprintf(os.Stderr, "--- end of %s's log (all of it with --keep, the rest in --json):\n%s\n", name, strings.Join(lines, "\n"))
-			}
-		}
-		if *out != "" {
-			files, err := rep.WriteFiles(*out)
-			if err != nil {
-				return err
-			}
-			if !*quiet {
-				fmt.Fprintf(os.Stderr, "udm drill: wrote %s\n", strings.Join(files, ", "))
-			}
-		}
-		if rep.Dir != "" {
-			fmt.Fprintf(os.Stderr, "udm drill: scratch directory kept: %s\n", rep.Dir)
-		}
+	batch := drill.Batch{Targets: targets, All: *all, Remote: *remote, Full: *full}
+	err = batch.Run(ctx, opt, drill.Output{Stdout: os.Stdout, Stderr: os.Stderr, JSON: *asJSON, Dir: *out, Quiet: *quiet})
+	if errors.Is(err, drill.ErrNothingToRun) {
+		var u strings.Builder
+		fs.printUsage(&u)
+		return usageErr{fmt.Errorf("drill: %w", err), u.String()}
 	}
-	if len(failed) > 0 {
-		return fmt.Errorf("drill FAIL: %s", strings.Join(failed, "; "))
-	}
-	return nil
-}
-
-func baseName(p string) string {
-	if i := strings.LastIndexByte(p, '/'); i >= 0 {
-		return p[i+1:]
-	}
-	return p
+	return err
 }

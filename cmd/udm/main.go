@@ -1,13 +1,18 @@
 // Command udm is the userspace device-mapper: `udm serve` runs the daemon,
 // the dmsetup-like verbs drive it, `udm bench` and `udm drill` measure and
-// prove it. This file only dispatches; the work lives in packages.
+// prove it. This package only parses flags and calls packages.
 package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 	"sort"
+	"strings"
+
+	"udm/daemon/api"
 )
 
 type command struct {
@@ -15,65 +20,129 @@ type command struct {
 	summary string
 }
 
-var commands = map[string]command{
-	"bench": {runBench, "run a workload against a file, a dm table in process, or an NBD export"},
-	"drill": {runDrill, "failover drill: a verified workload while faults play, a verdict and a report (drill --list)"},
+// commands is filled in init: the verbs look their summaries up in it.
+var commands map[string]command
 
-	"serve":     {runServe, "run the daemon (control API, NBD exports, metrics)"},
-	"create":    {runCreate, "create a device from a table: create NAME (--table 'LINE' | --table-file F | -)"},
-	"load":      {runLoad, "load a table into a device's inactive slot"},
-	"clear":     {runClear, "drop a device's inactive table"},
-	"suspend":   {runSuspend, "suspend a device: suspend [--noflush] NAME"},
-	"resume":    {runResume, "resume a device, swapping in its inactive table"},
-	"remove":    {runRemove, "remove a device: remove [-f|--deferred] NAME"},
-	"ls":        {runLs, "list the devices"},
-	"table":     {runTable, "print a device's table (every device's without NAME)"},
-	"status":    {runStatus, "print a device's status (every device's without NAME)"},
-	"info":      {runInfo, "print dmsetup info for a device (every device without NAME)"},
-	"message":   {runMessage, "send a message to a target: message NAME SECTOR MSG..."},
-	"wait":      {runWait, "wait for a device's event counter to pass EVENT: wait NAME [EVENT]"},
-	"targets":   {runTargets, "list the target types"},
-	"show":      {runShow, "multipathd views: show paths|maps|topology"},
-	"fail":      {pathVerb("fail", true), "fail path DEV: fail a multipath path and pause its checker"},
-	"reinstate": {pathVerb("reinstate", false), "reinstate path DEV: reinstate a path and resume its checker"},
-	"checker":   {runChecker, "show or set a multipath device's checker settings: checker NAME [KEY=VALUE...]"},
+func init() {
+	commands = map[string]command{
+		"bench": {runBench, "run a workload against a file, a dm table in process, or an NBD export (bench matrix: the side-by-side suites)"},
+		"drill": {runDrill, "failover drill: a verified workload while faults play, a verdict and a report (drill --list)"},
+
+		"serve":     {runServe, "run the daemon (control API, NBD exports, metrics)"},
+		"version":   {runVersion, "print udm's version and build information"},
+		"help":      {runHelp, "print this list, or a verb's usage: help [VERB]"},
+		"create":    {runCreate, "create a device from a table: create NAME (--table 'LINE' | --table-file F | -)"},
+		"load":      {runLoad, "load a table into a device's inactive slot"},
+		"clear":     {runClear, "drop a device's inactive table"},
+		"suspend":   {runSuspend, "suspend a device: suspend [--noflush] NAME"},
+		"resume":    {runResume, "resume a device, swapping in its inactive table"},
+		"remove":    {runRemove, "remove a device: remove [-f|--deferred] NAME"},
+		"ls":        {runLs, "list the devices"},
+		"table":     {runTable, "print a device's table (every device's without NAME)"},
+		"status":    {runStatus, "print a device's status (every device's without NAME)"},
+		"info":      {runInfo, "print dmsetup info for a device (every device without NAME)"},
+		"message":   {runMessage, "send a message to a target: message NAME SECTOR MSG..."},
+		"wait":      {runWait, "wait for a device's event counter to pass EVENT: wait NAME [EVENT]"},
+		"targets":   {runTargets, "list the target types"},
+		"show":      {runShow, "multipathd views: show paths|maps|topology"},
+		"fail":      {pathVerb("fail", true), "fail path DEV: fail a multipath path and pause its checker"},
+		"reinstate": {pathVerb("reinstate", false), "reinstate path DEV: reinstate a path and resume its checker"},
+		"checker":   {runChecker, "show or set a multipath device's checker settings: checker NAME [KEY=VALUE...]"},
+	}
 }
 
-func usage() {
-	fmt.Fprintln(os.Stderr, "usage: udm COMMAND [ARGS]\n\ncommands:")
+// topFlags are the flags before the verb.
+func topFlags() (*flag.FlagSet, *bool) {
+	fs := flag.NewFlagSet("udm", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&globals.control, "control", "", "control socket the verbs talk to and udm serve listens on (default $"+api.Env+", else "+api.Defaults("").Control+")")
+	version := fs.Bool("version", false, "print the version and build information")
+	return fs, version
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: udm [--control SOCK] COMMAND [ARGS]\n       udm --version\n\ncommands:")
 	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(os.Stderr, "  %-10s %s\n", n, commands[n].summary)
+		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(os.Stderr, "\nThe verbs talk to the daemon on --control SOCK, else $UDM_SOCKET, else the default socket.")
+	fmt.Fprintln(w, "\nThe verbs talk to the daemon on --control SOCK, else $"+api.Env+", else the default socket.")
+	fmt.Fprintln(w, "udm COMMAND -h prints a command's usage and flags.")
+	fs, _ := topFlags()
+	fmt.Fprintln(w, "\nflags:")
+	fs.SetOutput(w)
+	fs.PrintDefaults()
 }
 
-func main() {
-	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
-		usage()
-		if len(os.Args) < 2 {
-			os.Exit(2)
+// udm runs the command line args (without the program name) and returns
+// the exit status: 0, 1 when the command failed, 2 on a usage error.
+func udm(args []string) int {
+	fs, version := topFlags()
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		usage(os.Stdout)
+		return 0
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "udm: %v\n", err)
+		usage(os.Stderr)
+		return 2
+	case *version:
+		err = runVersion(fs.Args())
+	case fs.NArg() == 0:
+		usage(os.Stderr)
+		return 2
+	default:
+		cmd, ok := commands[fs.Arg(0)]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "udm: unknown command %q (udm help lists them)\n", fs.Arg(0))
+			return 2
 		}
-		return
+		err = cmd.run(fs.Args()[1:])
 	}
-	cmd, ok := commands[os.Args[1]]
-	if !ok {
-		fmt.Fprintf(os.Stderr, "udm: unknown command %q (udm help lists them)\n", os.Args[1])
-		os.Exit(2)
-	}
-	err := cmd.run(os.Args[2:])
 	var ue usageErr
 	switch {
 	case err == nil, errors.Is(err, errHelp):
+		return 0
 	case errors.As(err, &ue):
 		fmt.Fprintf(os.Stderr, "udm: %v\n", err)
-		os.Exit(2)
+		if ue.usage != "" {
+			fmt.Fprint(os.Stderr, "\n"+ue.usage)
+		}
+		return 2
 	default:
 		fmt.Fprintf(os.Stderr, "udm: %v\n", err)
-		os.Exit(1)
+		return 1
 	}
 }
+
+func main() { os.Exit(udm(os.Args[1:])) }
+
+// runHelp is `udm help [VERB]`.
+func runHelp(args []string) error {
+	v := newFlags("help", "help [VERB]")
+	pos, err := v.parse(args, 0, 1)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		usage(os.Stdout)
+		return nil
+	}
+	cmd, ok := commands[pos[0]]
+	if !ok || pos[0] == "help" {
+		if !ok {
+			return usageErr{error: fmt.Errorf("help: unknown command %q (udm help lists them)", pos[0])}
+		}
+		v.printUsage(os.Stdout)
+		return nil
+	}
+	return cmd.run([]string{"-h"})
+}
+
+// joinLines is the text of paragraphs given line by line.
+func joinLines(lines ...string) string { return strings.Join(lines, "\n") }

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -13,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"udm/daemon"
+	"udm/daemon/api"
 	"udm/nbd/server"
 	"udm/uring"
 )
@@ -20,8 +19,11 @@ import (
 // runServe runs the daemon until SIGTERM or SIGINT (a second one exits
 // at once).
 func runServe(args []string) error {
-	def := daemon.Defaults("")
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	def := api.Defaults("")
+	if globals.control != "" {
+		def.Control = globals.control
+	}
+	fs := newFlags("serve", "serve [flags]")
 	stateDir := fs.String("state-dir", def.StateDir, "where device state (and the demo's files) live")
 	control := fs.String("control", def.Control, "control API socket (HTTP+JSON, mode 0600)")
 	nbdAddr := fs.String("nbd", def.NBD, `serve NBD on this TCP address ("" disables)`)
@@ -32,27 +34,22 @@ func runServe(args []string) error {
 	gather := fs.Duration("gather", server.DefaultGatherWindow, "how long an NBD connection with many requests in flight lets them gather before taking them in (0: never)")
 	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	noDemo := fs.Bool("no-demo", false, "don't create the demo device on an empty state dir")
-	if err := fs.Parse(args); err != nil {
-		return usageErr{err}
+	if _, err := fs.parse(args, 0, 0); err != nil {
+		return err
 	}
-	if fs.NArg() > 0 {
-		return usageErr{fmt.Errorf("serve takes no arguments (got %q)", fs.Arg(0))}
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	// Paths that default to a place in the state dir follow --state-dir.
-	if set["state-dir"] {
-		d := daemon.Defaults(*stateDir)
-		if !set["control"] {
+	if fs.set("state-dir") {
+		d := api.Defaults(*stateDir)
+		if !fs.set("control") {
 			*control = d.Control
 		}
-		if !set["nbd-unix"] {
+		if !fs.set("nbd-unix") {
 			*nbdUnix = d.NBDUnix
 		}
 	}
 	lvl, err := daemon.ParseLevel(*level)
 	if err != nil {
-		return usageErr{err}
+		return usageErr{error: err}
 	}
 	var log zerolog.Logger
 	if st, err := os.Stderr.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {

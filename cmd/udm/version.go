@@ -1,0 +1,55 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+)
+
+// runVersion prints the module version and what the binary was built
+// from (udm version, udm --version).
+func runVersion(args []string) error {
+	v := newFlags("version", "version")
+	if _, err := v.parse(args, 0, 0); err != nil {
+		return err
+	}
+	bi, ok := debug.ReadBuildInfo()
+	writeVersion(os.Stdout, bi, ok)
+	return nil
+}
+
+// writeVersion prints the version lines: "udm VERSION" first, then the
+// module, the VCS revision, time and whether the tree was modified (when
+// the build recorded them), and the Go version and platform.
+func writeVersion(w io.Writer, bi *debug.BuildInfo, ok bool) {
+	if !ok {
+		fmt.Fprintf(w, "udm (unknown version: no build information)\ngo: %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return
+	}
+	version := bi.Main.Version
+	if version == "" {
+		version = "(devel)"
+	}
+	fmt.Fprintf(w, "udm %s\n", version)
+	if bi.Main.Path != "" {
+		fmt.Fprintf(w, "module:   %s %s\n", bi.Main.Path, version)
+	}
+	s := map[string]string{}
+	for _, kv := range bi.Settings {
+		s[kv.Key] = kv.Value
+	}
+	if rev := s["vcs.revision"]; rev != "" {
+		fmt.Fprintf(w, "revision: %s\n", rev)
+		if t := s["vcs.time"]; t != "" {
+			fmt.Fprintf(w, "time:     %s\n", t)
+		}
+		if m := s["vcs.modified"]; m != "" {
+			fmt.Fprintf(w, "modified: %s\n", m)
+		}
+	} else {
+		fmt.Fprintln(w, "revision: unknown (built without VCS information)")
+	}
+	fmt.Fprintf(w, "go:       %s %s/%s\n", bi.GoVersion, runtime.GOOS, runtime.GOARCH)
+}
