@@ -50,6 +50,7 @@ func TestScripts(t *testing.T) {
 			"sparse":     cmdSparse,
 			"waitdaemon": cmdWaitDaemon,
 			"eventually": cmdEventually,
+			"expand":     cmdExpand,
 		},
 	})
 }
@@ -127,4 +128,16 @@ func cmdEventually(ts *testscript.TestScript, neg bool, args []string) {
 		}
 	}
 	ts.Fatalf("%s never printed a match for %q; last: %v\n%s", strings.Join(args[1:], " "), args[0], err, out)
+}
+
+// expand FILE... replaces $VAR and ${VAR} in the files with the
+// script's environment variables (the tables name files in $WORK).
+func cmdExpand(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) == 0 {
+		ts.Fatalf("usage: expand FILE...")
+	}
+	for _, f := range args {
+		text := os.Expand(ts.ReadFile(f), ts.Getenv)
+		ts.Check(os.WriteFile(ts.MkAbs(f), []byte(text), 0o644))
+	}
 }
