@@ -282,11 +282,12 @@ func TestRestart(t *testing.T) {
 		}
 		return p
 	}
-	for _, w := range []struct {
+	writes := []struct {
 		dev  string
 		off  int64
 		seed byte
-	}{{"lin", 0, 1}, {"top", 4096, 2}, {"mp", 65536, 3}} {
+	}{{"lin", 0, 1}, {"top", 4096, 2}, {"mp", 65536, 3}}
+	for _, w := range writes {
 		cl := dialNBD(t, u.nbdURI(w.dev))
 		if err := cl.WriteAt(ctx, data(w.seed, 65536), w.off, true); err != nil {
 			t.Fatalf("write %s: %v", w.dev, err)
@@ -333,11 +334,7 @@ func TestRestart(t *testing.T) {
 	if !regexp.MustCompile(regexp.QuoteMeta(bl) + ` +1 +failed +\S+ \(operator\) +1 `).MatchString(u.ok("show", "paths")) {
 		t.Errorf("the operator-failed path is not failed after restart:\n%s", u.ok("show", "paths"))
 	}
-	for _, w := range []struct {
-		dev  string
-		off  int64
-		seed byte
-	}{{"lin", 0, 1}, {"top", 4096, 2}, {"mp", 65536, 3}} {
+	for _, w := range writes {
 		cl := dialNBD(t, u.nbdURI(w.dev))
 		got := make([]byte, 65536)
 		if err := cl.ReadAt(ctx, got, w.off); err != nil {

@@ -130,20 +130,20 @@ func runClear(args []string) error {
 }
 
 func runSuspend(args []string) error {
-	var noflush *bool
-	return verb("suspend", "suspend [--noflush] NAME", args, 1, 1, func(v *verbFlags) {
-		noflush = v.Bool("noflush", false, "let targets push back held I/O instead of failing it")
-	}, func(ctx context.Context, c api.CLI, pos []string) error {
-		return c.Suspend(ctx, pos[0], *noflush)
-	})
+	return suspendVerb("suspend", "let targets push back held I/O instead of failing it", args, api.CLI.Suspend)
 }
 
 func runResume(args []string) error {
+	return suspendVerb("resume", "suspend with noflush before swapping in the inactive table", args, api.CLI.Resume)
+}
+
+// suspendVerb is suspend or resume: [--noflush] NAME.
+func suspendVerb(name, noflushHelp string, args []string, op func(c api.CLI, ctx context.Context, name string, noflush bool) error) error {
 	var noflush *bool
-	return verb("resume", "resume [--noflush] NAME", args, 1, 1, func(v *verbFlags) {
-		noflush = v.Bool("noflush", false, "suspend with noflush before swapping in the inactive table")
+	return verb(name, name+" [--noflush] NAME", args, 1, 1, func(v *verbFlags) {
+		noflush = v.Bool("noflush", false, noflushHelp)
 	}, func(ctx context.Context, c api.CLI, pos []string) error {
-		return c.Resume(ctx, pos[0], *noflush)
+		return op(c, ctx, pos[0], *noflush)
 	})
 }
 

@@ -77,21 +77,27 @@ func (s CheckerSettings) MapConfig() (multipath.MapConfig, error) {
 
 // Set changes one setting by its JSON name.
 func (s *CheckerSettings) Set(key, value string) error {
-	switch key {
-	case "polling_interval":
-		s.PollingInterval = value
-	case "max_polling_interval":
-		s.MaxPollingInterval = value
-	case "check_timeout":
-		s.CheckTimeout = value
-	case "no_path_retry":
-		s.NoPathRetry = value
-	case "failback":
-		s.Failback = value
-	case "io_deadline":
-		s.IODeadline = value
-	default:
-		return fmt.Errorf("unknown checker setting %q (polling_interval, max_polling_interval, check_timeout, no_path_retry, failback, io_deadline)", key)
+	for _, f := range s.fields() {
+		if f.key == key {
+			*f.v = value
+			return nil
+		}
 	}
-	return nil
+	return fmt.Errorf("unknown checker setting %q (polling_interval, max_polling_interval, check_timeout, no_path_retry, failback, io_deadline)", key)
+}
+
+// fields are the settings by JSON name, in the order udm checker
+// prints them.
+func (s *CheckerSettings) fields() []struct {
+	key string
+	v   *string
+} {
+	return []struct {
+		key string
+		v   *string
+	}{
+		{"polling_interval", &s.PollingInterval}, {"max_polling_interval", &s.MaxPollingInterval},
+		{"check_timeout", &s.CheckTimeout}, {"no_path_retry", &s.NoPathRetry},
+		{"failback", &s.Failback}, {"io_deadline", &s.IODeadline},
+	}
 }

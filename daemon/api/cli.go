@@ -51,6 +51,15 @@ func (c CLI) Remove(ctx context.Context, name string, force, deferred bool) erro
 
 // Ls prints one device per line (or dmsetup's "No devices found").
 func (c CLI) Ls(ctx context.Context) error {
+	return c.forAll(ctx, func(d DeviceInfo) error {
+		_, err := fmt.Fprintln(c.Out, d.Name)
+		return err
+	})
+}
+
+// forAll calls print for every device, or prints dmsetup's "No devices
+// found" if there are none.
+func (c CLI) forAll(ctx context.Context, print func(d DeviceInfo) error) error {
 	devs, err := c.C.List(ctx)
 	if err != nil {
 		return err
@@ -60,7 +69,9 @@ func (c CLI) Ls(ctx context.Context) error {
 		return nil
 	}
 	for _, d := range devs {
-		fmt.Fprintln(c.Out, d.Name)
+		if err := print(d); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -86,25 +97,16 @@ func (c CLI) lines(ctx context.Context, name string, get func(string) ([]string,
 		fmt.Fprint(c.Out, FormatLines("", lines))
 		return nil
 	}
-	devs, err := c.C.List(ctx)
-	if err != nil {
-		return err
-	}
-	if len(devs) == 0 {
-		fmt.Fprintln(c.Out, "No devices found")
-		return nil
-	}
-	for _, d := range devs {
+	return c.forAll(ctx, func(d DeviceInfo) error {
 		lines, err := get(d.Name)
 		if errors.Is(err, syscall.ENXIO) {
-			continue // removed meanwhile
+			return nil // removed meanwhile
 		}
-		if err != nil {
-			return err
+		if err == nil {
+			fmt.Fprint(c.Out, FormatLines(d.Name, lines))
 		}
-		fmt.Fprint(c.Out, FormatLines(d.Name, lines))
-	}
-	return nil
+		return err
+	})
 }
 
 // FormatLines prints table or status lines as dmsetup does: each is
@@ -140,18 +142,10 @@ func (c CLI) Info(ctx context.Context, name string) error {
 		fmt.Fprint(c.Out, FormatInfo(i))
 		return nil
 	}
-	devs, err := c.C.List(ctx)
-	if err != nil {
+	return c.forAll(ctx, func(d DeviceInfo) error {
+		_, err := fmt.Fprint(c.Out, FormatInfo(d))
 		return err
-	}
-	if len(devs) == 0 {
-		fmt.Fprintln(c.Out, "No devices found")
-		return nil
-	}
-	for _, d := range devs {
-		fmt.Fprint(c.Out, FormatInfo(d))
-	}
-	return nil
+	})
 }
 
 // FormatInfo prints a device as dmsetup info does (without the Read
