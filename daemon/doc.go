@@ -1,9 +1,10 @@
 // Package daemon is udm's daemon: it wires the uring loops, the dm
 // registry (with the multipath target and its path checker), the NBD
 // server and the NBD client paths together, and adds what an operator
-// needs around them — the control API (HTTP+JSON on a Unix socket) and
-// its client, the defaults both share, state persistence across
-// restarts, Prometheus metrics, structured logs, and the demo device.
+// needs around them — the control API (HTTP+JSON on a Unix socket; its
+// types, client and defaults are package daemon/api), state persistence
+// across restarts, Prometheus metrics, structured logs, and the demo
+// device.
 //
 // # State
 //
