@@ -68,7 +68,7 @@ func (f *fioProc) wait(t *testing.T) {
 	t.Helper()
 	select {
 	case <-f.done:
-	case <-time.After(3 * safety):
+	case <-time.After(3 * testutil.Patience):
 		t.Fatalf("fio did not finish:\n%s", f.out)
 	}
 	out := f.out.String()
@@ -167,7 +167,7 @@ func TestNoflushReloadUnderFio(t *testing.T) {
 	args := []string{"--name=noflush-reload", "--ioengine=nbd", "--uri=" + u.nbdURI("mp"), "--rw=randwrite", "--bs=4k",
 		"--iodepth=16", fmt.Sprintf("--size=%d", size), "--verify=crc32c", "--verify_state_save=0", "--do_verify=1",
 		"--verify_fatal=1", "--verify_backlog=512"}
-	if raceBuild {
+	if testutil.Race {
 		// Each udm command takes a while under -race: keep fio from
 		// finishing before they are done.
 		args = append(args, "--rate_iops=5000")
@@ -176,7 +176,7 @@ func TestNoflushReloadUnderFio(t *testing.T) {
 	metrics := u.info.Metrics
 	writes := func() float64 { return scrape(t, metrics, `udm_device_io_total{device="mp",op="write"}`) }
 	ios := func() float64 { return writes() + scrape(t, metrics, `udm_device_io_total{device="mp",op="read"}`) }
-	eventually(t, "fio to write through both paths", func() bool { return writes() >= 2000 || fio.exited() })
+	testutil.Eventually(t, "fio to write through both paths", func() bool { return writes() >= 2000 || fio.exited() })
 	if fio.exited() {
 		t.Fatalf("fio finished before the paths failed (make the job larger):\n%s", fio.out)
 	}
@@ -187,7 +187,7 @@ func TestNoflushReloadUnderFio(t *testing.T) {
 	if got := u.ok("status", "mp"); !strings.Contains(got, p0+" F 1 ") || !strings.Contains(got, p1+" F 1 ") {
 		t.Fatalf("status with both paths failed: %q", got)
 	}
-	eventually(t, "I/O to queue in the target", func() bool {
+	testutil.Eventually(t, "I/O to queue in the target", func() bool {
 		return scrape(t, metrics, `udm_multipath_queued{device="mp"}`) > 0
 	})
 	before := ios()
@@ -319,7 +319,7 @@ func TestRestart(t *testing.T) {
 		return m
 	}
 	checked := func() {
-		eventually(t, "the checker to check "+b, func() bool {
+		testutil.Eventually(t, "the checker to check "+b, func() bool {
 			return regexp.MustCompile(regexp.QuoteMeta(b) + ` +1 +active +ready `).MatchString(u.ok("show", "paths"))
 		})
 	}
@@ -419,11 +419,11 @@ func TestShutdown(t *testing.T) {
 		cl := dialNBD(t, u.nbdURI("slow"))
 		held := make(chan error, 1)
 		go func() { held <- cl.WriteAt(context.Background(), make([]byte, 4096), 0, false) }()
-		eventually(t, "the write to be held", func() bool {
+		testutil.Eventually(t, "the write to be held", func() bool {
 			return scrape(t, u.info.Metrics, `udm_device_inflight{device="slow"}`) == 1
 		})
 		u.cmd.Process.Signal(syscall.SIGTERM)
-		eventually(t, "shutdown to start", func() bool { return strings.Contains(u.stderr.String(), `"message":"shutting down"`) })
+		testutil.Eventually(t, "shutdown to start", func() bool { return strings.Contains(u.stderr.String(), `"message":"shutting down"`) })
 		// The held write keeps the NBD shutdown waiting; a second
 		// signal ends it.
 		u.cmd.Process.Signal(syscall.SIGTERM)
@@ -485,7 +485,7 @@ func testGracefulShutdown(t *testing.T, sig syscall.Signal) {
 			}
 		}(i)
 	}
-	eventually(t, "writes to flow", func() bool { mu.Lock(); defer mu.Unlock(); return ok > 50 })
+	testutil.Eventually(t, "writes to flow", func() bool { mu.Lock(); defer mu.Unlock(); return ok > 50 })
 	u.cmd.Process.Signal(sig)
 	if code := u.exitCode(); code != 0 {
 		t.Fatalf("exit %d after %v with I/O in flight\n%s", code, sig, u.stderr)
@@ -544,7 +544,7 @@ func TestMakeRun(t *testing.T) {
 	testutil.RequireTool(t, "fio")
 	state := filepath.Join(t.TempDir(), "state") // does not exist yet
 	u := startUDM(t, state, "--metrics", "127.0.0.1:0")
-	eventually(t, "the demo instructions", func() bool { return strings.Contains(u.stdout.String(), "nbdinfo ") })
+	testutil.Eventually(t, "the demo instructions", func() bool { return strings.Contains(u.stdout.String(), "nbdinfo ") })
 	out := u.stdout.String()
 	uri := u.nbdURI("demo")
 	if !strings.Contains(out, "at "+uri+"\n") {
@@ -656,7 +656,7 @@ func TestMakeRun(t *testing.T) {
 	// A second start does not make the demo again, but still says how
 	// to reach it.
 	u.restart()
-	eventually(t, "the demo instructions", func() bool { return strings.Contains(u.stdout.String(), "nbdinfo ") })
+	testutil.Eventually(t, "the demo instructions", func() bool { return strings.Contains(u.stdout.String(), "nbdinfo ") })
 	if got := u.ok("ls"); got != "demo\n" {
 		t.Fatalf("ls after restart: %q", got)
 	}

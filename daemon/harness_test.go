@@ -25,11 +25,7 @@ import (
 
 var udmBin string
 
-// safety bounds waits for things that must happen; no test asserts on
-// timing.
-const safety = 60 * time.Second
-
-func TestMain(m *testing.M) { testutil.MainWithUDM(m, raceBuild, &udmBin) }
+func TestMain(m *testing.M) { testutil.MainWithUDM(m, &udmBin) }
 
 // syncBuf is a bytes.Buffer safe for a writer goroutine and readers.
 type syncBuf struct {
@@ -116,25 +112,18 @@ func (u *udmd) start() {
 		close(u.done)
 	}()
 	c := api.NewClient(u.sock)
-	deadline := time.Now().Add(safety)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		info, err := c.Daemon(ctx)
-		cancel()
-		if err == nil {
-			u.info = info
-			return
-		}
+	testutil.Eventually(t, "udm serve to answer on "+u.sock, func() bool {
 		select {
 		case <-u.done:
 			t.Fatalf("udm serve exited (%v) before answering:\n%s%s", u.waitErr, u.stdout, u.stderr)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("udm serve did not answer on %s: %v\n%s", u.sock, err, u.stderr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		info, err := c.Daemon(ctx)
+		u.info = info
+		return err == nil
+	})
 }
 
 func (u *udmd) running() bool {
@@ -151,7 +140,7 @@ func (u *udmd) exitCode() int {
 	u.t.Helper()
 	select {
 	case <-u.done:
-	case <-time.After(safety):
+	case <-time.After(testutil.Patience):
 		u.t.Fatalf("udm serve did not exit\n%s", u.stderr)
 	}
 	var ee *exec.ExitError
@@ -230,7 +219,7 @@ func (u *udmd) ok(args ...string) string {
 
 func runUDM(t *testing.T, env []string, stdin string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), safety)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Patience)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, udmBin, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -247,18 +236,6 @@ func runUDM(t *testing.T, env []string, stdin string, args ...string) result {
 		t.Fatalf("udm %s: %v", strings.Join(args, " "), err)
 	}
 	return r
-}
-
-// eventually polls cond until it holds (or fails the test after safety).
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(safety)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // backing makes a sparse file of size bytes for a test (on tmpfs, which
@@ -293,4 +270,13 @@ func shmDir(t *testing.T) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(d) })
 	return d
+}
+
+// safety and eventually are the shared test helpers under the names the
+// CLI tests use.
+const safety = testutil.Patience
+
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	testutil.Eventually(t, what, cond)
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"udm/internal/testutil"
 )
 
 // TestMetrics checks the values of the I/O metrics against workloads
@@ -49,7 +50,7 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("inflight = %v with nothing in flight", got)
 		}
 		cl.Close()
-		eventually(t, "lin to close", func() bool { return strings.Contains(u.ok("info", "lin"), "Open count:        0\n") })
+		testutil.Eventually(t, "lin to close", func() bool { return strings.Contains(u.ok("info", "lin"), "Open count:        0\n") })
 		u.ok("remove", "lin")
 	})
 
@@ -89,7 +90,7 @@ func TestMetrics(t *testing.T) {
 			}
 		}
 		cl.Close()
-		eventually(t, "em to close", func() bool { return strings.Contains(u.ok("info", "em"), "Open count:        0\n") })
+		testutil.Eventually(t, "em to close", func() bool { return strings.Contains(u.ok("info", "em"), "Open count:        0\n") })
 		u.ok("remove", "em")
 	})
 
@@ -114,7 +115,7 @@ func TestMetrics(t *testing.T) {
 		first, second := bytes.Repeat([]byte{0xa1}, 4096), bytes.Repeat([]byte{0xb2}, 4096)
 		done := make(chan error, 2)
 		go func() { done <- cl.WriteAt(ctx, first, 0, false) }()
-		eventually(t, "the first write to be held in hang", func() bool { return u.ok("status", "hang") == "0 16384 delay 0 1 0\n" })
+		testutil.Eventually(t, "the first write to be held in hang", func() bool { return u.ok("status", "hang") == "0 16384 delay 0 1 0\n" })
 		for metric, want := range map[string]float64{`udm_device_inflight{device="hang"}`: 1, `udm_device_inflight{device="mp"}`: 1} {
 			if got := m(metric); got != want {
 				t.Errorf("%s = %v while one write is held, want %v", metric, got, want)
@@ -122,7 +123,7 @@ func TestMetrics(t *testing.T) {
 		}
 		u.ok("fail", "path", hang)
 		go func() { done <- cl.WriteAt(ctx, second, 4096, false) }()
-		eventually(t, "the second write to queue in mp", func() bool { return m(`udm_multipath_queued{device="mp"}`) == 1 })
+		testutil.Eventually(t, "the second write to queue in mp", func() bool { return m(`udm_multipath_queued{device="mp"}`) == 1 })
 		if got := m(`udm_device_inflight{device="mp"}`); got != 2 {
 			t.Errorf("mp inflight = %v with one write held below and one queued, want 2", got)
 		}
@@ -139,7 +140,7 @@ func TestMetrics(t *testing.T) {
 		}
 		suspended := make(chan error, 1)
 		go func() { suspended <- susp.Wait() }()
-		eventually(t, "the queued write to be pushed back", func() bool { return m(`udm_device_pushback{device="mp"}`) == 1 })
+		testutil.Eventually(t, "the queued write to be pushed back", func() bool { return m(`udm_device_pushback{device="mp"}`) == 1 })
 		for metric, want := range map[string]float64{
 			`udm_device_inflight{device="mp"}`:        1, // the held write, which the suspend waits for
 			`udm_device_pushbacks_total{device="mp"}`: 1,

@@ -11,13 +11,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"udm/internal/testutil"
 
 	"github.com/rs/zerolog"
 )
-
-// safety is how long a test waits for something that must happen before
-// declaring it lost. It bounds hangs; no test asserts on timing.
-const safety = 20 * time.Second
 
 // ioRec is a bio that records its ends.
 type ioRec struct {
@@ -65,7 +62,7 @@ func (r *ioRec) wait(t testing.TB) error {
 	select {
 	case <-r.done:
 		return r.err
-	case <-time.After(safety):
+	case <-time.After(testutil.Patience):
 		t.Fatalf("bio %s@%d never ended", r.Op, r.Sector)
 		return nil
 	}
@@ -536,18 +533,6 @@ func liveTarget[T Target](t testing.TB, d *Device, i int) T {
 	return x
 }
 
-// eventually polls cond until it holds (or fails the test after safety).
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(safety)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for: %s", what)
-		}
-		time.Sleep(200 * time.Microsecond)
-	}
-}
-
 func bg() context.Context { return context.Background() }
 
 func errnoIs(err error, want syscall.Errno) bool {
@@ -698,7 +683,7 @@ func (c *capDev) nheld() int {
 // see it for an instant.
 func waitIdle(t testing.TB, d *Device) {
 	t.Helper()
-	eventually(t, "pending I/O to drain", func() bool { return d.Pending() == 0 })
+	testutil.Eventually(t, "pending I/O to drain", func() bool { return d.Pending() == 0 })
 }
 
 // settledStats returns d's stats once its in-flight count is back to 0: a
@@ -706,6 +691,6 @@ func waitIdle(t testing.TB, d *Device) {
 // waiter woken by the callback can read the stats a moment early.
 func settledStats(t testing.TB, d *Device) Stats {
 	t.Helper()
-	eventually(t, "the in-flight count to drop to 0", func() bool { return d.Stats().InFlight == 0 })
+	testutil.Eventually(t, "the in-flight count to drop to 0", func() bool { return d.Stats().InFlight == 0 })
 	return d.Stats()
 }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"udm/internal/testutil"
 )
 
 // testSeed returns the seed of a randomised test (DM_SEED overrides it)
@@ -58,7 +59,7 @@ func (g *gate) waitReached(t *testing.T, what string) {
 	t.Helper()
 	select {
 	case <-g.reached:
-	case <-time.After(safety):
+	case <-time.After(testutil.Patience):
 		t.Fatalf("never reached %s", what)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"udm/internal/testutil"
 )
 
 // TestSplit checks where bios are cut: exactly at target boundaries and
@@ -464,7 +465,7 @@ func TestZeroAllocs(t *testing.T) {
 			// The race detector makes sync.Pool drop a share of what it
 			// is given; allow for that (at most one per clone) only under
 			// -race.
-			if limit := raceAllocSlack * float64(tc.clones); allocs > limit {
+			if limit := testutil.PoolSlack(tc.clones); allocs > limit {
 				t.Fatalf("%.2f allocations per bio, want <= %v", allocs, limit)
 			}
 		})

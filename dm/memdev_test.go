@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"udm/internal/testutil"
 )
 
 // memIO submits one clone straight to dev (no Device) and waits.
@@ -18,7 +19,7 @@ func memIO(t *testing.T, dev BlockDevice, op Op, sector uint64, buf []byte) erro
 	select {
 	case err := <-done:
 		return err
-	case <-time.After(safety):
+	case <-time.After(testutil.Patience):
 		t.Fatal("I/O never completed")
 		return nil
 	}

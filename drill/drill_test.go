@@ -22,7 +22,7 @@ import (
 
 var udmBin string
 
-func TestMain(m *testing.M) { testutil.MainWithUDM(m, raceBuild, &udmBin) }
+func TestMain(m *testing.M) { testutil.MainWithUDM(m, &udmBin) }
 
 func testOptions(t *testing.T) Options {
 	return Options{UDM: udmBin, Log: testLog{t}, Size: 32 << 20, Workload: Workload{Seed: uint64(time.Now().UnixNano())}}

@@ -22,10 +22,6 @@ import (
 	"udm/uring"
 )
 
-// safety bounds how long a test waits for something that must happen.
-// It only bounds hangs; no test asserts on timing.
-const safety = 30 * time.Second
-
 const (
 	kib = 1 << 10
 	mib = 1 << 20
@@ -240,7 +236,7 @@ func (b *bio) wait(t testing.TB) error {
 	t.Helper()
 	select {
 	case <-b.done:
-	case <-time.After(safety):
+	case <-time.After(testutil.Patience):
 		t.Fatalf("%s@%d never ended", b.Op, b.Sector)
 	}
 	if b.wrong.Load() {
@@ -317,19 +313,6 @@ func pattern(seed byte, n int) []byte {
 		b[i] = seed ^ byte(i*7) ^ byte(i>>9)
 	}
 	return b
-}
-
-// eventually waits for cond (it must become true; no timing is
-// asserted).
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(safety)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func mustErrno(t testing.TB, what string, err error, want syscall.Errno) {
@@ -445,7 +428,7 @@ func (f *mpFix) queued(l *uring.Loop, sector uint64, data []byte) *bio {
 	f.breakPath("p1")
 	b := f.write(l, sector, data)
 	mp := f.target("mp")
-	eventually(f.t, "the write to be held", func() bool { return mp.Held() == 1 })
+	testutil.Eventually(f.t, "the write to be held", func() bool { return mp.Held() == 1 })
 	if b.ended() {
 		f.t.Fatalf("write ended (%v) instead of being queued", b.err)
 	}
@@ -460,6 +443,15 @@ func (f *mpFix) queued(l *uring.Loop, sector uint64, data []byte) *bio {
 // waiter woken by the callback can read the stats a moment early.
 func settledStats(t testing.TB, d *dm.Device) dm.Stats {
 	t.Helper()
-	eventually(t, "the in-flight count to drop to 0", func() bool { return d.Stats().InFlight == 0 })
+	testutil.Eventually(t, "the in-flight count to drop to 0", func() bool { return d.Stats().InFlight == 0 })
 	return d.Stats()
+}
+
+// safety and eventually are the shared test helpers under the names the
+// checker's tests use.
+const safety = testutil.Patience
+
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	testutil.Eventually(t, what, cond)
 }

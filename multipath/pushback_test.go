@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"udm/dm"
+	"udm/internal/testutil"
 	"udm/uring"
 )
 
@@ -102,7 +103,7 @@ func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 			}
 			// queue_if_no_path is back after the resume.
 			w2 := f.write(f.exec(kind), 16, pattern(4, 4*kib))
-			eventually(t, "the next write to be held", func() bool { return f.target("mp").Held() == 1 })
+			testutil.Eventually(t, "the next write to be held", func() bool { return f.target("mp").Held() == 1 })
 			if err := f.mp.Suspend(bg(), false); err != nil {
 				t.Fatal(err)
 			}
@@ -148,7 +149,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 				t.Fatal(err)
 			}
 			mp := f.target("mp")
-			eventually(t, "the write to be held again", func() bool { return mp.Held() == 1 })
+			testutil.Eventually(t, "the write to be held again", func() bool { return mp.Held() == 1 })
 			if w.ended() || f.mp.Stats().Deferred != 0 {
 				t.Fatalf("ended %v, stats %+v", w.ended(), f.mp.Stats())
 			}
@@ -167,7 +168,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 			f, w, data := noflushSuspended(t, kind, envConfig{check: MapConfig{PollingInterval: 5 * time.Millisecond}})
 			f.repairPath("p0")
 			mp := f.target("mp")
-			eventually(t, "the checker to reinstate p0", func() bool { return mp.ValidPaths() == 1 })
+			testutil.Eventually(t, "the checker to reinstate p0", func() bool { return mp.ValidPaths() == 1 })
 			if w.ended() {
 				t.Fatal("the write ran before resume")
 			}
@@ -301,11 +302,11 @@ func (f *mpFix) hangAX(t *testing.T, l *uring.Loop, aData, xData []byte) (a, x *
 	f.mustMsg("mp", "fail_path", "/dev/mapper/p0")
 	f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
 	a = f.write(l, 8, aData)
-	eventually(t, "A on p1", func() bool { return f.held("p1") == 1 })
+	testutil.Eventually(t, "A on p1", func() bool { return f.held("p1") == 1 })
 	f.mustMsg("mp", "reinstate_path", "/dev/mapper/p2")
 	f.mustMsg("mp", "fail_path", "/dev/mapper/p1")
 	x = f.write(l, 16, xData)
-	eventually(t, "X on p2", func() bool { return f.held("p2") == 1 })
+	testutil.Eventually(t, "X on p2", func() bool { return f.held("p2") == 1 })
 	f.mustMsg("mp", "fail_path", "/dev/mapper/p2")
 	return a, x
 }
@@ -318,9 +319,9 @@ func (f *mpFix) suspendPushingA(t *testing.T) (cancel context.CancelFunc, done <
 	ctx, cancel := context.WithCancel(bg())
 	ch := make(chan error, 1)
 	go func() { ch <- f.mp.Suspend(ctx, true) }()
-	eventually(t, "the suspend to start", f.mp.NoflushSuspending)
+	testutil.Eventually(t, "the suspend to start", f.mp.NoflushSuspending)
 	f.release("p1")
-	eventually(t, "A on pushback", func() bool { return f.mp.Stats().Pushback == 1 })
+	testutil.Eventually(t, "A on pushback", func() bool { return f.mp.Stats().Pushback == 1 })
 	return cancel, ch
 }
 
@@ -341,7 +342,7 @@ type gatedCtx struct {
 }
 
 func (c gatedCtx) Err() error {
-	eventually(c.t, c.what, c.cond)
+	testutil.Eventually(c.t, c.what, c.cond)
 	return c.Context.Err()
 }
 
@@ -390,7 +391,7 @@ func TestFailedOrInterruptedSuspendFlushesPushback(t *testing.T) {
 				t.Fatal(err)
 			}
 			f.write(f.exec(kind), 16, pattern(1, 4*kib))
-			eventually(t, "a write to be held", func() bool { return f.target("mp").Held() == 1 })
+			testutil.Eventually(t, "a write to be held", func() bool { return f.target("mp").Held() == 1 })
 			f.repairPath("p0")
 			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p0")
 		})
@@ -476,7 +477,7 @@ func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
 			mpb := f.create("mpb", f.mpTable(true, "/dev/mapper/p0", "/dev/mapper/p1"))
 			wb := f.env.write(mpb, l, 64, pattern(0xbb, 4*kib))
 			f.l.add(wb)
-			eventually(t, "mpb to hold its write", func() bool { return f.target("mpb").Held() == 1 })
+			testutil.Eventually(t, "mpb to hold its write", func() bool { return f.target("mpb").Held() == 1 })
 			if err := f.mp.Suspend(bg(), false); err != nil {
 				t.Fatal(err)
 			}
@@ -509,7 +510,7 @@ func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
 			}
 			wb := f.env.write(mpb, l, 64, pattern(0xbb, 4*kib))
 			f.l.add(wb)
-			eventually(t, "mpb to hold its write", func() bool { return f.target("mpb").Held() == 1 })
+			testutil.Eventually(t, "mpb to hold its write", func() bool { return f.target("mpb").Held() == 1 })
 			aData, xData := pattern(0xaa, 4*kib), pattern(0x55, 4*kib)
 			a, x := f.hangAX(t, l, aData, xData)
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"udm/dm"
+	"udm/internal/testutil"
 	"udm/uring"
 )
 
@@ -345,7 +346,7 @@ func runRandomFailover(t *testing.T, sel string, seed uint64) {
 	for _, w := range ws {
 		select {
 		case <-w.done:
-		case <-time.After(2 * safety):
+		case <-time.After(2 * testutil.Patience):
 			t.Fatalf("worker %d did not finish", w.id)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"udm/dm"
+	"udm/internal/testutil"
 )
 
 // memFix is a multipath map over in-memory paths a and b (and more),
@@ -446,7 +447,7 @@ func TestTwoDevices(t *testing.T) {
 		wb := f.env.write(mpb, l, 16, pattern(0xb, 4*kib))
 		f.l.add(wb)
 		ta, tb := f.target("mp"), f.target("mpb")
-		eventually(t, "both writes held", func() bool { return ta.Held() == 1 && tb.Held() == 1 })
+		testutil.Eventually(t, "both writes held", func() bool { return ta.Held() == 1 && tb.Held() == 1 })
 		// Suspend both with noflush, concurrently.
 		errs := make(chan error, 2)
 		for _, d := range []*dm.Device{f.mp, mpb} {
@@ -500,7 +501,7 @@ func TestZeroAllocs(t *testing.T) {
 			if end.err != nil || end.n != 1002 {
 				t.Fatalf("ends %d err %v", end.n, end.err)
 			}
-			if allocs > raceAllocSlack {
+			if allocs > testutil.PoolSlack(1) {
 				t.Fatalf("%.2f allocations per bio", allocs)
 			}
 		})
@@ -562,7 +563,7 @@ func TestStaleErrorKeepsReinstatedPath(t *testing.T) {
 		f.mustMsg("mp", "fail_path", "b")
 		a.Hang(true)
 		x := f.io(kind, dm.OpWrite, 0, pattern(1, 4*kib))
-		eventually(t, "x on a", func() bool { return a.Held() == 1 })
+		testutil.Eventually(t, "x on a", func() bool { return a.Held() == 1 })
 		a.Hang(false)
 		f.mustMsg("mp", "reinstate_path", "b")
 		f.mustMsg("mp", "fail_path", "a")

@@ -1046,12 +1046,13 @@ func (h *restHandler) Complete(uint64, int32, uint32) {
 }
 
 // Rest makes a loop that just did work sleep at once instead of spinning
-// for Config.Spin; without it the loop spins (the test would fail
-// without Rest, which the second case shows).
+// for Config.Spin (an hour here); without it the loop spins, and a
+// function posted then needs no wake-up (the second case shows the test
+// would fail without Rest).
 func TestRestSkipsSpin(t *testing.T) {
 	for _, rest := range []bool{true, false} {
 		t.Run(fmt.Sprintf("rest=%v", rest), func(t *testing.T) {
-			l := newLoop(t, Config{Spin: 2 * time.Second})
+			l := newLoop(t, Config{Spin: time.Hour})
 			h := &restHandler{l: l, rest: rest, done: make(chan struct{})}
 			l.Call(func() {
 				var e SQE
@@ -1059,13 +1060,13 @@ func TestRestSkipsSpin(t *testing.T) {
 				l.Submit(&e, h, 0)
 			})
 			<-h.done
-			asleep := func() bool { return l.state.Load() != stateRunning }
-			deadline := time.Now().Add(500 * time.Millisecond)
-			for !asleep() && time.Now().Before(deadline) {
-				time.Sleep(time.Millisecond)
+			if rest {
+				testutil.Eventually(t, "the loop to sleep after Rest", func() bool { return l.state.Load() != stateRunning })
 			}
-			if asleep() != rest {
-				t.Fatalf("rest=%v: asleep 500ms after the completion = %v", rest, asleep())
+			wakes := l.Stats().Wakes
+			l.Call(func() {})
+			if woke := l.Stats().Wakes - wakes; (woke == 1) != rest {
+				t.Fatalf("rest=%v: a function posted after the completion woke the loop %d times", rest, woke)
 			}
 		})
 	}

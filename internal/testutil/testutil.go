@@ -106,10 +106,10 @@ func ModuleRoot(t testing.TB) string {
 }
 
 // MainWithUDM is a TestMain that builds cmd/udm once into a temporary
-// directory (with -race when race is set: the tests run under it, and so
-// should the daemon they start), stores its path in *bin, runs the tests
-// and removes the build.
-func MainWithUDM(m *testing.M, race bool, bin *string) {
+// directory (with -race when the tests run under it: so should the daemon
+// they start), stores its path in *bin, runs the tests and removes the
+// build.
+func MainWithUDM(m *testing.M, bin *string) {
 	dir, err := os.MkdirTemp("", "udm-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -121,7 +121,7 @@ func MainWithUDM(m *testing.M, race bool, bin *string) {
 		goBin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
 	}
 	args := []string{"build", "-o", *bin}
-	if race {
+	if Race {
 		args = append(args, "-race")
 	}
 	if out, err := exec.Command(goBin, append(args, "udm/cmd/udm")...).CombinedOutput(); err != nil {

@@ -1,5 +1,0 @@
-//go:build !race
-
-package dm
-
-const raceAllocSlack = 0.0

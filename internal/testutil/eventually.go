@@ -1,0 +1,43 @@
+package testutil
+
+import (
+	"testing"
+	"time"
+)
+
+// Patience is how long a test waits for something that must happen
+// before it declares it lost. It only bounds hangs: no test asserts that
+// anything happens sooner, so a slow or loaded machine takes longer but
+// does not fail.
+const Patience = 60 * time.Second
+
+// Eventually polls cond until it holds, and fails the test (naming what
+// it waited for) if it does not within Patience. It polls often at first
+// and then every few milliseconds.
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(Patience)
+	pause := 50 * time.Microsecond
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", Patience, what)
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 5*time.Millisecond)
+	}
+}
+
+// Wait receives from ch, and fails the test (naming what it waited for)
+// if nothing comes within Patience.
+func Wait[T any](t testing.TB, what string, ch <-chan T) T {
+	t.Helper()
+	timer := time.NewTimer(Patience)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		t.Fatalf("waited %v for %s", Patience, what)
+		panic("unreachable")
+	}
+}

@@ -1,5 +1,0 @@
-//go:build !race
-
-package multipath
-
-const raceAllocSlack = 0
