@@ -248,7 +248,14 @@ path p1 dm
 			return fmt.Sprintf(`# Two remote paths: udm serve in two network namespaces (veth pairs,
 # link-local addresses), one export each over the same file. One link
 # goes down and comes back.
+#
+# A check or an I/O of a remote path crosses the network stack and two
+# more processes (the remote server, whose loop then does the read): on
+# a busy machine each hop waits for a CPU, and a healthy path can take
+# longer than the 500 ms and 1 s that suit local paths, which fails it
+# (the map then has no path). Remote paths get the daemon's defaults.
 remote udm
+checker check_timeout=2s io_deadline=2s
 path r0 remote
 path r1 remote
 %s    cut r0
