@@ -76,6 +76,7 @@ func sockDir(t *testing.T) string {
 // and a Unix socket, no metrics and no demo unless extra says otherwise.
 func startUDM(t *testing.T, stateDir string, extra ...string) *udmd {
 	t.Helper()
+	testutil.SkipShort(t, "an end-to-end test of udm serve")
 	sd := sockDir(t)
 	u := &udmd{t: t, stateDir: stateDir, sock: filepath.Join(sd, "c.sock"), nbdUnix: filepath.Join(sd, "n.sock")}
 	u.args = append([]string{"serve", "--state-dir", stateDir, "--control", u.sock, "--nbd", "127.0.0.1:0",

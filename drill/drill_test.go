@@ -25,6 +25,7 @@ var udmBin string
 func TestMain(m *testing.M) { testutil.MainWithUDM(m, &udmBin) }
 
 func testOptions(t *testing.T) Options {
+	testutil.SkipShort(t, "a drill starts udm serve")
 	return Options{UDM: udmBin, Log: testLog{t}, Size: 32 << 20, Workload: Workload{Seed: uint64(time.Now().UnixNano())}}
 }
 
@@ -136,6 +137,7 @@ checker no_path_retry=fail
 // A drill against a daemon it didn't start (--control): its devices are
 // made there and removed after; a restart is refused.
 func TestDrillExternalDaemon(t *testing.T) {
+	testutil.SkipShort(t, "a drill against a running udm serve")
 	state := t.TempDir()
 	sock := filepath.Join(t.TempDir(), "c.sock")
 	if len(sock) > 100 {
@@ -179,7 +181,7 @@ func TestDrillExternalDaemon(t *testing.T) {
 
 // A schedule that can't parse says where.
 func TestRunScheduleErrors(t *testing.T) {
-	_, err := RunSchedule(context.Background(), "x", "1s explode p0\n", testOptions(t))
+	_, err := RunSchedule(context.Background(), "x", "1s explode p0\n", Options{Log: testLog{t}})
 	if !errors.Is(err, ErrSchedule) || !strings.Contains(err.Error(), "line 1") {
 		t.Fatalf("bad schedule: %v", err)
 	}
@@ -293,6 +295,7 @@ path r1 remote
 // is the report as JSON (the verdict and what the summary shows), and
 // DIR gets NAME.txt, NAME.json (the same JSON) and NAME.svg.
 func TestDrillCLI(t *testing.T) {
+	testutil.SkipShort(t, "udm drill runs a drill")
 	dir := t.TempDir()
 	sched := filepath.Join(dir, "cli-smoke.drill")
 	text := `# One path fails by message and comes back.

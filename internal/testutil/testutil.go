@@ -3,6 +3,7 @@
 package testutil
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -86,6 +87,16 @@ func RequireTool(t testing.TB, tool string) string {
 	return p
 }
 
+// SkipShort skips the test under go test -short, saying what it is (the
+// short run, for the edit-test loop, leaves out the drills and the tests
+// that start a daemon; make test runs everything).
+func SkipShort(t testing.TB, what string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("skipped under -short: %s (make test runs it)", what)
+	}
+}
+
 // ModuleRoot returns the repository root (where go.mod is).
 func ModuleRoot(t testing.TB) string {
 	t.Helper()
@@ -108,8 +119,13 @@ func ModuleRoot(t testing.TB) string {
 // MainWithUDM is a TestMain that builds cmd/udm once into a temporary
 // directory (with -race when the tests run under it: so should the daemon
 // they start), stores its path in *bin, runs the tests and removes the
-// build.
+// build. Under -short it builds nothing (the tests that run udm skip
+// there, with SkipShort).
 func MainWithUDM(m *testing.M, bin *string) {
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "udm-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
