@@ -323,8 +323,10 @@ func runRandomFailover(t *testing.T, sel string, seed uint64) {
 				s.hung = true
 				hangs++
 				if rng.IntN(2) == 0 {
-					// Hang past the deadline: its I/O times out.
-					time.Sleep(deadline + 100*time.Millisecond)
+					// Hang past the deadline: its I/O times out (or, if
+					// none was sent there, its check does), which fails
+					// it.
+					testutil.Eventually(t, p+" to fail while it hangs", func() bool { return !f.target("mp").state().active[i] })
 				}
 			}
 			time.Sleep(time.Duration(rng.IntN(4000)) * time.Microsecond)

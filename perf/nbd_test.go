@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
 
 	"udm/internal/testutil"
 )
@@ -29,14 +28,11 @@ func startNbdkitUnix(t *testing.T, size int64) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if b, err := os.ReadFile(pid); err == nil && len(b) > 0 {
-			return "nbd+unix:///?socket=" + sock
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("nbdkit never started")
-		}
-	}
+	testutil.Eventually(t, "nbdkit to write its pid file (it serves then)", func() bool {
+		b, err := os.ReadFile(pid)
+		return err == nil && len(b) > 0
+	})
+	return "nbd+unix:///?socket=" + sock
 }
 
 // The NBD engine runs a verified mixed workload through udm's client on
