@@ -1,4 +1,4 @@
-package dm
+package dm_test
 
 import (
 	"context"
@@ -10,6 +10,10 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"udm/dm"
+	"udm/dm/dmtest"
+	"udm/internal/testutil"
 )
 
 func wantEvents(t *testing.T, log *eventLog, want ...string) {
@@ -27,12 +31,12 @@ func TestTwoTableSlots(t *testing.T) {
 	log := &eventLog{}
 	a, b := newCapDev("a", MiB), newCapDev("b", MiB)
 	closed := map[string]int{}
-	open := func(name string, ro bool) (BlockDevice, io.Closer, error) {
-		dev := map[string]BlockDevice{"a": a, "b": b}[name]
-		return dev, closerFunc(func() error { closed[name]++; return nil }), nil
+	open := func(name string, ro bool) (dm.BlockDevice, io.Closer, error) {
+		dev := map[string]dm.BlockDevice{"a": a, "b": b}[name]
+		return dev, dm.CloserFunc(func() error { closed[name]++; return nil }), nil
 	}
 	reg := testTargets(t, log)
-	d := NewDevice(DeviceConfig{Name: "slots", Targets: reg, Open: open})
+	d := dm.NewDevice(dm.DeviceConfig{Name: "slots", Targets: reg, Open: open})
 	if err := d.Load("0 8 rec a old"); err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +48,7 @@ func TestTwoTableSlots(t *testing.T) {
 
 	// A bio in flight on the old table while a new one is loaded.
 	a.setHold(true)
-	r := newRec(OpWrite, 0, 512)
+	r := dmtest.NewRec(dm.OpWrite, 0, 512)
 	d.Submit(&r.Bio)
 	if err := d.Load("0 16 rec b new"); err != nil {
 		t.Fatal(err)
@@ -62,11 +66,11 @@ func TestTwoTableSlots(t *testing.T) {
 		t.Fatalf("size %d before the swap", d.Size())
 	}
 	// Live I/O still goes to the old table.
-	r2 := newRec(OpRead, 0, 512)
+	r2 := dmtest.NewRec(dm.OpRead, 0, 512)
 	d.Submit(&r2.Bio)
 	a.release(nil)
-	mustErrno(t, "in-flight write", r.wait(t), 0)
-	mustErrno(t, "read", r2.wait(t), 0)
+	testutil.MustErrno(t, "in-flight write", r.Wait(t), 0)
+	testutil.MustErrno(t, "read", r2.Wait(t), 0)
 	wantEvents(t, log, "map old write@0", "ctr new", "map old read@0")
 
 	d.Clear()
@@ -99,9 +103,9 @@ func TestTwoTableSlots(t *testing.T) {
 	if d.Event() == ev0 {
 		t.Fatal("a table swap did not bump the event counter")
 	}
-	r3 := newRec(OpRead, 8, 512)
+	r3 := dmtest.NewRec(dm.OpRead, 8, 512)
 	d.Submit(&r3.Bio)
-	mustErrno(t, "read on the new table", r3.wait(t), 0)
+	testutil.MustErrno(t, "read on the new table", r3.Wait(t), 0)
 	if got := b.take(); len(got) != 1 || got[0].Sector != 8 {
 		t.Fatalf("b got %v", got)
 	}
@@ -115,7 +119,7 @@ func TestSuspendResumeOrder(t *testing.T) {
 		name := map[bool]string{false: "flush", true: "noflush"}[noflush]
 		t.Run(name, func(t *testing.T) {
 			log := &eventLog{}
-			a := NewMemDevice("a", MiB)
+			a := dmtest.NewMemDevice("a", MiB)
 			d := newDev(t, log, "0 8 rec a A\n8 8 rec a B", a)
 			log.take()
 			if err := d.Suspend(bg(), noflush); err != nil {
@@ -137,17 +141,17 @@ func TestSuspendResumeOrder(t *testing.T) {
 			wantEvents(t, log)
 
 			// I/O waits on deferred while suspended.
-			r := newRec(OpWrite, 9, 512)
+			r := dmtest.NewRec(dm.OpWrite, 9, 512)
 			d.Submit(&r.Bio)
-			if r.ended() || d.Stats().Deferred != 1 {
-				t.Fatalf("bio not deferred: ended %v stats %+v", r.ended(), d.Stats())
+			if r.Ended() || d.Stats().Deferred != 1 {
+				t.Fatalf("bio not deferred: ended %v stats %+v", r.Ended(), d.Stats())
 			}
 			wantEvents(t, log)
 
 			if err := d.Resume(bg()); err != nil {
 				t.Fatal(err)
 			}
-			mustErrno(t, "deferred bio", r.wait(t), 0)
+			testutil.MustErrno(t, "deferred bio", r.Wait(t), 0)
 			wantEvents(t, log,
 				"preresume A noflush=false block=true suspended=true pending=0",
 				"preresume B noflush=false block=true suspended=true pending=0",
@@ -174,12 +178,12 @@ func TestSuspendWaitsForPending(t *testing.T) {
 	a := newCapDev("a", MiB)
 	d := newDev(t, log, "0 8 rec a A", a)
 	a.setHold(true)
-	r := newRec(OpRead, 0, 512)
+	r := dmtest.NewRec(dm.OpRead, 0, 512)
 	d.Submit(&r.Bio)
 	log.take()
 	blocked := make(chan struct{})
-	d.setHook(func(p hookPoint) {
-		if p == hookBlocked {
+	d.SetHook(func(p dm.HookPoint) {
+		if p == dm.HookBlocked {
 			close(blocked)
 		}
 	})
@@ -196,31 +200,31 @@ func TestSuspendWaitsForPending(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	mustErrno(t, "bio", r.wait(t), 0)
+	testutil.MustErrno(t, "bio", r.Wait(t), 0)
 	wantEvents(t, log, "postsuspend A noflush=false block=true suspended=false pending=0")
 }
 
 func TestResumeErrors(t *testing.T) {
 	t.Run("no table", func(t *testing.T) {
-		d := NewDevice(DeviceConfig{Name: "none"})
+		d := dm.NewDevice(dm.DeviceConfig{Name: "none"})
 		err := d.Resume(bg())
-		if !errors.Is(err, ErrNoTable) || !errors.Is(err, syscall.EINVAL) {
+		if !errors.Is(err, dm.ErrNoTable) || !errors.Is(err, syscall.EINVAL) {
 			t.Fatalf("resume without a table: %v", err)
 		}
 		if err := d.Suspend(bg(), false); err != nil {
 			t.Fatalf("suspend without a table: %v", err)
 		}
-		if err := d.Resume(bg()); !errors.Is(err, ErrNoTable) || !d.Suspended() {
+		if err := d.Resume(bg()); !errors.Is(err, dm.ErrNoTable) || !d.Suspended() {
 			t.Fatalf("resume of a suspended device without a table: %v, suspended %v", err, d.Suspended())
 		}
 	})
 	t.Run("zero size", func(t *testing.T) {
-		d := NewDevice(DeviceConfig{Name: "zero"})
+		d := dm.NewDevice(dm.DeviceConfig{Name: "zero"})
 		if err := d.Load("# nothing\n"); err != nil {
 			t.Fatal(err)
 		}
 		err := d.Resume(bg())
-		if !errors.Is(err, ErrZeroSize) || !errors.Is(err, syscall.EINVAL) {
+		if !errors.Is(err, dm.ErrZeroSize) || !errors.Is(err, syscall.EINVAL) {
 			t.Fatalf("resume of a zero-size table: %v", err)
 		}
 		if i := d.Info(); !i.Suspended || !i.Live || i.Inactive {
@@ -229,12 +233,12 @@ func TestResumeErrors(t *testing.T) {
 	})
 	t.Run("preresume error leaves it suspended", func(t *testing.T) {
 		log := &eventLog{}
-		a := NewMemDevice("a", MiB)
+		a := dmtest.NewMemDevice("a", MiB)
 		d := newDev(t, log, "0 8 rec a A\n8 8 rec a B", a)
 		if err := d.Suspend(bg(), false); err != nil {
 			t.Fatal(err)
 		}
-		r := newRec(OpRead, 0, 512)
+		r := dmtest.NewRec(dm.OpRead, 0, 512)
 		d.Submit(&r.Bio)
 		log.take()
 		boom := errors.New("boom")
@@ -245,14 +249,14 @@ func TestResumeErrors(t *testing.T) {
 		wantEvents(t, log,
 			"preresume A noflush=false block=true suspended=true pending=0",
 			"preresume B noflush=false block=true suspended=true pending=0")
-		if !d.Suspended() || r.ended() || d.Stats().Deferred != 1 {
-			t.Fatalf("after the failed resume: suspended %v, deferred bio ended %v", d.Suspended(), r.ended())
+		if !d.Suspended() || r.Ended() || d.Stats().Deferred != 1 {
+			t.Fatalf("after the failed resume: suspended %v, deferred bio ended %v", d.Suspended(), r.Ended())
 		}
 		liveTarget[*recTarget](t, d, 1).preresumeErr = nil
 		if err := d.Resume(bg()); err != nil {
 			t.Fatal(err)
 		}
-		mustErrno(t, "deferred bio", r.wait(t), 0)
+		testutil.MustErrno(t, "deferred bio", r.Wait(t), 0)
 	})
 }
 
@@ -264,44 +268,44 @@ func TestSuspendInterrupted(t *testing.T) {
 	a := newCapDev("a", MiB)
 	d := newDev(t, log, "0 8 rec a A", a)
 	a.setHold(true)
-	inflight := newRec(OpRead, 0, 512)
+	inflight := dmtest.NewRec(dm.OpRead, 0, 512)
 	d.Submit(&inflight.Bio)
 	a.setHold(false) // only this one is held
 	log.take()
 
 	ctx, cancel := context.WithCancel(bg())
-	var late *ioRec
-	d.setHook(func(p hookPoint) {
-		if p == hookBlocked {
+	var late *dmtest.Rec
+	d.SetHook(func(p dm.HookPoint) {
+		if p == dm.HookBlocked {
 			// BLOCK_IO is set: this bio is deferred. Then give up.
-			late = newRec(OpWrite, 1, 512)
+			late = dmtest.NewRec(dm.OpWrite, 1, 512)
 			d.Submit(&late.Bio)
 			cancel()
 		}
 	})
 	err := d.Suspend(ctx, false)
-	d.setHook(nil)
-	if !errors.Is(err, ErrInterrupted) || !errors.Is(err, context.Canceled) || !errors.Is(err, syscall.EINTR) {
+	d.SetHook(nil)
+	if !errors.Is(err, dm.ErrInterrupted) || !errors.Is(err, context.Canceled) || !errors.Is(err, syscall.EINTR) {
 		t.Fatalf("interrupted suspend returned %v", err)
 	}
-	if d.Suspended() || d.flags.Load()&(flagBlockIO|flagNoflushSuspending) != 0 {
-		t.Fatalf("device state %b after an interrupted suspend", d.flags.Load())
+	if d.Suspended() || d.Flags()&(dm.FlagBlockIO|dm.FlagNoflushSuspending) != 0 {
+		t.Fatalf("device state %b after an interrupted suspend", d.Flags())
 	}
-	mustErrno(t, "deferred bio re-issued", late.wait(t), 0)
+	testutil.MustErrno(t, "deferred bio re-issued", late.Wait(t), 0)
 	wantEvents(t, log,
 		"presuspend A noflush=false block=false suspended=false pending=1",
 		"map A write@1",
 		"presuspend_undo A noflush=false block=false suspended=false pending=1")
 	// The in-flight bio is untouched and completes normally.
-	if inflight.ended() {
+	if inflight.Ended() {
 		t.Fatal("in-flight bio ended by the interrupt")
 	}
 	a.release(nil)
-	mustErrno(t, "in-flight bio", inflight.wait(t), 0)
+	testutil.MustErrno(t, "in-flight bio", inflight.Wait(t), 0)
 	// New I/O flows.
-	r := newRec(OpRead, 2, 512)
+	r := dmtest.NewRec(dm.OpRead, 2, 512)
 	d.Submit(&r.Bio)
-	mustErrno(t, "new bio", r.wait(t), 0)
+	testutil.MustErrno(t, "new bio", r.Wait(t), 0)
 }
 
 // A context that is already done fails the suspend right after
@@ -314,36 +318,36 @@ func TestSuspendContextEnds(t *testing.T) {
 	log.take()
 	ctx, cancel := context.WithCancel(bg())
 	cancel()
-	if err := d.Suspend(ctx, true); !errors.Is(err, ErrInterrupted) || !errors.Is(err, context.Canceled) {
+	if err := d.Suspend(ctx, true); !errors.Is(err, dm.ErrInterrupted) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("suspend with a done context: %v", err)
 	}
 	wantEvents(t, log,
 		"presuspend A noflush=true block=false suspended=false pending=0",
 		"presuspend_undo A noflush=false block=false suspended=false pending=0")
-	if d.flags.Load()&(flagBlockIO|flagNoflushSuspending|flagSuspended) != 0 {
-		t.Fatalf("flags %b", d.flags.Load())
+	if d.Flags()&(dm.FlagBlockIO|dm.FlagNoflushSuspending|dm.FlagSuspended) != 0 {
+		t.Fatalf("flags %b", d.Flags())
 	}
 
 	// Hold the suspend lock with a suspend stuck on in-flight I/O.
 	a.setHold(true)
-	r := newRec(OpRead, 0, 512)
+	r := dmtest.NewRec(dm.OpRead, 0, 512)
 	d.Submit(&r.Bio)
 	blocked := make(chan struct{})
-	d.setHook(func(p hookPoint) {
-		if p == hookBlocked {
+	d.SetHook(func(p dm.HookPoint) {
+		if p == dm.HookBlocked {
 			close(blocked)
 		}
 	})
 	first := make(chan error, 1)
 	go func() { first <- d.Suspend(bg(), false) }()
 	<-blocked
-	d.setHook(nil)
+	d.SetHook(nil)
 	log.take()
 	ctx2, cancel2 := context.WithCancel(bg())
 	second := make(chan error, 1)
 	go func() { second <- d.Resume(ctx2) }()
 	cancel2()
-	if err := <-second; !errors.Is(err, ErrInterrupted) || !errors.Is(err, context.Canceled) {
+	if err := <-second; !errors.Is(err, dm.ErrInterrupted) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("resume waiting for the lock: %v", err)
 	}
 	a.release(nil)
@@ -357,14 +361,14 @@ func TestSuspendContextEnds(t *testing.T) {
 // it (and mapped there), others from the resuming goroutine.
 func TestDeferredReissue(t *testing.T) {
 	log := &eventLog{}
-	a := NewMemDevice("a", MiB)
+	a := dmtest.NewMemDevice("a", MiB)
 	d := newDev(t, log, "0 64 rec a A", a)
-	loop := newTestLoop(t)
+	loop := dmtest.NewLoop(t)
 	var mu sync.Mutex
 	onLoop := map[uint64]bool{}
-	liveTarget[*recTarget](t, d, 0).mapHook = func(c *Clone) {
+	liveTarget[*recTarget](t, d, 0).mapHook = func(c *dm.Clone) {
 		mu.Lock()
-		onLoop[c.Sector] = loop.onLoop()
+		onLoop[c.Sector] = loop.OnLoop()
 		mu.Unlock()
 	}
 	if err := d.Suspend(bg(), false); err != nil {
@@ -373,7 +377,7 @@ func TestDeferredReissue(t *testing.T) {
 	log.take()
 	var l ledger
 	for i := uint64(0); i < 8; i++ {
-		r := l.bio(OpWrite, i, 512)
+		r := l.bio(dm.OpWrite, i, 512)
 		if i%2 == 1 {
 			r.Exec = loop
 		}
@@ -382,12 +386,12 @@ func TestDeferredReissue(t *testing.T) {
 	if d.Stats().Deferred != 8 || l.endedCount() != 0 {
 		t.Fatalf("deferred %d ended %d", d.Stats().Deferred, l.endedCount())
 	}
-	posted := loop.posted.Load()
+	posted := loop.Posted()
 	if err := d.Resume(bg()); err != nil {
 		t.Fatal(err)
 	}
 	l.waitAll(t)
-	if n := loop.posted.Load() - posted; n != 4 {
+	if n := loop.Posted() - posted; n != 4 {
 		t.Fatalf("%d posts to the loop, want 4", n)
 	}
 	mu.Lock()
@@ -419,36 +423,36 @@ func TestDeferredReissue(t *testing.T) {
 
 // A deferred bio whose executor is closed ends with EIO at resume.
 func TestDeferredReissueClosedExec(t *testing.T) {
-	a := NewMemDevice("a", MiB)
+	a := dmtest.NewMemDevice("a", MiB)
 	d := newDev(t, nil, "0 8 linear a 0", a)
-	loop := newTestLoop(t)
+	loop := dmtest.NewLoop(t)
 	if err := d.Suspend(bg(), false); err != nil {
 		t.Fatal(err)
 	}
-	r := newRec(OpRead, 0, 512)
+	r := dmtest.NewRec(dm.OpRead, 0, 512)
 	r.Exec = loop
 	d.Submit(&r.Bio)
-	loop.close()
+	loop.Close()
 	if err := d.Resume(bg()); err != nil {
 		t.Fatal(err)
 	}
-	mustErrno(t, "bio of a closed loop", r.wait(t), syscall.EIO)
+	testutil.MustErrno(t, "bio of a closed loop", r.Wait(t), syscall.EIO)
 }
 
 // EndDeferred ends what a suspended device holds with EIO, each bio once
 // (on its executor if it has one), and leaves the device suspended with
 // its table: resuming it serves new I/O.
 func TestEndDeferred(t *testing.T) {
-	a := NewMemDevice("a", MiB)
+	a := dmtest.NewMemDevice("a", MiB)
 	d := newDev(t, nil, "0 64 linear a 0", a)
-	loop := newTestLoop(t)
+	loop := dmtest.NewLoop(t)
 	if err := d.Suspend(bg(), false); err != nil {
 		t.Fatal(err)
 	}
 	var l ledger
-	var held []*ioRec
+	var held []*dmtest.Rec
 	for i := uint64(0); i < 4; i++ {
-		r := l.bio(OpWrite, i, 512)
+		r := l.bio(dm.OpWrite, i, 512)
 		if i%2 == 1 {
 			r.Exec = loop
 		}
@@ -458,15 +462,15 @@ func TestEndDeferred(t *testing.T) {
 	if d.Stats().Deferred != 4 || l.endedCount() != 0 {
 		t.Fatalf("deferred %d ended %d", d.Stats().Deferred, l.endedCount())
 	}
-	posted := loop.posted.Load()
+	posted := loop.Posted()
 	if n := d.EndDeferred(); n != 4 {
 		t.Fatalf("EndDeferred ended %d, want 4", n)
 	}
 	for i, r := range held {
-		mustErrno(t, fmt.Sprintf("held write %d", i), r.wait(t), syscall.EIO)
+		testutil.MustErrno(t, fmt.Sprintf("held write %d", i), r.Wait(t), syscall.EIO)
 	}
 	l.checkOnce(t)
-	if n := loop.posted.Load() - posted; n != 2 {
+	if n := loop.Posted() - posted; n != 2 {
 		t.Fatalf("%d bios ended through the loop, want 2", n)
 	}
 	if s := d.Stats(); s.Deferred != 0 || !d.Suspended() {
@@ -478,16 +482,16 @@ func TestEndDeferred(t *testing.T) {
 	if err := d.Resume(bg()); err != nil {
 		t.Fatal(err)
 	}
-	r := newRec(OpRead, 0, 512)
+	r := dmtest.NewRec(dm.OpRead, 0, 512)
 	d.Submit(&r.Bio)
-	mustErrno(t, "read after resume", r.wait(t), 0)
+	testutil.MustErrno(t, "read after resume", r.Wait(t), 0)
 }
 
 // RemoveOrDefer says whether it removed the device or marked it; the
 // last Close of a marked standalone device removes it on a goroutine of
 // the device's, which WaitRemoval waits for.
 func TestRemoveOrDeferStandalone(t *testing.T) {
-	a := NewMemDevice("a", MiB)
+	a := dmtest.NewMemDevice("a", MiB)
 	d := newDev(t, nil, "0 8 linear a 0", a)
 	if err := d.Open(); err != nil {
 		t.Fatal(err)
@@ -528,26 +532,26 @@ func TestRemoveOrDeferStandalone(t *testing.T) {
 func TestDeferredRemovalRechecksTheMark(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
-		between func(t *testing.T, d *Device)
+		between func(t *testing.T, d *dm.Device)
 		marked  bool
 	}{
-		{"cancelled", func(t *testing.T, d *Device) {
+		{"cancelled", func(t *testing.T, d *dm.Device) {
 			if err := d.CancelDeferredRemove(); err != nil {
 				t.Fatal(err)
 			}
 		}, false},
-		{"opened again", func(t *testing.T, d *Device) {
+		{"opened again", func(t *testing.T, d *dm.Device) {
 			if err := d.Open(); err != nil {
 				t.Fatal(err)
 			}
 		}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a := NewMemDevice("a", MiB)
+			a := dmtest.NewMemDevice("a", MiB)
 			d := newDev(t, nil, "0 8 linear a 0", a)
 			gate, reached := make(chan struct{}), make(chan struct{})
-			d.setHook(func(p hookPoint) {
-				if p == hookDeferredRemoval {
+			d.SetHook(func(p dm.HookPoint) {
+				if p == dm.HookDeferredRemoval {
 					close(reached)
 					<-gate
 				}
@@ -573,7 +577,7 @@ func TestDeferredRemovalRechecksTheMark(t *testing.T) {
 			if !tc.marked {
 				return
 			}
-			d.setHook(nil)
+			d.SetHook(nil)
 			if err := d.Close(); err != nil {
 				t.Fatal(err)
 			}
@@ -590,7 +594,7 @@ func TestDeferredRemovalRechecksTheMark(t *testing.T) {
 }
 
 func TestEvents(t *testing.T) {
-	d := NewDevice(DeviceConfig{Name: "ev"})
+	d := dm.NewDevice(dm.DeviceConfig{Name: "ev"})
 	n := d.Event()
 	// Already past: returns at once.
 	if got, err := d.WaitEvent(bg(), n+7); err != nil || got != n {
@@ -604,7 +608,7 @@ func TestEvents(t *testing.T) {
 		}
 		done <- got
 	}()
-	ctx := &TargetContext{Device: d}
+	ctx := &dm.TargetContext{Device: d}
 	ctx.TriggerEvent()
 	if got := <-done; got != n+1 {
 		t.Fatalf("woke with %d, want %d", got, n+1)
@@ -615,17 +619,17 @@ func TestEvents(t *testing.T) {
 		t.Fatalf("WaitEvent with a canceled context: %v", err)
 	}
 	// The nil-safe shortcuts.
-	var none *TargetContext
+	var none *dm.TargetContext
 	none.TriggerEvent()
-	if none.NoflushSuspending() || none.Suspended() || none.ReadOnly() || (&TargetContext{}).NoflushSuspending() {
+	if none.NoflushSuspending() || none.Suspended() || none.ReadOnly() || (&dm.TargetContext{}).NoflushSuspending() {
 		t.Fatal("shortcuts without a device")
 	}
 }
 
 func TestInfoStatusMessage(t *testing.T) {
 	log := &eventLog{}
-	a := NewMemDevice("a", MiB)
-	d := NewDevice(DeviceConfig{Name: "vol", UUID: "UDM-1", Targets: testTargets(t, log), Open: StaticOpener(a)})
+	a := dmtest.NewMemDevice("a", MiB)
+	d := dm.NewDevice(dm.DeviceConfig{Name: "vol", UUID: "UDM-1", Targets: testTargets(t, log), Open: dm.StaticOpener(a)})
 	if got := d.Info().String(); got != "Name:              vol\nState:             ACTIVE\nTables present:    None\nOpen count:        0\nEvent number:      0\nUUID: UDM-1\n" {
 		t.Fatalf("info without tables:\n%s", got)
 	}
@@ -672,23 +676,23 @@ func TestInfoStatusMessage(t *testing.T) {
 	}{
 		{0, []string{"hello", "world"}, "first:hello,world", nil},
 		{7, []string{"x"}, "first:x", nil},
-		{8, []string{"x"}, "", ErrBadMessage},
-		{16, []string{"x"}, "", ErrBadMessage},
-		{0, nil, "", ErrBadMessage},
+		{8, []string{"x"}, "", dm.ErrBadMessage},
+		{16, []string{"x"}, "", dm.ErrBadMessage},
+		{0, nil, "", dm.ErrBadMessage},
 	} {
 		reply, err := d.Message(bg(), tc.sector, tc.args)
 		if reply != tc.reply || !errors.Is(err, tc.err) || (tc.err != nil && !errors.Is(err, syscall.EINVAL)) {
 			t.Errorf("Message(%d, %q) = %q, %v; want %q, %v", tc.sector, tc.args, reply, err, tc.reply, tc.err)
 		}
 	}
-	if _, err := NewDevice(DeviceConfig{}).Message(bg(), 0, []string{"x"}); !errors.Is(err, ErrBadMessage) {
+	if _, err := dm.NewDevice(dm.DeviceConfig{}).Message(bg(), 0, []string{"x"}); !errors.Is(err, dm.ErrBadMessage) {
 		t.Fatalf("message without a table: %v", err)
 	}
 
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Close(); !errors.Is(err, ErrNotOpen) {
+	if err := d.Close(); !errors.Is(err, dm.ErrNotOpen) {
 		t.Fatalf("close of a closed device: %v", err)
 	}
 }
@@ -697,17 +701,17 @@ func TestStats(t *testing.T) {
 	a := newCapDev("a", MiB)
 	d := newDev(t, nil, "0 64 linear a 0", a)
 	var l ledger
-	l.submit(d, OpRead, 0, 4096)
-	l.submit(d, OpWrite, 0, 1024)
-	l.submit(d, OpWrite, 2, 512)
-	l.submit(d, OpFlush, 0, 0)
-	l.submit(d, OpDiscard, 0, 4096)
-	l.submit(d, OpRead, 100, 512) // beyond the end
+	l.submit(d, dm.OpRead, 0, 4096)
+	l.submit(d, dm.OpWrite, 0, 1024)
+	l.submit(d, dm.OpWrite, 2, 512)
+	l.submit(d, dm.OpFlush, 0, 0)
+	l.submit(d, dm.OpDiscard, 0, 4096)
+	l.submit(d, dm.OpRead, 100, 512) // beyond the end
 	l.waitAll(t)
 	a.setHold(true)
-	l.submit(d, OpRead, 0, 512)
+	l.submit(d, dm.OpRead, 0, 512)
 	s := d.Stats()
-	want := Stats{Reads: 2, Writes: 2, Flushes: 1, Discards: 1, ReadBytes: 4096 + 512, WriteBytes: 1536, Errors: 1, InFlight: 1}
+	want := dm.Stats{Reads: 2, Writes: 2, Flushes: 1, Discards: 1, ReadBytes: 4096 + 512, WriteBytes: 1536, Errors: 1, InFlight: 1}
 	if s != want {
 		t.Fatalf("stats\n got %+v\nwant %+v", s, want)
 	}
@@ -716,7 +720,7 @@ func TestStats(t *testing.T) {
 	if err := d.Suspend(bg(), false); err != nil {
 		t.Fatal(err)
 	}
-	l.submit(d, OpRead, 0, 512)
+	l.submit(d, dm.OpRead, 0, 512)
 	if s := d.Stats(); s.Deferred != 1 || !s.Suspended || s.InFlight != 0 {
 		t.Fatalf("suspended stats %+v", s)
 	}

@@ -2,7 +2,7 @@
 // interfaces, tables in the kernel's syntax, devices with suspend/resume
 // and the noflush pushback list, the registry of named devices, the simple
 // targets (linear, striped, error, zero, flakey, delay), a stacking
-// adapter, and test devices (MemDevice, NullDevice).
+// adapter (test devices are in dm/dmtest).
 //
 // # Life of a bio
 //

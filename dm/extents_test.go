@@ -1,4 +1,4 @@
-package dm
+package dm_test
 
 import (
 	"context"
@@ -6,21 +6,24 @@ import (
 	"testing"
 
 	"github.com/rs/zerolog"
+
+	"udm/dm"
+	"udm/dm/dmtest"
 )
 
 type holeDev struct {
-	*MemDevice
-	exts []Extent
+	*dmtest.MemDevice
+	exts []dm.Extent
 }
 
-func (h holeDev) Extents(_ context.Context, off, length int64) ([]Extent, error) {
+func (h holeDev) Extents(_ context.Context, off, length int64) ([]dm.Extent, error) {
 	// Report h.exts clipped to [off, off+length).
-	var out []Extent
+	var out []dm.Extent
 	pos := int64(0)
 	for _, e := range h.exts {
 		s, end := max(pos, off), min(pos+e.Length, off+length)
 		if s < end {
-			out = append(out, Extent{Length: end - s, Flags: e.Flags})
+			out = append(out, dm.Extent{Length: end - s, Flags: e.Flags})
 		}
 		pos += e.Length
 	}
@@ -28,10 +31,10 @@ func (h holeDev) Extents(_ context.Context, off, length int64) ([]Extent, error)
 }
 
 func TestDeviceExtents(t *testing.T) {
-	hole := ExtentHole | ExtentZero
-	hd := holeDev{NewMemDevice("sparse", 1<<20), []Extent{{Length: 256 << 10, Flags: hole}, {Length: 256 << 10}, {Length: 512 << 10, Flags: hole}}}
-	plain := NewMemDevice("plain", 1<<20)
-	d := NewDevice(DeviceConfig{Name: "x", Log: zerolog.Nop(), Open: StaticOpener(hd, plain)})
+	hole := dm.ExtentHole | dm.ExtentZero
+	hd := holeDev{dmtest.NewMemDevice("sparse", 1<<20), []dm.Extent{{Length: 256 << 10, Flags: hole}, {Length: 256 << 10}, {Length: 512 << 10, Flags: hole}}}
+	plain := dmtest.NewMemDevice("plain", 1<<20)
+	d := dm.NewDevice(dm.DeviceConfig{Name: "x", Log: zerolog.Nop(), Open: dm.StaticOpener(hd, plain)})
 	// linear over the sparse device from 128 KiB, a zero target, linear
 	// over a device that knows nothing of holes.
 	if err := d.Load("0 1024 linear sparse 256\n1024 512 zero\n1536 512 linear plain 0"); err != nil {
@@ -44,7 +47,7 @@ func TestDeviceExtents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Extent{
+	want := []dm.Extent{
 		{Length: 128 << 10, Flags: hole},         // sparse 128K..256K
 		{Length: 256 << 10},                      // sparse data 256K..512K
 		{Length: 128<<10 + 256<<10, Flags: hole}, // sparse hole, then the zero target (merged)

@@ -1,4 +1,4 @@
-package dm
+package dm_test
 
 import (
 	"context"
@@ -13,6 +13,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"udm/dm"
+	"udm/dm/dmtest"
 	"udm/internal/testutil"
 )
 
@@ -67,18 +70,18 @@ func (g *gate) waitReached(t *testing.T, what string) {
 // Suspend racing completions: the last completion lands at each point of
 // the suspend's wait, and the suspend still sees the drain.
 func TestSuspendRacesCompletions(t *testing.T) {
-	for _, at := range []hookPoint{hookBlocked, hookBeforeWait} {
-		name := map[hookPoint]string{hookBlocked: "between BLOCK_IO and the pending check", hookBeforeWait: "after the pending check, before sleeping"}[at]
+	for _, at := range []dm.HookPoint{dm.HookBlocked, dm.HookBeforeWait} {
+		name := map[dm.HookPoint]string{dm.HookBlocked: "between BLOCK_IO and the pending check", dm.HookBeforeWait: "after the pending check, before sleeping"}[at]
 		t.Run(name, func(t *testing.T) {
 			a := newCapDev("a", MiB)
 			d := newDev(t, nil, "0 64 linear a 0", a)
 			var l ledger
 			a.setHold(true)
 			for i := uint64(0); i < 4; i++ {
-				l.submit(d, OpWrite, i, 512)
+				l.submit(d, dm.OpWrite, i, 512)
 			}
 			released := 0
-			d.setHook(func(p hookPoint) {
+			d.SetHook(func(p dm.HookPoint) {
 				if p == at && released == 0 {
 					released = a.release(nil) // all complete here, synchronously
 				}
@@ -105,7 +108,7 @@ func TestSuspendRacesCompletions(t *testing.T) {
 			a.setHold(true)
 			n := 1 + rnd.IntN(32)
 			for i := 0; i < n; i++ {
-				l.submit(d, OpWrite, uint64(i), 512)
+				l.submit(d, dm.OpWrite, uint64(i), 512)
 			}
 			a.mu.Lock()
 			held := a.held
@@ -152,18 +155,18 @@ func TestRequeueRacesInterruptedSuspend(t *testing.T) {
 			defer l.checkOnce(t)
 			p.setHold(true)
 			h.setHold(true)
-			b := l.submit(d, OpWrite, 0, 512) // on the path, will fail
-			c := l.submit(d, OpWrite, 8, 512) // keeps the suspend waiting
+			b := l.submit(d, dm.OpWrite, 0, 512) // on the path, will fail
+			c := l.submit(d, dm.OpWrite, 8, 512) // keeps the suspend waiting
 
 			blocked, atPushback, atAbort := newGate(), newGate(), newGate()
 			close(blocked.open)
-			d.setHook(func(hp hookPoint) {
+			d.SetHook(func(hp dm.HookPoint) {
 				switch hp {
-				case hookBlocked:
+				case dm.HookBlocked:
 					blocked.park()
-				case hookBeforePushback:
+				case dm.HookBeforePushback:
 					atPushback.park()
-				case hookAbort:
+				case dm.HookAbort:
 					atAbort.park()
 				}
 			})
@@ -181,7 +184,7 @@ func TestRequeueRacesInterruptedSuspend(t *testing.T) {
 			if requeueFirst {
 				close(atPushback.open)
 				<-completed // b is on pushback now
-				if s := d.Stats(); s.Pushback != 1 || b.ended() {
+				if s := d.Stats(); s.Pushback != 1 || b.Ended() {
 					t.Fatalf("b not on pushback: %+v", s)
 				}
 				// Let the re-issued bio through.
@@ -190,34 +193,34 @@ func TestRequeueRacesInterruptedSuspend(t *testing.T) {
 					t.Fatal(err)
 				}
 				close(atAbort.open)
-				if err := <-suspended; !errors.Is(err, ErrInterrupted) {
+				if err := <-suspended; !errors.Is(err, dm.ErrInterrupted) {
 					t.Fatalf("suspend: %v", err)
 				}
-				mustErrno(t, "b", b.wait(t), 0)
+				testutil.MustErrno(t, "b", b.Wait(t), 0)
 				if d.Stats().Pushbacks != 1 {
 					t.Fatal("no pushback counted")
 				}
 			} else {
 				close(atAbort.open)
-				if err := <-suspended; !errors.Is(err, ErrInterrupted) {
+				if err := <-suspended; !errors.Is(err, dm.ErrInterrupted) {
 					t.Fatalf("suspend: %v", err)
 				}
-				if b.ended() {
+				if b.Ended() {
 					t.Fatal("b ended before its requeue was decided")
 				}
 				close(atPushback.open)
 				<-completed
-				mustErrno(t, "b", b.wait(t), syscall.EIO)
+				testutil.MustErrno(t, "b", b.Wait(t), syscall.EIO)
 				if d.Stats().Pushbacks != 0 {
 					t.Fatal("pushed back after the flag was cleared")
 				}
 			}
-			d.setHook(nil)
+			d.SetHook(nil)
 			if d.NoflushSuspending() || d.Suspended() || d.Stats().Pushback != 0 || d.Stats().Deferred != 0 {
 				t.Fatalf("state after: %+v", d.Stats())
 			}
 			h.release(nil)
-			mustErrno(t, "c", c.wait(t), 0)
+			testutil.MustErrno(t, "c", c.Wait(t), 0)
 		})
 	}
 }
@@ -225,26 +228,26 @@ func TestRequeueRacesInterruptedSuspend(t *testing.T) {
 // A Submit that saw BLOCK_IO just before a resume cleared it re-checks
 // under the deferred lock and maps the bio instead of stranding it.
 func TestSubmitRacesResume(t *testing.T) {
-	a := NewMemDevice("a", MiB)
+	a := dmtest.NewMemDevice("a", MiB)
 	d := newDev(t, nil, "0 8 linear a 0", a)
 	if err := d.Suspend(bg(), false); err != nil {
 		t.Fatal(err)
 	}
 	g := newGate()
-	d.setHook(func(p hookPoint) {
-		if p == hookDefer {
+	d.SetHook(func(p dm.HookPoint) {
+		if p == dm.HookDefer {
 			g.park()
 		}
 	})
-	r := newRec(OpWrite, 0, 512)
+	r := dmtest.NewRec(dm.OpWrite, 0, 512)
 	go d.Submit(&r.Bio)
 	g.waitReached(t, "the deferred lock")
 	if err := d.Resume(bg()); err != nil { // clears BLOCK_IO, finds deferred empty
 		t.Fatal(err)
 	}
 	close(g.open)
-	mustErrno(t, "bio", r.wait(t), 0)
-	d.setHook(nil)
+	testutil.MustErrno(t, "bio", r.Wait(t), 0)
+	d.SetHook(nil)
 	if d.Stats().Deferred != 0 {
 		t.Fatal("a bio was stranded on deferred")
 	}
@@ -256,12 +259,12 @@ func TestSubmitRacesResume(t *testing.T) {
 func TestResumeRacesSubmissions(t *testing.T) {
 	seed := testSeed(t)
 	rnd := rand.New(rand.NewPCG(seed, 3))
-	a, b := NewMemDevice("a", 4*MiB), NewMemDevice("b", 4*MiB)
+	a, b := dmtest.NewMemDevice("a", 4*MiB), dmtest.NewMemDevice("b", 4*MiB)
 	reg := testTargets(t, nil)
 	if err := reg.Register(chaosType(seed, 30, 30)); err != nil {
 		t.Fatal(err)
 	}
-	d := NewDevice(DeviceConfig{Name: "race", Targets: reg, Open: StaticOpener(a, b)})
+	d := dm.NewDevice(dm.DeviceConfig{Name: "race", Targets: reg, Open: dm.StaticOpener(a, b)})
 	tables := []string{
 		"0 1024 chaos a\n1024 1024 striped 2 8 a 2048 b 0",
 		"0 512 linear b 2048\n512 1536 chaos a",
@@ -272,7 +275,7 @@ func TestResumeRacesSubmissions(t *testing.T) {
 	if err := d.Resume(bg()); err != nil {
 		t.Fatal(err)
 	}
-	loops := []*testLoop{newTestLoop(t), newTestLoop(t)}
+	loops := []*dmtest.Loop{dmtest.NewLoop(t), dmtest.NewLoop(t)}
 	const goroutines, perG = 6, 1500
 	var l ledger
 	var issued atomic.Int64
@@ -288,8 +291,8 @@ func TestResumeRacesSubmissions(t *testing.T) {
 			for i := 0; i < perG; i++ {
 				n := 1 + r.IntN(24)
 				s := r.Uint64N(2048 - uint64(n))
-				op := []Op{OpRead, OpWrite, OpWrite, OpFlush, OpDiscard}[r.IntN(5)]
-				if op == OpFlush {
+				op := []dm.Op{dm.OpRead, dm.OpWrite, dm.OpWrite, dm.OpFlush, dm.OpDiscard}[r.IntN(5)]
+				if op == dm.OpFlush {
 					n, s = 0, 0
 				}
 				rec := l.bio(op, s, n<<9)
@@ -305,7 +308,7 @@ func TestResumeRacesSubmissions(t *testing.T) {
 			}
 		}(g)
 	}
-	modes := []Completion{CompleteSync, CompleteAsync, CompleteExec}
+	modes := []dmtest.Completion{dmtest.CompleteSync, dmtest.CompleteAsync, dmtest.CompleteExec}
 	close(start)
 	rounds := 0
 	for ; issued.Load() < goroutines*perG || rounds < 40; rounds++ {
@@ -333,7 +336,7 @@ func TestResumeRacesSubmissions(t *testing.T) {
 			}
 			ctx, cancel := context.WithCancel(bg())
 			go cancel()
-			if err := d.Suspend(ctx, noflush); err != nil && !errors.Is(err, ErrInterrupted) {
+			if err := d.Suspend(ctx, noflush); err != nil && !errors.Is(err, dm.ErrInterrupted) {
 				t.Fatal(err)
 			}
 		}
@@ -344,8 +347,8 @@ func TestResumeRacesSubmissions(t *testing.T) {
 	wg.Wait()
 	l.waitAll(t)
 	for _, r := range l.all() {
-		if r.err != nil && r.err != syscall.EIO {
-			t.Fatalf("%s@%d: unexpected error %v", r.Op, r.Sector, r.err)
+		if r.Err() != nil && r.Err() != syscall.EIO {
+			t.Fatalf("%s@%d: unexpected error %v", r.Op, r.Sector, r.Err())
 		}
 	}
 	waitIdle(t, d)

@@ -1,4 +1,4 @@
-package dm
+package dm_test
 
 import (
 	"bytes"
@@ -10,6 +10,9 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"udm/dm"
+	"udm/dm/dmtest"
 	"udm/internal/testutil"
 )
 
@@ -23,39 +26,39 @@ func TestSplit(t *testing.T) {
 		bio   capIO
 		want  []io
 	}{
-		{"inside one target", "0 100 linear a 1000", capIO{Op: OpRead, Sector: 10, Len: 8 << 9},
-			[]io{{"a", OpRead, 0, 1010, 8 << 9, 0}}},
-		{"across a boundary", "0 100 linear a 0\n100 100 linear b 500", capIO{Op: OpWrite, Sector: 96, Len: 8 << 9},
-			[]io{{"a", OpWrite, 0, 96, 4 << 9, 0}, {"b", OpWrite, 0, 500, 4 << 9, 0}}},
-		{"across three targets", "0 10 linear a 0\n10 1 linear b 0\n11 10 linear c 0", capIO{Op: OpRead, Sector: 9, Len: 3 << 9},
-			[]io{{"a", OpRead, 0, 9, 1 << 9, 0}, {"b", OpRead, 0, 0, 1 << 9, 0}, {"c", OpRead, 0, 0, 1 << 9, 0}}},
-		{"last sector", "0 100 linear a 0", capIO{Op: OpRead, Sector: 99, Len: 1 << 9},
-			[]io{{"a", OpRead, 0, 99, 1 << 9, 0}}},
-		{"striped chunks", "0 64 striped 2 8 a 0 b 100", capIO{Op: OpWrite, Sector: 4, Len: 24 << 9},
-			[]io{{"a", OpWrite, 0, 4, 4 << 9, 0}, {"b", OpWrite, 0, 100, 8 << 9, 0}, {"a", OpWrite, 0, 8, 8 << 9, 0}, {"b", OpWrite, 0, 108, 4 << 9, 0}}},
-		{"chunks count from the target start", "0 10 linear c 0\n10 32 striped 2 8 a 0 b 0", capIO{Op: OpRead, Sector: 12, Len: 10 << 9},
-			[]io{{"a", OpRead, 0, 2, 6 << 9, 0}, {"b", OpRead, 0, 0, 4 << 9, 0}}},
-		{"FUA passes through", "0 100 linear a 0\n100 100 linear b 0", capIO{Op: OpWrite, Flags: FUA, Sector: 99, Len: 2 << 9},
-			[]io{{"a", OpWrite, FUA, 99, 1 << 9, 0}, {"b", OpWrite, FUA, 0, 1 << 9, 0}}},
-		{"discard split like data", "0 32 striped 2 8 a 0 b 0\n32 8 linear c 0", capIO{Op: OpDiscard, Sector: 6, Len: 30 << 9},
-			[]io{{"a", OpDiscard, 0, 6, 2 << 9, 0}, {"b", OpDiscard, 0, 0, 8 << 9, 0}, {"a", OpDiscard, 0, 8, 8 << 9, 0}, {"b", OpDiscard, 0, 8, 8 << 9, 0}, {"c", OpDiscard, 0, 0, 4 << 9, 0}}},
-		{"write-zeroes split like data", "0 8 linear a 0\n8 8 linear b 0", capIO{Op: OpWriteZeroes, Flags: NoUnmap, Sector: 0, Len: 16 << 9},
-			[]io{{"a", OpWriteZeroes, NoUnmap, 0, 8 << 9, 0}, {"b", OpWriteZeroes, NoUnmap, 0, 8 << 9, 0}}},
-		{"empty flush reaches every target, once per stripe", "0 10 linear a 0\n10 48 striped 3 8 a 0 b 0 c 0\n58 10 zero\n68 10 linear c 0", capIO{Op: OpFlush},
-			[]io{{"a", OpFlush, 0, 0, 0, 0}, {"a", OpFlush, 0, 0, 0, 0}, {"b", OpFlush, 0, 0, 0, 1}, {"c", OpFlush, 0, 0, 0, 2}, {"c", OpFlush, 0, 0, 0, 0}}},
+		{"inside one target", "0 100 linear a 1000", capIO{Op: dm.OpRead, Sector: 10, Len: 8 << 9},
+			[]io{{"a", dm.OpRead, 0, 1010, 8 << 9, 0}}},
+		{"across a boundary", "0 100 linear a 0\n100 100 linear b 500", capIO{Op: dm.OpWrite, Sector: 96, Len: 8 << 9},
+			[]io{{"a", dm.OpWrite, 0, 96, 4 << 9, 0}, {"b", dm.OpWrite, 0, 500, 4 << 9, 0}}},
+		{"across three targets", "0 10 linear a 0\n10 1 linear b 0\n11 10 linear c 0", capIO{Op: dm.OpRead, Sector: 9, Len: 3 << 9},
+			[]io{{"a", dm.OpRead, 0, 9, 1 << 9, 0}, {"b", dm.OpRead, 0, 0, 1 << 9, 0}, {"c", dm.OpRead, 0, 0, 1 << 9, 0}}},
+		{"last sector", "0 100 linear a 0", capIO{Op: dm.OpRead, Sector: 99, Len: 1 << 9},
+			[]io{{"a", dm.OpRead, 0, 99, 1 << 9, 0}}},
+		{"striped chunks", "0 64 striped 2 8 a 0 b 100", capIO{Op: dm.OpWrite, Sector: 4, Len: 24 << 9},
+			[]io{{"a", dm.OpWrite, 0, 4, 4 << 9, 0}, {"b", dm.OpWrite, 0, 100, 8 << 9, 0}, {"a", dm.OpWrite, 0, 8, 8 << 9, 0}, {"b", dm.OpWrite, 0, 108, 4 << 9, 0}}},
+		{"chunks count from the target start", "0 10 linear c 0\n10 32 striped 2 8 a 0 b 0", capIO{Op: dm.OpRead, Sector: 12, Len: 10 << 9},
+			[]io{{"a", dm.OpRead, 0, 2, 6 << 9, 0}, {"b", dm.OpRead, 0, 0, 4 << 9, 0}}},
+		{"FUA passes through", "0 100 linear a 0\n100 100 linear b 0", capIO{Op: dm.OpWrite, Flags: dm.FUA, Sector: 99, Len: 2 << 9},
+			[]io{{"a", dm.OpWrite, dm.FUA, 99, 1 << 9, 0}, {"b", dm.OpWrite, dm.FUA, 0, 1 << 9, 0}}},
+		{"discard split like data", "0 32 striped 2 8 a 0 b 0\n32 8 linear c 0", capIO{Op: dm.OpDiscard, Sector: 6, Len: 30 << 9},
+			[]io{{"a", dm.OpDiscard, 0, 6, 2 << 9, 0}, {"b", dm.OpDiscard, 0, 0, 8 << 9, 0}, {"a", dm.OpDiscard, 0, 8, 8 << 9, 0}, {"b", dm.OpDiscard, 0, 8, 8 << 9, 0}, {"c", dm.OpDiscard, 0, 0, 4 << 9, 0}}},
+		{"write-zeroes split like data", "0 8 linear a 0\n8 8 linear b 0", capIO{Op: dm.OpWriteZeroes, Flags: dm.NoUnmap, Sector: 0, Len: 16 << 9},
+			[]io{{"a", dm.OpWriteZeroes, dm.NoUnmap, 0, 8 << 9, 0}, {"b", dm.OpWriteZeroes, dm.NoUnmap, 0, 8 << 9, 0}}},
+		{"empty flush reaches every target, once per stripe", "0 10 linear a 0\n10 48 striped 3 8 a 0 b 0 c 0\n58 10 zero\n68 10 linear c 0", capIO{Op: dm.OpFlush},
+			[]io{{"a", dm.OpFlush, 0, 0, 0, 0}, {"a", dm.OpFlush, 0, 0, 0, 0}, {"b", dm.OpFlush, 0, 0, 0, 1}, {"c", dm.OpFlush, 0, 0, 0, 2}, {"c", dm.OpFlush, 0, 0, 0, 0}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var devs []BlockDevice
+			var devs []dm.BlockDevice
 			var caps []*capDev
 			for _, n := range []string{"a", "b", "c"} {
 				c := newCapDev(n, 1*MiB)
 				devs, caps = append(devs, c), append(caps, c)
 			}
 			d := newDev(t, nil, tc.table, devs...)
-			r := newRec(tc.bio.Op, tc.bio.Sector, int(tc.bio.Len))
+			r := dmtest.NewRec(tc.bio.Op, tc.bio.Sector, int(tc.bio.Len))
 			r.Flags = tc.bio.Flags
 			d.Submit(&r.Bio)
-			if err := r.wait(t); err != nil {
+			if err := r.Wait(t); err != nil {
 				t.Fatalf("bio: %v", err)
 			}
 			var got []io
@@ -83,19 +86,19 @@ func sortIO(s []capIO) {
 // Data lands where the split says: write a pattern across targets with
 // MemDevices behind them and read it back, and read each device directly.
 func TestSplitData(t *testing.T) {
-	a, b := NewMemDevice("a", MiB), NewMemDevice("b", MiB)
+	a, b := dmtest.NewMemDevice("a", MiB), dmtest.NewMemDevice("b", MiB)
 	d := newDev(t, nil, "0 16 linear a 8\n16 32 striped 2 8 a 64 b 0", a, b)
-	w := newRec(OpWrite, 12, 20<<9)
+	w := dmtest.NewRec(dm.OpWrite, 12, 20<<9)
 	for i := range w.Buf {
 		w.Buf[i] = byte(i >> 9) // one value per sector: sector s of the bio holds s
 	}
 	d.Submit(&w.Bio)
-	if err := w.wait(t); err != nil {
+	if err := w.Wait(t); err != nil {
 		t.Fatal(err)
 	}
-	r := newRec(OpRead, 12, 20<<9)
+	r := dmtest.NewRec(dm.OpRead, 12, 20<<9)
 	d.Submit(&r.Bio)
-	if err := r.wait(t); err != nil {
+	if err := r.Wait(t); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(r.Buf, w.Buf) {
@@ -104,7 +107,7 @@ func TestSplitData(t *testing.T) {
 	// Device sector of bio sector s: linear 12..15 → a 20..23; striped rel
 	// 0..7 → a 64..71, rel 8..15 → b 0..7.
 	for _, tc := range []struct {
-		dev    *MemDevice
+		dev    *dmtest.MemDevice
 		sector int64
 		bioSec byte
 	}{{a, 20, 0}, {a, 23, 3}, {a, 64, 4}, {a, 71, 11}, {b, 0, 12}, {b, 7, 19}} {
@@ -117,33 +120,33 @@ func TestSplitData(t *testing.T) {
 }
 
 func TestBioValidation(t *testing.T) {
-	a := NewMemDevice("a", MiB)
+	a := dmtest.NewMemDevice("a", MiB)
 	d := newDev(t, nil, "0 100 linear a 0", a)
-	empty := NewDevice(DeviceConfig{Name: "empty"})
+	empty := dm.NewDevice(dm.DeviceConfig{Name: "empty"})
 	for _, tc := range []struct {
 		name string
-		dev  *Device
-		bio  func() *ioRec
+		dev  *dm.Device
+		bio  func() *dmtest.Rec
 		want syscall.Errno
 	}{
-		{"ok", d, func() *ioRec { return newRec(OpRead, 0, 512) }, 0},
-		{"up to the end", d, func() *ioRec { return newRec(OpRead, 96, 4<<9) }, 0},
-		{"beyond the end", d, func() *ioRec { return newRec(OpRead, 97, 4<<9) }, syscall.EIO},
-		{"starts beyond the end", d, func() *ioRec { return newRec(OpWrite, 1000, 512) }, syscall.EIO},
-		{"sector overflow", d, func() *ioRec { return newRec(OpRead, ^uint64(0), 512) }, syscall.EIO},
-		{"no live table", empty, func() *ioRec { return newRec(OpRead, 0, 512) }, syscall.EIO},
-		{"no live table flush", empty, func() *ioRec { return newRec(OpFlush, 0, 0) }, syscall.EIO},
-		{"length not in sectors", d, func() *ioRec { return newRec(OpRead, 0, 100) }, syscall.EINVAL},
-		{"zero length", d, func() *ioRec { return newRec(OpWrite, 0, 0) }, syscall.EINVAL},
-		{"buffer length mismatch", d, func() *ioRec { r := newRec(OpRead, 0, 1024); r.Buf = r.Buf[:512]; return r }, syscall.EINVAL},
-		{"flush with a length", d, func() *ioRec { return newRec(OpFlush, 0, 512) }, syscall.EINVAL},
-		{"bad op", d, func() *ioRec { r := newRec(OpRead, 0, 512); r.Op = 99; return r }, syscall.EINVAL},
-		{"discard", d, func() *ioRec { return newRec(OpDiscard, 0, 4096) }, 0},
+		{"ok", d, func() *dmtest.Rec { return dmtest.NewRec(dm.OpRead, 0, 512) }, 0},
+		{"up to the end", d, func() *dmtest.Rec { return dmtest.NewRec(dm.OpRead, 96, 4<<9) }, 0},
+		{"beyond the end", d, func() *dmtest.Rec { return dmtest.NewRec(dm.OpRead, 97, 4<<9) }, syscall.EIO},
+		{"starts beyond the end", d, func() *dmtest.Rec { return dmtest.NewRec(dm.OpWrite, 1000, 512) }, syscall.EIO},
+		{"sector overflow", d, func() *dmtest.Rec { return dmtest.NewRec(dm.OpRead, ^uint64(0), 512) }, syscall.EIO},
+		{"no live table", empty, func() *dmtest.Rec { return dmtest.NewRec(dm.OpRead, 0, 512) }, syscall.EIO},
+		{"no live table flush", empty, func() *dmtest.Rec { return dmtest.NewRec(dm.OpFlush, 0, 0) }, syscall.EIO},
+		{"length not in sectors", d, func() *dmtest.Rec { return dmtest.NewRec(dm.OpRead, 0, 100) }, syscall.EINVAL},
+		{"zero length", d, func() *dmtest.Rec { return dmtest.NewRec(dm.OpWrite, 0, 0) }, syscall.EINVAL},
+		{"buffer length mismatch", d, func() *dmtest.Rec { r := dmtest.NewRec(dm.OpRead, 0, 1024); r.Buf = r.Buf[:512]; return r }, syscall.EINVAL},
+		{"flush with a length", d, func() *dmtest.Rec { return dmtest.NewRec(dm.OpFlush, 0, 512) }, syscall.EINVAL},
+		{"bad op", d, func() *dmtest.Rec { r := dmtest.NewRec(dm.OpRead, 0, 512); r.Op = 99; return r }, syscall.EINVAL},
+		{"discard", d, func() *dmtest.Rec { return dmtest.NewRec(dm.OpDiscard, 0, 4096) }, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := tc.bio()
 			tc.dev.Submit(&r.Bio)
-			mustErrno(t, "bio", r.wait(t), tc.want)
+			testutil.MustErrno(t, "bio", r.Wait(t), tc.want)
 			if p := tc.dev.Pending(); p != 0 {
 				t.Fatalf("pending %d after the bio ended", p)
 			}
@@ -155,17 +158,17 @@ func TestBioValidation(t *testing.T) {
 }
 
 func TestReadOnlyDevice(t *testing.T) {
-	a := NewMemDevice("a", MiB)
+	a := dmtest.NewMemDevice("a", MiB)
 	d := newDev(t, nil, "0 100 linear a 0", a)
 	d.SetReadOnly(true)
 	for _, tc := range []struct {
-		op   Op
+		op   dm.Op
 		n    int
 		want syscall.Errno
-	}{{OpRead, 512, 0}, {OpWrite, 512, syscall.EPERM}, {OpDiscard, 512, syscall.EPERM}, {OpWriteZeroes, 512, syscall.EPERM}, {OpFlush, 0, 0}} {
-		r := newRec(tc.op, 0, tc.n)
+	}{{dm.OpRead, 512, 0}, {dm.OpWrite, 512, syscall.EPERM}, {dm.OpDiscard, 512, syscall.EPERM}, {dm.OpWriteZeroes, 512, syscall.EPERM}, {dm.OpFlush, 0, 0}} {
+		r := dmtest.NewRec(tc.op, 0, tc.n)
 		d.Submit(&r.Bio)
-		mustErrno(t, tc.op.String(), r.wait(t), tc.want)
+		testutil.MustErrno(t, tc.op.String(), r.Wait(t), tc.want)
 	}
 	if a.Writes() != 0 {
 		t.Fatal("a write reached the device")
@@ -180,9 +183,9 @@ func TestReadOnlyDevice(t *testing.T) {
 // order.
 func TestAggregation(t *testing.T) {
 	type piece struct {
-		mapRes MapResult
+		mapRes dm.MapResult
 		devErr error
-		end    func(c *Clone, err error) (EndIOResult, error)
+		end    func(c *dm.Clone, err error) (dm.EndIOResult, error)
 	}
 	ok := piece{}
 	devErr := func(e syscall.Errno) piece { return piece{devErr: e} }
@@ -196,20 +199,20 @@ func TestAggregation(t *testing.T) {
 		{"both succeed", ok, ok, false, 0, false},
 		{"second fails", ok, devErr(syscall.EIO), false, syscall.EIO, false},
 		{"first error wins", devErr(syscall.ENOSPC), devErr(syscall.EIO), false, syscall.ENOSPC, false},
-		{"kill", piece{mapRes: MapKill}, ok, false, syscall.EIO, false},
-		{"requeue outside suspend is EIO", piece{mapRes: MapRequeue}, ok, false, syscall.EIO, false},
-		{"requeue beats a later ENOSPC", piece{mapRes: MapRequeue}, devErr(syscall.ENOSPC), false, syscall.EIO, false},
-		{"requeue beats an earlier ENOSPC", devErr(syscall.ENOSPC), piece{mapRes: MapRequeue}, false, syscall.EIO, false},
-		{"endio changes the error", piece{devErr: syscall.EIO, end: func(c *Clone, err error) (EndIOResult, error) { return EndIODone, syscall.ENOSPC }}, ok, false, syscall.ENOSPC, false},
-		{"endio clears the error", piece{devErr: syscall.EIO, end: func(c *Clone, err error) (EndIOResult, error) { return EndIODone, nil }}, ok, false, 0, false},
-		{"endio non-errno error is EIO", piece{end: func(c *Clone, err error) (EndIOResult, error) { return EndIODone, errors.New("x") }}, ok, false, syscall.EIO, false},
-		{"endio wrapped errno", piece{end: func(c *Clone, err error) (EndIOResult, error) {
-			return EndIODone, fmt.Errorf("w: %w", syscall.ENOSPC)
+		{"kill", piece{mapRes: dm.MapKill}, ok, false, syscall.EIO, false},
+		{"requeue outside suspend is EIO", piece{mapRes: dm.MapRequeue}, ok, false, syscall.EIO, false},
+		{"requeue beats a later ENOSPC", piece{mapRes: dm.MapRequeue}, devErr(syscall.ENOSPC), false, syscall.EIO, false},
+		{"requeue beats an earlier ENOSPC", devErr(syscall.ENOSPC), piece{mapRes: dm.MapRequeue}, false, syscall.EIO, false},
+		{"endio changes the error", piece{devErr: syscall.EIO, end: func(c *dm.Clone, err error) (dm.EndIOResult, error) { return dm.EndIODone, syscall.ENOSPC }}, ok, false, syscall.ENOSPC, false},
+		{"endio clears the error", piece{devErr: syscall.EIO, end: func(c *dm.Clone, err error) (dm.EndIOResult, error) { return dm.EndIODone, nil }}, ok, false, 0, false},
+		{"endio non-errno error is EIO", piece{end: func(c *dm.Clone, err error) (dm.EndIOResult, error) { return dm.EndIODone, errors.New("x") }}, ok, false, syscall.EIO, false},
+		{"endio wrapped errno", piece{end: func(c *dm.Clone, err error) (dm.EndIOResult, error) {
+			return dm.EndIODone, fmt.Errorf("w: %w", syscall.ENOSPC)
 		}}, ok, false, syscall.ENOSPC, false},
-		{"endio requeue", piece{end: func(c *Clone, err error) (EndIOResult, error) { return EndIORequeue, nil }}, ok, false, syscall.EIO, false},
-		{"noflush: requeue after error is pushed back", devErr(syscall.ENOSPC), piece{mapRes: MapRequeue}, true, 0, true},
-		{"noflush: requeue before error is pushed back", piece{mapRes: MapRequeue}, devErr(syscall.ENOSPC), true, 0, true},
-		{"noflush: endio requeue is pushed back", devErr(syscall.EIO), piece{end: func(c *Clone, err error) (EndIOResult, error) { return EndIORequeue, nil }}, true, 0, true},
+		{"endio requeue", piece{end: func(c *dm.Clone, err error) (dm.EndIOResult, error) { return dm.EndIORequeue, nil }}, ok, false, syscall.EIO, false},
+		{"noflush: requeue after error is pushed back", devErr(syscall.ENOSPC), piece{mapRes: dm.MapRequeue}, true, 0, true},
+		{"noflush: requeue before error is pushed back", piece{mapRes: dm.MapRequeue}, devErr(syscall.ENOSPC), true, 0, true},
+		{"noflush: endio requeue is pushed back", devErr(syscall.EIO), piece{end: func(c *dm.Clone, err error) (dm.EndIOResult, error) { return dm.EndIORequeue, nil }}, true, 0, true},
 		{"noflush: plain error still fails", devErr(syscall.ENOSPC), ok, true, syscall.ENOSPC, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -219,16 +222,16 @@ func TestAggregation(t *testing.T) {
 			for i, p := range []piece{tc.p0, tc.p1} {
 				ft := liveTarget[*fnTarget](t, d, i)
 				p := p
-				ft.mapFn = func(c *Clone) MapResult {
-					if p.mapRes == MapRequeue && !first {
-						return MapRemapped // only the first mapping requeues
+				ft.mapFn = func(c *dm.Clone) dm.MapResult {
+					if p.mapRes == dm.MapRequeue && !first {
+						return dm.MapRemapped // only the first mapping requeues
 					}
 					return p.mapRes
 				}
 				ft.endFn = p.end
 				[]*capDev{a, b}[i].setErr(p.devErr)
 			}
-			r := newRec(OpWrite, 4, 8<<9)
+			r := dmtest.NewRec(dm.OpWrite, 4, 8<<9)
 			if tc.noflush {
 				// Submit from presuspend: NOFLUSH_SUSPENDING is set and
 				// BLOCK_IO not yet, so the bio is mapped during the
@@ -239,8 +242,8 @@ func TestAggregation(t *testing.T) {
 				}
 				first = false
 				if tc.pushed {
-					if r.ended() {
-						t.Fatalf("bio ended (%v) instead of being pushed back", r.err)
+					if r.Ended() {
+						t.Fatalf("bio ended (%v) instead of being pushed back", r.Err())
 					}
 					if s := d.Stats(); s.Deferred != 1 || s.Pushback != 0 || s.Pushbacks != 1 {
 						t.Fatalf("after the suspend: %+v", s)
@@ -257,8 +260,8 @@ func TestAggregation(t *testing.T) {
 			} else {
 				d.Submit(&r.Bio)
 			}
-			mustErrno(t, "bio", r.wait(t), tc.want)
-			if r.ends.Load() != 1 {
+			testutil.MustErrno(t, "bio", r.Wait(t), tc.want)
+			if r.Ends() != 1 {
 				t.Fatal("ended more than once")
 			}
 		})
@@ -268,13 +271,13 @@ func TestAggregation(t *testing.T) {
 // Completions may arrive inside Submit, from the bio's loop, or from any
 // goroutine; splitting at many places, every bio ends exactly once.
 func TestCompletionContexts(t *testing.T) {
-	for _, mode := range []Completion{CompleteSync, CompleteAsync, CompleteExec} {
+	for _, mode := range []dmtest.Completion{dmtest.CompleteSync, dmtest.CompleteAsync, dmtest.CompleteExec} {
 		t.Run(fmt.Sprint(mode), func(t *testing.T) {
-			a, b := NewMemDevice("a", 4*MiB), NewMemDevice("b", 4*MiB)
+			a, b := dmtest.NewMemDevice("a", 4*MiB), dmtest.NewMemDevice("b", 4*MiB)
 			a.SetCompletion(mode)
 			b.SetCompletion(mode)
 			d := newDev(t, nil, "0 64 linear a 0\n64 2048 striped 2 8 a 1024 b 0", a, b)
-			loop := newTestLoop(t)
+			loop := dmtest.NewLoop(t)
 			var l ledger
 			var wg sync.WaitGroup
 			for g := 0; g < 4; g++ {
@@ -285,8 +288,8 @@ func TestCompletionContexts(t *testing.T) {
 					for i := 0; i < 200; i++ {
 						n := 1 + rnd.IntN(40)
 						s := rnd.Uint64N(2112 - uint64(n))
-						op := []Op{OpRead, OpWrite, OpDiscard, OpFlush}[rnd.IntN(4)]
-						if op == OpFlush {
+						op := []dm.Op{dm.OpRead, dm.OpWrite, dm.OpDiscard, dm.OpFlush}[rnd.IntN(4)]
+						if op == dm.OpFlush {
 							n, s = 0, 0
 						}
 						r := l.bio(op, s, n<<9)
@@ -300,12 +303,12 @@ func TestCompletionContexts(t *testing.T) {
 			wg.Wait()
 			l.waitAll(t)
 			for _, r := range l.all() {
-				if r.err != nil {
-					t.Fatalf("%s@%d: %v", r.Op, r.Sector, r.err)
+				if r.Err() != nil {
+					t.Fatalf("%s@%d: %v", r.Op, r.Sector, r.Err())
 				}
 			}
 			waitIdle(t, d)
-			if mode == CompleteExec && loop.posted.Load() == 0 {
+			if mode == dmtest.CompleteExec && loop.Posted() == 0 {
 				t.Fatal("nothing completed through the executor")
 			}
 		})
@@ -314,25 +317,25 @@ func TestCompletionContexts(t *testing.T) {
 
 func TestCancel(t *testing.T) {
 	t.Run("before submit", func(t *testing.T) {
-		a := NewMemDevice("a", MiB)
+		a := dmtest.NewMemDevice("a", MiB)
 		d := newDev(t, nil, "0 8 linear a 0\n8 8 linear a 8", a)
-		r := newRec(OpWrite, 0, 16<<9)
+		r := dmtest.NewRec(dm.OpWrite, 0, 16<<9)
 		r.Cancel()
 		d.Submit(&r.Bio)
-		mustErrno(t, "canceled bio", r.wait(t), syscall.ECANCELED)
+		testutil.MustErrno(t, "canceled bio", r.Wait(t), syscall.ECANCELED)
 		if a.IOs() != 0 {
 			t.Fatal("a canceled bio reached the device")
 		}
 	})
 	t.Run("between pieces", func(t *testing.T) {
-		a := NewMemDevice("a", MiB)
+		a := dmtest.NewMemDevice("a", MiB)
 		d := newDev(t, nil, "0 8 fn a\n8 8 fn a", a)
 		// Piece 0's Map cancels the bio: piece 0 was not yet on a device
 		// either (it ends ECANCELED); so is piece 1.
-		liveTarget[*fnTarget](t, d, 0).mapFn = func(c *Clone) MapResult { c.Bio().Cancel(); return MapRemapped }
-		r := newRec(OpWrite, 4, 8<<9)
+		liveTarget[*fnTarget](t, d, 0).mapFn = func(c *dm.Clone) dm.MapResult { c.Bio().Cancel(); return dm.MapRemapped }
+		r := dmtest.NewRec(dm.OpWrite, 4, 8<<9)
 		d.Submit(&r.Bio)
-		mustErrno(t, "bio", r.wait(t), syscall.ECANCELED)
+		testutil.MustErrno(t, "bio", r.Wait(t), syscall.ECANCELED)
 		if a.IOs() != 0 {
 			t.Fatalf("%d pieces reached the device", a.IOs())
 		}
@@ -341,36 +344,36 @@ func TestCancel(t *testing.T) {
 		a := newCapDev("a", MiB)
 		a.setHold(true)
 		d := newDev(t, nil, "0 8 linear a 0\n8 8 fn a", a)
-		r := newRec(OpWrite, 4, 8<<9)
-		liveTarget[*fnTarget](t, d, 1).mapFn = func(c *Clone) MapResult {
+		r := dmtest.NewRec(dm.OpWrite, 4, 8<<9)
+		liveTarget[*fnTarget](t, d, 1).mapFn = func(c *dm.Clone) dm.MapResult {
 			c.Bio().Cancel() // piece 0 is on the device already
-			return MapRemapped
+			return dm.MapRemapped
 		}
 		d.Submit(&r.Bio)
 		if a.nheld() != 1 {
 			t.Fatalf("held %d", a.nheld())
 		}
 		a.release(nil)
-		mustErrno(t, "bio", r.wait(t), syscall.ECANCELED)
+		testutil.MustErrno(t, "bio", r.Wait(t), syscall.ECANCELED)
 	})
 }
 
 func TestCloneAccessors(t *testing.T) {
-	a := NewMemDevice("a", MiB)
+	a := dmtest.NewMemDevice("a", MiB)
 	d := newDev(t, nil, "0 8 fn a", a)
-	loop := newTestLoop(t)
-	r := newRec(OpRead, 0, 512)
+	loop := dmtest.NewLoop(t)
+	r := dmtest.NewRec(dm.OpRead, 0, 512)
 	r.Exec = loop
-	var sawBio *Bio
-	var sawExec Executor
+	var sawBio *dm.Bio
+	var sawExec dm.Executor
 	var sawCanceled bool
-	liveTarget[*fnTarget](t, d, 0).mapFn = func(c *Clone) MapResult {
+	liveTarget[*fnTarget](t, d, 0).mapFn = func(c *dm.Clone) dm.MapResult {
 		sawBio, sawExec, sawCanceled = c.Bio(), c.Exec(), c.Canceled()
-		return MapRemapped
+		return dm.MapRemapped
 	}
 	d.Submit(&r.Bio)
-	r.wait(t)
-	if sawBio != &r.Bio || sawExec != Executor(loop) || sawCanceled {
+	r.Wait(t)
+	if sawBio != &r.Bio || sawExec != dm.Executor(loop) || sawCanceled {
 		t.Fatalf("Bio %p (want %p) Exec %v Canceled %v", sawBio, &r.Bio, sawExec, sawCanceled)
 	}
 }
@@ -379,29 +382,29 @@ func TestCloneAccessors(t *testing.T) {
 // another goroutine; EndIO may take a clone back (Incomplete) and resubmit
 // it.
 func TestHoldAndRetry(t *testing.T) {
-	a := NewMemDevice("a", MiB)
+	a := dmtest.NewMemDevice("a", MiB)
 	d := newDev(t, nil, "0 8 fn a", a)
 	ft := liveTarget[*fnTarget](t, d, 0)
-	held := make(chan *Clone, 1)
-	ft.mapFn = func(c *Clone) MapResult { held <- c; return MapSubmitted }
-	r := newRec(OpWrite, 0, 512)
+	held := make(chan *dm.Clone, 1)
+	ft.mapFn = func(c *dm.Clone) dm.MapResult { held <- c; return dm.MapSubmitted }
+	r := dmtest.NewRec(dm.OpWrite, 0, 512)
 	d.Submit(&r.Bio)
 	c := <-held
-	if r.ended() {
+	if r.Ended() {
 		t.Fatal("ended while held")
 	}
 	retries := 0
-	ft.endFn = func(c *Clone, err error) (EndIOResult, error) {
+	ft.endFn = func(c *dm.Clone, err error) (dm.EndIOResult, error) {
 		if err != nil && retries < 3 {
 			retries++
 			go c.Dev.Submit(c) // retry from another goroutine
-			return EndIOIncomplete, nil
+			return dm.EndIOIncomplete, nil
 		}
-		return EndIODone, err
+		return dm.EndIODone, err
 	}
 	a.FailNext(2, syscall.EIO)
 	go c.Dev.Submit(c)
-	mustErrno(t, "retried bio", r.wait(t), 0)
+	testutil.MustErrno(t, "retried bio", r.Wait(t), 0)
 	if retries != 2 || a.Writes() != 3 {
 		t.Fatalf("retries %d writes %d", retries, a.Writes())
 	}
@@ -410,28 +413,11 @@ func TestHoldAndRetry(t *testing.T) {
 func TestDetachedClone(t *testing.T) {
 	var got error
 	ended := 0
-	c := NewDetachedClone(&fnTarget{endFn: func(c *Clone, err error) (EndIOResult, error) { return EndIODone, syscall.ENOSPC }},
-		func(c *Clone, err error) { ended++; got = err })
+	c := dm.NewDetachedClone(&fnTarget{endFn: func(c *dm.Clone, err error) (dm.EndIOResult, error) { return dm.EndIODone, syscall.ENOSPC }},
+		func(c *dm.Clone, err error) { ended++; got = err })
 	c.End(nil)
 	if ended != 1 || got != syscall.ENOSPC || c.Exec() != nil || c.Bio() != nil || c.Canceled() {
 		t.Fatalf("ended %d err %v", ended, got)
-	}
-}
-
-func TestErrnoOf(t *testing.T) {
-	for _, tc := range []struct {
-		err  error
-		want syscall.Errno
-	}{
-		{syscall.ENOSPC, syscall.ENOSPC},
-		{fmt.Errorf("x: %w", syscall.EROFS), syscall.EROFS},
-		{ErrBusy, syscall.EBUSY},
-		{errors.New("plain"), syscall.EIO},
-		{syscall.Errno(0), syscall.EIO},
-	} {
-		if got := errnoOf(tc.err); got != tc.want {
-			t.Errorf("errnoOf(%v) = %v, want %v", tc.err, got, tc.want)
-		}
 	}
 }
 
@@ -451,12 +437,12 @@ func TestZeroAllocs(t *testing.T) {
 		{"flush", "0 1024 linear null 0\n1024 1024 striped 2 8 null 0 null 0", 0, 0, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := newDev(t, nil, tc.table, NewNullDevice("null", 64*MiB))
+			d := newDev(t, nil, tc.table, dmtest.NewNullDevice("null", 64*MiB))
 			var end countEnd
-			b := &Bio{Op: OpRead, Sector: tc.sector, Len: uint32(tc.n), Buf: make([]byte, tc.n), BufIndex: -1, End: &end,
+			b := &dm.Bio{Op: dm.OpRead, Sector: tc.sector, Len: uint32(tc.n), Buf: make([]byte, tc.n), BufIndex: -1, End: &end,
 				Exec: &benchExec{id: 1}}
 			if tc.n == 0 {
-				b.Op, b.Buf = OpFlush, nil
+				b.Op, b.Buf = dm.OpFlush, nil
 			}
 			allocs := testing.AllocsPerRun(1000, func() { d.Submit(b) })
 			if end.err != nil {
@@ -477,7 +463,7 @@ type countEnd struct {
 	err error
 }
 
-func (c *countEnd) BioEnd(b *Bio, err error) { c.n++; c.err = err }
+func (c *countEnd) BioEnd(b *dm.Bio, err error) { c.n++; c.err = err }
 
 // counted is fn with explicit flush and discard clone counts.
 type counted struct {
@@ -492,29 +478,29 @@ func (c *counted) NumDiscardClones() int { return c.discards }
 // (skipped) or no discard (EOPNOTSUPP); more sends that many clones,
 // numbered by Index.
 func TestCloneCounts(t *testing.T) {
-	reg := DefaultTargets()
+	reg := dm.DefaultTargets()
 	a := newCapDev("a", MiB)
 	for _, tc := range []struct {
 		name              string
 		flushes, discards int
-		op                Op
+		op                dm.Op
 		want              []capIO
 		err               syscall.Errno
 	}{
-		{"no flush", 0, 1, OpFlush, nil, 0},
-		{"two flushes", 2, 1, OpFlush, []capIO{{"a", OpFlush, 0, 0, 0, 0}, {"a", OpFlush, 0, 0, 0, 1}}, 0},
-		{"no discard", 1, 0, OpDiscard, nil, syscall.EOPNOTSUPP},
-		{"two discards", 1, 2, OpDiscard, []capIO{{"a", OpDiscard, 0, 0, 4096, 0}, {"a", OpDiscard, 0, 0, 4096, 1}}, 0},
+		{"no flush", 0, 1, dm.OpFlush, nil, 0},
+		{"two flushes", 2, 1, dm.OpFlush, []capIO{{"a", dm.OpFlush, 0, 0, 0, 0}, {"a", dm.OpFlush, 0, 0, 0, 1}}, 0},
+		{"no discard", 1, 0, dm.OpDiscard, nil, syscall.EOPNOTSUPP},
+		{"two discards", 1, 2, dm.OpDiscard, []capIO{{"a", dm.OpDiscard, 0, 0, 4096, 0}, {"a", dm.OpDiscard, 0, 0, 4096, 1}}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			name := "counted-" + strings.ReplaceAll(tc.name, " ", "-")
 			tc := tc
-			if err := reg.Register(TargetType{Name: name, New: func(ctx *TargetContext, args []string) (Target, error) {
+			if err := reg.Register(dm.TargetType{Name: name, New: func(ctx *dm.TargetContext, args []string) (dm.Target, error) {
 				return &counted{fnTarget: fnTarget{dev: a}, flushes: tc.flushes, discards: tc.discards}, nil
 			}}); err != nil {
 				t.Fatal(err)
 			}
-			d := NewDevice(DeviceConfig{Name: "c", Targets: reg})
+			d := dm.NewDevice(dm.DeviceConfig{Name: "c", Targets: reg})
 			if err := d.Load("0 64 " + name); err != nil {
 				t.Fatal(err)
 			}
@@ -522,12 +508,12 @@ func TestCloneCounts(t *testing.T) {
 				t.Fatal(err)
 			}
 			n := 0
-			if tc.op == OpDiscard {
+			if tc.op == dm.OpDiscard {
 				n = 4096
 			}
-			r := newRec(tc.op, 0, n)
+			r := dmtest.NewRec(tc.op, 0, n)
 			d.Submit(&r.Bio)
-			mustErrno(t, "bio", r.wait(t), tc.err)
+			testutil.MustErrno(t, "bio", r.Wait(t), tc.err)
 			if got := a.take(); !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("clones %v, want %v", got, tc.want)
 			}
@@ -538,14 +524,14 @@ func TestCloneCounts(t *testing.T) {
 // An Endio may submit the same bio again at once (a request slot reused
 // from its completion), even when the end runs inside Submit.
 func TestResubmitFromEnd(t *testing.T) {
-	for _, mode := range []Completion{CompleteSync, CompleteAsync} {
-		a := NewMemDevice("a", MiB)
+	for _, mode := range []dmtest.Completion{dmtest.CompleteSync, dmtest.CompleteAsync} {
+		a := dmtest.NewMemDevice("a", MiB)
 		a.SetCompletion(mode)
 		d := newDev(t, nil, "0 8 linear a 0\n8 8 linear a 8", a)
 		done := make(chan struct{})
 		n := 0
-		b := &Bio{Op: OpWrite, Sector: 4, Len: 8 << 9, Buf: make([]byte, 8<<9), BufIndex: -1}
-		b.End = EndioFunc(func(_ *Bio, err error) {
+		b := &dm.Bio{Op: dm.OpWrite, Sector: 4, Len: 8 << 9, Buf: make([]byte, 8<<9), BufIndex: -1}
+		b.End = dm.EndioFunc(func(_ *dm.Bio, err error) {
 			if err != nil {
 				t.Error(err)
 			}

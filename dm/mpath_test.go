@@ -1,4 +1,4 @@
-package dm
+package dm_test
 
 import (
 	"bytes"
@@ -9,6 +9,10 @@ import (
 	"testing"
 
 	"github.com/rs/zerolog"
+
+	"udm/dm"
+	"udm/dm/dmtest"
+	"udm/internal/testutil"
 )
 
 // Queueing, pushback and suspend in the core, with qpath standing in for
@@ -18,19 +22,19 @@ import (
 
 type mpFixture struct {
 	t    *testing.T
-	path *MemDevice
-	d    *Device
+	path *dmtest.MemDevice
+	d    *dm.Device
 	q    *qpath
 	l    ledger
 }
 
 func newMP(t *testing.T, queueIfNoPath bool) *mpFixture {
-	f := &mpFixture{t: t, path: NewMemDevice("p", 4*MiB)}
+	f := &mpFixture{t: t, path: dmtest.NewMemDevice("p", 4*MiB)}
 	table := "0 2048 qpath p"
 	if queueIfNoPath {
 		table += " queue_if_no_path"
 	}
-	f.d = newDev(t, nil, table, f.path, NewMemDevice("spare", 4*MiB))
+	f.d = newDev(t, nil, table, f.path, dmtest.NewMemDevice("spare", 4*MiB))
 	f.q = liveTarget[*qpath](t, f.d, 0)
 	t.Cleanup(func() { f.l.checkOnce(t) })
 	return f
@@ -43,8 +47,8 @@ func (f *mpFixture) msg(args ...string) {
 	}
 }
 
-func (f *mpFixture) write(sector uint64, v byte) *ioRec {
-	r := f.l.bio(OpWrite, sector, 4096)
+func (f *mpFixture) write(sector uint64, v byte) *dmtest.Rec {
+	r := f.l.bio(dm.OpWrite, sector, 4096)
 	fill(r.Buf, v)
 	f.d.Submit(&r.Bio)
 	return r
@@ -52,12 +56,12 @@ func (f *mpFixture) write(sector uint64, v byte) *ioRec {
 
 // queued submits a write while the path is down and checks the target
 // holds it.
-func (f *mpFixture) queued(sector uint64, v byte) *ioRec {
+func (f *mpFixture) queued(sector uint64, v byte) *dmtest.Rec {
 	f.t.Helper()
 	f.msg("fail_path")
 	r := f.write(sector, v)
-	if r.ended() {
-		f.t.Fatalf("write ended (%v) instead of being queued", r.err)
+	if r.Ended() {
+		f.t.Fatalf("write ended (%v) instead of being queued", r.Err())
 	}
 	if n := f.q.nheld(); n != 1 {
 		f.t.Fatalf("target holds %d bios, want 1", n)
@@ -65,7 +69,7 @@ func (f *mpFixture) queued(sector uint64, v byte) *ioRec {
 	return r
 }
 
-func (f *mpFixture) onDev(dev *MemDevice, sector int64, v byte) bool {
+func (f *mpFixture) onDev(dev *dmtest.MemDevice, sector int64, v byte) bool {
 	buf := make([]byte, 4096)
 	dev.ReadAt(buf, sector<<9)
 	return bytes.Equal(buf, fill(make([]byte, 4096), v))
@@ -74,7 +78,7 @@ func (f *mpFixture) onDev(dev *MemDevice, sector int64, v byte) bool {
 func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 	t.Run("I/O succeeds with valid paths", func(t *testing.T) {
 		f := newMP(t, true)
-		mustErrno(t, "write", f.write(8, 0xa1).wait(t), 0)
+		testutil.MustErrno(t, "write", f.write(8, 0xa1).Wait(t), 0)
 		if !f.onDev(f.path, 8, 0xa1) {
 			t.Fatal("data not on the path")
 		}
@@ -82,7 +86,7 @@ func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 	t.Run("fails with no valid path and no queue_if_no_path", func(t *testing.T) {
 		f := newMP(t, false)
 		f.msg("fail_path")
-		mustErrno(t, "write", f.write(8, 1).wait(t), syscall.EIO)
+		testutil.MustErrno(t, "write", f.write(8, 1).Wait(t), syscall.EIO)
 		if f.path.IOs() != 0 {
 			t.Fatal("I/O reached the failed path")
 		}
@@ -90,12 +94,12 @@ func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 	t.Run("is queued with no valid path and queue_if_no_path", func(t *testing.T) {
 		f := newMP(t, true)
 		r := f.queued(8, 1)
-		if f.d.Pending() != 1 || r.ended() {
+		if f.d.Pending() != 1 || r.Ended() {
 			t.Fatalf("pending %d", f.d.Pending())
 		}
 		// Recovery runs it.
 		f.msg("reinstate_path")
-		mustErrno(t, "write", r.wait(t), 0)
+		testutil.MustErrno(t, "write", r.Wait(t), 0)
 	})
 	t.Run("queued I/O fails on a suspend without noflush", func(t *testing.T) {
 		f := newMP(t, true)
@@ -103,7 +107,7 @@ func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 		if err := f.d.Suspend(bg(), false); err != nil {
 			t.Fatal(err)
 		}
-		mustErrno(t, "queued write", r.wait(t), syscall.EIO)
+		testutil.MustErrno(t, "queued write", r.Wait(t), syscall.EIO)
 		if s := f.d.Stats(); !s.Suspended || s.Deferred != 0 || s.Pushbacks != 0 || s.InFlight != 0 {
 			t.Fatalf("stats %+v", s)
 		}
@@ -113,14 +117,14 @@ func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 	// noflushSuspended: a write queued in the target, then a noflush
 	// suspend pushes it back, and it does not return.
-	noflushSuspended := func(t *testing.T) (*mpFixture, *ioRec) {
+	noflushSuspended := func(t *testing.T) (*mpFixture, *dmtest.Rec) {
 		f := newMP(t, true)
 		r := f.queued(8, 0xb2)
 		if err := f.d.Suspend(bg(), true); err != nil {
 			t.Fatal(err)
 		}
-		if r.ended() {
-			t.Fatalf("pushed-back write returned: %v", r.err)
+		if r.Ended() {
+			t.Fatalf("pushed-back write returned: %v", r.Err())
 		}
 		if s := f.d.Stats(); s.Pushbacks != 1 || s.Deferred != 1 || s.Pushback != 0 || s.InFlight != 0 || !s.Suspended {
 			t.Fatalf("after the noflush suspend: %+v", s)
@@ -138,22 +142,22 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 		if err := f.d.Resume(bg()); err != nil {
 			t.Fatal(err)
 		}
-		if r.ended() || f.q.nheld() != 1 || f.d.Stats().Deferred != 0 {
-			t.Fatalf("ended %v held %d", r.ended(), f.q.nheld())
+		if r.Ended() || f.q.nheld() != 1 || f.d.Stats().Deferred != 0 {
+			t.Fatalf("ended %v held %d", r.Ended(), f.q.nheld())
 		}
 		f.msg("reinstate_path")
-		mustErrno(t, "write", r.wait(t), 0)
+		testutil.MustErrno(t, "write", r.Wait(t), 0)
 	})
 	t.Run("succeeds on resume after path recovery", func(t *testing.T) {
 		f, r := noflushSuspended(t)
 		f.msg("reinstate_path")
-		if r.ended() {
+		if r.Ended() {
 			t.Fatal("ran before resume")
 		}
 		if err := f.d.Resume(bg()); err != nil {
 			t.Fatal(err)
 		}
-		mustErrno(t, "write", r.wait(t), 0)
+		testutil.MustErrno(t, "write", r.Wait(t), 0)
 		if !f.onDev(f.path, 8, 0xb2) {
 			t.Fatal("data not on the path")
 		}
@@ -166,8 +170,8 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 		if err := f.d.Resume(bg()); err != nil {
 			t.Fatal(err)
 		}
-		mustErrno(t, "write", r.wait(t), 0)
-		spare := f.d.live.Load().targets[0].target.(*linear).dev.(*MemDevice)
+		testutil.MustErrno(t, "write", r.Wait(t), 0)
+		spare := f.d.LiveTargets()[0].(*dm.Linear).Lower().(*dmtest.MemDevice)
 		if !f.onDev(spare, 8, 0xb2) || f.path.IOs() != 0 {
 			t.Fatal("data not on the new table's device")
 		}
@@ -194,7 +198,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				mustErrno(t, "write", r.wait(t), 0)
+				testutil.MustErrno(t, "write", r.Wait(t), 0)
 				if f.d.Stats().Pushbacks != 1 {
 					t.Fatal("the write was not pushed back")
 				}
@@ -208,25 +212,25 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 		var l ledger
 		defer l.checkOnce(t)
 		path.setHold(true)
-		x := l.submit(d, OpWrite, 8, 512) // in flight on the path
-		var newer *ioRec
+		x := l.submit(d, dm.OpWrite, 8, 512) // in flight on the path
+		var newer *dmtest.Rec
 		blocked := make(chan struct{})
-		d.setHook(func(p hookPoint) {
-			if p == hookBlocked {
-				newer = l.submit(d, OpWrite, 100, 512) // deferred
+		d.SetHook(func(p dm.HookPoint) {
+			if p == dm.HookBlocked {
+				newer = l.submit(d, dm.OpWrite, 100, 512) // deferred
 				close(blocked)
 			}
 		})
 		done := make(chan error, 1)
 		go func() { done <- d.Suspend(bg(), true) }()
 		<-blocked
-		d.setHook(nil)
+		d.SetHook(nil)
 		path.take()
 		path.release(syscall.EIO) // x: path error → requeue → pushback
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
-		if x.ended() || newer.ended() || d.Stats().Deferred != 2 {
+		if x.Ended() || newer.Ended() || d.Stats().Deferred != 2 {
 			t.Fatalf("stats %+v", d.Stats())
 		}
 		if _, err := d.Message(bg(), 0, []string{"reinstate_path"}); err != nil {
@@ -268,7 +272,7 @@ func TestFailedOrInterruptedSuspendFlushesPushback(t *testing.T) {
 				}
 				f.q.mu.Unlock()
 				err := f.d.Suspend(ctx, true)
-				if !errors.Is(err, ErrInterrupted) || !errors.Is(err, context.Canceled) {
+				if !errors.Is(err, dm.ErrInterrupted) || !errors.Is(err, context.Canceled) {
 					t.Fatalf("suspend: %v", err)
 				}
 				if f.d.NoflushSuspending() || f.d.Suspended() {
@@ -278,7 +282,7 @@ func TestFailedOrInterruptedSuspendFlushesPushback(t *testing.T) {
 				if recover {
 					want = 0
 				}
-				mustErrno(t, "pushed-back write", r.wait(t), want)
+				testutil.MustErrno(t, "pushed-back write", r.Wait(t), want)
 				if s := settledStats(t, f.d); s.Pushback != 0 || s.Deferred != 0 || s.InFlight != 0 {
 					t.Fatalf("stats %+v", s)
 				}
@@ -296,31 +300,31 @@ func TestFailedOrInterruptedSuspendFlushesPushback(t *testing.T) {
 
 		ctx, cancel := context.WithCancel(bg())
 		blocked := make(chan struct{})
-		f.d.setHook(func(p hookPoint) {
-			if p == hookBlocked {
+		f.d.SetHook(func(p dm.HookPoint) {
+			if p == dm.HookBlocked {
 				close(blocked)
 			}
 		})
 		done := make(chan error, 1)
 		go func() { done <- f.d.Suspend(ctx, true) }()
 		<-blocked
-		f.d.setHook(nil)
+		f.d.SetHook(nil)
 		if s := f.d.Stats(); s.Pushback != 1 || s.InFlight != 1 {
 			t.Fatalf("while suspending: %+v", s)
 		}
 		f.msg("reinstate_path")
 		cancel()
-		if err := <-done; !errors.Is(err, ErrInterrupted) {
+		if err := <-done; !errors.Is(err, dm.ErrInterrupted) {
 			t.Fatalf("suspend: %v", err)
 		}
 		// A was re-issued: it is on the path now.
-		if f.path.Held() != 2 || a.ended() || b.ended() {
+		if f.path.Held() != 2 || a.Ended() || b.Ended() {
 			t.Fatalf("path holds %d", f.path.Held())
 		}
 		f.path.Hang(false)
 		f.path.Release()
-		mustErrno(t, "B (requeued after the interrupt)", b.wait(t), syscall.EIO)
-		mustErrno(t, "A (pushed back before it)", a.wait(t), 0)
+		testutil.MustErrno(t, "B (requeued after the interrupt)", b.Wait(t), syscall.EIO)
+		testutil.MustErrno(t, "A (pushed back before it)", a.Wait(t), 0)
 		if !f.onDev(f.path, 8, 0xaa) || f.d.Suspended() {
 			t.Fatal("A's data not on the path, or device suspended")
 		}
@@ -330,17 +334,17 @@ func TestFailedOrInterruptedSuspendFlushesPushback(t *testing.T) {
 // Two devices at once, in one registry, sharing their path device through
 // the pool: each keeps its own pushback and deferred bios.
 func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
-	path := NewMemDevice("p", 4*MiB)
-	spare := NewMemDevice("spare", 4*MiB)
+	path := dmtest.NewMemDevice("p", 4*MiB)
+	spare := dmtest.NewMemDevice("spare", 4*MiB)
 	opens := map[string]int{}
 	closes := map[string]int{}
-	open := func(name string, ro bool) (BlockDevice, io.Closer, error) {
+	open := func(name string, ro bool) (dm.BlockDevice, io.Closer, error) {
 		opens[name]++
-		dev := map[string]BlockDevice{"p": path, "spare": spare}[name]
-		return dev, closerFunc(func() error { closes[name]++; return nil }), nil
+		dev := map[string]dm.BlockDevice{"p": path, "spare": spare}[name]
+		return dev, dm.CloserFunc(func() error { closes[name]++; return nil }), nil
 	}
-	reg := NewRegistry(Config{Log: zerolog.Nop(), Targets: testTargets(t, nil), Open: open})
-	var devs [2]*Device
+	reg := dm.NewRegistry(dm.Config{Log: zerolog.Nop(), Targets: testTargets(t, nil), Open: open})
+	var devs [2]*dm.Device
 	var qs [2]*qpath
 	for i, name := range []string{"mpa", "mpb"} {
 		d, err := reg.Create(bg(), name, "", "0 2048 qpath p queue_if_no_path")
@@ -354,19 +358,19 @@ func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
 	}
 	var l ledger
 	defer l.checkOnce(t)
-	var rs [2]*ioRec
+	var rs [2]*dmtest.Rec
 	for i, d := range devs {
 		if _, err := d.Message(bg(), 0, []string{"fail_path"}); err != nil {
 			t.Fatal(err)
 		}
-		rs[i] = l.bio(OpWrite, uint64(8*i), 4096)
+		rs[i] = l.bio(dm.OpWrite, uint64(8*i), 4096)
 		fill(rs[i].Buf, byte(0x10+i))
 		d.Submit(&rs[i].Bio)
 	}
 	// Suspend both (noflush) concurrently.
 	errs := make(chan error, 2)
 	for _, d := range devs {
-		go func(d *Device) { errs <- d.Suspend(bg(), true) }(d)
+		go func(d *dm.Device) { errs <- d.Suspend(bg(), true) }(d)
 	}
 	for range devs {
 		if err := <-errs; err != nil {
@@ -374,7 +378,7 @@ func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
 		}
 	}
 	for i, d := range devs {
-		if s := d.Stats(); s.Deferred != 1 || rs[i].ended() {
+		if s := d.Stats(); s.Deferred != 1 || rs[i].Ended() {
 			t.Fatalf("device %d: %+v", i, s)
 		}
 	}
@@ -385,8 +389,8 @@ func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
 	if err := devs[0].Resume(bg()); err != nil {
 		t.Fatal(err)
 	}
-	mustErrno(t, "first device's write", rs[0].wait(t), 0)
-	if rs[1].ended() || devs[1].Stats().Deferred != 1 {
+	testutil.MustErrno(t, "first device's write", rs[0].Wait(t), 0)
+	if rs[1].Ended() || devs[1].Stats().Deferred != 1 {
 		t.Fatal("the second device's write moved")
 	}
 	// The second gets a new table instead.
@@ -396,7 +400,7 @@ func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
 	if err := devs[1].Resume(bg()); err != nil {
 		t.Fatal(err)
 	}
-	mustErrno(t, "second device's write", rs[1].wait(t), 0)
+	testutil.MustErrno(t, "second device's write", rs[1].Wait(t), 0)
 	buf := make([]byte, 4096)
 	spare.ReadAt(buf, 8<<9)
 	if buf[0] != 0x11 {

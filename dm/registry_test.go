@@ -1,4 +1,4 @@
-package dm
+package dm_test
 
 import (
 	"context"
@@ -12,23 +12,27 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"udm/dm"
+	"udm/dm/dmtest"
+	"udm/internal/testutil"
 )
 
 // regFixture is a registry over named MemDevices whose opens and closes
 // are counted.
 type regFixture struct {
-	reg  *Registry
-	devs map[string]*MemDevice
+	reg  *dm.Registry
+	devs map[string]*dmtest.MemDevice
 	mu   sync.Mutex
 	open map[string]int // guarded by mu: currently open
 }
 
 func newRegFixture(t *testing.T, names ...string) *regFixture {
-	f := &regFixture{devs: map[string]*MemDevice{}, open: map[string]int{}}
+	f := &regFixture{devs: map[string]*dmtest.MemDevice{}, open: map[string]int{}}
 	for _, n := range names {
-		f.devs[n] = NewMemDevice(n, 4*MiB)
+		f.devs[n] = dmtest.NewMemDevice(n, 4*MiB)
 	}
-	opener := func(name string, ro bool) (BlockDevice, io.Closer, error) {
+	opener := func(name string, ro bool) (dm.BlockDevice, io.Closer, error) {
 		d, ok := f.devs[name]
 		if !ok {
 			return nil, nil, fmt.Errorf("open %s: %w", name, syscall.ENOENT)
@@ -36,14 +40,14 @@ func newRegFixture(t *testing.T, names ...string) *regFixture {
 		f.mu.Lock()
 		f.open[name]++
 		f.mu.Unlock()
-		return d, closerFunc(func() error {
+		return d, dm.CloserFunc(func() error {
 			f.mu.Lock()
 			f.open[name]--
 			f.mu.Unlock()
 			return nil
 		}), nil
 	}
-	f.reg = NewRegistry(Config{Log: zerolog.Nop(), Targets: testTargets(t, nil), Open: opener})
+	f.reg = dm.NewRegistry(dm.Config{Log: zerolog.Nop(), Targets: testTargets(t, nil), Open: opener})
 	return f
 }
 
@@ -53,7 +57,7 @@ func (f *regFixture) opened(name string) int {
 	return f.open[name]
 }
 
-func (f *regFixture) create(t *testing.T, name, table string) *Device {
+func (f *regFixture) create(t *testing.T, name, table string) *dm.Device {
 	t.Helper()
 	d, err := f.reg.Create(bg(), name, "", table)
 	if err != nil {
@@ -74,7 +78,7 @@ func TestRegistryCreateGetList(t *testing.T) {
 	if g, err := f.reg.Get("vol1"); err != nil || g != d {
 		t.Fatalf("Get = %p, %v", g, err)
 	}
-	if _, err := f.reg.Get("nope"); !errors.Is(err, ErrNoDevice) || !errors.Is(err, syscall.ENXIO) {
+	if _, err := f.reg.Get("nope"); !errors.Is(err, dm.ErrNoDevice) || !errors.Is(err, syscall.ENXIO) {
 		t.Fatalf("Get(nope): %v", err)
 	}
 	v0, _ := f.reg.Get("vol0")
@@ -85,18 +89,18 @@ func TestRegistryCreateGetList(t *testing.T) {
 		name, uuid string
 		err        error
 	}{
-		{"vol1", "", ErrExists},
-		{"vol2", "UUID-0", ErrExists},
-		{"", "", ErrBadName},
-		{"a/b", "", ErrBadName},
-		{"..", "", ErrBadName},
-		{"with space", "", ErrBadName},
+		{"vol1", "", dm.ErrExists},
+		{"vol2", "UUID-0", dm.ErrExists},
+		{"", "", dm.ErrBadName},
+		{"a/b", "", dm.ErrBadName},
+		{"..", "", dm.ErrBadName},
+		{"with space", "", dm.ErrBadName},
 	} {
 		if _, err := f.reg.Create(bg(), tc.name, tc.uuid, "0 8 zero"); !errors.Is(err, tc.err) {
 			t.Errorf("Create(%q, %q): %v, want %v", tc.name, tc.uuid, err, tc.err)
 		}
 	}
-	if errors.Is(ErrExists, syscall.EEXIST) != true {
+	if errors.Is(dm.ErrExists, syscall.EEXIST) != true {
 		t.Fatal("ErrExists is not EEXIST")
 	}
 }
@@ -134,16 +138,16 @@ func TestRegistryRemove(t *testing.T) {
 		if len(f.reg.List()) != 0 || f.opened("a") != 0 {
 			t.Fatalf("after remove: %q, a open %d", f.reg.List(), f.opened("a"))
 		}
-		r := newRec(OpRead, 0, 512)
+		r := dmtest.NewRec(dm.OpRead, 0, 512)
 		d.Submit(&r.Bio)
-		mustErrno(t, "I/O to a removed device", r.wait(t), syscall.EIO)
-		if err := d.Open(); !errors.Is(err, ErrRemoved) {
+		testutil.MustErrno(t, "I/O to a removed device", r.Wait(t), syscall.EIO)
+		if err := d.Open(); !errors.Is(err, dm.ErrRemoved) {
 			t.Fatalf("open of a removed device: %v", err)
 		}
-		if err := d.Load("0 8 zero"); !errors.Is(err, ErrRemoved) {
+		if err := d.Load("0 8 zero"); !errors.Is(err, dm.ErrRemoved) {
 			t.Fatalf("load into a removed device: %v", err)
 		}
-		if err := f.reg.Remove(bg(), "v", false, false); !errors.Is(err, ErrNoDevice) {
+		if err := f.reg.Remove(bg(), "v", false, false); !errors.Is(err, dm.ErrNoDevice) {
 			t.Fatalf("second remove: %v", err)
 		}
 	})
@@ -154,7 +158,7 @@ func TestRegistryRemove(t *testing.T) {
 			t.Fatal(err)
 		}
 		err := f.reg.Remove(bg(), "v", false, false)
-		if !errors.Is(err, ErrBusy) || !errors.Is(err, syscall.EBUSY) {
+		if !errors.Is(err, dm.ErrBusy) || !errors.Is(err, syscall.EBUSY) {
 			t.Fatalf("remove while open: %v", err)
 		}
 		if err := f.reg.Remove(bg(), "v", false, true); err != nil {
@@ -209,19 +213,19 @@ func TestRegistryRemove(t *testing.T) {
 			t.Fatal(err)
 		}
 		var l ledger
-		held := l.submit(d, OpWrite, 0, 512)
-		if held.ended() {
+		held := l.submit(d, dm.OpWrite, 0, 512)
+		if held.Ended() {
 			t.Fatal("not queued")
 		}
 		if err := f.reg.Remove(bg(), "v", true, false); err != nil {
 			t.Fatal(err)
 		}
-		mustErrno(t, "queued write", held.wait(t), syscall.EIO)
+		testutil.MustErrno(t, "queued write", held.Wait(t), syscall.EIO)
 		if len(f.reg.List()) != 0 || f.opened("a") != 0 {
 			t.Fatal("not removed")
 		}
-		late := l.submit(d, OpRead, 0, 512)
-		mustErrno(t, "I/O after a forced remove", late.wait(t), syscall.EIO)
+		late := l.submit(d, dm.OpRead, 0, 512)
+		testutil.MustErrno(t, "I/O after a forced remove", late.Wait(t), syscall.EIO)
 		if err := d.Close(); err != nil {
 			t.Fatalf("the user's close: %v", err)
 		}
@@ -231,12 +235,12 @@ func TestRegistryRemove(t *testing.T) {
 		f := newRegFixture(t, "a")
 		d := f.create(t, "v", "0 8 linear a 0")
 		f.devs["a"].Hang(true)
-		stuck := newRec(OpRead, 0, 512)
+		stuck := dmtest.NewRec(dm.OpRead, 0, 512)
 		d.Submit(&stuck.Bio)
 		ctx, cancel := context.WithTimeout(bg(), 10*time.Millisecond)
 		defer cancel()
 		err := f.reg.Remove(ctx, "v", true, false)
-		if !errors.Is(err, ErrInterrupted) || !errors.Is(err, context.DeadlineExceeded) {
+		if !errors.Is(err, dm.ErrInterrupted) || !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("forced remove with stuck I/O: %v", err)
 		}
 		if len(f.reg.List()) != 1 {
@@ -249,7 +253,7 @@ func TestRegistryRemove(t *testing.T) {
 		}
 		f.devs["a"].Hang(false)
 		f.devs["a"].Release()
-		mustErrno(t, "stuck bio", stuck.wait(t), 0)
+		testutil.MustErrno(t, "stuck bio", stuck.Wait(t), 0)
 		if err := f.reg.Remove(bg(), "v", true, false); err != nil {
 			t.Fatal(err)
 		}
@@ -260,12 +264,12 @@ func TestRegistryRemove(t *testing.T) {
 		if err := d.Suspend(bg(), true); err != nil {
 			t.Fatal(err)
 		}
-		r := newRec(OpWrite, 0, 512)
+		r := dmtest.NewRec(dm.OpWrite, 0, 512)
 		d.Submit(&r.Bio)
 		if err := f.reg.Remove(bg(), "v", false, false); err != nil {
 			t.Fatal(err)
 		}
-		mustErrno(t, "deferred write", r.wait(t), syscall.EIO)
+		testutil.MustErrno(t, "deferred write", r.Wait(t), syscall.EIO)
 		if f.devs["a"].IOs() != 0 {
 			t.Fatal("deferred write reached the device")
 		}
@@ -277,10 +281,10 @@ func TestRegistryRename(t *testing.T) {
 	d := f.create(t, "old", "0 8 zero")
 	f.create(t, "other", "0 8 zero")
 	ev := d.Event()
-	if err := f.reg.Rename("old", "other"); !errors.Is(err, ErrExists) {
+	if err := f.reg.Rename("old", "other"); !errors.Is(err, dm.ErrExists) {
 		t.Fatalf("rename onto an existing name: %v", err)
 	}
-	if err := f.reg.Rename("nope", "x"); !errors.Is(err, ErrNoDevice) {
+	if err := f.reg.Rename("nope", "x"); !errors.Is(err, dm.ErrNoDevice) {
 		t.Fatalf("rename of a missing device: %v", err)
 	}
 	if err := f.reg.Rename("old", "new"); err != nil {
@@ -302,10 +306,10 @@ func TestRegistryStacking(t *testing.T) {
 	if lower.Info().OpenCount != 1 {
 		t.Fatalf("lower open count %d", lower.Info().OpenCount)
 	}
-	w := newRec(OpWrite, 30, 4<<9) // split across upper's targets
+	w := dmtest.NewRec(dm.OpWrite, 30, 4<<9) // split across upper's targets
 	fill(w.Buf, 0x5a)
 	upper.Submit(&w.Bio)
-	mustErrno(t, "write", w.wait(t), 0)
+	testutil.MustErrno(t, "write", w.Wait(t), 0)
 	buf := make([]byte, 1024)
 	f.devs["a"].ReadAt(buf, (100+16+30)<<9)
 	if buf[0] != 0x5a || buf[1023] != 0x5a {
@@ -315,14 +319,14 @@ func TestRegistryStacking(t *testing.T) {
 		t.Fatalf("table %q", lines)
 	}
 	// Lower can't go while upper uses it.
-	if err := f.reg.Remove(bg(), "lower", false, false); !errors.Is(err, ErrBusy) {
+	if err := f.reg.Remove(bg(), "lower", false, false); !errors.Is(err, dm.ErrBusy) {
 		t.Fatalf("remove of a stacked-on device: %v", err)
 	}
 	// No loops.
-	if err := lower.Load("0 64 linear /dev/mapper/upper 0"); !errors.Is(err, ErrLoop) {
+	if err := lower.Load("0 64 linear /dev/mapper/upper 0"); !errors.Is(err, dm.ErrLoop) {
 		t.Fatalf("lower over upper: %v", err)
 	}
-	if err := lower.Load("0 64 linear /dev/mapper/lower 0"); !errors.Is(err, ErrLoop) {
+	if err := lower.Load("0 64 linear /dev/mapper/lower 0"); !errors.Is(err, dm.ErrLoop) {
 		t.Fatalf("lower over itself: %v", err)
 	}
 	if err := upper.Load("0 64 linear /dev/mapper/nosuch 0"); err == nil {

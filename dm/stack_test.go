@@ -1,4 +1,4 @@
-package dm
+package dm_test
 
 import (
 	"bytes"
@@ -8,20 +8,24 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"udm/dm"
+	"udm/dm/dmtest"
+	"udm/internal/testutil"
 )
 
 // stackPair makes lower (over devs, with lowerTable) and an upper device
 // whose table names "lower" through the adapter, wired by hand.
-func stackPair(t *testing.T, lowerTable, upperTable string, devs ...BlockDevice) (upper, lower *Device, adapter BlockDevice) {
+func stackPair(t *testing.T, lowerTable, upperTable string, devs ...dm.BlockDevice) (upper, lower *dm.Device, adapter dm.BlockDevice) {
 	lower = newDev(t, nil, lowerTable, devs...)
 	adapter = lower.BlockDevice()
-	open := func(name string, ro bool) (BlockDevice, io.Closer, error) {
+	open := func(name string, ro bool) (dm.BlockDevice, io.Closer, error) {
 		if name == "lower" {
-			return adapter, nopCloser{}, nil
+			return adapter, dm.NopCloser{}, nil
 		}
-		return StaticOpener(devs...)(name, ro)
+		return dm.StaticOpener(devs...)(name, ro)
 	}
-	upper = NewDevice(DeviceConfig{Name: "upper", Log: zerolog.Nop(), Open: open})
+	upper = dm.NewDevice(dm.DeviceConfig{Name: "upper", Log: zerolog.Nop(), Open: open})
 	if err := upper.Load(upperTable); err != nil {
 		t.Fatal(err)
 	}
@@ -32,25 +36,25 @@ func stackPair(t *testing.T, lowerTable, upperTable string, devs ...BlockDevice)
 }
 
 func TestStackedIO(t *testing.T) {
-	a := NewMemDevice("a", 4*MiB)
+	a := dmtest.NewMemDevice("a", 4*MiB)
 	upper, lower, adapter := stackPair(t, "0 1024 striped 2 8 a 0 a 2048", "0 100 zero\n100 512 linear lower 256", a)
 	if adapter.Name() != "/dev/mapper/test" || adapter.Size() != lower.Size() || adapter.BlockSize() != 512 || adapter.ReadOnly() {
 		t.Fatalf("adapter %s size %d", adapter.Name(), adapter.Size())
 	}
-	for _, mode := range []Completion{CompleteSync, CompleteAsync, CompleteExec} {
+	for _, mode := range []dmtest.Completion{dmtest.CompleteSync, dmtest.CompleteAsync, dmtest.CompleteExec} {
 		a.SetCompletion(mode)
-		loop := newTestLoop(t)
-		w := newRec(OpWrite, 96, 64<<9) // split by upper and by lower
+		loop := dmtest.NewLoop(t)
+		w := dmtest.NewRec(dm.OpWrite, 96, 64<<9) // split by upper and by lower
 		w.Exec = loop
 		for i := range w.Buf {
 			w.Buf[i] = byte(i>>9) + byte(mode)
 		}
 		upper.Submit(&w.Bio)
-		mustErrno(t, "write", w.wait(t), 0)
-		r := newRec(OpRead, 96, 64<<9)
+		testutil.MustErrno(t, "write", w.Wait(t), 0)
+		r := dmtest.NewRec(dm.OpRead, 96, 64<<9)
 		r.Exec = loop
 		upper.Submit(&r.Bio)
-		mustErrno(t, "read", r.wait(t), 0)
+		testutil.MustErrno(t, "read", r.Wait(t), 0)
 		if !bytes.Equal(r.Buf[4<<9:], w.Buf[4<<9:]) || !bytes.Equal(r.Buf[:4<<9], make([]byte, 4<<9)) {
 			t.Fatalf("mode %d: read back differs", mode)
 		}
@@ -59,15 +63,15 @@ func TestStackedIO(t *testing.T) {
 	if err := lower.Suspend(bg(), true); err != nil {
 		t.Fatal(err)
 	}
-	r := newRec(OpRead, 100, 512)
+	r := dmtest.NewRec(dm.OpRead, 100, 512)
 	upper.Submit(&r.Bio)
-	if r.ended() || lower.Stats().Deferred != 1 || upper.Pending() != 1 {
+	if r.Ended() || lower.Stats().Deferred != 1 || upper.Pending() != 1 {
 		t.Fatal("upper I/O not deferred by the lower device")
 	}
 	if err := lower.Resume(bg()); err != nil {
 		t.Fatal(err)
 	}
-	mustErrno(t, "deferred read", r.wait(t), 0)
+	testutil.MustErrno(t, "deferred read", r.Wait(t), 0)
 }
 
 // With a deadline, an I/O the lower device sits on ends with ETIMEDOUT;
@@ -75,13 +79,13 @@ func TestStackedIO(t *testing.T) {
 // the caller's memory is never touched afterwards.
 func TestStackedDeadline(t *testing.T) {
 	t.Run("a held write is dropped, not written late", func(t *testing.T) {
-		a := NewMemDevice("a", MiB)
+		a := dmtest.NewMemDevice("a", MiB)
 		upper, lower, adapter := stackPair(t, "0 64 delay a 0 3600000", "0 64 linear lower 0", a)
-		adapter.(DeadlineSetter).SetIODeadline(50 * time.Millisecond) // long enough for the descent to reach the device on a loaded machine
-		w := newRec(OpWrite, 0, 512)
+		adapter.(dm.DeadlineSetter).SetIODeadline(50 * time.Millisecond) // long enough for the descent to reach the device on a loaded machine
+		w := dmtest.NewRec(dm.OpWrite, 0, 512)
 		fill(w.Buf, 1)
 		upper.Submit(&w.Bio)
-		mustErrno(t, "write", w.wait(t), syscall.ETIMEDOUT)
+		testutil.MustErrno(t, "write", w.Wait(t), syscall.ETIMEDOUT)
 		fill(w.Buf, 2) // the caller reuses its buffer
 		// The lower bio is still held; a suspend releases it, and the
 		// delay target drops it because it was canceled.
@@ -98,12 +102,12 @@ func TestStackedDeadline(t *testing.T) {
 	t.Run("a late read lands in the bounce buffer", func(t *testing.T) {
 		c := newCapDev("c", MiB)
 		upper, lower, adapter := stackPair(t, "0 64 linear c 0", "0 64 linear lower 0", c)
-		adapter.(DeadlineSetter).SetIODeadline(50 * time.Millisecond) // long enough for the descent to reach the device on a loaded machine
+		adapter.(dm.DeadlineSetter).SetIODeadline(50 * time.Millisecond) // long enough for the descent to reach the device on a loaded machine
 		c.setHold(true)
-		r := newRec(OpRead, 0, 512)
+		r := dmtest.NewRec(dm.OpRead, 0, 512)
 		fill(r.Buf, 7)
 		upper.Submit(&r.Bio)
-		mustErrno(t, "read", r.wait(t), syscall.ETIMEDOUT)
+		testutil.MustErrno(t, "read", r.Wait(t), syscall.ETIMEDOUT)
 		// Complete the lower clone late, scribbling on its buffer.
 		c.mu.Lock()
 		held := c.held
@@ -122,12 +126,12 @@ func TestStackedDeadline(t *testing.T) {
 	t.Run("a late write sends what the caller had written", func(t *testing.T) {
 		c := newCapDev("c", MiB)
 		upper, lower, adapter := stackPair(t, "0 64 linear c 0", "0 64 linear lower 0", c)
-		adapter.(DeadlineSetter).SetIODeadline(50 * time.Millisecond) // long enough for the descent to reach the device on a loaded machine
+		adapter.(dm.DeadlineSetter).SetIODeadline(50 * time.Millisecond) // long enough for the descent to reach the device on a loaded machine
 		c.setHold(true)
-		w := newRec(OpWrite, 0, 512)
+		w := dmtest.NewRec(dm.OpWrite, 0, 512)
 		fill(w.Buf, 3)
 		upper.Submit(&w.Bio)
-		mustErrno(t, "write", w.wait(t), syscall.ETIMEDOUT)
+		testutil.MustErrno(t, "write", w.Wait(t), syscall.ETIMEDOUT)
 		fill(w.Buf, 4)
 		c.mu.Lock()
 		held := c.held
@@ -140,24 +144,24 @@ func TestStackedDeadline(t *testing.T) {
 		waitIdle(t, lower)
 	})
 	t.Run("I/O within the deadline is not timed out, and buffers are reused", func(t *testing.T) {
-		a := NewMemDevice("a", MiB)
+		a := dmtest.NewMemDevice("a", MiB)
 		upper, _, adapter := stackPair(t, "0 64 linear a 0", "0 64 linear lower 0", a)
-		adapter.(DeadlineSetter).SetIODeadline(time.Hour)
-		a.SetCompletion(CompleteAsync)
+		adapter.(dm.DeadlineSetter).SetIODeadline(time.Hour)
+		a.SetCompletion(dmtest.CompleteAsync)
 		for i := 0; i < 200; i++ {
-			w := newRec(OpWrite, uint64(i%64), 512)
+			w := dmtest.NewRec(dm.OpWrite, uint64(i%64), 512)
 			fill(w.Buf, byte(i))
 			upper.Submit(&w.Bio)
-			mustErrno(t, "write", w.wait(t), 0)
-			r := newRec(OpRead, uint64(i%64), 512)
+			testutil.MustErrno(t, "write", w.Wait(t), 0)
+			r := dmtest.NewRec(dm.OpRead, uint64(i%64), 512)
 			upper.Submit(&r.Bio)
-			mustErrno(t, "read", r.wait(t), 0)
+			testutil.MustErrno(t, "read", r.Wait(t), 0)
 			if r.Buf[0] != byte(i) || r.Buf[511] != byte(i) {
 				t.Fatalf("i=%d read %d", i, r.Buf[0])
 			}
 		}
-		f := newRec(OpFlush, 0, 0)
+		f := dmtest.NewRec(dm.OpFlush, 0, 0)
 		upper.Submit(&f.Bio)
-		mustErrno(t, "flush", f.wait(t), 0)
+		testutil.MustErrno(t, "flush", f.Wait(t), 0)
 	})
 }

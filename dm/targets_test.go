@@ -1,4 +1,4 @@
-package dm
+package dm_test
 
 import (
 	"bytes"
@@ -10,6 +10,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"udm/dm"
+	"udm/dm/dmtest"
+	"udm/internal/testutil"
 )
 
 // Each target's table and status lines, in the kernel's format, and the
@@ -38,7 +42,7 @@ func TestTargetFormats(t *testing.T) {
 		{"0 8 linear a 0\n8 8 zero", "", "0 8 linear\n8 8 zero"},
 	} {
 		t.Run(tc.table, func(t *testing.T) {
-			a, b, c := NewMemDevice("a", MiB), NewMemDevice("b", MiB), NewMemDevice("c", MiB)
+			a, b, c := dmtest.NewMemDevice("a", MiB), dmtest.NewMemDevice("b", MiB), dmtest.NewMemDevice("c", MiB)
 			d := newDev(t, nil, tc.table, a, b, c)
 			want := tc.lines
 			if want == "" {
@@ -65,7 +69,7 @@ func TestTargetFormats(t *testing.T) {
 }
 
 func TestTargetConstructorErrors(t *testing.T) {
-	a := NewMemDevice("a", MiB) // 2048 sectors
+	a := dmtest.NewMemDevice("a", MiB) // 2048 sectors
 	for _, tc := range []struct{ table, err string }{
 		{"0 64 linear a x", "invalid device sector"},
 		{"0 64 linear a 2000", "too small"},
@@ -94,7 +98,7 @@ func TestTargetConstructorErrors(t *testing.T) {
 		{"0 64 delay a 0 x", "invalid delay"},
 		{"0 64 delay a 0 1 nosuch 0 1", "device lookup failed"},
 	} {
-		d := NewDevice(DeviceConfig{Name: "c", Open: StaticOpener(a)})
+		d := dm.NewDevice(dm.DeviceConfig{Name: "c", Open: dm.StaticOpener(a)})
 		err := d.Load(tc.table)
 		if err == nil || !strings.Contains(err.Error(), tc.err) || !errors.Is(err, syscall.EINVAL) {
 			t.Errorf("Load(%q) = %v, want an EINVAL error containing %q", tc.table, err, tc.err)
@@ -105,54 +109,54 @@ func TestTargetConstructorErrors(t *testing.T) {
 func TestErrorAndZeroTargets(t *testing.T) {
 	d := newDev(t, nil, "0 8 error\n8 8 zero")
 	for _, tc := range []struct {
-		op     Op
+		op     dm.Op
 		sector uint64
 		n      int
 		want   syscall.Errno
 	}{
-		{OpRead, 0, 512, syscall.EIO}, {OpWrite, 0, 512, syscall.EIO}, {OpDiscard, 0, 512, syscall.EIO},
-		{OpFlush, 0, 0, syscall.EIO}, // the flush reaches the error target too
-		{OpRead, 8, 512, 0}, {OpWrite, 8, 512, 0}, {OpDiscard, 8, 4096, 0}, {OpWriteZeroes, 8, 512, 0},
-		{OpRead, 6, 4 << 9, syscall.EIO}, // half error, half zero
+		{dm.OpRead, 0, 512, syscall.EIO}, {dm.OpWrite, 0, 512, syscall.EIO}, {dm.OpDiscard, 0, 512, syscall.EIO},
+		{dm.OpFlush, 0, 0, syscall.EIO}, // the flush reaches the error target too
+		{dm.OpRead, 8, 512, 0}, {dm.OpWrite, 8, 512, 0}, {dm.OpDiscard, 8, 4096, 0}, {dm.OpWriteZeroes, 8, 512, 0},
+		{dm.OpRead, 6, 4 << 9, syscall.EIO}, // half error, half zero
 	} {
-		r := newRec(tc.op, tc.sector, tc.n)
+		r := dmtest.NewRec(tc.op, tc.sector, tc.n)
 		if tc.op.HasData() {
 			fill(r.Buf, 0xff)
 		}
 		d.Submit(&r.Bio)
-		mustErrno(t, tc.op.String(), r.wait(t), tc.want)
-		if tc.op == OpRead && tc.want == 0 && !bytes.Equal(r.Buf, make([]byte, tc.n)) {
+		testutil.MustErrno(t, tc.op.String(), r.Wait(t), tc.want)
+		if tc.op == dm.OpRead && tc.want == 0 && !bytes.Equal(r.Buf, make([]byte, tc.n)) {
 			t.Fatal("zero target read non-zero data")
 		}
 	}
 }
 
 func TestStripedErrorsAndEvents(t *testing.T) {
-	a, b := NewMemDevice("a", MiB), NewMemDevice("b", MiB)
+	a, b := dmtest.NewMemDevice("a", MiB), dmtest.NewMemDevice("b", MiB)
 	d := newDev(t, nil, "0 64 striped 2 8 a 0 b 0", a, b)
 	b.FailAll(syscall.EIO)
 	ev := d.Event()
-	for i := 0; i < stripeErrorThreshold; i++ {
-		r := newRec(OpWrite, 8, 512) // chunk 1: stripe b
+	for i := 0; i < dm.StripeErrorThreshold; i++ {
+		r := dmtest.NewRec(dm.OpWrite, 8, 512) // chunk 1: stripe b
 		d.Submit(&r.Bio)
-		mustErrno(t, "write to b", r.wait(t), syscall.EIO)
+		testutil.MustErrno(t, "write to b", r.Wait(t), syscall.EIO)
 	}
 	if st, _ := d.Status(); st[0] != "0 64 striped 2 a b 1 AD" {
 		t.Fatalf("status %q", st)
 	}
 	if d.Event() != ev+1 {
-		t.Fatalf("event %d, want %d after %d errors", d.Event(), ev+1, stripeErrorThreshold)
+		t.Fatalf("event %d, want %d after %d errors", d.Event(), ev+1, dm.StripeErrorThreshold)
 	}
 }
 
 // flakeyDev makes a flakey device over a with a clock the test moves.
-func flakeyDev(t *testing.T, args string) (*Device, *MemDevice, *flakey, *fakeClock) {
-	a := NewMemDevice("a", MiB)
+func flakeyDev(t *testing.T, args string) (*dm.Device, *dmtest.MemDevice, time.Time, *fakeClock) {
+	a := dmtest.NewMemDevice("a", MiB)
 	d := newDev(t, nil, "0 64 flakey a 8 "+args, a)
-	f := liveTarget[*flakey](t, d, 0)
-	clk := &fakeClock{now: f.start}
-	f.now = clk.Now
-	return d, a, f, clk
+	clk := &fakeClock{}
+	start := liveTarget[*dm.Flakey](t, d, 0).SetClock(clk.Now)
+	clk.set(start)
+	return d, a, start, clk
 }
 
 type fakeClock struct {
@@ -168,21 +172,21 @@ func (c *fakeClock) set(t time.Time) {
 }
 
 func TestFlakeyUpDownCycle(t *testing.T) {
-	d, a, f, clk := flakeyDev(t, "2 3")
+	d, a, start, clk := flakeyDev(t, "2 3")
 	// up for [0,2) s, down for [2,5), up again at 5.
 	for _, tc := range []struct {
 		at   time.Duration
 		down bool
 	}{{0, false}, {1900 * time.Millisecond, false}, {2 * time.Second, true}, {4 * time.Second, true}, {4999 * time.Millisecond, true}, {5 * time.Second, false}, {7 * time.Second, true}} {
-		clk.set(f.start.Add(tc.at))
+		clk.set(start.Add(tc.at))
 		want := syscall.Errno(0)
 		if tc.down {
 			want = syscall.EIO // no features: reads and writes fail while down
 		}
-		for _, op := range []Op{OpRead, OpWrite} {
-			r := newRec(op, 0, 512)
+		for _, op := range []dm.Op{dm.OpRead, dm.OpWrite} {
+			r := dmtest.NewRec(op, 0, 512)
 			d.Submit(&r.Bio)
-			mustErrno(t, op.String()+" at "+tc.at.String(), r.wait(t), want)
+			testutil.MustErrno(t, op.String()+" at "+tc.at.String(), r.Wait(t), want)
 		}
 	}
 	if a.Reads() != 3 || a.Writes() != 3 {
@@ -207,18 +211,18 @@ func TestFlakeyFeatures(t *testing.T) {
 	} {
 		t.Run(tc.feats, func(t *testing.T) {
 			d, a, _, _ := flakeyDev(t, "0 5 "+tc.feats) // always down
-			w := newRec(OpWrite, 0, 512)
+			w := dmtest.NewRec(dm.OpWrite, 0, 512)
 			fill(w.Buf, 7)
 			d.Submit(&w.Bio)
-			mustErrno(t, "write", w.wait(t), tc.down.write)
+			testutil.MustErrno(t, "write", w.Wait(t), tc.down.write)
 			buf := make([]byte, 512)
 			a.ReadAt(buf, 8<<9)
 			if stored := buf[0] == 7; stored != tc.down.stored {
 				t.Fatalf("write stored %v, want %v", stored, tc.down.stored)
 			}
-			r := newRec(OpRead, 0, 512)
+			r := dmtest.NewRec(dm.OpRead, 0, 512)
 			d.Submit(&r.Bio)
-			mustErrno(t, "read", r.wait(t), tc.down.read)
+			testutil.MustErrno(t, "read", r.Wait(t), tc.down.read)
 		})
 	}
 }
@@ -226,10 +230,10 @@ func TestFlakeyFeatures(t *testing.T) {
 func TestFlakeyCorrupt(t *testing.T) {
 	t.Run("writes: the device gets the corrupted byte, the caller's buffer is untouched", func(t *testing.T) {
 		d, a, _, _ := flakeyDev(t, "0 5 5 corrupt_bio_byte 3 w 200 0")
-		w := newRec(OpWrite, 0, 512)
+		w := dmtest.NewRec(dm.OpWrite, 0, 512)
 		fill(w.Buf, 1)
 		d.Submit(&w.Bio)
-		mustErrno(t, "write", w.wait(t), 0)
+		testutil.MustErrno(t, "write", w.Wait(t), 0)
 		buf := make([]byte, 512)
 		a.ReadAt(buf, 8<<9)
 		if buf[2] != 200 || buf[1] != 1 || buf[3] != 1 {
@@ -238,16 +242,16 @@ func TestFlakeyCorrupt(t *testing.T) {
 		if !bytes.Equal(w.Buf, fill(make([]byte, 512), 1)) {
 			t.Fatal("the caller's buffer was corrupted")
 		}
-		r := newRec(OpRead, 0, 512)
+		r := dmtest.NewRec(dm.OpRead, 0, 512)
 		d.Submit(&r.Bio)
-		mustErrno(t, "read", r.wait(t), 0) // reads pass while down
+		testutil.MustErrno(t, "read", r.Wait(t), 0) // reads pass while down
 	})
 	t.Run("reads: corrupted on the way back", func(t *testing.T) {
 		d, a, _, _ := flakeyDev(t, "0 5 5 corrupt_bio_byte 1 r 9 0")
 		a.WriteAt(fill(make([]byte, 512), 4), 8<<9)
-		r := newRec(OpRead, 0, 512)
+		r := dmtest.NewRec(dm.OpRead, 0, 512)
 		d.Submit(&r.Bio)
-		mustErrno(t, "read", r.wait(t), 0)
+		testutil.MustErrno(t, "read", r.Wait(t), 0)
 		if r.Buf[0] != 9 || r.Buf[1] != 4 {
 			t.Fatalf("read bytes %v", r.Buf[:2])
 		}
@@ -255,12 +259,12 @@ func TestFlakeyCorrupt(t *testing.T) {
 	t.Run("only bios whose flags match", func(t *testing.T) {
 		d, a, _, _ := flakeyDev(t, "0 5 5 corrupt_bio_byte 1 w 9 1") // flags 1 = FUA
 		for _, fua := range []bool{false, true} {
-			w := newRec(OpWrite, 0, 512)
+			w := dmtest.NewRec(dm.OpWrite, 0, 512)
 			if fua {
-				w.Flags = FUA
+				w.Flags = dm.FUA
 			}
 			d.Submit(&w.Bio)
-			mustErrno(t, "write", w.wait(t), 0)
+			testutil.MustErrno(t, "write", w.Wait(t), 0)
 			buf := make([]byte, 1)
 			a.ReadAt(buf, 8<<9)
 			if (buf[0] == 9) != fua {
@@ -270,9 +274,9 @@ func TestFlakeyCorrupt(t *testing.T) {
 	})
 	t.Run("not while up", func(t *testing.T) {
 		d, a, _, _ := flakeyDev(t, "5 0 5 corrupt_bio_byte 1 w 9 0")
-		w := newRec(OpWrite, 0, 512)
+		w := dmtest.NewRec(dm.OpWrite, 0, 512)
 		d.Submit(&w.Bio)
-		mustErrno(t, "write", w.wait(t), 0)
+		testutil.MustErrno(t, "write", w.Wait(t), 0)
 		buf := make([]byte, 1)
 		a.ReadAt(buf, 8<<9)
 		if buf[0] != 0 {
@@ -284,15 +288,15 @@ func TestFlakeyCorrupt(t *testing.T) {
 func TestDelayTarget(t *testing.T) {
 	const forever = "3600000" // an hour: only a suspend releases
 	t.Run("holds until a suspend releases everything at once", func(t *testing.T) {
-		a := NewMemDevice("a", MiB)
+		a := dmtest.NewMemDevice("a", MiB)
 		d := newDev(t, nil, "0 64 delay a 0 "+forever, a)
 		var l ledger
 		for i := uint64(0); i < 5; i++ {
-			l.submit(d, OpWrite, i, 512)
+			l.submit(d, dm.OpWrite, i, 512)
 		}
-		r := l.submit(d, OpRead, 0, 512)
-		l.submit(d, OpFlush, 0, 0)
-		l.submit(d, OpDiscard, 8, 512) // the write class
+		r := l.submit(d, dm.OpRead, 0, 512)
+		l.submit(d, dm.OpFlush, 0, 0)
+		l.submit(d, dm.OpDiscard, 8, 512) // the write class
 		if st, _ := d.Status(); st[0] != "0 64 delay 1 6 1" {
 			t.Fatalf("status %q", st)
 		}
@@ -303,7 +307,7 @@ func TestDelayTarget(t *testing.T) {
 			t.Fatal(err)
 		}
 		l.waitAll(t)
-		mustErrno(t, "read", r.err, 0)
+		testutil.MustErrno(t, "read", r.Err(), 0)
 		if a.Writes() != 5 || a.Reads() != 1 || a.IOs() != 8 {
 			t.Fatalf("device got %d writes %d reads, %d I/Os", a.Writes(), a.Reads(), a.IOs())
 		}
@@ -314,8 +318,8 @@ func TestDelayTarget(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Delays again after resume.
-		r2 := l.submit(d, OpRead, 0, 512)
-		if r2.ended() {
+		r2 := l.submit(d, dm.OpRead, 0, 512)
+		if r2.Ended() {
 			t.Fatal("not delayed after resume")
 		}
 		if err := d.Suspend(bg(), true); err != nil {
@@ -338,13 +342,13 @@ func TestDelayTarget(t *testing.T) {
 			{"a 0 " + forever + " a 0 0 a 0 " + forever, "1 0 1"},
 			{"a 0 0 a 0 0 a 0 " + forever, "0 0 1"},
 		} {
-			a := NewMemDevice("a", MiB)
+			a := dmtest.NewMemDevice("a", MiB)
 			d := newDev(t, nil, "0 64 delay "+tc.args, a)
 			var l ledger
-			l.submit(d, OpRead, 0, 512)
-			l.submit(d, OpWrite, 1, 512)
-			l.submit(d, OpWriteZeroes, 2, 512)
-			l.submit(d, OpFlush, 0, 0)
+			l.submit(d, dm.OpRead, 0, 512)
+			l.submit(d, dm.OpWrite, 1, 512)
+			l.submit(d, dm.OpWriteZeroes, 2, 512)
+			l.submit(d, dm.OpFlush, 0, 0)
 			if st, _ := d.Status(); st[0] != "0 64 delay "+tc.want {
 				t.Fatalf("delay %s: status %q, want %q", tc.args, st[0], "0 64 delay "+tc.want)
 			}
@@ -358,13 +362,13 @@ func TestDelayTarget(t *testing.T) {
 		}
 	})
 	t.Run("the timer releases", func(t *testing.T) {
-		a := NewMemDevice("a", MiB)
+		a := dmtest.NewMemDevice("a", MiB)
 		d := newDev(t, nil, "0 64 delay a 0 1 a 0 2 a 0 3", a)
 		var l ledger
-		l.submit(d, OpRead, 0, 512)
-		l.submit(d, OpWrite, 1, 512)
-		l.submit(d, OpFlush, 0, 0)
-		l.submit(d, OpWrite, 2, 512)
+		l.submit(d, dm.OpRead, 0, 512)
+		l.submit(d, dm.OpWrite, 1, 512)
+		l.submit(d, dm.OpFlush, 0, 0)
+		l.submit(d, dm.OpWrite, 2, 512)
 		l.waitAll(t)
 		if a.IOs() != 4 {
 			t.Fatalf("device got %d I/Os", a.IOs())
@@ -374,48 +378,48 @@ func TestDelayTarget(t *testing.T) {
 		a, b, c := newCapDev("a", MiB), newCapDev("b", MiB), newCapDev("c", MiB)
 		d := newDev(t, nil, "0 64 delay a 10 0 b 20 0 c 30 0", a, b, c)
 		var l ledger
-		l.submit(d, OpRead, 1, 512)
-		l.submit(d, OpWrite, 2, 512)
-		l.submit(d, OpDiscard, 3, 512)
-		l.submit(d, OpFlush, 0, 0)
+		l.submit(d, dm.OpRead, 1, 512)
+		l.submit(d, dm.OpWrite, 2, 512)
+		l.submit(d, dm.OpDiscard, 3, 512)
+		l.submit(d, dm.OpFlush, 0, 0)
 		l.waitAll(t)
 		got := append(append(a.take(), b.take()...), c.take()...)
-		want := []capIO{{"a", OpRead, 0, 11, 512, 0}, {"b", OpWrite, 0, 22, 512, 0}, {"b", OpDiscard, 0, 23, 512, 0}, {"c", OpFlush, 0, 0, 0, 0}}
+		want := []capIO{{"a", dm.OpRead, 0, 11, 512, 0}, {"b", dm.OpWrite, 0, 22, 512, 0}, {"b", dm.OpDiscard, 0, 23, 512, 0}, {"c", dm.OpFlush, 0, 0, 0, 0}}
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("got %v\nwant %v", got, want)
 		}
 	})
 	t.Run("a canceled bio is dropped on release", func(t *testing.T) {
-		a := NewMemDevice("a", MiB)
+		a := dmtest.NewMemDevice("a", MiB)
 		d := newDev(t, nil, "0 64 delay a 0 "+forever, a)
-		r := newRec(OpWrite, 0, 512)
+		r := dmtest.NewRec(dm.OpWrite, 0, 512)
 		d.Submit(&r.Bio)
 		r.Cancel()
 		if err := d.Suspend(bg(), false); err != nil {
 			t.Fatal(err)
 		}
-		mustErrno(t, "canceled write", r.wait(t), syscall.ECANCELED)
+		testutil.MustErrno(t, "canceled write", r.Wait(t), syscall.ECANCELED)
 		if a.Writes() != 0 {
 			t.Fatal("the canceled write was submitted")
 		}
 	})
 	t.Run("released on the bio's executor", func(t *testing.T) {
-		a := NewMemDevice("a", MiB)
-		loop := newTestLoop(t)
+		a := dmtest.NewMemDevice("a", MiB)
+		loop := dmtest.NewLoop(t)
 		onLoop := map[uint64]bool{}
 		var mu sync.Mutex
-		a.SetSubmitHook(func(c *Clone) { mu.Lock(); onLoop[c.Sector] = loop.onLoop(); mu.Unlock() })
+		a.SetSubmitHook(func(c *dm.Clone) { mu.Lock(); onLoop[c.Sector] = loop.OnLoop(); mu.Unlock() })
 		d := newDev(t, nil, "0 64 delay a 0 "+forever, a)
-		r := newRec(OpWrite, 0, 512)
+		r := dmtest.NewRec(dm.OpWrite, 0, 512)
 		r.Exec = loop
 		d.Submit(&r.Bio)
-		r2 := newRec(OpWrite, 1, 512)
+		r2 := dmtest.NewRec(dm.OpWrite, 1, 512)
 		d.Submit(&r2.Bio)
 		if err := d.Suspend(bg(), false); err != nil {
 			t.Fatal(err)
 		}
-		r.wait(t)
-		r2.wait(t)
+		r.Wait(t)
+		r2.Wait(t)
 		mu.Lock()
 		defer mu.Unlock()
 		if !reflect.DeepEqual(onLoop, map[uint64]bool{0: true, 1: false}) {
@@ -423,21 +427,21 @@ func TestDelayTarget(t *testing.T) {
 		}
 	})
 	t.Run("an interrupted suspend delays again", func(t *testing.T) {
-		a := NewMemDevice("a", MiB)
+		a := dmtest.NewMemDevice("a", MiB)
 		d := newDev(t, nil, "0 64 delay a 0 "+forever, a)
 		ctx, cancel := context.WithCancel(bg())
 		cancel()
-		if err := d.Suspend(ctx, false); !errors.Is(err, ErrInterrupted) {
+		if err := d.Suspend(ctx, false); !errors.Is(err, dm.ErrInterrupted) {
 			t.Fatal(err)
 		}
-		r := newRec(OpRead, 0, 512)
+		r := dmtest.NewRec(dm.OpRead, 0, 512)
 		d.Submit(&r.Bio)
-		if r.ended() {
+		if r.Ended() {
 			t.Fatal("not delayed")
 		}
 		if err := d.Suspend(bg(), false); err != nil {
 			t.Fatal(err)
 		}
-		r.wait(t)
+		r.Wait(t)
 	})
 }

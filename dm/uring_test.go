@@ -1,17 +1,20 @@
-package dm
+package dm_test
 
 import (
 	"sync/atomic"
 	"testing"
 
+	"udm/dm"
+	"udm/dm/dmtest"
+	"udm/internal/testutil"
 	"udm/uring"
 )
 
 // A uring.Loop is an Executor, and numbers itself for the counters'
 // shards.
 var (
-	_ Executor   = (*uring.Loop)(nil)
-	_ idExecutor = (*uring.Loop)(nil)
+	_ dm.Executor   = (*uring.Loop)(nil)
+	_ dm.IDExecutor = (*uring.Loop)(nil)
 )
 
 // With a real loop as the bio's executor, completions posted by the
@@ -22,22 +25,22 @@ func TestUringLoopExecutor(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	m := NewMemDevice("m", MiB)
-	m.SetCompletion(CompleteExec)
+	m := dmtest.NewMemDevice("m", MiB)
+	m.SetCompletion(dmtest.CompleteExec)
 	d := newDev(t, nil, "0 64 linear m 0", m)
 
-	submitOnLoop := func(r *ioRec) *atomic.Bool {
+	submitOnLoop := func(r *dmtest.Rec) *atomic.Bool {
 		var onLoop atomic.Bool
 		r.Exec = l
-		r.onEnd = func(error) { onLoop.Store(l.OnLoop()) }
+		r.OnEnd = func(error) { onLoop.Store(l.OnLoop()) }
 		return &onLoop
 	}
-	r := newRec(OpWrite, 0, 4096)
+	r := dmtest.NewRec(dm.OpWrite, 0, 4096)
 	on := submitOnLoop(r)
 	if err := l.Post(func() { d.Submit(&r.Bio) }); err != nil {
 		t.Fatal(err)
 	}
-	mustErrno(t, "write", r.wait(t), 0)
+	testutil.MustErrno(t, "write", r.Wait(t), 0)
 	if !on.Load() {
 		t.Fatal("the write did not end on the loop")
 	}
@@ -45,19 +48,19 @@ func TestUringLoopExecutor(t *testing.T) {
 	if err := d.Suspend(bg(), false); err != nil {
 		t.Fatal(err)
 	}
-	r2 := newRec(OpRead, 0, 4096)
+	r2 := dmtest.NewRec(dm.OpRead, 0, 4096)
 	on2 := submitOnLoop(r2)
 	d.Submit(&r2.Bio) // from this goroutine: deferred
 	posted := l.Stats().Posted
 	if err := d.Resume(bg()); err != nil {
 		t.Fatal(err)
 	}
-	mustErrno(t, "deferred read", r2.wait(t), 0)
+	testutil.MustErrno(t, "deferred read", r2.Wait(t), 0)
 	if !on2.Load() || l.Stats().Posted == posted {
 		t.Fatal("the deferred read was not re-issued through the loop")
 	}
 	waitIdle(t, d)
-	if d.shards[d.shardOf(&r2.Bio)].ops[OpRead].Load() != 1 {
+	if d.ShardOps(&r2.Bio, dm.OpRead) != 1 {
 		t.Fatal("the read was not counted in its loop's shard")
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"udm/dm"
+	"udm/dm/dmtest"
 	"udm/dm/filedev"
 	"udm/internal/testutil"
 	"udm/uring"
@@ -78,7 +79,7 @@ func BenchmarkMapNull(b *testing.B) {
 		{"multipath-service-time", "0 2048 multipath 0 0 1 1 service-time 0 2 0 n0 n1"},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			env := newEnv(b, envConfig{mem: []dm.BlockDevice{dm.NewNullDevice("n0", mib), dm.NewNullDevice("n1", mib)}})
+			env := newEnv(b, envConfig{mem: []dm.BlockDevice{dmtest.NewNullDevice("n0", mib), dmtest.NewNullDevice("n1", mib)}})
 			d := env.create("d", tc.table)
 			var end countEnd
 			bio := &dm.Bio{Op: dm.OpRead, Len: 4096, Buf: make([]byte, 4096), BufIndex: -1, End: &end}

@@ -3,7 +3,6 @@ package multipath
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -315,19 +314,6 @@ func pattern(seed byte, n int) []byte {
 	return b
 }
 
-func mustErrno(t testing.TB, what string, err error, want syscall.Errno) {
-	t.Helper()
-	if want == 0 {
-		if err != nil {
-			t.Fatalf("%s: %v, want success", what, err)
-		}
-		return
-	}
-	if !errors.Is(err, want) {
-		t.Fatalf("%s: %v, want %s", what, err, errName(want))
-	}
-}
-
 // fileData reads the backing file directly.
 func fileData(t testing.TB, file string, off int64, n int) []byte {
 	t.Helper()
@@ -447,11 +433,16 @@ func settledStats(t testing.TB, d *dm.Device) dm.Stats {
 	return d.Stats()
 }
 
-// safety and eventually are the shared test helpers under the names the
-// checker's tests use.
+// safety, eventually and mustErrno are the shared test helpers under the
+// names the checker's tests use.
 const safety = testutil.Patience
 
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	testutil.Eventually(t, what, cond)
+}
+
+func mustErrno(t testing.TB, what string, err error, want syscall.Errno) {
+	t.Helper()
+	testutil.MustErrnoIs(t, what, err, want)
 }

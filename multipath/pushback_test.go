@@ -35,12 +35,12 @@ func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 			l := f.exec(kind)
 			for i := uint64(0); i < 8; i++ {
 				data := pattern(byte(i), 4*kib)
-				mustErrno(t, "write", f.write(l, 8*i, data).wait(t), 0)
+				testutil.MustErrnoIs(t, "write", f.write(l, 8*i, data).wait(t), 0)
 				if !f.onFile(8*i, data) {
 					t.Fatalf("block %d not in the file", i)
 				}
 				r := f.read(l, 8*i, 4*kib)
-				mustErrno(t, "read", r.wait(t), 0)
+				testutil.MustErrnoIs(t, "read", r.wait(t), 0)
 				if string(r.data) != string(data) {
 					t.Fatalf("block %d read back wrong", i)
 				}
@@ -58,13 +58,13 @@ func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 			f := newFix(t, false, envConfig{})
 			f.breakPath("p0")
 			f.breakPath("p1")
-			mustErrno(t, "write", f.write(f.exec(kind), 8, pattern(1, 4*kib)).wait(t), syscall.EIO)
+			testutil.MustErrnoIs(t, "write", f.write(f.exec(kind), 8, pattern(1, 4*kib)).wait(t), syscall.EIO)
 			// Both paths were tried and failed; the next I/O fails at once.
 			if st := f.status("mp"); st != "0 8192 multipath 2 0 0 0 1 1 E 0 2 0 /dev/mapper/p0 F 1 /dev/mapper/p1 F 1 " {
 				t.Fatalf("status %q", st)
 			}
 			before := f.dev("p0").Stats().Writes + f.dev("p1").Stats().Writes
-			mustErrno(t, "second write", f.write(f.exec(kind), 8, pattern(1, 4*kib)).wait(t), syscall.EIO)
+			testutil.MustErrnoIs(t, "second write", f.write(f.exec(kind), 8, pattern(1, 4*kib)).wait(t), syscall.EIO)
 			if after := f.dev("p0").Stats().Writes + f.dev("p1").Stats().Writes; after != before {
 				t.Fatal("I/O reached a failed path")
 			}
@@ -81,7 +81,7 @@ func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 			// Recovery runs it.
 			f.repairPath("p1")
 			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p1")
-			mustErrno(t, "queued write", w.wait(t), 0)
+			testutil.MustErrnoIs(t, "queued write", w.wait(t), 0)
 			if !f.onFile(8, data) {
 				t.Fatal("data not in the file")
 			}
@@ -94,7 +94,7 @@ func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 			if err := f.mp.Suspend(bg(), false); err != nil {
 				t.Fatal(err)
 			}
-			mustErrno(t, "queued write", w.wait(t), syscall.EIO)
+			testutil.MustErrnoIs(t, "queued write", w.wait(t), syscall.EIO)
 			if s := f.mp.Stats(); !s.Suspended || s.Deferred != 0 || s.Pushbacks != 0 || s.InFlight != 0 {
 				t.Fatalf("stats %+v", s)
 			}
@@ -107,7 +107,7 @@ func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 			if err := f.mp.Suspend(bg(), false); err != nil {
 				t.Fatal(err)
 			}
-			mustErrno(t, "second write", w2.wait(t), syscall.EIO)
+			testutil.MustErrnoIs(t, "second write", w2.wait(t), syscall.EIO)
 		})
 	})
 }
@@ -155,7 +155,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 			}
 			f.repairPath("p0")
 			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p0")
-			mustErrno(t, "write", w.wait(t), 0)
+			testutil.MustErrnoIs(t, "write", w.wait(t), 0)
 			if !f.onFile(8, data) {
 				t.Fatal("data not in the file")
 			}
@@ -175,7 +175,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 			if err := f.mp.Resume(bg()); err != nil {
 				t.Fatal(err)
 			}
-			mustErrno(t, "write", w.wait(t), 0)
+			testutil.MustErrnoIs(t, "write", w.wait(t), 0)
 			if !f.onFile(8, data) {
 				t.Fatal("data not in the file")
 			}
@@ -194,7 +194,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 			if err := f.mp.Resume(bg()); err != nil {
 				t.Fatal(err)
 			}
-			mustErrno(t, "write", w.wait(t), 0)
+			testutil.MustErrnoIs(t, "write", w.wait(t), 0)
 			if !f.onFile(8, data) {
 				t.Fatal("data not in the file")
 			}
@@ -211,7 +211,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 			if err := f.mp.Resume(bg()); err != nil {
 				t.Fatal(err)
 			}
-			mustErrno(t, "write", w.wait(t), 0)
+			testutil.MustErrnoIs(t, "write", w.wait(t), 0)
 			if !f.onFile(8, data) {
 				t.Fatal("data not in the file")
 			}
@@ -246,7 +246,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					mustErrno(t, "write", w.wait(t), 0)
+					testutil.MustErrnoIs(t, "write", w.wait(t), 0)
 					if !f.onFile(8, data) {
 						t.Fatal("data not in the file")
 					}
@@ -375,7 +375,7 @@ func TestFailedOrInterruptedSuspendFlushesPushback(t *testing.T) {
 			// The pushed-back write was re-issued: with the paths still
 			// down and queueing off until the next resume (the kernel has
 			// no multipath presuspend undo), it fails.
-			mustErrno(t, "pushed-back write", w.wait(t), syscall.EIO)
+			testutil.MustErrnoIs(t, "pushed-back write", w.wait(t), syscall.EIO)
 			s := settledStats(t, f.mp)
 			if s.Pushback != 0 || s.Deferred != 0 || s.InFlight != 0 {
 				t.Fatalf("stats %+v", s)
@@ -411,12 +411,12 @@ func TestFailedOrInterruptedSuspendFlushesPushback(t *testing.T) {
 			if err := <-done; !errors.Is(err, dm.ErrInterrupted) {
 				t.Fatalf("suspend: %v", err)
 			}
-			mustErrno(t, "A (pushed back, re-issued)", a.wait(t), 0)
+			testutil.MustErrnoIs(t, "A (pushed back, re-issued)", a.wait(t), 0)
 			if !f.onFile(8, aData) || x.ended() {
 				t.Fatal("A's data not in the file, or X ended")
 			}
 			f.release("p2")
-			mustErrno(t, "X", x.wait(t), 0)
+			testutil.MustErrnoIs(t, "X", x.wait(t), 0)
 			if !f.onFile(16, xData) {
 				t.Fatal("X's data not in the file")
 			}
@@ -435,11 +435,11 @@ func TestFailedOrInterruptedSuspendFlushesPushback(t *testing.T) {
 				t.Fatalf("suspend: %v", err)
 			}
 			// A was re-issued with no path: it fails now.
-			mustErrno(t, "A", a.wait(t), syscall.EIO)
+			testutil.MustErrnoIs(t, "A", a.wait(t), syscall.EIO)
 			// X fails on p2 after the interrupt: no path, no noflush
 			// suspend any more: EIO.
 			f.release("p2")
-			mustErrno(t, "X (requeued after the interrupt)", x.wait(t), syscall.EIO)
+			testutil.MustErrnoIs(t, "X (requeued after the interrupt)", x.wait(t), syscall.EIO)
 		})
 	})
 }
@@ -461,7 +461,7 @@ func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
 	finish := func(f *mpFix, wb *bio) {
 		f.t.Helper()
 		f.mustMsg("mpb", "reinstate_path", "/dev/mapper/p0")
-		mustErrno(f.t, "mpb's write", wb.wait(f.t), 0)
+		testutil.MustErrnoIs(f.t, "mpb's write", wb.wait(f.t), 0)
 		if !f.onFile(64, pattern(0xbb, 4*kib)) {
 			f.t.Fatal("mpb's write not in the file")
 		}
@@ -481,7 +481,7 @@ func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
 			if err := f.mp.Suspend(bg(), false); err != nil {
 				t.Fatal(err)
 			}
-			mustErrno(t, "mp's queued write", w.wait(t), syscall.EIO)
+			testutil.MustErrnoIs(t, "mp's queued write", w.wait(t), syscall.EIO)
 			if s := f.mp.Stats(); !s.Suspended || s.Deferred != 0 || s.Pushbacks != 0 {
 				t.Fatalf("mp stats %+v", s)
 			}
@@ -521,7 +521,7 @@ func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
 			if err := <-done; !errors.Is(err, dm.ErrInterrupted) {
 				t.Fatalf("suspend: %v", err)
 			}
-			mustErrno(t, "A (pushed back, re-issued)", a.wait(t), 0)
+			testutil.MustErrnoIs(t, "A (pushed back, re-issued)", a.wait(t), 0)
 			if !f.onFile(8, aData) || x.ended() {
 				t.Fatal("A's data not in the file, or X ended")
 			}
@@ -530,7 +530,7 @@ func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
 			}
 			unaffected(f, mpb, wb, "mp's suspend interrupted")
 			f.release("p2")
-			mustErrno(t, "X", x.wait(t), 0)
+			testutil.MustErrnoIs(t, "X", x.wait(t), 0)
 			if !f.onFile(16, xData) {
 				t.Fatal("X's data not in the file")
 			}

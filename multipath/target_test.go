@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"udm/dm"
+	"udm/dm/dmtest"
 	"udm/internal/testutil"
 )
 
@@ -19,7 +20,7 @@ import (
 type memFix struct {
 	*env
 	mp    *dm.Device
-	paths []*dm.MemDevice
+	paths []*dmtest.MemDevice
 	l     ledger
 }
 
@@ -31,7 +32,7 @@ func newMemFix(t *testing.T, table string, cfg envConfig, names ...string) *memF
 	}
 	f := &memFix{}
 	for _, n := range names {
-		m := dm.NewMemDevice(n, memSize)
+		m := dmtest.NewMemDevice(n, memSize)
 		f.paths = append(f.paths, m)
 		cfg.mem = append(cfg.mem, m)
 	}
@@ -93,7 +94,7 @@ func TestPathAndNonPathErrors(t *testing.T) {
 				err := w.wait(t)
 				st := f.status("mp")
 				if tc.path {
-					mustErrno(t, "write", err, 0)
+					testutil.MustErrnoIs(t, "write", err, 0)
 					if !strings.Contains(st, "a F 1 b A 0") {
 						t.Fatalf("status %q: a should have failed", st)
 					}
@@ -103,7 +104,7 @@ func TestPathAndNonPathErrors(t *testing.T) {
 						t.Fatal("the retried write is not on b")
 					}
 				} else {
-					mustErrno(t, "write", err, tc.errno)
+					testutil.MustErrnoIs(t, "write", err, tc.errno)
 					if !strings.Contains(st, "a A 0 b A 0") {
 						t.Fatalf("status %q: no path should have failed", st)
 					}
@@ -143,7 +144,7 @@ func TestDeadlineFailsHungPath(t *testing.T) {
 			ws = append(ws, f.write(f.exec(kind), 8*i, pattern(byte(i), 4*kib)))
 		}
 		for i, w := range ws {
-			mustErrno(t, "write", w.wait(t), 0)
+			testutil.MustErrnoIs(t, "write", w.wait(t), 0)
 			if !f.onFile(8*uint64(i), pattern(byte(i), 4*kib)) {
 				t.Fatalf("write %d not in the file", i)
 			}
@@ -158,7 +159,7 @@ func TestSelectors(t *testing.T) {
 	t.Run("round-robin alternates", func(t *testing.T) {
 		f := newMemFix(t, "0 0 1 1 round-robin 0 3 0 a b c", envConfig{}, "a", "b", "c")
 		for i := 0; i < 30; i++ {
-			mustErrno(t, "read", f.io("noexec", dm.OpRead, 0, make([]byte, 512)).wait(t), 0)
+			testutil.MustErrnoIs(t, "read", f.io("noexec", dm.OpRead, 0, make([]byte, 512)).wait(t), 0)
 		}
 		for _, m := range f.paths {
 			if m.Reads() != 10 {
@@ -182,7 +183,7 @@ func TestSelectors(t *testing.T) {
 			}
 			reads := b.Reads()
 			for i := 0; i < 10; i++ {
-				mustErrno(t, "read", f.io("noexec", dm.OpRead, 0, make([]byte, 4*kib)).wait(t), 0)
+				testutil.MustErrnoIs(t, "read", f.io("noexec", dm.OpRead, 0, make([]byte, 4*kib)).wait(t), 0)
 			}
 			if b.Reads() != reads+10 || a.Held() != 1 {
 				t.Fatalf("b got %d of 10 reads while a was busy", b.Reads()-reads)
@@ -190,7 +191,7 @@ func TestSelectors(t *testing.T) {
 			a.Hang(false)
 			a.Release()
 			for _, x := range held {
-				mustErrno(t, "read", x.wait(t), 0)
+				testutil.MustErrnoIs(t, "read", x.wait(t), 0)
 			}
 			// Every counter went back to zero.
 			want := map[string]string{"queue-length": "a A 0 0 b A 0 0 ", "service-time": "a A 0 0 1 b A 0 0 1 "}[sel]
@@ -204,8 +205,8 @@ func TestSelectors(t *testing.T) {
 		// (a and b are separate memories: the data is checked by the
 		// randomized test over real files.)
 		for i := uint64(0); i < 50; i++ {
-			mustErrno(t, "write", f.io("noexec", dm.OpWrite, 8*i, pattern(byte(i), 4*kib)).wait(t), 0)
-			mustErrno(t, "read", f.io("noexec", dm.OpRead, 8*i, make([]byte, 4*kib)).wait(t), 0)
+			testutil.MustErrnoIs(t, "write", f.io("noexec", dm.OpWrite, 8*i, pattern(byte(i), 4*kib)).wait(t), 0)
+			testutil.MustErrnoIs(t, "read", f.io("noexec", dm.OpRead, 8*i, make([]byte, 4*kib)).wait(t), 0)
 		}
 		if f.paths[0].IOs()+f.paths[1].IOs() != 100 {
 			t.Fatal("lost I/O")
@@ -221,14 +222,14 @@ func TestSelectors(t *testing.T) {
 		f := newMemFix(t, "0 0 1 1 service-time 0 2 2 a 1 0 b 1 1", envConfig{})
 		a, b := f.paths[0], f.paths[1]
 		for i := 0; i < 10; i++ {
-			mustErrno(t, "read", f.io("noexec", dm.OpRead, 0, make([]byte, 4*kib)).wait(t), 0)
+			testutil.MustErrnoIs(t, "read", f.io("noexec", dm.OpRead, 0, make([]byte, 4*kib)).wait(t), 0)
 		}
 		if a.Reads() != 0 || b.Reads() != 10 {
 			t.Fatalf("a %d b %d", a.Reads(), b.Reads())
 		}
 		// With b failed, a is used.
 		f.mustMsg("mp", "fail_path", "b")
-		mustErrno(t, "read", f.io("noexec", dm.OpRead, 0, make([]byte, 4*kib)).wait(t), 0)
+		testutil.MustErrnoIs(t, "read", f.io("noexec", dm.OpRead, 0, make([]byte, 4*kib)).wait(t), 0)
 		if a.Reads() != 1 {
 			t.Fatal("a not used as the last resort")
 		}
@@ -252,7 +253,7 @@ func TestSelectors(t *testing.T) {
 		a.Release()
 		b.Release()
 		for _, x := range xs {
-			mustErrno(t, "read", x.wait(t), 0)
+			testutil.MustErrnoIs(t, "read", x.wait(t), 0)
 		}
 	})
 }
@@ -293,7 +294,7 @@ func TestGroupFailover(t *testing.T) {
 		do := func(wantOn string) {
 			t.Helper()
 			before := ios(wantOn)
-			mustErrno(t, "write", f.write(l, 0, pattern(9, 4*kib)).wait(t), 0)
+			testutil.MustErrnoIs(t, "write", f.write(l, 0, pattern(9, 4*kib)).wait(t), 0)
 			if ios(wantOn) == before {
 				t.Fatalf("the write did not reach %s; status %q", wantOn, f.status("mp"))
 			}
@@ -332,7 +333,7 @@ func TestStatusTableMessagesEvents(t *testing.T) {
 	if got := f.status("mp"); got != "0 2048 multipath 2 0 0 0 2 1 E 0 1 0 a A 0 E 0 1 2 b A 0 0 50 " {
 		t.Fatalf("status %q", got)
 	}
-	mustErrno(t, "read", f.io("noexec", dm.OpRead, 0, make([]byte, 512)).wait(t), 0)
+	testutil.MustErrnoIs(t, "read", f.io("noexec", dm.OpRead, 0, make([]byte, 512)).wait(t), 0)
 	if got := f.status("mp"); got != "0 2048 multipath 2 0 0 0 2 1 A 0 1 0 a A 0 E 0 1 2 b A 0 0 50 " {
 		t.Fatalf("status %q", got)
 	}
@@ -439,7 +440,7 @@ func TestTwoDevices(t *testing.T) {
 		wg.Wait()
 		for _, b := range all {
 			f.l.add(b)
-			mustErrno(t, "write", b.wait(t), 0)
+			testutil.MustErrnoIs(t, "write", b.wait(t), 0)
 		}
 		// Both lose their paths and hold a write each.
 		f.breakPath("p1")
@@ -469,7 +470,7 @@ func TestTwoDevices(t *testing.T) {
 		if err := f.mp.Resume(bg()); err != nil {
 			t.Fatal(err)
 		}
-		mustErrno(t, "mp's write", wa.wait(t), 0)
+		testutil.MustErrnoIs(t, "mp's write", wa.wait(t), 0)
 		if wb.ended() || mpb.Stats().Deferred != 1 {
 			t.Fatal("mpb's write moved")
 		}
@@ -480,7 +481,7 @@ func TestTwoDevices(t *testing.T) {
 		if err := mpb.Resume(bg()); err != nil {
 			t.Fatal(err)
 		}
-		mustErrno(t, "mpb's write", wb.wait(t), 0)
+		testutil.MustErrnoIs(t, "mpb's write", wb.wait(t), 0)
 		if !f.onFile(8, pattern(0xa, 4*kib)) || !f.onFile(16, pattern(0xb, 4*kib)) {
 			t.Fatal("data not in the file")
 		}
@@ -492,7 +493,7 @@ func TestTwoDevices(t *testing.T) {
 func TestZeroAllocs(t *testing.T) {
 	for _, sel := range Selectors() {
 		t.Run(sel, func(t *testing.T) {
-			env := newEnv(t, envConfig{mem: []dm.BlockDevice{dm.NewNullDevice("n0", mib), dm.NewNullDevice("n1", mib)}})
+			env := newEnv(t, envConfig{mem: []dm.BlockDevice{dmtest.NewNullDevice("n0", mib), dmtest.NewNullDevice("n1", mib)}})
 			d := env.create("mpn", "0 2048 multipath 0 0 1 1 "+sel+" 0 2 0 n0 n1")
 			var end countEnd
 			b := &dm.Bio{Op: dm.OpRead, Len: 4096, Buf: make([]byte, 4096), BufIndex: -1, End: &end}
@@ -569,14 +570,14 @@ func TestStaleErrorKeepsReinstatedPath(t *testing.T) {
 		f.mustMsg("mp", "fail_path", "a")
 		f.mustMsg("mp", "reinstate_path", "a")
 		a.ReleaseErr(syscall.EIO)
-		mustErrno(t, "x", x.wait(t), 0)
+		testutil.MustErrnoIs(t, "x", x.wait(t), 0)
 		if st := f.status("mp"); !strings.HasSuffix(st, "a A 1 b A 1 ") {
 			t.Fatalf("status %q: the stale error failed a", st)
 		}
 		// A fresh error still fails it.
 		a.FailNext(1, syscall.EIO)
 		for a.IOs() < 2 {
-			mustErrno(t, "write", f.io(kind, dm.OpWrite, 0, pattern(2, 4*kib)).wait(t), 0)
+			testutil.MustErrnoIs(t, "write", f.io(kind, dm.OpWrite, 0, pattern(2, 4*kib)).wait(t), 0)
 		}
 		if st := f.status("mp"); !strings.HasSuffix(st, "a F 2 b A 1 ") {
 			t.Fatalf("status %q", st)
@@ -585,7 +586,7 @@ func TestStaleErrorKeepsReinstatedPath(t *testing.T) {
 }
 
 func TestConstructorErrors(t *testing.T) {
-	env := newEnv(t, envConfig{mem: []dm.BlockDevice{dm.NewMemDevice("small", 512*kib), dm.NewMemDevice("big", mib)}})
+	env := newEnv(t, envConfig{mem: []dm.BlockDevice{dmtest.NewMemDevice("small", 512*kib), dmtest.NewMemDevice("big", mib)}})
 	for _, tc := range []struct{ table, err string }{
 		{"0 2048 multipath 0 0 1 1 round-robin 0 2 0 big small", "too small"},
 		{"0 2048 multipath 0 0 1 1 round-robin 0 1 0 /nonexistent/path", "error getting device"},
@@ -621,10 +622,10 @@ func TestFlakeyPath(t *testing.T) {
 			for i := uint64(0); i < 64; i++ {
 				// Two writes and a read: round-robin sends writes to both.
 				data := pattern(byte(i), 4*kib)
-				mustErrno(t, "write", f.write(f.loops[i%2], 8*(i%16), pattern(^byte(i), 4*kib)).wait(t), 0)
-				mustErrno(t, "write", f.write(f.loops[i%2], 8*(i%16), data).wait(t), 0)
+				testutil.MustErrnoIs(t, "write", f.write(f.loops[i%2], 8*(i%16), pattern(^byte(i), 4*kib)).wait(t), 0)
+				testutil.MustErrnoIs(t, "write", f.write(f.loops[i%2], 8*(i%16), data).wait(t), 0)
 				r := f.read(f.loops[(i+1)%2], 8*(i%16), 4*kib)
-				mustErrno(t, "read", r.wait(t), 0)
+				testutil.MustErrnoIs(t, "read", r.wait(t), 0)
 				if !bytes.Equal(r.data, data) {
 					t.Fatalf("block %d read back wrong", i%16)
 				}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"udm/dm"
+	"udm/dm/dmtest"
 	"udm/nbd/internal/nbdtest"
 	"udm/nbd/wire"
 	"udm/uring"
@@ -27,7 +28,7 @@ func pattern(off uint64, n int) []byte {
 }
 
 // fillPattern fills m, which holds the export's bytes from base on.
-func fillPattern(t testing.TB, m *dm.MemDevice, base uint64) {
+func fillPattern(t testing.TB, m *dmtest.MemDevice, base uint64) {
 	t.Helper()
 	const chunk = 1 << 20
 	for off := int64(0); off < m.Size(); off += chunk {
@@ -73,7 +74,7 @@ func TestFlushAndFUAReachBacking(t *testing.T) {
 	ts.create("disk", fmt.Sprintf("0 %d linear %s 0\n%d %d linear %s 0", half/512, a.Name(), half/512, half/512, b.Name()))
 	var mu sync.Mutex
 	var ios []backingIO // guarded by mu
-	for _, m := range []*dm.MemDevice{a, b} {
+	for _, m := range []*dmtest.MemDevice{a, b} {
 		m.SetSubmitHook(func(c *dm.Clone) {
 			mu.Lock()
 			ios = append(ios, backingIO{m.Name(), c.Op, c.Flags})
@@ -89,17 +90,17 @@ func TestFlushAndFUAReachBacking(t *testing.T) {
 		flags   uint16
 		off     uint64
 		length  uint32
-		op      dm.Op           // what the backings must make durable
-		devs    []*dm.MemDevice // where
+		op      dm.Op               // what the backings must make durable
+		devs    []*dmtest.MemDevice // where
 		payload []byte
 	}{
-		{name: "flush", typ: wire.CmdFlush, op: dm.OpFlush, devs: []*dm.MemDevice{a, b}},
+		{name: "flush", typ: wire.CmdFlush, op: dm.OpFlush, devs: []*dmtest.MemDevice{a, b}},
 		{name: "write with FUA", typ: wire.CmdWrite, flags: wire.CmdFlagFUA, off: 8192, length: 8192, op: dm.OpWrite,
-			devs: []*dm.MemDevice{a}, payload: bytes.Repeat([]byte{0xf1}, 8192)},
+			devs: []*dmtest.MemDevice{a}, payload: bytes.Repeat([]byte{0xf1}, 8192)},
 		{name: "write with FUA across both backings", typ: wire.CmdWrite, flags: wire.CmdFlagFUA, off: half - 4096, length: 8192,
-			op: dm.OpWrite, devs: []*dm.MemDevice{a, b}, payload: bytes.Repeat([]byte{0xf2}, 8192)},
+			op: dm.OpWrite, devs: []*dmtest.MemDevice{a, b}, payload: bytes.Repeat([]byte{0xf2}, 8192)},
 		{name: "write-zeroes with FUA", typ: wire.CmdWriteZeroes, flags: wire.CmdFlagFUA, off: half + 4096, length: 4096,
-			op: dm.OpWriteZeroes, devs: []*dm.MemDevice{b}},
+			op: dm.OpWriteZeroes, devs: []*dmtest.MemDevice{b}},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -146,7 +147,7 @@ func TestFlushAndFUAReachBacking(t *testing.T) {
 	}
 	// The data went where it should.
 	for _, w := range []struct {
-		m   *dm.MemDevice
+		m   *dmtest.MemDevice
 		off int64
 		n   int
 		v   byte
@@ -240,7 +241,7 @@ func TestInflightByteBudget(t *testing.T) {
 // releaseEvery lets what m holds go every period until the returned stop
 // is called (at the latest when t ends); stop returns the most m held at
 // one look.
-func releaseEvery(t testing.TB, m *dm.MemDevice, period time.Duration) (stop func() int) {
+func releaseEvery(t testing.TB, m *dmtest.MemDevice, period time.Duration) (stop func() int) {
 	quit, done := make(chan struct{}), make(chan struct{})
 	most := 0
 	go func() {

@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"udm/dm"
+	"udm/dm/dmtest"
 	"udm/dm/filedev"
 	"udm/internal/testutil"
 	"udm/uring"
@@ -34,13 +35,13 @@ type testServer struct {
 	tcp   string // host:port
 	unix  string // socket path
 
-	mu   sync.Mutex               // guards mems
-	mems map[string]*dm.MemDevice // in-memory backings tables may name
+	mu   sync.Mutex                   // guards mems
+	mems map[string]*dmtest.MemDevice // in-memory backings tables may name
 }
 
 func newTestServer(t testing.TB, nloops int, cfg Config) *testServer {
 	t.Helper()
-	ts := &testServer{t: t, mems: map[string]*dm.MemDevice{}}
+	ts := &testServer{t: t, mems: map[string]*dmtest.MemDevice{}}
 	for i := 0; i < nloops; i++ {
 		l, err := uring.NewLoop(uring.Config{ID: i})
 		if err != nil {
@@ -110,9 +111,9 @@ func (ts *testServer) linear(name string, size int64) string {
 // memBacking makes an in-memory backing of size bytes that tables can
 // name as name. It counts the I/O it gets and can be told to hang, delay
 // or fail it; it completes on the bio's loop, as filedev does.
-func (ts *testServer) memBacking(name string, size int64) *dm.MemDevice {
-	m := dm.NewMemDevice(name, size)
-	m.SetCompletion(dm.CompleteExec)
+func (ts *testServer) memBacking(name string, size int64) *dmtest.MemDevice {
+	m := dmtest.NewMemDevice(name, size)
+	m.SetCompletion(dmtest.CompleteExec)
 	// Let what a failed test left held go before the server shuts down
 	// (which waits for it).
 	ts.t.Cleanup(func() { m.Hang(false); m.Release() })
@@ -124,7 +125,7 @@ func (ts *testServer) memBacking(name string, size int64) *dm.MemDevice {
 
 // memDisk creates device name as linear over a fresh in-memory backing of
 // size bytes and returns the backing.
-func (ts *testServer) memDisk(name string, size int64) *dm.MemDevice {
+func (ts *testServer) memDisk(name string, size int64) *dmtest.MemDevice {
 	ts.t.Helper()
 	m := ts.memBacking("mem:"+name, size)
 	ts.create(name, fmt.Sprintf("0 %d linear %s 0", size/512, m.Name()))

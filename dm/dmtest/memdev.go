@@ -1,4 +1,4 @@
-package dm
+package dmtest
 
 import (
 	"io"
@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"udm/dm"
 )
 
 // Completion is how a test device completes the clones submitted to it.
@@ -43,25 +45,25 @@ type MemDevice struct {
 	failNextErr syscall.Errno
 	hang        bool
 	held        []heldIO
-	hook        func(*Clone)
+	hook        func(*dm.Clone)
 
 	reads, writes, flushes, discards, writeZeroes, fua atomic.Int64
 }
 
 type heldIO struct {
-	c   *Clone
+	c   *dm.Clone
 	err error
 }
 
 // NewMemDevice returns a sparse, zero-filled device of size bytes.
 func NewMemDevice(name string, size int64) *MemDevice {
-	return &MemDevice{name: name, size: size, pages: make(map[int64][]byte), blockSize: SectorSize}
+	return &MemDevice{name: name, size: size, pages: make(map[int64][]byte), blockSize: dm.SectorSize}
 }
 
 // NewMemDeviceBytes returns a device whose contents are data (shared, not
 // copied).
 func NewMemDeviceBytes(name string, data []byte) *MemDevice {
-	return &MemDevice{name: name, size: int64(len(data)), data: data, blockSize: SectorSize}
+	return &MemDevice{name: name, size: int64(len(data)), data: data, blockSize: dm.SectorSize}
 }
 
 // Name is the name given to NewMemDevice.
@@ -142,7 +144,7 @@ func (m *MemDevice) release(err error) int {
 
 // SetSubmitHook runs fn at the start of every Submit (tests use it as a
 // barrier); nil removes it.
-func (m *MemDevice) SetSubmitHook(fn func(*Clone)) { m.mu.Lock(); m.hook = fn; m.mu.Unlock() }
+func (m *MemDevice) SetSubmitHook(fn func(*dm.Clone)) { m.mu.Lock(); m.hook = fn; m.mu.Unlock() }
 
 // Reads counts the reads received (failed ones included).
 func (m *MemDevice) Reads() int64 { return m.reads.Load() }
@@ -159,7 +161,7 @@ func (m *MemDevice) Discards() int64 { return m.discards.Load() }
 // WriteZeroes counts the write-zeroes received.
 func (m *MemDevice) WriteZeroes() int64 { return m.writeZeroes.Load() }
 
-// FUAWrites counts writes that carried FUA.
+// FUAWrites counts writes that carried dm.FUA.
 func (m *MemDevice) FUAWrites() int64 { return m.fua.Load() }
 
 // IOs is the total number of I/Os received.
@@ -169,20 +171,20 @@ func (m *MemDevice) IOs() int64 {
 
 // Submit performs c (now, after the delay, or when released) and ends it
 // as SetCompletion says.
-func (m *MemDevice) Submit(c *Clone) {
+func (m *MemDevice) Submit(c *dm.Clone) {
 	switch c.Op {
-	case OpRead:
+	case dm.OpRead:
 		m.reads.Add(1)
-	case OpWrite:
+	case dm.OpWrite:
 		m.writes.Add(1)
-		if c.Flags&FUA != 0 {
+		if c.Flags&dm.FUA != 0 {
 			m.fua.Add(1)
 		}
-	case OpFlush:
+	case dm.OpFlush:
 		m.flushes.Add(1)
-	case OpDiscard:
+	case dm.OpDiscard:
 		m.discards.Add(1)
-	case OpWriteZeroes:
+	case dm.OpWriteZeroes:
 		m.writeZeroes.Add(1)
 	}
 	m.mu.Lock()
@@ -210,7 +212,7 @@ func (m *MemDevice) Submit(c *Clone) {
 	m.complete(c, err, mode, delay)
 }
 
-func (m *MemDevice) complete(c *Clone, err error, mode Completion, delay time.Duration) {
+func (m *MemDevice) complete(c *dm.Clone, err error, mode Completion, delay time.Duration) {
 	end := func() {
 		e := err
 		if e == nil {
@@ -225,7 +227,7 @@ func (m *MemDevice) complete(c *Clone, err error, mode Completion, delay time.Du
 	m.dispatch(end, c, mode)
 }
 
-func (m *MemDevice) dispatch(end func(), c *Clone, mode Completion) {
+func (m *MemDevice) dispatch(end func(), c *dm.Clone, mode Completion) {
 	switch mode {
 	case CompleteAsync:
 		go end()
@@ -240,26 +242,26 @@ func (m *MemDevice) dispatch(end func(), c *Clone, mode Completion) {
 }
 
 // do performs c on the contents.
-func (m *MemDevice) do(c *Clone) error {
-	if c.Op == OpFlush {
+func (m *MemDevice) do(c *dm.Clone) error {
+	if c.Op == dm.OpFlush {
 		return nil
 	}
-	off := int64(c.Sector) << SectorShift
+	off := int64(c.Sector) << dm.SectorShift
 	n := int64(c.Len)
 	if off < 0 || off+n > m.size || off+n < off {
 		return syscall.EIO
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if c.Op != OpRead && m.readOnly {
+	if c.Op != dm.OpRead && m.readOnly {
 		return syscall.EPERM
 	}
 	switch c.Op {
-	case OpRead:
+	case dm.OpRead:
 		m.readLocked(c.Buf, off)
-	case OpWrite:
+	case dm.OpWrite:
 		m.writeLocked(c.Buf, off)
-	case OpDiscard, OpWriteZeroes:
+	case dm.OpDiscard, dm.OpWriteZeroes:
 		m.zeroLocked(off, n)
 	}
 	return nil
@@ -359,7 +361,7 @@ type NullDevice struct {
 func NewNullDevice(name string, size int64) *NullDevice { return &NullDevice{name: name, size: size} }
 
 // Submit ends c at once, successfully.
-func (n *NullDevice) Submit(c *Clone) { c.End(nil) }
+func (n *NullDevice) Submit(c *dm.Clone) { c.End(nil) }
 
 // Name is the name given to NewNullDevice.
 func (n *NullDevice) Name() string { return n.name }
@@ -368,7 +370,7 @@ func (n *NullDevice) Name() string { return n.name }
 func (n *NullDevice) Size() int64 { return n.size }
 
 // BlockSize is 512.
-func (n *NullDevice) BlockSize() int { return SectorSize }
+func (n *NullDevice) BlockSize() int { return dm.SectorSize }
 
 // ReadOnly is false.
 func (n *NullDevice) ReadOnly() bool { return false }
