@@ -51,6 +51,14 @@ func runScenario(t *testing.T, name string, opt Options) *Report {
 	if err != nil {
 		t.Fatalf("%s (seed %d): %v", name, opt.Workload.Seed, err)
 	}
+	mustPass(t, rep)
+	return rep
+}
+
+// mustPass fails the test unless rep passed, printing the summary (and
+// the daemons' logs on failure); it returns the summary.
+func mustPass(t *testing.T, rep *Report) string {
+	t.Helper()
 	var b bytes.Buffer
 	rep.Summary(&b)
 	if !rep.Pass() {
@@ -60,7 +68,17 @@ func runScenario(t *testing.T, name string, opt Options) *Report {
 		t.Fatalf("%s", b.String())
 	}
 	t.Logf("\n%s", b.String())
-	return rep
+	return b.String()
+}
+
+// passSchedule runs a schedule and fails the test unless it passes.
+func passSchedule(t *testing.T, name, text string) (*Report, string) {
+	t.Helper()
+	rep, err := RunSchedule(context.Background(), name, text, testOptions(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep, mustPass(t, rep)
 }
 
 func TestScenarios(t *testing.T) {
@@ -204,16 +222,7 @@ func TestExampleSchedule(t *testing.T) {
 	if !strings.Contains(string(readme), indented.String()+"\n") {
 		t.Fatal("README.md doesn't show testdata/example.drill as its example schedule")
 	}
-	rep, err := RunSchedule(context.Background(), "example", string(text), testOptions(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b bytes.Buffer
-	rep.Summary(&b)
-	if !rep.Pass() {
-		t.Fatalf("%s", b.String())
-	}
-	t.Logf("\n%s", b.String())
+	passSchedule(t, "example", string(text))
 }
 
 // The actions the built-ins don't use, end to end: messages, the
@@ -242,16 +251,7 @@ path f0 file
 +0    reinstate-path p0
 tail 1s
 `
-	rep, err := RunSchedule(context.Background(), "actions", text, testOptions(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b bytes.Buffer
-	rep.Summary(&b)
-	if !rep.Pass() {
-		t.Fatalf("%s", b.String())
-	}
-	t.Logf("\n%s", b.String())
+	rep, _ := passSchedule(t, "actions", text)
 	if len(rep.Analysis.Faults) != 4 {
 		t.Fatalf("faults: %+v", rep.Analysis.Faults)
 	}
@@ -276,17 +276,8 @@ path r1 remote
 +1s   restore r0
 +0    await r0 active within 30s
 `
-	rep, err := RunSchedule(context.Background(), "nbdkit", text, testOptions(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b bytes.Buffer
-	rep.Summary(&b)
-	if !rep.Pass() {
-		t.Fatalf("%s", b.String())
-	}
-	t.Logf("\n%s", b.String())
-	if !strings.Contains(rep.PathDevs["r0"], "nbd://169.254.") || !strings.Contains(b.String(), "server restarted") {
+	rep, sum := passSchedule(t, "nbdkit", text)
+	if !strings.Contains(rep.PathDevs["r0"], "nbd://169.254.") || !strings.Contains(sum, "server restarted") {
 		t.Fatalf("paths %v", rep.PathDevs)
 	}
 }

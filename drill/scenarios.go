@@ -52,16 +52,11 @@ var Scenarios = []*Scenario{
 		Name:    "single-path-loss",
 		Outcome: "one of two paths fails under load: zero I/O errors, I/O continues on the other path, the checker reinstates the path when it returns",
 		text: func(full bool) string {
-			return fmt.Sprintf(`# One path's device fails (its dm layer becomes an error target) and
+			return breakAndRepair(full, `# One path's device fails (its dm layer becomes an error target) and
 # comes back (linear again); the checker must bring the path back.
 path p0 dm
 path p1 dm
-%s    error p0
-+0    await p0 failed within 10s
-%s   restore p0
-+0    await p0 active within 20s
-tail  %s
-`, pick(full, "1s", "3s"), pick(full, "+1.5s", "+5s"), pick(full, "1s", "3s"))
+`, "error", "restore", "p0", "20s")
 		},
 		checks: func(r *Record, a *Analysis, s *Schedule) []Check {
 			return []Check{failedCheck(r, "p0"), continuedCheck(r, "p0", "p1"), reinstatedCheck(r, a, "p0")}
@@ -71,16 +66,11 @@ tail  %s
 		Name:    "hung-path",
 		Outcome: "a path stops answering: its I/O is failed over within the per-I/O deadline; no stall longer than deadline + 1 s",
 		text: func(full bool) string {
-			return fmt.Sprintf(`# One path's device hangs (a delay layer of an hour): its I/O must move
+			return breakAndRepair(full, `# One path's device hangs (a delay layer of an hour): its I/O must move
 # to the other path when the per-I/O deadline (io_deadline) passes.
 path p0 dm
 path p1 dm
-%s    hang p0
-+0    await p0 failed within 10s
-%s    restore p0
-+0    await p0 active within 20s
-tail  %s
-`, pick(full, "1s", "3s"), pick(full, "+1.5s", "+5s"), pick(full, "1s", "3s"))
+`, "hang", "restore", "p0", "20s")
 		},
 		checks: func(r *Record, a *Analysis, s *Schedule) []Check {
 			dl := s.MapConfig().IODeadline
@@ -245,7 +235,7 @@ path p1 dm
 		Name:    "remote-path-cut",
 		Outcome: "paths are NBD exports served from two network namespaces; one link is cut under load: zero I/O errors, I/O continues on the other path, the checker reinstates the path when the link returns",
 		text: func(full bool) string {
-			return fmt.Sprintf(`# Two remote paths: udm serve in two network namespaces (veth pairs,
+			return breakAndRepair(full, `# Two remote paths: udm serve in two network namespaces (veth pairs,
 # link-local addresses), one export each over the same file. One link
 # goes down and comes back.
 #
@@ -258,12 +248,7 @@ remote udm
 checker check_timeout=2s io_deadline=2s
 path r0 remote
 path r1 remote
-%s    cut r0
-+0    await r0 failed within 10s
-%s    uncut r0
-+0    await r0 active within 30s
-tail  %s
-`, pick(full, "1s", "3s"), pick(full, "+1.5s", "+5s"), pick(full, "1s", "3s"))
+`, "cut", "uncut", "r0", "30s")
 		},
 		checks: func(r *Record, a *Analysis, s *Schedule) []Check {
 			return []Check{failedCheck(r, "r0"), continuedCheck(r, "r0", "r1"), reinstatedCheck(r, a, "r0")}
@@ -285,6 +270,19 @@ tail  %s
 			return []Check{resumedCheck(r, "storm")}
 		},
 	},
+}
+
+// breakAndRepair is the schedule of a drill that breaks path p with the
+// action fault under load, waits for the map to fail it, repairs it with
+// repair and waits (up to activeWithin) for the checker to reinstate it;
+// head declares the paths.
+func breakAndRepair(full bool, head, fault, repair, p, activeWithin string) string {
+	return head + fmt.Sprintf(`%s    %s %s
++0    await %s failed within 10s
+%s    %s %s
++0    await %s active within %s
+tail  %s
+`, pick(full, "1s", "3s"), fault, p, p, pick(full, "+1.5s", "+5s"), repair, p, p, activeWithin, pick(full, "1s", "3s"))
 }
 
 // defaultDeadline is multipath.DefaultIODeadline in nanoseconds (used

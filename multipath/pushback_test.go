@@ -114,6 +114,19 @@ func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 
 // noflushSuspended queues a write, then suspends with noflush: the write
 // is pushed back and does not return.
+// resumeWrites resumes the map and checks the write held in it (from
+// noflushSuspended) succeeds and is in the file.
+func resumeWrites(t *testing.T, f *mpFix, w *bio, data []byte) {
+	t.Helper()
+	if err := f.mp.Resume(bg()); err != nil {
+		t.Fatal(err)
+	}
+	testutil.MustErrnoIs(t, "write", w.wait(t), 0)
+	if !f.onFile(8, data) {
+		t.Fatal("data not in the file")
+	}
+}
+
 func noflushSuspended(t *testing.T, kind string, cfg envConfig) (*mpFix, *bio, []byte) {
 	t.Helper()
 	f := newFix(t, true, cfg)
@@ -172,13 +185,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 			if w.ended() {
 				t.Fatal("the write ran before resume")
 			}
-			if err := f.mp.Resume(bg()); err != nil {
-				t.Fatal(err)
-			}
-			testutil.MustErrnoIs(t, "write", w.wait(t), 0)
-			if !f.onFile(8, data) {
-				t.Fatal("data not in the file")
-			}
+			resumeWrites(t, f, w, data)
 		})
 	})
 	t.Run("succeeds on resume after path recovery by the operator", func(t *testing.T) {
@@ -191,13 +198,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 			if w.ended() {
 				t.Fatal("the write ran before resume")
 			}
-			if err := f.mp.Resume(bg()); err != nil {
-				t.Fatal(err)
-			}
-			testutil.MustErrnoIs(t, "write", w.wait(t), 0)
-			if !f.onFile(8, data) {
-				t.Fatal("data not in the file")
-			}
+			resumeWrites(t, f, w, data)
 		})
 	})
 	t.Run("succeeds on resume after a table load", func(t *testing.T) {
@@ -208,13 +209,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 			if err := f.mp.Load(f.mpTable(true, "/dev/mapper/p1")); err != nil {
 				t.Fatal(err)
 			}
-			if err := f.mp.Resume(bg()); err != nil {
-				t.Fatal(err)
-			}
-			testutil.MustErrnoIs(t, "write", w.wait(t), 0)
-			if !f.onFile(8, data) {
-				t.Fatal("data not in the file")
-			}
+			resumeWrites(t, f, w, data)
 			// The old table's paths are gone from the map.
 			if got := f.table("mp"); got != "0 8192 multipath 1 queue_if_no_path 0 1 1 round-robin 0 1 1 /dev/mapper/p1 1 " {
 				t.Fatalf("table %q", got)

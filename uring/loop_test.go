@@ -40,13 +40,8 @@ func (r *result) Complete(tag uint64, res int32, flags uint32) {
 
 func (r *result) wait(t *testing.T) int32 {
 	t.Helper()
-	select {
-	case <-r.done:
-		return r.res
-	case <-time.After(10 * time.Second):
-		t.Fatal("operation never completed")
-		return 0
-	}
+	testutil.Wait(t, "the operation to complete", r.done)
+	return r.res
 }
 
 func newLoop(t testing.TB, cfg Config) *Loop {
@@ -414,34 +409,46 @@ func socketPair(t *testing.T) (int, int) {
 	return fds[0], fds[1]
 }
 
-func TestDeadlineFires(t *testing.T) {
-	l := newLoop(t, Config{ArenaSize: -1})
+// submitFn is Loop.SubmitDeadline or Loop.SubmitTimed.
+type submitFn func(l *Loop, e *SQE, d time.Duration, h Handler, tag uint64) (OpID, error)
+
+// recvWithin starts a receive on fd bounded by d with submit and returns
+// its result, and the ID it was given.
+func recvWithin(t *testing.T, l *Loop, submit submitFn, fd int, buf []byte, d time.Duration, tag uint64) (*result, OpID) {
+	r := newResult()
+	var id OpID
+	l.Call(func() {
+		var e SQE
+		e.PrepRecv(int32(fd), buf, 0)
+		id, _ = submit(l, &e, d, r, tag)
+	})
+	return r, id
+}
+
+// testDeadline: a receive on a silent socket ends with ETIMEDOUT, not
+// before its deadline; one that finishes in time is untouched by it.
+func testDeadline(t *testing.T, submit submitFn, d time.Duration) (l *Loop, a int) {
+	l = newLoop(t, Config{ArenaSize: -1})
 	a, b := socketPair(t)
 	buf := make([]byte, 64)
-	r := newResult()
 	start := time.Now()
-	l.Call(func() {
-		var e SQE
-		e.PrepRecv(int32(a), buf, 0)
-		l.SubmitDeadline(&e, 50*time.Millisecond, r, 1)
-	})
+	r, _ := recvWithin(t, l, submit, a, buf, d, 1)
 	if err := Errno(r.wait(t)); !errors.Is(err, unix.ETIMEDOUT) {
-		t.Fatalf("recv with deadline on a silent socket: %v, want ETIMEDOUT", err)
+		t.Fatalf("recv with a deadline on a silent socket: %v, want ETIMEDOUT", err)
 	}
-	if el := time.Since(start); el < 50*time.Millisecond {
-		t.Fatalf("deadline fired after %v, before 50ms", el)
+	if el := time.Since(start); el < d {
+		t.Fatalf("deadline fired after %v, before %v", el, d)
 	}
-	// An operation that finishes in time is untouched by its deadline.
 	unix.Write(b, []byte("hello"))
-	r2 := newResult()
-	l.Call(func() {
-		var e SQE
-		e.PrepRecv(int32(a), buf, 0)
-		l.SubmitDeadline(&e, 5*time.Second, r2, 2)
-	})
+	r2, _ := recvWithin(t, l, submit, a, buf, 5*time.Second, 2)
 	if res := r2.wait(t); res != 5 {
-		t.Fatalf("recv with generous deadline: res %d", res)
+		t.Fatalf("recv in time: res %d", res)
 	}
+	return l, a
+}
+
+func TestDeadlineFires(t *testing.T) {
+	testDeadline(t, (*Loop).SubmitDeadline, 50*time.Millisecond)
 }
 
 func TestTimeoutAndCancel(t *testing.T) {
@@ -709,41 +716,11 @@ func TestOpenBlockErrors(t *testing.T) {
 	f.Close()
 }
 
+// The swept deadline times out like the linked one; a cancel by hand is
+// reported as such, and nothing stays counted as expiring.
 func TestSweptDeadline(t *testing.T) {
-	l := newLoop(t, Config{ArenaSize: -1})
-	a, b := socketPair(t)
-	buf := make([]byte, 64)
-	r := newResult()
-	start := time.Now()
-	l.Call(func() {
-		var e SQE
-		e.PrepRecv(int32(a), buf, 0)
-		l.SubmitTimed(&e, 30*time.Millisecond, r, 1)
-	})
-	if err := Errno(r.wait(t)); !errors.Is(err, unix.ETIMEDOUT) {
-		t.Fatalf("recv with a swept deadline on a silent socket: %v, want ETIMEDOUT", err)
-	}
-	if el := time.Since(start); el < 30*time.Millisecond {
-		t.Fatalf("swept deadline fired after %v, before 30ms", el)
-	}
-	// In time: untouched; and a cancel by hand is reported as such.
-	unix.Write(b, []byte("hi"))
-	r2 := newResult()
-	l.Call(func() {
-		var e SQE
-		e.PrepRecv(int32(a), buf, 0)
-		l.SubmitTimed(&e, time.Second, r2, 2)
-	})
-	if res := r2.wait(t); res != 2 {
-		t.Fatalf("recv in time: %d", res)
-	}
-	r3 := newResult()
-	var id OpID
-	l.Call(func() {
-		var e SQE
-		e.PrepRecv(int32(a), buf, 0)
-		id, _ = l.SubmitTimed(&e, time.Hour, r3, 3)
-	})
+	l, a := testDeadline(t, (*Loop).SubmitTimed, 30*time.Millisecond)
+	r3, id := recvWithin(t, l, (*Loop).SubmitTimed, a, make([]byte, 64), time.Hour, 3)
 	l.Call(func() { l.Cancel(id) })
 	if err := Errno(r3.wait(t)); !errors.Is(err, unix.ECANCELED) {
 		t.Fatalf("cancelled timed recv: %v, want ECANCELED", err)
