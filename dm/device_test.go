@@ -181,15 +181,7 @@ func TestSuspendWaitsForPending(t *testing.T) {
 	r := dmtest.NewRec(dm.OpRead, 0, 512)
 	d.Submit(&r.Bio)
 	log.take()
-	blocked := make(chan struct{})
-	d.SetHook(func(p dm.HookPoint) {
-		if p == dm.HookBlocked {
-			close(blocked)
-		}
-	})
-	done := make(chan error, 1)
-	go func() { done <- d.Suspend(bg(), false) }()
-	<-blocked
+	done := suspendBlocked(t, d, bg(), false, nil)
 	if got := log.take(); !reflect.DeepEqual(got, []string{"presuspend A noflush=false block=false suspended=false pending=1"}) {
 		t.Fatalf("events %q", got)
 	}
@@ -332,16 +324,7 @@ func TestSuspendContextEnds(t *testing.T) {
 	a.setHold(true)
 	r := dmtest.NewRec(dm.OpRead, 0, 512)
 	d.Submit(&r.Bio)
-	blocked := make(chan struct{})
-	d.SetHook(func(p dm.HookPoint) {
-		if p == dm.HookBlocked {
-			close(blocked)
-		}
-	})
-	first := make(chan error, 1)
-	go func() { first <- d.Suspend(bg(), false) }()
-	<-blocked
-	d.SetHook(nil)
+	first := suspendBlocked(t, d, bg(), false, nil)
 	log.take()
 	ctx2, cancel2 := context.WithCancel(bg())
 	second := make(chan error, 1)

@@ -378,6 +378,27 @@ func newDev(t testing.TB, log *eventLog, table string, devs ...dm.BlockDevice) *
 	return d
 }
 
+// suspendBlocked starts a suspend of d and waits until it has set
+// BLOCK_IO and is about to wait for the I/O in flight (running atBlocked
+// there, if set); it returns the suspend's result to come.
+func suspendBlocked(t testing.TB, d *dm.Device, ctx context.Context, noflush bool, atBlocked func()) <-chan error {
+	t.Helper()
+	blocked := make(chan struct{})
+	d.SetHook(func(p dm.HookPoint) {
+		if p == dm.HookBlocked {
+			if atBlocked != nil {
+				atBlocked()
+			}
+			close(blocked)
+		}
+	})
+	done := make(chan error, 1)
+	go func() { done <- d.Suspend(ctx, noflush) }()
+	testutil.Wait(t, "the suspend to block I/O", blocked)
+	d.SetHook(nil)
+	return done
+}
+
 // liveTarget returns target i of d's live table.
 func liveTarget[T dm.Target](t testing.TB, d *dm.Device, i int) T {
 	t.Helper()

@@ -115,34 +115,30 @@ func BenchmarkPushbackLock(b *testing.B) {
 				section(l, &list, &flags, bio)
 			}
 		})
-		b.Run(lc.name+"/parallel", func(b *testing.B) {
-			l := lc.mk()
-			var list bioList
-			var flags atomic.Uint32
-			flags.Store(FlagNoflushSuspending)
-			b.RunParallel(func(pb *testing.PB) {
-				bio := new(Bio)
-				for pb.Next() {
-					section(l, &list, &flags, bio)
-				}
-			})
-		})
 		// Loops are goroutines locked to their threads: a mutex that
 		// parks one costs a futex sleep and wake-up of the thread.
-		b.Run(lc.name+"/parallel-locked-threads", func(b *testing.B) {
-			l := lc.mk()
-			var list bioList
-			var flags atomic.Uint32
-			flags.Store(FlagNoflushSuspending)
-			b.RunParallel(func(pb *testing.PB) {
-				runtime.LockOSThread()
-				defer runtime.UnlockOSThread()
-				bio := new(Bio)
-				for pb.Next() {
-					section(l, &list, &flags, bio)
-				}
+		for _, locked := range []bool{false, true} {
+			name := lc.name + "/parallel"
+			if locked {
+				name += "-locked-threads"
+			}
+			b.Run(name, func(b *testing.B) {
+				l := lc.mk()
+				var list bioList
+				var flags atomic.Uint32
+				flags.Store(flagNoflushSuspending)
+				b.RunParallel(func(pb *testing.PB) {
+					if locked {
+						runtime.LockOSThread()
+						defer runtime.UnlockOSThread()
+					}
+					bio := new(Bio)
+					for pb.Next() {
+						section(l, &list, &flags, bio)
+					}
+				})
 			})
-		})
+		}
 	}
 }
 

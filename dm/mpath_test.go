@@ -214,17 +214,9 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 		path.setHold(true)
 		x := l.submit(d, dm.OpWrite, 8, 512) // in flight on the path
 		var newer *dmtest.Rec
-		blocked := make(chan struct{})
-		d.SetHook(func(p dm.HookPoint) {
-			if p == dm.HookBlocked {
-				newer = l.submit(d, dm.OpWrite, 100, 512) // deferred
-				close(blocked)
-			}
+		done := suspendBlocked(t, d, bg(), true, func() {
+			newer = l.submit(d, dm.OpWrite, 100, 512) // deferred
 		})
-		done := make(chan error, 1)
-		go func() { done <- d.Suspend(bg(), true) }()
-		<-blocked
-		d.SetHook(nil)
 		path.take()
 		path.release(syscall.EIO) // x: path error → requeue → pushback
 		if err := <-done; err != nil {
@@ -299,16 +291,7 @@ func TestFailedOrInterruptedSuspendFlushesPushback(t *testing.T) {
 		a := f.queued(8, 0xaa)
 
 		ctx, cancel := context.WithCancel(bg())
-		blocked := make(chan struct{})
-		f.d.SetHook(func(p dm.HookPoint) {
-			if p == dm.HookBlocked {
-				close(blocked)
-			}
-		})
-		done := make(chan error, 1)
-		go func() { done <- f.d.Suspend(ctx, true) }()
-		<-blocked
-		f.d.SetHook(nil)
+		done := suspendBlocked(t, f.d, ctx, true, nil)
 		if s := f.d.Stats(); s.Pushback != 1 || s.InFlight != 1 {
 			t.Fatalf("while suspending: %+v", s)
 		}

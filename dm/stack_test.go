@@ -74,6 +74,27 @@ func TestStackedIO(t *testing.T) {
 	testutil.MustErrno(t, "deferred read", r.Wait(t), 0)
 }
 
+// timedOutBelow stacks a device over a capDev that holds its I/O, with a
+// deadline, and sends one bio of op (its buffer filled with v) that must
+// time out; it returns the bio, the lower device and the clone held
+// below.
+func timedOutBelow(t *testing.T, op dm.Op, v byte) (*dmtest.Rec, *dm.Device, []*dm.Clone) {
+	t.Helper()
+	c := newCapDev("c", MiB)
+	upper, lower, adapter := stackPair(t, "0 64 linear c 0", "0 64 linear lower 0", c)
+	adapter.(dm.DeadlineSetter).SetIODeadline(50 * time.Millisecond) // long enough for the descent to reach the device on a loaded machine
+	c.setHold(true)
+	r := dmtest.NewRec(op, 0, 512)
+	fill(r.Buf, v)
+	upper.Submit(&r.Bio)
+	testutil.MustErrno(t, op.String(), r.Wait(t), syscall.ETIMEDOUT)
+	c.mu.Lock()
+	held := c.held
+	c.held = nil
+	c.mu.Unlock()
+	return r, lower, held
+}
+
 // With a deadline, an I/O the lower device sits on ends with ETIMEDOUT;
 // the lower bio is canceled so a delay target holding it drops it, and
 // the caller's memory is never touched afterwards.
@@ -100,19 +121,8 @@ func TestStackedDeadline(t *testing.T) {
 		}
 	})
 	t.Run("a late read lands in the bounce buffer", func(t *testing.T) {
-		c := newCapDev("c", MiB)
-		upper, lower, adapter := stackPair(t, "0 64 linear c 0", "0 64 linear lower 0", c)
-		adapter.(dm.DeadlineSetter).SetIODeadline(50 * time.Millisecond) // long enough for the descent to reach the device on a loaded machine
-		c.setHold(true)
-		r := dmtest.NewRec(dm.OpRead, 0, 512)
-		fill(r.Buf, 7)
-		upper.Submit(&r.Bio)
-		testutil.MustErrno(t, "read", r.Wait(t), syscall.ETIMEDOUT)
+		r, lower, held := timedOutBelow(t, dm.OpRead, 7)
 		// Complete the lower clone late, scribbling on its buffer.
-		c.mu.Lock()
-		held := c.held
-		c.held = nil
-		c.mu.Unlock()
 		if len(held) != 1 || &held[0].Buf[0] == &r.Buf[0] {
 			t.Fatal("the lower clone reads into the caller's buffer")
 		}
@@ -124,20 +134,9 @@ func TestStackedDeadline(t *testing.T) {
 		}
 	})
 	t.Run("a late write sends what the caller had written", func(t *testing.T) {
-		c := newCapDev("c", MiB)
-		upper, lower, adapter := stackPair(t, "0 64 linear c 0", "0 64 linear lower 0", c)
-		adapter.(dm.DeadlineSetter).SetIODeadline(50 * time.Millisecond) // long enough for the descent to reach the device on a loaded machine
-		c.setHold(true)
-		w := dmtest.NewRec(dm.OpWrite, 0, 512)
-		fill(w.Buf, 3)
-		upper.Submit(&w.Bio)
-		testutil.MustErrno(t, "write", w.Wait(t), syscall.ETIMEDOUT)
+		w, lower, held := timedOutBelow(t, dm.OpWrite, 3)
 		fill(w.Buf, 4)
-		c.mu.Lock()
-		held := c.held
-		c.held = nil
-		c.mu.Unlock()
-		if held[0].Buf[0] != 3 {
+		if len(held) != 1 || held[0].Buf[0] != 3 {
 			t.Fatalf("lower write carries %d", held[0].Buf[0])
 		}
 		held[0].End(nil)

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"udm/dm"
+	"udm/dm/dmtest"
 	"udm/dm/filedev"
 	"udm/internal/testutil"
 	"udm/uring"
@@ -189,59 +190,48 @@ func (e *env) table(name string) string {
 	return s[0]
 }
 
-// bio is a test bio that records how it ended, and checks that a bio of
-// a loop ends on that loop.
+// bio is a test bio (a dmtest.Rec) that keeps what it read, and checks
+// that a bio of a loop ends on that loop.
 type bio struct {
-	dm.Bio
+	*dmtest.Rec
 	loop  *uring.Loop
 	ub    uring.Buf
-	data  []byte // written, or read back
-	ends  atomic.Int32
-	err   error // set before done is closed
-	done  chan struct{}
+	data  []byte      // written, or read back
 	wrong atomic.Bool // ended off its loop
 }
 
-func (b *bio) BioEnd(_ *dm.Bio, err error) {
-	if b.ends.Add(1) != 1 {
-		return // checkOnce reports it
-	}
+func newBio(l *uring.Loop, op dm.Op, sector uint64, data []byte) *bio {
+	b := &bio{Rec: dmtest.NewRec(op, sector, 0), loop: l, data: data}
+	b.Len = uint32(len(data))
+	b.OnEnd = b.ending
+	return b
+}
+
+// ending copies what was read to data and gives the loop its buffer back.
+func (b *bio) ending(err error) {
 	if b.loop != nil {
 		if !b.loop.OnLoop() {
 			b.wrong.Store(true)
-		} else {
-			if b.Op == dm.OpRead && err == nil {
-				copy(b.data, b.ub.B)
-			}
-			b.loop.Arena().Put(b.ub)
+			return
 		}
+		if b.Op == dm.OpRead && err == nil {
+			copy(b.data, b.ub.B)
+		}
+		b.loop.Arena().Put(b.ub)
 	} else if b.Op == dm.OpRead && err == nil {
 		copy(b.data, b.Buf)
 	}
-	b.err = err
-	close(b.done)
 }
 
-func (b *bio) ended() bool {
-	select {
-	case <-b.done:
-		return true
-	default:
-		return false
-	}
-}
+func (b *bio) ended() bool { return b.Ended() }
 
 func (b *bio) wait(t testing.TB) error {
 	t.Helper()
-	select {
-	case <-b.done:
-	case <-time.After(testutil.Patience):
-		t.Fatalf("%s@%d never ended", b.Op, b.Sector)
-	}
+	err := b.Wait(t)
 	if b.wrong.Load() {
 		t.Errorf("%s@%d ended off its loop", b.Op, b.Sector)
 	}
-	return b.err
+	return err
 }
 
 // ledger tracks a test's bios: each must end exactly once.
@@ -260,7 +250,7 @@ func (l *ledger) checkOnce(t testing.TB) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, b := range l.all {
-		if n := b.ends.Load(); n > 1 {
+		if n := b.Ends(); n > 1 {
 			t.Errorf("%s@%d ended %d times", b.Op, b.Sector, n)
 		}
 		if b.wrong.Load() {
@@ -272,8 +262,7 @@ func (l *ledger) checkOnce(t testing.TB) {
 // submit sends a bio to d: from loop l (its buffer from l's arena) or,
 // with l nil, from this goroutine with no executor.
 func (e *env) submit(d *dm.Device, l *uring.Loop, op dm.Op, sector uint64, data []byte) *bio {
-	b := &bio{done: make(chan struct{}), loop: l, data: data}
-	b.Op, b.Sector, b.Len, b.End, b.BufIndex = op, sector, uint32(len(data)), b, -1
+	b := newBio(l, op, sector, data)
 	if l == nil {
 		if op.HasData() {
 			b.Buf = alignedBuf(len(data))
@@ -416,7 +405,7 @@ func (f *mpFix) queued(l *uring.Loop, sector uint64, data []byte) *bio {
 	mp := f.target("mp")
 	testutil.Eventually(f.t, "the write to be held", func() bool { return mp.Held() == 1 })
 	if b.ended() {
-		f.t.Fatalf("write ended (%v) instead of being queued", b.err)
+		f.t.Fatalf("write ended (%v) instead of being queued", b.Err())
 	}
 	if v := mp.ValidPaths(); v != 0 {
 		f.t.Fatalf("%d valid paths after both failed", v)

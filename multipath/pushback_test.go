@@ -136,7 +136,7 @@ func noflushSuspended(t *testing.T, kind string, cfg envConfig) (*mpFix, *bio, [
 		t.Fatal(err)
 	}
 	if w.ended() {
-		t.Fatalf("pushed-back write returned: %v", w.err)
+		t.Fatalf("pushed-back write returned: %v", w.Err())
 	}
 	if s := f.mp.Stats(); s.Pushbacks != 1 || s.Deferred != 1 || s.Pushback != 0 || s.InFlight != 0 || !s.Suspended {
 		t.Fatalf("after the noflush suspend: %+v", s)
