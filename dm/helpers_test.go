@@ -258,27 +258,22 @@ func (q *qpath) Message(args []string) (string, error) {
 	if len(args) != 1 {
 		return "", dm.ErrBadMessage
 	}
+	var field *bool
+	var on bool
 	switch args[0] {
-	case "fail_path":
-		q.mu.Lock()
-		q.up = false
-		q.mu.Unlock()
-	case "reinstate_path":
-		q.mu.Lock()
-		q.up = true
-		q.mu.Unlock()
-		q.remapHeld()
-	case "queue_if_no_path":
-		q.mu.Lock()
-		q.queueIfNoPath = true
-		q.mu.Unlock()
-	case "fail_if_no_path":
-		q.mu.Lock()
-		q.queueIfNoPath = false
-		q.mu.Unlock()
-		q.remapHeld()
+	case "fail_path", "reinstate_path":
+		field, on = &q.up, args[0] == "reinstate_path"
+	case "queue_if_no_path", "fail_if_no_path":
+		field, on = &q.queueIfNoPath, args[0] == "queue_if_no_path"
 	default:
 		return "", dm.ErrBadMessage
+	}
+	q.mu.Lock()
+	*field = on
+	q.mu.Unlock()
+	// A path back, or queueing off: what is held goes again.
+	if field == &q.up && on || field == &q.queueIfNoPath && !on {
+		q.remapHeld()
 	}
 	return "", nil
 }

@@ -58,9 +58,7 @@ path p0 dm
 path p1 dm
 `, "error", "restore", "p0", "20s")
 		},
-		checks: func(r *Record, a *Analysis, s *Schedule) []Check {
-			return []Check{failedCheck(r, "p0"), continuedCheck(r, "p0", "p1"), reinstatedCheck(r, a, "p0")}
-		},
+		checks: failoverChecks("p0", "p1"),
 	},
 	{
 		Name:    "hung-path",
@@ -250,9 +248,7 @@ path r0 remote
 path r1 remote
 `, "cut", "uncut", "r0", "30s")
 		},
-		checks: func(r *Record, a *Analysis, s *Schedule) []Check {
-			return []Check{failedCheck(r, "r0"), continuedCheck(r, "r0", "r1"), reinstatedCheck(r, a, "r0")}
-		},
+		checks: failoverChecks("r0", "r1"),
 	},
 	{
 		Name:    "suspend-storm",
@@ -270,6 +266,14 @@ tail  %s
 			return []Check{resumedCheck(r, "storm")}
 		},
 	},
+}
+
+// failoverChecks: path failed, I/O went on on other meanwhile, and the
+// checker reinstated path.
+func failoverChecks(path, other string) func(*Record, *Analysis, *Schedule) []Check {
+	return func(r *Record, a *Analysis, s *Schedule) []Check {
+		return []Check{failedCheck(r, path), continuedCheck(r, path, other), reinstatedCheck(r, a, path)}
+	}
 }
 
 // breakAndRepair is the schedule of a drill that breaks path p with the

@@ -81,10 +81,7 @@ func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 			// Recovery runs it.
 			f.repairPath("p1")
 			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p1")
-			testutil.MustErrnoIs(t, "queued write", w.wait(t), 0)
-			if !f.onFile(8, data) {
-				t.Fatal("data not in the file")
-			}
+			f.landed(t, "queued write", w, 8, data)
 		})
 	})
 	t.Run("queued I/O fails on a suspend without noflush", func(t *testing.T) {
@@ -114,6 +111,15 @@ func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 
 // noflushSuspended queues a write, then suspends with noflush: the write
 // is pushed back and does not return.
+// landed checks that w succeeded and its data is in the file at sector.
+func (f *mpFix) landed(t *testing.T, what string, w *bio, sector uint64, data []byte) {
+	t.Helper()
+	testutil.MustErrnoIs(t, what, w.wait(t), 0)
+	if !f.onFile(sector, data) {
+		t.Fatal("data not in the file")
+	}
+}
+
 // resumeWrites resumes the map and checks the write held in it (from
 // noflushSuspended) succeeds and is in the file.
 func resumeWrites(t *testing.T, f *mpFix, w *bio, data []byte) {
@@ -121,10 +127,7 @@ func resumeWrites(t *testing.T, f *mpFix, w *bio, data []byte) {
 	if err := f.mp.Resume(bg()); err != nil {
 		t.Fatal(err)
 	}
-	testutil.MustErrnoIs(t, "write", w.wait(t), 0)
-	if !f.onFile(8, data) {
-		t.Fatal("data not in the file")
-	}
+	f.landed(t, "write", w, 8, data)
 }
 
 func noflushSuspended(t *testing.T, kind string, cfg envConfig) (*mpFix, *bio, []byte) {
@@ -168,10 +171,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 			}
 			f.repairPath("p0")
 			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p0")
-			testutil.MustErrnoIs(t, "write", w.wait(t), 0)
-			if !f.onFile(8, data) {
-				t.Fatal("data not in the file")
-			}
+			f.landed(t, "write", w, 8, data)
 		})
 	})
 	t.Run("succeeds on resume after path recovery", func(t *testing.T) {
@@ -241,10 +241,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					testutil.MustErrnoIs(t, "write", w.wait(t), 0)
-					if !f.onFile(8, data) {
-						t.Fatal("data not in the file")
-					}
+					f.landed(t, "write", w, 8, data)
 					if f.mp.Stats().Pushbacks != 1 {
 						t.Fatal("the write was not pushed back")
 					}

@@ -268,21 +268,30 @@ func TestSQFullBackpressure(t *testing.T) {
 	l := newLoop(t, Config{Entries: 8, ArenaSize: -1})
 	const n = 5000
 	c := newCounter(n)
-	l.Post(func() {
-		for i := 0; i < n; i++ {
-			var e SQE
-			e.PrepNop()
-			if _, err := l.Submit(&e, c, uint64(i)); err != nil {
-				panic(err)
-			}
-		}
-	})
+	submitNops(l, n, c, nil)
 	c.check(t)
 	st := l.Stats()
 	t.Logf("stats: %+v", st)
 	if st.Enters < n/8 {
 		t.Fatalf("%d enters for %d NOPs through an 8-entry SQ: SQ-full flushing didn't happen", st.Enters, n)
 	}
+}
+
+// submitNops posts n NOPs to l for h (tagged 0..n-1), running before(i),
+// if set, on the loop before each.
+func submitNops(l *Loop, n int, h Handler, before func(i int)) {
+	l.Post(func() {
+		for i := 0; i < n; i++ {
+			if before != nil {
+				before(i)
+			}
+			var e SQE
+			e.PrepNop()
+			if _, err := l.Submit(&e, h, uint64(i)); err != nil {
+				panic(err)
+			}
+		}
+	})
 }
 
 // orderCounter records the order completions arrive in.
@@ -304,16 +313,9 @@ func TestBacklogInOrder(t *testing.T) {
 	l := newLoop(t, Config{Entries: 8, ArenaSize: -1})
 	const n = 500
 	c := &orderCounter{counter: newCounter(n)}
-	l.Post(func() {
-		for i := 0; i < n; i++ {
-			if i%50 == 0 {
-				l.refuseSQ = 7 // the next 7 submissions find the SQ full
-			}
-			var e SQE
-			e.PrepNop()
-			if _, err := l.Submit(&e, c, uint64(i)); err != nil {
-				panic(err)
-			}
+	submitNops(l, n, c, func(i int) {
+		if i%50 == 0 {
+			l.refuseSQ = 7 // the next 7 submissions find the SQ full
 		}
 	})
 	c.check(t)
