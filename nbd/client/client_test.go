@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"udm/internal/testutil"
-	"udm/nbd/internal/nbdtest"
 	"udm/nbd/wire"
 )
 
@@ -546,7 +545,7 @@ func TestClientBlockStatus(t *testing.T) {
 // The steady state of the synchronous API allocates (almost) nothing:
 // requests, timers and buffers are reused.
 func TestClientAllocations(t *testing.T) {
-	if nbdtest.Race {
+	if testutil.Race {
 		t.Skip("skipped: allocation counts are meaningless under the race detector (sync.Pool drops items)")
 	}
 	srv := ctNbdkit(t, true, "memory", "1M")

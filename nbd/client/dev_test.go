@@ -14,7 +14,6 @@ import (
 	"udm/dm"
 	"udm/dm/filedev"
 	"udm/internal/testutil"
-	"udm/nbd/internal/nbdtest"
 	"udm/uring"
 )
 
@@ -158,7 +157,7 @@ func TestClientIODeadline(t *testing.T) {
 	case <-time.After(ctSafety):
 		t.Fatal("read never ended")
 	}
-	nbdtest.Eventually(t, "the late reply consumed", func() bool { return ctTableEmpty(c) })
+	testutil.Eventually(t, "the late reply consumed", func() bool { return ctTableEmpty(c) })
 }
 
 // The opener refuses an export that isn't a whole number of sectors, and

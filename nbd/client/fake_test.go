@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"udm/nbd/internal/nbdtest"
+	"udm/internal/testutil"
 	"udm/nbd/wire"
 )
 
@@ -436,7 +436,7 @@ func TestClientCancelDuringSend(t *testing.T) {
 	wctx, cancel := context.WithCancel(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- c.WriteAt(wctx, make([]byte, 16<<20), 0, false) }()
-	nbdtest.Eventually(t, "the writer is stuck sending the payload", pinned)
+	testutil.Eventually(t, "the writer is stuck sending the payload", pinned)
 	cancel()
 	select {
 	case err := <-errc:
@@ -551,13 +551,13 @@ func TestClientCancelSplitRead(t *testing.T) {
 	ctx, cancel := context.WithCancel(ctCtx(t))
 	errc := make(chan error, 1)
 	go func() { errc <- c.ReadAt(ctx, buf, 0) }()
-	nbdtest.Eventually(t, "two pieces held", func() bool { return held.Load() == 2 })
+	testutil.Eventually(t, "two pieces held", func() bool { return held.Load() == 2 })
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("canceled split read: %v", err)
 	}
 	release()
-	nbdtest.Eventually(t, "late pieces consumed", func() bool { return ctTableEmpty(c) })
+	testutil.Eventually(t, "late pieces consumed", func() bool { return ctTableEmpty(c) })
 	if !ctAllBytes(buf[32768:], 0xCC) {
 		t.Fatal("a piece answered after the cancel wrote into the buffer")
 	}

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"udm/internal/testutil"
-	"udm/nbd/internal/nbdtest"
 	"udm/nbd/wire"
 )
 
@@ -74,7 +73,7 @@ func TestClientTimeoutLateReply(t *testing.T) {
 		t.Fatalf("read: %v, want the context's deadline", err)
 	}
 	// The late replies arrive and are dropped.
-	nbdtest.Eventually(t, "late replies consumed", func() bool { return ctTableEmpty(c) })
+	testutil.Eventually(t, "late replies consumed", func() bool { return ctTableEmpty(c) })
 	if !ctAllBytes(buf, 0xAA) || !ctAllBytes(buf2, 0xBB) {
 		t.Fatal("a timed-out read wrote into its buffer")
 	}
@@ -127,7 +126,7 @@ func TestClientRetryInFlightAcrossRestart(t *testing.T) {
 		reads[i] = make([]byte, 4096)
 		c.Start(Request{Cmd: wire.CmdRead, Offset: 1<<20 + int64(i)*4096, Buf: reads[i]}, col, uint64(n+i))
 	}
-	nbdtest.Eventually(t, "all requests on the wire", func() bool { return ctAllSent(c, 2*n) })
+	testutil.Eventually(t, "all requests on the wire", func() bool { return ctAllSent(c, 2*n) })
 	// The server dies with all of them unanswered; it comes back without
 	// the delay.
 	srv.kill()
@@ -213,7 +212,7 @@ func TestClientServerRestartMidStream(t *testing.T) {
 				mu.Lock()
 				base := ok
 				mu.Unlock()
-				nbdtest.Eventually(t, "writes progress", func() bool {
+				testutil.Eventually(t, "writes progress", func() bool {
 					mu.Lock()
 					defer mu.Unlock()
 					return ok >= base+n
@@ -273,7 +272,7 @@ func TestClientServerGone(t *testing.T) {
 	if err := c.ReadAt(ctx, make([]byte, 4096), 0); !errors.Is(err, syscall.ENOTCONN) {
 		t.Fatalf("read while the server is gone: %v, want ENOTCONN", err)
 	}
-	nbdtest.Eventually(t, "the client gives up waiting", func() bool {
+	testutil.Eventually(t, "the client gives up waiting", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return c.down
@@ -285,7 +284,7 @@ func TestClientServerGone(t *testing.T) {
 		t.Fatal("check passed with no server")
 	}
 	srv.start()
-	nbdtest.Eventually(t, "check passes again", func() bool { return c.Check(ctx, time.Second) == nil })
+	testutil.Eventually(t, "check passes again", func() bool { return c.Check(ctx, time.Second) == nil })
 	if err := c.ReadAt(ctx, make([]byte, 4096), 0); err != nil {
 		t.Fatalf("read after the server came back: %v", err)
 	}
@@ -303,7 +302,7 @@ func TestClientCloseInFlight(t *testing.T) {
 		bufs[i] = make([]byte, 4096)
 		c.Start(Request{Cmd: wire.CmdRead, Offset: int64(i%256) * 4096, Buf: bufs[i]}, col, uint64(i))
 	}
-	nbdtest.Eventually(t, "requests on the wire", func() bool { return ctAllSent(c, n) })
+	testutil.Eventually(t, "requests on the wire", func() bool { return ctAllSent(c, n) })
 	c.Close()
 	c.Start(Request{Cmd: wire.CmdRead, Buf: make([]byte, 512)}, col, n)
 	col.wait(t)
@@ -334,7 +333,7 @@ func TestClientCloseWhileReconnecting(t *testing.T) {
 	for i := 0; i < n; i++ {
 		c.Start(Request{Cmd: wire.CmdRead, Buf: make([]byte, 512)}, col, uint64(i))
 	}
-	nbdtest.Eventually(t, "the connection is seen lost", func() bool { return !c.Connected() })
+	testutil.Eventually(t, "the connection is seen lost", func() bool { return !c.Connected() })
 	c.Close()
 	col.wait(t)
 	col.once(t, n)

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"udm/nbd/internal/nbdtest"
+	"udm/internal/testutil"
 	"udm/nbd/wire"
 )
 
@@ -302,7 +302,7 @@ func TestClientReconnectSizeChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Each connection serves one request: wait for the next one.
-	nbdtest.Eventually(t, "reconnected", func() bool { return c.Stats().Reconnects == 1 && c.Connected() })
+	testutil.Eventually(t, "reconnected", func() bool { return c.Stats().Reconnects == 1 && c.Connected() })
 	mu.Lock()
 	size = 2 << 20
 	mu.Unlock()

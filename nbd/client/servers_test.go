@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"udm/internal/testutil"
-	"udm/nbd/internal/nbdtest"
 )
 
 // ctSafety bounds how long a client test waits for something that must
@@ -197,7 +196,7 @@ func (s *ctServer) signal(sig syscall.Signal) {
 		return
 	}
 	dir := fmt.Sprintf("/proc/%d/task", cmd.Process.Pid)
-	nbdtest.Eventually(s.t, s.kind+" stopped", func() bool {
+	testutil.Eventually(s.t, s.kind+" stopped", func() bool {
 		tasks, err := os.ReadDir(dir)
 		if err != nil {
 			return false

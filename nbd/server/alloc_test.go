@@ -12,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"udm/internal/testutil"
-	"udm/nbd/internal/nbdtest"
 	"udm/nbd/wire"
 )
 
@@ -22,7 +21,7 @@ import (
 // nothing), and counts the heap allocations of the whole process per
 // request; receiving at once, and gathering (the timer, the pacer).
 func TestServerAllocatesNothingPerRequest(t *testing.T) {
-	if nbdtest.Race {
+	if testutil.Race {
 		t.Skip("skipped under -race: the race detector allocates on its own")
 	}
 	for _, gather := range []bool{false, true} {

@@ -12,7 +12,7 @@ import (
 
 	"udm/dm"
 	"udm/dm/dmtest"
-	"udm/nbd/internal/nbdtest"
+	"udm/internal/testutil"
 	"udm/nbd/wire"
 	"udm/uring"
 )
@@ -115,7 +115,7 @@ func TestFlushAndFUAReachBacking(t *testing.T) {
 			var released []backingIO
 			for !rc.replied(50 * time.Millisecond) {
 				var n int
-				nbdtest.Eventually(t, "the backings to hold what they were sent", func() bool {
+				testutil.Eventually(t, "the backings to hold what they were sent", func() bool {
 					mu.Lock()
 					n = len(ios)
 					mu.Unlock()

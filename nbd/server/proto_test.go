@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"udm/nbd/internal/nbdtest"
+	"udm/internal/testutil"
 	"udm/nbd/wire"
 )
 
@@ -468,7 +468,7 @@ func TestManyInFlightOutOfOrder(t *testing.T) {
 	}
 	// The server took in every held read before answering one: they are
 	// all at the backing together.
-	nbdtest.Eventually(t, "every held read at the backing at once", func() bool { return slow.Held() == n/2 })
+	testutil.Eventually(t, "every held read at the backing at once", func() bool { return slow.Held() == n/2 })
 	slow.Hang(false)
 	slow.Release()
 	for len(seen) < n {

@@ -1,6 +1,0 @@
-//go:build !race
-
-package nbdtest
-
-// Race: the race detector is off.
-const Race = false
