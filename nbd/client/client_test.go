@@ -256,7 +256,7 @@ func (k *ctCollector) wait(t testing.TB) {
 	go func() { k.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(ctSafety):
+	case <-time.After(testutil.Patience):
 		t.Fatalf("requests never ended")
 	}
 }
@@ -440,7 +440,7 @@ func TestClientNegotiationFallbacks(t *testing.T) {
 func TestClientNoSuchExport(t *testing.T) {
 	srv := ctQemuNBD(t, true, testutil.TempFile(t, 1<<20), "-x", "disk")
 	for _, opts := range []Options{{}, {NoOptGo: true}} {
-		ctx, cancel := context.WithTimeout(context.Background(), ctSafety)
+		ctx, cancel := context.WithTimeout(context.Background(), testutil.Patience)
 		_, err := Dial(ctx, srv.uri[:len("nbd+unix:///")]+"nope"+srv.uri[len("nbd+unix:///"):], opts)
 		cancel()
 		if !errors.Is(err, errNoExport) {

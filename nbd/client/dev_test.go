@@ -45,7 +45,7 @@ func ctSubmit(t *testing.T, l *uring.Loop, dev *dm.Device, op dm.Op, flags dm.Bi
 			t.Errorf("%s@%d ended off its loop", op, off)
 		}
 		return err
-	case <-time.After(ctSafety):
+	case <-time.After(testutil.Patience):
 		t.Fatalf("%s@%d never ended", op, off)
 		return nil
 	}
@@ -141,7 +141,7 @@ func TestClientIODeadline(t *testing.T) {
 		if !errors.Is(err, syscall.ETIMEDOUT) {
 			t.Fatalf("slow read: %v, want ETIMEDOUT", err)
 		}
-	case <-time.After(ctSafety):
+	case <-time.After(testutil.Patience):
 		t.Fatal("slow read never ended")
 	}
 	// With the deadline gone (0), a slow read waits for its reply.
@@ -154,7 +154,7 @@ func TestClientIODeadline(t *testing.T) {
 		if err != nil {
 			t.Fatalf("read without a deadline: %v", err)
 		}
-	case <-time.After(ctSafety):
+	case <-time.After(testutil.Patience):
 		t.Fatal("read never ended")
 	}
 	testutil.Eventually(t, "the late reply consumed", func() bool { return ctTableEmpty(c) })

@@ -443,7 +443,7 @@ func TestClientCancelDuringSend(t *testing.T) {
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("canceled write: %v", err)
 		}
-	case <-time.After(ctSafety):
+	case <-time.After(testutil.Patience):
 		t.Fatal("canceled write never returned")
 	}
 	release()

@@ -26,6 +26,13 @@ func ctTableEmpty(c *Client) bool {
 	return len(c.reqs) == 0
 }
 
+// ctWaiting is how many requests wait for a connection.
+func ctWaiting(c *Client) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.waiting)
+}
+
 // ctAllSent reports whether n requests are in the table, all on the wire.
 func ctAllSent(c *Client, n int) bool {
 	c.mu.Lock()
@@ -103,7 +110,7 @@ func TestClientCheckHungServer(t *testing.T) {
 		t.Fatalf("read from a hung server: %v, want ETIMEDOUT", err)
 	}
 	srv.signal(syscall.SIGCONT)
-	if err := c.Check(ctx, ctSafety); err != nil {
+	if err := c.Check(ctx, testutil.Patience); err != nil {
 		t.Fatalf("check after SIGCONT: %v", err)
 	}
 }
@@ -168,7 +175,7 @@ func TestClientServerRestartMidStream(t *testing.T) {
 			} else {
 				srv = ctQemuNBD(t, false, file)
 			}
-			c := ctDial(t, srv.uri, Options{Retries: 50, ReconnectTimeout: ctSafety})
+			c := ctDial(t, srv.uri, Options{Retries: 50, ReconnectTimeout: testutil.Patience})
 			type hist struct {
 				acked     []byte   // last acknowledged data
 				uncertain [][]byte // failed writes after it
@@ -222,7 +229,8 @@ func TestClientServerRestartMidStream(t *testing.T) {
 			srv.restart()
 			progress(200)
 			srv.kill()
-			time.Sleep(50 * time.Millisecond) // let requests queue up while it's down
+			// Every worker's write waits for the connection while it's down.
+			testutil.Eventually(t, "the writes to queue while the server is down", func() bool { return ctWaiting(c) == workers })
 			srv.start()
 			progress(200)
 			close(quit)

@@ -105,7 +105,7 @@ func ctInfoBlockSize(min, pref, max uint32) []byte {
 
 // ctHandshakeDial dials uri once, without retries, and returns the error.
 func ctHandshakeDial(uri string, opts Options) (*Client, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), ctSafety)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Patience)
 	defer cancel()
 	return Dial(ctx, uri, opts)
 }

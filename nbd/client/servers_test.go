@@ -21,10 +21,6 @@ import (
 	"udm/internal/testutil"
 )
 
-// ctSafety bounds how long a client test waits for something that must
-// happen; no test asserts on timing.
-const ctSafety = 20 * time.Second
-
 // ctServer is an external NBD server process that a test can kill,
 // restart (on the same address), stop and continue.
 type ctServer struct {
@@ -144,20 +140,15 @@ func (s *ctServer) start() {
 	s.mu.Lock()
 	s.cmd, s.exited, s.stderr = cmd, exited, &stderr
 	s.mu.Unlock()
-	deadline := time.Now().Add(ctSafety)
-	for {
-		if b, err := os.ReadFile(s.pidfile); err == nil && len(bytes.TrimSpace(b)) > 0 {
-			return
-		}
+	testutil.Eventually(s.t, s.kind+" to write its pid file: "+strings.Join(argv, " "), func() bool {
 		select {
 		case <-exited:
 			s.t.Fatalf("%s exited at start: %s\n%s", s.kind, strings.Join(argv, " "), stderr.String())
-		case <-time.After(5 * time.Millisecond):
+		default:
 		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("%s never wrote its pid file: %s", s.kind, strings.Join(argv, " "))
-		}
-	}
+		b, err := os.ReadFile(s.pidfile)
+		return err == nil && len(bytes.TrimSpace(b)) > 0
+	})
 }
 
 // kill ends the server with SIGKILL (as a crash would) and reaps it.
@@ -249,7 +240,7 @@ func ctDial(t testing.TB, uri string, opts Options) *Client {
 	if opts.MinBackoff == 0 {
 		opts.MinBackoff = 5 * time.Millisecond
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), ctSafety)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Patience)
 	defer cancel()
 	c, err := Dial(ctx, uri, opts)
 	if err != nil {
@@ -259,9 +250,9 @@ func ctDial(t testing.TB, uri string, opts Options) *Client {
 	return c
 }
 
-// ctCtx is a context bounded by ctSafety.
+// ctCtx is a context bounded by testutil.Patience.
 func ctCtx(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), ctSafety)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Patience)
 	t.Cleanup(cancel)
 	return ctx
 }

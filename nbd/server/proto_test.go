@@ -271,11 +271,16 @@ func TestOversizedWritePayload(t *testing.T) {
 	rc := dialRaw(t, ts.tcp)
 	rc.goExport("disk", false)
 	n := 33 << 20
-	go func() { rc.send(wire.CmdWrite, 0, 1, 0, uint32(n), make([]byte, n)) }()
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		rc.send(wire.CmdWrite, 0, 1, 0, uint32(n), make([]byte, n))
+	}()
 	if _, werr, _ := rc.reply(); werr != wire.EOVERFLOW {
 		t.Fatalf("oversized write: error %d, want EOVERFLOW", werr)
 	}
-	time.Sleep(10 * time.Millisecond)
+	// The refusal may come before the whole payload is sent.
+	testutil.Wait(t, "the oversized write to be sent", sent)
 	rc.send(wire.CmdFlush, 0, 2, 0, 0, nil)
 	if cookie, werr, _ := rc.reply(); cookie != 2 || werr != 0 {
 		t.Fatalf("flush after a drained payload: cookie %d error %d", cookie, werr)
@@ -506,13 +511,7 @@ func TestClientVanishesMidRequest(t *testing.T) {
 	if got := rc3.readData(4096); !bytes.Equal(got, want) {
 		t.Fatal("acknowledged write lost after a client vanished")
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for ts.srv.Stats().Active.Load() != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections still active, want 1 (the vanished ones were not cleaned up)", ts.srv.Stats().Active.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, "the vanished clients' connections to be cleaned up (one left active)", func() bool { return ts.srv.Stats().Active.Load() == 1 })
 }
 
 func TestStalledClientDoesNotBlockOthers(t *testing.T) {
@@ -530,7 +529,10 @@ func TestStalledClientDoesNotBlockOthers(t *testing.T) {
 			}
 		}
 	}()
-	time.Sleep(50 * time.Millisecond)
+	// Stalled: the server holds tens of MiB of replies it cannot send.
+	testutil.Eventually(t, "the stalled connection to fill its in-flight budget", func() bool {
+		return ts.srv.Stats().PeakInflightBytes.Load() >= 32<<20
+	})
 	rc := dialRaw(t, ts.tcp)
 	rc.goExport("disk", false)
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -580,7 +582,7 @@ func TestShutdownAnswersInFlight(t *testing.T) {
 	for i := 0; i < 32; i++ {
 		rc.send(wire.CmdRead, 0, uint64(i), uint64(i)*4096, 4096, nil)
 	}
-	time.Sleep(20 * time.Millisecond)
+	testutil.Eventually(t, "the server to take in the 32 reads", func() bool { return ts.srv.Stats().Requests.Load() >= 32 })
 	done := make(chan error, 1)
 	go func() { done <- ts.srv.Shutdown(contextWithTimeout(t, 10*time.Second)) }()
 	for i := 0; i < 32; i++ {
