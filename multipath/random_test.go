@@ -302,7 +302,11 @@ func runRandomFailover(t *testing.T, sel string, seed uint64) {
 	names := [2]string{"p0", "p1"}
 	hangs := 0
 	good := func(p string) bool { s := ps[p]; return !s.broken && !s.failed && !s.hung }
-	for a := 0; a < rfActions; a++ {
+	actions := rfActions
+	if testing.Short() {
+		actions = rfActions / 4 // the edit-test loop; make test runs them all
+	}
+	for a := 0; a < actions; a++ {
 		i := rng.IntN(2)
 		p, q := names[i], names[1-i]
 		s := ps[p]
@@ -364,7 +368,7 @@ func runRandomFailover(t *testing.T, sel string, seed uint64) {
 		m.check(b.data, blk)
 		m.check(fileData(t, f.file, int64(blk)*rfBlock, rfBlock), blk)
 	}
-	t.Logf("%s: %d I/Os, %d path actions (%d hangs, %d I/O deadlines passed); status %s", sel, m.ops.Load(), rfActions, hangs,
+	t.Logf("%s: %d I/Os, %d path actions (%d hangs, %d I/O deadlines passed); status %s", sel, m.ops.Load(), actions, hangs,
 		strings.Count(f.logs.String(), "timed out"), f.status("mp"))
 	if m.errs.Load() != 0 || m.bad.Load() != 0 {
 		t.Errorf("%d I/O errors, %d wrong: %q", m.errs.Load(), m.bad.Load(), m.report)

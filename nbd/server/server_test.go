@@ -233,6 +233,7 @@ func qemuOpts(uri string) string {
 }
 
 func TestFioVerify(t *testing.T) {
+	testutil.SkipShort(t, "fio end to end through the server, 4 runs")
 	testutil.RequireTool(t, "fio")
 	for _, gather := range []bool{false, true} {
 		t.Run(fmt.Sprintf("gather=%v", gather), func(t *testing.T) { testFioVerify(t, gather) })
