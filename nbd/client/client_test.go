@@ -24,6 +24,17 @@ type ctServerKind struct {
 
 // ctServers are the servers and transports every interop test runs
 // against.
+// ctEachServer runs test against each of ctServers, with a client
+// dialled to it.
+func ctEachServer(t *testing.T, test func(t *testing.T, srv *ctServer, c *Client)) {
+	for _, k := range ctServers() {
+		t.Run(k.name, func(t *testing.T) {
+			srv := k.start(t)
+			test(t, srv, ctDial(t, srv.uri, Options{}))
+		})
+	}
+}
+
 func ctServers() []ctServerKind {
 	const size = 64 << 20
 	return []ctServerKind{
@@ -51,49 +62,45 @@ func ctSeed(t *testing.T) uint64 {
 }
 
 func TestClientHandshakeMatchesNbdinfo(t *testing.T) {
-	for _, k := range ctServers() {
-		t.Run(k.name, func(t *testing.T) {
-			srv := k.start(t)
-			c := ctDial(t, srv.uri, Options{})
-			info := c.Info()
-			want := ctNbdinfo(t, srv.uri)
-			num := func(key string) int64 { v, _ := want[key].(float64); return int64(v) }
-			flag := func(key string) bool { v, _ := want[key].(bool); return v }
-			if info.Size != num("export-size") {
-				t.Errorf("size %d, nbdinfo says %d", info.Size, num("export-size"))
+	ctEachServer(t, func(t *testing.T, srv *ctServer, c *Client) {
+		info := c.Info()
+		want := ctNbdinfo(t, srv.uri)
+		num := func(key string) int64 { v, _ := want[key].(float64); return int64(v) }
+		flag := func(key string) bool { v, _ := want[key].(bool); return v }
+		if info.Size != num("export-size") {
+			t.Errorf("size %d, nbdinfo says %d", info.Size, num("export-size"))
+		}
+		for _, f := range []struct {
+			key string
+			got bool
+		}{
+			{"is_read_only", info.ReadOnly()},
+			{"can_flush", info.CanFlush()},
+			{"can_fua", info.CanFUA()},
+			{"can_trim", info.CanTrim()},
+			{"can_zero", info.CanWriteZeroes()},
+			{"can_multi_conn", info.CanMultiConn()},
+			{"is_rotational", info.Flags&wire.TFlagRotational != 0},
+			{"structured", info.Structured},
+		} {
+			if f.got != flag(f.key) {
+				t.Errorf("%s: client says %v, nbdinfo %v", f.key, f.got, flag(f.key))
 			}
-			for _, f := range []struct {
-				key string
-				got bool
-			}{
-				{"is_read_only", info.ReadOnly()},
-				{"can_flush", info.CanFlush()},
-				{"can_fua", info.CanFUA()},
-				{"can_trim", info.CanTrim()},
-				{"can_zero", info.CanWriteZeroes()},
-				{"can_multi_conn", info.CanMultiConn()},
-				{"is_rotational", info.Flags&wire.TFlagRotational != 0},
-				{"structured", info.Structured},
-			} {
-				if f.got != flag(f.key) {
-					t.Errorf("%s: client says %v, nbdinfo %v", f.key, f.got, flag(f.key))
-				}
-			}
-			wmin, wpref, wmax := num("block_size_minimum"), num("block_size_preferred"), num("block_size_maximum")
-			if _, ok := want["block_size_minimum"]; !ok {
-				wmin, wpref, wmax = 1, 4096, 32<<20 // none advertised: the protocol's defaults
-			}
-			if int64(info.MinBlock) != wmin || int64(info.PrefBlock) != wpref || int64(info.MaxBlock) != wmax {
-				t.Errorf("block sizes %d/%d/%d, want %d/%d/%d", info.MinBlock, info.PrefBlock, info.MaxBlock, wmin, wpref, wmax)
-			}
-			if !info.FixedNewstyle || !info.Go {
-				t.Errorf("fixed newstyle %v, NBD_OPT_GO %v: want both", info.FixedNewstyle, info.Go)
-			}
-			if c.Name() != srv.uri || c.Size() != info.Size || c.ReadOnly() {
-				t.Errorf("device view: name %q size %d ro %v", c.Name(), c.Size(), c.ReadOnly())
-			}
-		})
-	}
+		}
+		wmin, wpref, wmax := num("block_size_minimum"), num("block_size_preferred"), num("block_size_maximum")
+		if _, ok := want["block_size_minimum"]; !ok {
+			wmin, wpref, wmax = 1, 4096, 32<<20 // none advertised: the protocol's defaults
+		}
+		if int64(info.MinBlock) != wmin || int64(info.PrefBlock) != wpref || int64(info.MaxBlock) != wmax {
+			t.Errorf("block sizes %d/%d/%d, want %d/%d/%d", info.MinBlock, info.PrefBlock, info.MaxBlock, wmin, wpref, wmax)
+		}
+		if !info.FixedNewstyle || !info.Go {
+			t.Errorf("fixed newstyle %v, NBD_OPT_GO %v: want both", info.FixedNewstyle, info.Go)
+		}
+		if c.Name() != srv.uri || c.Size() != info.Size || c.ReadOnly() {
+			t.Errorf("device view: name %q size %d ro %v", c.Name(), c.Size(), c.ReadOnly())
+		}
+	})
 }
 
 // ctRoundTrips writes random data of random sizes at random aligned
@@ -143,16 +150,12 @@ func ctRoundTrips(t *testing.T, c *Client, rng *rand.Rand, n int, maxLen int) {
 
 func TestClientRoundTrips(t *testing.T) {
 	seed := ctSeed(t)
-	for _, k := range ctServers() {
-		t.Run(k.name, func(t *testing.T) {
-			srv := k.start(t)
-			c := ctDial(t, srv.uri, Options{})
-			ctRoundTrips(t, c, rand.New(rand.NewPCG(seed, 1)), 60, 256<<10)
-			if err := c.Flush(ctCtx(t)); err != nil {
-				t.Fatalf("flush: %v", err)
-			}
-		})
-	}
+	ctEachServer(t, func(t *testing.T, _ *ctServer, c *Client) {
+		ctRoundTrips(t, c, rand.New(rand.NewPCG(seed, 1)), 60, 256<<10)
+		if err := c.Flush(ctCtx(t)); err != nil {
+			t.Fatalf("flush: %v", err)
+		}
+	})
 }
 
 // ctPattern fills b with a pattern derived from v.
@@ -173,55 +176,51 @@ func ctAllBytes(b []byte, v byte) bool {
 }
 
 func TestClientTrimZeroesFlush(t *testing.T) {
-	for _, k := range ctServers() {
-		t.Run(k.name, func(t *testing.T) {
-			srv := k.start(t)
-			c := ctDial(t, srv.uri, Options{})
-			ctx := ctCtx(t)
-			buf := make([]byte, 1<<20)
-			for i, tc := range []struct {
-				name   string
-				do     func(off int64, n uint32) error
-				zeroes bool // the spec promises zeroes after it
-			}{
-				{"write-zeroes", func(off int64, n uint32) error { return c.WriteZeroes(ctx, off, n, false) }, true},
-				{"write-zeroes-nohole", func(off int64, n uint32) error { return c.WriteZeroes(ctx, off, n, true) }, true},
-				{"trim", func(off int64, n uint32) error { return c.Trim(ctx, off, n) }, false},
-			} {
-				off := int64(i) * (4 << 20)
-				if err := c.WriteAt(ctx, ctPattern(buf, byte(i+1)), off, false); err != nil {
-					t.Fatal(err)
-				}
-				// Zero the middle, unaligned to the 1 MiB write.
-				if err := tc.do(off+64<<10, 512<<10); err != nil {
-					t.Fatalf("%s: %v", tc.name, err)
-				}
-				if err := c.Flush(ctx); err != nil {
-					t.Fatalf("flush: %v", err)
-				}
-				got := make([]byte, len(buf))
-				if err := c.ReadAt(ctx, got, off); err != nil {
-					t.Fatal(err)
-				}
-				want := ctPattern(make([]byte, len(buf)), byte(i+1))
-				if !bytes.Equal(got[:64<<10], want[:64<<10]) || !bytes.Equal(got[576<<10:], want[576<<10:]) {
-					t.Errorf("%s: data around the range changed", tc.name)
-				}
-				if tc.zeroes && !ctAllBytes(got[64<<10:576<<10], 0) {
-					t.Errorf("%s: range doesn't read back as zeroes", tc.name)
-				}
+	ctEachServer(t, func(t *testing.T, srv *ctServer, c *Client) {
+		ctx := ctCtx(t)
+		buf := make([]byte, 1<<20)
+		for i, tc := range []struct {
+			name   string
+			do     func(off int64, n uint32) error
+			zeroes bool // the spec promises zeroes after it
+		}{
+			{"write-zeroes", func(off int64, n uint32) error { return c.WriteZeroes(ctx, off, n, false) }, true},
+			{"write-zeroes-nohole", func(off int64, n uint32) error { return c.WriteZeroes(ctx, off, n, true) }, true},
+			{"trim", func(off int64, n uint32) error { return c.Trim(ctx, off, n) }, false},
+		} {
+			off := int64(i) * (4 << 20)
+			if err := c.WriteAt(ctx, ctPattern(buf, byte(i+1)), off, false); err != nil {
+				t.Fatal(err)
 			}
-			// FUA write, then read it back on a second connection.
-			if err := c.WriteAt(ctx, ctPattern(buf[:4096], 99), 12<<20, true); err != nil {
-				t.Fatalf("fua write: %v", err)
+			// Zero the middle, unaligned to the 1 MiB write.
+			if err := tc.do(off+64<<10, 512<<10); err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
 			}
-			c2 := ctDial(t, srv.uri, Options{})
-			got := make([]byte, 4096)
-			if err := c2.ReadAt(ctx, got, 12<<20); err != nil || !bytes.Equal(got, buf[:4096]) {
-				t.Errorf("FUA write not visible on another connection (err %v)", err)
+			if err := c.Flush(ctx); err != nil {
+				t.Fatalf("flush: %v", err)
 			}
-		})
-	}
+			got := make([]byte, len(buf))
+			if err := c.ReadAt(ctx, got, off); err != nil {
+				t.Fatal(err)
+			}
+			want := ctPattern(make([]byte, len(buf)), byte(i+1))
+			if !bytes.Equal(got[:64<<10], want[:64<<10]) || !bytes.Equal(got[576<<10:], want[576<<10:]) {
+				t.Errorf("%s: data around the range changed", tc.name)
+			}
+			if tc.zeroes && !ctAllBytes(got[64<<10:576<<10], 0) {
+				t.Errorf("%s: range doesn't read back as zeroes", tc.name)
+			}
+		}
+		// FUA write, then read it back on a second connection.
+		if err := c.WriteAt(ctx, ctPattern(buf[:4096], 99), 12<<20, true); err != nil {
+			t.Fatalf("fua write: %v", err)
+		}
+		c2 := ctDial(t, srv.uri, Options{})
+		got := make([]byte, 4096)
+		if err := c2.ReadAt(ctx, got, 12<<20); err != nil || !bytes.Equal(got, buf[:4096]) {
+			t.Errorf("FUA write not visible on another connection (err %v)", err)
+		}
+	})
 }
 
 // ctCollector records the completions of async requests.
@@ -275,44 +274,40 @@ func (k *ctCollector) once(t testing.TB, n int) {
 
 func TestClientManyInFlight(t *testing.T) {
 	seed := ctSeed(t)
-	for _, k := range ctServers() {
-		t.Run(k.name, func(t *testing.T) {
-			srv := k.start(t)
-			c := ctDial(t, srv.uri, Options{})
-			rng := rand.New(rand.NewPCG(seed, 2))
-			const n = 512
-			bufs := make([][]byte, n)
-			col := newCollector(n)
-			for i := range bufs {
-				bufs[i] = make([]byte, 4096*(1+rng.IntN(8)))
-				for j := range bufs[i] {
-					bufs[i][j] = byte(rng.Uint32())
-				}
-				c.Start(Request{Cmd: wire.CmdWrite, Offset: int64(i) * 64 << 10, Buf: bufs[i]}, col, uint64(i))
+	ctEachServer(t, func(t *testing.T, _ *ctServer, c *Client) {
+		rng := rand.New(rand.NewPCG(seed, 2))
+		const n = 512
+		bufs := make([][]byte, n)
+		col := newCollector(n)
+		for i := range bufs {
+			bufs[i] = make([]byte, 4096*(1+rng.IntN(8)))
+			for j := range bufs[i] {
+				bufs[i][j] = byte(rng.Uint32())
 			}
-			col.wait(t)
-			col.once(t, n)
-			for i, err := range col.errs {
-				if err != nil {
-					t.Fatalf("write %d: %v", i, err)
-				}
+			c.Start(Request{Cmd: wire.CmdWrite, Offset: int64(i) * 64 << 10, Buf: bufs[i]}, col, uint64(i))
+		}
+		col.wait(t)
+		col.once(t, n)
+		for i, err := range col.errs {
+			if err != nil {
+				t.Fatalf("write %d: %v", i, err)
 			}
-			// Read everything back concurrently.
-			got := make([][]byte, n)
-			col = newCollector(n)
-			for i := range got {
-				got[i] = make([]byte, len(bufs[i]))
-				c.Start(Request{Cmd: wire.CmdRead, Offset: int64(i) * 64 << 10, Buf: got[i]}, col, uint64(i))
+		}
+		// Read everything back concurrently.
+		got := make([][]byte, n)
+		col = newCollector(n)
+		for i := range got {
+			got[i] = make([]byte, len(bufs[i]))
+			c.Start(Request{Cmd: wire.CmdRead, Offset: int64(i) * 64 << 10, Buf: got[i]}, col, uint64(i))
+		}
+		col.wait(t)
+		col.once(t, n)
+		for i := range got {
+			if col.errs[uint64(i)] != nil || !bytes.Equal(got[i], bufs[i]) {
+				t.Fatalf("read %d: %v or data differs", i, col.errs[uint64(i)])
 			}
-			col.wait(t)
-			col.once(t, n)
-			for i := range got {
-				if col.errs[uint64(i)] != nil || !bytes.Equal(got[i], bufs[i]) {
-					t.Fatalf("read %d: %v or data differs", i, col.errs[uint64(i)])
-				}
-			}
-		})
-	}
+		}
+	})
 }
 
 func TestClientReadOnly(t *testing.T) {

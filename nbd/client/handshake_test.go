@@ -90,6 +90,22 @@ func ctOption(br *bufio.Reader) (uint32, []byte, bool) {
 	return h.Option, data, true
 }
 
+// ctAwaitOption reads options, refusing every other as unsupported,
+// until the client sends want; it returns want's data (false: the
+// client went away).
+func ctAwaitOption(nc net.Conn, br *bufio.Reader, want uint32) ([]byte, bool) {
+	for {
+		opt, data, ok := ctOption(br)
+		if !ok {
+			return nil, false
+		}
+		if opt == want {
+			return data, true
+		}
+		nc.Write(wire.AppendOptionReply(nil, opt, wire.RepErrUnsup, nil))
+	}
+}
+
 func ctInfoExport(size uint64, flags uint16) []byte {
 	b := binary.BigEndian.AppendUint16(nil, wire.InfoExport)
 	b = binary.BigEndian.AppendUint64(b, size)
@@ -125,36 +141,29 @@ func TestClientGoUnsupportedFallsBack(t *testing.T) {
 			if !ok || (cf&wire.ClientNoZeroes != 0) != noZeroes {
 				return
 			}
-			for {
-				opt, data, ok := ctOption(br)
-				if !ok {
-					return
-				}
-				if opt != wire.OptExportName {
-					nc.Write(wire.AppendOptionReply(nil, opt, wire.RepErrUnsup, nil))
-					continue
-				}
-				mu.Lock()
-				gotName = string(data)
-				mu.Unlock()
-				b := binary.BigEndian.AppendUint64(nil, 1<<20)
-				b = binary.BigEndian.AppendUint16(b, wire.TFlagHasFlags|wire.TFlagSendFlush)
-				if !noZeroes {
-					b = append(b, make([]byte, 124)...)
-				}
-				nc.Write(b)
-				// Transmission: answer a flush, then stop.
-				var rb [wire.RequestSize]byte
-				if _, err := io.ReadFull(br, rb[:]); err != nil {
-					return
-				}
-				req, _ := wire.ParseRequest(rb[:])
-				rep := make([]byte, wire.SimpleReplySize)
-				wire.PutSimpleReply(rep, 0, req.Cookie)
-				nc.Write(rep)
-				io.Copy(io.Discard, br)
+			data, ok := ctAwaitOption(nc, br, wire.OptExportName)
+			if !ok {
 				return
 			}
+			mu.Lock()
+			gotName = string(data)
+			mu.Unlock()
+			b := binary.BigEndian.AppendUint64(nil, 1<<20)
+			b = binary.BigEndian.AppendUint16(b, wire.TFlagHasFlags|wire.TFlagSendFlush)
+			if !noZeroes {
+				b = append(b, make([]byte, 124)...)
+			}
+			nc.Write(b)
+			// Transmission: answer a flush, then stop.
+			var rb [wire.RequestSize]byte
+			if _, err := io.ReadFull(br, rb[:]); err != nil {
+				return
+			}
+			req, _ := wire.ParseRequest(rb[:])
+			rep := make([]byte, wire.SimpleReplySize)
+			wire.PutSimpleReply(rep, 0, req.Cookie)
+			nc.Write(rep)
+			io.Copy(io.Discard, br)
 		})
 		c, err := ctHandshakeDial(uri, Options{})
 		if err != nil {
@@ -266,22 +275,14 @@ func TestClientReconnectSizeChange(t *testing.T) {
 		if _, ok := ctGreet(nc, br, wire.FlagFixedNewstyle|wire.FlagNoZeroes); !ok {
 			return
 		}
-		for {
-			opt, _, ok := ctOption(br)
-			if !ok {
-				return
-			}
-			if opt != wire.OptGo {
-				nc.Write(wire.AppendOptionReply(nil, opt, wire.RepErrUnsup, nil))
-				continue
-			}
-			mu.Lock()
-			sz := size
-			mu.Unlock()
-			nc.Write(wire.AppendOptionReply(nil, opt, wire.RepInfo, ctInfoExport(sz, wire.TFlagHasFlags|wire.TFlagSendFlush)))
-			nc.Write(wire.AppendOptionReply(nil, opt, wire.RepAck, nil))
-			break
+		if _, ok := ctAwaitOption(nc, br, wire.OptGo); !ok {
+			return
 		}
+		mu.Lock()
+		sz := size
+		mu.Unlock()
+		nc.Write(wire.AppendOptionReply(nil, wire.OptGo, wire.RepInfo, ctInfoExport(sz, wire.TFlagHasFlags|wire.TFlagSendFlush)))
+		nc.Write(wire.AppendOptionReply(nil, wire.OptGo, wire.RepAck, nil))
 		// Every connection serves one request.
 		var rb [wire.RequestSize]byte
 		if _, err := io.ReadFull(br, rb[:]); err != nil {

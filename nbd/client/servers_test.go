@@ -61,23 +61,30 @@ func ctFreePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// ctNewServer prepares a server of kind (its binary bin, skipping the
+// test without it) on a unix socket or a free loopback port; where are
+// the arguments that say so, with the server's flags for a socket and
+// for a bind address.
+func ctNewServer(t testing.TB, kind string, unix bool, sockFlag, addrFlag string) (s *ctServer, bin string, where []string) {
+	t.Helper()
+	bin = testutil.RequireTool(t, kind)
+	dir := ctDir(t)
+	s = &ctServer{t: t, kind: kind, pidfile: filepath.Join(dir, "pid")}
+	if unix {
+		s.sock = filepath.Join(dir, "s.sock")
+		s.uri = "nbd+unix:///?socket=" + s.sock
+		return s, bin, []string{sockFlag, s.sock}
+	}
+	port := ctFreePort(t)
+	s.uri = fmt.Sprintf("nbd://127.0.0.1:%d/", port)
+	return s, bin, []string{addrFlag, "127.0.0.1", "-p", strconv.Itoa(port)}
+}
+
 // ctNbdkit starts nbdkit with plugin args (e.g. "memory", "64M") on a
 // unix socket or a loopback TCP port.
 func ctNbdkit(t testing.TB, unix bool, args ...string) *ctServer {
 	t.Helper()
-	bin := testutil.RequireTool(t, "nbdkit")
-	dir := ctDir(t)
-	s := &ctServer{t: t, kind: "nbdkit", pidfile: filepath.Join(dir, "pid")}
-	var where []string
-	if unix {
-		s.sock = filepath.Join(dir, "s.sock")
-		where = []string{"-U", s.sock}
-		s.uri = "nbd+unix:///?socket=" + s.sock
-	} else {
-		port := ctFreePort(t)
-		where = []string{"-i", "127.0.0.1", "-p", strconv.Itoa(port)}
-		s.uri = fmt.Sprintf("nbd://127.0.0.1:%d/", port)
-	}
+	s, bin, where := ctNewServer(t, "nbdkit", unix, "-U", "-i")
 	s.base = append([]string{bin, "--exit-with-parent", "-f", "-P", s.pidfile}, where...)
 	s.withArgs(args...)
 	s.start()
@@ -88,19 +95,7 @@ func ctNbdkit(t testing.TB, unix bool, args ...string) *ctServer {
 // ctQemuNBD serves file (raw) with qemu-nbd, persistent and shared.
 func ctQemuNBD(t testing.TB, unix bool, file string, args ...string) *ctServer {
 	t.Helper()
-	bin := testutil.RequireTool(t, "qemu-nbd")
-	dir := ctDir(t)
-	s := &ctServer{t: t, kind: "qemu-nbd", pidfile: filepath.Join(dir, "pid")}
-	var where []string
-	if unix {
-		s.sock = filepath.Join(dir, "s.sock")
-		where = []string{"-k", s.sock}
-		s.uri = "nbd+unix:///?socket=" + s.sock
-	} else {
-		port := ctFreePort(t)
-		where = []string{"-b", "127.0.0.1", "-p", strconv.Itoa(port)}
-		s.uri = fmt.Sprintf("nbd://127.0.0.1:%d/", port)
-	}
+	s, bin, where := ctNewServer(t, "qemu-nbd", unix, "-k", "-b")
 	argv := append([]string{bin, "-f", "raw", "--persistent", "--shared=32", "--pid-file=" + s.pidfile}, where...)
 	argv = append(append(argv, args...), file)
 	s.setArgs(argv)
