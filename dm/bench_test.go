@@ -11,25 +11,15 @@ import (
 // Submit → end through the core over NullDevice (completes inline), per
 // table shape; allocs/op must be 0.
 func BenchmarkSubmit(b *testing.B) {
-	for _, bc := range []struct {
-		name   string
-		table  string
-		sector uint64
-		n      int
-		clones float64
-	}{
+	for _, bc := range []nullShape{
 		{"linear-4k", "0 2097152 linear null 0", 8, 4096, 1},
 		{"linear-split-4k", "0 1024 linear null 0\n1024 2096128 linear null 0", 1020, 4096, 2},
 		{"striped-64k-16clones", "0 2097152 striped 2 8 null 0 null 0", 0, 64 << 10, 16},
 		{"flush-2targets", "0 1024 linear null 0\n1024 2096128 linear null 0", 0, 0, 2},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			d := newDev(b, nil, bc.table, dmtest.NewNullDevice("null", 1<<30))
 			var end countEnd
-			bio := &dm.Bio{Op: dm.OpRead, Sector: bc.sector, Len: uint32(bc.n), Buf: make([]byte, bc.n), BufIndex: -1, End: &end}
-			if bc.n == 0 {
-				bio.Op, bio.Buf = dm.OpFlush, nil
-			}
+			d, bio := bc.setUp(b, 1<<30, &end, nil)
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -39,7 +29,7 @@ func BenchmarkSubmit(b *testing.B) {
 			if end.n != b.N || end.err != nil {
 				b.Fatalf("%d ends, err %v", end.n, end.err)
 			}
-			b.ReportMetric(bc.clones, "clones/op")
+			b.ReportMetric(float64(bc.clones), "clones/op")
 		})
 	}
 	// From all CPUs at once, each goroutine standing for one loop (an

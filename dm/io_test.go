@@ -424,26 +424,15 @@ func TestDetachedClone(t *testing.T) {
 // Zero allocations per bio in the steady state, with and without a
 // split, through linear and striped over NullDevice.
 func TestZeroAllocs(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		table  string
-		sector uint64
-		n      int
-		clones int
-	}{
+	for _, tc := range []nullShape{
 		{"linear", "0 2048 linear null 0", 0, 4096, 1},
 		{"split at a boundary", "0 1024 linear null 0\n1024 1024 linear null 0", 1020, 4096, 2},
 		{"striped many chunks", "0 2048 striped 2 8 null 0 null 0", 4, 64 << 10, 17},
 		{"flush", "0 1024 linear null 0\n1024 1024 striped 2 8 null 0 null 0", 0, 0, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := newDev(t, nil, tc.table, dmtest.NewNullDevice("null", 64*MiB))
 			var end countEnd
-			b := &dm.Bio{Op: dm.OpRead, Sector: tc.sector, Len: uint32(tc.n), Buf: make([]byte, tc.n), BufIndex: -1, End: &end,
-				Exec: &benchExec{id: 1}}
-			if tc.n == 0 {
-				b.Op, b.Buf = dm.OpFlush, nil
-			}
+			d, b := tc.setUp(t, 64*MiB, &end, &benchExec{id: 1})
 			allocs := testing.AllocsPerRun(1000, func() { d.Submit(b) })
 			if end.err != nil {
 				t.Fatal(end.err)
@@ -456,6 +445,31 @@ func TestZeroAllocs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// nullShape is a table over a NullDevice named null and a bio through
+// it: a read of n bytes at sector, or a flush when n is 0, which the
+// table turns into clones clones.
+type nullShape struct {
+	name   string
+	table  string
+	sector uint64
+	n      int
+	clones int
+}
+
+// setUp makes the device (null of size bytes) and the bio, ending in end
+// and run by ex (nil: none).
+func (s nullShape) setUp(tb testing.TB, size int64, end *countEnd, ex dm.Executor) (*dm.Device, *dm.Bio) {
+	d := newDev(tb, nil, s.table, dmtest.NewNullDevice("null", size))
+	b := &dm.Bio{Op: dm.OpRead, Sector: s.sector, Len: uint32(s.n), Buf: make([]byte, s.n), BufIndex: -1, End: end}
+	if ex != nil {
+		b.Exec = ex
+	}
+	if s.n == 0 {
+		b.Op, b.Buf = dm.OpFlush, nil
+	}
+	return d, b
 }
 
 type countEnd struct {

@@ -48,13 +48,20 @@ func TestRawWorkloads(t *testing.T) {
 	}
 }
 
-func TestVerifyRoundTripAndTimeline(t *testing.T) {
-	f := testutil.TempFile(t, 16<<20)
-	eng, err := NewFileEngine(f)
+// fileEngine is a file engine over a scratch file of size bytes, closed
+// when the test ends.
+func fileEngine(t *testing.T, size int64) Engine {
+	t.Helper()
+	eng, err := NewFileEngine(testutil.TempFile(t, size))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer eng.Close()
+	t.Cleanup(func() { eng.Close() })
+	return eng
+}
+
+func TestVerifyRoundTripAndTimeline(t *testing.T) {
+	eng := fileEngine(t, 16<<20)
 	res, err := Run(context.Background(), Config{RW: "randrw", ReadPct: 50, Depth: 16, Loops: 2, Duration: 500 * time.Millisecond,
 		Verify: true, Interval: 100 * time.Millisecond, Seed: 42}, eng)
 	if err != nil {
@@ -107,18 +114,13 @@ func (p *corruptPort) Submit(io *IO) {
 
 func TestVerifyCatchesBadData(t *testing.T) {
 	for _, mode := range []string{"corrupt", "stale"} {
-		f := testutil.TempFile(t, 4<<20)
-		raw, err := NewFileEngine(f)
-		if err != nil {
-			t.Fatal(err)
-		}
+		raw := fileEngine(t, 4<<20)
 		eng := &corruptEngine{Engine: raw, every: 7, mode: mode}
 		// Write everything first so every block has known content.
 		if _, err := Run(context.Background(), Config{RW: "write", Depth: 4, TotalBytes: 4 << 20, Verify: true, Seed: 9}, raw); err != nil {
 			t.Fatal(err)
 		}
 		res, err := Run(context.Background(), Config{RW: "randrw", ReadPct: 50, Depth: 4, Duration: 300 * time.Millisecond, Verify: true, Seed: 9}, eng)
-		raw.Close()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -258,12 +260,7 @@ func (p *failPort) Submit(io *IO) {
 // A run ended by Config.Stop reads back every block it wrote; failed
 // I/O is described in IOErrors with its errno, time and offset.
 func TestStopReadBackAndIOErrors(t *testing.T) {
-	f := testutil.TempFile(t, 8<<20)
-	raw, err := NewFileEngine(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
+	raw := fileEngine(t, 8<<20)
 	stop := make(chan struct{})
 	time.AfterFunc(300*time.Millisecond, func() { close(stop) })
 	before := time.Now()
@@ -316,12 +313,7 @@ func TestStopReadBackAndIOErrors(t *testing.T) {
 // Every interval with errors keeps at least one described error, however
 // many came before.
 func TestIOErrorsPerInterval(t *testing.T) {
-	f := testutil.TempFile(t, 4<<20)
-	raw, err := NewFileEngine(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
+	raw := fileEngine(t, 4<<20)
 	res, err := Run(context.Background(), Config{RW: "randread", Depth: 4, Duration: 400 * time.Millisecond,
 		Interval: 50 * time.Millisecond}, &failEngine{Engine: raw, every: 2})
 	if err != nil {
