@@ -171,15 +171,22 @@ func TestSuspendResumeOrder(t *testing.T) {
 	}
 }
 
-// Suspend waits for in-flight I/O; presuspend sees it pending, and
-// postsuspend runs only once it has drained.
-func TestSuspendWaitsForPending(t *testing.T) {
+// heldRead makes a device whose rec target (A) logs to log over a capDev
+// that holds I/O, and sends it a read, held there.
+func heldRead(t *testing.T) (*dm.Device, *capDev, *eventLog, *dmtest.Rec) {
 	log := &eventLog{}
 	a := newCapDev("a", MiB)
 	d := newDev(t, log, "0 8 rec a A", a)
 	a.setHold(true)
 	r := dmtest.NewRec(dm.OpRead, 0, 512)
 	d.Submit(&r.Bio)
+	return d, a, log, r
+}
+
+// Suspend waits for in-flight I/O; presuspend sees it pending, and
+// postsuspend runs only once it has drained.
+func TestSuspendWaitsForPending(t *testing.T) {
+	d, a, log, r := heldRead(t)
 	log.take()
 	done := suspendBlocked(t, d, bg(), false, nil)
 	if got := log.take(); !reflect.DeepEqual(got, []string{"presuspend A noflush=false block=false suspended=false pending=1"}) {
@@ -256,12 +263,7 @@ func TestResumeErrors(t *testing.T) {
 // cleared, deferred bios are re-issued, presuspend is undone, and the
 // error says it was interrupted (wrapping ctx.Err()).
 func TestSuspendInterrupted(t *testing.T) {
-	log := &eventLog{}
-	a := newCapDev("a", MiB)
-	d := newDev(t, log, "0 8 rec a A", a)
-	a.setHold(true)
-	inflight := dmtest.NewRec(dm.OpRead, 0, 512)
-	d.Submit(&inflight.Bio)
+	d, a, log, inflight := heldRead(t)
 	a.setHold(false) // only this one is held
 	log.take()
 

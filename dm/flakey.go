@@ -88,22 +88,19 @@ func (f *flakey) parseFeatures(args []string) error {
 	}
 	for i := 0; i < len(feats); i++ {
 		switch feats[i] {
-		case "drop_writes":
-			if f.dropWrites {
-				return fmt.Errorf("feature drop_writes duplicated")
+		case "drop_writes", "error_writes":
+			// Each excludes the other.
+			mine, other, otherName := &f.dropWrites, f.errorWrites, "error_writes"
+			if feats[i] == "error_writes" {
+				mine, other, otherName = &f.errorWrites, f.dropWrites, "drop_writes"
 			}
-			if f.errorWrites {
-				return fmt.Errorf("feature drop_writes conflicts with error_writes")
+			if *mine {
+				return fmt.Errorf("feature %s duplicated", feats[i])
 			}
-			f.dropWrites = true
-		case "error_writes":
-			if f.errorWrites {
-				return fmt.Errorf("feature error_writes duplicated")
+			if other {
+				return fmt.Errorf("feature %s conflicts with %s", feats[i], otherName)
 			}
-			if f.dropWrites {
-				return fmt.Errorf("feature error_writes conflicts with drop_writes")
-			}
-			f.errorWrites = true
+			*mine = true
 		case "error_reads":
 			if f.errorReads {
 				return fmt.Errorf("feature error_reads duplicated")

@@ -120,10 +120,14 @@ func (f *mpFix) landed(t *testing.T, what string, w *bio, sector uint64, data []
 	}
 }
 
-// resumeWrites resumes the map and checks the write held in it (from
-// noflushSuspended) succeeds and is in the file.
+// resumeWrites checks that the write held in the map (from
+// noflushSuspended) is still held, resumes the map, and checks the write
+// succeeds and is in the file.
 func resumeWrites(t *testing.T, f *mpFix, w *bio, data []byte) {
 	t.Helper()
+	if w.ended() {
+		t.Fatal("the write ran before resume")
+	}
 	if err := f.mp.Resume(bg()); err != nil {
 		t.Fatal(err)
 	}
@@ -182,9 +186,6 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 			f.repairPath("p0")
 			mp := f.target("mp")
 			testutil.Eventually(t, "the checker to reinstate p0", func() bool { return mp.ValidPaths() == 1 })
-			if w.ended() {
-				t.Fatal("the write ran before resume")
-			}
 			resumeWrites(t, f, w, data)
 		})
 	})
@@ -194,9 +195,6 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 			f.repairPath("p1")
 			if err := f.chk.ReinstatePath("mp", "/dev/mapper/p1"); err != nil {
 				t.Fatal(err)
-			}
-			if w.ended() {
-				t.Fatal("the write ran before resume")
 			}
 			resumeWrites(t, f, w, data)
 		})
