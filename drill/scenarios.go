@@ -51,25 +51,21 @@ var Scenarios = []*Scenario{
 	{
 		Name:    "single-path-loss",
 		Outcome: "one of two paths fails under load: zero I/O errors, I/O continues on the other path, the checker reinstates the path when it returns",
-		text: func(full bool) string {
-			return breakAndRepair(full, `# One path's device fails (its dm layer becomes an error target) and
+		text: breakAndRepair(`# One path's device fails (its dm layer becomes an error target) and
 # comes back (linear again); the checker must bring the path back.
 path p0 dm
 path p1 dm
-`, "error", "restore", "p0", "20s")
-		},
+`, "error", "restore", "p0", "20s"),
 		checks: failoverChecks("p0", "p1"),
 	},
 	{
 		Name:    "hung-path",
 		Outcome: "a path stops answering: its I/O is failed over within the per-I/O deadline; no stall longer than deadline + 1 s",
-		text: func(full bool) string {
-			return breakAndRepair(full, `# One path's device hangs (a delay layer of an hour): its I/O must move
+		text: breakAndRepair(`# One path's device hangs (a delay layer of an hour): its I/O must move
 # to the other path when the per-I/O deadline (io_deadline) passes.
 path p0 dm
 path p1 dm
-`, "hang", "restore", "p0", "20s")
-		},
+`, "hang", "restore", "p0", "20s"),
 		checks: func(r *Record, a *Analysis, s *Schedule) []Check {
 			dl := s.MapConfig().IODeadline
 			if dl <= 0 {
@@ -232,8 +228,7 @@ path p1 dm
 	{
 		Name:    "remote-path-cut",
 		Outcome: "paths are NBD exports served from two network namespaces; one link is cut under load: zero I/O errors, I/O continues on the other path, the checker reinstates the path when the link returns",
-		text: func(full bool) string {
-			return breakAndRepair(full, `# Two remote paths: udm serve in two network namespaces (veth pairs,
+		text: breakAndRepair(`# Two remote paths: udm serve in two network namespaces (veth pairs,
 # link-local addresses), one export each over the same file. One link
 # goes down and comes back.
 #
@@ -246,8 +241,7 @@ remote udm
 checker check_timeout=2s io_deadline=2s
 path r0 remote
 path r1 remote
-`, "cut", "uncut", "r0", "30s")
-		},
+`, "cut", "uncut", "r0", "30s"),
 		checks: failoverChecks("r0", "r1"),
 	},
 	{
@@ -276,17 +270,19 @@ func failoverChecks(path, other string) func(*Record, *Analysis, *Schedule) []Ch
 	}
 }
 
-// breakAndRepair is the schedule of a drill that breaks path p with the
+// breakAndRepair is the schedule (short or full) of a drill that breaks path p with the
 // action fault under load, waits for the map to fail it, repairs it with
 // repair and waits (up to activeWithin) for the checker to reinstate it;
 // head declares the paths.
-func breakAndRepair(full bool, head, fault, repair, p, activeWithin string) string {
-	return head + fmt.Sprintf(`%s    %s %s
+func breakAndRepair(head, fault, repair, p, activeWithin string) func(full bool) string {
+	return func(full bool) string {
+		return head + fmt.Sprintf(`%s    %s %s
 +0    await %s failed within 10s
 %s    %s %s
 +0    await %s active within %s
 tail  %s
 `, pick(full, "1s", "3s"), fault, p, p, pick(full, "+1.5s", "+5s"), repair, p, p, activeWithin, pick(full, "1s", "3s"))
+	}
 }
 
 // defaultDeadline is multipath.DefaultIODeadline in nanoseconds (used

@@ -304,6 +304,22 @@ func (f *mpFix) hangAX(t *testing.T, l *uring.Loop, aData, xData []byte) (a, x *
 // suspendPushingA starts a noflush suspend of mp and releases p1, so that
 // A (from hangAX) fails there with no path left and is pushed back; X
 // keeps the suspend waiting. Cancel ends the suspend; done has its error.
+// reinstateAndInterrupt brings p0 back and interrupts the suspend (from
+// suspendPushingA): it gives up, A (pushed back) is re-issued and lands,
+// and X (hung on p2) is still out.
+func (f *mpFix) reinstateAndInterrupt(t *testing.T, cancel context.CancelFunc, done <-chan error, a, x *bio, aData []byte) {
+	t.Helper()
+	f.mustMsg("mp", "reinstate_path", "/dev/mapper/p0")
+	cancel()
+	if err := <-done; !errors.Is(err, dm.ErrInterrupted) {
+		t.Fatalf("suspend: %v", err)
+	}
+	testutil.MustErrnoIs(t, "A (pushed back, re-issued)", a.wait(t), 0)
+	if !f.onFile(8, aData) || x.ended() {
+		t.Fatal("A's data not in the file, or X ended")
+	}
+}
+
 func (f *mpFix) suspendPushingA(t *testing.T) (cancel context.CancelFunc, done <-chan error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(bg())
@@ -396,15 +412,7 @@ func TestFailedOrInterruptedSuspendFlushesPushback(t *testing.T) {
 
 			cancel, done := f.suspendPushingA(t)
 			// p0 is back; the suspend, still waiting for X, gives up.
-			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p0")
-			cancel()
-			if err := <-done; !errors.Is(err, dm.ErrInterrupted) {
-				t.Fatalf("suspend: %v", err)
-			}
-			testutil.MustErrnoIs(t, "A (pushed back, re-issued)", a.wait(t), 0)
-			if !f.onFile(8, aData) || x.ended() {
-				t.Fatal("A's data not in the file, or X ended")
-			}
+			f.reinstateAndInterrupt(t, cancel, done, a, x, aData)
 			f.release("p2")
 			testutil.MustErrnoIs(t, "X", x.wait(t), 0)
 			if !f.onFile(16, xData) {
@@ -506,15 +514,7 @@ func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
 
 			cancel, done := f.suspendPushingA(t)
 			unaffected(f, mpb, wb, "mp suspending")
-			f.mustMsg("mp", "reinstate_path", "/dev/mapper/p0")
-			cancel()
-			if err := <-done; !errors.Is(err, dm.ErrInterrupted) {
-				t.Fatalf("suspend: %v", err)
-			}
-			testutil.MustErrnoIs(t, "A (pushed back, re-issued)", a.wait(t), 0)
-			if !f.onFile(8, aData) || x.ended() {
-				t.Fatal("A's data not in the file, or X ended")
-			}
+			f.reinstateAndInterrupt(t, cancel, done, a, x, aData)
 			if s := f.mp.Stats(); s.Pushbacks != 1 || s.Suspended {
 				t.Fatalf("mp stats %+v", s)
 			}
