@@ -7,6 +7,8 @@ import (
 	"math"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -120,7 +122,8 @@ func TestVerifyCatchesBadData(t *testing.T) {
 		if _, err := Run(context.Background(), Config{RW: "write", Depth: 4, TotalBytes: 4 << 20, Verify: true, Seed: 9}, raw); err != nil {
 			t.Fatal(err)
 		}
-		res, err := Run(context.Background(), Config{RW: "randrw", ReadPct: 50, Depth: 4, Duration: 300 * time.Millisecond, Verify: true, Seed: 9}, eng)
+		// 2 MiB of random reads and writes: some 70 damaged reads.
+		res, err := Run(context.Background(), Config{RW: "randrw", ReadPct: 50, Depth: 4, TotalBytes: 2 << 20, Verify: true, Seed: 9}, eng)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -233,23 +236,33 @@ func TestMedianAndMatrix(t *testing.T) {
 }
 
 // failEngine wraps a port and fails every nth I/O with EIO.
+// failEngine fails every every-th I/O of each port with EIO; with stop
+// set, it closes stop once its ports have been given stopAfter I/Os.
 type failEngine struct {
 	Engine
-	every int
+	every     int
+	stopAfter int64
+	stop      chan struct{}
+	submitted atomic.Int64
+	once      sync.Once
 }
 
 func (f *failEngine) Port(l *uring.Loop) (Port, error) {
 	p, err := f.Engine.Port(l)
-	return &failPort{Port: p, every: f.every}, err
+	return &failPort{Port: p, every: f.every, e: f}, err
 }
 
 type failPort struct {
 	Port
 	every, n int
+	e        *failEngine
 }
 
 func (p *failPort) Submit(io *IO) {
 	p.n++
+	if e := p.e; e.stop != nil && e.submitted.Add(1) == e.stopAfter {
+		e.once.Do(func() { close(e.stop) })
+	}
 	if p.n%p.every == 0 {
 		io.Done(syscall.EIO)
 		return
@@ -261,18 +274,18 @@ func (p *failPort) Submit(io *IO) {
 // I/O is described in IOErrors with its errno, time and offset.
 func TestStopReadBackAndIOErrors(t *testing.T) {
 	raw := fileEngine(t, 8<<20)
+	// Stopped after 2000 I/Os (40 of them failed), however long they take.
 	stop := make(chan struct{})
-	time.AfterFunc(300*time.Millisecond, func() { close(stop) })
 	before := time.Now()
 	res, err := Run(context.Background(), Config{RW: "randrw", ReadPct: 30, Depth: 8, Loops: 2, Duration: time.Hour,
-		Verify: true, ReadBack: true, Interval: 100 * time.Millisecond, Stop: stop}, &failEngine{Engine: raw, every: 50})
+		Verify: true, ReadBack: true, Interval: 100 * time.Millisecond, Stop: stop}, &failEngine{Engine: raw, every: 50, stopAfter: 2000, stop: stop})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.Started.Before(before) || res.Started.After(time.Now()) {
 		t.Fatalf("Started %v is not within the run", res.Started)
 	}
-	if res.Seconds > 30 {
+	if res.Seconds > 600 {
 		t.Fatalf("Stop did not end the run (%.1fs)", res.Seconds)
 	}
 	if len(res.VerifyFailures) != 0 {
@@ -314,7 +327,9 @@ func TestStopReadBackAndIOErrors(t *testing.T) {
 // many came before.
 func TestIOErrorsPerInterval(t *testing.T) {
 	raw := fileEngine(t, 4<<20)
-	res, err := Run(context.Background(), Config{RW: "randread", Depth: 4, Duration: 400 * time.Millisecond,
+	// 4096 reads, half of them failed: more than the 100 a worker keeps
+	// plus one an interval, unless the run takes minutes.
+	res, err := Run(context.Background(), Config{RW: "randread", Depth: 4, TotalBytes: 16 << 20,
 		Interval: 50 * time.Millisecond}, &failEngine{Engine: raw, every: 2})
 	if err != nil {
 		t.Fatal(err)
