@@ -38,7 +38,6 @@ func dialRaw(t testing.TB, addr string) *rawClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(30 * time.Second))
 	rc := &rawClient{t: t, c: c}
 	var greet [18]byte
 	rc.read(greet[:])
@@ -56,6 +55,9 @@ func (rc *rawClient) read(b []byte) {
 	rc.t.Helper()
 	n := copy(b, rc.peeked)
 	rc.peeked = rc.peeked[n:]
+	// Each read and write is bounded (a hang fails the test), not the
+	// connection's life: a slow run takes longer, and that is all.
+	rc.c.SetReadDeadline(time.Now().Add(testutil.Patience))
 	if _, err := io.ReadFull(rc.c, b[n:]); err != nil {
 		rc.t.Fatalf("read: %v", err)
 	}
@@ -69,7 +71,6 @@ func (rc *rawClient) replied(d time.Duration) bool {
 		return true
 	}
 	rc.c.SetReadDeadline(time.Now().Add(d))
-	defer rc.c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	var b [1]byte
 	n, err := rc.c.Read(b[:])
 	if n == 1 {
@@ -86,6 +87,7 @@ func (rc *rawClient) replied(d time.Duration) bool {
 
 func (rc *rawClient) write(b []byte) {
 	rc.t.Helper()
+	rc.c.SetWriteDeadline(time.Now().Add(testutil.Patience))
 	if _, err := rc.c.Write(b); err != nil {
 		rc.t.Fatalf("write: %v", err)
 	}
@@ -191,7 +193,7 @@ func (rc *rawClient) readData(n int) []byte {
 
 // closed reports whether the server closed the connection.
 func (rc *rawClient) closed() bool {
-	rc.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	rc.c.SetReadDeadline(time.Now().Add(testutil.Patience))
 	var b [1]byte
 	_, err := rc.c.Read(b[:])
 	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || isReset(err)
