@@ -14,6 +14,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"udm/daemon/api"
+	"udm/internal/testutil"
 )
 
 // The command line is tested with scripts (testdata/script/*.txtar): each
@@ -27,10 +28,6 @@ func TestMain(m *testing.M) {
 		"udm": func() { os.Exit(udm(os.Args[1:])) },
 	})
 }
-
-// safety bounds the waits for things that must happen; no script
-// asserts on timing.
-const safety = 60 * time.Second
 
 func TestScripts(t *testing.T) {
 	root, err := os.MkdirTemp("", "udm-ts") // short: Unix socket paths are limited to 108 bytes
@@ -107,13 +104,13 @@ func cmdWaitDaemon(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	c := api.NewClient(ts.MkAbs(args[0]))
 	var err error
-	for deadline := time.Now().Add(safety); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	if testutil.Poll(func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
 		_, err = c.Daemon(ctx)
-		cancel()
-		if err == nil {
-			return
-		}
+		return err == nil
+	}) {
+		return
 	}
 	ts.Fatalf("no daemon answered on %s: %v", args[0], err)
 }
@@ -127,12 +124,12 @@ func cmdEventually(ts *testscript.TestScript, neg bool, args []string) {
 	re, err := regexp.Compile(`(?m)` + args[0])
 	ts.Check(err)
 	var out string
-	for deadline := time.Now().Add(safety); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	if testutil.Poll(func() bool {
 		err = ts.Exec(args[1], args[2:]...)
 		out = ts.ReadFile("stdout")
-		if err == nil && re.MatchString(out) {
-			return
-		}
+		return err == nil && re.MatchString(out)
+	}) {
+		return
 	}
 	ts.Fatalf("%s never printed a match for %q; last: %v\n%s", strings.Join(args[1:], " "), args[0], err, out)
 }

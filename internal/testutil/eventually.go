@@ -16,15 +16,25 @@ const Patience = 60 * time.Second
 // and then every few milliseconds.
 func Eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
+	if !Poll(cond) {
+		t.Fatalf("waited %v for %s", Patience, what)
+	}
+}
+
+// Poll polls cond as Eventually does and reports whether it held within
+// Patience (for callers that fail in their own way, as testscript
+// commands do).
+func Poll(cond func() bool) bool {
 	deadline := time.Now().Add(Patience)
 	pause := 50 * time.Microsecond
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s", Patience, what)
+			return false
 		}
 		time.Sleep(pause)
 		pause = min(2*pause, 5*time.Millisecond)
 	}
+	return true
 }
 
 // Wait receives from ch, and fails the test (naming what it waited for)
