@@ -43,7 +43,7 @@ func (d *Daemon) apiHandler() http.Handler {
 		out := []api.DeviceInfo{}
 		for _, n := range d.reg.List() {
 			if dev, err := d.reg.Get(n); err == nil {
-				out = append(out, infoOf(dev))
+				out = append(out, d.info(dev))
 			}
 		}
 		return out, nil
@@ -64,7 +64,7 @@ func (d *Daemon) apiHandler() http.Handler {
 		if err != nil {
 			return nil, err
 		}
-		return infoOf(dev), nil
+		return d.info(dev), nil
 	})
 	h("DELETE "+p+"/devices/{name}", func(r *http.Request) (any, error) {
 		q := r.URL.Query()
@@ -209,7 +209,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status, errno, msg := describe(err, r.PathValue("name"))
-	rep := api.ErrorReply{Error: msg}
+	rep := api.ErrorReply{Error: clipReply(msg)}
 	if errno != 0 {
 		rep.Errno = unix.ErrnoName(errno)
 	}
@@ -225,7 +225,7 @@ func describe(err error, name string) (status int, errno syscall.Errno, msg stri
 	}
 	errno = errnoOf(err)
 	msg = strings.TrimPrefix(err.Error(), "dm: ")
-	dev := fmt.Sprintf("device %q", name)
+	dev := fmt.Sprintf("device %q", clip(name))
 	switch {
 	case errors.Is(err, dm.ErrNoDevice), errors.Is(err, dm.ErrRemoved) && name != "":
 		msg = dev + " not found"

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -73,15 +74,21 @@ type Daemon struct {
 
 	saveMu sync.Mutex // serializes state snapshots and writes
 
+	// pending: what a restore could not bring back, by device.
+	pending pendingSet
+	// restoring is set while a restore loads a multipath table.
+	restoring atomic.Pointer[restoring]
+
 	wg sync.WaitGroup // serving goroutines
 
 	closeOnce sync.Once
 }
 
-// New starts a daemon: it takes the state dir's lock, binds the control
-// socket (refusing if another daemon answers there), starts the loops,
-// brings back the devices of the state dir (or makes the demo on a fresh
-// one), and binds the NBD and metrics listeners. Serving starts with Run.
+// New starts a daemon: it takes the state dir's lock (waiting up to
+// LockWait for a daemon that is exiting), binds the control socket
+// (refusing if another daemon answers there) and the NBD and metrics
+// listeners, then starts the loops and brings back the devices of the
+// state dir (or makes the demo on a fresh one). Serving starts with Run.
 func New(cfg Config) (*Daemon, error) {
 	d := &Daemon{}
 	if err := d.init(cfg); err != nil {
@@ -110,11 +117,28 @@ func (d *Daemon) init(cfg Config) (err error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	if d.lock, err = lockDir(cfg.StateDir); err != nil {
+	if d.lock, err = lockDir(cfg.StateDir, d.log); err != nil {
 		return err
 	}
 	if d.ctlLn, err = listenUnix(cfg.Control, 0o600, "control socket"); err != nil {
 		return err
+	}
+	// Every listener is bound before anything is made in the state dir,
+	// so that a daemon that can't serve leaves it as it was.
+	if cfg.NBD != "" {
+		if d.nbdLn, err = net.Listen("tcp", cfg.NBD); err != nil {
+			return fmt.Errorf("nbd: %w", err)
+		}
+	}
+	if cfg.NBDUnix != "" {
+		if d.nbdUnixLn, err = listenUnix(cfg.NBDUnix, 0o666, "NBD socket"); err != nil {
+			return err
+		}
+	}
+	if cfg.Metrics != "" {
+		if d.metricsLn, err = net.Listen("tcp", cfg.Metrics); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
 	}
 	if d.store, err = OpenStore(filepath.Join(cfg.StateDir, "devices")); err != nil {
 		return err
@@ -147,27 +171,12 @@ func (d *Daemon) init(cfg Config) (err error) {
 		}
 	}
 	if d.nbd, err = server.New(server.Config{
-		Exports:      server.RegistryExports(d.reg, ""),
+		Exports:      exports{d, server.RegistryExports(d.reg, "")},
 		Loops:        d.loops,
 		Log:          d.log.With().Str("component", "nbd").Logger(),
 		GatherWindow: d.cfg.Gather,
 	}); err != nil {
 		return err
-	}
-	if cfg.NBD != "" {
-		if d.nbdLn, err = net.Listen("tcp", cfg.NBD); err != nil {
-			return fmt.Errorf("nbd: %w", err)
-		}
-	}
-	if cfg.NBDUnix != "" {
-		if d.nbdUnixLn, err = listenUnix(cfg.NBDUnix, 0o666, "NBD socket"); err != nil {
-			return err
-		}
-	}
-	if cfg.Metrics != "" {
-		if d.metricsLn, err = net.Listen("tcp", cfg.Metrics); err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
 	}
 	return nil
 }
@@ -176,9 +185,41 @@ func (d *Daemon) init(cfg Config) (err error) {
 // through the NBD client, everything else (files, block devices) with
 // filedev on the loops (loop 0 runs I/O that arrives from outside a
 // loop). The registry resolves /dev/mapper/NAME itself.
+//
+// While a multipath map is restored, a path that can't be opened stands
+// as an absent path (see absentPath), so that the map comes up without it.
 func (d *Daemon) opener() dm.Opener {
 	remote := client.Opener(client.Options{Log: d.log.With().Str("component", "nbd-client").Logger()})
-	return client.ComposeOpeners(remote, filedev.Opener(d.loops[0]))
+	open := client.ComposeOpeners(remote, filedev.Opener(d.loops[0]))
+	return func(name string, readOnly bool) (dm.BlockDevice, io.Closer, error) {
+		dev, closer, err := open(name, readOnly)
+		if err == nil {
+			return dev, closer, nil
+		}
+		if a, ok := d.absentFor(name, readOnly, open, err); ok {
+			return a, a, nil
+		}
+		return nil, nil, err
+	}
+}
+
+// exports are the devices the NBD server offers: every device, except
+// one whose saved live table could not be restored, which is refused
+// with the reason.
+type exports struct {
+	d *Daemon
+	server.Exports
+}
+
+func (e exports) Lookup(name string) (*dm.Device, error) {
+	dev, err := e.Exports.Lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	if p, ok := e.d.pending.get(dev.Name()); ok && p.live != "" && !dev.Info().Live {
+		return nil, fmt.Errorf("device %q is in error: %s: %w", clip(dev.Name()), p.liveErr, syscall.EIO)
+	}
+	return dev, nil
 }
 
 // Registry is the daemon's device registry.
@@ -418,7 +459,8 @@ func (d *Daemon) Close() error {
 	return nil
 }
 
-// isFresh reports whether dir is missing or empty: the daemon then
+// isFresh reports whether dir is missing or holds nothing but what a
+// daemon that never served leaves (the lock, sockets): the daemon then
 // makes the demo device.
 func isFresh(dir string) (bool, error) {
 	ents, err := os.ReadDir(dir)
@@ -428,17 +470,39 @@ func isFresh(dir string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("state dir: %w", err)
 	}
-	return len(ents) == 0, nil
+	for _, e := range ents {
+		if e.Name() != "lock" && e.Type()&os.ModeSocket == 0 {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
+// LockWait bounds how long a starting daemon waits for the state dir's
+// lock: a daemon killed a moment ago may hold it while the kernel
+// finishes its exit.
+const LockWait = 5 * time.Second
+
 // lockDir takes an exclusive lock on <dir>/lock, so that two daemons
-// never share a state dir. The kernel drops it when the process dies.
-func lockDir(dir string) (*os.File, error) {
+// never share a state dir. The kernel drops it when the process dies;
+// lockDir waits for that for up to LockWait.
+func lockDir(dir string, log zerolog.Logger) (*os.File, error) {
 	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	deadline := time.Now().Add(LockWait)
+	for waited := false; ; waited = true {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
+			break
+		}
+		if !waited {
+			log.Info().Str("state_dir", dir).Dur("at_most", LockWait).Msg("state dir locked; waiting for its holder to exit")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
 			return nil, fmt.Errorf("another udm daemon uses the state dir %s", dir)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log"
 	"strings"
-	"time"
 
 	"github.com/rs/zerolog"
 
@@ -24,12 +23,16 @@ func infoOf(dev *dm.Device) api.DeviceInfo {
 }
 
 func (d *Daemon) devLog(name string) *zerolog.Logger {
-	l := d.log.With().Str("dev", name).Logger()
+	l := d.log.With().Str("dev", clip(name)).Logger()
 	return &l
 }
 
-// create makes a device, loads its table and resumes it.
+// create makes a device, loads its table and resumes it. If its state
+// can't be saved it is removed again.
 func (d *Daemon) create(ctx context.Context, req api.CreateRequest) (api.DeviceInfo, error) {
+	if err := CheckName(req.Name); err != nil {
+		return api.DeviceInfo{}, err
+	}
 	lines, err := dm.ParseTable(req.Table)
 	if err != nil {
 		return api.DeviceInfo{}, err
@@ -48,10 +51,16 @@ func (d *Daemon) create(ctx context.Context, req api.CreateRequest) (api.DeviceI
 		}
 		if err != nil {
 			if rerr := dev.Remove(context.Background(), true, false); rerr != nil {
-				d.log.Error().Err(rerr).Str("dev", req.Name).Msg("remove after failed create")
+				d.log.Error().Err(rerr).Str("dev", clip(req.Name)).Msg("remove after failed create")
 			}
 			return api.DeviceInfo{}, err
 		}
+	}
+	if err := d.persist(dev); err != nil {
+		if rerr := dev.Remove(context.Background(), true, false); rerr != nil {
+			d.log.Error().Err(rerr).Str("dev", clip(req.Name)).Msg("remove after failed create")
+		}
+		return api.DeviceInfo{}, fmt.Errorf("device not created: %w", err)
 	}
 	ev := d.devLog(req.Name).Info()
 	if req.UUID != "" {
@@ -60,8 +69,7 @@ func (d *Daemon) create(ctx context.Context, req api.CreateRequest) (api.DeviceI
 	if req.ReadOnly {
 		ev = ev.Bool("read_only", true)
 	}
-	ev.Str("table", oneLine(req.Table)).Msg("device created")
-	d.save(dev)
+	ev.Str("table", clip(oneLine(req.Table))).Msg("device created")
 	return infoOf(dev), nil
 }
 
@@ -71,12 +79,32 @@ func (d *Daemon) load(name, table string) error {
 	if err != nil {
 		return err
 	}
+	old, _ := dev.Table(true)
 	if err := dev.Load(table); err != nil {
 		return err
 	}
-	d.devLog(name).Info().Str("table", oneLine(table)).Msg("table loaded (inactive)")
-	d.save(dev)
+	if err := d.persist(dev); err != nil {
+		return d.undoInactive(dev, old, "table not loaded", err)
+	}
+	d.devLog(name).Info().Str("table", clip(oneLine(table))).Msg("table loaded (inactive)")
 	return nil
+}
+
+// undoInactive puts back the inactive table a load or clear replaced,
+// whose new state could not be saved. If it can't be loaded again it is
+// kept as pending, as the state dir has it.
+func (d *Daemon) undoInactive(dev *dm.Device, old []string, what string, cause error) error {
+	dev.Clear()
+	if len(old) == 0 {
+		return fmt.Errorf("%s: %w", what, cause)
+	}
+	text := strings.Join(old, "\n") + "\n"
+	if err := dev.Load(text); err != nil {
+		d.pending.update(dev.Name(), func(p *pending) { p.inactive, p.inactiveErr = text, "inactive table: "+clip(describeErr(err)) })
+		d.devLog(dev.Name()).Error().Err(err).Msg("the previous inactive table could not be loaded again; kept as saved")
+		return fmt.Errorf("%s: %w (and the previous inactive table could not be loaded again: %v)", what, cause, err)
+	}
+	return fmt.Errorf("%s: %w", what, cause)
 }
 
 // clear drops a device's inactive table.
@@ -85,9 +113,17 @@ func (d *Daemon) clear(name string) error {
 	if err != nil {
 		return err
 	}
+	old, _ := dev.Table(true)
+	p, _ := d.pending.get(name)
+	d.pending.update(name, func(p *pending) { p.inactive, p.inactiveErr = "", "" })
 	dev.Clear()
+	if err := d.persist(dev); err != nil {
+		if p.inactive != "" {
+			d.pending.update(name, func(q *pending) { q.inactive, q.inactiveErr = p.inactive, p.inactiveErr })
+		}
+		return d.undoInactive(dev, old, "inactive table not cleared", err)
+	}
 	d.devLog(name).Info().Msg("inactive table cleared")
-	d.save(dev)
 	return nil
 }
 
@@ -97,7 +133,16 @@ func (d *Daemon) suspend(ctx context.Context, name string, noflush bool) (api.De
 		return api.DeviceInfo{}, err
 	}
 	was := dev.Suspended()
+	if !was {
+		// Saved first: a suspend that can't be saved does not happen.
+		if err := d.persistAs(dev, func(st *DeviceState) { st.Suspended = true }); err != nil {
+			return api.DeviceInfo{}, fmt.Errorf("device not suspended: %w", err)
+		}
+	}
 	if err := dev.Suspend(ctx, noflush); err != nil {
+		if !was {
+			d.save(dev)
+		}
 		return api.DeviceInfo{}, err
 	}
 	if !was {
@@ -114,9 +159,31 @@ func (d *Daemon) resume(ctx context.Context, name string, noflush bool) (api.Dev
 		return api.DeviceInfo{}, err
 	}
 	before := dev.Info()
+	retried := false
+	if p, ok := d.pending.get(name); ok && p.live != "" && !before.Live && !before.Inactive {
+		// The saved live table did not load at restore: try it again.
+		if err := dev.Load(p.live); err != nil {
+			return api.DeviceInfo{}, fmt.Errorf("the saved live table still does not load: %w", err)
+		}
+		retried, before = true, dev.Info()
+	}
 	var old []string
 	if before.Inactive {
 		old, _ = dev.Table(false)
+		// Saved first: a resume that can't be saved does not happen.
+		next, _ := dev.Table(true)
+		if err := d.persistAs(dev, func(st *DeviceState) {
+			st.Table, st.Inactive, st.Suspended = strings.Join(next, "\n")+"\n", "", false
+		}); err != nil {
+			if retried {
+				dev.Clear()
+			}
+			return api.DeviceInfo{}, fmt.Errorf("device not resumed: %w", err)
+		}
+	} else if before.Suspended {
+		if err := d.persistAs(dev, func(st *DeviceState) { st.Suspended = false }); err != nil {
+			return api.DeviceInfo{}, fmt.Errorf("device not resumed: %w", err)
+		}
 	}
 	deferred := dev.Stats().Deferred
 	if noflush {
@@ -142,16 +209,36 @@ func (d *Daemon) resume(ctx context.Context, name string, noflush bool) (api.Dev
 }
 
 // remove removes a device (force: under its users; deferred: on last
-// close).
+// close). The removal is saved first (its state deleted; a deferred
+// removal marked in it, so that a restart does not bring the device
+// back), and a removal that can't be saved does not happen; if the
+// removal fails, the state is saved again.
 func (d *Daemon) remove(ctx context.Context, name string, force, deferred bool) error {
 	dev, err := d.reg.Get(name)
 	if err != nil {
 		return err
 	}
+	if !force && !deferred && dev.Info().OpenCount > 0 {
+		return dev.Remove(ctx, false, false) // busy: nothing changes
+	}
+	if deferred && !force {
+		err = d.persistAs(dev, func(st *DeviceState) { st.DeferredRemove = true })
+	} else {
+		err = d.unsave(name)
+	}
+	if err != nil {
+		return fmt.Errorf("device not removed: %w", err)
+	}
+	undo := func(err error) error {
+		if serr := d.persist(dev); serr != nil {
+			return fmt.Errorf("%w (and its state could not be saved again: %v)", err, serr)
+		}
+		return err
+	}
 	if deferred {
 		marked, err := dev.RemoveOrDefer(ctx, force)
 		if err != nil {
-			return err
+			return undo(err)
 		}
 		if marked {
 			// It goes on last close; deferredRemoved forgets its
@@ -160,7 +247,7 @@ func (d *Daemon) remove(ctx context.Context, name string, force, deferred bool) 
 			return nil
 		}
 	} else if err := dev.Remove(ctx, force, false); err != nil {
-		return err
+		return undo(err)
 	}
 	d.forget(dev, name, force)
 	return nil
@@ -169,11 +256,12 @@ func (d *Daemon) remove(ctx context.Context, name string, force, deferred bool) 
 // forget drops a removed device's state.
 func (d *Daemon) forget(dev *dm.Device, name string, force bool) {
 	d.mp.forget(name)
+	d.pending.put(name, nil)
 	d.saveMu.Lock()
 	err := d.store.Delete(name)
 	d.saveMu.Unlock()
 	if err != nil {
-		d.log.Error().Err(err).Str("dev", name).Msg("state not deleted")
+		d.log.Error().Err(err).Str("dev", clip(name)).Msg("state not deleted")
 	}
 	d.devLog(name).Info().Bool("force", force).Msg("device removed")
 }
@@ -195,117 +283,15 @@ func (d *Daemon) message(ctx context.Context, name string, sector uint64, args [
 	if err != nil {
 		return "", err
 	}
-	d.devLog(name).Info().Uint64("sector", sector).Strs("message", args).Msg("message")
-	d.save(dev)
+	clipped := make([]string, len(args))
+	for i, a := range args {
+		clipped[i] = clip(a)
+	}
+	d.devLog(name).Info().Uint64("sector", sector).Strs("args", clipped).Msg("message")
+	if err := d.persist(dev); err != nil {
+		return "", fmt.Errorf("message applied, but %w", err)
+	}
 	return reply, nil
-}
-
-// snapshot reads what is saved of a device.
-func (d *Daemon) snapshot(dev *dm.Device) DeviceState {
-	i := dev.Info()
-	st := DeviceState{Name: i.Name, UUID: i.UUID, Suspended: i.Suspended, ReadOnly: i.ReadOnly}
-	if live, _ := dev.Table(false); len(live) > 0 {
-		st.Table = strings.Join(live, "\n") + "\n"
-	}
-	if in, _ := dev.Table(true); len(in) > 0 {
-		st.Inactive = strings.Join(in, "\n") + "\n"
-	}
-	d.mp.snapshot(i.Name, &st)
-	return st
-}
-
-// save writes a device's state (if it still exists). Errors are logged:
-// the operation itself has happened.
-func (d *Daemon) save(dev *dm.Device) {
-	d.saveMu.Lock()
-	defer d.saveMu.Unlock()
-	name := dev.Name()
-	if cur, err := d.reg.Get(name); err != nil || cur != dev {
-		return
-	}
-	if err := d.store.Save(d.snapshot(dev)); err != nil {
-		d.log.Error().Err(err).Str("dev", name).Msg("state not saved")
-	}
-}
-
-// saveAll saves every device (at shutdown).
-func (d *Daemon) saveAll() {
-	for _, name := range d.reg.List() {
-		if dev, err := d.reg.Get(name); err == nil {
-			d.save(dev)
-		}
-	}
-}
-
-// restore brings back the devices of the state dir, in dependency
-// order. A state file that doesn't parse, or whose device can't be
-// rebuilt, is set aside as <file>.corrupt-<unix time> and reported.
-func (d *Daemon) restore() {
-	states, bad, err := d.store.LoadAll()
-	if err != nil {
-		d.log.Error().Err(err).Msg("state not read")
-		return
-	}
-	for _, c := range bad {
-		d.setAside(c.File, c.Err)
-	}
-	for _, st := range restoreOrder(states) {
-		if err := d.restoreOne(st); err != nil {
-			d.setAside(d.store.path(st.Name), err)
-			continue
-		}
-		d.devLog(st.Name).Info().Bool("suspended", st.Suspended).Bool("inactive_table", st.Inactive != "").
-			Msg("device restored")
-	}
-}
-
-func (d *Daemon) setAside(file string, why error) {
-	to, err := d.store.SetAside(file, time.Now())
-	if err != nil {
-		d.log.Error().Err(why).Str("file", file).AnErr("rename_error", err).Msg("corrupt state file (could not set it aside)")
-		return
-	}
-	d.log.Error().Err(why).Str("file", file).Str("kept_as", to).Msg("corrupt state file set aside")
-}
-
-func (d *Daemon) restoreOne(st DeviceState) error {
-	ctx := context.Background()
-	if err := d.mp.configure(&st); err != nil {
-		return fmt.Errorf("checker settings: %w", err)
-	}
-	dev, err := d.reg.Create(ctx, st.Name, st.UUID, "")
-	if err != nil {
-		return err
-	}
-	fail := func(err error) error {
-		if rerr := dev.Remove(ctx, true, false); rerr != nil {
-			d.log.Error().Err(rerr).Str("dev", st.Name).Msg("remove after failed restore")
-		}
-		return err
-	}
-	dev.SetReadOnly(st.ReadOnly)
-	if st.Table != "" {
-		if err := dev.Load(st.Table); err != nil {
-			return fail(fmt.Errorf("live table: %w", err))
-		}
-		if err := dev.Resume(ctx); err != nil {
-			return fail(fmt.Errorf("live table: %w", err))
-		}
-	}
-	if err := d.mp.restoreFailed(&st); err != nil {
-		return fail(err)
-	}
-	if st.Suspended && st.Table != "" {
-		if err := dev.Suspend(ctx, true); err != nil {
-			return fail(fmt.Errorf("suspend: %w", err))
-		}
-	}
-	if st.Inactive != "" {
-		if err := dev.Load(st.Inactive); err != nil {
-			return fail(fmt.Errorf("inactive table: %w", err))
-		}
-	}
-	return nil
 }
 
 // oneLine flattens a table for a log line.

@@ -9,11 +9,15 @@
 // # State
 //
 // Every device has a JSON file in <state dir>/devices/ (DeviceState),
-// rewritten atomically after each change (write, fsync, rename, fsync of
-// the directory). At start the daemon rebuilds every device from them,
-// lower devices before the ones stacked on them; a file that can't be
-// used is renamed aside (<file>.corrupt-<unix time>) and logged, and the
-// daemon goes on.
+// rewritten atomically (write, fsync, rename, fsync of the directory)
+// before each change is acknowledged; an operation whose state can't be
+// written fails and is undone (persist.go). At start the daemon rebuilds
+// every device from them, lower devices before the ones stacked on them,
+// each as far as it can: a multipath path that can't be opened comes up
+// failed (absentPath); a table that doesn't load is left out and kept as
+// pending, which `udm info` reports and the state file keeps. Only a file
+// that can't be parsed is renamed aside (<file>.corrupt-<unix time>) and
+// logged, and the daemon goes on.
 //
 // # Shutdown
 //
@@ -56,6 +60,9 @@
 //
 // # Lock order
 //
-// Daemon.saveMu, then the dm locks (Registry, Device). Device operations
-// (suspend, which may wait for I/O) run with no daemon lock held.
+// Daemon.saveMu, then the dm locks (Registry, Device) and the checker's
+// (a snapshot reads operator marks). Device operations (suspend, which
+// may wait for I/O) run with no daemon lock held. pendingSet.mu,
+// restoring.mu and mpath.mu are leaves; absentPath.mu is held while its
+// device opens, with no other lock.
 package daemon

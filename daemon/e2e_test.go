@@ -251,7 +251,8 @@ func TestNoflushReloadUnderFio(t *testing.T) {
 // TestRestart creates devices of every kind of state, kills the daemon
 // with SIGKILL, starts it again on the same state dir, and finds the
 // devices and their data as they were. A corrupt state file is set aside
-// and reported, and the other devices come back.
+// and reported, and the other devices come back; a device whose backing
+// file is gone comes back in an error state.
 func TestRestart(t *testing.T) {
 	u := startUDM(t, t.TempDir(), "--no-demo")
 	dir := shmDir(t)
@@ -380,22 +381,28 @@ func TestRestart(t *testing.T) {
 		t.Fatalf("no log line about the corrupt state file:\n%s", logs)
 	}
 
-	// A state file whose table no longer loads is set aside too.
+	// A device whose table no longer loads comes back in an error state
+	// (TestRestoreMissingBacking has the details), its state kept.
 	u.stop()
 	if err := os.Remove(a); err != nil { // lin's backing file is gone
 		t.Fatal(err)
 	}
 	u.restart()
 	ls := u.ok("ls")
-	if strings.Contains(ls, "lin\n") || strings.Contains(ls, "top\n") {
-		t.Fatalf("devices over a missing file came back:\n%s", ls)
-	}
-	if !strings.Contains(ls, "susp\n") || !strings.Contains(ls, "mp\n") {
-		t.Fatalf("the other devices did not come back:\n%s", ls)
+	for _, n := range []string{"lin", "top", "susp", "mp"} {
+		if !strings.Contains(ls, n+"\n") {
+			t.Fatalf("%s did not come back:\n%s", n, ls)
+		}
 	}
 	for _, n := range []string{"lin", "top"} {
-		if kept, _ := filepath.Glob(filepath.Join(devices, n+".json.corrupt-*")); len(kept) != 1 {
-			t.Errorf("%s's state was not set aside: %v", n, kept)
+		if !strings.Contains(u.ok("info", n), "Error:") {
+			t.Errorf("%s is not in an error state:\n%s", n, u.ok("info", n))
+		}
+		if kept, _ := filepath.Glob(filepath.Join(devices, n+".json.corrupt-*")); len(kept) != 0 {
+			t.Errorf("%s's state was set aside: %v", n, kept)
+		}
+		if _, err := os.Stat(filepath.Join(devices, n+".json")); err != nil {
+			t.Errorf("%s's state is gone: %v", n, err)
 		}
 	}
 }

@@ -76,12 +76,20 @@ func sockDir(t *testing.T) string {
 // and a Unix socket, no metrics and no demo unless extra says otherwise.
 func startUDM(t *testing.T, stateDir string, extra ...string) *udmd {
 	t.Helper()
+	u := launchUDM(t, stateDir, extra...)
+	u.await()
+	return u
+}
+
+// launchUDM is startUDM without waiting for the daemon to answer.
+func launchUDM(t *testing.T, stateDir string, extra ...string) *udmd {
+	t.Helper()
 	testutil.SkipShort(t, "an end-to-end test of udm serve")
 	sd := sockDir(t)
 	u := &udmd{t: t, stateDir: stateDir, sock: filepath.Join(sd, "c.sock"), nbdUnix: filepath.Join(sd, "n.sock")}
 	u.args = append([]string{"serve", "--state-dir", stateDir, "--control", u.sock, "--nbd", "127.0.0.1:0",
 		"--nbd-unix", u.nbdUnix, "--loops", "2", "--log-level", "debug"}, extra...)
-	u.start()
+	u.launch()
 	t.Cleanup(func() {
 		if u.running() {
 			u.cmd.Process.Kill()
@@ -98,6 +106,13 @@ func startUDM(t *testing.T, stateDir string, extra ...string) *udmd {
 }
 
 func (u *udmd) start() {
+	u.t.Helper()
+	u.launch()
+	u.await()
+}
+
+// launch starts the daemon process; await waits until it answers.
+func (u *udmd) launch() {
 	t := u.t
 	t.Helper()
 	u.stdout, u.stderr = &syncBuf{}, &syncBuf{}
@@ -112,6 +127,11 @@ func (u *udmd) start() {
 		u.waitErr = u.cmd.Wait()
 		close(u.done)
 	}()
+}
+
+func (u *udmd) await() {
+	t := u.t
+	t.Helper()
 	c := api.NewClient(u.sock)
 	testutil.Eventually(t, "udm serve to answer on "+u.sock, func() bool {
 		select {

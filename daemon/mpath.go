@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -76,45 +77,24 @@ func (m *mpath) getSettings(name string) api.CheckerSettings {
 	return m.settings[name]
 }
 
-// restoreFailed fails again the paths an operator had failed.
-func (m *mpath) restoreFailed(st *DeviceState) error {
-	for _, p := range st.FailedPaths {
-		if err := m.checker.FailPath(st.Name, p); err != nil {
-			return fmt.Errorf("failing path %s again: %w", p, err)
-		}
-	}
-	return nil
-}
-
-// forget drops a removed device's settings.
+// forget drops a removed device's settings and operator marks.
 func (m *mpath) forget(name string) {
 	m.mu.Lock()
 	delete(m.settings, name)
 	m.mu.Unlock()
 	m.checker.SetMapConfig(name, multipath.MapConfig{})
+	m.checker.ForgetOperatorMarks(name)
 }
 
-// snapshot adds the checker's state of a device to its saved state.
+// snapshot adds the checker's state of a device to its saved state: its
+// settings, and the paths an operator failed, whether or not its live
+// table names them now (a path failed by hand stays failed until
+// reinstated, across reloads and restarts).
 func (m *mpath) snapshot(name string, st *DeviceState) {
 	if s := m.getSettings(name); s != (api.CheckerSettings{}) {
 		st.Checker = &s
 	}
-	if _, ok := m.checker.Map(name); !ok {
-		return
-	}
-	for _, ms := range m.checker.Maps() {
-		if ms.Name != name {
-			continue
-		}
-		for _, g := range ms.Groups {
-			for _, p := range g.Paths {
-				if p.Operator {
-					st.FailedPaths = append(st.FailedPaths, p.Dev)
-				}
-			}
-		}
-	}
-	sort.Strings(st.FailedPaths)
+	st.FailedPaths = m.checker.OperatorFailed(name)
 }
 
 // maps lists the live multipath maps.
@@ -127,29 +107,80 @@ func (m *mpath) maps() []multipath.MapStatus {
 }
 
 // operate is `udm fail path DEV` / `udm reinstate path DEV`: every map
-// with that path, checker paused (fail) or resumed (reinstate). The
-// affected maps' state is saved.
+// with that path (or mapName only), checker paused (fail) or resumed
+// (reinstate). The affected maps' marks are saved first: if that fails
+// nothing changes. Reinstating a path that no live table names drops its
+// mark.
 func (m *mpath) operate(mapName, dev string, fail bool) error {
-	var err error
-	if fail {
-		err = m.checker.FailPath(mapName, dev)
-	} else {
-		err = m.checker.ReinstatePath(mapName, dev)
-	}
 	verb := "reinstate"
 	if fail {
 		verb = "fail"
 	}
-	m.d.log.Info().Str("path", dev).Str("map", mapName).Err(err).Msg("operator: " + verb + " path")
-	for _, ms := range m.checker.Maps() {
-		if mapName != "" && ms.Name != mapName {
-			continue
-		}
-		if dev, derr := m.d.reg.Get(ms.Name); derr == nil {
-			m.d.save(dev)
+	affected := m.checker.Resolve(mapName, dev)
+	if !fail {
+		for name, paths := range m.checker.MarkedAs(mapName, dev) {
+			affected[name] = append(affected[name], paths...)
 		}
 	}
+	names := make([]string, 0, len(affected))
+	for n := range affected {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var saved []*dm.Device
+	for _, n := range names {
+		d, err := m.d.reg.Get(n)
+		if err != nil {
+			continue
+		}
+		err = m.d.persistAs(d, func(st *DeviceState) { st.FailedPaths = marked(st.FailedPaths, affected[n], fail) })
+		if err != nil {
+			for _, d := range saved {
+				m.d.save(d) // back to what they are
+			}
+			return fmt.Errorf("path not %sed: %w", strings.TrimSuffix(verb, "e"), err)
+		}
+		saved = append(saved, d)
+	}
+	var err error
+	if fail {
+		err = m.checker.FailPath(mapName, dev)
+	} else {
+		m.reopenAbsent(mapName)
+		err = m.checker.ReinstatePath(mapName, dev)
+		for n, paths := range affected {
+			for _, p := range paths {
+				if m.checker.DropOperatorMark(n, p) && errors.Is(err, multipath.ErrUnknownPath) {
+					err = nil // a mark of a path the live table no longer names
+				}
+			}
+		}
+	}
+	m.d.log.Info().Str("path", clip(dev)).Str("map", clip(mapName)).Err(err).Msg("operator: " + verb + " path")
+	for _, d := range saved {
+		m.d.save(d)
+	}
 	return err
+}
+
+// marked is the set of operator-failed paths have with paths added
+// (fail) or taken out, sorted.
+func marked(have, paths []string, fail bool) []string {
+	set := map[string]bool{}
+	for _, p := range have {
+		set[p] = true
+	}
+	for _, p := range paths {
+		set[p] = fail
+	}
+	var out []string
+	for p, ok := range set {
+		if ok {
+			out = append(out, p)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (m *mpath) routes(h func(string, func(*http.Request) (any, error))) {
@@ -188,11 +219,20 @@ func (m *mpath) routes(h func(string, func(*http.Request) (any, error))) {
 		if err != nil {
 			return nil, err
 		}
+		old := m.getSettings(name)
+		p, _ := m.d.pending.get(name)
 		if err := m.setSettings(name, s); err != nil {
 			return nil, badRequest("%v", err)
 		}
+		m.d.pending.update(name, func(p *pending) { p.checker, p.checkerErr = nil, "" })
+		if err := m.d.persist(dev); err != nil {
+			m.setSettings(name, old)
+			if p.checker != nil {
+				m.d.pending.update(name, func(q *pending) { q.checker, q.checkerErr = p.checker, p.checkerErr })
+			}
+			return nil, fmt.Errorf("checker settings not changed: %w", err)
+		}
 		m.d.devLog(name).Info().Interface("checker", s).Msg("checker settings changed")
-		m.d.save(dev)
 		return s, nil
 	})
 }

@@ -7,8 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"udm/daemon/api"
 	"udm/dm"
@@ -36,6 +39,42 @@ type DeviceState struct {
 	// path`): they stay failed, with their checker paused, until
 	// reinstated.
 	FailedPaths []string `json:"failed_paths,omitempty"`
+	// DeferredRemove: the device goes on last close; after a restart,
+	// which leaves it no user, it is not brought back.
+	DeferredRemove bool `json:"deferred_remove,omitempty"`
+}
+
+// MaxNameLen is the longest device name, in bytes (the kernel's
+// DM_NAME_LEN less its NUL).
+const MaxNameLen = 127
+
+// CheckName says whether name can name a device: 1 to MaxNameLen bytes
+// of UTF-8, without '/', whitespace the tables can't carry (space, tab,
+// newline), control characters, or a leading '.' (so not "." or ".."
+// either). A name that passes is its own state file name (NAME.json),
+// which can't be taken for one of the store's temporary files (which
+// begin with '.'), and survives a restart.
+func CheckName(name string) error {
+	bad := func(why string) error {
+		return badRequest("invalid device name %s: %s", strconv.Quote(clip(name)), why)
+	}
+	switch {
+	case name == "":
+		return badRequest("invalid device name: empty")
+	case len(name) > MaxNameLen:
+		return bad(fmt.Sprintf("%d bytes, at most %d", len(name), MaxNameLen))
+	case !utf8.ValidString(name):
+		return bad("not valid UTF-8")
+	case name[0] == '.':
+		return bad("begins with '.'")
+	case strings.ContainsRune(name, '/'):
+		return bad("contains '/'")
+	case strings.ContainsAny(name, " \t\n"):
+		return bad("contains whitespace")
+	case strings.IndexFunc(name, unicode.IsControl) >= 0:
+		return bad("contains a control character")
+	}
+	return nil
 }
 
 // Store keeps device states in a directory, one file each, written

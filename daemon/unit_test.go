@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"udm/daemon/api"
 	"udm/dm"
@@ -161,5 +162,33 @@ func TestDescribe(t *testing.T) {
 		if status != tc.status || errno != tc.errno || msg != tc.msg {
 			t.Errorf("%v: got %d %v %q, want %d %v %q", tc.err, status, errno, msg, tc.status, tc.errno, tc.msg)
 		}
+	}
+}
+func TestCheckName(t *testing.T) {
+	for _, n := range []string{"a", "demo", "é-1.2_x", "a..b", "x.json.tmp-1", strings.Repeat("n", MaxNameLen)} {
+		if err := CheckName(n); err != nil {
+			t.Errorf("CheckName(%q): %v", n, err)
+		}
+	}
+	for _, n := range []string{"", ".", "..", ".a", ".a.json.tmp-1", "a/b", "a b", "a\tb", "a\nb", "a\x00b", "a\rb",
+		"\x1b[0m", "a\x7f", "a\u0085", "a\xff", strings.Repeat("n", MaxNameLen+1)} {
+		err := CheckName(n)
+		if err == nil || !strings.HasPrefix(err.Error(), "invalid device name") {
+			t.Errorf("CheckName(%q) = %v", n, err)
+		}
+	}
+	if err := CheckName(strings.Repeat("n", 1<<20)); len(err.Error()) > 400 {
+		t.Errorf("the error repeats a long name: %d bytes", len(err.Error()))
+	}
+}
+
+func TestClip(t *testing.T) {
+	if got := clip("short"); got != "short" {
+		t.Errorf("clip(short) = %q", got)
+	}
+	long := strings.Repeat("é", 200) // 400 bytes
+	got := clip(long)
+	if !strings.HasSuffix(got, "… (400 bytes)") || !utf8.ValidString(got) || len(got) > echoLimit+len("… (400 bytes)") {
+		t.Errorf("clip of 400 bytes = %q", got)
 	}
 }

@@ -85,6 +85,9 @@ type DeviceInfo struct {
 	Targets        int    `json:"targets"`
 	DeferredRemove bool   `json:"deferred_remove,omitempty"`
 	Size           int64  `json:"size"` // bytes
+	// Error says why the device is not all there (its saved table
+	// could not be restored); empty when it is.
+	Error string `json:"error,omitempty"`
 }
 
 // CreateRequest creates a device (udm create).

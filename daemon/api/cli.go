@@ -178,6 +178,9 @@ func FormatInfo(i DeviceInfo) string {
 	if i.UUID != "" {
 		fmt.Fprintf(&b, "UUID: %s\n", i.UUID)
 	}
+	if i.Error != "" {
+		fmt.Fprintf(&b, "Error:             %s\n", i.Error)
+	}
 	b.WriteString("\n")
 	return b.String()
 }

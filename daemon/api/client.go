@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -51,6 +52,9 @@ type NotRunningError struct {
 }
 
 func (e *NotRunningError) Error() string {
+	if errors.Is(e.Err, syscall.EACCES) || errors.Is(e.Err, syscall.EPERM) {
+		return fmt.Sprintf("permission denied on the control socket %s (the daemon's user, or root, may use it)", e.Socket)
+	}
 	return fmt.Sprintf("daemon not running (no answer on %s)", e.Socket)
 }
 
@@ -142,6 +146,9 @@ func (c *Client) List(ctx context.Context) ([]DeviceInfo, error) {
 // Create creates a device.
 func (c *Client) Create(ctx context.Context, req CreateRequest) (DeviceInfo, error) {
 	var v DeviceInfo
+	if !utf8.ValidString(req.Name) { // JSON would make it U+FFFD
+		return v, fmt.Errorf("invalid device name %q: not valid UTF-8: %w", req.Name, syscall.EINVAL)
+	}
 	return v, c.do(ctx, "POST", "/devices", nil, req, &v)
 }
 
