@@ -19,6 +19,7 @@ import (
 
 	"udm/daemon"
 	"udm/daemon/api"
+	"udm/internal/testutil"
 )
 
 // pattern is data for a test write.
@@ -588,6 +589,7 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 // fresh state dir with no demo and no state, and the next start there
 // makes the demo.
 func TestServeBindsFirst(t *testing.T) {
+	testutil.SkipShort(t, "an end-to-end test of udm serve")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
