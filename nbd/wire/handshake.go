@@ -60,7 +60,13 @@ type Handshake struct {
 	MaxPayload uint32
 	// NoStructured refuses structured replies (and so meta contexts).
 	NoStructured bool
+	// TLS says what STARTTLS gets (TLSOff when Upgrade is nil); Upgrade
+	// runs the server side of the TLS handshake over the stream after
+	// STARTTLS was acknowledged and returns the encrypted stream.
+	TLS     TLSMode
+	Upgrade func(io.ReadWriter) (io.ReadWriter, error)
 
+	tlsUp      bool
 	noZeroes   bool
 	structured bool
 	meta       bool
@@ -150,6 +156,9 @@ func (h *Handshake) Option(oh OptionHeader, data []byte) Step {
 	if oh.Length > maxOptionLen {
 		return h.oversized(oh)
 	}
+	if st, ok := h.tlsGate(oh); ok {
+		return st
+	}
 	switch oh.Option {
 	case OptExportName:
 		return h.exportName(string(data))
@@ -168,7 +177,7 @@ func (h *Handshake) Option(oh OptionHeader, data []byte) Step {
 	case OptListMetaContext, OptSetMetaContext:
 		return h.metaContext(oh.Option, data)
 	case OptStartTLS:
-		return refuse(oh.Option, RepErrPolicy, "TLS is not supported; use a trusted network or a Unix socket")
+		return h.startTLS(data)
 	}
 	return refuse(oh.Option, RepErrUnsup, fmt.Sprintf("option %d not supported", oh.Option))
 }
@@ -389,8 +398,13 @@ func Negotiate(rw io.ReadWriter, h *Handshake) (Result, error) {
 			}
 			return Result{}, err
 		}
-		if st.Next == Transmit {
+		switch st.Next {
+		case Transmit:
 			return st.Result, nil
+		case StartTLS:
+			if rw, err = h.upgrade(rw); err != nil {
+				return Result{}, err
+			}
 		}
 	}
 }
