@@ -32,6 +32,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"sync"
@@ -42,6 +43,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"udm/dm"
+	"udm/nbd/tlsdir"
 	"udm/nbd/wire"
 )
 
@@ -119,6 +121,8 @@ type Info struct {
 	FixedNewstyle, Go bool
 	// Structured: structured replies were negotiated.
 	Structured bool
+	// TLS: the connection is encrypted (STARTTLS).
+	TLS bool
 	// BlockStatus: base:allocation was negotiated, as MetaContext.
 	BlockStatus bool
 	MetaContext uint32
@@ -190,6 +194,7 @@ var errClosed = fmt.Errorf("nbd: client closed: %w", syscall.ESHUTDOWN)
 // dev.go).
 type Client struct {
 	uri   exportURI
+	tls   *tls.Config // for nbds:// and nbds+unix://
 	name  string
 	opts  Options
 	log   zerolog.Logger
@@ -220,7 +225,8 @@ type Client struct {
 }
 
 // Dial connects to the export named by uri (an nbd:// or nbd+unix://
-// URI) and completes the handshake; ctx bounds this first attempt. Later
+// URI, or nbds:// or nbds+unix:// over TLS) and completes the handshake;
+// ctx bounds this first attempt. Later
 // reconnections happen by themselves until Close.
 func Dial(ctx context.Context, uri string, opts Options) (*Client, error) {
 	u, err := parseURI(uri)
@@ -228,8 +234,15 @@ func Dial(ctx context.Context, uri string, opts Options) (*Client, error) {
 		return nil, err
 	}
 	opts.defaults()
+	var tc *tls.Config
+	if u.TLS {
+		if tc, err = tlsdir.Client(u.TLSCerts, u.tlsServerName()); err != nil {
+			return nil, fmt.Errorf("nbd: %s: %w", uri, err)
+		}
+	}
 	c := &Client{
 		uri:       u,
+		tls:       tc,
 		name:      uri,
 		opts:      opts,
 		log:       opts.Log.With().Str("nbd", uri).Logger(),

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -41,6 +42,7 @@ type clientConn struct {
 	hdrs   []byte
 	iov    [][]byte
 	bufs   net.Buffers // iov as WriteTo consumes it (a field: no escape)
+	flat   []byte      // iov copied together, for TLS (writeFlat)
 	done   []*creq
 
 	// The reader's:
@@ -62,7 +64,7 @@ func (c *Client) connect(ctx context.Context) (*clientConn, *Info, error) {
 	// The handshake honours ctx's cancellation too.
 	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
 	br := bufio.NewReaderSize(nc, 64<<10)
-	info, err := clientHandshake(nc, br, c.uri.Export, &c.opts)
+	info, err := clientHandshake(&nc, &br, c.uri.Export, &c.opts, c.tls)
 	if !stop() && err == nil {
 		err = ctx.Err()
 	}
@@ -122,8 +124,16 @@ func (cc *clientConn) fail(err error) {
 	cc.failOnce.Do(func() {
 		cc.err = err
 		close(cc.dead)
-		cc.nc.Close()
+		cc.sock().Close() // a TLS connection's too: no close_notify to wait on
 	})
+}
+
+// sock is the connection's socket (under TLS, the one under it).
+func (cc *clientConn) sock() net.Conn {
+	if t, ok := cc.nc.(*tls.Conn); ok {
+		return t.NetConn()
+	}
+	return cc.nc
 }
 
 // abort kills the connection with a reset (SO_LINGER 0): the kernel
@@ -131,7 +141,7 @@ func (cc *clientConn) fail(err error) {
 // can't reach the server when the network comes back (see
 // creq.lateWriteRisk). Data the server has received stays its own.
 func (cc *clientConn) abort(err error) {
-	if tc, ok := cc.nc.(*net.TCPConn); ok {
+	if tc, ok := cc.sock().(*net.TCPConn); ok {
 		tc.SetLinger(0)
 	}
 	cc.fail(err)
@@ -383,9 +393,14 @@ func (cc *clientConn) writer() {
 			}
 		}
 		c.mu.Unlock()
-		cc.bufs = iov
-		_, err := cc.bufs.WriteTo(cc.nc)
-		cc.bufs = nil
+		var err error
+		if info := cc.info; info.TLS {
+			err = cc.writeFlat(iov)
+		} else {
+			cc.bufs = iov
+			_, err = cc.bufs.WriteTo(cc.nc)
+			cc.bufs = nil
+		}
 		clear(iov)
 		cc.iov = iov[:0]
 		clear(batch)
@@ -411,6 +426,35 @@ func (cc *clientConn) writer() {
 			return
 		}
 	}
+}
+
+// writeFlat writes iov to a TLS connection in pieces of up to 256 KiB
+// copied together: written one by one, each request header would be a
+// TLS record (and a send) of its own.
+func (cc *clientConn) writeFlat(iov [][]byte) error {
+	const chunk = 256 << 10
+	if cc.flat == nil {
+		cc.flat = make([]byte, 0, chunk)
+	}
+	for _, b := range iov {
+		for len(b) > 0 {
+			n := min(len(b), chunk-len(cc.flat))
+			cc.flat = append(cc.flat, b[:n]...)
+			b = b[n:]
+			if len(cc.flat) == chunk {
+				if _, err := cc.nc.Write(cc.flat); err != nil {
+					return err
+				}
+				cc.flat = cc.flat[:0]
+			}
+		}
+	}
+	var err error
+	if len(cc.flat) > 0 {
+		_, err = cc.nc.Write(cc.flat)
+	}
+	cc.flat = cc.flat[:0]
+	return err
 }
 
 // reader reads replies until the connection fails.

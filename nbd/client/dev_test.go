@@ -168,8 +168,8 @@ func TestClientOpener(t *testing.T) {
 	if _, _, err := open(srv.uri, false); !errors.Is(err, syscall.EINVAL) {
 		t.Errorf("open of a 1000-byte export: %v, want EINVAL", err)
 	}
-	if _, _, err := open("nbds://h/x", false); !errors.Is(err, errURIUnsupported) {
-		t.Errorf("open of nbds://: %v", err)
+	if _, _, err := open("nbd+vsock://2/x", false); !errors.Is(err, errURIUnsupported) {
+		t.Errorf("open of nbd+vsock://: %v", err)
 	}
 	srv2 := ctNbdkit(t, true, "memory", "1M")
 	d, closer, err := open(srv2.uri, true)

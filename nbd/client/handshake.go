@@ -2,6 +2,7 @@ package client
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -35,10 +36,12 @@ const (
 	maxOptReply       = 1 << 20
 )
 
-// clientHandshake runs the fixed newstyle negotiation on nc (reads
-// through br) for export and returns what the server said. The caller
-// sets nc's deadline.
-func clientHandshake(nc net.Conn, br *bufio.Reader, export string, opts *Options) (*Info, error) {
+// clientHandshake runs the fixed newstyle negotiation on *ncp (reads
+// through *brp) for export and returns what the server said. The caller
+// sets the connection's deadline. With tc, it starts TLS first and
+// replaces *ncp and *brp with the TLS connection and a reader of it.
+func clientHandshake(ncp *net.Conn, brp **bufio.Reader, export string, opts *Options, tc *tls.Config) (*Info, error) {
+	nc, br := *ncp, *brp
 	var hs [18]byte
 	if _, err := io.ReadFull(br, hs[:]); err != nil {
 		return nil, fmt.Errorf("%w: reading the greeting: %w", errHandshake, err)
@@ -67,6 +70,12 @@ func clientHandshake(nc net.Conn, br *bufio.Reader, export string, opts *Options
 		return nil, fmt.Errorf("%w: sending client flags: %w", errHandshake, err)
 	}
 	h := &handshaker{nc: nc, br: br}
+	if tc != nil {
+		if err := h.startTLS(tc, info); err != nil {
+			return nil, err
+		}
+		*ncp, *brp = h.nc, h.br
+	}
 	if info.FixedNewstyle {
 		if !opts.NoStructuredReply {
 			ok, err := h.simpleOption(wire.OptStructuredReply, nil)
@@ -309,4 +318,35 @@ func (h *handshaker) exportName(export string, noZeroes bool, info *Info) error 
 // abort ends the negotiation politely (NBD_OPT_ABORT), best effort.
 func (h *handshaker) abort() {
 	_ = h.send(wire.OptAbort, nil)
+}
+
+// startTLS sends NBD_OPT_STARTTLS and runs the TLS handshake; the rest
+// of the negotiation and the transmission phase go over h.nc, now TLS.
+func (h *handshaker) startTLS(tc *tls.Config, info *Info) error {
+	if !info.FixedNewstyle {
+		return fmt.Errorf("%w: TLS needs a fixed-newstyle server", errHandshake)
+	}
+	if err := h.send(wire.OptStartTLS, nil); err != nil {
+		return err
+	}
+	rep, d, err := h.reply(wire.OptStartTLS)
+	if err != nil {
+		return err
+	}
+	if rep.Type != wire.RepAck {
+		if wire.IsRepErr(rep.Type) {
+			return fmt.Errorf("%w: STARTTLS refused: %w", errHandshake, repError(wire.OptStartTLS, rep, d))
+		}
+		return fmt.Errorf("%w: reply %#x to STARTTLS", errHandshake, rep.Type)
+	}
+	if h.br.Buffered() > 0 {
+		return fmt.Errorf("%w: data after the STARTTLS reply", errHandshake)
+	}
+	t := tls.Client(h.nc, tc)
+	if err := t.Handshake(); err != nil {
+		return fmt.Errorf("%w: TLS: %w", errHandshake, err)
+	}
+	h.nc, h.br = t, bufio.NewReaderSize(t, h.br.Size())
+	info.TLS = true
+	return nil
 }

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -9,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"udm/internal/testcerts"
+	"udm/nbd/tlsdir"
 	"udm/nbd/wire"
 )
 
@@ -93,5 +96,55 @@ func TestClientTimedOutWriteResetsConnection(t *testing.T) {
 	_, err = io.Copy(io.Discard, old)
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("server end of the old connection: %v, want ECONNRESET", err)
+	}
+}
+
+// Under TLS too, abort resets the TCP connection under the tls.Conn (a
+// reset drops unsent data; an orderly close would deliver it), without
+// waiting to send a close_notify.
+func TestAbortResetsTLSConnection(t *testing.T) {
+	certs, err := testcerts.Write(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg, err := tlsdir.Server(certs.Server, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ccfg, err := tlsdir.Client(certs.Anon, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan error, 1)
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			got <- err
+			return
+		}
+		defer nc.Close()
+		sc := tls.Server(nc, scfg)
+		sc.SetDeadline(time.Now().Add(20 * time.Second))
+		_, err = io.Copy(io.Discard, sc)
+		got <- err
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := tls.Client(nc, ccfg)
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	tc.Write([]byte("x"))
+	cc := &clientConn{nc: tc, dead: make(chan struct{})}
+	cc.abort(errors.New("test"))
+	if err := <-got; !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("server end after abort: %v, want ECONNRESET", err)
 	}
 }

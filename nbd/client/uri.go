@@ -18,9 +18,13 @@ const (
 	schemeUnix = "nbd+unix"
 )
 
+// tlsHostUnix is the name a server reached over nbds+unix:// must have
+// in its certificate unless tls-hostname says otherwise.
+const tlsHostUnix = "localhost"
+
 // errURI marks a string that is not an NBD URI the client can use;
-// errURIUnsupported one that names a transport it does not speak (TLS,
-// vsock). Both are wrapped with the offending URI.
+// errURIUnsupported one that names a transport or option it does not
+// speak (vsock, TLS with pre-shared keys). Both are wrapped with the offending URI.
 var (
 	errURI            = errors.New("nbd: bad URI")
 	errURIUnsupported = fmt.Errorf("%w: unsupported", errURI)
@@ -43,6 +47,13 @@ type exportURI struct {
 	Socket string
 	// Export is the export name (may be empty: the server's default).
 	Export string
+	// TLS (nbds://, nbds+unix://): STARTTLS, then the handshake over TLS
+	// with the CA (and the client's certificate, if there is one) from
+	// the directory TLSCerts; the server's certificate must name
+	// TLSHost (default: the host, or localhost for a Unix socket).
+	TLS      bool
+	TLSCerts string
+	TLSHost  string
 }
 
 // isURI reports whether name looks like an NBD URI (any nbd scheme,
@@ -59,10 +70,13 @@ func isURI(name string) bool {
 
 // parseURI parses an NBD URI. It accepts nbd:// (TCP, port 10809 unless
 // given, IPv6 literals in brackets) and nbd+unix:// (a socket query
-// parameter, no authority). The export name is the path without its
-// leading slash, percent-decoded. TLS schemes and parameters, vsock,
-// user info, fragments and unknown query parameters (other than the
-// experimental x-*) are errors.
+// parameter, no authority), and their TLS forms nbds:// and
+// nbds+unix://, which need tls-certificates=DIR (as libnbd takes it) and
+// may name the server's certificate with tls-hostname=. The export name
+// is the path without its leading slash, percent-decoded. Other TLS
+// parameters (PSK: tls-psk-file, tls-username), vsock, user info,
+// fragments and unknown query parameters (other than the experimental
+// x-*) are errors.
 func parseURI(s string) (exportURI, error) {
 	bad := func(format string, a ...any) (exportURI, error) {
 		return exportURI{}, fmt.Errorf("%w %q: %s", errURI, s, fmt.Sprintf(format, a...))
@@ -79,7 +93,7 @@ func parseURI(s string) (exportURI, error) {
 	case schemeTCP, schemeUnix:
 		out.Scheme = scheme
 	case "nbds", "nbds+unix":
-		return exportURI{}, fmt.Errorf("%w %q: TLS (%s://) is not supported", errURIUnsupported, s, scheme)
+		out.Scheme, out.TLS = strings.Replace(scheme, "nbds", "nbd", 1), true
 	case "nbd+vsock", "nbds+vsock":
 		return exportURI{}, fmt.Errorf("%w %q: vsock is not supported", errURIUnsupported, s)
 	case "":
@@ -88,7 +102,7 @@ func parseURI(s string) (exportURI, error) {
 		return bad("scheme %q is not nbd or nbd+unix", u.Scheme)
 	}
 	if u.Opaque != "" || !strings.Contains(s, "://") {
-		return bad("want %s://...", out.Scheme)
+		return bad("want %s://...", strings.ToLower(u.Scheme))
 	}
 	if u.User != nil {
 		return bad("user info is not supported")
@@ -122,13 +136,28 @@ func parseURI(s string) (exportURI, error) {
 				return bad("socket= given %d times", len(v))
 			}
 			out.Socket = v[0]
+		case k == "tls-certificates" || k == "tls-hostname":
+			if !out.TLS {
+				return bad("%s= is only for nbds:// and nbds+unix://", k)
+			}
+			if len(v) != 1 || v[0] == "" {
+				return bad("%s= needs one value", k)
+			}
+			if k == "tls-certificates" {
+				out.TLSCerts = v[0]
+			} else {
+				out.TLSHost = v[0]
+			}
 		case strings.HasPrefix(k, "tls-"):
-			return exportURI{}, fmt.Errorf("%w %q: TLS parameter %s is not supported", errURIUnsupported, s, k)
+			return exportURI{}, fmt.Errorf("%w %q: TLS parameter %s is not supported (certificates only: tls-certificates=DIR)", errURIUnsupported, s, k)
 		case strings.HasPrefix(k, "x-"):
 			// Experimental parameters of other clients: ignored.
 		default:
 			return bad("unknown query parameter %q", k)
 		}
+	}
+	if out.TLS && out.TLSCerts == "" {
+		return bad("TLS needs tls-certificates=DIR (ca-cert.pem, and client-cert.pem and client-key.pem for a client certificate)")
 	}
 	switch out.Scheme {
 	case schemeTCP:
@@ -197,15 +226,41 @@ func (u exportURI) Address() string {
 // String formats u as a canonical URI (parseURI(u.String()) == u).
 func (u exportURI) String() string {
 	v := url.URL{Scheme: u.Scheme, Path: "/" + u.Export}
+	var q string
+	if u.TLS {
+		v.Scheme = strings.Replace(u.Scheme, "nbd", "nbds", 1)
+		q = "tls-certificates=" + queryEscape(u.TLSCerts)
+		if u.TLSHost != "" {
+			q += "&tls-hostname=" + queryEscape(u.TLSHost)
+		}
+	}
 	if u.Scheme == schemeUnix {
-		return "nbd+unix://" + v.EscapedPath() + "?socket=" + queryEscape(u.Socket)
+		s := v.Scheme + "://" + v.EscapedPath() + "?socket=" + queryEscape(u.Socket)
+		if q != "" {
+			s += "&" + q
+		}
+		return s
 	}
 	h := u.Host
 	if strings.Contains(h, ":") {
 		h = "[" + h + "]"
 	}
 	v.Host = h + ":" + strconv.Itoa(u.Port)
+	if q != "" {
+		return v.String() + "?" + q
+	}
 	return v.String()
+}
+
+// tlsServerName is the name the server's certificate must have.
+func (u exportURI) tlsServerName() string {
+	switch {
+	case u.TLSHost != "":
+		return u.TLSHost
+	case u.Scheme == schemeUnix:
+		return tlsHostUnix
+	}
+	return u.Host
 }
 
 // hostChars reports whether s is a plausible host name or zone: letters,
