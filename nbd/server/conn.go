@@ -65,6 +65,7 @@ type conn struct {
 	gatherID     uring.OpID
 	gathered     bool // the receive armed waited for the gather window
 	pace         pacer
+	tls          *ringTLS // a TLS connection's (tlsring.go); nil: plaintext
 	recvID       uring.OpID
 	payload      *req  // a write whose payload is still arriving
 	drain        int64 // bytes of a refused payload still to discard
@@ -148,6 +149,8 @@ func (c *conn) Complete(tag uint64, res int32, _ uint32) {
 		c.onRecv(res)
 	case tagSend:
 		c.onSend(res)
+	case tagTLSRecv, tagTLSPending:
+		c.tlsOnRecv(tag, res)
 	case tagGather:
 		c.gatherArmed = false
 		if c.closing {
@@ -186,6 +189,10 @@ func (c *conn) armRecv() {
 	}
 	var e uring.SQE
 	if r := c.payload; r != nil {
+		if c.tls != nil {
+			c.tlsArmRecv(r.buf.B[r.got:])
+			return
+		}
 		e.PrepRecv(c.sfd, r.buf.B[r.got:], unix.MSG_WAITALL)
 	} else {
 		if len(c.free) == 0 || c.overBudget || c.queuedBytes > maxQueued {
@@ -205,6 +212,10 @@ func (c *conn) armRecv() {
 			if n := wire.RequestSize - (c.rend - c.rstart); n > 0 {
 				b = b[:n]
 			}
+		}
+		if c.tls != nil {
+			c.tlsArmRecv(b)
+			return
 		}
 		e.PrepRecv(c.sfd, b, 0)
 	}
@@ -570,6 +581,10 @@ func (c *conn) kickSend() {
 		c.sending = append(c.sending, c.sendq[0])
 		c.sendq = c.sendq[:copy(c.sendq, c.sendq[1:])]
 	}
+	if c.tls != nil {
+		c.tlsKickSend()
+		return
+	}
 	c.iov = c.iov[:0]
 	skip := c.sendOff
 	for _, r := range c.sending {
@@ -600,6 +615,12 @@ func (c *conn) addIov(b []byte, skip int) int {
 }
 
 func (c *conn) onSend(res int32) {
+	if c.tls != nil {
+		var done bool
+		if res, done = c.tlsOnSend(res); !done {
+			return
+		}
+	}
 	c.sendArmed = false
 	if res < 0 {
 		c.shutdown(true, "send: "+uring.Errno(res).Error())
@@ -695,6 +716,8 @@ func (c *conn) shutdown(hard bool, why string) {
 		c.hard = true
 		if !c.sendArmed {
 			c.dropSending()
+		} else if c.tls != nil {
+			c.tlsStop()
 		}
 	}
 	c.maybeFinish()

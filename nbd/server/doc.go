@@ -22,6 +22,11 @@
 // its own and posts its reply back to the loop. Shutdown and Close reach
 // a connection only by posting to its loop.
 //
+// A TLS connection (Config.TLSMode, STARTTLS in the handshake) takes the
+// same path: the ring receives and sends its ciphertext, and crypto/tls
+// decrypts and encrypts the records in memory on the loop (tlsring.go),
+// never blocking: its network side is a buffer.
+//
 // # Locks
 //
 // There is one mutex, Server.mu. It guards the sets of listeners,
@@ -30,5 +35,7 @@
 // a connection ends (connDone); so it is held only over map updates and,
 // in stop, the close(2) of listeners and handshaking sockets — never
 // across a blocking call, and nothing else is locked while it is held (it
-// nests with no other lock). The counters (Stats) are atomics.
+// nests with no other lock). The counters (Stats) are atomics. (A
+// tls.Conn has mutexes of its own; on the loop only the loop takes them,
+// and never across I/O.)
 package server

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -82,6 +83,12 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// NoMultiConn withholds NBD_FLAG_CAN_MULTI_CONN.
 	NoMultiConn bool
+	// TLSMode says whether NBD_OPT_STARTTLS is offered or required
+	// (wire.TLSOff by default); TLS is the server's configuration for it
+	// (see package tlsdir). A TLS connection's records are done on its
+	// loop (tlsring.go).
+	TLSMode wire.TLSMode
+	TLS     *tls.Config
 	// forceGather (tests) gathers every receive, whatever the pacer says.
 	forceGather bool
 	// extents answers BLOCK_STATUS (base:allocation) for the byte range
@@ -193,6 +200,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.TLSMode != wire.TLSOff && cfg.TLS == nil {
+		return nil, fmt.Errorf("nbd: TLS %s needs a TLS configuration", cfg.TLSMode)
 	}
 	if cfg.extents == nil {
 		cfg.extents = deviceExtents
@@ -329,7 +339,7 @@ func (s *Server) handshakeFlags() uint16 {
 func (s *Server) handshake(nc net.Conn) {
 	defer s.wg.Done()
 	log := s.log.With().Str("remote", nc.RemoteAddr().String()).Logger()
-	exp, structured, meta, err := s.negotiate(nc)
+	exp, structured, meta, tc, err := s.negotiate(nc)
 	s.mu.Lock()
 	delete(s.shakes, nc)
 	closed := s.closed
@@ -354,6 +364,9 @@ func (s *Server) handshake(nc net.Conn) {
 	}
 	l := s.cfg.Loops[int(s.next.Add(1)-1)%len(s.cfg.Loops)]
 	c := newConn(s, l, fd, exp, structured, meta, log)
+	if tc != nil {
+		c.tls = tc.onLoop()
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -387,8 +400,9 @@ func (s *Server) connDone(c *conn) {
 }
 
 // negotiate runs the fixed-newstyle handshake (wire.Handshake) on nc.
-// It returns the chosen export (opened) or an error.
-func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, err error) {
+// It returns the chosen export (opened) or an error, and the TLS
+// connection if STARTTLS made one.
+func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, tc *tlsUp, err error) {
 	nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	defer nc.SetDeadline(time.Time{})
 	h := wire.Handshake{
@@ -402,12 +416,23 @@ func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, err
 		List:       s.cfg.Exports.List,
 		Flags:      s.handshakeFlags(),
 		MaxPayload: uint32(s.cfg.MaxPayload),
+		TLS:        s.cfg.TLSMode,
+	}
+	if s.cfg.TLSMode != wire.TLSOff {
+		h.Upgrade = func(io.ReadWriter) (io.ReadWriter, error) {
+			t, err := s.upgradeTLS(nc)
+			if err != nil {
+				return nil, err
+			}
+			tc = t
+			return t.tc, nil
+		}
 	}
 	r, err := wire.Negotiate(nc, &h)
 	if err != nil {
-		return nil, false, false, err
+		return nil, false, false, nil, err
 	}
-	return &export{name: r.Name, dev: r.Export.(*dm.Device), size: r.Size, flags: r.Flags}, r.Structured, r.Meta, nil
+	return &export{name: r.Name, dev: r.Export.(*dm.Device), size: r.Size, flags: r.Flags}, r.Structured, r.Meta, tc, nil
 }
 
 // dupFd takes a duplicate of the connection's socket for the loop.
