@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"udm/nbd/wire"
 )
 
 // Config configures a Daemon (the flags of `udm serve`).
@@ -17,8 +19,22 @@ type Config struct {
 	Control string
 	// NBD is the TCP address NBD is served on ("" disables TCP).
 	NBD string
-	// NBDUnix is the Unix socket NBD is served on ("" disables it).
-	NBDUnix string
+	// NBDUnix is the Unix socket NBD is served on ("" disables it). It
+	// is mode 0600 (root, or the daemon's user, only) unless
+	// NBDUnixGroup names a group: then 0660 and owned by that group.
+	NBDUnix      string
+	NBDUnixGroup string
+	// TLS is NBD's TLS mode (wire.TLSOff, TLSOn: STARTTLS offered,
+	// TLSRequire: nothing is served without it), with the certificates
+	// from the directory TLSCertificates (ca-cert.pem, server-cert.pem,
+	// server-key.pem; see package tlsdir). TLSVerifyPeer requires a
+	// client certificate signed by the CA.
+	TLS             wire.TLSMode
+	TLSCertificates string
+	TLSVerifyPeer   bool
+	// PProf serves the Go profiler (/debug/pprof/) on the metrics
+	// listener.
+	PProf bool
 	// Metrics is the address of the Prometheus endpoint ("" disables it).
 	Metrics string
 	// Loops is the number of uring loops (default: the number of CPUs).

@@ -125,13 +125,17 @@ func (d *Daemon) init(cfg Config) (err error) {
 	}
 	// Every listener is bound before anything is made in the state dir,
 	// so that a daemon that can't serve leaves it as it was.
+	tlsMode, tlsCfg, err := cfg.nbdTLS()
+	if err != nil {
+		return err
+	}
 	if cfg.NBD != "" {
 		if d.nbdLn, err = net.Listen("tcp", cfg.NBD); err != nil {
 			return fmt.Errorf("nbd: %w", err)
 		}
 	}
 	if cfg.NBDUnix != "" {
-		if d.nbdUnixLn, err = listenUnix(cfg.NBDUnix, 0o666, "NBD socket"); err != nil {
+		if d.nbdUnixLn, err = listenNBDUnix(cfg.NBDUnix, cfg.NBDUnixGroup); err != nil {
 			return err
 		}
 	}
@@ -170,14 +174,18 @@ func (d *Daemon) init(cfg Config) (err error) {
 			d.log.Error().Err(err).Msg("demo device not created")
 		}
 	}
-	if d.nbd, err = server.New(server.Config{
+	scfg := server.Config{
 		Exports:      exports{d, server.RegistryExports(d.reg, "")},
 		Loops:        d.loops,
 		Log:          d.log.With().Str("component", "nbd").Logger(),
 		GatherWindow: d.cfg.Gather,
-	}); err != nil {
+		TLSMode:      tlsMode,
+		TLS:          tlsCfg,
+	}
+	if d.nbd, err = server.New(scfg); err != nil {
 		return err
 	}
+	d.warnExposed()
 	return nil
 }
 
@@ -514,10 +522,15 @@ func lockDir(dir string, log zerolog.Logger) (*os.File, error) {
 	return f, nil
 }
 
-// listenUnix binds a Unix socket at path with the given mode. A socket
+// listenUnix binds a Unix socket at path with the given mode (and, if
+// gid >= 0, group). A socket
 // file already there is removed only if nothing answers on it; if
 // something does, another daemon is running and listenUnix refuses.
 func listenUnix(path string, mode os.FileMode, what string) (net.Listener, error) {
+	return listenUnixGroup(path, mode, -1, what)
+}
+
+func listenUnixGroup(path string, mode os.FileMode, gid int, what string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
@@ -541,6 +554,12 @@ func listenUnix(path string, mode os.FileMode, what string) (net.Listener, error
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	if gid >= 0 {
+		if err := os.Lchown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+	}
 	if err := os.Chmod(path, mode); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("%s: %w", what, err)

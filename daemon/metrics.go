@@ -147,19 +147,24 @@ func (d *Daemon) metricsHandler() http.Handler {
 	reg.MustRegister(collector{d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: stdLogger(d.log, "metrics")}))
-	// The Go profiler, for profiling the I/O path under load (the
-	// metrics address is meant for loopback or a trusted network).
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	// The Go profiler, for profiling the I/O path under load, only when
+	// asked for (Config.PProf): it hands out CPU profiles, traces and
+	// goroutine dumps.
+	index := "udm metrics: /metrics\n"
+	if d.cfg.PProf {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		index = "udm metrics: /metrics; profiles: /debug/pprof/\n"
+	}
 	mux.HandleFunc("/debug/allocs", allocsHandler)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" {
 			http.NotFound(w, r)
 			return
 		}
-		w.Write([]byte("udm metrics: /metrics; profiles: /debug/pprof/\n"))
+		w.Write([]byte(index))
 	})
 	return mux
 }

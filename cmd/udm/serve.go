@@ -13,6 +13,7 @@ import (
 	"udm/daemon"
 	"udm/daemon/api"
 	"udm/nbd/server"
+	"udm/nbd/wire"
 	"udm/uring"
 )
 
@@ -27,7 +28,12 @@ func runServe(args []string) error {
 	stateDir := fs.String("state-dir", def.StateDir, "where device state (and the demo's files) live")
 	control := fs.String("control", def.Control, "control API socket (HTTP+JSON, mode 0600)")
 	nbdAddr := fs.String("nbd", def.NBD, `serve NBD on this TCP address ("" disables)`)
-	nbdUnix := fs.String("nbd-unix", def.NBDUnix, `serve NBD on this Unix socket ("" disables)`)
+	nbdUnix := fs.String("nbd-unix", def.NBDUnix, `serve NBD on this Unix socket, mode 0600 ("" disables; default: next to the control socket)`)
+	nbdGroup := fs.String("nbd-unix-group", "", "let this group use the NBD Unix socket (mode 0660)")
+	tlsMode := fs.String("tls", "off", "NBD over TLS: off, on (STARTTLS offered) or require (nothing without TLS)")
+	tlsDir := fs.String("tls-certificates", "", "TLS certificate directory: ca-cert.pem, server-cert.pem, server-key.pem")
+	tlsVerify := fs.Bool("tls-verify-peer", false, "NBD clients must present a certificate signed by ca-cert.pem")
+	pprofOn := fs.Bool("pprof", false, "serve the Go profiler (/debug/pprof/) on the metrics address")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. "+daemon.SuggestedMetrics+")")
 	loops := fs.Int("loops", def.Loops, "uring loops (threads running I/O)")
 	spin := fs.Duration("spin", uring.DefaultSpin, "how long a busy loop polls for more work before it sleeps (0: never)")
@@ -38,14 +44,16 @@ func runServe(args []string) error {
 		return err
 	}
 	// Paths that default to a place in the state dir follow --state-dir.
-	if fs.set("state-dir") {
-		d := api.Defaults(*stateDir)
-		if !fs.set("control") {
-			*control = d.Control
-		}
-		if !fs.set("nbd-unix") {
-			*nbdUnix = d.NBDUnix
-		}
+	if fs.set("state-dir") && !fs.set("control") {
+		*control = api.Defaults(*stateDir).Control
+	}
+	// The NBD socket lives next to the control socket.
+	if !fs.set("nbd-unix") {
+		*nbdUnix = api.NBDUnixFor(*control)
+	}
+	tls, err := wire.ParseTLSMode(*tlsMode)
+	if err != nil {
+		return usageErr{error: err}
 	}
 	lvl, err := daemon.ParseLevel(*level)
 	if err != nil {
@@ -60,6 +68,7 @@ func runServe(args []string) error {
 	log = log.Level(lvl).With().Timestamp().Logger()
 
 	d, err := daemon.New(daemon.Config{StateDir: *stateDir, Control: *control, NBD: *nbdAddr, NBDUnix: *nbdUnix,
+		NBDUnixGroup: *nbdGroup, TLS: tls, TLSCertificates: *tlsDir, TLSVerifyPeer: *tlsVerify, PProf: *pprofOn,
 		Metrics: *metrics, Loops: *loops, Spin: durationCfg(*spin), Gather: durationCfg(*gather), NoDemo: *noDemo, Log: log, Out: os.Stdout})
 	if err != nil {
 		return err

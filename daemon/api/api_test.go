@@ -28,7 +28,7 @@ func TestDefaults(t *testing.T) {
 		{"root with a state dir", 0, env(), "/srv/udm",
 			Paths{StateDir: "/srv/udm", Control: "/run/udm/control.sock", NBDUnix: "/run/udm/nbd.sock"}},
 		{"user with XDG dirs", 1000, env("XDG_RUNTIME_DIR", "/run/user/1000", "XDG_STATE_HOME", "/home/u/.st"), "",
-			Paths{StateDir: "/home/u/.st/udm", Control: "/run/user/1000/udm/control.sock", NBDUnix: "/home/u/.st/udm/nbd.sock"}},
+			Paths{StateDir: "/home/u/.st/udm", Control: "/run/user/1000/udm/control.sock", NBDUnix: "/run/user/1000/udm/nbd.sock"}},
 		{"user without XDG dirs", 1000, env(), "",
 			Paths{StateDir: "/home/u/.local/state/udm", Control: "/home/u/.local/state/udm/control.sock",
 				NBDUnix: "/home/u/.local/state/udm/nbd.sock"}},

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 )
 
 // Paths are the defaults that both the daemon and the CLI use, so that
@@ -39,8 +40,7 @@ func Defaults(stateDir string) Paths {
 //   - control socket: /run/udm/control.sock as root, else
 //     $XDG_RUNTIME_DIR/udm/control.sock, else <state dir>/control.sock;
 //   - NBD over TCP: 127.0.0.1:10809;
-//   - NBD over a Unix socket: /run/udm/nbd.sock as root, else
-//     <state dir>/nbd.sock;
+//   - NBD over a Unix socket: next to the control socket (NBDUnixFor);
 //   - metrics: off;
 //   - loops: one per CPU.
 func defaultsFor(uid int, getenv func(string) string, home, stateDir string) Paths {
@@ -58,15 +58,26 @@ func defaultsFor(uid int, getenv func(string) string, home, stateDir string) Pat
 	switch {
 	case uid == 0:
 		p.Control = "/run/udm/control.sock"
-		p.NBDUnix = "/run/udm/nbd.sock"
 	case getenv("XDG_RUNTIME_DIR") != "":
 		p.Control = filepath.Join(getenv("XDG_RUNTIME_DIR"), "udm", "control.sock")
-		p.NBDUnix = filepath.Join(p.StateDir, "nbd.sock")
 	default:
 		p.Control = filepath.Join(p.StateDir, "control.sock")
-		p.NBDUnix = filepath.Join(p.StateDir, "nbd.sock")
 	}
+	p.NBDUnix = NBDUnixFor(p.Control)
 	return p
+}
+
+// NBDUnixFor is the default NBD Unix socket of a daemon whose control
+// socket is control: nbd.sock in the same directory when the control
+// socket is called control.sock, else the control socket's name with
+// .nbd before its .sock (ctl.sock: ctl.nbd.sock). Two daemons with
+// different control sockets so get different NBD sockets.
+func NBDUnixFor(control string) string {
+	dir, base := filepath.Split(control)
+	if base == "control.sock" {
+		return filepath.Join(dir, "nbd.sock")
+	}
+	return filepath.Join(dir, strings.TrimSuffix(base, ".sock")+".nbd.sock")
 }
 
 // ControlSocket is the socket the CLI talks to: flag (if set), else
