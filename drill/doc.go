@@ -42,7 +42,8 @@
 //	features queue_if_no_path|none     (default queue_if_no_path)
 //	selector round-robin|queue-length|service-time|historical-service-time
 //	checker KEY=VALUE...               (udm checker's keys)
-//	remote udm|nbdkit                  (the server of remote paths)
+//	remote udm|udm-tls|nbdkit          (the server of remote paths; udm-tls:
+//	                                    TLS with client certificates)
 //	duration D                         (the workload runs at least D)
 //	tail D                             (and D after the last event; 1s)
 //

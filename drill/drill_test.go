@@ -84,7 +84,7 @@ func passSchedule(t *testing.T, name, text string) (*Report, string) {
 func TestScenarios(t *testing.T) {
 	for _, sc := range Scenarios {
 		t.Run(sc.Name, func(t *testing.T) {
-			if sc.Name == "remote-path-cut" {
+			if strings.HasPrefix(sc.Name, "remote-") {
 				if err := NetnsAvailable(); err != nil {
 					t.Skipf("skipped: %v", err)
 				}

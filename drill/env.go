@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"udm/daemon/api"
+	"udm/internal/testcerts"
 	"udm/multipath"
 	"udm/perf"
 )
@@ -242,9 +243,19 @@ func (e *env) startRemote(ctx context.Context, p *envPath) error {
 		p.dev = "nbd://" + p.srvAddr + "/"
 	default:
 		p.srvSock = filepath.Join(e.sockDir, "r-"+p.spec.Name+".sock")
-		p.srvArgv = p.net.exec(e.opt.UDM, "serve", "--state-dir", filepath.Join(e.dir, "remote-"+p.spec.Name), "--control", p.srvSock,
-			"--nbd", p.srvAddr, "--nbd-unix", "", "--no-demo", "--loops", "1", "--log-level", "info")
+		args := []string{e.opt.UDM, "serve", "--state-dir", filepath.Join(e.dir, "remote-"+p.spec.Name), "--control", p.srvSock,
+			"--nbd", p.srvAddr, "--nbd-unix", "", "--no-demo", "--loops", "1", "--log-level", "info"}
 		p.dev = "nbd://" + p.srvAddr + "/" + p.spec.Name
+		if e.sched.Remote == "udm-tls" {
+			// A CA per path; the server's certificate names its address.
+			certs, err := testcerts.Write(filepath.Join(e.dir, "certs-"+p.spec.Name), ip)
+			if err != nil {
+				return fmt.Errorf("drill: certificates for %s: %w", p.spec.Name, err)
+			}
+			args = append(args, "--tls", "require", "--tls-certificates", certs.Server, "--tls-verify-peer")
+			p.dev = "nbds://" + p.srvAddr + "/" + p.spec.Name + "?tls-certificates=" + certs.Client
+		}
+		p.srvArgv = p.net.exec(args...)
 	}
 	var err error
 	if p.srv, err = e.runRemote(ctx, p, logPath); err != nil {

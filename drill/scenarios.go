@@ -225,25 +225,8 @@ path p1 dm
 			return append(cs, c)
 		},
 	},
-	{
-		Name:    "remote-path-cut",
-		Outcome: "paths are NBD exports served from two network namespaces; one link is cut under load: zero I/O errors, I/O continues on the other path, the checker reinstates the path when the link returns",
-		text: breakAndRepair(`# Two remote paths: udm serve in two network namespaces (veth pairs,
-# link-local addresses), one export each over the same file. One link
-# goes down and comes back.
-#
-# A check or an I/O of a remote path crosses the network stack and two
-# more processes (the remote server, whose loop then does the read): on
-# a busy machine each hop waits for a CPU, and a healthy path can take
-# longer than the 500 ms and 1 s that suit local paths, which fails it
-# (the map then has no path). Remote paths get the daemon's defaults.
-remote udm
-checker check_timeout=2s io_deadline=2s
-path r0 remote
-path r1 remote
-`, "cut", "uncut", "r0", "30s"),
-		checks: failoverChecks("r0", "r1"),
-	},
+	remotePathCut("remote-path-cut", "udm", "paths are NBD exports served from two network namespaces"),
+	remotePathCut("remote-path-cut-tls", "udm-tls", "paths are NBD exports over TLS with client certificates (nbds://, udm serve --tls require --tls-verify-peer) from two network namespaces"),
 	{
 		Name:    "suspend-storm",
 		Outcome: "suspend/resume storms (noflush and flush) under load with healthy paths: zero I/O errors, data verified, I/O runs after each storm",
@@ -518,4 +501,28 @@ func noPathRetryChecks(r *Record, a *Analysis, s *Schedule) []Check {
 		c.Detail = fmt.Sprintf("queueing %s after %s; %.0f I/Os after", fmtDur(sm.T-rep.Start), rep.Action, n)
 	}
 	return append(cs, c)
+}
+
+// remotePathCut is the remote-path-cut scenario with remote paths served
+// by remote (a schedule's remote line).
+func remotePathCut(name, remote, what string) *Scenario {
+	return &Scenario{
+		Name:    name,
+		Outcome: what + "; one link is cut under load: zero I/O errors, I/O continues on the other path, the checker reinstates the path when the link returns",
+		text: breakAndRepair(`# Two remote paths: udm serve in two network namespaces (veth pairs,
+# link-local addresses), one export each over the same file. One link
+# goes down and comes back.
+#
+# A check or an I/O of a remote path crosses the network stack and two
+# more processes (the remote server, whose loop then does the read): on
+# a busy machine each hop waits for a CPU, and a healthy path can take
+# longer than the 500 ms and 1 s that suit local paths, which fails it
+# (the map then has no path). Remote paths get the daemon's defaults.
+remote `+remote+`
+checker check_timeout=2s io_deadline=2s
+path r0 remote
+path r1 remote
+`, "cut", "uncut", "r0", "30s"),
+		checks: failoverChecks("r0", "r1"),
+	}
 }

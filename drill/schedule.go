@@ -63,8 +63,9 @@ type Schedule struct {
 	// Checker holds the map's checker settings (drill defaults, then the
 	// schedule's checker lines).
 	Checker api.CheckerSettings
-	// Remote is the server of remote paths: "udm" (udm serve) or
-	// "nbdkit".
+	// Remote is the server of remote paths: "udm" (udm serve),
+	// "udm-tls" (udm serve --tls require --tls-verify-peer, reached over
+	// nbds:// with a client certificate) or "nbdkit".
 	Remote string
 	// Duration is the least time the workload runs; Tail how long it
 	// goes on after the last event.
@@ -192,8 +193,8 @@ func Parse(text string) (*Schedule, error) {
 				return nil, bad("%v", err)
 			}
 		case "remote":
-			if len(f) != 2 || (f[1] != "udm" && f[1] != "nbdkit") {
-				return nil, bad("want: remote udm|nbdkit")
+			if len(f) != 2 || (f[1] != "udm" && f[1] != "udm-tls" && f[1] != "nbdkit") {
+				return nil, bad("want: remote udm|udm-tls|nbdkit")
 			}
 			s.Remote = f[1]
 		case "duration", "tail":
