@@ -22,7 +22,7 @@ type Batch struct {
 	// (NoFio with Options.Fio, the remote drill without network
 	// namespaces) are skipped with a note instead of failing.
 	All bool
-	// Remote adds the remote drill (remote-path-cut).
+	// Remote adds the remote drills (remote-path-cut, remote-path-cut-tls).
 	Remote bool
 	// Full runs the full form of built-in scenarios.
 	Full bool
@@ -62,7 +62,7 @@ func (b Batch) Run(ctx context.Context, opt Options, out Output) error {
 		targets = append(targets, Names()...)
 	}
 	if b.Remote {
-		targets = append(targets, "remote-path-cut")
+		targets = append(targets, "remote-path-cut", "remote-path-cut-tls")
 	}
 	if len(targets) == 0 {
 		return ErrNothingToRun
@@ -112,7 +112,7 @@ func (b Batch) skip(sc *Scenario, opt Options) string {
 	if opt.Fio && sc.NoFio != "" {
 		return " with --fio: " + sc.NoFio
 	}
-	if sc.Name == "remote-path-cut" {
+	if strings.HasPrefix(sc.Name, "remote-") {
 		if err := NetnsAvailable(); err != nil {
 			return ": " + err.Error()
 		}

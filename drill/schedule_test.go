@@ -91,7 +91,7 @@ func TestParseScheduleErrors(t *testing.T) {
 		{"1s error p0\npath x dm\n", "after the first event"},
 		{"wat\n", "unknown directive or bad time"},
 		{"features maybe\n", "features queue_if_no_path|none"},
-		{"remote ssh\n", "remote udm|nbdkit"},
+		{"remote ssh\n", "remote udm|udm-tls|nbdkit"},
 		{"tail forever\n", "tail"},
 	} {
 		_, err := Parse(tc.text)

@@ -28,7 +28,7 @@ func runDrill(args []string) error {
 	listActions := fs.Bool("actions", false, "list the actions a schedule may use")
 	all := fs.Bool("all", false, "run every built-in scenario")
 	full := fs.Bool("full", false, "run the full form of built-in scenarios (the short form takes seconds)")
-	remote := fs.Bool("remote", false, "run the remote drill (remote-path-cut: NBD paths in network namespaces)")
+	remote := fs.Bool("remote", false, "run the remote drills (remote-path-cut and remote-path-cut-tls: NBD paths in network namespaces, plaintext and TLS)")
 	useFio := fs.Bool("fio", false, "run fio (nbd engine, verify=crc32c) as the workload instead of udm's perf")
 	fs.withControl("use a running daemon on this control socket instead of starting one (no restart action)")
 	out := fs.String("out", "", "write the report files (NAME.txt, NAME.json, NAME.svg) to this directory")
