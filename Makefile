@@ -8,7 +8,7 @@ DEBFILE := .ci/debian-packages
 DEBS    := $(shell awk '!/^\#/ && NF {print $$1}' $(DEBFILE))
 TOOLS   := $(shell awk '!/^\#/ && NF {for (i = 2; i <= NF; i++) print $$i}' $(DEBFILE))
 
-.PHONY: all build test race bench bench-go bench-uring lint run deps tools drill clean
+.PHONY: all build test race bench bench-go bench-uring lint run deps tools drill stress clean
 
 all: build
 
@@ -98,6 +98,16 @@ DRILLFLAGS ?=
 drill: build
 	$(BIN) drill --all --full --quiet --out drill/reports $(DRILLFLAGS)
 	$(BIN) drill --all --full --quiet --fio --out drill/reports/fio $(DRILLFLAGS)
+
+# stress: the long form of the control-plane torture test (stress/):
+# parallel workers change devices under NBD clients doing verified I/O
+# while the daemon is killed and restarted; STRESSOPS operations, and
+# -stress.seed=N in STRESSFLAGS replays a run. make test runs its short
+# form.
+STRESSOPS   ?= 20000
+STRESSFLAGS ?=
+stress:
+	$(GO) test -count=1 -run '^TestTorture$$' -timeout 60m -v ./stress/ -args -stress.ops=$(STRESSOPS) $(STRESSFLAGS)
 
 clean:
 	rm -rf bin perf/out
