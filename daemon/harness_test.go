@@ -115,6 +115,8 @@ func (u *udmd) start() {
 func (u *udmd) launch() {
 	t := u.t
 	t.Helper()
+	// Every test that runs udm serve comes through here: -short skips it.
+	testutil.SkipShort(t, "an end-to-end test of udm serve")
 	u.stdout, u.stderr = &syncBuf{}, &syncBuf{}
 	u.cmd = exec.Command(udmBin, u.args...)
 	u.cmd.Stdout, u.cmd.Stderr = u.stdout, u.stderr
