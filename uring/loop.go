@@ -143,19 +143,30 @@ type Config struct {
 	// Defaults 8 and 20µs; BatchDiv < 0 disables batching.
 	BatchDiv  int
 	BatchWait time.Duration
-	// Spin is how long a loop that just did work polls for more before
-	// it sleeps (default 50µs; negative: never). See spin.
+	// Spin is the most a loop that just did work polls for more before
+	// it sleeps (default 50µs; negative: never). How long it polls within
+	// that, and whether at all, adapts to what polling finds and to the
+	// CPUs being shared (see spinPolicy).
 	Spin time.Duration
+	// Slice is the scheduler time slice the loop's thread asks for
+	// (sched_setattr: a fair-class thread's custom slice, Linux 6.12 and
+	// later; default DefaultSlice, negative: the kernel's). See
+	// DefaultSlice.
+	Slice time.Duration
 }
 
 // Stats are counters kept by the loop.
 type Stats struct {
-	Submitted   uint64 // SQEs submitted
-	Completed   uint64 // CQEs reaped
-	Enters      uint64 // io_uring_enter calls
-	Wakes       uint64 // eventfd wake-ups written by Post
-	Posted      uint64 // functions run from Post
-	BacklogHigh uint64 // most SQEs ever waiting in the backlog
+	Submitted     uint64 // SQEs submitted
+	Completed     uint64 // CQEs reaped
+	Enters        uint64 // io_uring_enter calls
+	Wakes         uint64 // eventfd wake-ups written by Post
+	Posted        uint64 // functions run from Post
+	BacklogHigh   uint64 // most SQEs ever waiting in the backlog
+	SpinHits      uint64 // spins that found work
+	SpinMisses    uint64 // spins that found none and slept
+	SpinRests     uint64 // times spinning stopped for a back-off (spinPolicy)
+	SpinContended uint64 // those among them for a contended CPU
 }
 
 const (
@@ -198,6 +209,10 @@ type Loop struct {
 	// flushing is the other buffer, swapped in while they run.
 	flush, flushing []Flusher
 	rest            bool // Rest: no spin before the next sleep
+	pol             spinPolicy
+	schedFd         int // /proc/thread-self/schedstat of the loop's thread; -1: none
+	schedBuf        [96]byte
+	rusage          unix.Rusage
 
 	posted   mpsc
 	state    atomic.Uint32
@@ -215,6 +230,7 @@ type Loop struct {
 	done      chan struct{}
 
 	submitted, completed, enters, wakes, postedN, backlogHigh atomic.Uint64
+	spinHits, spinMisses, spinRests, spinContended            atomic.Uint64
 }
 
 // NewLoop starts a loop goroutine, sets its ring up on the locked thread
@@ -241,7 +257,11 @@ func NewLoop(cfg Config) (*Loop, error) {
 	if cfg.Spin == 0 {
 		cfg.Spin = DefaultSpin
 	}
-	l := &Loop{id: cfg.ID, cfg: cfg, done: make(chan struct{}), freeSlot: -1, wakeFd: -1}
+	if cfg.Slice == 0 {
+		cfg.Slice = DefaultSlice
+	}
+	l := &Loop{id: cfg.ID, cfg: cfg, done: make(chan struct{}), freeSlot: -1, wakeFd: -1, schedFd: -1,
+		pol: newSpinPolicy(cfg.Spin)}
 	l.wakeOne[0] = 1
 	l.posted.init()
 	ready := make(chan error, 1)
@@ -288,6 +308,7 @@ func (l *Loop) setup() error {
 	}
 	l.wakeFd = fd
 	l.tid = unix.Gettid()
+	l.schedSetup()
 	loopThreads.Store(l.tid, l)
 	l.growSlots(int(l.cfg.Entries))
 	l.armWake()
@@ -299,6 +320,9 @@ func (l *Loop) teardown() {
 		// wakeFd keeps its number: wake() only writes while the loop
 		// sleeps, which it no longer does.
 		unix.Close(l.wakeFd)
+	}
+	if l.schedFd >= 0 {
+		unix.Close(l.schedFd)
 	}
 	if l.ring != nil {
 		l.ring.Close()
@@ -444,22 +468,117 @@ const spinMaxStorage = 2
 // p50 65µs sleeping; 32-37k IOPS, p50 23µs spinning 30-60µs, for about
 // the same server CPU per I/O (the wake-ups burned it before). A loop
 // that found nothing sleeps; an idle loop doesn't spin at all.
+//
+// How long it polls, and whether at all, is spinPolicy's: the budget
+// follows how soon polling finds work, and polling stops for a while when
+// it finds none or the thread is kept from its CPU (see spinPolicy).
 func (l *Loop) spin() bool {
+	start := nanotime()
+	budget := l.pol.allowance(start)
+	if budget <= 0 {
+		return false
+	}
+	if l.pol.sampleDue(start) {
+		nivcsw, delay := l.schedCounters()
+		l.pol.sample(start, nivcsw, delay)
+		l.notePolicy()
+		if budget = l.pol.allowance(start); budget <= 0 {
+			return false
+		}
+	}
 	if l.ring.Unsubmitted() > 0 {
 		l.enter(0, nil)
 		if l.ring.CQReady() {
-			return true
+			return true // found without polling: says nothing of polling
 		}
 	}
-	end := nanotime() + int64(l.cfg.Spin)
+	end := start + budget
 	for i := 0; ; i++ {
 		if l.ring.TaskrunPending() || l.ring.CQReady() || l.hasWork() {
+			now := nanotime()
+			l.pol.spun(now, now-start, true)
+			l.spinHits.Store(l.spinHits.Load() + 1)
 			l.enter(0, nil) // run the task work: post the CQEs
 			return true
 		}
-		if i&63 == 63 && nanotime() > end {
-			return false
+		if i&63 == 63 {
+			if now := nanotime(); now > end {
+				l.pol.spun(now, now-start, false)
+				l.spinMisses.Store(l.spinMisses.Load() + 1)
+				l.notePolicy()
+				return false
+			}
 		}
+	}
+}
+
+// notePolicy publishes the policy's counters for Stats.
+func (l *Loop) notePolicy() {
+	l.spinRests.Store(l.pol.rests)
+	l.spinContended.Store(l.pol.contentions)
+}
+
+// schedCounters returns the loop thread's involuntary context switches
+// (getrusage RUSAGE_THREAD) and its run delay in ns (the time it was
+// runnable and waiting for a CPU: schedstat's second field); 0 for what
+// can't be read. Two system calls; the loop calls it once per spinWindow
+// at most.
+func (l *Loop) schedCounters() (nivcsw, runDelay int64) {
+	if unix.Getrusage(unix.RUSAGE_THREAD, &l.rusage) == nil {
+		nivcsw = l.rusage.Nivcsw
+	}
+	if l.schedFd >= 0 {
+		if n, err := unix.Pread(l.schedFd, l.schedBuf[:], 0); err == nil {
+			runDelay = schedstatDelay(l.schedBuf[:n])
+		}
+	}
+	return nivcsw, runDelay
+}
+
+// schedstatDelay parses the second field of /proc/.../schedstat
+// ("run_ns delay_ns timeslices"); 0 if it has none.
+func schedstatDelay(b []byte) int64 {
+	i := 0
+	for i < len(b) && b[i] != ' ' {
+		i++
+	}
+	i++
+	var v int64
+	digits := false
+	for ; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
+		v = v*10 + int64(b[i]-'0')
+		digits = true
+	}
+	if !digits {
+		return 0
+	}
+	return v
+}
+
+// DefaultSlice is Config.Slice's default: the time slice a loop's thread
+// asks of the fair scheduler, shorter than the kernel's default (3ms on
+// two CPUs). A loop's thread mostly sleeps and runs for microseconds
+// when woken; with a short slice its deadline (EEVDF) comes early, so a
+// wake-up preempts a CPU-bound neighbour instead of queuing behind the
+// rest of the neighbour's slice. Its share of the CPU is unchanged (the
+// slice sets latency, not weight), so it can't starve anyone: a busy loop
+// is only switched out more often.
+const DefaultSlice = 200 * time.Microsecond
+
+// schedSetup, on the loop's thread: ask for Config.Slice, and open the
+// thread's schedstat for spinPolicy. Neither is needed: an older kernel
+// keeps its slice, and without schedstat the policy sees preemptions
+// only.
+func (l *Loop) schedSetup() {
+	if l.cfg.Slice > 0 {
+		if attr, err := unix.SchedGetAttr(0, 0); err == nil && attr.Policy == unix.SCHED_NORMAL {
+			attr.Runtime = uint64(l.cfg.Slice)
+			attr.Flags = 0
+			_ = unix.SchedSetAttr(0, attr, 0)
+		}
+	}
+	if fd, err := unix.Open("/proc/thread-self/schedstat", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+		l.schedFd = fd
 	}
 }
 
@@ -1049,12 +1168,16 @@ func (l *Loop) OnLoop() bool { return unix.Gettid() == l.tid }
 // Stats returns the loop's counters; safe from any goroutine.
 func (l *Loop) Stats() Stats {
 	return Stats{
-		Submitted:   l.submitted.Load(),
-		Completed:   l.completed.Load(),
-		Enters:      l.enters.Load(),
-		Wakes:       l.wakes.Load(),
-		Posted:      l.postedN.Load(),
-		BacklogHigh: l.backlogHigh.Load(),
+		Submitted:     l.submitted.Load(),
+		Completed:     l.completed.Load(),
+		Enters:        l.enters.Load(),
+		Wakes:         l.wakes.Load(),
+		Posted:        l.postedN.Load(),
+		BacklogHigh:   l.backlogHigh.Load(),
+		SpinHits:      l.spinHits.Load(),
+		SpinMisses:    l.spinMisses.Load(),
+		SpinRests:     l.spinRests.Load(),
+		SpinContended: l.spinContended.Load(),
 	}
 }
 
