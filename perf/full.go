@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 )
 
@@ -17,6 +18,17 @@ var FullWorkloads = []Workload{
 	{Name: "read-128k-qd8", RW: "read", BS: 128 << 10, Depth: 8},
 	{Name: "write-128k-qd8", RW: "write", BS: 128 << 10, Depth: 8},
 	{Name: "randrw70-4k-qd16", RW: "randrw", BS: 4096, Depth: 16, ReadPct: 70},
+	// Shared CPUs: as many CPU hogs as CPUs beside the run, udm against
+	// nbdkit (see Workload.Hogs).
+	sharedWorkload("randread", 1), sharedWorkload("randread", 32),
+	sharedWorkload("randwrite", 1), sharedWorkload("randwrite", 32),
+}
+
+// sharedWorkload is the 4 KiB rw workload at depth d in the shared-CPU
+// condition, for udm's linear export and nbdkit over both transports.
+func sharedWorkload(rw string, d int) Workload {
+	return Workload{Name: fmt.Sprintf("shared-%s-4k-qd%d", rw, d), RW: rw, BS: 4096, Depth: d,
+		Hogs: runtime.NumCPU(), For: []string{CUdmLinTCP, CUdmLinUnix, CNbdkitTCP, CNbdkitUnix}}
 }
 
 // Contender names of the full suite. Peers are the other NBD servers.

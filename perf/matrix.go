@@ -17,7 +17,19 @@ type Workload struct {
 	BS      int    `json:"bs"`
 	Depth   int    `json:"iodepth"`
 	ReadPct int    `json:"rwmixread,omitempty"`
+	// Hogs is the condition the workload runs in: this many CPU-bound
+	// processes (busy shell loops at normal priority) run beside every
+	// run of it, started just before and ended just after, as when the
+	// server shares its CPUs with its clients and neighbours. 0: a quiet
+	// machine.
+	Hogs int `json:"hogs,omitempty"`
+	// For, if set, runs the workload only for contenders whose names
+	// contain one of these.
+	For []string `json:"for,omitempty"`
 }
+
+// Runs reports whether contender name runs workload w.
+func (w Workload) Runs(name string) bool { return len(w.For) == 0 || keep(name, w.For) }
 
 // Contender is one thing measured on every workload: fio on a device,
 // udm in process, an NBD server with fio as its client, ...
@@ -73,7 +85,12 @@ func (m *Matrix) Run(ctx context.Context) (*Report, error) {
 					return rep, ctx.Err()
 				}
 				c := m.Contenders[ci]
+				if !w.Runs(c.Name) {
+					continue
+				}
+				stop := StartHogs(w.Hogs, m.Runtime+m.Ramp+hogSlack)
 				res, err := c.Run(ctx, w, m.Runtime, m.Ramp)
+				stop()
 				if err != nil {
 					msg := fmt.Sprintf("%s on %s (rep %d): %v", c.Name, w.Name, r+1, err)
 					rep.Failures = append(rep.Failures, msg)
@@ -139,6 +156,9 @@ func (r *Report) Markdown(w io.Writer, ratios []Ratio) {
 		fmt.Fprintln(w, hdr)
 		fmt.Fprintln(w, sep)
 		for i, m := range meds {
+			if m == nil && !wl.Runs(r.Contenders[i]) {
+				continue
+			}
 			if m == nil {
 				fmt.Fprintf(w, "| %s | failed | | | | | |", r.Contenders[i])
 				for range ratios {
@@ -162,12 +182,35 @@ func (r *Report) Markdown(w io.Writer, ratios []Ratio) {
 			}
 			fmt.Fprintln(w)
 		}
+		if wl.Hogs > 0 {
+			r.spread(w, wl)
+		}
 	}
 	if len(r.Failures) > 0 {
 		fmt.Fprintf(w, "\nFailures:\n")
 		for _, f := range r.Failures {
 			fmt.Fprintf(w, "- %s\n", f)
 		}
+	}
+}
+
+// spread lists each contender's IOPS per repetition and the lowest as a
+// share of the median: how stable the figure is, not just where its
+// middle lies.
+func (r *Report) spread(w io.Writer, wl Workload) {
+	fmt.Fprintf(w, "\nPer repetition, beside %d CPU hogs (IOPS; lowest/median):\n\n", wl.Hogs)
+	for i, runs := range r.Runs[wl.Name] {
+		med := r.Median[wl.Name][i]
+		if len(runs) == 0 || med == nil || med.IOPS <= 0 {
+			continue
+		}
+		lo := runs[0].IOPS
+		var reps []string
+		for _, x := range runs {
+			lo = min(lo, x.IOPS)
+			reps = append(reps, fmt.Sprintf("%.0f", x.IOPS))
+		}
+		fmt.Fprintf(w, "- %s: %s; %.2f\n", r.Contenders[i], strings.Join(reps, ", "), lo/med.IOPS)
 	}
 }
 

@@ -264,6 +264,7 @@ func NewLoop(cfg Config) (*Loop, error) {
 		pol: newSpinPolicy(cfg.Spin)}
 	l.wakeOne[0] = 1
 	l.posted.init()
+	reserveProc()
 	ready := make(chan error, 1)
 	go l.run(ready)
 	if err := <-ready; err != nil {
@@ -573,7 +574,9 @@ func (l *Loop) schedSetup() {
 	if l.cfg.Slice > 0 {
 		if attr, err := unix.SchedGetAttr(0, 0); err == nil && attr.Policy == unix.SCHED_NORMAL {
 			attr.Runtime = uint64(l.cfg.Slice)
-			attr.Flags = 0
+			// Threads the runtime starts from this one keep the
+			// kernel's slice.
+			attr.Flags = unix.SCHED_FLAG_RESET_ON_FORK
 			_ = unix.SchedSetAttr(0, attr, 0)
 		}
 	}

@@ -52,10 +52,10 @@ const (
 	spinMinBudget         = int64(3 * time.Microsecond)
 	spinHitFactor         = 3
 	spinMissLimit         = 4
-	spinWindow            = int64(4 * time.Millisecond)
+	spinWindow            = int64(2 * time.Millisecond)
 	spinContendedSwitches = 2
 	spinDelayShare        = 8
-	spinContendedWindows  = 2
+	spinContendedWindows  = 1
 	spinRestMin           = int64(20 * time.Millisecond)
 	spinRestMax           = int64(time.Second)
 )

@@ -86,8 +86,9 @@ func TestSpinMissesHalveThenRest(t *testing.T) {
 }
 
 // spinContendedWindows windows in a row in which the thread was preempted
-// spinContendedSwitches times stop spinning; one such window alone, or
-// windows with a single preemption, don't.
+// spinContendedSwitches times stop spinning; windows with fewer
+// preemptions don't, nor (if more than one is needed) contended windows
+// that are not consecutive.
 func TestSpinStopsWhenPreempted(t *testing.T) {
 	p := policyAt(1)
 	now, sw := int64(1), int64(0)
@@ -100,16 +101,21 @@ func TestSpinStopsWhenPreempted(t *testing.T) {
 		}
 		p.sample(now, sw, 0)
 	}
-	window(spinContendedSwitches)
-	window(0)
-	window(1)
-	window(spinContendedSwitches)
-	window(1)
-	if p.allowance(now) == 0 {
-		t.Fatalf("resting after contended windows that were not consecutive")
+	for range 10 {
+		window(spinContendedSwitches - 1)
 	}
-	window(spinContendedSwitches)
-	window(spinContendedSwitches)
+	for range 3 {
+		for range spinContendedWindows - 1 {
+			window(spinContendedSwitches)
+		}
+		window(0)
+	}
+	if p.allowance(now) == 0 {
+		t.Fatalf("resting without %d contended windows in a row", spinContendedWindows)
+	}
+	for range spinContendedWindows {
+		window(spinContendedSwitches)
+	}
 	if p.allowance(now) != 0 {
 		t.Fatalf("still spinning after %d contended windows in a row", spinContendedWindows)
 	}
