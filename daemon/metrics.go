@@ -47,6 +47,8 @@ var (
 	mLoopEnters    = prometheus.NewDesc("udm_loop_enters_total", "io_uring_enter calls made by the loop.", loopLabels, nil)
 	mLoopWakes     = prometheus.NewDesc("udm_loop_wakes_total", "Wake-ups of the sleeping loop by posted work.", loopLabels, nil)
 	mLoopPosted    = prometheus.NewDesc("udm_loop_posted_total", "Functions posted to the loop.", loopLabels, nil)
+	mLoopSpins     = prometheus.NewDesc("udm_loop_spins_total", "Polls for work after a busy turn, by outcome (hit: work came; miss: the loop slept).", []string{"loop", "outcome"}, nil)
+	mLoopRests     = prometheus.NewDesc("udm_loop_spin_rests_total", "Times the loop stopped polling for a back-off, by cause (idle: polling found nothing; contended: the thread was preempted or waited for a CPU).", []string{"loop", "cause"}, nil)
 )
 
 var latOps = [...]string{dm.LatRead: "read", dm.LatWrite: "write", dm.LatOther: "other"}
@@ -57,7 +59,7 @@ type collector struct{ d *Daemon }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mDevIO, mDevBytes, mDevErrors, mDevPushed, mDevInfl, mDevDefer, mDevPush,
 		mDevSusp, mDevOpen, mDevEvent, mDevSize, mDevLat, mNBDAcc, mNBDActive, mNBDShake, mNBDReqs, mNBDErrs, mNBDRecvs, mNBDGath,
-		mLoopSubmitted, mLoopCompleted, mLoopEnters, mLoopWakes, mLoopPosted} {
+		mLoopSubmitted, mLoopCompleted, mLoopEnters, mLoopWakes, mLoopPosted, mLoopSpins, mLoopRests} {
 		ch <- d
 	}
 	c.d.mp.describe(ch)
@@ -116,6 +118,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(mLoopEnters, float64(st.Enters), id)
 		counter(mLoopWakes, float64(st.Wakes), id)
 		counter(mLoopPosted, float64(st.Posted), id)
+		counter(mLoopSpins, float64(st.SpinHits), id, "hit")
+		counter(mLoopSpins, float64(st.SpinMisses), id, "miss")
+		counter(mLoopRests, float64(st.SpinRests-st.SpinContended), id, "idle")
+		counter(mLoopRests, float64(st.SpinContended), id, "contended")
 	}
 	d.mp.collect(ch)
 }
