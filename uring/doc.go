@@ -13,9 +13,10 @@
 //     handler puts off with FlushLater runs once at the end of the turn,
 //     after all of its completions (an NBD connection sends the replies
 //     of a turn together);
-//   - a loop that just did work polls for more (Config.Spin) before it
-//     sleeps, unless a handler asked it to Rest (its next work is a
-//     timer away);
+//   - a loop that just did work polls for more (up to Config.Spin) before
+//     it sleeps, unless a handler asked it to Rest (its next work is a
+//     timer away); how long, and whether at all, adapts to what polling
+//     finds and to the thread being kept from its CPU (spinPolicy);
 //   - an operation's user_data is a slot index plus a generation, never a
 //     Go pointer, and slots are preallocated, so the steady path allocates
 //     nothing;

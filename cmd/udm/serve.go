@@ -36,7 +36,7 @@ func runServe(args []string) error {
 	pprofOn := fs.Bool("pprof", false, "serve the Go profiler (/debug/pprof/) on the metrics address")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. "+daemon.SuggestedMetrics+")")
 	loops := fs.Int("loops", def.Loops, "uring loops (threads running I/O)")
-	spin := fs.Duration("spin", uring.DefaultSpin, "how long a busy loop polls for more work before it sleeps (0: never)")
+	spin := fs.Duration("spin", uring.DefaultSpin, "the most a busy loop polls for more work before it sleeps, less where polling does not pay or the CPUs are shared (0: never)")
 	gather := fs.Duration("gather", server.DefaultGatherWindow, "how long an NBD connection with many requests in flight lets them gather before taking them in (0: never)")
 	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	noDemo := fs.Bool("no-demo", false, "don't create the demo device on an empty state dir")
