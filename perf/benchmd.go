@@ -37,6 +37,17 @@ func EvaluateTargets(r *Report) []Check {
 		cs = append(cs, Check{Target: target, Missing: true, Detail: what + " not measured"})
 	}
 	for _, w := range r.Workloads {
+		if w.Name == Ext4Workload.Name {
+			target := "real stack: udm IOPS ≥ nbdkit's, " + w.Name
+			u, nk := med(r, w.Name, CUdmExt4), med(r, w.Name, CNbdkitExt4)
+			if u == nil || nk == nil {
+				missing(target, "udm or nbdkit on ext4")
+				continue
+			}
+			cs = append(cs, Check{Target: target, Pass: u.IOPS >= nk.IOPS,
+				Detail: fmt.Sprintf("udm %.0f vs nbdkit %.0f (%.2f×)", u.IOPS, nk.IOPS, u.IOPS/nk.IOPS)})
+			continue
+		}
 		for _, unix := range []bool{false, true} {
 			tr, udm := "tcp", CUdmLinTCP
 			if unix {

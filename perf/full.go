@@ -22,6 +22,14 @@ var FullWorkloads = []Workload{
 	// nbdkit (see Workload.Hogs).
 	sharedWorkload("randread", 1), sharedWorkload("randread", 32),
 	sharedWorkload("randwrite", 1), sharedWorkload("randwrite", 32),
+	// The real stack (root, FUSE and nbdfuse): ext4 on the export.
+	ext4Workload(),
+}
+
+func ext4Workload() Workload {
+	w := Ext4Workload
+	w.For = []string{CUdmExt4, CNbdkitExt4}
+	return w
 }
 
 // sharedWorkload is the 4 KiB rw workload at depth d in the shared-CPU
@@ -48,6 +56,9 @@ const (
 	CQemuThrUnix = "qemu-nbd aio=threads, unix"
 	CQemuUrTCP   = "qemu-nbd aio=io_uring, tcp"
 	CQemuUrUnix  = "qemu-nbd aio=io_uring, unix"
+	// ext4 on the export through nbdfuse and a loop device (FsContender).
+	CUdmExt4    = "udm nbd linear, ext4 via nbdfuse"
+	CNbdkitExt4 = "nbdkit file, ext4 via nbdfuse"
 	// The floor server (ServeFloor) is a reference, not a peer: the least
 	// a server can do per request, busy-polling one connection.
 	CFloorTCP  = "floor server, tcp"
@@ -231,6 +242,9 @@ func FullSuite(opt FullOptions) (*Suite, error) {
 		}
 		s.cleanup = append(s.cleanup, srv.Stop)
 		add(NBDContender(p.name, uri, srv, nil))
+		if p.name == CNbdkitUnix && canFuse() {
+			add(FsContender(CNbdkitExt4, uri, opt.Dir, srv))
+		}
 	}
 	ok = true
 	return s, nil
@@ -290,7 +304,24 @@ func (s *Suite) startUdm(opt FullOptions, file, link, tag string, extra []string
 	add(NBDContender(CUdmLinUnix, unix("lin"), srv, allocs))
 	add(NBDContender(CUdmMpTCP, tcp("mp"), srv, allocs))
 	add(NBDContender(CUdmMpUnix, unix("mp"), srv, allocs))
+	if canFuse() {
+		add(FsContender(CUdmExt4, unix("lin"), opt.Dir, srv))
+	}
 	return nil
+}
+
+// canFuse reports whether the real-stack row can run here: root, and
+// nbdfuse and mkfs.ext4 installed.
+func canFuse() bool {
+	if os.Geteuid() != 0 {
+		return false
+	}
+	for _, tool := range []string{"nbdfuse", "mkfs.ext4"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // Peers are the other NBD servers of a transport.
@@ -311,6 +342,12 @@ func FullRatios(names []string) []Ratio {
 	}
 	bestPeer := func(_ string, row int, meds []*Result) int {
 		n := names[row]
+		if n == CUdmExt4 {
+			if i, ok := idx[CNbdkitExt4]; ok {
+				return i
+			}
+			return -1
+		}
 		if !strings.HasPrefix(n, "udm nbd") {
 			return -1
 		}

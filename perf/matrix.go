@@ -37,6 +37,24 @@ type Contender struct {
 	Name string
 	// Run measures one workload for runtime (after ramp).
 	Run func(ctx context.Context, w Workload, runtime, ramp time.Duration) (*Result, error)
+	// Workloads, if set, are the only workloads (by name) it runs.
+	Workloads []string
+}
+
+// runs reports whether c runs workload w (see Workload.For).
+func (c Contender) runs(w Workload) bool {
+	if !w.Runs(c.Name) {
+		return false
+	}
+	if len(c.Workloads) == 0 {
+		return true
+	}
+	for _, n := range c.Workloads {
+		if n == w.Name {
+			return true
+		}
+	}
+	return false
 }
 
 // Matrix runs every contender on every workload, Reps times, rotating the
@@ -85,7 +103,7 @@ func (m *Matrix) Run(ctx context.Context) (*Report, error) {
 					return rep, ctx.Err()
 				}
 				c := m.Contenders[ci]
-				if !w.Runs(c.Name) {
+				if !c.runs(w) {
 					continue
 				}
 				stop := StartHogs(w.Hogs, m.Runtime+m.Ramp+hogSlack)
@@ -156,7 +174,7 @@ func (r *Report) Markdown(w io.Writer, ratios []Ratio) {
 		fmt.Fprintln(w, hdr)
 		fmt.Fprintln(w, sep)
 		for i, m := range meds {
-			if m == nil && !wl.Runs(r.Contenders[i]) {
+			if m == nil && !r.ran(wl.Name, i) {
 				continue
 			}
 			if m == nil {
@@ -192,6 +210,20 @@ func (r *Report) Markdown(w io.Writer, ratios []Ratio) {
 			fmt.Fprintf(w, "- %s\n", f)
 		}
 	}
+}
+
+// ran reports whether contender ci ran workload wl, or tried to.
+func (r *Report) ran(wl string, ci int) bool {
+	if len(r.Runs[wl][ci]) > 0 {
+		return true
+	}
+	prefix := r.Contenders[ci] + " on " + wl + " ("
+	for _, f := range r.Failures {
+		if strings.HasPrefix(f, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // spread lists each contender's IOPS per repetition and the lowest as a
