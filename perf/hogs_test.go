@@ -3,12 +3,15 @@ package perf
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"udm/internal/testutil"
 )
 
 // hogsRunning counts this process's children that are hog shells.
@@ -43,13 +46,7 @@ func hogsRunning(t *testing.T) int {
 // waitHogs polls until want hogs run.
 func waitHogs(t *testing.T, want int) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for hogsRunning(t) != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d hogs running, want %d", hogsRunning(t), want)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, fmt.Sprintf("%d hogs running", want), func() bool { return hogsRunning(t) == want })
 }
 
 // StartHogs starts n CPU-bound children; stop ends them, and so does

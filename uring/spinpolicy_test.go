@@ -3,6 +3,8 @@ package uring
 import (
 	"testing"
 	"time"
+
+	"udm/internal/testutil"
 )
 
 const us = int64(time.Microsecond)
@@ -226,7 +228,7 @@ func TestLoopCountsSpins(t *testing.T) {
 	}
 	// The Call's function was work: the loop now spins for up to 2s, and
 	// the next Post arrives within it unless the policy rests.
-	waitFor(t, "a spin hit", func() bool {
+	testutil.Eventually(t, "a spin hit", func() bool {
 		l.Call(func() {})
 		return l.Stats().SpinHits > 0
 	})
@@ -236,20 +238,8 @@ func TestLoopCountsSpins(t *testing.T) {
 		t.Fatalf("the loop could not open its thread's schedstat")
 	}
 	m := newLoop(t, Config{Spin: 20 * time.Microsecond})
-	waitFor(t, "a spin miss", func() bool {
+	testutil.Eventually(t, "a spin miss", func() bool {
 		m.Call(func() {})
 		return m.Stats().SpinMisses > 0
 	})
-}
-
-// waitFor polls cond until it holds, failing after a generous bound.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within 20s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
