@@ -42,6 +42,9 @@ type Config struct {
 	// Spin is how long a loop that just did work polls for more before
 	// sleeping (0: uring.DefaultSpin; negative: never). See uring.Config.
 	Spin time.Duration
+	// Slice is the scheduler time slice a loop's thread asks for (0:
+	// uring.DefaultSlice; negative: the kernel's). See uring.Config.
+	Slice time.Duration
 	// Gather is how long an NBD connection whose client keeps many
 	// requests in flight lets them gather before taking them in (0:
 	// server.DefaultGatherWindow; negative: never). See server.Config.

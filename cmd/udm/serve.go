@@ -37,6 +37,7 @@ func runServe(args []string) error {
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. "+daemon.SuggestedMetrics+")")
 	loops := fs.Int("loops", def.Loops, "uring loops (threads running I/O)")
 	spin := fs.Duration("spin", uring.DefaultSpin, "the most a busy loop polls for more work before it sleeps, less where polling does not pay or the CPUs are shared (0: never)")
+	slice := fs.Duration("loop-slice", uring.DefaultSlice, "the scheduler time slice a loop's thread asks for (0: the kernel's)")
 	gather := fs.Duration("gather", server.DefaultGatherWindow, "how long an NBD connection with many requests in flight lets them gather before taking them in (0: never)")
 	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	noDemo := fs.Bool("no-demo", false, "don't create the demo device on an empty state dir")
@@ -69,7 +70,7 @@ func runServe(args []string) error {
 
 	d, err := daemon.New(daemon.Config{StateDir: *stateDir, Control: *control, NBD: *nbdAddr, NBDUnix: *nbdUnix,
 		NBDUnixGroup: *nbdGroup, TLS: tls, TLSCertificates: *tlsDir, TLSVerifyPeer: *tlsVerify, PProf: *pprofOn,
-		Metrics: *metrics, Loops: *loops, Spin: durationCfg(*spin), Gather: durationCfg(*gather), NoDemo: *noDemo, Log: log, Out: os.Stdout})
+		Metrics: *metrics, Loops: *loops, Spin: durationCfg(*spin), Slice: durationCfg(*slice), Gather: durationCfg(*gather), NoDemo: *noDemo, Log: log, Out: os.Stdout})
 	if err != nil {
 		return err
 	}
@@ -90,7 +91,7 @@ func runServe(args []string) error {
 	return nil
 }
 
-// durationCfg maps --spin and --gather to their configs, where 0 means the
+// durationCfg maps --spin, --loop-slice and --gather to their configs, where 0 means the
 // default and a negative value never.
 func durationCfg(d time.Duration) time.Duration {
 	if d <= 0 {
