@@ -33,10 +33,11 @@ func ext4Workload() Workload {
 }
 
 // sharedWorkload is the 4 KiB rw workload at depth d in the shared-CPU
-// condition, for udm's linear export and nbdkit over both transports.
+// condition, for udm's linear export (and its --variant servers) and
+// nbdkit over both transports.
 func sharedWorkload(rw string, d int) Workload {
 	return Workload{Name: fmt.Sprintf("shared-%s-4k-qd%d", rw, d), RW: rw, BS: 4096, Depth: d,
-		Hogs: runtime.NumCPU(), For: []string{CUdmLinTCP, CUdmLinUnix, CNbdkitTCP, CNbdkitUnix}}
+		Hogs: runtime.NumCPU(), For: []string{"udm nbd linear", CNbdkitTCP, CNbdkitUnix}}
 }
 
 // Contender names of the full suite. Peers are the other NBD servers.

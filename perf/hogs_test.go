@@ -124,3 +124,28 @@ func TestSharedWorkloadRowsAndTargets(t *testing.T) {
 		}
 	}
 }
+
+// The shared-CPU workloads of make bench run udm's linear export, its
+// variants and nbdkit, over both transports, and nothing else.
+func TestSharedWorkloadsContenders(t *testing.T) {
+	n := 0
+	for _, w := range FullWorkloads {
+		if w.Hogs == 0 {
+			continue
+		}
+		n++
+		for _, c := range []string{CUdmLinTCP, CUdmLinUnix, "udm nbd linear [--spin 0], tcp", CNbdkitTCP, CNbdkitUnix} {
+			if !w.Runs(c) {
+				t.Errorf("%s does not run %s", w.Name, c)
+			}
+		}
+		for _, c := range []string{CUdmMpTCP, CQemuThrUnix, CFioFile, CUdmLinLoop, CNbdkitExt4} {
+			if w.Runs(c) {
+				t.Errorf("%s runs %s", w.Name, c)
+			}
+		}
+	}
+	if n != 4 {
+		t.Fatalf("%d shared-CPU workloads, want 4 (randread and randwrite at depth 1 and 32)", n)
+	}
+}
