@@ -298,53 +298,34 @@ func (d *Device) buildTable(lines []TableLine) (*table, error) {
 	return t, nil
 }
 
+// eachTarget calls hook on every target of t that implements H, in table
+// order. nil-safe.
+func eachTarget[H any](t *table, hook func(H)) {
+	if t == nil {
+		return
+	}
+	for i := range t.targets {
+		if x, ok := t.targets[i].target.(H); ok {
+			hook(x)
+		}
+	}
+}
+
 // destroy releases the targets and then the devices they opened. nil-safe.
 func (t *table) destroy() {
 	if t == nil {
 		return
 	}
-	for i := range t.targets {
-		if x, ok := t.targets[i].target.(Destroyer); ok {
-			x.Destroy()
-		}
-	}
+	eachTarget(t, Destroyer.Destroy)
 	t.devs.release()
 }
 
 // The hooks of all targets, in table order. All are nil-safe.
 
-func (t *table) presuspend() {
-	if t == nil {
-		return
-	}
-	for i := range t.targets {
-		if x, ok := t.targets[i].target.(PreSuspender); ok {
-			x.PreSuspend()
-		}
-	}
-}
-
-func (t *table) presuspendUndo() {
-	if t == nil {
-		return
-	}
-	for i := range t.targets {
-		if x, ok := t.targets[i].target.(PreSuspendUndoer); ok {
-			x.PreSuspendUndo()
-		}
-	}
-}
-
-func (t *table) postsuspend() {
-	if t == nil {
-		return
-	}
-	for i := range t.targets {
-		if x, ok := t.targets[i].target.(PostSuspender); ok {
-			x.PostSuspend()
-		}
-	}
-}
+func (t *table) presuspend()     { eachTarget(t, PreSuspender.PreSuspend) }
+func (t *table) presuspendUndo() { eachTarget(t, PreSuspendUndoer.PreSuspendUndo) }
+func (t *table) postsuspend()    { eachTarget(t, PostSuspender.PostSuspend) }
+func (t *table) resume()         { eachTarget(t, Resumer.Resume) }
 
 func (t *table) preresume() error {
 	for i := range t.targets {
@@ -356,14 +337,6 @@ func (t *table) preresume() error {
 		}
 	}
 	return nil
-}
-
-func (t *table) resume() {
-	for i := range t.targets {
-		if x, ok := t.targets[i].target.(Resumer); ok {
-			x.Resume()
-		}
-	}
 }
 
 // lines prints the table as dmsetup table (StatusTable) or status
