@@ -266,15 +266,9 @@ func (t *Multipath) EndIO(c *dm.Clone, err error) (dm.EndIOResult, error) {
 // failPath fails path i (an I/O error, a failed check, the operator). It
 // works while suspended too: only messages are refused then.
 func (t *Multipath) failPath(i int, cause string, err error, fromIO bool) {
-	t.mu.Lock()
-	acts := t.mu.m.FailPath(i)
-	if len(acts) == 0 {
-		t.mu.Unlock()
+	if !t.pathChange((*Machine).FailPath, i, cause, err) {
 		return
 	}
-	held := t.applyLocked(acts)
-	t.mu.Unlock()
-	t.act(acts, held, cause, err)
 	if w := t.watch.Load(); w != nil && fromIO {
 		w.pathFailedByIO(i)
 	}
@@ -282,15 +276,23 @@ func (t *Multipath) failPath(i int, cause string, err error, fromIO bool) {
 
 // reinstatePath reinstates path i (a passing check, the operator).
 func (t *Multipath) reinstatePath(i int, cause string) {
+	t.pathChange((*Machine).ReinstatePath, i, cause, nil)
+}
+
+// pathChange runs change (the Machine's FailPath or ReinstatePath) on
+// path i under t.mu, follows it and acts on it unlocked. It reports
+// false, having done nothing, when the path was already in that state.
+func (t *Multipath) pathChange(change func(*Machine, int) []Action, i int, cause string, err error) bool {
 	t.mu.Lock()
-	acts := t.mu.m.ReinstatePath(i)
+	acts := change(t.mu.m, i)
 	if len(acts) == 0 {
 		t.mu.Unlock()
-		return
+		return false
 	}
 	held := t.applyLocked(acts)
 	t.mu.Unlock()
-	t.act(acts, held, cause, nil)
+	t.act(acts, held, cause, err)
+	return true
 }
 
 // applyLocked follows a machine change: a reinstated path starts a new
