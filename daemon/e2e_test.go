@@ -26,7 +26,7 @@ import (
 // fioProc is fio running in the background.
 type fioProc struct {
 	cmd  *exec.Cmd
-	out  *syncBuf
+	out  *testutil.SyncBuffer
 	done chan struct{}
 	err  error
 }
@@ -34,7 +34,7 @@ type fioProc struct {
 func startFio(t *testing.T, args ...string) *fioProc {
 	t.Helper()
 	fio := testutil.RequireTool(t, "fio")
-	f := &fioProc{out: &syncBuf{}, done: make(chan struct{})}
+	f := &fioProc{out: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	f.cmd = exec.Command(fio, args...)
 	f.cmd.Dir = t.TempDir() // anything fio leaves behind goes there
 	f.cmd.Stdout, f.cmd.Stderr = f.out, f.out
@@ -54,14 +54,7 @@ func startFio(t *testing.T, args ...string) *fioProc {
 	return f
 }
 
-func (f *fioProc) exited() bool {
-	select {
-	case <-f.done:
-		return true
-	default:
-		return false
-	}
-}
+func (f *fioProc) exited() bool { return testutil.Closed(f.done) }
 
 // wait waits for fio and checks it exited 0 with no I/O or verify error.
 func (f *fioProc) wait(t *testing.T) {

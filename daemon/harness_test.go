@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,23 +26,8 @@ var udmBin string
 
 func TestMain(m *testing.M) { testutil.MainWithUDM(m, &udmBin) }
 
-// syncBuf is a bytes.Buffer safe for a writer goroutine and readers.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// sockDir returns a short directory for Unix sockets.
+func sockDir(t *testing.T) string { return testutil.SockDir(t) }
 
 // udmd is one `udm serve` subprocess.
 type udmd struct {
@@ -53,23 +37,11 @@ type udmd struct {
 	nbdUnix  string
 	args     []string
 	cmd      *exec.Cmd
-	stdout   *syncBuf
-	stderr   *syncBuf
+	stdout   *testutil.SyncBuffer
+	stderr   *testutil.SyncBuffer
 	done     chan struct{}
 	waitErr  error
 	info     api.DaemonInfo
-}
-
-// sockDir returns a short directory for Unix sockets (their paths are
-// limited to 108 bytes; test temp dirs can be long).
-func sockDir(t *testing.T) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "udm-s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
 }
 
 // startUDM starts a daemon on stateDir, with NBD on a free loopback port
@@ -117,7 +89,7 @@ func (u *udmd) launch() {
 	t.Helper()
 	// Every test that runs udm serve comes through here: -short skips it.
 	testutil.SkipShort(t, "an end-to-end test of udm serve")
-	u.stdout, u.stderr = &syncBuf{}, &syncBuf{}
+	u.stdout, u.stderr = &testutil.SyncBuffer{}, &testutil.SyncBuffer{}
 	u.cmd = exec.Command(udmBin, u.args...)
 	u.cmd.Stdout, u.cmd.Stderr = u.stdout, u.stderr
 	u.cmd.Env = append(os.Environ(), "UDM_SOCKET=/nonexistent/never-used.sock")
@@ -149,14 +121,7 @@ func (u *udmd) await() {
 	})
 }
 
-func (u *udmd) running() bool {
-	select {
-	case <-u.done:
-		return false
-	default:
-		return true
-	}
-}
+func (u *udmd) running() bool { return !testutil.Closed(u.done) }
 
 // exitCode waits for the daemon to exit and returns its status.
 func (u *udmd) exitCode() int {

@@ -159,12 +159,7 @@ func TestDrillExternalDaemon(t *testing.T) {
 	state := t.TempDir()
 	sock := filepath.Join(t.TempDir(), "c.sock")
 	if len(sock) > 100 {
-		d, err := os.MkdirTemp("", "udmx")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(d) })
-		sock = filepath.Join(d, "c.sock")
+		sock = filepath.Join(testutil.SockDir(t), "c.sock")
 	}
 	p, err := startDaemon(context.Background(), "udm serve", filepath.Join(state, "log"),
 		[]string{udmBin, "serve", "--state-dir", state, "--control", sock, "--nbd", "127.0.0.1:0", "--nbd-unix", "", "--no-demo"}, sock)

@@ -29,25 +29,6 @@ const (
 
 func bg() context.Context { return context.Background() }
 
-// logBuf collects a test's log lines and prints them if it failed
-// (goroutines may log after t.Log is no longer allowed).
-type logBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // env is a registry with the dm targets and multipath, whose tables open
 // files and block devices with filedev (real io_uring I/O), the named
 // in-memory devices, and /dev/mapper/NAME of its own devices. Every map
@@ -58,7 +39,7 @@ type env struct {
 	reg   *dm.Registry
 	chk   *Checker
 	log   zerolog.Logger
-	logs  *logBuf
+	logs  *testutil.SyncBuffer // printed if the test failed: goroutines may log after t.Log is no longer allowed
 	mem   map[string]dm.BlockDevice
 	loops []*uring.Loop
 }
@@ -74,7 +55,7 @@ type envConfig struct {
 }
 
 func newEnv(t testing.TB, cfg envConfig) *env {
-	e := &env{t: t, logs: &logBuf{}, mem: map[string]dm.BlockDevice{}}
+	e := &env{t: t, logs: &testutil.SyncBuffer{}, mem: map[string]dm.BlockDevice{}}
 	start := time.Now()
 	e.log = zerolog.New(e.logs).Hook(zerolog.HookFunc(func(ev *zerolog.Event, _ zerolog.Level, _ string) {
 		ev.Str("t", time.Since(start).Round(time.Microsecond).String())

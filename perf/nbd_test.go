@@ -16,11 +16,7 @@ import (
 func startNbdkitUnix(t *testing.T, size int64) string {
 	t.Helper()
 	bin := testutil.RequireTool(t, "nbdkit")
-	dir, err := os.MkdirTemp("", "udmperf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := testutil.SockDir(t)
 	sock, pid := filepath.Join(dir, "s.sock"), filepath.Join(dir, "pid")
 	cmd := exec.Command(bin, "--exit-with-parent", "-f", "-U", sock, "-P", pid, "file", testutil.TempFile(t, size))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -45,14 +45,7 @@ func (r *Rec) BioEnd(_ *dm.Bio, err error) {
 }
 
 // Ended reports whether the bio has ended.
-func (r *Rec) Ended() bool {
-	select {
-	case <-r.done:
-		return true
-	default:
-		return false
-	}
-}
+func (r *Rec) Ended() bool { return testutil.Closed(r.done) }
 
 // Ends is how many times the bio ended (more than one is a bug).
 func (r *Rec) Ends() int { return int(r.ends.Load()) }

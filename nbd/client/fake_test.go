@@ -64,7 +64,7 @@ func newCtFakeSize(t testing.TB, structured bool, size uint64, handle func(fc *c
 // bs is not zero.
 func newCtFakeBlocks(t testing.TB, structured bool, size uint64, bs [3]uint32, handle func(fc *ctFakeConn, req wire.Request, payload []byte)) *ctFake {
 	t.Helper()
-	sock := filepath.Join(ctDir(t), "fake.sock")
+	sock := filepath.Join(testutil.SockDir(t), "fake.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)

@@ -20,7 +20,7 @@ import (
 // handshake written out by hand) and returns the URI.
 func ctScript(t *testing.T, fn func(nc net.Conn, br *bufio.Reader)) string {
 	t.Helper()
-	sock := filepath.Join(ctDir(t), "h.sock")
+	sock := filepath.Join(testutil.SockDir(t), "h.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)

@@ -38,18 +38,6 @@ type ctServer struct {
 	stderr *bytes.Buffer
 }
 
-// ctDir returns a short temporary directory (unix socket paths are
-// limited to 108 bytes).
-func ctDir(t testing.TB) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "udmnbd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
-
 // ctFreePort returns a TCP port that was free a moment ago.
 func ctFreePort(t testing.TB) int {
 	t.Helper()
@@ -68,7 +56,7 @@ func ctFreePort(t testing.TB) int {
 func ctNewServer(t testing.TB, kind string, unix bool, sockFlag, addrFlag string) (s *ctServer, bin string, where []string) {
 	t.Helper()
 	bin = testutil.RequireTool(t, kind)
-	dir := ctDir(t)
+	dir := testutil.SockDir(t)
 	s = &ctServer{t: t, kind: kind, pidfile: filepath.Join(dir, "pid")}
 	if unix {
 		s.sock = filepath.Join(dir, "s.sock")
