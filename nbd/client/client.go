@@ -713,15 +713,7 @@ func (c *Client) abort(r *creq, err error) {
 // back to the pool. If ctx ends first, r is aborted and wait returns
 // once the client has let go of r's buffer.
 func (c *Client) wait(ctx context.Context, r *creq) error {
-	var err error
-	select {
-	case err = <-r.ch:
-	case <-ctx.Done():
-		c.abort(r, ctx.Err())
-		err = <-r.ch
-	}
-	r.unref()
-	return err
+	return c.waitKeep(ctx, r, nil)
 }
 
 // do runs one synchronous request.
@@ -788,7 +780,8 @@ func (c *Client) BlockStatus(ctx context.Context, off int64, length uint32) ([]E
 	return ext, err
 }
 
-// waitKeep is wait that reads what it needs from r before releasing it.
+// waitKeep is wait that, on success, runs keep (if not nil) to read what
+// it needs from r before releasing it.
 func (c *Client) waitKeep(ctx context.Context, r *creq, keep func()) error {
 	var err error
 	select {
@@ -797,7 +790,7 @@ func (c *Client) waitKeep(ctx context.Context, r *creq, keep func()) error {
 		c.abort(r, ctx.Err())
 		err = <-r.ch
 	}
-	if err == nil {
+	if err == nil && keep != nil {
 		keep()
 	}
 	r.unref()

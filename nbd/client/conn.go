@@ -515,6 +515,22 @@ func (cc *clientConn) discard(n uint64) error {
 	return nil
 }
 
+// chunkEndUnlock closes the handling of one reply chunk of r, entered
+// with c.mu held: if the chunk was the last (done), r is finished with
+// the result its chunks gave. It unlocks c.mu and delivers r if that
+// ended it.
+func (c *Client) chunkEndUnlock(r *creq, done bool) {
+	if !done {
+		c.mu.Unlock()
+		return
+	}
+	d := c.finishLocked(r, r.result())
+	c.mu.Unlock()
+	if d {
+		c.deliver(r)
+	}
+}
+
 // finishLocked ends r with its reply's result; r.replied is set.
 func (c *Client) finishLocked(r *creq, err error) bool {
 	r.replied = true
@@ -675,15 +691,7 @@ func (cc *clientConn) chunk(flags, typ uint16, cookie uint64, length uint32) err
 			return nil
 		}
 	}
-	if !done {
-		c.mu.Unlock()
-		return nil
-	}
-	d := c.finishLocked(r, r.result())
-	c.mu.Unlock()
-	if d {
-		c.deliver(r)
-	}
+	c.chunkEndUnlock(r, done)
 	return nil
 }
 
@@ -739,15 +747,7 @@ func (cc *clientConn) dataChunk(done bool, cookie uint64, length uint32) error {
 			return nil
 		}
 	}
-	if !done {
-		c.mu.Unlock()
-		return nil
-	}
-	d := c.finishLocked(r, r.result())
-	c.mu.Unlock()
-	if d {
-		c.deliver(r)
-	}
+	c.chunkEndUnlock(r, done)
 	return nil
 }
 
