@@ -484,17 +484,7 @@ func TestRemoveOrDeferStandalone(t *testing.T) {
 	if marked, err := d.RemoveOrDefer(bg(), false); err != nil || !marked {
 		t.Fatalf("open device: marked %v, %v", marked, err)
 	}
-	if err := d.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.WaitRemoval(bg()); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-d.Removed():
-	default:
-		t.Fatal("not removed after the last close")
-	}
+	lastCloseRemoves(t, d, "not removed after the last close")
 	if i := d.Info(); i.Live || i.DeferredRemove {
 		t.Fatalf("after the deferred removal: %+v", i)
 	}
@@ -503,9 +493,7 @@ func TestRemoveOrDeferStandalone(t *testing.T) {
 	if marked, err := e.RemoveOrDefer(bg(), false); err != nil || marked {
 		t.Fatalf("closed device: marked %v, %v", marked, err)
 	}
-	select {
-	case <-e.Removed():
-	default:
+	if !testutil.Closed(e.Removed()) {
 		t.Fatal("not removed at once")
 	}
 }
@@ -563,17 +551,7 @@ func TestDeferredRemovalRechecksTheMark(t *testing.T) {
 				return
 			}
 			d.SetHook(nil)
-			if err := d.Close(); err != nil {
-				t.Fatal(err)
-			}
-			if err := d.WaitRemoval(bg()); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case <-d.Removed():
-			default:
-				t.Fatal("the next last close did not remove it")
-			}
+			lastCloseRemoves(t, d, "the next last close did not remove it")
 		})
 	}
 }

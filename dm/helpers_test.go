@@ -410,6 +410,22 @@ func liveTarget[T dm.Target](t testing.TB, d *dm.Device, i int) T {
 
 func bg() context.Context { return context.Background() }
 
+// lastCloseRemoves closes d, the last user of a device marked for
+// deferred removal, waits for the removal and fails with msg unless d is
+// removed.
+func lastCloseRemoves(t testing.TB, d *dm.Device, msg string) {
+	t.Helper()
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WaitRemoval(bg()); err != nil {
+		t.Fatal(err)
+	}
+	if !testutil.Closed(d.Removed()) {
+		t.Fatal(msg)
+	}
+}
+
 func fill(b []byte, v byte) []byte {
 	for i := range b {
 		b[i] = v

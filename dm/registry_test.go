@@ -197,9 +197,7 @@ func TestRegistryRemove(t *testing.T) {
 		if len(f.reg.List()) != 0 || f.opened("a") != 0 {
 			t.Fatalf("after last close: %q", f.reg.List())
 		}
-		select {
-		case <-d.Removed():
-		default:
+		if !testutil.Closed(d.Removed()) {
 			t.Fatal("Removed not closed after the removal")
 		}
 	})
