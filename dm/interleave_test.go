@@ -60,11 +60,7 @@ func (g *gate) park() {
 
 func (g *gate) waitReached(t *testing.T, what string) {
 	t.Helper()
-	select {
-	case <-g.reached:
-	case <-time.After(testutil.Patience):
-		t.Fatalf("never reached %s", what)
-	}
+	testutil.Wait(t, what+" to be reached", g.reached)
 }
 
 // Suspend racing completions: the last completion lands at each point of

@@ -23,13 +23,7 @@ func memIO(t *testing.T, dev dm.BlockDevice, op dm.Op, sector uint64, buf []byte
 	c := dm.NewDetachedClone(nil, func(c *dm.Clone, err error) { done <- err })
 	c.Op, c.Sector, c.Len, c.Buf = op, sector, uint32(len(buf)), buf
 	dev.Submit(c)
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(testutil.Patience):
-		t.Fatal("I/O never completed")
-		return nil
-	}
+	return testutil.Wait(t, "the I/O to complete", done)
 }
 
 func TestMemDevice(t *testing.T) {
