@@ -253,11 +253,7 @@ func (k *ctCollector) wait(t testing.TB) {
 	t.Helper()
 	done := make(chan struct{})
 	go func() { k.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(testutil.Patience):
-		t.Fatalf("requests never ended")
-	}
+	testutil.Wait(t, "every request to end", done)
 }
 
 // once checks that each of n tags ended exactly once.

@@ -3,6 +3,7 @@ package client
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"syscall"
@@ -39,16 +40,11 @@ func ctSubmit(t *testing.T, l *uring.Loop, dev *dm.Device, op dm.Op, flags dm.Bi
 	if err := l.Post(func() { dev.Submit(&b.Bio) }); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-b.done:
-		if !b.onLoop {
-			t.Errorf("%s@%d ended off its loop", op, off)
-		}
-		return err
-	case <-time.After(testutil.Patience):
-		t.Fatalf("%s@%d never ended", op, off)
-		return nil
+	err := testutil.Wait(t, fmt.Sprintf("%s@%d to end", op, off), b.done)
+	if !b.onLoop {
+		t.Errorf("%s@%d ended off its loop", op, off)
 	}
+	return err
 }
 
 // A dm table mixing an NBD export and a file (ComposeOpeners) carries
@@ -136,26 +132,16 @@ func TestClientIODeadline(t *testing.T) {
 	cl := dm.NewDetachedClone(nil, func(_ *dm.Clone, err error) { done <- err })
 	cl.Op, cl.Sector, cl.Len, cl.Buf = dm.OpRead, 0, 4096, make([]byte, 4096)
 	c.Submit(cl)
-	select {
-	case err := <-done:
-		if !errors.Is(err, syscall.ETIMEDOUT) {
-			t.Fatalf("slow read: %v, want ETIMEDOUT", err)
-		}
-	case <-time.After(testutil.Patience):
-		t.Fatal("slow read never ended")
+	if err := testutil.Wait(t, "the slow read to end", done); !errors.Is(err, syscall.ETIMEDOUT) {
+		t.Fatalf("slow read: %v, want ETIMEDOUT", err)
 	}
 	// With the deadline gone (0), a slow read waits for its reply.
 	c.SetIODeadline(0)
 	cl = dm.NewDetachedClone(nil, func(_ *dm.Clone, err error) { done <- err })
 	cl.Op, cl.Sector, cl.Len, cl.Buf = dm.OpRead, 8, 4096, make([]byte, 4096)
 	c.Submit(cl)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("read without a deadline: %v", err)
-		}
-	case <-time.After(testutil.Patience):
-		t.Fatal("read never ended")
+	if err := testutil.Wait(t, "the read without a deadline to end", done); err != nil {
+		t.Fatalf("read without a deadline: %v", err)
 	}
 	testutil.Eventually(t, "the late reply consumed", func() bool { return ctTableEmpty(c) })
 }

@@ -438,13 +438,8 @@ func TestClientCancelDuringSend(t *testing.T) {
 	go func() { errc <- c.WriteAt(wctx, make([]byte, 16<<20), 0, false) }()
 	testutil.Eventually(t, "the writer is stuck sending the payload", pinned)
 	cancel()
-	select {
-	case err := <-errc:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("canceled write: %v", err)
-		}
-	case <-time.After(testutil.Patience):
-		t.Fatal("canceled write never returned")
+	if err := testutil.Wait(t, "the canceled write to return", errc); !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled write: %v", err)
 	}
 	release()
 	col.wait(t)
