@@ -61,6 +61,17 @@ func ioOn(t *testing.T, l *uring.Loop, d interface{ Submit(*dm.Bio) }, op dm.Op,
 	return out, err
 }
 
+// mustOpen opens path with opts and closes it when the test ends.
+func mustOpen(t *testing.T, path string, opts Options) *Device {
+	t.Helper()
+	d, err := Open(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
 func randBytes(rng *rand.Rand, n int) []byte {
 	b := make([]byte, n)
 	for i := range b {
@@ -190,11 +201,7 @@ func TestOpsOnFile(t *testing.T) {
 			continue
 		}
 		p := backing(t, 1, 4<<20, loopdev)[0]
-		d, err := Open(p, Options{Mode: c.mode})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { d.Close() })
+		d := mustOpen(t, p, Options{Mode: c.mode})
 		sub := submitter{d}
 		data := bytes.Repeat([]byte{0xab}, 64<<10)
 		if _, err := ioOn(t, l, sub, dm.OpWrite, 0, data, dm.FUA); err != nil {
@@ -247,11 +254,7 @@ func TestMisalignedBufferBounces(t *testing.T) {
 	if os.Geteuid() == 0 {
 		p = testutil.LoopDevice(t, p) // block devices enforce alignment
 	}
-	d, err := Open(p, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := mustOpen(t, p, Options{})
 	raw := make([]byte, 8192+1)
 	buf := raw[1 : 1+8192] // misaligned heap memory
 	for i := range buf {
@@ -273,11 +276,7 @@ func TestMisalignedBufferBounces(t *testing.T) {
 
 func TestNoLoopUsesFallback(t *testing.T) {
 	p := testutil.TempFile(t, 1<<20)
-	d, err := Open(p, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := mustOpen(t, p, Options{})
 	dev := dm.NewDevice(dm.DeviceConfig{Name: "nl", Log: zerolog.Nop(), Open: dm.StaticOpener(d)})
 	if err := dev.Load(fmt.Sprintf("0 2048 linear %s 0", p)); err != nil {
 		t.Fatal(err)
@@ -300,11 +299,7 @@ func TestNoLoopUsesFallback(t *testing.T) {
 func TestVanishAndGone(t *testing.T) {
 	l := newLoop(t, 0)
 	p := testutil.TempFile(t, 1<<20)
-	d, err := Open(p, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := mustOpen(t, p, Options{})
 	if d.Vanished() {
 		t.Fatal("fresh file reported vanished")
 	}
@@ -327,11 +322,7 @@ func TestVanishAndGone(t *testing.T) {
 func TestDeadlineDoesNotDisturbFastIO(t *testing.T) {
 	l := newLoop(t, 0)
 	p := testutil.TempFile(t, 1<<20)
-	d, err := Open(p, Options{Mode: ModeUring}) // deadlines are linked timeouts on the ring
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := mustOpen(t, p, Options{Mode: ModeUring}) // deadlines are linked timeouts on the ring
 	d.SetIODeadline(5 * time.Second)
 	data := bytes.Repeat([]byte{7}, 4096)
 	if _, err := ioOn(t, l, submitter{d}, dm.OpWrite, 8, data, 0); err != nil {
@@ -346,11 +337,7 @@ func TestDeadlineDoesNotDisturbFastIO(t *testing.T) {
 func TestReadOnly(t *testing.T) {
 	l := newLoop(t, 0)
 	p := testutil.TempFile(t, 1<<20)
-	d, err := Open(p, Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := mustOpen(t, p, Options{ReadOnly: true})
 	if !d.ReadOnly() {
 		t.Fatal("not read-only")
 	}
@@ -361,11 +348,7 @@ func TestReadOnly(t *testing.T) {
 
 func TestModeAuto(t *testing.T) {
 	p := testutil.TempFile(t, 1<<20)
-	d, err := Open(p, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := mustOpen(t, p, Options{})
 	if p[:9] == "/dev/shm/" && d.Mode() != ModeInline {
 		t.Fatalf("a tmpfs file got mode %v, want inline", d.Mode())
 	}
