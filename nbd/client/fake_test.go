@@ -118,59 +118,35 @@ func (f *ctFake) close() {
 func (fc *ctFakeConn) serve() {
 	f := fc.f
 	br := bufio.NewReader(fc.nc)
-	var hs [18]byte
-	binary.BigEndian.PutUint64(hs[0:], wire.NBDMagic)
-	binary.BigEndian.PutUint64(hs[8:], wire.IHaveOpt)
-	binary.BigEndian.PutUint16(hs[16:], wire.FlagFixedNewstyle|wire.FlagNoZeroes)
-	fc.nc.Write(hs[:])
-	var cf [4]byte
-	if _, err := io.ReadFull(br, cf[:]); err != nil {
+	if _, ok := ctGreet(fc.nc, br, wire.FlagFixedNewstyle|wire.FlagNoZeroes); !ok {
 		return
 	}
-	structured := false
 	for done := false; !done; {
-		var oh [wire.OptionHeaderSize]byte
-		if _, err := io.ReadFull(br, oh[:]); err != nil {
+		opt, _, ok := ctOption(br)
+		if !ok {
 			return
 		}
-		h, err := wire.ParseOptionHeader(oh[:])
-		if err != nil {
-			return
-		}
-		data := make([]byte, h.Length)
-		if _, err := io.ReadFull(br, data); err != nil {
-			return
-		}
-		switch h.Option {
+		switch opt {
 		case wire.OptStructuredReply:
 			if f.structured {
-				structured = true
-				fc.nc.Write(wire.AppendOptionReply(nil, h.Option, wire.RepAck, nil))
+				fc.nc.Write(wire.AppendOptionReply(nil, opt, wire.RepAck, nil))
 			} else {
-				fc.nc.Write(wire.AppendOptionReply(nil, h.Option, wire.RepErrUnsup, nil))
+				fc.nc.Write(wire.AppendOptionReply(nil, opt, wire.RepErrUnsup, nil))
 			}
 		case wire.OptGo:
-			info := binary.BigEndian.AppendUint16(nil, wire.InfoExport)
-			info = binary.BigEndian.AppendUint64(info, f.size)
-			info = binary.BigEndian.AppendUint16(info, f.flags)
-			reply := wire.AppendOptionReply(nil, h.Option, wire.RepInfo, info)
+			reply := wire.AppendOptionReply(nil, opt, wire.RepInfo, ctInfoExport(f.size, f.flags))
 			if f.bs[0] != 0 {
-				reply = wire.AppendOptionReply(reply, h.Option, wire.RepInfo, ctInfoBlockSize(f.bs[0], f.bs[1], f.bs[2]))
+				reply = wire.AppendOptionReply(reply, opt, wire.RepInfo, ctInfoBlockSize(f.bs[0], f.bs[1], f.bs[2]))
 			}
-			fc.nc.Write(wire.AppendOptionReply(reply, h.Option, wire.RepAck, nil))
+			fc.nc.Write(wire.AppendOptionReply(reply, opt, wire.RepAck, nil))
 			done = true
 		default:
-			fc.nc.Write(wire.AppendOptionReply(nil, h.Option, wire.RepErrUnsup, nil))
+			fc.nc.Write(wire.AppendOptionReply(nil, opt, wire.RepErrUnsup, nil))
 		}
 	}
-	_ = structured
 	for {
-		var rb [wire.RequestSize]byte
-		if _, err := io.ReadFull(br, rb[:]); err != nil {
-			return
-		}
-		req, err := wire.ParseRequest(rb[:])
-		if err != nil {
+		req, ok := ctRequest(br)
+		if !ok {
 			return
 		}
 		var payload []byte

@@ -90,6 +90,17 @@ func ctOption(br *bufio.Reader) (uint32, []byte, bool) {
 	return h.Option, data, true
 }
 
+// ctRequest reads one request header (false: the client went away or
+// sent garbage).
+func ctRequest(br *bufio.Reader) (wire.Request, bool) {
+	var rb [wire.RequestSize]byte
+	if _, err := io.ReadFull(br, rb[:]); err != nil {
+		return wire.Request{}, false
+	}
+	req, err := wire.ParseRequest(rb[:])
+	return req, err == nil
+}
+
 // ctAwaitOption reads options, refusing every other as unsupported,
 // until the client sends want; it returns want's data (false: the
 // client went away).
@@ -155,11 +166,10 @@ func TestClientGoUnsupportedFallsBack(t *testing.T) {
 			}
 			nc.Write(b)
 			// Transmission: answer a flush, then stop.
-			var rb [wire.RequestSize]byte
-			if _, err := io.ReadFull(br, rb[:]); err != nil {
+			req, ok := ctRequest(br)
+			if !ok {
 				return
 			}
-			req, _ := wire.ParseRequest(rb[:])
 			rep := make([]byte, wire.SimpleReplySize)
 			wire.PutSimpleReply(rep, 0, req.Cookie)
 			nc.Write(rep)
@@ -284,11 +294,10 @@ func TestClientReconnectSizeChange(t *testing.T) {
 		nc.Write(wire.AppendOptionReply(nil, wire.OptGo, wire.RepInfo, ctInfoExport(sz, wire.TFlagHasFlags|wire.TFlagSendFlush)))
 		nc.Write(wire.AppendOptionReply(nil, wire.OptGo, wire.RepAck, nil))
 		// Every connection serves one request.
-		var rb [wire.RequestSize]byte
-		if _, err := io.ReadFull(br, rb[:]); err != nil {
+		req, ok := ctRequest(br)
+		if !ok {
 			return
 		}
-		req, _ := wire.ParseRequest(rb[:])
 		if req.Type == wire.CmdDisc {
 			return
 		}
