@@ -1,5 +1,8 @@
 // Package testutil holds helpers shared by udm's tests: scratch files on
 // tmpfs, loop devices, and skips that say why.
+//
+// Lock order: there is none to keep. SyncBuffer's mutex is the only lock,
+// held only to copy bytes in or out.
 package testutil
 
 import (
