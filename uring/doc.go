@@ -46,4 +46,11 @@
 //
 // Block-device helpers open files and block devices with O_DIRECT and read
 // their size, logical block size and read-only state.
+//
+// Lock order: the package has one mutex, procsMu, which guards the
+// GOMAXPROCS reservation made as a loop starts (reserveProc). It is a
+// leaf: nothing else is locked while it is held, and it is never taken
+// on a loop's thread after the loop has started. A loop's own state needs
+// no lock, since only its thread touches it; other goroutines reach it
+// through Post's lock-free queue and atomics.
 package uring
