@@ -83,7 +83,7 @@ func RequireTool(t testing.TB, tool string) string {
 	if err != nil {
 		pkg := map[string]string{
 			"fio": "fio", "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "qemu-nbd": "qemu-utils",
-			"nbdkit": "nbdkit", "nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin",
+			"nbdkit": "nbdkit", "nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin", "nbd-server": "nbd-server",
 		}[tool]
 		t.Skipf("skipped: %s not installed (apt-get install %s, or make deps)", tool, pkg)
 	}
