@@ -269,10 +269,10 @@ func TestInflightByteBudgetDefaults(t *testing.T) {
 	for _, c := range []struct {
 		maxPayload, budget, want int
 	}{
-		{0, 0, 64 << 20},              // the default
-		{0, 1 << 20, 32 << 20},        // never below the largest request
-		{1 << 20, 8 << 20, 8 << 20},   // as asked
-		{16 << 20, 4 << 20, 16 << 20}, // raised to MaxPayload
+		{0, 0, 64 << 20},                // the default
+		{0, 1 << 20, DefaultMaxPayload}, // never below the largest request
+		{1 << 20, 8 << 20, 8 << 20},     // as asked
+		{16 << 20, 4 << 20, 16 << 20},   // raised to MaxPayload
 	} {
 		s, err := New(Config{Exports: RegistryExports(dm.NewRegistry(dm.Config{}), ""), Loops: []*uring.Loop{nil},
 			MaxPayload: c.maxPayload, MaxInflightBytes: c.budget})

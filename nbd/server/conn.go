@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/binary"
+	"time"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -36,12 +37,14 @@ const (
 	tagSend
 	tagStatus // a BLOCK_STATUS reply computed off the loop
 	tagGather // the gather timer: time to receive
+	tagRetry  // the send retry timer (see onSend)
 
 	rbufSize      = 256 << 10
 	bigPayload    = 32 << 10 // a write this large makes the next receive header-sized
 	maxIov        = 64
 	maxQueued     = 64 << 20 // reply bytes queued before we stop reading
-	drainLimit    = 64 << 20 // refused write payloads up to this are drained
+	sector        = dm.SectorSize
+	sendRetry     = 100 * time.Microsecond
 	cmdFlagsKnown = wire.CmdFlagFUA | wire.CmdFlagNoHole | wire.CmdFlagDF | wire.CmdFlagReqOne | wire.CmdFlagFastZero
 )
 
@@ -69,7 +72,19 @@ type conn struct {
 	recvID       uring.OpID
 	payload      *req  // a write whose payload is still arriving
 	drain        int64 // bytes of a refused payload still to discard
-	closeDrained bool  // close once the refused payload is drained
+	drainReq     *req  // the refused request: its error reply goes out once drained
+	eof          bool  // the client shut its side: what rbuf holds is still served
+	blockSizes   bool  // the client agreed to wire.MinBlock alignment
+	toldMax      bool  // the client was told MaxPayload (it negotiated with GO)
+
+	// Writes of a client that negotiated no block size may be unaligned:
+	// they read the partial sectors at their ends, merge and write whole
+	// sectors (read-modify-write). One such write runs at a time, and
+	// alone among the connection's writes, so none is lost to another's
+	// read-modify-write; writes that arrive meanwhile wait in held.
+	writes int    // write-type requests at the device
+	rmw    bool   // a read-modify-write is in progress
+	held   []*req // write-type requests waiting for it, in order
 
 	reqs       []req
 	free       []int32
@@ -86,6 +101,8 @@ type conn struct {
 	iov         []unix.Iovec
 	msg         unix.Msghdr
 	sendArmed   bool
+	retryArmed  bool // the send waits for the retry timer
+	retryID     uring.OpID
 	flushQueued bool // FlushLater asked: the turn's replies go in one send
 	queuedBytes int
 
@@ -101,7 +118,13 @@ type req struct {
 	bio      dm.Bio
 	hdr      wire.Request
 	buf      uring.Buf
-	got      int // payload bytes received
+	got      int         // payload bytes received
+	pay      []byte      // where the write payload goes: buf.B, or a part of it (unaligned)
+	skip     int         // the request's offset in buf (unaligned: buf starts at a sector)
+	span     uint64      // bytes of whole sectors buf covers (unaligned)
+	stage    uint8       // read-modify-write: its stage (rmwStart: none)
+	wflags   dm.BioFlags // read-modify-write: the write's flags
+	scratch  uring.Buf   // read-modify-write: a sector read at an end
 	head     [32]byte
 	headLen  int
 	data     []byte // reply payload
@@ -113,7 +136,7 @@ type req struct {
 
 func newConn(s *Server, l *uring.Loop, fd int, exp *export, structured, meta bool, log zerolog.Logger) *conn {
 	c := &conn{s: s, l: l, fd: fd, sfd: int32(fd), exp: exp, dev: exp.dev, structured: structured, meta: meta,
-		log: log.With().Str("export", exp.name).Logger()}
+		blockSizes: exp.blockSizes, toldMax: exp.toldMax, log: log.With().Str("export", exp.name).Logger()}
 	c.rbuf = make([]byte, rbufSize)
 	n := s.cfg.MaxInflight
 	c.reqs = make([]req, n)
@@ -123,6 +146,7 @@ func newConn(s *Server, l *uring.Loop, fd int, exp *export, structured, meta boo
 		c.free = append(c.free, int32(i))
 	}
 	c.sendq = make([]*req, 0, n)
+	c.held = make([]*req, 0, n)
 	c.sending = make([]*req, 0, maxIov)
 	c.iov = make([]unix.Iovec, 0, 2*maxIov)
 	return c
@@ -151,6 +175,18 @@ func (c *conn) Complete(tag uint64, res int32, _ uint32) {
 		c.onSend(res)
 	case tagTLSRecv, tagTLSPending:
 		c.tlsOnRecv(tag, res)
+	case tagRetry:
+		c.retryArmed = false
+		if c.hard {
+			c.dropSending()
+			c.maybeFinish()
+			return
+		}
+		if c.tls != nil {
+			c.tlsSubmitSend() // the rest of the record already made
+			return
+		}
+		c.kickSend()
 	case tagGather:
 		c.gatherArmed = false
 		if c.closing {
@@ -184,16 +220,16 @@ func (c *conn) gather() bool {
 }
 
 func (c *conn) armRecv() {
-	if c.recvArmed || c.closing || c.gatherArmed {
+	if c.recvArmed || c.closing || c.gatherArmed || c.eof {
 		return
 	}
 	var e uring.SQE
 	if r := c.payload; r != nil {
 		if c.tls != nil {
-			c.tlsArmRecv(r.buf.B[r.got:])
+			c.tlsArmRecv(r.pay[r.got:])
 			return
 		}
-		e.PrepRecv(c.sfd, r.buf.B[r.got:], unix.MSG_WAITALL)
+		e.PrepRecv(c.sfd, r.pay[r.got:], unix.MSG_WAITALL)
 	} else {
 		if len(c.free) == 0 || c.overBudget || c.queuedBytes > maxQueued {
 			return // throttled: a reply going out will re-arm
@@ -234,23 +270,28 @@ func (c *conn) onRecv(res int32) {
 		c.maybeFinish()
 		return
 	}
-	if res <= 0 {
-		why := "client closed the connection"
-		if res < 0 {
-			why = "receive: " + uring.Errno(res).Error()
-		}
-		c.shutdown(true, why)
+	if res < 0 {
+		c.shutdown(true, "receive: "+uring.Errno(res).Error())
+		return
+	}
+	if res == 0 {
+		// The client shut its side (a half-close, with or without
+		// NBD_CMD_DISC): the requests it sent are still served and
+		// answered, then the connection closes.
+		c.eof = true
+		c.parse()
+		c.atEOF()
 		return
 	}
 	payload := c.payload != nil
 	if r := c.payload; r != nil {
 		r.got += int(res)
-		if r.got < len(r.buf.B) {
+		if r.got < len(r.pay) {
 			c.armRecv()
 			return
 		}
 		c.payload = nil
-		c.submit(r)
+		c.writeReady(r)
 	} else {
 		c.rend += int(res)
 	}
@@ -284,9 +325,9 @@ func (c *conn) parse() (n int) {
 			if c.drain > 0 {
 				return
 			}
-			if c.closeDrained {
-				c.shutdown(false, "refused an oversized write")
-				return
+			if r := c.drainReq; r != nil {
+				c.drainReq = nil
+				c.reply(r, r.werr)
 			}
 			continue
 		}
@@ -315,19 +356,27 @@ func (c *conn) parse() (n int) {
 // bufNeed is the data buffer h will take if it is accepted.
 func (c *conn) bufNeed(h wire.Request) int64 {
 	if (h.Type == wire.CmdRead || h.Type == wire.CmdWrite) && int(h.Length) <= c.s.cfg.MaxPayload {
+		if _, span := unaligned(h.Offset, h.Length); span != 0 {
+			return int64(span)
+		}
 		return int64(h.Length)
 	}
 	return 0
 }
 
-// getBuf gives r its data buffer; false means there is no memory for it.
+// getBuf gives r its data buffer (r.span bytes, or the request's length);
+// false means there is no memory for it.
 func (c *conn) getBuf(r *req) bool {
-	b, err := c.arenaGet(c.l.Arena(), int(r.hdr.Length))
+	n := int(r.hdr.Length)
+	if r.span != 0 {
+		n = int(r.span)
+	}
+	b, err := c.arenaGet(c.l.Arena(), n)
 	if err != nil {
 		c.log.Warn().Err(err).Uint32("length", r.hdr.Length).Msg("nbd: no buffer for a request")
 		return false
 	}
-	r.buf = b
+	r.buf, r.pay = b, b.B
 	c.bufBytes += int64(len(b.B))
 	c.s.stats.notePeak(c.bufBytes)
 	return true
@@ -339,6 +388,7 @@ func (c *conn) alloc(h wire.Request) *req {
 	r := &c.reqs[i]
 	r.hdr = h
 	r.got, r.headLen, r.data, r.extra, r.werr, r.noReply, r.finished = 0, 0, nil, nil, 0, false, false
+	r.pay, r.skip, r.span, r.stage = nil, 0, 0, 0
 	c.inflight++
 	c.s.stats.Requests.Add(1)
 	return r
@@ -353,22 +403,35 @@ func (c *conn) handle(h wire.Request) {
 	overflow := end < h.Offset
 	hasPayload := h.Type == wire.CmdWrite
 	refuse := func(e uint32) {
-		c.reply(r, e)
-		if hasPayload {
-			c.startDrain(int64(h.Length))
+		if hasPayload && h.Length > 0 {
+			// The payload is read (and dropped) before the error reply:
+			// the client may still be sending it, and a reply it can't
+			// match to a request it has finished sending is fatal to it.
+			c.startDrain(r, e, int64(h.Length))
+			return
 		}
+		c.reply(r, e)
 	}
 	if h.Flags&^cmdFlagsKnown != 0 {
 		refuse(wire.EINVAL)
 		return
 	}
+	// A client that agreed to the block sizes keeps to them; any other
+	// may send any offset and length (unaligned: served through a buffer
+	// of whole sectors).
+	misaligned := h.Length%wire.MinBlock != 0 || h.Offset%wire.MinBlock != 0
 	switch h.Type {
 	case wire.CmdRead, wire.CmdWrite:
 		switch {
-		case h.Length == 0 || h.Length%wire.MinBlock != 0 || h.Offset%wire.MinBlock != 0:
+		case h.Length == 0 || misaligned && c.blockSizes:
 			refuse(wire.EINVAL)
 		case int(h.Length) > c.s.cfg.MaxPayload:
-			refuse(wire.EOVERFLOW)
+			// EOVERFLOW only for a client that was told the maximum.
+			if c.toldMax {
+				refuse(wire.EOVERFLOW)
+			} else {
+				refuse(wire.EINVAL)
+			}
 		case h.Type == wire.CmdRead && h.Flags&^(wire.CmdFlagFUA|wire.CmdFlagDF) != 0:
 			refuse(wire.EINVAL)
 		case h.Type == wire.CmdRead && h.Flags&wire.CmdFlagDF != 0 && !c.structured:
@@ -383,14 +446,16 @@ func (c *conn) handle(h wire.Request) {
 			}
 		case h.Type == wire.CmdWrite && c.dev.ReadOnly():
 			refuse(wire.EPERM)
-		case !c.getBuf(r):
+		case misaligned && !c.unalignedBuf(r):
+			refuse(wire.ENOMEM)
+		case !misaligned && !c.getBuf(r):
 			refuse(wire.ENOMEM)
 		case h.Type == wire.CmdRead:
 			c.setBio(r, dm.OpRead, 0)
 			c.submit(r)
 		default:
-			c.headerOnly = len(r.buf.B) >= bigPayload
-			n := copy(r.buf.B, c.rbuf[c.rstart:c.rend])
+			c.headerOnly = len(r.pay) >= bigPayload
+			n := copy(r.pay, c.rbuf[c.rstart:c.rend])
 			c.rstart += n
 			r.got = n
 			if n > 0 {
@@ -401,11 +466,11 @@ func (c *conn) handle(h wire.Request) {
 				fl = dm.FUA
 			}
 			c.setBio(r, dm.OpWrite, fl)
-			if n < len(r.buf.B) {
+			if n < len(r.pay) {
 				c.payload = r
 				return
 			}
-			c.submit(r)
+			c.writeReady(r)
 		}
 	case wire.CmdFlush:
 		if h.Flags != 0 {
@@ -422,12 +487,46 @@ func (c *conn) handle(h wire.Request) {
 		switch {
 		case h.Flags&^allowed != 0:
 			refuse(wire.EINVAL)
-		case h.Length == 0 || h.Length%wire.MinBlock != 0 || h.Offset%wire.MinBlock != 0:
+		case h.Length == 0 || misaligned && c.blockSizes:
 			refuse(wire.EINVAL)
 		case overflow || end > size:
-			refuse(wire.ENOSPC)
+			if h.Type == wire.CmdTrim {
+				refuse(wire.EINVAL)
+			} else {
+				refuse(wire.ENOSPC)
+			}
 		case c.dev.ReadOnly():
 			refuse(wire.EPERM)
+		case misaligned && h.Type == wire.CmdTrim:
+			// A trim is a hint: drop the partial sectors at its ends.
+			lo := (h.Offset + sector - 1) &^ (sector - 1)
+			hi := end &^ (sector - 1)
+			if lo >= hi {
+				c.reply(r, 0)
+				return
+			}
+			c.setBio(r, dm.OpDiscard, 0)
+			r.bio.Sector, r.bio.Len = lo>>dm.SectorShift, uint32(hi-lo)
+			if h.Flags&wire.CmdFlagFUA != 0 {
+				r.bio.Flags |= dm.FUA
+			}
+			c.writeReady(r)
+		case misaligned && h.Flags&wire.CmdFlagFastZero != 0:
+			refuse(wire.ENOTSUP) // zeroing part of a sector is never fast
+		case misaligned && int(h.Length) > c.s.cfg.MaxPayload:
+			refuse(wire.EINVAL) // zeroed through a buffer, so no longer than a write
+		case misaligned:
+			if !c.unalignedBuf(r) {
+				refuse(wire.ENOMEM)
+				return
+			}
+			clear(r.pay)
+			var fl dm.BioFlags
+			if h.Flags&wire.CmdFlagFUA != 0 {
+				fl = dm.FUA
+			}
+			c.setBio(r, dm.OpWrite, fl)
+			c.writeReady(r)
 		default:
 			op, fl := dm.OpDiscard, dm.BioFlags(0)
 			if h.Type == wire.CmdWriteZeroes {
@@ -443,7 +542,7 @@ func (c *conn) handle(h wire.Request) {
 				fl |= dm.FUA
 			}
 			c.setBio(r, op, fl)
-			c.submit(r)
+			c.writeReady(r)
 		}
 	case wire.CmdCache:
 		// Advisory: the data is one read away on our devices anyway.
@@ -473,15 +572,180 @@ func (c *conn) handle(h wire.Request) {
 	}
 }
 
-func (c *conn) startDrain(n int64) {
-	if n > drainLimit {
-		c.shutdown(false, "refused a write too large to drain")
-		return
+// unaligned returns, for a request that is not sector aligned, its
+// offset within its first sector and the bytes of the whole sectors it
+// touches; for an aligned one, 0, 0.
+func unaligned(off uint64, length uint32) (skip int, span uint64) {
+	if (off|uint64(length))&(sector-1) == 0 {
+		return 0, 0
 	}
+	lo := off &^ (sector - 1)
+	hi := (off + uint64(length) + sector - 1) &^ (sector - 1)
+	return int(off - lo), hi - lo
+}
+
+// unalignedBuf gives an unaligned request a buffer of the whole sectors
+// it touches; its data is the part at r.skip.
+func (c *conn) unalignedBuf(r *req) bool {
+	r.skip, r.span = unaligned(r.hdr.Offset, r.hdr.Length)
+	if !c.getBuf(r) {
+		return false
+	}
+	r.pay = r.buf.B[r.skip : r.skip+int(r.hdr.Length)]
+	return true
+}
+
+// startDrain discards the n-byte payload of r, refused with e; r's error
+// reply goes out once the payload is gone.
+func (c *conn) startDrain(r *req, e uint32, n int64) {
+	r.werr = e
 	avail := int64(c.rend - c.rstart)
 	take := min(avail, n)
 	c.rstart += int(take)
 	c.drain = n - take
+	if c.drain == 0 {
+		c.reply(r, e)
+		return
+	}
+	c.drainReq = r
+}
+
+// atEOF closes a connection whose client shut its side once nothing it
+// sent is left to serve: no complete request in rbuf (a partial one can
+// never complete).
+func (c *conn) atEOF() {
+	if !c.eof || c.closing {
+		return
+	}
+	if c.payload != nil || c.drain > 0 || c.rend-c.rstart < wire.RequestSize {
+		c.shutdown(false, "client closed the connection")
+	}
+	// Otherwise parse goes on as slots free (afterFree).
+}
+
+// writeReady submits a write-type request (write, trim, write zeroes)
+// whose payload is in: at once, unless a read-modify-write must run alone
+// first (see conn.held).
+func (c *conn) writeReady(r *req) {
+	if c.rmw || len(c.held) > 0 || r.span != 0 && r.hdr.Type != wire.CmdTrim && c.writes > 0 {
+		c.held = append(c.held, r)
+		return
+	}
+	c.startWrite(r)
+}
+
+func (c *conn) startWrite(r *req) {
+	c.writes++
+	if r.span != 0 && r.hdr.Type != wire.CmdTrim {
+		c.rmw = true
+		c.rmwStep(r, nil)
+		return
+	}
+	c.submit(r)
+}
+
+// writeEnded notes that a write-type request is done with the device and
+// starts what waited for it.
+func (c *conn) writeEnded(r *req) {
+	c.writes--
+	if r.stage != 0 {
+		c.rmw = false
+		r.stage = 0
+	}
+	for len(c.held) > 0 && !c.rmw {
+		n := c.held[0]
+		if n.span != 0 && n.hdr.Type != wire.CmdTrim && c.writes > 0 {
+			return
+		}
+		c.held = c.held[:copy(c.held, c.held[1:])]
+		c.startWrite(n)
+	}
+}
+
+// Read-modify-write stages: read the first sector (if the write starts
+// inside it), read the last (if it ends inside it), write the lot.
+const (
+	rmwStart uint8 = iota
+	rmwHead
+	rmwTail
+	rmwWrite
+)
+
+// rmwStep runs r's read-modify-write from the stage r.stage names (the
+// one whose read just ended) on; err is that read's.
+func (c *conn) rmwStep(r *req, err error) {
+	if err != nil {
+		c.rmwDone(r, err)
+		return
+	}
+	end := r.skip + int(r.hdr.Length)
+	last := int(r.span) - sector // the last sector's offset in buf
+	head, tail := r.skip != 0, end%sector != 0
+	oneSector := head && last == 0 // the head read brought the tail too
+	for {
+		switch r.stage {
+		case rmwStart:
+			b, err := c.arenaGet(c.l.Arena(), sector)
+			if err != nil {
+				c.rmwDone(r, err)
+				return
+			}
+			r.scratch = b
+			r.wflags = r.bio.Flags
+			r.stage = rmwHead
+			if head {
+				c.rmwRead(r, 0)
+				return
+			}
+		case rmwHead:
+			if head {
+				copy(r.buf.B[:r.skip], r.scratch.B[:r.skip])
+				if oneSector && tail {
+					copy(r.buf.B[end:], r.scratch.B[end:])
+				}
+			}
+			r.stage = rmwTail
+			if tail && !oneSector {
+				c.rmwRead(r, last)
+				return
+			}
+		case rmwTail:
+			if tail && !oneSector {
+				copy(r.buf.B[end:], r.scratch.B[end-last:])
+			}
+			c.l.Arena().Put(r.scratch)
+			r.scratch = uring.Buf{}
+			r.stage = rmwWrite
+			b := &r.bio
+			b.Op, b.Flags = dm.OpWrite, r.wflags
+			b.Sector, b.Len = (r.hdr.Offset-uint64(r.skip))>>dm.SectorShift, uint32(r.span)
+			b.Buf, b.BufIndex = r.buf.B, r.buf.Index
+			c.submit(r)
+			return
+		}
+	}
+}
+
+// rmwRead reads the sector at byte off of r's span into r.scratch.
+func (c *conn) rmwRead(r *req, off int) {
+	b := &r.bio
+	b.Op, b.Flags = dm.OpRead, 0
+	b.Sector = (r.hdr.Offset - uint64(r.skip) + uint64(off)) >> dm.SectorShift
+	b.Len = sector
+	b.Buf, b.BufIndex = r.scratch.B, r.scratch.Index
+	b.Exec, b.End = c.l, r
+	c.submit(r)
+}
+
+// rmwDone ends a read-modify-write that failed before its write.
+func (c *conn) rmwDone(r *req, err error) {
+	if r.scratch.B != nil {
+		c.l.Arena().Put(r.scratch)
+		r.scratch = uring.Buf{}
+	}
+	r.stage = rmwWrite
+	c.writeEnded(r)
+	c.reply(r, wire.FromErrno(err))
 }
 
 func (c *conn) setBio(r *req, op dm.Op, fl dm.BioFlags) {
@@ -489,6 +753,10 @@ func (c *conn) setBio(r *req, op dm.Op, fl dm.BioFlags) {
 	b.Op, b.Flags = op, fl
 	b.Sector = r.hdr.Offset >> dm.SectorShift
 	b.Len = r.hdr.Length
+	if r.span != 0 {
+		b.Sector = (r.hdr.Offset - uint64(r.skip)) >> dm.SectorShift
+		b.Len = uint32(r.span)
+	}
 	b.Buf, b.BufIndex = nil, -1
 	if op.HasData() {
 		b.Buf, b.BufIndex = r.buf.B, r.buf.Index
@@ -505,6 +773,14 @@ func (c *conn) submit(r *req) {
 func (r *req) BioEnd(_ *dm.Bio, err error) {
 	c := r.c
 	c.bios--
+	switch r.hdr.Type {
+	case wire.CmdWrite, wire.CmdTrim, wire.CmdWriteZeroes:
+		if r.stage == rmwHead || r.stage == rmwTail {
+			c.rmwStep(r, err) // a read-modify-write's read
+			return
+		}
+		c.writeEnded(r)
+	}
 	werr := wire.FromErrno(err)
 	if werr == wire.ENOTSUP && (r.hdr.Type != wire.CmdWriteZeroes || r.hdr.Flags&wire.CmdFlagFastZero == 0) {
 		// NBD_ENOTSUP means "not fast" to a FAST_ZERO write-zeroes and
@@ -537,7 +813,7 @@ func (c *conn) reply(r *req, werr uint32) {
 		wire.PutSimpleReply(r.head[:], werr, h.Cookie)
 		r.headLen = wire.SimpleReplySize
 		if read {
-			r.data = r.buf.B
+			r.data = r.pay
 		}
 	case werr != 0:
 		wire.PutStructuredHeader(r.head[:], wire.ReplyFlagDone, wire.ReplyError, h.Cookie, 6)
@@ -548,7 +824,7 @@ func (c *conn) reply(r *req, werr uint32) {
 		wire.PutStructuredHeader(r.head[:], wire.ReplyFlagDone, wire.ReplyOffsetData, h.Cookie, 8+h.Length)
 		binary.BigEndian.PutUint64(r.head[20:], h.Offset)
 		r.headLen = 28
-		r.data = r.buf.B
+		r.data = r.pay
 	case r.extra != nil:
 		wire.PutStructuredHeader(r.head[:], wire.ReplyFlagDone, wire.ReplyBlockStatus, h.Cookie, uint32(len(r.extra)))
 		r.headLen = wire.StructReplySize
@@ -573,7 +849,7 @@ func (c *conn) Flush() {
 }
 
 func (c *conn) kickSend() {
-	if c.sendArmed || c.hard || (len(c.sending) == 0 && len(c.sendq) == 0) {
+	if c.sendArmed || c.retryArmed || c.hard || (len(c.sending) == 0 && len(c.sendq) == 0) {
 		return
 	}
 	// Top the batch up from the queue, then send it from sendOff on.
@@ -622,6 +898,16 @@ func (c *conn) onSend(res int32) {
 		}
 	}
 	c.sendArmed = false
+	if res == -int32(unix.EAGAIN) && !c.hard {
+		// io_uring hands back a send still blocked after the poll that
+		// woke it (it happens once the client has shut its side: the
+		// socket polls readable for good). Send again shortly: at once
+		// could spin while the client is slow to read.
+		if id, err := c.l.Timeout(sendRetry, c, tagRetry); err == nil {
+			c.retryArmed, c.retryID = true, id
+			return
+		}
+	}
 	if res < 0 {
 		c.shutdown(true, "send: "+uring.Errno(res).Error())
 		c.dropSending()
@@ -673,7 +959,7 @@ func (c *conn) release(r *req) {
 		c.l.Arena().Put(r.buf)
 		r.buf = uring.Buf{}
 	}
-	r.bio.Buf, r.data, r.extra = nil, nil, nil
+	r.bio.Buf, r.data, r.extra, r.pay = nil, nil, nil, nil
 	c.free = append(c.free, r.idx)
 	c.inflight--
 }
@@ -687,6 +973,7 @@ func (c *conn) afterFree() {
 	if c.payload == nil && c.rend-c.rstart >= wire.RequestSize {
 		c.parse()
 	}
+	c.atEOF()
 	c.armRecv()
 }
 
@@ -711,9 +998,18 @@ func (c *conn) shutdown(hard bool, why string) {
 			r.finished = true
 			c.release(r)
 		}
+		if r := c.drainReq; r != nil {
+			// Its payload will never all come: no reply.
+			c.drainReq, c.drain = nil, 0
+			r.finished = true
+			c.release(r)
+		}
 	}
 	if hard && !c.hard {
 		c.hard = true
+		if c.retryArmed {
+			c.l.Cancel(c.retryID)
+		}
 		if !c.sendArmed {
 			c.dropSending()
 		} else if c.tls != nil {
@@ -725,7 +1021,7 @@ func (c *conn) shutdown(hard bool, why string) {
 
 // maybeFinish closes the connection once nothing refers to it.
 func (c *conn) maybeFinish() {
-	if !c.closing || c.done || c.recvArmed || c.gatherArmed || c.sendArmed || c.bios > 0 || c.statuses > 0 {
+	if !c.closing || c.done || c.recvArmed || c.gatherArmed || c.sendArmed || c.retryArmed || c.bios > 0 || c.statuses > 0 {
 		return
 	}
 	if !c.hard && (len(c.sendq) > 0 || len(c.sending) > 0) {
@@ -746,46 +1042,50 @@ func (c *conn) maybeFinish() {
 }
 
 // blockStatus answers NBD_CMD_BLOCK_STATUS for base:allocation. Finding
-// holes may take system calls on several devices, so it runs off the loop
-// and posts the reply back.
+// holes may take system calls on several devices, so it is handed to the
+// server's status workers (statusPool), which post the reply back.
 func (c *conn) blockStatus(r *req) {
 	c.statuses++
+	c.s.status.add(statusJob{c: c, r: r})
+}
+
+// answer computes j's reply (on a status worker) and posts it to
+// the connection's loop.
+func (j statusJob) answer() {
+	c, r := j.c, j.r
 	h := r.hdr
-	dev, l, fn := c.dev, c.l, c.s.cfg.extents
-	go func() {
-		var exts []extent
-		var err error
-		if fn != nil {
-			exts, err = fn(dev, h.Offset, uint64(h.Length))
-		} else {
-			exts = []extent{{Length: uint64(h.Length)}}
+	var exts []extent
+	var err error
+	if fn := c.s.cfg.extents; fn != nil {
+		exts, err = fn(c.dev, h.Offset, uint64(h.Length))
+	} else {
+		exts = []extent{{Length: uint64(h.Length)}}
+	}
+	b := binary.BigEndian.AppendUint32(nil, wire.MetaContextID)
+	total := uint64(0)
+	for _, e := range exts {
+		if e.Length == 0 {
+			continue
 		}
-		b := binary.BigEndian.AppendUint32(nil, wire.MetaContextID)
-		total := uint64(0)
-		for _, e := range exts {
-			if e.Length == 0 {
-				continue
-			}
-			n := min(e.Length, uint64(h.Length)-total, 1<<31)
-			b = binary.BigEndian.AppendUint32(b, uint32(n))
-			b = binary.BigEndian.AppendUint32(b, e.Flags)
-			total += n
-			if h.Flags&wire.CmdFlagReqOne != 0 || total >= uint64(h.Length) {
-				break
-			}
+		n := min(e.Length, uint64(h.Length)-total, 1<<31)
+		b = binary.BigEndian.AppendUint32(b, uint32(n))
+		b = binary.BigEndian.AppendUint32(b, e.Flags)
+		total += n
+		if h.Flags&wire.CmdFlagReqOne != 0 || total >= uint64(h.Length) {
+			break
 		}
-		if l.Post(func() {
-			c.statuses--
-			if err != nil {
-				c.reply(r, wire.FromErrno(err))
-				return
-			}
-			r.extra = b
-			c.reply(r, 0)
-		}) != nil {
-			// The loop is gone: nothing left to answer on.
+	}
+	if c.l.Post(func() {
+		c.statuses--
+		if err != nil {
+			c.reply(r, wire.FromErrno(err))
+			return
 		}
-	}()
+		r.extra = b
+		c.reply(r, 0)
+	}) != nil {
+		// The loop is gone: nothing left to answer on.
+	}
 }
 
 // extent is a run of bytes with NBD base:allocation flags (StateHole,

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -137,10 +138,25 @@ func FuzzServerRequests(f *testing.F) {
 	f.Add(req(wire.CmdDisc, 0, 0, 0, 0))
 	f.Add(req(77, 0, 0, 0, 0))
 	f.Add(req(wire.CmdWrite, 0, 0, 1<<30, 10))
+	// Refused requests with their payloads (past the end, over the
+	// maximum, a flag writes don't take), then more requests.
+	f.Add(append(req(wire.CmdWrite, 0, 4<<20-512, 4096, 4096), req(wire.CmdRead, 0, 0, 512, 0)...))
+	f.Add(append(req(wire.CmdWrite, 0, 0, 2<<20, 2<<20), req(wire.CmdFlush, 0, 0, 0, 0)...))
+	f.Add(append(req(wire.CmdWrite, wire.CmdFlagNoHole, 0, 512, 512), req(wire.CmdRead, 0, 0, 512, 0)...))
+	// Unaligned requests (served when the client asked for no block
+	// sizes: inputs whose length is a multiple of 3), and a half-close
+	// with reads in flight.
+	f.Add(append(append(req(wire.CmdWrite, 0, 1, 3, 3), req(wire.CmdWriteZeroes, 0, 7, 100, 0)...), req(wire.CmdRead, 0, 1, 1000, 0)...))
+	f.Add(append(append(req(wire.CmdWrite, 0, 4095, 3, 3), req(wire.CmdTrim, 0, 1, 4096, 0)...), 0))
+	f.Add(bytes.Repeat(req(wire.CmdRead, 0, 0, 64<<10, 0), 32))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ts := sharedServer(t)
 		rc := dialRaw(t, ts.tcp)
-		rc.goExport("disk", len(data) > 0 && data[0]&1 == 1)
+		var infos []uint16
+		if len(data)%3 != 0 {
+			infos = []uint16{wire.InfoBlockSize}
+		}
+		rc.goExportInfos("disk", len(data) > 0 && data[0]&1 == 1, infos)
 		drive(t, rc.c, data)
 		serverAlive(t, ts)
 	})

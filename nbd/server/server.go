@@ -58,8 +58,11 @@ type Config struct {
 	// Loops run the connections' transmission phase (round robin).
 	Loops []*uring.Loop
 	Log   zerolog.Logger
-	// MaxPayload is the largest read or write accepted (default 32 MiB,
-	// advertised as the maximum block size).
+	// MaxPayload is the largest read or write accepted (default
+	// DefaultMaxPayload, advertised as the maximum block size). Larger
+	// ones are refused (EOVERFLOW for a client that was told the
+	// maximum, EINVAL for one that was not), a write's payload read and
+	// dropped first; the connection goes on.
 	MaxPayload int
 	// MaxInflight is the number of requests one connection may have in
 	// flight (default 256); more wait in the socket.
@@ -68,7 +71,7 @@ type Config struct {
 	// reads and writes, from parse until the reply is on the wire) one
 	// connection holds. A request that would go over it waits in the
 	// socket until replies drain: backpressure, not an error. Default
-	// 64 MiB: two requests of the largest size, and room for MaxInflight
+	// 64 MiB: one request of the largest size, and room for MaxInflight
 	// requests of the sizes clients use (256 of 128 KiB are 32 MiB).
 	// Never less than MaxPayload, so a request of the largest size always
 	// fits. The arena rounds buffers up to a power of two, so the memory
@@ -138,6 +141,8 @@ type Server struct {
 	connW sync.WaitGroup // transmission-phase connections
 
 	stats Stats
+
+	status statusPool // answers BLOCK_STATUS
 }
 
 // Stats are counters of a server, safe to read at any time.
@@ -174,6 +179,11 @@ func (st *Stats) notePeak(v int64) {
 	}
 }
 
+// DefaultMaxPayload is Config.MaxPayload's default: 64 MiB, the most
+// libnbd sends in one request (the protocol asks servers for at least
+// 32 MiB).
+const DefaultMaxPayload = 64 << 20
+
 // ErrClosed is returned by Serve after Shutdown or Close.
 var ErrClosed = errors.New("nbd: server closed")
 
@@ -186,7 +196,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("nbd: server needs at least one loop")
 	}
 	if cfg.MaxPayload <= 0 {
-		cfg.MaxPayload = 32 << 20
+		cfg.MaxPayload = DefaultMaxPayload
 	}
 	if cfg.MaxInflight <= 0 {
 		cfg.MaxInflight = 256
@@ -277,7 +287,7 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stop(false)
 	done := make(chan struct{})
-	go func() { s.connW.Wait(); s.wg.Wait(); close(done) }()
+	go func() { s.connW.Wait(); s.wg.Wait(); s.status.stop(); close(done) }()
 	select {
 	case <-done:
 		return nil
@@ -294,6 +304,7 @@ func (s *Server) Close() error {
 	s.stop(true)
 	s.connW.Wait()
 	s.wg.Wait()
+	s.status.stop()
 	return nil
 }
 
@@ -322,6 +333,9 @@ type export struct {
 	dev   *dm.Device
 	size  uint64
 	flags uint16
+	// blockSizes: the client agreed to the block sizes (it is held to
+	// them); toldMax: it was told the maximum payload.
+	blockSizes, toldMax bool
 }
 
 // handshakeFlags are the transmission flags every export has.
@@ -432,7 +446,8 @@ func (s *Server) negotiate(nc net.Conn) (exp *export, structured, meta bool, tc 
 	if err != nil {
 		return nil, false, false, nil, err
 	}
-	return &export{name: r.Name, dev: r.Export.(*dm.Device), size: r.Size, flags: r.Flags}, r.Structured, r.Meta, tc, nil
+	return &export{name: r.Name, dev: r.Export.(*dm.Device), size: r.Size, flags: r.Flags,
+		blockSizes: r.BlockSizes, toldMax: r.ToldSizes}, r.Structured, r.Meta, tc, nil
 }
 
 // dupFd takes a duplicate of the connection's socket for the loop.

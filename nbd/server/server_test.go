@@ -171,7 +171,7 @@ func TestNbdinfo(t *testing.T) {
 	out := run(t, "nbdinfo", "--json", ts.uri("disk"))
 	for _, want := range []string{`"export-size": 67108864`, `"can_flush": true`, `"can_fua": true`, `"can_trim": true`,
 		`"can_zero": true`, `"can_fast_zero": true`, `"can_multi_conn": true`, `"is_read_only": false`,
-		`"block_size_minimum": 512`, `"block_size_preferred": 4096`, `"block_size_maximum": 33554432`} {
+		`"block_size_minimum": 512`, `"block_size_preferred": 4096`, `"block_size_maximum": 67108864`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("nbdinfo --json lacks %s:\n%s", want, out)
 		}

@@ -18,12 +18,19 @@ type Export interface {
 	Close() error
 }
 
-// Block sizes a server states (NBD_INFO_BLOCK_SIZE): requests must be
-// aligned to MinBlock; prefBlock is the preferred size.
+// Block sizes a server states (NBD_INFO_BLOCK_SIZE). A client that asks
+// for them in its NBD_OPT_GO is told MinBlock and must align its requests
+// to it; any other client is told (and may send) a minimum of 1 byte.
+// prefBlock is the preferred size.
 const (
 	MinBlock  = 512
 	prefBlock = 4096
 )
+
+// MaxString is the longest string the protocol carries: export names,
+// meta context queries and option error messages. A longer name is
+// refused with NBD_REP_ERR_INVALID; error messages are cut to it.
+const MaxString = 4096
 
 // Option payloads up to maxOptionLen bytes are read; longer ones up to
 // maxOptionDrain bytes are drained and refused; longer still end the
@@ -106,6 +113,13 @@ type Result struct {
 	// Structured replies and the base:allocation meta context were
 	// negotiated.
 	Structured, Meta bool
+	// BlockSizes: the client asked for NBD_INFO_BLOCK_SIZE in its
+	// NBD_OPT_GO, so it keeps to MinBlock alignment and MaxPayload.
+	// Otherwise it may send requests of any offset and length.
+	BlockSizes bool
+	// ToldSizes: the client was told the block sizes, MaxPayload among
+	// them (it negotiated with NBD_OPT_GO, not NBD_OPT_EXPORT_NAME).
+	ToldSizes bool
 }
 
 // Greeting is what the server sends first.
@@ -182,9 +196,21 @@ func (h *Handshake) Option(oh OptionHeader, data []byte) Step {
 	return refuse(oh.Option, RepErrUnsup, fmt.Sprintf("option %d not supported", oh.Option))
 }
 
-// refuse answers an option with an error reply and goes on.
+// refuse answers an option with an error reply and goes on. The message
+// is cut to MaxString bytes (clients refuse longer ones).
 func refuse(opt, typ uint32, msg string) Step {
+	if len(msg) > MaxString {
+		msg = msg[:MaxString]
+	}
 	return Step{Reply: AppendOptionReply(nil, opt, typ, []byte(msg))}
+}
+
+// quoted is name for an error message: quoted, and cut short if long.
+func quoted(name string) string {
+	if len(name) > 64 {
+		return fmt.Sprintf("%q... (%d bytes)", name[:64], len(name))
+	}
+	return fmt.Sprintf("%q", name)
 }
 
 func fail(err error) Step { return Step{Next: Fail, Err: err} }
@@ -202,7 +228,8 @@ func (h *Handshake) oversized(oh OptionHeader) Step {
 
 // transmissionFlags are the flags of e's export. SEND_DF only with
 // structured replies: without them the protocol says it must be clear
-// (a simple reply is never fragmented anyway).
+// (a simple reply is never fragmented anyway). A read-only export offers
+// no command that writes (TRIM, WRITE_ZEROES, FAST_ZERO).
 func (h *Handshake) transmissionFlags(e Export) uint16 {
 	f := h.Flags
 	if h.structured {
@@ -210,6 +237,7 @@ func (h *Handshake) transmissionFlags(e Export) uint16 {
 	}
 	if e.ReadOnly() {
 		f |= TFlagReadOnly
+		f &^= TFlagSendTrim | TFlagSendWriteZeroes | TFlagSendFastZero
 	}
 	return f
 }
@@ -226,9 +254,12 @@ func (h *Handshake) open(name string, e Export) (Result, error) {
 // exportName ends the handshake the old way: the protocol has no way to
 // refuse, so an unknown export closes the connection.
 func (h *Handshake) exportName(name string) Step {
+	if len(name) > MaxString {
+		return fail(fmt.Errorf("nbd: export name of %d bytes", len(name)))
+	}
 	e, err := h.Lookup(name)
 	if err != nil {
-		return fail(fmt.Errorf("nbd: export %q: %w", name, err))
+		return fail(fmt.Errorf("nbd: export %s: %w", quoted(name), err))
 	}
 	r, err := h.open(name, e)
 	if err != nil {
@@ -251,10 +282,14 @@ func (h *Handshake) goInfo(opt uint32, data []byte) Step {
 	if err != nil {
 		return refuse(opt, RepErrInvalid, err.Error())
 	}
+	if len(g.Name) > MaxString {
+		return refuse(opt, RepErrInvalid, fmt.Sprintf("export name of %d bytes (at most %d)", len(g.Name), MaxString))
+	}
 	e, err := h.Lookup(g.Name)
 	if err != nil {
-		return refuse(opt, RepErrUnknown, fmt.Sprintf("no export %q", g.Name))
+		return refuse(opt, RepErrUnknown, "no export "+quoted(g.Name))
 	}
+	asked := false
 	var info []byte
 	info = binary.BigEndian.AppendUint16(info, InfoExport)
 	info = binary.BigEndian.AppendUint64(info, uint64(e.Size()))
@@ -263,6 +298,9 @@ func (h *Handshake) goInfo(opt uint32, data []byte) Step {
 	for _, want := range g.Infos {
 		var b []byte
 		switch want {
+		case InfoBlockSize:
+			asked = true
+			continue
 		case InfoName:
 			b = binary.BigEndian.AppendUint16(nil, InfoName)
 			b = append(b, g.Name...)
@@ -274,10 +312,15 @@ func (h *Handshake) goInfo(opt uint32, data []byte) Step {
 		}
 		out = AppendOptionReply(out, opt, RepInfo, b)
 	}
-	// Always state the block sizes: the client may send only aligned
-	// requests of at most MaxPayload bytes.
+	// Always state the block sizes: a client that asked for them is held
+	// to MinBlock alignment; one that did not may send any offset and
+	// length, so it is told 1.
+	minBlock := uint32(1)
+	if asked {
+		minBlock = MinBlock
+	}
 	bs := binary.BigEndian.AppendUint16(nil, InfoBlockSize)
-	bs = binary.BigEndian.AppendUint32(bs, MinBlock)
+	bs = binary.BigEndian.AppendUint32(bs, minBlock)
 	bs = binary.BigEndian.AppendUint32(bs, prefBlock)
 	bs = binary.BigEndian.AppendUint32(bs, h.MaxPayload)
 	out = AppendOptionReply(out, opt, RepInfo, bs)
@@ -286,8 +329,9 @@ func (h *Handshake) goInfo(opt uint32, data []byte) Step {
 	}
 	r, err := h.open(g.Name, e)
 	if err != nil {
-		return Step{Reply: AppendOptionReply(out, opt, RepErrShutdown, []byte(err.Error()))}
+		return Step{Reply: append(out, refuse(opt, RepErrShutdown, err.Error()).Reply...)}
 	}
+	r.BlockSizes, r.ToldSizes = asked, true
 	return Step{Reply: AppendOptionReply(out, opt, RepAck, nil), Next: Transmit, Result: r}
 }
 
@@ -324,8 +368,11 @@ func (h *Handshake) metaContext(opt uint32, data []byte) Step {
 	case !h.structured:
 		return refuse(opt, RepErrInvalid, "structured replies not negotiated")
 	}
+	if len(m.Export) > MaxString {
+		return refuse(opt, RepErrInvalid, fmt.Sprintf("export name of %d bytes (at most %d)", len(m.Export), MaxString))
+	}
 	if _, err := h.Lookup(m.Export); err != nil {
-		return refuse(opt, RepErrUnknown, fmt.Sprintf("no export %q", m.Export))
+		return refuse(opt, RepErrUnknown, "no export "+quoted(m.Export))
 	}
 	found := false
 	for _, q := range m.Queries {

@@ -278,3 +278,104 @@ func FuzzHandshake(f *testing.F) {
 		}
 	})
 }
+
+// infoReplies parses b's option replies into their types and the INFO
+// payloads by info type.
+func infoReplies(t *testing.T, b []byte) (types []uint32, infos map[uint16][]byte, msgs [][]byte) {
+	t.Helper()
+	infos = map[uint16][]byte{}
+	for len(b) > 0 {
+		r, err := ParseOptionReply(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := b[OptReplyHeaderLen : OptReplyHeaderLen+int(r.Length)]
+		b = b[OptReplyHeaderLen+int(r.Length):]
+		types = append(types, r.Type)
+		switch {
+		case r.Type == RepInfo:
+			infos[binary.BigEndian.Uint16(data)] = data[2:]
+		case IsRepErr(r.Type):
+			msgs = append(msgs, data)
+		}
+	}
+	return types, infos, msgs
+}
+
+// TestHandshakeBlockSizes: a client that asks for the block sizes is told
+// a minimum of MinBlock and held to it; one that doesn't is told 1.
+func TestHandshakeBlockSizes(t *testing.T) {
+	for _, asked := range []bool{false, true} {
+		h := newFakeExports().handshake()
+		var infos []uint16
+		if asked {
+			infos = []uint16{InfoBlockSize}
+		}
+		st := h.Option(OptionHeader{Option: OptGo}, AppendGoRequest(nil, GoRequest{Name: "disk", Infos: infos}))
+		_, got, _ := infoReplies(t, st.Reply)
+		bs := got[InfoBlockSize]
+		if len(bs) != 12 {
+			t.Fatalf("asked %v: block size info %x", asked, bs)
+		}
+		wantMin := uint32(1)
+		if asked {
+			wantMin = MinBlock
+		}
+		if m, p, x := binary.BigEndian.Uint32(bs), binary.BigEndian.Uint32(bs[4:]), binary.BigEndian.Uint32(bs[8:]); m != wantMin || p != prefBlock || x != 1<<20 {
+			t.Errorf("asked %v: block sizes %d/%d/%d, want %d/%d/%d", asked, m, p, x, wantMin, prefBlock, 1<<20)
+		}
+		if st.Result.BlockSizes != asked || !st.Result.ToldSizes {
+			t.Errorf("asked %v: result BlockSizes %v ToldSizes %v", asked, st.Result.BlockSizes, st.Result.ToldSizes)
+		}
+	}
+}
+
+// TestHandshakeLongNames: a name of MaxString bytes gets a clean
+// ERR_UNKNOWN whose message fits the protocol's limit; a longer one is
+// ERR_INVALID; the handshake goes on.
+func TestHandshakeLongNames(t *testing.T) {
+	h := newFakeExports().handshake()
+	h.ClientFlags(ClientFixedNewstyle)
+	h.structured = true
+	for _, c := range []struct {
+		opt  uint32
+		data []byte
+		want uint32
+	}{
+		{OptInfo, AppendGoRequest(nil, GoRequest{Name: string(bytes.Repeat([]byte("n"), MaxString))}), RepErrUnknown},
+		{OptInfo, AppendGoRequest(nil, GoRequest{Name: string(bytes.Repeat([]byte("n"), MaxString+1))}), RepErrInvalid},
+		{OptGo, AppendGoRequest(nil, GoRequest{Name: string(bytes.Repeat([]byte("n"), 5000))}), RepErrInvalid},
+		{OptListMetaContext, AppendMetaContextRequest(nil, MetaContextRequest{Export: string(bytes.Repeat([]byte("n"), 5000))}), RepErrInvalid},
+	} {
+		st := h.Option(OptionHeader{Option: c.opt, Length: uint32(len(c.data))}, c.data)
+		types, _, msgs := infoReplies(t, st.Reply)
+		if st.Next != Continue || len(types) != 1 || types[0] != c.want {
+			t.Errorf("option %d with %d bytes: %v %#x, want %#x", c.opt, len(c.data), st.Next, types, c.want)
+		}
+		for _, m := range msgs {
+			if len(m) > MaxString {
+				t.Errorf("option %d: error message of %d bytes", c.opt, len(m))
+			}
+		}
+	}
+	if st := h.exportName(string(bytes.Repeat([]byte("n"), 5000))); st.Next != Fail {
+		t.Errorf("EXPORT_NAME of 5000 bytes: %v", st.Next)
+	}
+}
+
+// TestReadOnlyExportFlags: a read-only export offers no command that
+// writes.
+func TestReadOnlyExportFlags(t *testing.T) {
+	h := newFakeExports().handshake()
+	h.Flags = TFlagHasFlags | TFlagSendFlush | TFlagSendTrim | TFlagSendWriteZeroes | TFlagSendFastZero | TFlagSendCache
+	for name, want := range map[string]uint16{
+		"ro":   TFlagHasFlags | TFlagSendFlush | TFlagSendCache | TFlagReadOnly,
+		"disk": h.Flags,
+	} {
+		st := h.Option(OptionHeader{Option: OptGo}, AppendGoRequest(nil, GoRequest{Name: name}))
+		if st.Next != Transmit || st.Result.Flags != want {
+			t.Errorf("%s: flags %#x, want %#x", name, st.Result.Flags, want)
+		}
+		st.Result.Export.Close()
+	}
+}
