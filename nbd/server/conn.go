@@ -79,12 +79,12 @@ type conn struct {
 
 	// Writes of a client that negotiated no block size may be unaligned:
 	// they read the partial sectors at their ends, merge and write whole
-	// sectors (read-modify-write). One such write runs at a time, and
-	// alone among the connection's writes, so none is lost to another's
-	// read-modify-write; writes that arrive meanwhile wait in held.
-	writes int    // write-type requests at the device
-	rmw    bool   // a read-modify-write is in progress
-	held   []*req // write-type requests waiting for it, in order
+	// sectors (read-modify-write). A read-modify-write runs alongside no
+	// write of the connection that overlaps its sectors, so none is lost
+	// to another's: a write that would waits in held (behind any held
+	// write it overlaps, so overlapping writes keep their order).
+	rmws int    // read-modify-writes at the device
+	held []*req // write-type requests waiting, in order
 
 	reqs       []req
 	free       []int32
@@ -124,6 +124,8 @@ type req struct {
 	span     uint64      // bytes of whole sectors buf covers (unaligned)
 	stage    uint8       // read-modify-write: its stage (rmwStart: none)
 	wflags   dm.BioFlags // read-modify-write: the write's flags
+	lo, hi   uint64      // a write-type request: the bytes it writes at the device
+	writing  bool        // a write-type request at the device
 	scratch  uring.Buf   // read-modify-write: a sector read at an end
 	head     [32]byte
 	headLen  int
@@ -624,20 +626,48 @@ func (c *conn) atEOF() {
 }
 
 // writeReady submits a write-type request (write, trim, write zeroes)
-// whose payload is in: at once, unless a read-modify-write must run alone
-// first (see conn.held).
+// whose payload is in: at once, unless it must wait (see conn.held).
 func (c *conn) writeReady(r *req) {
-	if c.rmw || len(c.held) > 0 || r.span != 0 && r.hdr.Type != wire.CmdTrim && c.writes > 0 {
+	r.lo = r.bio.Sector << dm.SectorShift
+	r.hi = r.lo + uint64(r.bio.Len)
+	if (c.rmws > 0 || len(c.held) > 0 || r.isRMW()) && c.mustWait(r, len(c.held)) {
 		c.held = append(c.held, r)
 		return
 	}
 	c.startWrite(r)
 }
 
+// isRMW reports whether r is written by read-modify-write.
+func (r *req) isRMW() bool { return r.span != 0 && r.hdr.Type != wire.CmdTrim }
+
+func (r *req) overlaps(o *req) bool { return r.lo < o.hi && o.lo < r.hi }
+
+// mustWait reports whether r has to wait: it overlaps one of the first
+// nheld held requests (they go first), or a write at the device it may
+// not run alongside (a read-modify-write and any write that overlaps it).
+func (c *conn) mustWait(r *req, nheld int) bool {
+	for _, h := range c.held[:nheld] {
+		if r.overlaps(h) {
+			return true
+		}
+	}
+	rmw := r.isRMW()
+	if !rmw && c.rmws == 0 {
+		return false
+	}
+	for i := range c.reqs {
+		o := &c.reqs[i]
+		if o.writing && (rmw || o.isRMW()) && r.overlaps(o) {
+			return true
+		}
+	}
+	return false
+}
+
 func (c *conn) startWrite(r *req) {
-	c.writes++
-	if r.span != 0 && r.hdr.Type != wire.CmdTrim {
-		c.rmw = true
+	r.writing = true
+	if r.isRMW() {
+		c.rmws++
 		c.rmwStep(r, nil)
 		return
 	}
@@ -645,21 +675,28 @@ func (c *conn) startWrite(r *req) {
 }
 
 // writeEnded notes that a write-type request is done with the device and
-// starts what waited for it.
+// starts the held ones that no longer have to wait.
 func (c *conn) writeEnded(r *req) {
-	c.writes--
-	if r.stage != 0 {
-		c.rmw = false
-		r.stage = 0
+	r.writing = false
+	if r.isRMW() {
+		c.rmws--
+		r.stage = rmwStart
 	}
-	for len(c.held) > 0 && !c.rmw {
-		n := c.held[0]
-		if n.span != 0 && n.hdr.Type != wire.CmdTrim && c.writes > 0 {
-			return
+	if len(c.held) == 0 {
+		return
+	}
+	k := 0
+	for i := 0; i < len(c.held); i++ {
+		h := c.held[i]
+		c.held[k] = h // the held before i are c.held[:k]
+		if c.mustWait(h, k) {
+			k++
+			continue
 		}
-		c.held = c.held[:copy(c.held, c.held[1:])]
-		c.startWrite(n)
+		c.startWrite(h)
 	}
+	clear(c.held[k:])
+	c.held = c.held[:k]
 }
 
 // Read-modify-write stages: read the first sector (if the write starts
@@ -743,7 +780,6 @@ func (c *conn) rmwDone(r *req, err error) {
 		c.l.Arena().Put(r.scratch)
 		r.scratch = uring.Buf{}
 	}
-	r.stage = rmwWrite
 	c.writeEnded(r)
 	c.reply(r, wire.FromErrno(err))
 }
