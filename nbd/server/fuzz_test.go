@@ -110,6 +110,9 @@ func FuzzServerOptions(f *testing.F) {
 	f.Add(append(append([]byte(nil), flags...), opt(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, wire.MetaContextRequest{Export: "disk", Queries: []string{"base:allocation"}}))...))
 	f.Add(append(append([]byte(nil), flags...), opt(99, []byte("zz"))...))
 	f.Add([]byte{0, 0, 0, 7})
+	// A name longer than the protocol's strings; an option drained.
+	f.Add(append(append([]byte(nil), flags...), opt(wire.OptInfo, wire.AppendGoRequest(nil, wire.GoRequest{Name: string(bytes.Repeat([]byte("n"), 5000))}))...))
+	f.Add(append(append([]byte(nil), flags...), opt(0x7ff0, make([]byte, 70<<10))...))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ts := sharedServer(t)
 		c, err := net.Dial("tcp", ts.tcp)
