@@ -35,6 +35,7 @@ const (
 	nbdServerROZero       = "nbd-server advertises WRITE_ZEROES on a read-only export (the protocol doesn't forbid it; then it answers EPERM)"
 	nbdServerLongName     = "nbd-server 3.24 sends no reply to an NBD_OPT_INFO whose name is over 4096 bytes (the protocol's string limit; nbdkit answers ERR_INVALID)"
 	nbdServerFlags        = "nbd-server 3.24 ignores a flag the command doesn't take (the protocol says it SHOULD answer EINVAL)"
+	nbdkitDisc            = "nbdkit 1.32 now and then closes after NBD_CMD_DISC with replies still owed (30 of 32 seen; the protocol says every request is answered first)"
 )
 
 var cases = []confCase{
@@ -89,7 +90,7 @@ var cases = []confCase{
 	{name: "big_64m"},
 	// Many connections and requests, disconnects.
 	{name: "inflight_many"},
-	{name: "shutdown_inflight"},
+	{name: "shutdown_inflight", skip: map[string]string{"nbdkit": nbdkitDisc}},
 	{name: "halfclose"},
 	{name: "disc_raw"},
 	{name: "multi_conn"},
