@@ -1,0 +1,226 @@
+package fuse
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"udm/dm"
+	"udm/dm/filedev"
+	"udm/internal/testutil"
+	"udm/uring"
+)
+
+// env is a registry of devices over tmpfs files, loops, and a FUSE mount
+// of the registry.
+type env struct {
+	t     *testing.T
+	loops []*uring.Loop
+	reg   *dm.Registry
+	srv   *Server
+	dir   string
+}
+
+func requireFUSE(t *testing.T) {
+	t.Helper()
+	testutil.RequireRoot(t)
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("skipped: no /dev/fuse (FUSE module not loaded)")
+	}
+}
+
+func newEnv(t *testing.T, tr Transport) *env {
+	t.Helper()
+	requireFUSE(t)
+	e := &env{t: t}
+	for i := 0; i < 2; i++ {
+		l, err := uring.NewLoop(uring.Config{ID: i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.loops = append(e.loops, l)
+		t.Cleanup(func() { l.Close() })
+	}
+	e.reg = dm.NewRegistry(dm.Config{Log: zerolog.Nop(), Open: filedev.Opener(e.loops[0])})
+	t.Cleanup(func() { e.reg.RemoveAll(context.Background()) })
+	e.dir = t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv, err := Mount(ctx, Config{Dir: e.dir, Devices: e.reg, Loops: e.loops, Transport: tr, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
+	if err != nil {
+		t.Fatalf("mount: %v", err)
+	}
+	e.srv = srv
+	t.Cleanup(func() { e.close() })
+	return e
+}
+
+func (e *env) close() {
+	if e.srv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := e.srv.Close(ctx); err != nil {
+		e.t.Errorf("close: %v", err)
+	}
+	e.srv = nil
+}
+
+// create makes a linear device over a new tmpfs file of size bytes.
+func (e *env) create(name string, size int64) string {
+	e.t.Helper()
+	f := testutil.TempFile(e.t, size)
+	table := "0 " + strconv.FormatInt(size/512, 10) + " linear " + f + " 0"
+	if _, err := e.reg.Create(context.Background(), name, "", table); err != nil {
+		e.t.Fatal(err)
+	}
+	return f
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func TestFilesFollowDevices(t *testing.T) {
+	e := newEnv(t, Classic)
+	e.create("alpha", 8<<20)
+	st, err := os.Stat(filepath.Join(e.dir, "alpha"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() != 8<<20 || !st.Mode().IsRegular() {
+		t.Fatalf("alpha: size %d mode %v", st.Size(), st.Mode())
+	}
+	e.create("beta", 4<<20)
+	ents, err := os.ReadDir(e.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, d := range ents {
+		names = append(names, d.Name())
+	}
+	if strings.Join(names, ",") != "alpha,beta" {
+		t.Fatalf("readdir: %v", names)
+	}
+	if err := e.reg.Remove(context.Background(), "beta", false, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "beta")); !os.IsNotExist(err) {
+		t.Fatalf("beta after remove: %v", err)
+	}
+	// Data written through the file is on the device, and reads back.
+	f, err := os.OpenFile(filepath.Join(e.dir, "alpha"), os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := alignedBuf(64 << 10)
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	if _, err := f.WriteAt(buf, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	got := alignedBuf(64 << 10)
+	if _, err := f.ReadAt(got, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, buf) {
+		t.Fatal("read back differs")
+	}
+	// An unaligned read gets the bytes asked for.
+	small := make([]byte, 100)
+	g, err := os.Open(filepath.Join(e.dir, "alpha"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if _, err := g.ReadAt(small, 1<<20+3); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(small, buf[3:103]) {
+		t.Fatal("unaligned read differs")
+	}
+}
+
+func alignedBuf(n int) []byte {
+	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// ext4 checks a filesystem on a loop device over the device's file:
+// mkfs, mount, files written and synced, unmount, fsck clean, and the
+// files' contents back after a remount.
+func ext4(t *testing.T, e *env, during func()) {
+	testutil.RequireTool(t, "mkfs.ext4")
+	e.create("demo", 256<<20)
+	loop := testutil.LoopDevice(t, filepath.Join(e.dir, "demo"))
+	if dio, err := os.ReadFile("/sys/block/" + filepath.Base(loop) + "/loop/dio"); err != nil || strings.TrimSpace(string(dio)) != "1" {
+		t.Fatalf("%s: direct I/O not on (%q, %v)", loop, dio, err)
+	}
+	run(t, "mkfs.ext4", "-q", "-F", loop)
+	mnt := t.TempDir()
+	run(t, "mount", loop, mnt)
+	mounted := true
+	t.Cleanup(func() {
+		if mounted {
+			exec.Command("umount", mnt).Run()
+		}
+	})
+	want := map[string][]byte{}
+	for i := 0; i < 20; i++ {
+		name := filepath.Join(mnt, "f"+strconv.Itoa(i))
+		data := bytes.Repeat([]byte{byte(i), byte(i * 3), 0x5a}, 100000+i*4099)
+		if err := os.WriteFile(name, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		want[name] = data
+		if i == 10 && during != nil {
+			during()
+		}
+	}
+	run(t, "sync", "-f", mnt)
+	run(t, "umount", mnt)
+	mounted = false
+	run(t, "e2fsck", "-fn", loop)
+	run(t, "mount", "-o", "ro", loop, mnt)
+	mounted = true
+	for name, data := range want {
+		got, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("%s differs after remount", name)
+		}
+	}
+	run(t, "umount", mnt)
+	mounted = false
+}
+
+func TestExt4Classic(t *testing.T) {
+	e := newEnv(t, Classic)
+	ext4(t, e, nil)
+	if st := e.srv.Stats(); st.Bios == 0 || st.Errors != 0 {
+		t.Fatalf("stats %+v: want bios and no errors", st)
+	}
+}

@@ -1,0 +1,269 @@
+package fuse
+
+import (
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"udm/dm"
+	"udm/uring"
+)
+
+// A queue is the server's part on one loop: its request slots, the fixed
+// file of /dev/fuse in that loop's ring, and counters it alone writes.
+// Everything of a queue but the counters runs on its loop.
+type queue struct {
+	s       *Server
+	l       *uring.Loop
+	id      int
+	fdIdx   int32
+	slots   []slot
+	stopped bool
+
+	requests, errors, bios atomic.Uint64
+}
+
+func inc(c *atomic.Uint64) { c.Store(c.Load() + 1) }
+
+const (
+	tagRead  = 1 // a classic READV of /dev/fuse
+	tagReply = 2 // a classic WRITEV of a reply
+)
+
+// scratchSize bounds a request other than WRITE (a LOOKUP's name, an
+// INIT): the header and up to 4 KiB of arguments.
+const scratchSize = reqHeadSize + 4096
+
+// A slot holds one request at a time, from the read that takes it from
+// the kernel to the write of its reply: the request's header, its data
+// buffer (page-aligned, from the loop's arena, used by the bio directly),
+// its reply and its bio.
+type slot struct {
+	q *queue
+
+	// head receives the header and a WRITE's arguments; the rest of the
+	// request lands in data, so a WRITE's payload is page-aligned.
+	head    [reqHeadSize]byte
+	iov     [2]unix.Iovec
+	data    uring.Buf
+	scratch []byte
+	out     [outHeaderSize + 4096]byte
+	oiov    [2]unix.Iovec
+
+	r       request
+	bio     dm.Bio
+	skip    uint64 // a READ's reply starts this far into data
+	rlen    uint64 // and is this long
+	readID  uring.OpID
+	reading bool
+	done    bool // stopped: counted off Server.live
+}
+
+// start runs on the loop: registers /dev/fuse in the ring and arms the
+// slots' reads.
+func (q *queue) start() error {
+	idx, err := q.l.RegisterFile(q.s.fd)
+	if err != nil {
+		return err
+	}
+	q.fdIdx = idx
+	q.slots = make([]slot, q.s.cfg.Slots)
+	for i := range q.slots {
+		sl := &q.slots[i]
+		sl.q = q
+		b, err := q.l.Arena().TryGet(q.s.cfg.MaxWrite)
+		if err != nil {
+			q.slots = q.slots[:i]
+			return err
+		}
+		sl.data = b
+		sl.scratch = make([]byte, scratchSize)
+		sl.iov[0] = unix.Iovec{Base: &sl.head[0]}
+		sl.iov[0].SetLen(reqHeadSize)
+		sl.iov[1] = unix.Iovec{Base: &b.B[0]}
+		sl.iov[1].SetLen(len(b.B))
+		sl.bio.BufIndex = -1
+	}
+	for i := range q.slots {
+		q.s.live.Add(1)
+		q.slots[i].arm()
+	}
+	return nil
+}
+
+// stop runs on the loop: no slot takes another request; reads waiting
+// for one are cancelled (slots in the middle of a request stop once its
+// reply is written).
+func (q *queue) stop() {
+	q.stopped = true
+	for i := range q.slots {
+		if sl := &q.slots[i]; sl.reading {
+			q.l.Cancel(sl.readID)
+		}
+	}
+}
+
+// release runs on the loop once every slot stopped.
+func (q *queue) release() {
+	for i := range q.slots {
+		q.l.Arena().Put(q.slots[i].data)
+		q.slots[i].data = uring.Buf{}
+	}
+	if q.fdIdx >= 0 {
+		q.l.UnregisterFile(q.fdIdx)
+		q.fdIdx = -1
+	}
+}
+
+func (sl *slot) stop() {
+	if !sl.done {
+		sl.done = true
+		sl.q.s.live.Done()
+	}
+}
+
+// arm reads the next request.
+func (sl *slot) arm() {
+	q := sl.q
+	if q.stopped || q.s.closing.Load() {
+		sl.stop()
+		return
+	}
+	var e uring.SQE
+	e.PrepReadv(q.fdIdx, sl.iov[:], 0)
+	e.Fixed()
+	id, err := q.l.Submit(&e, sl, tagRead)
+	if err != nil {
+		sl.stop()
+		return
+	}
+	sl.readID, sl.reading = id, true
+}
+
+// Complete is the end of the slot's read or reply write.
+func (sl *slot) Complete(tag uint64, res int32, _ uint32) {
+	q := sl.q
+	switch tag {
+	case tagRead:
+		sl.reading = false
+		if res < 0 {
+			switch syscall.Errno(-res) {
+			case unix.EINTR, unix.EAGAIN, unix.ENOENT:
+				// Nothing for us (a request interrupted before it was
+				// read): read again.
+				sl.arm()
+			case unix.ENODEV, unix.ECANCELED:
+				// Unmounted, aborted or closing.
+				sl.stop()
+			default:
+				q.s.log.Error().Err(uring.Errno(res)).Msg("fuse: read /dev/fuse")
+				sl.stop()
+			}
+			return
+		}
+		sl.take(int(res))
+	case tagReply:
+		// ENOENT: the request was interrupted or aborted meanwhile.
+		if res < 0 && res != -int32(unix.ENOENT) && res != -int32(unix.ENODEV) {
+			q.s.log.Warn().Err(uring.Errno(res)).Uint32("opcode", sl.r.hdr.Opcode).Msg("fuse: write reply")
+		}
+		if sl.r.hdr.Opcode == opInit {
+			q.s.initSettled(res)
+		}
+		sl.arm()
+	}
+}
+
+// take parses the n bytes read and handles the request.
+func (sl *slot) take(n int) {
+	q := sl.q
+	inc(&q.requests)
+	var r request
+	var err error
+	switch {
+	case n >= inHeaderSize && le.Uint32(sl.head[4:]) == opWrite:
+		r, err = parseRequest(sl.head[:], reqHeadSize)
+		if err == nil && int(r.hdr.Len) != n {
+			err = errShort
+		}
+	case n <= reqHeadSize:
+		r, err = parseRequest(sl.head[:], n)
+	case n <= scratchSize:
+		copy(sl.scratch, sl.head[:])
+		copy(sl.scratch[reqHeadSize:], sl.data.B[:n-reqHeadSize])
+		r, err = parseRequest(sl.scratch, n)
+	default:
+		err = errShort
+	}
+	sl.r = r
+	if err != nil {
+		if n >= inHeaderSize && !noReply(r.hdr.Opcode) {
+			sl.r.hdr = decodeInHeader(sl.head[:])
+			sl.replyErr(syscall.EIO)
+			return
+		}
+		sl.arm()
+		return
+	}
+	q.s.serve(sl)
+}
+
+// body is the reply's argument area after the out header.
+func (sl *slot) body() []byte { return sl.out[outHeaderSize:] }
+
+// reply sends the out header, k bytes of body and data.
+func (sl *slot) reply(k int, data []byte) {
+	putOutHeader(sl.out[:], outHeaderSize+k+len(data), 0, sl.r.hdr.Unique)
+	sl.send(k, data)
+}
+
+func (sl *slot) replyErr(e syscall.Errno) {
+	if e != syscall.ENOSYS {
+		inc(&sl.q.errors)
+	}
+	putOutHeader(sl.out[:], outHeaderSize, -int32(e), sl.r.hdr.Unique)
+	sl.send(0, nil)
+}
+
+func (sl *slot) send(k int, data []byte) {
+	q := sl.q
+	sl.oiov[0] = unix.Iovec{Base: &sl.out[0]}
+	sl.oiov[0].SetLen(outHeaderSize + k)
+	nv := 1
+	if len(data) > 0 {
+		sl.oiov[1] = unix.Iovec{Base: unsafe.SliceData(data)}
+		sl.oiov[1].SetLen(len(data))
+		nv = 2
+	}
+	var e uring.SQE
+	e.PrepWritev(q.fdIdx, sl.oiov[:nv], 0, 0)
+	e.Fixed()
+	if _, err := q.l.Submit(&e, sl, tagReply); err != nil {
+		sl.stop() // the loop is closing
+	}
+}
+
+// next is for requests that get no reply.
+func (sl *slot) next() { sl.arm() }
+
+func (sl *slot) req() *request { return &sl.r }
+
+func (sl *slot) buf() []byte { return sl.data.B }
+
+func (sl *slot) submit(dev *dm.Device, op dm.Op, fl dm.BioFlags, sector uint64, n uint32, buf []byte) {
+	q := sl.q
+	b := &sl.bio
+	b.Op, b.Flags, b.Sector, b.Len = op, fl, sector, n
+	b.Buf, b.BufIndex = nil, -1
+	if op.HasData() {
+		b.Buf, b.BufIndex = buf, sl.data.Index
+	}
+	b.Exec, b.End = q.l, sl
+	inc(&q.bios)
+	dev.Submit(b)
+}
+
+// BioEnd runs on the loop when the request's bio has ended.
+func (sl *slot) BioEnd(_ *dm.Bio, err error) { sl.q.s.bioDone(sl, err) }
