@@ -3,6 +3,7 @@ package fuse
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -124,6 +125,19 @@ func TestFilesFollowDevices(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.dir, "beta")); !os.IsNotExist(err) {
 		t.Fatalf("beta after remove: %v", err)
 	}
+	// A read-only device is a read-only file.
+	e.create("ro", 1<<20)
+	rodev, err := e.reg.Get("ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rodev.SetReadOnly(true)
+	if st, err := os.Stat(filepath.Join(e.dir, "ro")); err != nil || st.Mode().Perm() != 0o444 {
+		t.Fatalf("ro: %v %v", st.Mode(), err)
+	}
+	if _, err := os.OpenFile(filepath.Join(e.dir, "ro"), os.O_RDWR, 0); !errors.Is(err, unix.EROFS) {
+		t.Fatalf("open ro for writing: %v, want EROFS", err)
+	}
 	// Data written through the file is on the device, and reads back.
 	f, err := os.OpenFile(filepath.Join(e.dir, "alpha"), os.O_RDWR|unix.O_DIRECT, 0)
 	if err != nil {
@@ -170,7 +184,7 @@ func alignedBuf(n int) []byte {
 // ext4 checks a filesystem on a loop device over the device's file:
 // mkfs, mount, files written and synced, unmount, fsck clean, and the
 // files' contents back after a remount.
-func ext4(t *testing.T, e *env, during func()) {
+func ext4(t *testing.T, e *env, during func(stop <-chan struct{})) {
 	testutil.RequireTool(t, "mkfs.ext4")
 	e.create("demo", 256<<20)
 	loop := testutil.LoopDevice(t, filepath.Join(e.dir, "demo"))
@@ -186,19 +200,23 @@ func ext4(t *testing.T, e *env, during func()) {
 			exec.Command("umount", mnt).Run()
 		}
 	})
+	stop := make(chan struct{})
+	bgDone := make(chan struct{})
+	if during != nil {
+		go func() { defer close(bgDone); during(stop) }()
+	} else {
+		close(bgDone)
+	}
 	want := map[string][]byte{}
 	for i := 0; i < 20; i++ {
 		name := filepath.Join(mnt, "f"+strconv.Itoa(i))
 		data := bytes.Repeat([]byte{byte(i), byte(i * 3), 0x5a}, 100000+i*4099)
-		if err := os.WriteFile(name, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeSync(t, name, data)
 		want[name] = data
-		if i == 10 && during != nil {
-			during()
-		}
 	}
 	run(t, "sync", "-f", mnt)
+	close(stop)
+	<-bgDone
 	run(t, "umount", mnt)
 	mounted = false
 	run(t, "e2fsck", "-fn", loop)
@@ -223,4 +241,69 @@ func TestExt4Classic(t *testing.T) {
 	if st := e.srv.Stats(); st.Bios == 0 || st.Errors != 0 {
 		t.Fatalf("stats %+v: want bios and no errors", st)
 	}
+}
+
+func writeSync(t *testing.T, name string, data []byte) {
+	t.Helper()
+	f, err := os.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestExt4NoflushReload suspends with noflush, loads the same table
+// again and resumes, over and over while ext4 writes and fsyncs files:
+// the bios held in the core meanwhile reach the device after the resume,
+// and the filesystem sees no error.
+func TestExt4NoflushReload(t *testing.T) {
+	e := newEnv(t, Classic)
+	cycles := 0
+	ext4(t, e, func(stop <-chan struct{}) {
+		dev, err := e.reg.Get("demo")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		table, err := dev.Table(false)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		ctx := context.Background()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := dev.Suspend(ctx, true); err != nil {
+				t.Error(err)
+				return
+			}
+			if err := dev.Load(strings.Join(table, "\n")); err != nil {
+				t.Error(err)
+			}
+			if err := dev.Resume(ctx); err != nil {
+				t.Error(err)
+				return
+			}
+			cycles++
+		}
+	})
+	if cycles == 0 {
+		t.Fatal("no suspend/reload/resume cycle ran during the workload")
+	}
+	if st := e.srv.Stats(); st.Errors != 0 {
+		t.Fatalf("stats %+v: errors", st)
+	}
+	t.Logf("%d noflush reload cycles", cycles)
 }
