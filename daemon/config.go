@@ -37,6 +37,10 @@ type Config struct {
 	PProf bool
 	// Metrics is the address of the Prometheus endpoint ("" disables it).
 	Metrics string
+	// FUSE is a directory where every device is served to the kernel as
+	// a file of its size, through a FUSE mount ("" disables it). See
+	// package fuse.
+	FUSE string
 	// Loops is the number of uring loops (default: the number of CPUs).
 	Loops int
 	// Spin is how long a loop that just did work polls for more before

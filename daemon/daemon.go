@@ -20,6 +20,7 @@ import (
 	"udm/daemon/api"
 	"udm/dm"
 	"udm/dm/filedev"
+	"udm/fuse"
 	"udm/nbd/client"
 	"udm/nbd/server"
 	"udm/uring"
@@ -56,6 +57,7 @@ type Daemon struct {
 	reg     *dm.Registry
 	store   *Store
 	nbd     *server.Server
+	fuse    *fuse.Server
 	mp      *mpath
 	lock    *os.File
 	started time.Time
@@ -185,8 +187,48 @@ func (d *Daemon) init(cfg Config) (err error) {
 	if d.nbd, err = server.New(scfg); err != nil {
 		return err
 	}
+	if cfg.FUSE != "" {
+		if err := d.mountFUSE(); err != nil {
+			return err
+		}
+	}
 	d.warnExposed()
 	return nil
+}
+
+// mountFUSE mounts the FUSE frontend at cfg.FUSE (made if missing).
+func (d *Daemon) mountFUSE() error {
+	if err := os.MkdirAll(d.cfg.FUSE, 0o755); err != nil {
+		return fmt.Errorf("fuse: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
+	defer cancel()
+	srv, err := fuse.Mount(ctx, fuse.Config{
+		Dir: d.cfg.FUSE, Devices: d.reg, Loops: d.loops,
+		Log: d.log.With().Str("component", "fuse").Logger(),
+	})
+	if err != nil {
+		return err
+	}
+	d.fuse = srv
+	return nil
+}
+
+// closeFUSE unmounts the FUSE frontend. A mount still in use (a loop
+// device over one of its files) is detached lazily and its connection
+// aborted: its users get errors from then on, not a hang.
+func (d *Daemon) closeFUSE(ctx context.Context) {
+	if d.fuse == nil {
+		return
+	}
+	busy, err := d.fuse.Close(ctx)
+	if err != nil {
+		d.log.Warn().Err(err).Msg("fuse: unmount")
+	}
+	if busy {
+		d.log.Warn().Str("dir", d.cfg.FUSE).Msg("fuse: files still in use at shutdown: detached lazily, their I/O now fails")
+	}
+	d.fuse = nil
 }
 
 // opener opens the devices tables name: NBD URIs (nbd://, nbd+unix://)
@@ -334,6 +376,10 @@ func (d *Daemon) shutdown() {
 	if !held {
 		d.endHeld() // a flush must not queue either
 	}
+	// The FUSE frontend served until now (its requests held in a queueing
+	// map have just ended); a loop device still using a file makes it a
+	// lazy unmount with the connection aborted.
+	d.closeFUSE(ctx)
 	wctx, wcancel := context.WithTimeout(context.Background(), FlushGrace)
 	if err := d.reg.Wait(wctx); err != nil {
 		d.log.Warn().Err(err).Msg("deferred removals still under way at shutdown")
@@ -440,6 +486,11 @@ func (d *Daemon) teardown() {
 		}
 		if d.nbd != nil {
 			d.nbd.Close()
+		}
+		if d.fuse != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
+			d.closeFUSE(ctx)
+			cancel()
 		}
 		d.wg.Wait()
 		if d.mp != nil {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -76,6 +77,8 @@ type Server struct {
 	log zerolog.Logger
 	fd  int
 	dev uint64 // st_dev of the mount
+	// mtime is every file's times: when the mount was made.
+	mtime uint64
 
 	mu      sync.Mutex
 	nodes   map[uint64]*node // guarded by mu
@@ -140,6 +143,7 @@ func Mount(ctx context.Context, cfg Config) (*Server, error) {
 		cfg: cfg, log: cfg.Log, fd: fd,
 		nodes: map[uint64]*node{}, byName: map[string]*node{}, nextID: rootID + 1, nextFh: 1,
 	}
+	s.mtime = uint64(time.Now().Unix())
 	s.handles.Store(&map[uint64]*handle{})
 	s.initDone = make(chan struct{})
 	if err := mount(fd, cfg.Dir, cfg.MaxWrite); err != nil {
@@ -302,14 +306,14 @@ func (s *Server) forget(id, nlookup uint64) {
 
 func (s *Server) attrOf(n *node) attr {
 	if n == nil {
-		return attr{Ino: rootID, Mode: unix.S_IFDIR | 0o755, Nlink: 2, Blksize: 4096}
+		return attr{Ino: rootID, Mode: unix.S_IFDIR | 0o755, Nlink: 2, Blksize: 4096, Mtime: s.mtime}
 	}
 	size := uint64(n.dev.Size())
 	mode := uint32(unix.S_IFREG | 0o644)
 	if n.dev.ReadOnly() {
 		mode = unix.S_IFREG | 0o444
 	}
-	return attr{Ino: n.id, Size: size, Blocks: size / 512, Mode: mode, Nlink: 1, Blksize: 4096}
+	return attr{Ino: n.id, Size: size, Blocks: size / 512, Mode: mode, Nlink: 1, Blksize: 4096, Mtime: s.mtime}
 }
 
 func (s *Server) open(n *node, flags uint32) (uint64, error) {

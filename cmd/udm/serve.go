@@ -35,6 +35,7 @@ func runServe(args []string) error {
 	tlsVerify := fs.Bool("tls-verify-peer", false, "NBD clients must present a certificate signed by ca-cert.pem")
 	pprofOn := fs.Bool("pprof", false, "serve the Go profiler (/debug/pprof/) on the metrics address")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. "+daemon.SuggestedMetrics+")")
+	fuseDir := fs.String("fuse", "", "serve every device as a file in this directory through a FUSE mount (for losetup; \"\" disables)")
 	loops := fs.Int("loops", def.Loops, "uring loops (threads running I/O)")
 	spin := fs.Duration("spin", uring.DefaultSpin, "the most a busy loop polls for more work before it sleeps, less where polling does not pay or the CPUs are shared (0: never)")
 	slice := fs.Duration("loop-slice", uring.DefaultSlice, "the scheduler time slice a loop's thread asks for (0: the kernel's)")
@@ -70,7 +71,7 @@ func runServe(args []string) error {
 
 	d, err := daemon.New(daemon.Config{StateDir: *stateDir, Control: *control, NBD: *nbdAddr, NBDUnix: *nbdUnix,
 		NBDUnixGroup: *nbdGroup, TLS: tls, TLSCertificates: *tlsDir, TLSVerifyPeer: *tlsVerify, PProf: *pprofOn,
-		Metrics: *metrics, Loops: *loops, Spin: durationCfg(*spin), Slice: durationCfg(*slice), Gather: durationCfg(*gather), NoDemo: *noDemo, Log: log, Out: os.Stdout})
+		Metrics: *metrics, FUSE: *fuseDir, Loops: *loops, Spin: durationCfg(*spin), Slice: durationCfg(*slice), Gather: durationCfg(*gather), NoDemo: *noDemo, Log: log, Out: os.Stdout})
 	if err != nil {
 		return err
 	}
