@@ -137,6 +137,9 @@ type Config struct {
 	Files int
 	// SetupFlags overrides the ring setup flags (0 = default with fallback).
 	SetupFlags uint32
+	// SQE128 gives the ring 128-byte SQEs, for URING_CMD operations with
+	// a large command area (SubmitCmd; FUSE over io_uring).
+	SQE128 bool
 	// BatchDiv and BatchWait tune completion batching: with n storage
 	// operations in flight the loop sleeps until n/BatchDiv of them
 	// completed or BatchWait passed (then until any one completes).
@@ -275,7 +278,7 @@ func NewLoop(cfg Config) (*Loop, error) {
 }
 
 func (l *Loop) setup() error {
-	r, err := NewRing(RingOptions{Entries: l.cfg.Entries, CQEntries: l.cfg.Entries * l.cfg.CQFactor, Flags: l.cfg.SetupFlags})
+	r, err := NewRing(RingOptions{Entries: l.cfg.Entries, CQEntries: l.cfg.Entries * l.cfg.CQFactor, Flags: l.cfg.SetupFlags, SQE128: l.cfg.SQE128})
 	if err != nil {
 		return err
 	}

@@ -32,6 +32,9 @@ type Ring struct {
 	sqMask  uint32
 	sqCap   uint32
 	sqes    []SQE
+	// sqeShift is 1 on a SetupSQE128 ring: each entry is two SQE-sized
+	// halves of sqes, the second the command area's tail (see SQEExt).
+	sqeShift uint32
 	// sqeTail is our local tail: SQEs up to it are filled but not yet
 	// published to the kernel (published on flush).
 	sqeTail uint32
@@ -57,6 +60,10 @@ type RingOptions struct {
 	// (SINGLE_ISSUER|DEFER_TASKRUN|COOP_TASKRUN|SUBMIT_ALL) with a fallback
 	// to what older kernels accept.
 	Flags uint32
+	// SQE128 makes every SQE 128 bytes (IORING_SETUP_SQE128, added to
+	// whichever flags are tried), as URING_CMD operations with a large
+	// command area (FUSE over io_uring) need.
+	SQE128 bool
 }
 
 // setupTries are the flag sets NewRing tries in turn for the default:
@@ -79,6 +86,9 @@ func NewRing(opt RingOptions) (*Ring, error) {
 	}
 	var lastErr error
 	for _, fl := range tries {
+		if opt.SQE128 {
+			fl |= SetupSQE128
+		}
 		p := params{Flags: fl | SetupCQSize | SetupClamp, CQEntries: opt.CQEntries}
 		fd, _, errno := unix.Syscall(unix.SYS_IO_URING_SETUP, uintptr(opt.Entries), uintptr(unsafe.Pointer(&p)), 0)
 		if errno != 0 {
@@ -110,7 +120,10 @@ func (r *Ring) mmap(p *params) error {
 		return fmt.Errorf("uring: mmap rings: %w", err)
 	}
 	r.sqMem, r.cqMem = mem, mem
-	sqeBytes := int(p.SQEntries) * int(unsafe.Sizeof(SQE{}))
+	if p.Flags&SetupSQE128 != 0 {
+		r.sqeShift = 1
+	}
+	sqeBytes := int(p.SQEntries<<r.sqeShift) * int(unsafe.Sizeof(SQE{}))
 	sqeMem, err := unix.Mmap(r.fd, offSQEs, sqeBytes, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		unix.Munmap(mem)
@@ -151,7 +164,7 @@ func (r *Ring) mmap(p *params) error {
 		return fmt.Errorf("uring: CQE array outside the ring mapping")
 	}
 	r.cqes = unsafe.Slice((*CQE)(unsafe.Pointer(&mem[p.CQOff.CQEs])), p.CQEntries)
-	r.sqes = unsafe.Slice((*SQE)(unsafe.Pointer(&sqeMem[0])), p.SQEntries)
+	r.sqes = unsafe.Slice((*SQE)(unsafe.Pointer(&sqeMem[0])), p.SQEntries<<r.sqeShift)
 	// The SQ index array maps ring slots to SQEs; we keep it the identity
 	// and always fill sqes[tail&mask].
 	if uintptr(p.SQOff.Array)+uintptr(p.SQEntries)*4 > uintptr(len(mem)) {
@@ -209,10 +222,33 @@ func (r *Ring) NextSQE() *SQE {
 	if r.sqeTail-r.sqHead.Load() >= r.sqCap {
 		return nil
 	}
-	s := &r.sqes[r.sqeTail&r.sqMask]
+	i := (r.sqeTail & r.sqMask) << r.sqeShift
+	s := &r.sqes[i]
 	*s = SQE{}
+	if r.sqeShift != 0 {
+		r.sqes[i+1] = SQE{}
+	}
 	r.sqeTail++
 	return s
+}
+
+// SQE128 reports whether the ring's SQEs are 128 bytes.
+func (r *Ring) SQE128() bool { return r.sqeShift != 0 }
+
+// CmdSize is the size of a URING_CMD's command area in a 128-byte SQE
+// (from byte 48 to the end).
+const CmdSize = 80
+
+// PutCmd copies cmd (at most CmdSize bytes) into the command area of s,
+// an SQE NextSQE returned on a SQE128 ring: its last 16 bytes and the
+// second half of the entry.
+func (r *Ring) PutCmd(s *SQE, cmd []byte) {
+	if r.sqeShift == 0 || len(cmd) > CmdSize {
+		panic("uring: PutCmd needs a SQE128 ring and at most 80 bytes")
+	}
+	area := unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(s), 48)), CmdSize)
+	clear(area)
+	copy(area, cmd)
 }
 
 // publish makes filled SQEs visible to the kernel and returns their count.

@@ -10,6 +10,7 @@ const (
 	SetupCQSize        = 1 << 3
 	SetupClamp         = 1 << 4
 	SetupSubmitAll     = 1 << 7
+	SetupSQE128        = 1 << 10
 	SetupCoopTaskrun   = 1 << 8
 	SetupTaskrunFlag   = 1 << 9
 	SetupSingleIssuer  = 1 << 12
@@ -52,6 +53,7 @@ const (
 	OpSend          uint8 = 26
 	OpRecv          uint8 = 27
 	OpShutdown      uint8 = 34
+	OpURingCmd      uint8 = 46
 )
 
 // SQE flags (sqe.Flags).
@@ -157,7 +159,7 @@ type SQE struct {
 	Personality uint16
 	FileIndex   int32 // splice_fd_in or file_index
 	Addr3       uint64
-	_           uint64
+	pad         uint64 // the rest of the command area of a URING_CMD
 }
 
 // CQE is a completion queue entry, laid out as struct io_uring_cqe.
