@@ -39,12 +39,41 @@ func requireFUSE(t *testing.T) {
 	}
 }
 
+// enableURing sets the fuse module's enable_uring for the test and puts
+// the old value back after.
+func enableURing(t *testing.T, on bool) {
+	t.Helper()
+	const p = "/sys/module/fuse/parameters/enable_uring"
+	old, err := os.ReadFile(p)
+	if err != nil {
+		if on {
+			t.Skip("skipped: this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING)")
+		}
+		return
+	}
+	v := "N"
+	if on {
+		v = "Y"
+	}
+	if err := os.WriteFile(p, []byte(v), 0); err != nil {
+		t.Fatalf("set enable_uring: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := os.WriteFile(p, bytes.TrimSpace(old), 0); err != nil {
+			t.Errorf("restore enable_uring: %v", err)
+		}
+	})
+}
+
 func newEnv(t *testing.T, tr Transport) *env {
 	t.Helper()
 	requireFUSE(t)
+	if tr != Auto {
+		enableURing(t, tr == IOUring)
+	}
 	e := &env{t: t}
 	for i := 0; i < 2; i++ {
-		l, err := uring.NewLoop(uring.Config{ID: i})
+		l, err := uring.NewLoop(uring.Config{ID: i, SQE128: tr != Classic})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -237,10 +266,26 @@ func ext4(t *testing.T, e *env, during func(stop <-chan struct{})) {
 
 func TestExt4Classic(t *testing.T) {
 	e := newEnv(t, Classic)
-	ext4(t, e, nil)
-	if st := e.srv.Stats(); st.Bios == 0 || st.Errors != 0 {
-		t.Fatalf("stats %+v: want bios and no errors", st)
+	if e.srv.Transport() != Classic {
+		t.Fatalf("transport %v", e.srv.Transport())
 	}
+	ext4(t, e, nil)
+	if st := e.srv.Stats(); st.Bios == 0 || st.Errors != 0 || st.RingRequests != 0 {
+		t.Fatalf("stats %+v: want bios, no errors, nothing through the ring", st)
+	}
+}
+
+func TestExt4IOUring(t *testing.T) {
+	e := newEnv(t, IOUring)
+	if e.srv.Transport() != IOUring {
+		t.Fatalf("transport %v", e.srv.Transport())
+	}
+	ext4(t, e, nil)
+	st := e.srv.Stats()
+	if st.Bios == 0 || st.Errors != 0 || st.RingRequests < st.Requests/2 {
+		t.Fatalf("stats %+v: want bios, no errors, most requests through the ring", st)
+	}
+	t.Logf("stats %+v", st)
 }
 
 func writeSync(t *testing.T, name string, data []byte) {
@@ -265,7 +310,16 @@ func writeSync(t *testing.T, name string, data []byte) {
 // the bios held in the core meanwhile reach the device after the resume,
 // and the filesystem sees no error.
 func TestExt4NoflushReload(t *testing.T) {
-	e := newEnv(t, Classic)
+	for _, tr := range []Transport{Classic, IOUring} {
+		t.Run(tr.String(), func(t *testing.T) { noflushReload(t, tr) })
+	}
+}
+
+func noflushReload(t *testing.T, tr Transport) {
+	e := newEnv(t, tr)
+	if e.srv.Transport() != tr {
+		t.Fatalf("transport %v, want %v", e.srv.Transport(), tr)
+	}
 	cycles := 0
 	ext4(t, e, func(stop <-chan struct{}) {
 		dev, err := e.reg.Get("demo")

@@ -21,8 +21,10 @@ type queue struct {
 	fdIdx   int32
 	slots   []slot
 	stopped bool
+	sqe128  bool      // the loop's ring has 128-byte SQEs
+	rings   []*uqueue // the kernel ring queues this loop serves
 
-	requests, errors, bios atomic.Uint64
+	requests, ringReqs, errors, bios atomic.Uint64
 }
 
 func inc(c *atomic.Uint64) { c.Store(c.Load() + 1) }
@@ -110,6 +112,12 @@ func (q *queue) release() {
 	for i := range q.slots {
 		q.l.Arena().Put(q.slots[i].data)
 		q.slots[i].data = uring.Buf{}
+	}
+	for _, u := range q.rings {
+		for i := range u.ents {
+			q.l.Arena().Put(u.ents[i].payload)
+			u.ents[i].payload = uring.Buf{}
+		}
 	}
 	if q.fdIdx >= 0 {
 		q.l.UnregisterFile(q.fdIdx)

@@ -101,8 +101,10 @@ type Server struct {
 // Stats are the server's counters, summed over its loops.
 type Stats struct {
 	Requests uint64 // requests taken from the kernel
-	Errors   uint64 // replies carrying an error (but ENOSYS: not offered)
-	Bios     uint64 // bios submitted
+	// RingRequests are those of them that came through io_uring entries.
+	RingRequests uint64
+	Errors       uint64 // replies carrying an error (but ENOSYS: not offered)
+	Bios         uint64 // bios submitted
 }
 
 type node struct {
@@ -154,8 +156,14 @@ func Mount(ctx context.Context, cfg Config) (*Server, error) {
 	// reads yet: the mount's device number comes from mountinfo.
 	s.dev = mountDev(cfg.Dir)
 	for i, l := range cfg.Loops {
-		q := &queue{s: s, l: l, id: i, fdIdx: -1}
-		s.queues = append(s.queues, q)
+		s.queues = append(s.queues, &queue{s: s, l: l, id: i, fdIdx: -1})
+		if err := l.Call(func() { s.queues[i].sqe128 = l.Ring().SQE128() }); err != nil {
+			s.abort()
+			return nil, err
+		}
+	}
+	for _, q := range s.queues {
+		l := q.l
 		var qerr error
 		if err := l.Call(func() { qerr = q.start() }); err != nil {
 			qerr = err
@@ -175,6 +183,9 @@ func Mount(ctx context.Context, cfg Config) (*Server, error) {
 		s.abort()
 		return nil, s.initErr
 	}
+	if s.Transport() == IOUring {
+		s.startRing()
+	}
 	s.log.Info().Str("dir", cfg.Dir).Str("transport", s.Transport().String()).Int("max_write", cfg.MaxWrite).
 		Int("loops", len(cfg.Loops)).Msg("fuse: mounted")
 	return s, nil
@@ -191,6 +202,7 @@ func (s *Server) Stats() Stats {
 	var st Stats
 	for _, q := range s.queues {
 		st.Requests += q.requests.Load()
+		st.RingRequests += q.ringReqs.Load()
 		st.Errors += q.errors.Load()
 		st.Bios += q.bios.Load()
 	}
@@ -409,4 +421,11 @@ func (s *Server) initSettled(res int32) {
 
 // uringCapable reports whether this build can serve FUSE over io_uring
 // on its loops.
-func (s *Server) uringCapable() bool { return false }
+func (s *Server) uringCapable() bool {
+	for _, q := range s.queues {
+		if !q.sqe128 {
+			return false
+		}
+	}
+	return true
+}

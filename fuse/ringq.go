@@ -1,0 +1,274 @@
+package fuse
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"udm/dm"
+	"udm/uring"
+)
+
+// FUSE over io_uring. After INIT negotiated it, each ring entry is a
+// header area and a payload buffer registered with the kernel by a
+// FUSE_IO_URING_CMD_REGISTER (a URING_CMD on /dev/fuse); the command
+// completes when the kernel has put a request in the entry. The reply
+// goes back in the same entry with FUSE_IO_URING_CMD_COMMIT_AND_FETCH,
+// which stays pending until the next request: one ring operation per
+// request, on the loop that also runs its bios.
+//
+// The kernel keeps one queue per possible CPU and hands a request to
+// the queue of the CPU its task runs on; every queue needs entries
+// before the kernel switches from /dev/fuse reads to the ring. Queue qid
+// is served by loop qid mod len(loops). FORGETs and INTERRUPTs still come
+// through /dev/fuse, so the classic slots stay armed too.
+
+// Layout of struct fuse_uring_req_header.
+const (
+	ringInOut     = 0   // fuse_in_header / fuse_out_header
+	ringOpIn      = 128 // the opcode's argument struct
+	ringEntInOut  = 256 // struct fuse_uring_ent_in_out
+	ringHeaderLen = 288
+	ringOpInSize  = 128
+)
+
+const tagRing = 3
+
+// A uqueue is one kernel ring queue, on one loop.
+type uqueue struct {
+	s    *Server
+	q    *queue // the classic queue of the same loop (its fixed file)
+	qid  uint16
+	ents []uent
+}
+
+// A uent is one registered ring entry.
+type uent struct {
+	u       *uqueue
+	hdr     [ringHeaderLen]byte
+	iov     [2]unix.Iovec
+	payload uring.Buf
+	scratch []byte
+	head    [reqHeadSize]byte
+
+	r        request
+	bio      dm.Bio
+	skip     uint64
+	rlen     uint64
+	commitID uint64
+	cmdOp    uint32 // the command last sent (re-sent after EAGAIN)
+	done     bool
+}
+
+// possibleCPUs is the number of CPUs the kernel may ever run (its queue
+// count for FUSE over io_uring).
+func possibleCPUs() int {
+	b, err := os.ReadFile("/sys/devices/system/cpu/possible")
+	if err != nil {
+		return 1
+	}
+	n := 0
+	for _, part := range strings.Split(strings.TrimSpace(string(b)), ",") {
+		lo, hi, ok := strings.Cut(part, "-")
+		a, err1 := strconv.Atoi(lo)
+		z := a
+		var err2 error
+		if ok {
+			z, err2 = strconv.Atoi(hi)
+		}
+		if err1 != nil || err2 != nil || z < a {
+			return 1
+		}
+		n = max(n, z+1)
+	}
+	return max(n, 1)
+}
+
+// startRing registers the ring entries of every queue, each on its loop,
+// once INIT is done, and returns when the loops have submitted them.
+func (s *Server) startRing() {
+	n := possibleCPUs()
+	for qid := 0; qid < n; qid++ {
+		q := s.queues[qid%len(s.queues)]
+		u := &uqueue{s: s, q: q, qid: uint16(qid)}
+		q.l.Call(u.start)
+	}
+	// A loop submits what a turn queued before it runs the next turn's
+	// posted functions.
+	for _, q := range s.queues {
+		q.l.Call(func() {})
+	}
+}
+
+func (u *uqueue) start() {
+	s := u.s
+	if u.q.stopped || s.closing.Load() {
+		return
+	}
+	u.ents = make([]uent, s.cfg.Slots)
+	for i := range u.ents {
+		e := &u.ents[i]
+		e.u = u
+		b, err := u.q.l.Arena().TryGet(s.cfg.MaxWrite)
+		if err != nil {
+			s.log.Error().Err(err).Msg("fuse: ring entry buffer")
+			u.ents = u.ents[:i]
+			break
+		}
+		e.payload = b
+		e.scratch = make([]byte, scratchSize)
+		e.iov[0] = unix.Iovec{Base: &e.hdr[0]}
+		e.iov[0].SetLen(ringHeaderLen)
+		e.iov[1] = unix.Iovec{Base: &b.B[0]}
+		e.iov[1].SetLen(len(b.B))
+		e.bio.BufIndex = -1
+	}
+	u.q.rings = append(u.q.rings, u)
+	for i := range u.ents {
+		s.live.Add(1)
+		u.ents[i].send(uringCmdRegister)
+	}
+}
+
+// send submits the entry's REGISTER or COMMIT_AND_FETCH.
+func (e *uent) send(op uint32) {
+	u := e.u
+	q := u.q
+	e.cmdOp = op
+	var sqe uring.SQE
+	sqe.PrepURingCmd(q.fdIdx, op)
+	sqe.Fixed()
+	if op == uringCmdRegister {
+		sqe.Addr = uint64(uintptr(unsafePtr(&e.iov[0])))
+		sqe.Len = 2
+	}
+	var cmd [24]byte
+	if op == uringCmdCommitAndFetch {
+		le.PutUint64(cmd[8:], e.commitID)
+	}
+	le.PutUint16(cmd[16:], u.qid)
+	if _, err := q.l.SubmitCmd(&sqe, cmd[:], e, tagRing); err != nil {
+		if err == unix.EBUSY {
+			// The SQ is full: try again on the next turn.
+			if q.l.Post(func() { e.send(op) }) == nil {
+				return
+			}
+		}
+		e.stop()
+	}
+}
+
+func (e *uent) stop() {
+	if !e.done {
+		e.done = true
+		e.u.s.live.Done()
+	}
+}
+
+// Complete: the kernel put a request in the entry (res 0), or the
+// command failed.
+func (e *uent) Complete(_ uint64, res int32, _ uint32) {
+	if res < 0 {
+		switch syscall.Errno(-res) {
+		case unix.EAGAIN, unix.EINTR:
+			e.send(e.cmdOp)
+		case unix.ENOTCONN, unix.ECONNABORTED, unix.ECANCELED, unix.ENODEV:
+			e.stop() // unmounted or aborted
+		default:
+			e.u.s.log.Error().Err(uring.Errno(res)).Uint32("cmd", e.cmdOp).Msg("fuse: ring command")
+			e.stop()
+		}
+		return
+	}
+	e.take()
+}
+
+func (e *uent) take() {
+	q := e.u.q
+	inc(&q.requests)
+	inc(&q.ringReqs)
+	h := decodeInHeader(e.hdr[ringInOut:])
+	e.commitID = le.Uint64(e.hdr[ringEntInOut+8:])
+	psz := uint64(le.Uint32(e.hdr[ringEntInOut+16:]))
+	n := uint64(h.Len)
+	var r request
+	var err error = errShort
+	if n >= inHeaderSize+psz && n-inHeaderSize-psz <= ringOpInSize {
+		argSz := n - inHeaderSize - psz
+		if h.Opcode == opWrite {
+			copy(e.head[:], e.hdr[ringInOut:ringInOut+inHeaderSize])
+			copy(e.head[inHeaderSize:], e.hdr[ringOpIn:ringOpIn+writeInSize])
+			if argSz == writeInSize && psz <= uint64(len(e.payload.B)) {
+				r, err = parseRequest(e.head[:], reqHeadSize)
+			}
+		} else if n <= uint64(len(e.scratch)) {
+			k := copy(e.scratch, e.hdr[ringInOut:ringInOut+inHeaderSize])
+			k += copy(e.scratch[k:], e.hdr[ringOpIn:ringOpIn+argSz])
+			copy(e.scratch[k:], e.payload.B[:psz])
+			r, err = parseRequest(e.scratch, int(n))
+		}
+	}
+	e.r = r
+	if err != nil {
+		e.r.hdr = h
+		e.replyErr(syscall.EIO)
+		return
+	}
+	q.s.serve(e)
+}
+
+func (e *uent) req() *request           { return &e.r }
+func (e *uent) body() []byte            { return e.payload.B }
+func (e *uent) buf() []byte             { return e.payload.B }
+func (e *uent) readSpan(skip, n uint64) { e.skip, e.rlen = skip, n }
+func (e *uent) span() (uint64, uint64)  { return e.skip, e.rlen }
+
+// reply commits k bytes of body, or data (a slice of the payload: moved
+// to its start if it isn't there).
+func (e *uent) reply(k int, data []byte) {
+	if len(data) > 0 {
+		if unsafePtr(&data[0]) != unsafePtr(&e.payload.B[0]) {
+			copy(e.payload.B, data)
+		}
+		k = len(data)
+	}
+	e.commit(0, k)
+}
+
+func (e *uent) replyErr(errno syscall.Errno) {
+	if errno != syscall.ENOSYS {
+		inc(&e.u.q.errors)
+	}
+	e.commit(-int32(errno), 0)
+}
+
+// next: a request that takes no reply still gives its entry back.
+func (e *uent) next() { e.commit(0, 0) }
+
+func (e *uent) commit(errno int32, k int) {
+	putOutHeader(e.hdr[ringInOut:], outHeaderSize+k, errno, e.r.hdr.Unique)
+	le.PutUint32(e.hdr[ringEntInOut+16:], uint32(k))
+	e.send(uringCmdCommitAndFetch)
+}
+
+func (e *uent) submit(dev *dm.Device, op dm.Op, fl dm.BioFlags, sector uint64, n uint32, buf []byte) {
+	q := e.u.q
+	b := &e.bio
+	b.Op, b.Flags, b.Sector, b.Len = op, fl, sector, n
+	b.Buf, b.BufIndex = nil, -1
+	if op.HasData() {
+		b.Buf, b.BufIndex = buf, e.payload.Index
+	}
+	b.Exec, b.End = q.l, e
+	inc(&q.bios)
+	dev.Submit(b)
+}
+
+// BioEnd runs on the loop when the request's bio has ended.
+func (e *uent) BioEnd(_ *dm.Bio, err error) { e.u.s.bioDone(e, err) }
+
+func unsafePtr[T any](p *T) unsafe.Pointer { return unsafe.Pointer(p) }
