@@ -361,3 +361,24 @@ func noflushReload(t *testing.T, tr Transport) {
 	}
 	t.Logf("%d noflush reload cycles", cycles)
 }
+
+// TestFioVerify writes random 4 KiB-64 KiB blocks at depth 32 through a
+// loop device over a device's file, then reads every block back and
+// checks it (fio's verify), on both transports.
+func TestFioVerify(t *testing.T) {
+	testutil.RequireTool(t, "fio")
+	for _, tr := range []Transport{Classic, IOUring} {
+		t.Run(tr.String(), func(t *testing.T) {
+			e := newEnv(t, tr)
+			e.create("v", 64<<20)
+			loop := testutil.LoopDevice(t, filepath.Join(e.dir, "v"))
+			run(t, "fio", "--name=verify", "--filename="+loop, "--ioengine=io_uring", "--direct=1",
+				"--rw=randwrite", "--bsrange=4k-64k", "--iodepth=32", "--size=64m", "--verify=crc32c",
+				"--verify_fatal=1", "--do_verify=1", "--randrepeat=0")
+			st := e.srv.Stats()
+			if st.Errors != 0 || (tr == IOUring && st.RingRequests == 0) {
+				t.Fatalf("stats %+v", st)
+			}
+		})
+	}
+}
