@@ -382,3 +382,49 @@ func TestFioVerify(t *testing.T) {
 		})
 	}
 }
+
+// TestCloseBusy closes the server while a loop device holds a file: the
+// mount is detached lazily and the connection aborted, so the loop
+// device's I/O fails instead of hanging, and it can still be detached.
+func TestCloseBusy(t *testing.T) {
+	for _, tr := range []Transport{Classic, IOUring} {
+		t.Run(tr.String(), func(t *testing.T) {
+			e := newEnv(t, tr)
+			e.create("busy", 8<<20)
+			out, err := exec.Command("losetup", "--direct-io=on", "--find", "--show", filepath.Join(e.dir, "busy")).CombinedOutput()
+			if err != nil {
+				t.Fatalf("losetup: %v\n%s", err, out)
+			}
+			loop := strings.TrimSpace(string(out))
+			detached := false
+			t.Cleanup(func() {
+				if !detached {
+					exec.Command("losetup", "-d", loop).Run()
+				}
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			busy, err := e.srv.Close(ctx)
+			e.srv = nil
+			if err != nil || !busy {
+				t.Fatalf("close: busy %v, %v; want busy and no error", busy, err)
+			}
+			f, err := os.OpenFile(loop, os.O_RDONLY|unix.O_DIRECT, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, rerr := f.ReadAt(alignedBuf(4096), 0)
+			f.Close()
+			if rerr == nil {
+				t.Fatal("a read of the loop device succeeded after the server closed")
+			}
+			if out, err := exec.Command("losetup", "-d", loop).CombinedOutput(); err != nil {
+				t.Fatalf("losetup -d: %v\n%s", err, out)
+			}
+			detached = true
+			if mountDev(e.dir) != 0 {
+				t.Fatalf("%s still mounted", e.dir)
+			}
+		})
+	}
+}

@@ -58,14 +58,30 @@ func unmount(dir string) (busy bool, err error) {
 
 // abortConn aborts the FUSE connection whose superblock is dev (st_dev of
 // the mount's root) through the fusectl filesystem: every request still
-// queued or in flight ends with ENOTCONN on the kernel side. Used when a
-// lazy unmount left users holding files: the server is going away.
+// queued or in flight ends with ENOTCONN on the kernel side, and the ring
+// entries registered with it complete. Used when a lazy unmount left
+// users holding files: the server is going away. fusectl is one
+// filesystem wherever it is mounted; where /sys/fs/fuse/connections
+// isn't it, it is mounted on a private directory for the write.
 func abortConn(dev uint64) error {
-	p := fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(dev))
-	if _, err := os.Stat("/sys/fs/fuse/connections"); err != nil {
+	name := fmt.Sprintf("%d/abort", unix.Minor(dev))
+	const sys = "/sys/fs/fuse/connections"
+	if err := os.WriteFile(filepath.Join(sys, name), []byte("1"), 0); err == nil {
+		return nil
+	}
+	tmp, err := os.MkdirTemp("", "udm-fusectl-")
+	if err != nil {
 		return err
 	}
-	return os.WriteFile(p, []byte("1"), 0)
+	defer os.Remove(tmp)
+	if err := unix.Mount("fusectl", tmp, "fusectl", 0, ""); err != nil {
+		return fmt.Errorf("fuse: mount fusectl: %w", err)
+	}
+	defer unix.Unmount(tmp, unix.MNT_DETACH)
+	if err := os.WriteFile(filepath.Join(tmp, name), []byte("1"), 0); err != nil {
+		return fmt.Errorf("fuse: abort connection %d: %w", unix.Minor(dev), err)
+	}
+	return nil
 }
 
 // mountDev finds the device number of the FUSE mount at dir in
