@@ -1,6 +1,8 @@
 package fuse
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -105,4 +107,35 @@ func FuzzParseRequest(f *testing.F) {
 			t.Fatalf("length %d, read %d", r.hdr.Len, len(b))
 		}
 	})
+}
+
+func TestCPUList(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		text string
+		want []int
+	}{
+		{"0-1\n", []int{0, 1}},
+		{"0\n", []int{0}},
+		{"0-2,5,7-8\n", []int{0, 1, 2, 5, 7, 8}},
+		{"x\n", nil},
+		{"3-1\n", nil},
+	} {
+		p := filepath.Join(dir, "l")
+		if err := os.WriteFile(p, []byte(tc.text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		got := cpuList(p)
+		if len(got) != len(tc.want) || (tc.want == nil) != (got == nil) {
+			t.Fatalf("%q: %v, want %v", tc.text, got, tc.want)
+		}
+		for _, c := range tc.want {
+			if !got[c] {
+				t.Fatalf("%q: %v lacks %d", tc.text, got, c)
+			}
+		}
+	}
+	if q := ringQueues(16); len(q) == 0 || q[0] != 16 {
+		t.Fatalf("ringQueues: %v: want a queue per possible CPU, CPU 0 online", q)
+	}
 }

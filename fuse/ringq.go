@@ -22,7 +22,7 @@ import (
 // request, on the loop that also runs its bios.
 //
 // The kernel keeps one queue per possible CPU and hands a request to
-// the queue of the CPU its task runs on; every queue needs entries
+// the queue of the CPU its task runs on; every queue needs an entry
 // before the kernel switches from /dev/fuse reads to the ring. Queue qid
 // is served by loop qid mod len(loops). FORGETs and INTERRUPTs still come
 // through /dev/fuse, so the classic slots stay armed too.
@@ -64,15 +64,18 @@ type uent struct {
 	done     bool
 }
 
-// possibleCPUs is the number of CPUs the kernel may ever run (its queue
-// count for FUSE over io_uring).
-func possibleCPUs() int {
-	b, err := os.ReadFile("/sys/devices/system/cpu/possible")
+// cpuList parses a kernel CPU list ("0-3,8") from a sysfs file into
+// the set of CPUs it names; nil if it can't be read.
+func cpuList(path string) map[int]bool {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return 1
+		return nil
 	}
-	n := 0
+	set := map[int]bool{}
 	for _, part := range strings.Split(strings.TrimSpace(string(b)), ",") {
+		if part == "" {
+			continue
+		}
 		lo, hi, ok := strings.Cut(part, "-")
 		a, err1 := strconv.Atoi(lo)
 		z := a
@@ -80,22 +83,56 @@ func possibleCPUs() int {
 		if ok {
 			z, err2 = strconv.Atoi(hi)
 		}
-		if err1 != nil || err2 != nil || z < a {
-			return 1
+		if err1 != nil || err2 != nil || a < 0 || z < a || z > 1<<16 {
+			return nil
 		}
-		n = max(n, z+1)
+		for c := a; c <= z; c++ {
+			set[c] = true
+		}
 	}
-	return max(n, 1)
+	return set
+}
+
+// ringQueues returns how many entries each kernel queue gets: one queue
+// per possible CPU (the kernel's count), Slots entries for an online
+// CPU, one for a CPU that is possible but offline (a queue must have an
+// entry before the kernel uses the ring; a VM may list many more
+// possible CPUs than it runs).
+func ringQueues(slots int) []int {
+	possible := cpuList("/sys/devices/system/cpu/possible")
+	online := cpuList("/sys/devices/system/cpu/online")
+	n := 0
+	for c := range possible {
+		n = max(n, c+1)
+	}
+	if n == 0 {
+		n = 1
+	}
+	q := make([]int, n)
+	for c := range q {
+		q[c] = 1
+		if online == nil || online[c] {
+			q[c] = slots
+		}
+	}
+	return q
+}
+
+// URingEnabled reports whether the kernel offers FUSE over io_uring now
+// (the fuse module's enable_uring): only then do loops need 128-byte
+// SQEs for it.
+func URingEnabled() bool {
+	b, err := os.ReadFile("/sys/module/fuse/parameters/enable_uring")
+	return err == nil && strings.TrimSpace(string(b)) == "Y"
 }
 
 // startRing registers the ring entries of every queue, each on its loop,
 // once INIT is done, and returns when the loops have submitted them.
 func (s *Server) startRing() {
-	n := possibleCPUs()
-	for qid := 0; qid < n; qid++ {
+	for qid, ents := range ringQueues(s.cfg.Slots) {
 		q := s.queues[qid%len(s.queues)]
 		u := &uqueue{s: s, q: q, qid: uint16(qid)}
-		q.l.Call(u.start)
+		q.l.Call(func() { u.start(ents) })
 	}
 	// A loop submits what a turn queued before it runs the next turn's
 	// posted functions.
@@ -104,12 +141,12 @@ func (s *Server) startRing() {
 	}
 }
 
-func (u *uqueue) start() {
+func (u *uqueue) start(n int) {
 	s := u.s
 	if u.q.stopped || s.closing.Load() {
 		return
 	}
-	u.ents = make([]uent, s.cfg.Slots)
+	u.ents = make([]uent, n)
 	for i := range u.ents {
 		e := &u.ents[i]
 		e.u = u
