@@ -60,6 +60,7 @@ type slot struct {
 	rlen    uint64 // and is this long
 	readID  uring.OpID
 	reading bool
+	trimmed bool // not needed (the ring carries the requests): stop
 	done    bool // stopped: counted off Server.live
 }
 
@@ -128,14 +129,32 @@ func (q *queue) release() {
 func (sl *slot) stop() {
 	if !sl.done {
 		sl.done = true
+		if sl.trimmed {
+			sl.q.l.Arena().Put(sl.data)
+			sl.data = uring.Buf{}
+		}
 		sl.q.s.live.Done()
+	}
+}
+
+// trim keeps n slots reading /dev/fuse and stops the others (at once if
+// they wait, after their reply if they hold a request), giving their
+// buffers back: with the ring carrying the requests, /dev/fuse brings
+// only FORGETs and INTERRUPTs.
+func (q *queue) trim(n int) {
+	for i := n; i < len(q.slots); i++ {
+		sl := &q.slots[i]
+		sl.trimmed = true
+		if sl.reading {
+			q.l.Cancel(sl.readID)
+		}
 	}
 }
 
 // arm reads the next request.
 func (sl *slot) arm() {
 	q := sl.q
-	if q.stopped || q.s.closing.Load() {
+	if q.stopped || sl.trimmed || q.s.closing.Load() {
 		sl.stop()
 		return
 	}

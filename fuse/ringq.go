@@ -38,6 +38,10 @@ const (
 
 const tagRing = 3
 
+// classicWithRing is how many classic slots a loop keeps reading once the
+// ring carries the requests.
+const classicWithRing = 2
+
 // A uqueue is one kernel ring queue, on one loop.
 type uqueue struct {
 	s    *Server
@@ -137,7 +141,7 @@ func (s *Server) startRing() {
 	// A loop submits what a turn queued before it runs the next turn's
 	// posted functions.
 	for _, q := range s.queues {
-		q.l.Call(func() {})
+		q.l.Call(func() { q.trim(classicWithRing) })
 	}
 }
 
