@@ -98,6 +98,7 @@ DRILLFLAGS ?=
 drill: build
 	$(BIN) drill --all --full --quiet --out drill/reports $(DRILLFLAGS)
 	$(BIN) drill --all --full --quiet --fio --out drill/reports/fio $(DRILLFLAGS)
+	$(BIN) drill real-fs --full --quiet
 
 # stress: the long form of the control-plane torture test (stress/):
 # parallel workers change devices under NBD clients doing verified I/O

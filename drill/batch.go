@@ -72,6 +72,19 @@ func (b Batch) Run(ctx context.Context, opt Options, out Output) error {
 	}
 	var failed []string
 	for _, t := range targets {
+		if t == RealFSName {
+			// In the process: its own loops, FUSE mount, loop device and ext4.
+			rep, err := RealFS(ctx, RealFSOptions{Full: b.Full, Log: opt.Log})
+			if err != nil {
+				return fmt.Errorf("%s: %w", t, err)
+			}
+			rep.Summary(out.Stdout)
+			fmt.Fprintln(out.Stdout)
+			if !rep.Pass {
+				failed = append(failed, t+": "+rep.Reason)
+			}
+			continue
+		}
 		var rep *Report
 		var err error
 		if sc, ok := Lookup(t); ok {
@@ -162,4 +175,5 @@ func List(w io.Writer) {
 			fmt.Fprintf(w, "%-28s (not with --fio: %s)\n", "", s.NoFio)
 		}
 	}
+	fmt.Fprintf(w, "%-28s %s\n", RealFSName, RealFSOutcome)
 }

@@ -4,6 +4,13 @@
 // text summary, JSON, and an SVG timeline of IOPS, p99 latency and path
 // states with the faults as markers. `udm drill` is its command.
 //
+// The real-filesystem drill (RealFS, `udm drill real-fs`) is apart: it
+// runs in the process (loops, registry, the FUSE frontend of package
+// fuse), puts ext4 on a multipath device through a loop device over its
+// FUSE file, and checks the filesystem (tar extracts and files against a
+// sha256 manifest, fio verify, e2fsck, the kernel log) through path
+// failures and a noflush reload; see realfs.go.
+//
 // # The environment
 //
 // A drill starts `udm serve` (its own state dir, control socket and free
