@@ -586,7 +586,8 @@ func (w *fsWorkload) fioLoop(ctx context.Context) error {
 	for i := 0; ctx.Err() == nil; i++ {
 		cmd := exec.CommandContext(ctx, "fio", "--name=realfs", "--directory="+w.dir, fmt.Sprintf("--filename=fio%d", i%2),
 			"--size=16m", "--rw=randwrite", "--bs=4k", "--ioengine=psync", "--direct=1", "--fsync=16",
-			"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--randrepeat=0")
+			"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--randrepeat=0", "--verify_state_save=0")
+		cmd.Dir = w.dir // where fio would leave anything it writes
 		out, err := cmd.CombinedOutput()
 		if ctx.Err() != nil {
 			return nil // stopped mid-run: not a verdict
