@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -215,6 +216,13 @@ func RealFS(ctx context.Context, opt RealFSOptions) (rep *RealFSReport, err erro
 	werr := w.start(wctx)
 
 	fail := func(format string, a ...any) (*RealFSReport, error) {
+		st, _ := mp.Status()
+		logf("failing: map %s, pending %d, status %q; FUSE %+v", mp.Info().State(), mp.Pending(), st, srv.Stats())
+		for _, p := range []string{"p0", "p1", "p2"} {
+			if d, err := reg.Get("realfs-" + p); err == nil {
+				logf("  path %s: %s, pending %d", p, d.Info().State(), d.Pending())
+			}
+		}
 		stopWork()
 		w.wait()
 		rep.Pass, rep.Reason = false, fmt.Sprintf(format, a...)
@@ -588,7 +596,15 @@ func (w *fsWorkload) fioLoop(ctx context.Context) error {
 			"--size=16m", "--rw=randwrite", "--bs=4k", "--ioengine=psync", "--direct=1", "--fsync=16",
 			"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--randrepeat=0", "--verify_state_save=0")
 		cmd.Dir = w.dir // where fio would leave anything it writes
+		// fio runs its job in a child process: stop the whole group with
+		// SIGINT (fio ends its job cleanly), killing it only if it lingers.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGINT) }
+		cmd.WaitDelay = 20 * time.Second
 		out, err := cmd.CombinedOutput()
+		if cmd.Process != nil {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // nothing of the group outlives the run
+		}
 		if ctx.Err() != nil {
 			return nil // stopped mid-run: not a verdict
 		}
