@@ -145,6 +145,7 @@ func (d *Daemon) apiHandler() http.Handler {
 		return out, nil
 	})
 	d.mp.routes(h)
+	d.confRoutes(h)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, &apiErr{status: http.StatusNotFound, errno: syscall.ENOENT,
 			msg: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)})

@@ -53,6 +53,12 @@ type Config struct {
 	// requests in flight lets them gather before taking them in (0:
 	// server.DefaultGatherWindow; negative: never). See server.Config.
 	Gather time.Duration
+	// ConfigFile is the configuration file (see conffile.go; "" for
+	// none). It is applied at start, and again on Reconfigure.
+	ConfigFile string
+	// ConfigOptional: a ConfigFile that doesn't exist is no error (the
+	// default file).
+	ConfigOptional bool
 	// NoDemo skips the built-in demo device on a fresh state dir.
 	NoDemo bool
 	// Log is where the daemon logs; children carry "component".

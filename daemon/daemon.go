@@ -47,7 +47,7 @@ const (
 // the control API, metrics, and the state store that brings devices back
 // after a restart.
 //
-// Lock order: saveMu, then the dm locks (through Registry and Device
+// Lock order: conf.mu, saveMu, then the dm locks (through Registry and Device
 // calls). No lock of the daemon is held while a device suspends.
 type Daemon struct {
 	cfg     Config
@@ -59,6 +59,7 @@ type Daemon struct {
 	nbd     *server.Server
 	fuse    *fuse.Server
 	mp      *mpath
+	conf    confState
 	lock    *os.File
 	started time.Time
 
@@ -171,7 +172,10 @@ func (d *Daemon) init(cfg Config) (err error) {
 		DeferredRemoved: d.deferredRemoved,
 	})
 	d.restore()
-	if fresh && !cfg.NoDemo {
+	if err := d.initConfig(); err != nil {
+		return err
+	}
+	if fresh && !cfg.NoDemo && !d.configLoaded() {
 		if err := d.createDemo(); err != nil {
 			d.log.Error().Err(err).Msg("demo device not created")
 		}

@@ -28,26 +28,27 @@ func init() {
 		"bench": {runBench, "run a workload against a file, a dm table in process, or an NBD export (bench matrix: the side-by-side suites)"},
 		"drill": {runDrill, "failover drill: a verified workload while faults play, a verdict and a report (drill --list)"},
 
-		"serve":     {runServe, "run the daemon (control API, NBD exports, metrics)"},
-		"version":   {runVersion, "print udm's version and build information"},
-		"help":      {runHelp, "print this list, or a verb's usage: help [VERB]"},
-		"create":    {runCreate, "create a device from a table: create NAME (--table 'LINE' | --table-file F | -)"},
-		"load":      {runLoad, "load a table into a device's inactive slot"},
-		"clear":     {runClear, "drop a device's inactive table"},
-		"suspend":   {runSuspend, "suspend a device: suspend [--noflush] NAME"},
-		"resume":    {runResume, "resume a device, swapping in its inactive table"},
-		"remove":    {runRemove, "remove a device: remove [-f|--deferred] NAME"},
-		"ls":        {runLs, "list the devices"},
-		"table":     {runTable, "print a device's table (every device's without NAME)"},
-		"status":    {runStatus, "print a device's status (every device's without NAME)"},
-		"info":      {runInfo, "print dmsetup info for a device (every device without NAME)"},
-		"message":   {runMessage, "send a message to a target: message NAME SECTOR MSG..."},
-		"wait":      {runWait, "wait for a device's event counter to pass EVENT: wait NAME [EVENT]"},
-		"targets":   {runTargets, "list the target types"},
-		"show":      {runShow, "multipathd views: show paths|maps|topology"},
-		"fail":      {pathVerb("fail", true), "fail path DEV: fail a multipath path and pause its checker"},
-		"reinstate": {pathVerb("reinstate", false), "reinstate path DEV: reinstate a path and resume its checker"},
-		"checker":   {runChecker, "show or set a multipath device's checker settings: checker NAME [KEY=VALUE...]"},
+		"serve":       {runServe, "run the daemon (control API, NBD exports, metrics)"},
+		"version":     {runVersion, "print udm's version and build information"},
+		"help":        {runHelp, "print this list, or a verb's usage: help [VERB]"},
+		"create":      {runCreate, "create a device from a table: create NAME (--table 'LINE' | --table-file F | -)"},
+		"load":        {runLoad, "load a table into a device's inactive slot"},
+		"clear":       {runClear, "drop a device's inactive table"},
+		"suspend":     {runSuspend, "suspend a device: suspend [--noflush] NAME"},
+		"resume":      {runResume, "resume a device, swapping in its inactive table"},
+		"remove":      {runRemove, "remove a device: remove [-f|--deferred] NAME"},
+		"ls":          {runLs, "list the devices"},
+		"table":       {runTable, "print a device's table (every device's without NAME)"},
+		"status":      {runStatus, "print a device's status (every device's without NAME)"},
+		"info":        {runInfo, "print dmsetup info for a device (every device without NAME)"},
+		"message":     {runMessage, "send a message to a target: message NAME SECTOR MSG..."},
+		"wait":        {runWait, "wait for a device's event counter to pass EVENT: wait NAME [EVENT]"},
+		"targets":     {runTargets, "list the target types"},
+		"show":        {runShow, "multipathd views: show paths|maps|topology|config"},
+		"reconfigure": {runReconfigure, "re-read the daemon's configuration file and bring its devices to it (what was created, changed, left alone, and why)"},
+		"fail":        {pathVerb("fail", true), "fail path DEV: fail a multipath path and pause its checker"},
+		"reinstate":   {pathVerb("reinstate", false), "reinstate path DEV: reinstate a path and resume its checker"},
+		"checker":     {runChecker, "show or set a multipath device's checker settings: checker NAME [KEY=VALUE...]"},
 	}
 }
 
@@ -67,8 +68,12 @@ func usage(w io.Writer) {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	width := 10
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
+		width = max(width, len(n))
+	}
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-*s %s\n", width, n, commands[n].summary)
 	}
 	fmt.Fprintln(w, "\nThe verbs talk to the daemon on --control SOCK, else $"+api.Env+", else the default socket.")
 	fmt.Fprintln(w, "udm COMMAND -h prints a command's usage and flags.")

@@ -42,6 +42,7 @@ func runServe(args []string) error {
 	gather := fs.Duration("gather", server.DefaultGatherWindow, "how long an NBD connection with many requests in flight lets them gather before taking them in (0: never)")
 	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	noDemo := fs.Bool("no-demo", false, "don't create the demo device on an empty state dir")
+	config := fs.String("config", daemon.DefaultConfigFile, `configuration file: defaults, multipath maps, devices, blacklist (read at start if it exists, again on udm reconfigure and SIGHUP; "" for none)`)
 	if _, err := fs.parse(args, 0, 0); err != nil {
 		return err
 	}
@@ -71,7 +72,8 @@ func runServe(args []string) error {
 
 	d, err := daemon.New(daemon.Config{StateDir: *stateDir, Control: *control, NBD: *nbdAddr, NBDUnix: *nbdUnix,
 		NBDUnixGroup: *nbdGroup, TLS: tls, TLSCertificates: *tlsDir, TLSVerifyPeer: *tlsVerify, PProf: *pprofOn,
-		Metrics: *metrics, FUSE: *fuseDir, Loops: *loops, Spin: durationCfg(*spin), Slice: durationCfg(*slice), Gather: durationCfg(*gather), NoDemo: *noDemo, Log: log, Out: os.Stdout})
+		Metrics: *metrics, FUSE: *fuseDir, Loops: *loops, Spin: durationCfg(*spin), Slice: durationCfg(*slice), Gather: durationCfg(*gather), NoDemo: *noDemo, Log: log, Out: os.Stdout,
+		ConfigFile: *config, ConfigOptional: !fs.set("config")})
 	if err != nil {
 		return err
 	}
@@ -85,6 +87,20 @@ func runServe(args []string) error {
 		s = <-sig
 		log.Warn().Str("signal", s.String()).Msg("second signal: exiting at once")
 		os.Exit(1)
+	}()
+	// SIGHUP re-reads the configuration file, as udm reconfigure does
+	// (the daemon logs what it did, or why the file was refused).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Info().Msg("signal: SIGHUP, reconfiguring")
+			d.Reconfigure(ctx)
+		}
 	}()
 	if err := d.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err

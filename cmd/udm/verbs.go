@@ -211,7 +211,7 @@ func runTargets(args []string) error {
 
 // runShow is multipathd's `show paths|maps|topology`.
 func runShow(args []string) error {
-	return verb("show", "show paths|maps|topology", args, 1, 1, nil, func(ctx context.Context, c api.CLI, pos []string) error {
+	return verb("show", "show paths|maps|topology|config", args, 1, 1, nil, func(ctx context.Context, c api.CLI, pos []string) error {
 		switch pos[0] {
 		case "paths":
 			return c.ShowPaths(ctx)
@@ -219,8 +219,10 @@ func runShow(args []string) error {
 			return c.ShowMaps(ctx)
 		case "topology":
 			return c.ShowTopology(ctx)
+		case "config":
+			return c.ShowConfig(ctx)
 		}
-		return usageErr{error: fmt.Errorf("show: unknown view %q (paths, maps, topology)", pos[0])}
+		return usageErr{error: fmt.Errorf("show: unknown view %q (paths, maps, topology, config)", pos[0])}
 	})
 }
 
