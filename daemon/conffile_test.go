@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"os"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -128,7 +130,7 @@ func TestConfigTables(t *testing.T) {
 	const paths = `paths = ["/srv/a", "/srv/fast1", "/srv/b", "/srv/fast2"]`
 	for _, c := range []struct {
 		name, settings, want string
-		prios            []int
+		prios                []int
 	}{
 		{"failover, const", `path_grouping_policy = "failover"`,
 			"0 2048 multipath 0 0 4 1 service-time 0 1 2 /srv/a 1 1 service-time 0 1 2 /srv/fast1 1 1 service-time 0 1 2 /srv/b 1 1 service-time 0 1 2 /srv/fast2 1 1",
@@ -225,5 +227,41 @@ table = "0 2048 linear /dev/sdd 0"
 	}
 	if cf.maps[0].Priorities[0] != 20 || cf.maps[0].Priorities[1] != 0 {
 		t.Errorf("priorities %v", cf.maps[0].Priorities)
+	}
+}
+
+// TestConfigExample checks that the example file in docs parses and
+// that the defaults it shows are the defaults.
+func TestConfigExample(t *testing.T) {
+	cf, err := readConfig("../docs/udm.conf.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	none, err := parseConfig("empty", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cf.defaults != none.defaults {
+		t.Fatalf("the example's defaults are not the defaults:\n got %+v\nwant %+v", cf.defaults, none.defaults)
+	}
+	// The commented-out entries parse too.
+	b, err := os.ReadFile("../docs/udm.conf.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text strings.Builder
+	entry := regexp.MustCompile(`^# (\[\[[a-z]+\]\]$|[a-z_]+ = )`)
+	for _, l := range strings.Split(string(b), "\n") {
+		if entry.MatchString(l) {
+			l = l[2:]
+		}
+		text.WriteString(l + "\n")
+	}
+	cf, err = parseConfig("uncommented", []byte(text.String()))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, text.String())
+	}
+	if len(cf.maps) != 2 || len(cf.devices) != 1 || cf.maps[1].Priorities[0] != 50 {
+		t.Fatalf("uncommented example: %d maps, %d devices", len(cf.maps), len(cf.devices))
 	}
 }

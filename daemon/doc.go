@@ -19,6 +19,16 @@
 // that can't be parsed is renamed aside (<file>.corrupt-<unix time>) and
 // logged, and the daemon goes on.
 //
+// # Configuration file
+//
+// Config.ConfigFile declares devices as multipath.conf declares maps to
+// multipathd (conffile.go has the format). It is applied after the
+// state dir is restored, and again by Reconfigure (udm reconfigure,
+// SIGHUP), which reconciles the devices with it (reconfigure.go): it
+// creates what is new, changes what differs through a noflush suspend,
+// load and resume, leaves the rest alone, and removes a device it made
+// and no longer names only when nothing has it open.
+//
 // # Shutdown
 //
 // On the first SIGTERM or SIGINT (cmd/udm turns them into a cancelled
@@ -60,9 +70,11 @@
 //
 // # Lock order
 //
-// Daemon.saveMu, then the dm locks (Registry, Device) and the checker's
-// (a snapshot reads operator marks). Device operations (suspend, which
-// may wait for I/O) run with no daemon lock held. pendingSet.mu,
+// Daemon.conf.mu, then Daemon.saveMu, then the dm locks (Registry,
+// Device) and the checker's (a snapshot reads operator marks). Device
+// operations (suspend, which may wait for I/O) run with no daemon lock
+// held, except conf.mu through a reconfigure: only reconfigures and the
+// effective configuration's readers take it. pendingSet.mu,
 // restoring.mu and mpath.mu are leaves; absentPath.mu is held while its
 // device opens, with no other lock.
 package daemon
