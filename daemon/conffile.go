@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/pelletier/go-toml/v2"
+	"github.com/pelletier/go-toml/v2/unstable"
 
 	"udm/daemon/api"
 	"udm/dm"
@@ -174,8 +175,8 @@ func readConfig(file string) (*confFile, error) {
 	return parseConfig(file, b)
 }
 
-// parseConfig parses and checks a configuration; errors name the file
-// and, where the TOML decoder knows it, the line.
+// parseConfig parses and checks a configuration. Errors name the file,
+// the line and the entry (multipaths[2] (mpb): ...).
 func parseConfig(file string, data []byte) (*confFile, error) {
 	var raw rawConfig
 	dec := toml.NewDecoder(bytes.NewReader(data))
@@ -183,20 +184,38 @@ func parseConfig(file string, data []byte) (*confFile, error) {
 	if err := dec.Decode(&raw); err != nil {
 		return nil, tomlError(file, err)
 	}
+	lines := keyLines(data)
+	// fail places err: on the line of the setting it is about (in the
+	// entry, or in [defaults] if the entry took it from there), else on
+	// the entry's first line.
+	fail := func(section, where string, err error) error {
+		line := lines[section]
+		var se *settingErr
+		if errors.As(err, &se) {
+			if l, ok := lines[section+"."+se.key]; ok {
+				line = l
+			} else if l, ok := lines["defaults."+se.key]; ok {
+				line, where = l, where+" (from defaults)"
+			}
+		}
+		if line == 0 {
+			return fmt.Errorf("%s: %s: %w", file, where, err)
+		}
+		return fmt.Errorf("%s:%d: %s: %w", file, line, where, err)
+	}
 	c := &confFile{file: file, blacklist: nonNil(raw.Blacklist.Paths)}
-	fail := func(where string, err error) error { return fmt.Errorf("%s: %s: %w", file, where, err) }
 	for _, g := range c.blacklist {
 		if _, err := filepath.Match(g, ""); err != nil {
-			return nil, fail("blacklist", fmt.Errorf("bad glob %q", g))
+			return nil, fail("blacklist", "blacklist", &settingErr{"paths", fmt.Errorf("bad glob %q", g)})
 		}
 	}
 	defRaw, err := raw.Defaults.values()
 	if err != nil {
-		return nil, fail("defaults", err)
+		return nil, fail("defaults", "defaults", err)
 	}
 	c.defaults = merge(nil, defRaw)
 	if _, err := newConfMap(api.ConfigMap{Alias: "defaults", Paths: []string{"/dev/null"}, MapSettings: c.defaults}); err != nil {
-		return nil, fail("defaults", err)
+		return nil, fail("defaults", "defaults", err)
 	}
 	seen := map[string]string{}
 	name := func(kind string, i int, alias string) (string, error) {
@@ -206,31 +225,32 @@ func parseConfig(file string, data []byte) (*confFile, error) {
 		}
 		where += fmt.Sprintf(" (%s)", alias)
 		if strings.ContainsAny(alias, "/ \t\n") || len(alias) > 127 {
-			return where, fmt.Errorf("bad alias %q (no slashes or spaces, at most 127 bytes)", alias)
+			return where, &settingErr{"alias", fmt.Errorf("bad alias %q (no slashes or spaces, at most 127 bytes)", alias)}
 		}
 		if prev, ok := seen[alias]; ok {
-			return where, fmt.Errorf("alias %q is also %s", alias, prev)
+			return where, &settingErr{"alias", fmt.Errorf("alias %q is also %s", alias, prev)}
 		}
 		seen[alias] = where
 		return where, nil
 	}
 	for i, rm := range raw.Multipaths {
+		section := fmt.Sprintf("multipaths.%d", i+1)
 		where, err := name("multipaths", i, rm.Alias)
 		if err != nil {
-			return nil, fail(where, err)
+			return nil, fail(section, where, err)
 		}
 		vals, err := rm.values()
 		if err != nil {
-			return nil, fail(where, err)
+			return nil, fail(section, where, err)
 		}
 		m := api.ConfigMap{Alias: rm.Alias, Paths: []string{}, MapSettings: merge(defRaw, vals)}
 		dup := map[string]bool{}
 		for _, p := range rm.Paths {
 			switch {
 			case p == "":
-				return nil, fail(where, errors.New("an empty path"))
+				return nil, fail(section, where, &settingErr{"paths", errors.New("an empty path")})
 			case dup[p]:
-				return nil, fail(where, fmt.Errorf("path %s listed twice", p))
+				return nil, fail(section, where, &settingErr{"paths", fmt.Errorf("path %s listed twice", p)})
 			case blacklisted(c.blacklist, p):
 				m.Blacklisted = append(m.Blacklisted, p)
 			default:
@@ -239,32 +259,84 @@ func parseConfig(file string, data []byte) (*confFile, error) {
 			dup[p] = true
 		}
 		if len(rm.Paths) == 0 {
-			return nil, fail(where, errors.New("no paths"))
+			return nil, fail(section, where, errors.New("no paths"))
 		}
 		if len(m.Paths) == 0 {
-			return nil, fail(where, errors.New("every path is blacklisted"))
+			return nil, fail(section, where, &settingErr{"paths", errors.New("every path is blacklisted")})
 		}
 		cm, err := newConfMap(m)
 		if err != nil {
-			return nil, fail(where, err)
+			return nil, fail(section, where, err)
 		}
 		c.maps = append(c.maps, cm)
 	}
 	for i, rd := range raw.Devices {
+		section := fmt.Sprintf("devices.%d", i+1)
 		where, err := name("devices", i, rd.Alias)
 		if err != nil {
-			return nil, fail(where, err)
+			return nil, fail(section, where, err)
 		}
 		lines, err := dm.ParseTable(rd.Table)
 		if err == nil && len(lines) == 0 {
 			err = errors.New("no table")
 		}
 		if err != nil {
-			return nil, fail(where, err)
+			return nil, fail(section, where, &settingErr{"table", err})
 		}
 		c.devices = append(c.devices, api.ConfigDevice{Alias: rd.Alias, Table: rd.Table})
 	}
 	return c, nil
+}
+
+// settingErr is an error about one setting (its key in the file).
+type settingErr struct {
+	key string
+	err error
+}
+
+func (e *settingErr) Error() string { return e.err.Error() }
+func (e *settingErr) Unwrap() error { return e.err }
+
+// keyLines maps each key of a TOML document to its line: "defaults",
+// "defaults.polling_interval", "multipaths.2" (the second
+// [[multipaths]]), "multipaths.2.alias". The document has been decoded
+// already: it parses.
+func keyLines(data []byte) map[string]int {
+	lines := map[string]int{}
+	var p unstable.Parser
+	p.Reset(data)
+	var cur []string
+	count := map[string]int{}
+	for p.NextExpression() {
+		e := p.Expression()
+		var key []string
+		line := 0
+		it := e.Key()
+		for it.Next() {
+			n := it.Node()
+			if line == 0 {
+				line = p.Shape(n.Raw).Start.Line
+			}
+			key = append(key, string(n.Data))
+		}
+		switch e.Kind {
+		case unstable.Table:
+			cur = key
+		case unstable.ArrayTable:
+			k := strings.Join(key, ".")
+			count[k]++
+			cur = append(key, strconv.Itoa(count[k]))
+		case unstable.KeyValue:
+			key = append(append([]string(nil), cur...), key...)
+		default:
+			continue
+		}
+		if e.Kind != unstable.KeyValue {
+			key = cur
+		}
+		lines[strings.Join(key, ".")] = line
+	}
+	return lines
 }
 
 // tomlError words a decoder error with the file and line.
@@ -308,10 +380,10 @@ func (r *rawSettings) values() (map[string]string, error) {
 			case kindDuration:
 				out[f.key] = strconv.FormatInt(x, 10) + "s"
 			default:
-				return nil, fmt.Errorf("%s: want a string, got %d", f.key, x)
+				return nil, &settingErr{f.key, fmt.Errorf("%s: want a string, got %d", f.key, x)}
 			}
 		default:
-			return nil, fmt.Errorf("%s: want a string or a number, got %v", f.key, v)
+			return nil, &settingErr{f.key, fmt.Errorf("%s: want a string or a number, got %v", f.key, v)}
 		}
 	}
 	return out, nil
@@ -369,32 +441,39 @@ func blacklisted(globs []string, path string) bool {
 func newConfMap(m api.ConfigMap) (*confMap, error) {
 	cm := &confMap{ConfigMap: m}
 	s := &cm.MapSettings
-	if _, err := s.CheckerSettings.MapConfig(); err != nil {
-		return nil, err
+	// Each checker setting alone, so that an error names its key.
+	for _, f := range settingFields {
+		var one api.CheckerSettings
+		if one.Set(f.key, *f.eff(s)) != nil {
+			continue // not a checker setting
+		}
+		if _, err := one.MapConfig(); err != nil {
+			return nil, &settingErr{f.key, err}
+		}
 	}
 	sel := strings.Fields(s.PathSelector)
 	if len(sel) == 0 || !slicesContains(multipath.Selectors(), sel[0]) {
-		return nil, fmt.Errorf("path_selector %q: want one of %s, with its arguments", s.PathSelector,
-			strings.Join(multipath.Selectors(), ", "))
+		return nil, &settingErr{"path_selector", fmt.Errorf("path_selector %q: want one of %s, with its arguments", s.PathSelector,
+			strings.Join(multipath.Selectors(), ", "))}
 	}
 	if len(sel) == 1 {
 		sel = append(sel, "0")
 	}
 	if n, err := strconv.Atoi(sel[1]); err != nil || n != len(sel)-2 {
-		return nil, fmt.Errorf("path_selector %q: the number after the name counts its arguments", s.PathSelector)
+		return nil, &settingErr{"path_selector", fmt.Errorf("path_selector %q: the number after the name counts its arguments", s.PathSelector)}
 	}
 	cm.selector = sel
 	switch s.PathGroupingPolicy {
 	case policyFailover, policyMultibus, policyGroupByPrio:
 	default:
-		return nil, fmt.Errorf("path_grouping_policy %q: want failover, multibus or group_by_prio", s.PathGroupingPolicy)
+		return nil, &settingErr{"path_grouping_policy", fmt.Errorf("path_grouping_policy %q: want failover, multibus or group_by_prio", s.PathGroupingPolicy)}
 	}
 	feat := strings.Fields(s.Features)
 	if len(feat) == 0 {
-		return nil, fmt.Errorf("features %q: want the count of the features, then the features (\"0\", \"1 queue_if_no_path\")", s.Features)
+		return nil, &settingErr{"features", fmt.Errorf("features %q: want the count of the features, then the features (\"0\", \"1 queue_if_no_path\")", s.Features)}
 	}
 	if n, err := strconv.Atoi(feat[0]); err != nil || n != len(feat)-1 {
-		return nil, fmt.Errorf("features %q: the first number counts the features that follow", s.Features)
+		return nil, &settingErr{"features", fmt.Errorf("features %q: the first number counts the features that follow", s.Features)}
 	}
 	for _, f := range feat[1:] {
 		if f != "queue_if_no_path" {
@@ -410,7 +489,7 @@ func newConfMap(m api.ConfigMap) (*confMap, error) {
 		cm.Priorities[i] = prio(p)
 	}
 	if _, err := cm.table(1); err != nil {
-		return nil, err
+		return nil, &settingErr{"features", err}
 	}
 	return cm, nil
 }
@@ -424,19 +503,19 @@ func prioritizer(name, args string) (func(path string) int, error) {
 	switch name {
 	case prioConst:
 		if strings.TrimSpace(args) != "" {
-			return nil, fmt.Errorf("prio_args %q: const takes none", args)
+			return nil, &settingErr{"prio_args", fmt.Errorf("prio_args %q: const takes none", args)}
 		}
 		return func(string) int { return 1 }, nil
 	case prioWeighted:
 	default:
-		return nil, fmt.Errorf("prio %q: want const or weightedpath", name)
+		return nil, &settingErr{"prio", fmt.Errorf("prio %q: want const or weightedpath", name)}
 	}
 	w := strings.Fields(args)
 	if len(w) == 0 || w[0] != "devname" {
-		return nil, fmt.Errorf("prio_args %q: weightedpath wants \"devname REGEX PRIO [REGEX PRIO]...\" (udm's paths have no hbtl, serial or wwn)", args)
+		return nil, &settingErr{"prio_args", fmt.Errorf("prio_args %q: weightedpath wants \"devname REGEX PRIO [REGEX PRIO]...\" (udm's paths have no hbtl, serial or wwn)", args)}
 	}
 	if len(w) == 1 || len(w)%2 != 1 {
-		return nil, fmt.Errorf("prio_args %q: want pairs of REGEX PRIO after devname", args)
+		return nil, &settingErr{"prio_args", fmt.Errorf("prio_args %q: want pairs of REGEX PRIO after devname", args)}
 	}
 	type rule struct {
 		re   *regexp.Regexp
@@ -446,11 +525,11 @@ func prioritizer(name, args string) (func(path string) int, error) {
 	for i := 1; i < len(w); i += 2 {
 		re, err := regexp.Compile(w[i])
 		if err != nil {
-			return nil, fmt.Errorf("prio_args: bad regex %q: %v", w[i], err)
+			return nil, &settingErr{"prio_args", fmt.Errorf("prio_args: bad regex %q: %v", w[i], err)}
 		}
 		p, err := strconv.Atoi(w[i+1])
 		if err != nil || p < 0 {
-			return nil, fmt.Errorf("prio_args: bad priority %q after %q (want a number >= 0)", w[i+1], w[i])
+			return nil, &settingErr{"prio_args", fmt.Errorf("prio_args: bad priority %q after %q (want a number >= 0)", w[i+1], w[i])}
 		}
 		rules = append(rules, rule{re, p})
 	}
