@@ -100,7 +100,7 @@ table = "0 16384 linear %[1]s/lin 0"
 		args := []string{"--name=" + name, "--ioengine=nbd", "--uri=" + u.nbdURI(name), "--rw=randwrite", "--bs=4k",
 			"--iodepth=8", fmt.Sprintf("--size=%d", size), "--verify=crc32c", "--verify_state_save=0", "--do_verify=1",
 			"--verify_fatal=1", "--verify_backlog=256", "--rate_iops=2000"}
-		if raceBuild {
+		if testutil.Race {
 			args[len(args)-1] = "--rate_iops=1000"
 		}
 		return args
