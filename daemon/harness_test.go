@@ -45,7 +45,8 @@ type udmd struct {
 }
 
 // startUDM starts a daemon on stateDir, with NBD on a free loopback port
-// and a Unix socket, no metrics and no demo unless extra says otherwise.
+// and a Unix socket, no metrics, no configuration file and no demo unless
+// extra says otherwise.
 func startUDM(t *testing.T, stateDir string, extra ...string) *udmd {
 	t.Helper()
 	u := launchUDM(t, stateDir, extra...)
@@ -60,7 +61,8 @@ func launchUDM(t *testing.T, stateDir string, extra ...string) *udmd {
 	sd := sockDir(t)
 	u := &udmd{t: t, stateDir: stateDir, sock: filepath.Join(sd, "c.sock"), nbdUnix: filepath.Join(sd, "n.sock")}
 	u.args = append([]string{"serve", "--state-dir", stateDir, "--control", u.sock, "--nbd", "127.0.0.1:0",
-		"--nbd-unix", u.nbdUnix, "--loops", "2", "--log-level", "debug"}, extra...)
+		"--nbd-unix", u.nbdUnix, "--loops", "2", "--log-level", "debug",
+		"--config", ""}, extra...) // not the machine's /etc/udm/udm.conf; a test's --config comes later and wins
 	u.launch()
 	t.Cleanup(func() {
 		if u.running() {
