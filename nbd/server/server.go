@@ -247,7 +247,12 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
+	// A listener out of file descriptors (EMFILE, ENFILE) or timing out
+	// is retried with a back-off from 5 ms to 1 s, and the connections
+	// already served go on. One line is logged when an episode starts and
+	// one when accepting works again, not one per retry.
 	var delay time.Duration
+	failures := 0
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -259,12 +264,20 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				if failures == 0 {
+					s.log.Warn().Err(err).Str("listener", ln.Addr().String()).
+						Msg("accept failed: refusing new connections and retrying with a back-off up to 1s; connections already open are served")
+				}
+				failures++
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.log.Warn().Err(err).Dur("retry_in", delay).Msg("accept")
 				time.Sleep(delay)
 				continue
 			}
 			return err
+		}
+		if failures > 0 {
+			s.log.Info().Int("failures", failures).Str("listener", ln.Addr().String()).Msg("accept works again")
+			failures = 0
 		}
 		delay = 0
 		s.stats.Accepted.Add(1)
