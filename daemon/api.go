@@ -37,7 +37,7 @@ func (d *Daemon) apiHandler() http.Handler {
 	p := api.APIVersion
 	h("GET "+p+"/daemon", func(r *http.Request) (any, error) {
 		return api.DaemonInfo{PID: os.Getpid(), StateDir: d.cfg.StateDir, Loops: len(d.loops),
-			Started: d.started.UTC().Format("2006-01-02T15:04:05Z"), Addrs: d.Addrs()}, nil
+			Started: d.started.UTC().Format("2006-01-02T15:04:05Z"), Addrs: d.Addrs(), Version: daemonVersion()}, nil
 	})
 	h("GET "+p+"/devices", func(r *http.Request) (any, error) {
 		out := []api.DeviceInfo{}
@@ -146,6 +146,7 @@ func (d *Daemon) apiHandler() http.Handler {
 	})
 	d.mp.routes(h)
 	d.confRoutes(h)
+	d.verbRoutes(h)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, &apiErr{status: http.StatusNotFound, errno: syscall.ENOENT,
 			msg: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)})

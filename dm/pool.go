@@ -229,3 +229,31 @@ func (g *tableDevices) release() {
 		g.pool.put(got[i])
 	}
 }
+
+// Deps lists what d's live table opened, each once, in the order its
+// targets opened them: the names the table gives them, a device of the
+// registry as MapperPrefix and its current name (dmsetup deps).
+func (d *Device) Deps() []string {
+	d.tableMu.RLock()
+	t := d.live.Load()
+	d.tableMu.RUnlock()
+	if t == nil || t.devs == nil {
+		return nil
+	}
+	g := t.devs
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []string
+	seen := map[string]bool{}
+	for _, e := range g.got {
+		n := e.key.name
+		if e.lower != nil {
+			n = MapperPrefix + e.lower.Name()
+		}
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	return out
+}

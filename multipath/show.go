@@ -250,3 +250,6 @@ func sizeString(n int64) string {
 	}
 	return fmt.Sprintf("%.1f%c", f, units[u])
 }
+
+// SizeString prints a size in bytes as multipathd does (1.0G, 512M).
+func SizeString(n int64) string { return sizeString(n) }

@@ -49,6 +49,18 @@ func init() {
 		"fail":        {pathVerb("fail", true), "fail path DEV: fail a multipath path and pause its checker"},
 		"reinstate":   {pathVerb("reinstate", false), "reinstate path DEV: reinstate a path and resume its checker"},
 		"checker":     {runChecker, "show or set a multipath device's checker settings: checker NAME [KEY=VALUE...]"},
+
+		"reload":      {runReload, "load a table into a device's inactive slot (dmsetup's name for load)"},
+		"rename":      {runRename, "rename a device: rename NAME NEW_NAME"},
+		"deps":        {runDeps, "list what devices' tables use: deps [NAME...]"},
+		"remove_all":  {runRemoveAll, "remove every device not open (-f: open ones too)"},
+		"add":         {runAdd, "add path DEV MAP: add a path to a multipath map (a noflush reload)"},
+		"del":         {runDel, "del path DEV [MAP]: take a path out of a map, or of every map (a noflush reload)"},
+		"resize":      {runResize, "resize map MAP: give a map the size of its smallest path"},
+		"switch":      {runSwitch, "switch group MAP N: make group N the map's next path group"},
+		"switchgroup": {runSwitchgroup, "switchgroup MAP N: same as switch group"},
+		"disable":     {runDisable, "disable queueing [map MAP]: fail I/O when no path is left (every map without MAP)"},
+		"restore":     {runRestore, "restore queueing [map MAP]: queue I/O when no path is left (every map without MAP)"},
 	}
 }
 

@@ -159,29 +159,57 @@ func runRemove(args []string) error {
 }
 
 func runLs(args []string) error {
-	return verb("ls", "ls", args, 0, 0, nil, func(ctx context.Context, c api.CLI, _ []string) error {
+	var tree *bool
+	var out outFlags
+	var v *verbFlags
+	return verb("ls", "ls [--tree] [-o json]", args, 0, 0, func(fv *verbFlags) {
+		v, out = fv, fv.outputFlags("json: print the devices' info as JSON")
+		tree = fv.Bool("tree", false, "show what each device stacks on, as a tree")
+	}, func(ctx context.Context, c api.CLI, _ []string) error {
+		switch err := out.plainOnly(v); {
+		case err != nil:
+			return err
+		case out.isJSON():
+			return c.LsJSON(ctx)
+		case *tree:
+			return c.LsTree(ctx)
+		}
 		return c.Ls(ctx)
 	})
 }
 
 func runTable(args []string) error {
-	var inactive *bool
-	return verb("table", "table [--inactive] [NAME]", args, 0, 1, func(v *verbFlags) {
-		inactive = v.Bool("inactive", false, "show the inactive table")
-	}, func(ctx context.Context, c api.CLI, pos []string) error {
-		return c.Table(ctx, optional(pos, 0), *inactive)
-	})
+	return linesVerb("table", "table [--inactive] [--target TYPE] [-o json] [NAME...]", args, true, api.CLI.TableLines)
 }
 
 func runStatus(args []string) error {
-	return verb("status", "status [NAME]", args, 0, 1, nil, func(ctx context.Context, c api.CLI, pos []string) error {
-		return c.Status(ctx, optional(pos, 0))
-	})
+	return linesVerb("status", "status [--target TYPE] [-o json] [NAME...]", args, false, api.CLI.StatusLines)
 }
 
 func runInfo(args []string) error {
-	return verb("info", "info [NAME]", args, 0, 1, nil, func(ctx context.Context, c api.CLI, pos []string) error {
-		return c.Info(ctx, optional(pos, 0))
+	var cols, noHead *bool
+	var sep *string
+	var out outFlags
+	return verb("info", "info [-c [-o FIELDS] [--noheadings] [--separator S]] [-o json] [NAME...]", args, 0, -1, func(v *verbFlags) {
+		cols = v.Bool("c", false, "one row per device, in columns (-o FIELDS picks them; -o help lists them)")
+		v.BoolVar(cols, "C", false, "same as -c")
+		v.BoolVar(cols, "columns", false, "same as -c")
+		noHead = v.Bool("noheadings", false, "with -c: no heading line")
+		sep = v.String("separator", "", "with -c: separate the fields with this instead of aligning them")
+		out = v.outputFlags("json: print JSON; with -c, the fields to show (" + api.DefaultInfoFields + ")")
+	}, func(ctx context.Context, c api.CLI, pos []string) error {
+		switch {
+		case out.isJSON():
+			return c.InfoJSON(ctx, pos)
+		case *cols && *out.o == "help":
+			_, err := fmt.Fprint(os.Stdout, api.InfoFieldsHelp())
+			return err
+		case *cols:
+			return c.InfoColumns(ctx, pos, api.ColumnOpts{Fields: *out.o, NoHeadings: *noHead, Separator: *sep})
+		case *out.o != "":
+			return usageErr{error: fmt.Errorf("info: -o takes json, or fields with -c")}
+		}
+		return c.InfoNames(ctx, pos)
 	})
 }
 
@@ -209,10 +237,34 @@ func runTargets(args []string) error {
 	})
 }
 
-// runShow is multipathd's `show paths|maps|topology`.
+// runShow is multipathd's `show paths|maps|topology`, with `format
+// FMT` or `json`, and `show wildcards`.
 func runShow(args []string) error {
-	return verb("show", "show paths|maps|topology|config", args, 1, 1, nil, func(ctx context.Context, c api.CLI, pos []string) error {
-		switch pos[0] {
+	var out outFlags
+	return verb("show", "show paths|maps [format FMT] | topology | config | wildcards  [-o json | json]", args, 1, 3, func(v *verbFlags) {
+		out = v.outputFlags("json: print JSON")
+	}, func(ctx context.Context, c api.CLI, pos []string) error {
+		view, rest := pos[0], pos[1:]
+		asJSON := out.isJSON()
+		if len(rest) == 1 && rest[0] == "json" {
+			asJSON, rest = true, nil
+		}
+		format := ""
+		switch {
+		case len(rest) == 2 && rest[0] == "format" && (view == "paths" || view == "maps"):
+			format = rest[1]
+		case len(rest) > 0:
+			return usageErr{error: fmt.Errorf("show %s: unexpected %q (usage: udm show paths|maps [format FMT] | topology | config | wildcards)", view, rest[0])}
+		}
+		switch {
+		case view == "wildcards":
+			return c.ShowWildcards()
+		case asJSON && (view == "paths" || view == "maps" || view == "topology"):
+			return c.ShowJSON(ctx, view)
+		case format != "":
+			return c.ShowFormat(ctx, view, format)
+		}
+		switch view {
 		case "paths":
 			return c.ShowPaths(ctx)
 		case "maps":
@@ -222,7 +274,7 @@ func runShow(args []string) error {
 		case "config":
 			return c.ShowConfig(ctx)
 		}
-		return usageErr{error: fmt.Errorf("show: unknown view %q (paths, maps, topology, config)", pos[0])}
+		return usageErr{error: fmt.Errorf("show: unknown view %q (paths, maps, topology, config, wildcards)", pos[0])}
 	})
 }
 
@@ -244,8 +296,16 @@ func pathVerb(name string, fail bool) func(args []string) error {
 
 // runChecker shows or changes a multipath device's path checker settings.
 func runChecker(args []string) error {
-	return verb("checker", "checker NAME [KEY=VALUE...]  (polling_interval, max_polling_interval, check_timeout, no_path_retry, failback, io_deadline)",
-		args, 1, -1, nil, func(ctx context.Context, c api.CLI, pos []string) error {
+	var out outFlags
+	var v *verbFlags
+	return verb("checker", "checker NAME [KEY=VALUE...] [-o json]  (polling_interval, max_polling_interval, check_timeout, no_path_retry, failback, io_deadline)",
+		args, 1, -1, func(fv *verbFlags) { v, out = fv, fv.outputFlags("json: print the settings as JSON") }, func(ctx context.Context, c api.CLI, pos []string) error {
+			if err := out.plainOnly(v); err != nil {
+				return err
+			}
+			if out.isJSON() {
+				return c.CheckerJSON(ctx, pos[0], pos[1:])
+			}
 			return c.Checker(ctx, pos[0], pos[1:])
 		})
 }

@@ -1,23 +1,33 @@
 package main
 
 import (
+	"context"
+	"strings"
+
 	"fmt"
 	"io"
 	"os"
 	"runtime"
 	"runtime/debug"
+	"udm/daemon/api"
 )
 
 // runVersion prints the module version and what the binary was built
 // from (udm version, udm --version).
 func runVersion(args []string) error {
-	v := newFlags("version", "version")
-	if _, err := v.parse(args, 0, 0); err != nil {
+	v := newFlags("version", "version").withControl(controlHelp + "; its daemon's version is printed too")
+	pos, err := v.parse(args, 0, 0)
+	if err != nil {
 		return err
 	}
 	bi, ok := debug.ReadBuildInfo()
 	writeVersion(os.Stdout, bi, ok)
-	return nil
+	// As dmsetup version prints the library's and the driver's: the
+	// control API this binary speaks, and the daemon's build.
+	return v.run(pos, func(ctx context.Context, c api.CLI, _ []string) error {
+		fmt.Fprintf(os.Stdout, "api:      %s\ndaemon:   %s\n", strings.TrimPrefix(api.APIVersion, "/"), c.DaemonVersion(ctx))
+		return nil
+	})
 }
 
 // writeVersion prints the version lines: "udm VERSION" first, then the

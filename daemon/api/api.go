@@ -21,6 +21,8 @@ type DaemonInfo struct {
 	StateDir string `json:"state_dir"`
 	Loops    int    `json:"loops"`
 	Started  string `json:"started"`
+	// Version is the daemon's build version (udm version's "daemon").
+	Version string `json:"version,omitempty"`
 	Addrs
 }
 
