@@ -511,3 +511,36 @@ func TestStackedDeadline(t *testing.T) {
 		testutil.MustErrno(t, "flush", f.Wait(t), 0)
 	})
 }
+
+// Deps lists what the live table opened, each once, a device of the
+// registry by its current name; the inactive table does not count.
+func TestDeviceDeps(t *testing.T) {
+	f := newRegFixture(t, "a", "b")
+	lower := f.create(t, "lower", "0 64 linear a 0")
+	upper := f.create(t, "upper", "0 32 linear /dev/mapper/lower 0\n32 32 linear b 0\n64 32 linear a 100\n96 32 zero")
+	if got := lower.Deps(); !reflect.DeepEqual(got, []string{"a"}) {
+		t.Fatalf("lower's deps %q", got)
+	}
+	if got := upper.Deps(); !reflect.DeepEqual(got, []string{"/dev/mapper/lower", "b", "a"}) {
+		t.Fatalf("upper's deps %q", got)
+	}
+	if err := f.reg.Rename("lower", "lower2"); err != nil {
+		t.Fatal(err)
+	}
+	if got := upper.Deps(); !reflect.DeepEqual(got, []string{"/dev/mapper/lower2", "b", "a"}) {
+		t.Fatalf("upper's deps after the rename %q", got)
+	}
+	if err := lower.Load("0 64 linear b 0"); err != nil {
+		t.Fatal(err)
+	}
+	if got := lower.Deps(); !reflect.DeepEqual(got, []string{"a"}) {
+		t.Fatalf("deps with an inactive table %q", got)
+	}
+	none, err := f.reg.Create(bg(), "none", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := none.Deps(); got != nil {
+		t.Fatalf("deps without a table %q", got)
+	}
+}
