@@ -10,51 +10,54 @@ import (
 )
 
 // MapStatus describes one multipath map for listings (multipathd's show
-// maps, show paths, show topology).
+// maps, show paths, show topology). The JSON names are multipathd's
+// where it has the field (name, uuid, dm_st, chk_st, ...).
 type MapStatus struct {
-	Name, UUID string
-	Size       int64  // bytes
-	Features   string // "1 queue_if_no_path", as in the table
-	HWHandler  string // "0", or "1 alua" (accepted and ignored)
+	Name      string `json:"name"`
+	UUID      string `json:"uuid"`
+	Size      int64  `json:"size"`      // bytes
+	Features  string `json:"features"`  // "1 queue_if_no_path", as in the table
+	HWHandler string `json:"hwhandler"` // "0", or "1 alua" (accepted and ignored)
 	// QueueIfNoPath is the current queueing (off while suspending).
-	QueueIfNoPath bool
-	Queued        int // I/Os held for lack of a path
-	ValidPaths    int
-	Suspended     bool
+	QueueIfNoPath bool `json:"queue_if_no_path"`
+	Queued        int  `json:"queued"` // I/Os held for lack of a path
+	ValidPaths    int  `json:"valid_paths"`
+	Suspended     bool `json:"suspended"`
 	// Checker settings ("" when the map is not checked).
-	NoPathRetry, Failback string
-	Groups                []GroupStatus
+	NoPathRetry string        `json:"no_path_retry"`
+	Failback    string        `json:"failback"`
+	Groups      []GroupStatus `json:"path_groups"`
 }
 
 // GroupStatus is one priority group.
 type GroupStatus struct {
-	Num      int    // 1-based
-	Selector string // "round-robin 0"
+	Num      int    `json:"group"`    // 1-based
+	Selector string `json:"selector"` // "round-robin 0"
 	// Status is active (in use), enabled, or disabled (bypassed).
-	Status string
-	Paths  []PathStatus
+	Status string       `json:"dm_st"`
+	Paths  []PathStatus `json:"paths"`
 }
 
 // PathStatus is one path.
 type PathStatus struct {
-	Map   string
-	Dev   string // as in the table
-	Group int    // 1-based
+	Map   string `json:"multipath"`
+	Dev   string `json:"dev"`   // as in the table
+	Group int    `json:"group"` // 1-based
 	// DMState is the target's view: active or failed.
-	DMState   string
-	FailCount uint32
+	DMState   string `json:"dm_st"`
+	FailCount uint32 `json:"fail_count"`
 	// Checker is the last check's result: ready, faulty, gone, undef
 	// (not checked yet), or "" when the map has no checker.
-	Checker string
+	Checker string `json:"chk_st"`
 	// Operator: failed by hand; the checker leaves it alone.
-	Operator bool
+	Operator bool `json:"operator_failed"`
 	// NextCheck is the time to the next check (0 if unknown); Checks
 	// counts the checks done.
-	NextCheck time.Duration
-	Checks    int64
-	LastError string
+	NextCheck time.Duration `json:"next_check_ns"`
+	Checks    int64         `json:"checks"`
+	LastError string        `json:"last_error,omitempty"`
 	// Info is the selector's per-path status (in-flight I/O or bytes).
-	Info string
+	Info string `json:"info"`
 }
 
 // MapStatus describes the map (without checker information).
