@@ -44,7 +44,7 @@ func init() {
 		"message":     {runMessage, "send a message to a target: message NAME SECTOR MSG..."},
 		"wait":        {runWait, "wait for a device's event counter to pass EVENT: wait NAME [EVENT]"},
 		"targets":     {runTargets, "list the target types"},
-		"show":        {runShow, "multipathd views: show paths|maps|topology|config"},
+		"show":        {runShow, "multipathd views: show paths|maps|topology|config|wildcards (format FMT, json)"},
 		"reconfigure": {runReconfigure, "re-read the daemon's configuration file and bring its devices to it (what was created, changed, left alone, and why)"},
 		"fail":        {pathVerb("fail", true), "fail path DEV: fail a multipath path and pause its checker"},
 		"reinstate":   {pathVerb("reinstate", false), "reinstate path DEV: reinstate a path and resume its checker"},
