@@ -266,6 +266,11 @@ func (d *Daemon) setAside(file string, why error) {
 func (d *Daemon) restoreOne(st DeviceState) (*pending, error) {
 	ctx := context.Background()
 	p := &pending{}
+	if c := st.Checker; c != nil && strings.HasPrefix(c.PollingInterval, "-") {
+		// Written by a udm that took a negative polling interval to mean
+		// "not checked", which is now spelled "off".
+		c.PollingInterval = "off"
+	}
 	if err := d.mp.configure(&st); err != nil {
 		p.checker, p.checkerErr = st.Checker, fmt.Sprintf("checker settings: %v", err)
 	}

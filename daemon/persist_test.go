@@ -722,3 +722,34 @@ func TestDeferredRemoveRestart(t *testing.T) {
 		t.Fatalf("the state of a device removed on last close is still there: %v", err)
 	}
 }
+
+// A state file from a udm that spelled "not checked" as a negative
+// polling interval restores with the checker off, not with the settings
+// refused.
+func TestRestoreLegacyNegativePollingInterval(t *testing.T) {
+	u := startUDM(t, t.TempDir(), "--no-demo")
+	dir := shmDir(t)
+	b := backing(t, dir, "b", 8<<20)
+	u.ok("create", "mp", "--table", "0 16384 multipath 0 0 1 1 round-robin 0 1 1 "+b+" 1")
+	u.ok("checker", "mp", "polling_interval=off")
+	u.stop()
+	st := readState(t, u, "mp")
+	if st.Checker == nil || st.Checker.PollingInterval != "off" {
+		t.Fatalf("saved checker settings %+v, want polling_interval off", st.Checker)
+	}
+	st.Checker.PollingInterval = "-1s"
+	raw, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(u.stateDir, "devices", "mp.json"), raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	u.restart()
+	if out := u.ok("checker", "mp"); !regexp.MustCompile(`(?m)^polling_interval +off$`).MatchString(out) {
+		t.Errorf("checker after restoring polling_interval -1s:\n%s", out)
+	}
+	if info := u.ok("info", "mp"); strings.Contains(info, "checker settings") {
+		t.Errorf("restore refused the legacy settings:\n%s", info)
+	}
+}
