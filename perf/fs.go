@@ -42,9 +42,16 @@ func FsContender(name, uri, dir string, srv *BgServer) Contender {
 			return nil, fmt.Errorf("perf: nbdfuse: %w", err)
 		}
 		defer func() {
-			exec.Command("umount", mnt).Run()
+			// The loop device's detach may still hold the FUSE file, so a
+			// plain unmount can fail busy; a lazy one after nbdfuse is gone
+			// always detaches the mount (otherwise a dead FUSE mount is left,
+			// "transport endpoint is not connected").
+			plain := exec.Command("umount", mnt).Run()
 			fuse.Process.Kill()
 			fuse.Wait()
+			if plain != nil {
+				exec.Command("umount", "-l", mnt).Run()
+			}
 		}()
 		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 			if _, err := os.Stat(pidFile); err == nil {
