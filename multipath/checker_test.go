@@ -628,7 +628,10 @@ func TestCheckerTimeout(t *testing.T) {
 		})
 		return dl
 	}
-	f.waitChecks(0, 1) // the check at attach
+	// The check at attach: counted from zero, since it may have ended
+	// before this line (waitChecks counts from now, and on the fake clock
+	// no later check would come).
+	eventually(t, "the check of p0 at attach", func() bool { return e.pathChecks(0) >= 1 })
 	f.swap("p0", fmt.Sprintf("0 %d delay %s 0 600000", f.sectors, f.file))
 	dl := startCheck()
 	eventually(t, "a check read held on p0", func() bool { return f.held("p0") == 1 })
