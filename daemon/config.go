@@ -65,6 +65,13 @@ type Config struct {
 	Log zerolog.Logger
 	// Out receives the human-facing notes (how to reach the demo).
 	Out interface{ Write([]byte) (int, error) }
+	// Listeners are sockets bound already (systemd's socket activation
+	// passes them): each one set is served instead of binding its
+	// address, and its socket file is left in place at exit.
+	Listeners Listeners
+	// Ready, if set, is called once everything serves; Stopping when
+	// the shutdown starts.
+	Ready, Stopping func()
 }
 
 // SuggestedMetrics is the metrics address the documentation suggests.

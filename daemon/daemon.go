@@ -123,7 +123,9 @@ func (d *Daemon) init(cfg Config) (err error) {
 	if d.lock, err = lockDir(cfg.StateDir, d.log); err != nil {
 		return err
 	}
-	if d.ctlLn, err = listenUnix(cfg.Control, 0o600, "control socket"); err != nil {
+	if cfg.Listeners.Control != nil {
+		d.ctlLn = cfg.Listeners.Control
+	} else if d.ctlLn, err = listenUnix(cfg.Control, 0o600, "control socket"); err != nil {
 		return err
 	}
 	// Every listener is bound before anything is made in the state dir,
@@ -132,17 +134,23 @@ func (d *Daemon) init(cfg Config) (err error) {
 	if err != nil {
 		return err
 	}
-	if cfg.NBD != "" {
+	if cfg.Listeners.NBD != nil {
+		d.nbdLn = cfg.Listeners.NBD
+	} else if cfg.NBD != "" {
 		if d.nbdLn, err = net.Listen("tcp", cfg.NBD); err != nil {
 			return fmt.Errorf("nbd: %w", err)
 		}
 	}
-	if cfg.NBDUnix != "" {
+	if cfg.Listeners.NBDUnix != nil {
+		d.nbdUnixLn = cfg.Listeners.NBDUnix
+	} else if cfg.NBDUnix != "" {
 		if d.nbdUnixLn, err = listenNBDUnix(cfg.NBDUnix, cfg.NBDUnixGroup); err != nil {
 			return err
 		}
 	}
-	if cfg.Metrics != "" {
+	if cfg.Listeners.Metrics != nil {
+		d.metricsLn = cfg.Listeners.Metrics
+	} else if cfg.Metrics != "" {
 		if d.metricsLn, err = net.Listen("tcp", cfg.Metrics); err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}
@@ -335,6 +343,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if !d.cfg.NoDemo {
 		d.printDemo()
 	}
+	if d.cfg.Ready != nil {
+		d.cfg.Ready()
+	}
 	var runErr error
 	select {
 	case <-ctx.Done():
@@ -349,6 +360,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 func (d *Daemon) shutdown() {
 	start := time.Now()
 	d.log.Info().Msg("shutting down")
+	if d.cfg.Stopping != nil {
+		d.cfg.Stopping()
+	}
 	d.cancelBase() // ends long waits (udm wait)
 	ctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
 	defer cancel()
@@ -503,10 +517,10 @@ func (d *Daemon) teardown() {
 		for _, l := range d.loops {
 			l.Close()
 		}
-		if d.ctlLn != nil {
+		if d.ctlLn != nil && d.cfg.Listeners.Control == nil {
 			os.Remove(d.cfg.Control)
 		}
-		if d.nbdUnixLn != nil {
+		if d.nbdUnixLn != nil && d.cfg.Listeners.NBDUnix == nil {
 			os.Remove(d.cfg.NBDUnix)
 		}
 		if d.lock != nil {

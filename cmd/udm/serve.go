@@ -41,6 +41,8 @@ func runServe(args []string) error {
 	slice := fs.Duration("loop-slice", uring.DefaultSlice, "the scheduler time slice a loop's thread asks for (0: the kernel's)")
 	gather := fs.Duration("gather", server.DefaultGatherWindow, "how long an NBD connection with many requests in flight lets them gather before taking them in (0: never)")
 	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
+	logFormat := fs.String("log-format", "auto", "log format: console (for people), json (one object a line), auto (console when stderr is a terminal, else json)")
+	pidfile := fs.String("pidfile", "", "write the daemon's pid to this file (removed at exit)")
 	noDemo := fs.Bool("no-demo", false, "don't create the demo device on an empty state dir")
 	config := fs.String("config", daemon.DefaultConfigFile, `configuration file: defaults, multipath maps, devices, blacklist (read at start if it exists, again on udm reconfigure and SIGHUP; "" for none)`)
 	if _, err := fs.parse(args, 0, 0); err != nil {
@@ -62,21 +64,44 @@ func runServe(args []string) error {
 	if err != nil {
 		return usageErr{error: err}
 	}
-	var log zerolog.Logger
-	if st, err := os.Stderr.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: "15:04:05.000"})
-	} else {
-		log = zerolog.New(os.Stderr)
+	logw, err := logWriter(*logFormat, os.Stderr)
+	if err != nil {
+		return usageErr{error: err}
 	}
-	log = log.Level(lvl).With().Timestamp().Logger()
+	log := zerolog.New(logw).Level(lvl).With().Timestamp().Logger()
 
-	d, err := daemon.New(daemon.Config{StateDir: *stateDir, Control: *control, NBD: *nbdAddr, NBDUnix: *nbdUnix,
-		NBDUnixGroup: *nbdGroup, TLS: tls, TLSCertificates: *tlsDir, TLSVerifyPeer: *tlsVerify, PProf: *pprofOn,
-		Metrics: *metrics, FUSE: *fuseDir, Loops: *loops, Spin: durationCfg(*spin), Slice: durationCfg(*slice), Gather: durationCfg(*gather), NoDemo: *noDemo, Log: log, Out: os.Stdout,
-		ConfigFile: *config, ConfigOptional: !fs.set("config")})
+	// Sockets systemd passed are served instead of binding their
+	// addresses.
+	lns, err := activated(*control, *nbdUnix, *metrics)
 	if err != nil {
 		return err
 	}
+	if lns.Control != nil {
+		*control = lns.Control.Addr().String()
+	}
+	if lns.NBDUnix != nil {
+		*nbdUnix = lns.NBDUnix.Addr().String()
+	}
+	wdCtx, wdStop := context.WithCancel(context.Background())
+	defer wdStop()
+	d, err := daemon.New(daemon.Config{StateDir: *stateDir, Control: *control, NBD: *nbdAddr, NBDUnix: *nbdUnix,
+		NBDUnixGroup: *nbdGroup, TLS: tls, TLSCertificates: *tlsDir, TLSVerifyPeer: *tlsVerify, PProf: *pprofOn,
+		Metrics: *metrics, FUSE: *fuseDir, Loops: *loops, Spin: durationCfg(*spin), Slice: durationCfg(*slice), Gather: durationCfg(*gather), NoDemo: *noDemo, Log: log, Out: os.Stdout,
+		ConfigFile: *config, ConfigOptional: !fs.set("config"),
+		Listeners: lns,
+		Ready:     func() { notify(log, "READY=1") },
+		Stopping:  func() { wdStop(); notify(log, "STOPPING=1") }})
+	if err != nil {
+		return err
+	}
+	if *pidfile != "" {
+		if err := writePidfile(*pidfile); err != nil {
+			d.Close()
+			return err
+		}
+		defer removePidfile(*pidfile)
+	}
+	go watchdog(wdCtx, log, d)
 	ctx, cancel := context.WithCancel(context.Background())
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
