@@ -8,12 +8,26 @@ DEBFILE := .ci/debian-packages
 DEBS    := $(shell awk '!/^\#/ && NF {print $$1}' $(DEBFILE))
 TOOLS   := $(shell awk '!/^\#/ && NF {for (i = 2; i <= NF; i++) print $$i}' $(DEBFILE))
 
-.PHONY: all build test race bench bench-go bench-uring lint run deps tools drill stress clean
+.PHONY: all build install test race bench bench-go bench-uring lint run deps tools drill stress clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/udm
+
+# install puts the binary in $(BINDIR) and the systemd units in
+# $(UNITDIR) (udm.service runs $(BINDIR)/udm), all under $(DESTDIR) when
+# packaging: make install PREFIX=/usr DESTDIR=/tmp/pkg.
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/udm
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed 's|@BINDIR@|$(BINDIR)|g' contrib/systemd/udm.service > $(DESTDIR)$(UNITDIR)/udm.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/udm.service
+	install -m 0644 contrib/systemd/udm.socket $(DESTDIR)$(UNITDIR)/udm.socket
 
 # deps installs the Debian packages the tests drive (as root, with
 # apt-get), or says what to install.
