@@ -619,7 +619,7 @@ func TestMakeRun(t *testing.T) {
 				t.Errorf("%s = %v", m, v)
 			}
 		}
-		if v := scrape(t, u.info.Metrics, `udm_path_fail_count{device="demo",path="`+p+`",group="1"}`); v != 0 {
+		if v := scrape(t, u.info.Metrics, `udm_path_failures_total{device="demo",path="`+p+`",group="1"}`); v != 0 {
 			t.Errorf("path %s failed %v times", p, v)
 		}
 		// No I/O failed on it, and none is left in flight.

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/pprof"
+	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
 
@@ -28,10 +30,12 @@ var (
 	mDevDefer  = prometheus.NewDesc("udm_device_deferred", "Bios waiting on the deferred list (device suspending or suspended).", devLabels, nil)
 	mDevPush   = prometheus.NewDesc("udm_device_pushback", "Bios on the pushback list now.", devLabels, nil)
 	mDevSusp   = prometheus.NewDesc("udm_device_suspended", "1 if the device is suspended.", devLabels, nil)
-	mDevOpen   = prometheus.NewDesc("udm_device_open_count", "Users of the device (NBD connections, stacked tables).", devLabels, nil)
-	mDevEvent  = prometheus.NewDesc("udm_device_event_number", "The device's event counter.", devLabels, nil)
+	mDevOpen   = prometheus.NewDesc("udm_device_users", "Users of the device (NBD connections, stacked tables): dmsetup's open count.", devLabels, nil)
+	mDevEvent  = prometheus.NewDesc("udm_device_events_total", "The device's events (dmsetup's event_nr): table loads, resumes, path changes.", devLabels, nil)
 	mDevSize   = prometheus.NewDesc("udm_device_size_bytes", "Size of the live table.", devLabels, nil)
-	mDevLat    = prometheus.NewDesc("udm_device_latency_seconds", "Bio latency from submission to end (time deferred or pushed back included).", []string{"device", "op"}, nil)
+	mDevLat    = prometheus.NewDesc("udm_device_latency_seconds", "Bio latency from submission to end (time deferred or pushed back included), by operation as in udm_device_io_total.", []string{"device", "op"}, nil)
+
+	mBuild = prometheus.NewDesc("udm_build_info", "Always 1: the version, VCS revision and Go version udm was built from.", []string{"version", "revision", "goversion"}, nil)
 
 	mNBDAcc    = prometheus.NewDesc("udm_nbd_connections_accepted_total", "NBD connections accepted.", nil, nil)
 	mNBDActive = prometheus.NewDesc("udm_nbd_connections_active", "NBD connections in the transmission phase.", nil, nil)
@@ -40,6 +44,7 @@ var (
 	mNBDErrs   = prometheus.NewDesc("udm_nbd_request_errors_total", "NBD requests answered with an error.", nil, nil)
 	mNBDRecvs  = prometheus.NewDesc("udm_nbd_receives_total", "Socket receives that brought NBD requests.", nil, nil)
 	mNBDGath   = prometheus.NewDesc("udm_nbd_gathered_receives_total", "Receives that waited for the gather window (requests from a pipelining client taken in together).", nil, nil)
+	mNBDExport = prometheus.NewDesc("udm_nbd_export_connections_active", "NBD connections in the transmission phase, by export.", []string{"export"}, nil)
 
 	loopLabels     = []string{"loop"}
 	mLoopSubmitted = prometheus.NewDesc("udm_loop_sqes_submitted_total", "io_uring SQEs submitted by the loop.", loopLabels, nil)
@@ -51,7 +56,13 @@ var (
 	mLoopRests     = prometheus.NewDesc("udm_loop_spin_rests_total", "Times the loop stopped polling for a back-off, by cause (idle: polling found nothing; contended: the thread was preempted or waited for a CPU).", []string{"loop", "cause"}, nil)
 )
 
+// latOps names the latency classes of path devices (dm.IOStats), in
+// udm_path_io_total and udm_path_latency_seconds alike.
 var latOps = [...]string{dm.LatRead: "read", dm.LatWrite: "write", dm.LatOther: "other"}
+
+// devOps names the operations in udm_device_io_total and
+// udm_device_latency_seconds alike.
+var devOps = [dm.NumOps]string{dm.OpRead: "read", dm.OpWrite: "write", dm.OpFlush: "flush", dm.OpDiscard: "discard", dm.OpWriteZeroes: "write_zeroes"}
 
 // collector is the daemon's prometheus.Collector.
 type collector struct{ d *Daemon }
@@ -59,7 +70,7 @@ type collector struct{ d *Daemon }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mDevIO, mDevBytes, mDevErrors, mDevPushed, mDevInfl, mDevDefer, mDevPush,
 		mDevSusp, mDevOpen, mDevEvent, mDevSize, mDevLat, mNBDAcc, mNBDActive, mNBDShake, mNBDReqs, mNBDErrs, mNBDRecvs, mNBDGath,
-		mLoopSubmitted, mLoopCompleted, mLoopEnters, mLoopWakes, mLoopPosted, mLoopSpins, mLoopRests} {
+		mNBDExport, mBuild, mLoopSubmitted, mLoopCompleted, mLoopEnters, mLoopWakes, mLoopPosted, mLoopSpins, mLoopRests} {
 		ch <- d
 	}
 	c.d.mp.describe(ch)
@@ -79,11 +90,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		s := dev.Stats()
-		counter(mDevIO, float64(s.Reads), name, "read")
-		counter(mDevIO, float64(s.Writes), name, "write")
-		counter(mDevIO, float64(s.Flushes), name, "flush")
-		counter(mDevIO, float64(s.Discards), name, "discard")
-		counter(mDevIO, float64(s.WriteZeroes), name, "write_zeroes")
+		counter(mDevIO, float64(s.Reads), name, devOps[dm.OpRead])
+		counter(mDevIO, float64(s.Writes), name, devOps[dm.OpWrite])
+		counter(mDevIO, float64(s.Flushes), name, devOps[dm.OpFlush])
+		counter(mDevIO, float64(s.Discards), name, devOps[dm.OpDiscard])
+		counter(mDevIO, float64(s.WriteZeroes), name, devOps[dm.OpWriteZeroes])
 		counter(mDevBytes, float64(s.ReadBytes), name, "read")
 		counter(mDevBytes, float64(s.WriteBytes), name, "write")
 		counter(mDevErrors, float64(s.Errors), name)
@@ -96,8 +107,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(mDevOpen, float64(info.OpenCount), name)
 		counter(mDevEvent, float64(info.EventNr), name)
 		gauge(mDevSize, float64(dev.Size()), name)
-		for i, h := range dev.Latency() {
-			ch <- constHistogram(mDevLat, h, name, latOps[i])
+		for i, h := range dev.LatencyByOp() {
+			ch <- constHistogram(mDevLat, h, name, devOps[i])
 		}
 	}
 	if d.nbd != nil {
@@ -109,7 +120,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(mNBDErrs, float64(st.Errors.Load()))
 		counter(mNBDRecvs, float64(st.Receives.Load()))
 		counter(mNBDGath, float64(st.Gathered.Load()))
+		for exp, n := range d.nbd.ConnsByExport() {
+			gauge(mNBDExport, float64(n), exp)
+		}
 	}
+	version, revision, goversion := buildInfo()
+	gauge(mBuild, 1, version, revision, goversion)
 	for _, l := range d.loops {
 		st := l.Stats()
 		id := strconv.Itoa(l.ID())
@@ -137,6 +153,28 @@ func constHistogram(desc *prometheus.Desc, h dm.LatencyHistogram, labels ...stri
 	}
 	total := cum + h.Counts[dm.NumLatencyBuckets]
 	return prometheus.MustNewConstHistogram(desc, total, h.Sum.Seconds(), buckets, labels...)
+}
+
+// buildInfo reads the version, VCS revision and Go version of the
+// binary ("unknown" where the build recorded none).
+func buildInfo() (version, revision, goversion string) {
+	version, revision, goversion = "unknown", "unknown", runtime.Version()
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return
+	}
+	if bi.Main.Version != "" {
+		version = bi.Main.Version
+	}
+	for _, kv := range bi.Settings {
+		if kv.Key == "vcs.revision" && kv.Value != "" {
+			revision = kv.Value
+		}
+	}
+	if bi.GoVersion != "" {
+		goversion = bi.GoVersion
+	}
+	return
 }
 
 func b2f(b bool) float64 {

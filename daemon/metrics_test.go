@@ -77,13 +77,13 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s = %v after a read failed on it", p0Errors, got)
 		}
 		for metric, want := range map[string]float64{
-			`udm_path_errors_total{device="em",path="` + p1 + `"}`:         0,
-			`udm_path_fail_count{device="em",path="` + p0 + `",group="1"}`: 1,
-			`udm_path_active{device="em",path="` + p0 + `",group="1"}`:     0,
-			`udm_device_errors_total{device="em"}`:                         0,
-			`udm_device_inflight{device="em"}`:                             0,
-			`udm_path_inflight{device="em",path="` + p0 + `"}`:             0,
-			`udm_path_inflight{device="em",path="` + p1 + `"}`:             0,
+			`udm_path_errors_total{device="em",path="` + p1 + `"}`:             0,
+			`udm_path_failures_total{device="em",path="` + p0 + `",group="1"}`: 1,
+			`udm_path_active{device="em",path="` + p0 + `",group="1"}`:         0,
+			`udm_device_errors_total{device="em"}`:                             0,
+			`udm_device_inflight{device="em"}`:                                 0,
+			`udm_path_inflight{device="em",path="` + p0 + `"}`:                 0,
+			`udm_path_inflight{device="em",path="` + p1 + `"}`:                 0,
 		} {
 			if got := m(metric); got != want {
 				t.Errorf("%s = %v, want %v", metric, got, want)

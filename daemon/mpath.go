@@ -255,7 +255,7 @@ func pathErr(err error, dev string) error {
 var (
 	pathLabels  = []string{"device", "path", "group"}
 	mPathActive = prometheus.NewDesc("udm_path_active", "1 if the path is active in its map, 0 if failed.", pathLabels, nil)
-	mPathFails  = prometheus.NewDesc("udm_path_fail_count", "How often the path failed since its table was loaded (the kernel's fail_count).", pathLabels, nil)
+	mPathFails  = prometheus.NewDesc("udm_path_failures_total", "How often the path failed since its table was loaded (the kernel's fail_count).", pathLabels, nil)
 	mPathCheck  = prometheus.NewDesc("udm_path_checker_state", "The path checker's last verdict (1 for the state it is in).", []string{"device", "path", "state"}, nil)
 	mPathOper   = prometheus.NewDesc("udm_path_operator_failed", "1 if an operator failed the path (its checker is paused).", []string{"device", "path"}, nil)
 	mMapQueued  = prometheus.NewDesc("udm_multipath_queued", "I/Os held in the map for lack of a path.", devLabels, nil)

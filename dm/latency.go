@@ -85,19 +85,36 @@ func latClass(op Op) int {
 	return LatOther
 }
 
+// NumOps is the number of bio operations (OpRead … OpWriteZeroes).
+const NumOps = int(OpWriteZeroes) + 1
+
 // Latency returns the device's latency histograms, indexed by LatRead,
 // LatWrite and LatOther; safe from any goroutine. Bios that ended in
 // error are counted too.
 func (d *Device) Latency() [3]LatencyHistogram {
 	var out [3]LatencyHistogram
+	for op, h := range d.LatencyByOp() {
+		out[latClass(Op(op))].add(h)
+	}
+	return out
+}
+
+// LatencyByOp returns the device's latency histograms, indexed by Op;
+// safe from any goroutine. Bios that ended in error are counted too.
+func (d *Device) LatencyByOp() [NumOps]LatencyHistogram {
+	var out [NumOps]LatencyHistogram
 	for s := range d.shards {
 		for i := range out {
-			h := d.shards[s].lat[i].snapshot()
-			for k, c := range h.Counts {
-				out[i].Counts[k] += c
-			}
-			out[i].Sum += h.Sum
+			out[i].add(d.shards[s].lat[i].snapshot())
 		}
 	}
 	return out
+}
+
+// add adds the samples of x to h.
+func (h *LatencyHistogram) add(x LatencyHistogram) {
+	for k, c := range x.Counts {
+		h.Counts[k] += c
+	}
+	h.Sum += x.Sum
 }

@@ -39,14 +39,16 @@ type shard struct {
 	bytes   [2]atomic.Uint64
 	errors  atomic.Uint64
 	_       [128 - 9*8]byte
-	lat     [numLatClasses]latHist
+	lat     [NumOps]latHist // by Op; Latency folds them into classes
 	_       [64]byte
 }
 
 // account counts b, ended with err at now (bioNow's reading).
 func (s *shard) account(b *Bio, err error, now int64) {
 	if t := b.core.start; t != 0 {
-		s.lat[latClass(b.Op)].observe(now - t)
+		if op := int(b.Op); op < len(s.lat) {
+			s.lat[op].observe(now - t)
+		}
 		b.core.start = 0
 	}
 	if op := int(b.Op); op < len(s.ops) {

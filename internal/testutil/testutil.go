@@ -84,6 +84,7 @@ func RequireTool(t testing.TB, tool string) string {
 		pkg := map[string]string{
 			"fio": "fio", "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "qemu-nbd": "qemu-utils",
 			"nbdkit": "nbdkit", "nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin", "nbd-server": "nbd-server",
+			"promtool": "prometheus", "systemd-analyze": "systemd",
 		}[tool]
 		t.Skipf("skipped: %s not installed (apt-get install %s, or make deps)", tool, pkg)
 	}
