@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 )
@@ -132,13 +133,39 @@ func mergeTimeline(ws []*worker, iv time.Duration) []Point {
 	return pts
 }
 
-// WriteTable prints results as an aligned human table.
+// WriteTable prints results as an aligned human table: each column as
+// wide as its widest cell (engine and rw left-aligned, figures right),
+// two spaces between columns.
 func WriteTable(w io.Writer, rs []*Result) {
-	fmt.Fprintf(w, "%-34s %-9s %6s %5s %10s %9s %9s %9s %9s %9s %8s %7s\n",
-		"engine", "rw", "bs", "qd", "IOPS", "MB/s", "p50us", "p99us", "p99.9us", "maxus", "cpu/io", "errors")
+	rows := [][]string{{"engine", "rw", "bs", "qd", "IOPS", "MB/s", "p50us", "p99us", "p99.9us", "maxus", "cpu/io", "errors"}}
 	for _, r := range rs {
-		fmt.Fprintf(w, "%-34s %-9s %6s %5d %10.0f %9.1f %9.1f %9.1f %9.1f %9.0f %8.2f %7d\n",
-			r.Engine, r.RW, sizeStr(r.BlockSize), r.Depth, r.IOPS, r.MBps, r.Lat.P50, r.Lat.P99, r.Lat.P999, r.Lat.Max, r.CPUPerIO, r.Errors)
+		rows = append(rows, []string{r.Engine, r.RW, sizeStr(r.BlockSize), fmt.Sprint(r.Depth),
+			fmt.Sprintf("%.0f", r.IOPS), fmt.Sprintf("%.1f", r.MBps), fmt.Sprintf("%.1f", r.Lat.P50),
+			fmt.Sprintf("%.1f", r.Lat.P99), fmt.Sprintf("%.1f", r.Lat.P999), fmt.Sprintf("%.0f", r.Lat.Max),
+			fmt.Sprintf("%.2f", r.CPUPerIO), fmt.Sprint(r.Errors)})
+	}
+	width := make([]int, len(rows[0]))
+	for _, row := range rows {
+		for i, c := range row {
+			width[i] = max(width[i], utf8.RuneCountInString(c))
+		}
+	}
+	for _, row := range rows {
+		var b strings.Builder
+		for i, c := range row {
+			pad := strings.Repeat(" ", width[i]-utf8.RuneCountInString(c))
+			switch {
+			case i < 2 && i == len(row)-1:
+				b.WriteString(c)
+			case i < 2:
+				b.WriteString(c + pad + "  ")
+			case i == len(row)-1:
+				b.WriteString(pad + c)
+			default:
+				b.WriteString(pad + c + "  ")
+			}
+		}
+		fmt.Fprintln(w, b.String())
 	}
 }
 

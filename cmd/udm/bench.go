@@ -67,7 +67,9 @@ func runBench(args []string) error {
 	if t == (perf.Target{Conns: t.Conns}) {
 		return fs.misuse(perf.ErrNoTarget.Error())
 	}
-	if !*quiet {
+	// The progress line rewrites itself with \r: only for a person
+	// watching (stdout and stderr terminals), never into a file or pipe.
+	if !*quiet && isTerminal(os.Stdout) && isTerminal(os.Stderr) {
 		var done func()
 		cfg.Progress, done = perf.ProgressLine(os.Stderr)
 		defer done()

@@ -18,7 +18,7 @@ import (
 func logWriter(format string, out *os.File) (io.Writer, error) {
 	switch format {
 	case "auto", "":
-		if st, err := out.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+		if isTerminal(out) {
 			format = "console"
 		} else {
 			format = "json"
@@ -32,6 +32,12 @@ func logWriter(format string, out *os.File) (io.Writer, error) {
 		w = zerolog.ConsoleWriter{Out: out, TimeFormat: "15:04:05.000"}
 	}
 	return dropEmpty{w}, nil
+}
+
+// isTerminal reports whether f is a terminal (a character device).
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 // emptyField matches a field with an empty string value in an event as
