@@ -18,6 +18,26 @@ type Series struct {
 var palette = []string{"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
 	"#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"}
 
+// Line dash patterns ("": solid). A series asks for a solid or a dashed
+// line; past the palette's length the next pattern of its kind is used,
+// so that no two series of a plot share colour and pattern.
+var (
+	solidDashes  = []string{"", "1 3", "8 2 1 2", "12 3 3 3"}
+	dashedDashes = []string{"6 3", "2 2", "10 3 2 3", "4 2 1 2 1 2"}
+)
+
+// seriesStyle returns the colour and dash pattern of the i-th series of
+// a plot: the colour cycles through the palette, the pattern steps at
+// each cycle, so (colour, pattern) is unique to i for i up to
+// len(palette)*len(solidDashes).
+func seriesStyle(i int, dashed bool) (colour, dash string) {
+	dashes := solidDashes
+	if dashed {
+		dashes = dashedDashes
+	}
+	return palette[i%len(palette)], dashes[(i/len(palette))%len(dashes)]
+}
+
 // PlotPercentiles draws latency-percentile curves: x is the percentile on
 // a "nines" scale (50, 90, 99, 99.9, ... evenly spaced), y is latency in
 // µs on a log scale.
@@ -160,7 +180,7 @@ func plotWith(w io.Writer, title, xl, yl string, ss []Series, x0, x1 float64, xt
 	fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", float64(L)+pw/2, H-10, html.EscapeString(xl))
 	fmt.Fprintf(&b, `<text x="16" y="%.1f" text-anchor="middle" transform="rotate(-90 16 %.1f)">%s</text>`+"\n", float64(T)+ph/2, float64(T)+ph/2, html.EscapeString(yl))
 	for i, s := range ss {
-		col := palette[i%len(palette)]
+		col, pattern := seriesStyle(i, s.Dashed)
 		// A NaN y ends a stretch of the line (a gap: no value there).
 		var path strings.Builder
 		move := true
@@ -179,8 +199,8 @@ func plotWith(w io.Writer, title, xl, yl string, ss []Series, x0, x1 float64, xt
 			fmt.Fprintf(&path, "%s%.1f,%.1f ", cmd, px(p[0]), py(p[1]))
 		}
 		dash := ""
-		if s.Dashed {
-			dash = ` stroke-dasharray="6 3"`
+		if pattern != "" {
+			dash = ` stroke-dasharray="` + pattern + `"`
 		}
 		fmt.Fprintf(&b, `<path fill="none" stroke="%s" stroke-width="2"%s d="%s"/>`+"\n", col, dash, strings.TrimSpace(path.String()))
 		ly := T + 14 + i*18
