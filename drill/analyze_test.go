@@ -270,3 +270,21 @@ func TestAnalyzeNoFailoverWithoutAPath(t *testing.T) {
 		t.Fatalf("gap %v at %v", a.LongestGap, a.GapAt)
 	}
 }
+
+// A drill whose workload fio ran says so in the titles of its summary
+// and of its plot.
+func TestReportTitleNamesFio(t *testing.T) {
+	r := steady(30)
+	rep := &Report{Name: "t", Form: "full", Workload: "fio nbd randwrite 4k qd8, verify=crc32c (verify_backlog)", Record: r, Analysis: Analyze(r, nil)}
+	var txt, svg bytes.Buffer
+	rep.Summary(&txt)
+	if first, _, _ := strings.Cut(txt.String(), "\n"); first != "udm drill t (full, fio workload): PASS" {
+		t.Errorf("first line %q", first)
+	}
+	if err := rep.Plot(&svg); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(svg.String(), ">udm drill t (full, fio workload): PASS<") {
+		t.Errorf("the plot's title does not name fio:\n%.600s", svg.String())
+	}
+}

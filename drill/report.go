@@ -15,11 +15,20 @@ import (
 	"udm/perf"
 )
 
+// formLabel is the drill's form as its titles give it, naming fio when
+// fio ran the workload ("short", "full, fio workload").
+func (r *Report) formLabel() string {
+	if strings.HasPrefix(r.Workload, "fio ") {
+		return r.Form + ", fio workload"
+	}
+	return r.Form
+}
+
 // Summary writes the report's text summary: what ran, the figures, the
 // checks and the verdict (the first line says PASS, or FAIL and why).
 func (r *Report) Summary(w io.Writer) {
 	a, rec := r.Analysis, r.Record
-	head := fmt.Sprintf("udm drill %s (%s): %s", r.Name, r.Form, a.Verdict)
+	head := fmt.Sprintf("udm drill %s (%s): %s", r.Name, r.formLabel(), a.Verdict)
 	if a.Verdict != "PASS" {
 		head += ": " + a.Reason
 	}
@@ -201,7 +210,7 @@ func (r *Report) Plot(w io.Writer) error {
 	}
 	markers := r.markers()
 	var top, mid bytes.Buffer
-	title := fmt.Sprintf("udm drill %s (%s): %s", r.Name, r.Form, r.Analysis.Verdict)
+	title := fmt.Sprintf("udm drill %s (%s): %s", r.Name, r.formLabel(), r.Analysis.Verdict)
 	if err := perf.PlotTimeline(&top, title, "I/O per second (100 ms intervals)", ser, false, markers); err != nil {
 		return err
 	}

@@ -87,6 +87,31 @@ func PlotTimeline(w io.Writer, title, ylabel string, series []Series, logY bool,
 	return plotWith(w, title, "time (s)", ylabel, series, 0, xmax, xt, func(v float64) string { return fmt.Sprintf("%g", v) }, logY, events)
 }
 
+// markerFont is the size of marker labels. Rotated to read upwards, a
+// label's glyphs lie left of its baseline x: from x-markerFont to x+2
+// (descenders).
+const markerFont = 10
+
+// markerLabelX places the label of the marker at xs[i] (the x of every
+// marker's line): its baseline just left of its line, so that the glyphs
+// end 2 px before it, unless another marker's line would be under them;
+// then just right of it, if that side is clear.
+func markerLabelX(xs []float64, i int) float64 {
+	clear := func(lx float64) bool {
+		for _, x := range xs {
+			if x >= lx-markerFont-1 && x <= lx+3 {
+				return false
+			}
+		}
+		return true
+	}
+	left, right := xs[i]-4, xs[i]+markerFont+4
+	if !clear(left) && clear(right) {
+		return right
+	}
+	return left
+}
+
 // Marker is a labelled vertical line (a fault event on a timeline).
 type Marker struct {
 	X     float64
@@ -170,11 +195,17 @@ func plotWith(w io.Writer, title, xl, yl string, ss []Series, x0, x1 float64, xt
 		fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%d" y2="%.1f" stroke="#ddd"/>`, px(x), px(x), T, float64(T)+ph)
 		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", px(x), float64(T)+ph+16, html.EscapeString(xfmt(x)))
 	}
-	for _, m := range markers {
-		fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%d" y2="%.1f" stroke="#c00" stroke-dasharray="4 3"/>`, px(m.X), px(m.X), T, float64(T)+ph)
-		// Rotated to read upwards, ending at the top of the plot.
-		fmt.Fprintf(&b, `<text x="%.1f" y="%d" fill="#c00" font-size="10" text-anchor="end" transform="rotate(-90 %.1f %d)">%s</text>`+"\n",
-			px(m.X)+3, T+4, px(m.X)+3, T+4, html.EscapeString(m.Label))
+	xs := make([]float64, len(markers))
+	for i, m := range markers {
+		xs[i] = px(m.X)
+	}
+	for i, m := range markers {
+		fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%d" y2="%.1f" stroke="#c00" stroke-dasharray="4 3"/>`, xs[i], xs[i], T, float64(T)+ph)
+		// Rotated to read upwards, ending at the top of the plot, beside
+		// its line (not on it).
+		lx := markerLabelX(xs, i)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%d" fill="#c00" font-size="%d" text-anchor="end" transform="rotate(-90 %.1f %d)">%s</text>`+"\n",
+			lx, T+4, markerFont, lx, T+4, html.EscapeString(m.Label))
 	}
 	fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%.0f" height="%.0f" fill="none" stroke="#333"/>`+"\n", L, T, pw, ph)
 	fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", float64(L)+pw/2, H-10, html.EscapeString(xl))
