@@ -15,9 +15,10 @@ all: build
 build:
 	$(GO) build -o $(BIN) ./cmd/udm
 
-# install puts the binary in $(BINDIR) and the systemd units in
-# $(UNITDIR) (udm.service runs $(BINDIR)/udm), all under $(DESTDIR) when
-# packaging: make install PREFIX=/usr DESTDIR=/tmp/pkg.
+# install puts the binary in $(BINDIR), the systemd units in $(UNITDIR)
+# (udm.service runs $(BINDIR)/udm) and the example configuration in
+# $(SYSCONFDIR)/udm/udm.conf.example (udm serve reads udm.conf there), all
+# under $(DESTDIR) when packaging: make install PREFIX=/usr DESTDIR=/tmp/pkg.
 PREFIX  ?= /usr/local
 BINDIR  ?= $(PREFIX)/bin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
@@ -28,6 +29,7 @@ install: build
 	sed 's|@BINDIR@|$(BINDIR)|g' contrib/systemd/udm.service > $(DESTDIR)$(UNITDIR)/udm.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/udm.service
 	install -m 0644 contrib/systemd/udm.socket $(DESTDIR)$(UNITDIR)/udm.socket
+	install -D -m 0644 docs/udm.conf.example $(DESTDIR)$(SYSCONFDIR)/udm/udm.conf.example
 
 # deps installs the Debian packages the tests drive (as root, with
 # apt-get), or says what to install.

@@ -10,8 +10,8 @@ import (
 	"udm/internal/testutil"
 )
 
-// TestMakeInstall runs make install PREFIX=/usr DESTDIR=tmp: the binary
-// and both units land under DESTDIR, udm.service runs the installed
+// TestMakeInstall runs make install PREFIX=/usr DESTDIR=tmp: the binary,
+// both units and the example configuration land under DESTDIR, udm.service runs the installed
 // binary (by its path without DESTDIR), the binary runs, and
 // systemd-analyze verify finds nothing wrong with the units.
 func TestMakeInstall(t *testing.T) {
@@ -24,7 +24,8 @@ func TestMakeInstall(t *testing.T) {
 	}
 	bin := filepath.Join(dest, "usr/bin/udm")
 	units := filepath.Join(dest, "usr/lib/systemd/system")
-	for _, f := range []string{bin, filepath.Join(units, "udm.service"), filepath.Join(units, "udm.socket")} {
+	for _, f := range []string{bin, filepath.Join(units, "udm.service"), filepath.Join(units, "udm.socket"),
+		filepath.Join(dest, "etc/udm/udm.conf.example")} {
 		if _, err := os.Stat(f); err != nil {
 			t.Fatal(err)
 		}

@@ -110,8 +110,8 @@ func TestSocketActivation(t *testing.T) {
 	pidfile := filepath.Join(sd, "udm.pid")
 	u.args = []string{"serve", "--state-dir", state, "--control", u.sock, "--nbd", nbdT.Addr().String(),
 		"--nbd-unix", u.nbdUnix, "--metrics", met.Addr().String(), "--loops", "2", "--log-level", "debug",
-		"--pidfile", pidfile}
-	u.stdout, u.stderr = &syncBuf{}, &syncBuf{}
+		"--pidfile", pidfile, "--config", ""}
+	u.stdout, u.stderr = &testutil.SyncBuffer{}, &testutil.SyncBuffer{}
 	// LISTEN_PID must be the daemon's pid: the shell sets it to its own
 	// and becomes the daemon.
 	u.cmd = exec.Command("sh", append([]string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`, udmBin}, u.args...)...)
