@@ -7,6 +7,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"udm/nbd/server"
 	"udm/nbd/wire"
 )
 
@@ -59,6 +60,9 @@ type Config struct {
 	// ConfigOptional: a ConfigFile that doesn't exist is no error (the
 	// default file).
 	ConfigOptional bool
+	// NBDLimits bound what NBD clients may take: memory, connections,
+	// time (zero fields: the defaults; see server.Limits).
+	NBDLimits server.Limits
 	// NoDemo skips the built-in demo device on a fresh state dir.
 	NoDemo bool
 	// Log is where the daemon logs; children carry "component".

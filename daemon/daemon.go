@@ -195,6 +195,7 @@ func (d *Daemon) init(cfg Config) (err error) {
 		GatherWindow: d.cfg.Gather,
 		TLSMode:      tlsMode,
 		TLS:          tlsCfg,
+		Limits:       d.cfg.NBDLimits,
 	}
 	if d.nbd, err = server.New(scfg); err != nil {
 		return err
@@ -307,12 +308,7 @@ func (d *Daemon) Addrs() api.Addrs {
 // ShutdownGrace), every device gets an empty flush, the state is saved
 // and the loops are closed. It returns nil after a clean shutdown.
 func (d *Daemon) Run(ctx context.Context) error {
-	d.ctlSrv = &http.Server{
-		Handler:           d.apiHandler(),
-		BaseContext:       func(net.Listener) context.Context { return d.base },
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          stdLogger(d.log, "control"),
-	}
+	d.ctlSrv = controlServer(d.apiHandler(), d.base, d)
 	errc := make(chan error, 4)
 	serve := func(what string, f func() error) {
 		d.wg.Add(1)

@@ -37,7 +37,14 @@ type Arena struct {
 	next  int   // bump offset into mem
 	free  [numClasses][][]byte
 	over  [numClasses][][]byte // unregistered overflow buffers, for reuse
+	kept  int                  // bytes in over
 }
+
+// MaxOverflowKept is how many bytes of unregistered overflow buffers an
+// Arena keeps for reuse; buffers put back beyond it are unmapped, so that
+// the memory a burst took (clients that filled their budgets and left) is
+// given back to the system rather than kept for good.
+const MaxOverflowKept = 64 << 20
 
 // NewArena maps size bytes (rounded up to pages).
 func NewArena(size int) (*Arena, error) {
@@ -99,6 +106,7 @@ func (a *Arena) TryGet(n int) (Buf, error) {
 		if fl := a.over[c]; len(fl) > 0 {
 			b := fl[len(fl)-1]
 			a.over[c] = fl[:len(fl)-1]
+			a.kept -= cap(b)
 			return Buf{B: b[:n], Index: -1, class: int8(c)}, nil
 		}
 		sz = 1 << (c + minClassShift)
@@ -122,8 +130,9 @@ func (a *Arena) Put(b Buf) {
 	case b.class >= 0 && b.Index == a.index:
 		a.free[b.class] = append(a.free[b.class], full)
 		return
-	case b.class >= 0:
+	case b.class >= 0 && a.kept+len(full) <= MaxOverflowKept:
 		a.over[b.class] = append(a.over[b.class], full)
+		a.kept += len(full)
 		return
 	}
 	unix.Munmap(full)
@@ -138,6 +147,7 @@ func (a *Arena) Close() {
 		}
 		a.over[c] = nil
 	}
+	a.kept = 0
 	if a.mem != nil {
 		unix.Munmap(a.mem)
 		a.mem = nil

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -14,6 +15,7 @@ import (
 	"udm/daemon/api"
 	"udm/nbd/server"
 	"udm/nbd/wire"
+	"udm/perf"
 	"udm/uring"
 )
 
@@ -40,6 +42,11 @@ func runServe(args []string) error {
 	spin := fs.Duration("spin", uring.DefaultSpin, "the most a busy loop polls for more work before it sleeps, less where polling does not pay or the CPUs are shared (0: never)")
 	slice := fs.Duration("loop-slice", uring.DefaultSlice, "the scheduler time slice a loop's thread asks for (0: the kernel's)")
 	gather := fs.Duration("gather", server.DefaultGatherWindow, "how long an NBD connection with many requests in flight lets them gather before taking them in (0: never)")
+	nbdMem := fs.String("nbd-memory", "4G", "budget of NBD payload bytes all connections hold at once (requests over it wait; 0: none)")
+	maxConns := fs.Int("nbd-max-conns", server.DefaultMaxConns, "most NBD connections at once (0: no limit)")
+	maxPerAddr := fs.Int("nbd-max-conns-per-addr", server.DefaultMaxConnsPerAddr, "most NBD connections from one IP address (0: no limit)")
+	idle := fs.Duration("nbd-idle-timeout", 0, "close an NBD connection idle this long after its handshake (0: never; the kernel's client stays idle for days)")
+	payloadTO := fs.Duration("nbd-payload-timeout", server.DefaultPayloadTimeout, "close an NBD connection whose request takes longer to arrive once begun (0: never)")
 	level := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	logFormat := fs.String("log-format", "auto", "log format: console (for people), json (one object a line), auto (console when stderr is a terminal, else json)")
 	pidfile := fs.String("pidfile", "", "write the daemon's pid to this file (removed at exit)")
@@ -60,6 +67,13 @@ func runServe(args []string) error {
 	if err != nil {
 		return usageErr{error: err}
 	}
+	mem, err := perf.ParseSize(*nbdMem)
+	if err != nil {
+		return usageErr{error: fmt.Errorf("--nbd-memory: %w", err)}
+	}
+	limits := server.Limits{MaxMemory: noneIfZero(mem), MaxConns: int(noneIfZero(int64(*maxConns))),
+		MaxConnsPerAddr: int(noneIfZero(int64(*maxPerAddr))), IdleTimeout: max(*idle, 0),
+		PayloadTimeout: time.Duration(noneIfZero(int64(*payloadTO)))}
 	lvl, err := daemon.ParseLevel(*level)
 	if err != nil {
 		return usageErr{error: err}
@@ -86,7 +100,7 @@ func runServe(args []string) error {
 	defer wdStop()
 	d, err := daemon.New(daemon.Config{StateDir: *stateDir, Control: *control, NBD: *nbdAddr, NBDUnix: *nbdUnix,
 		NBDUnixGroup: *nbdGroup, TLS: tls, TLSCertificates: *tlsDir, TLSVerifyPeer: *tlsVerify, PProf: *pprofOn,
-		Metrics: *metrics, FUSE: *fuseDir, Loops: *loops, Spin: durationCfg(*spin), Slice: durationCfg(*slice), Gather: durationCfg(*gather), NoDemo: *noDemo, Log: log, Out: os.Stdout,
+		Metrics: *metrics, FUSE: *fuseDir, Loops: *loops, Spin: durationCfg(*spin), Slice: durationCfg(*slice), Gather: durationCfg(*gather), NBDLimits: limits, NoDemo: *noDemo, Log: log, Out: os.Stdout,
 		ConfigFile: *config, ConfigOptional: !fs.set("config"),
 		Listeners: lns,
 		Ready:     func() { notify(log, "READY=1") },
@@ -131,6 +145,15 @@ func runServe(args []string) error {
 		return err
 	}
 	return nil
+}
+
+// noneIfZero maps a limit flag's 0 ("no limit") to server.Limits' -1
+// (its 0 is the default).
+func noneIfZero(v int64) int64 {
+	if v <= 0 {
+		return -1
+	}
+	return v
 }
 
 // durationCfg maps --spin, --loop-slice and --gather to their configs, where 0 means the

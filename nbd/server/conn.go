@@ -106,6 +106,8 @@ type conn struct {
 	flushQueued bool // FlushLater asked: the turn's replies go in one send
 	queuedBytes int
 
+	lim connLimits // memory budget and timeouts (limits.go)
+
 	closing bool // no more requests are read
 	hard    bool // no more replies are sent
 	done    bool
@@ -159,6 +161,7 @@ func (c *conn) start() {
 	if idx, err := c.l.RegisterFile(c.fd); err == nil {
 		c.sfd, c.fixed = idx, true
 	}
+	c.limitsStart()
 	c.armRecv()
 }
 
@@ -189,6 +192,8 @@ func (c *conn) Complete(tag uint64, res int32, _ uint32) {
 			return
 		}
 		c.kickSend()
+	case tagLimits:
+		c.limitsFire()
 	case tagGather:
 		c.gatherArmed = false
 		if c.closing {
@@ -225,6 +230,7 @@ func (c *conn) armRecv() {
 	if c.recvArmed || c.closing || c.gatherArmed || c.eof {
 		return
 	}
+	c.limitsRecv()
 	var e uring.SQE
 	if r := c.payload; r != nil {
 		if c.tls != nil {
@@ -348,8 +354,13 @@ func (c *conn) parse() (n int) {
 			c.overBudget = true
 			return // resumes when a reply has gone out
 		}
+		if !c.memFits(c.bufNeed(h)) {
+			c.overBudget = true
+			return // resumes when the daemon-wide budget has room
+		}
 		c.rstart += wire.RequestSize
 		c.handle(h)
+		c.memSettle()
 		n++
 	}
 	return n
@@ -379,6 +390,7 @@ func (c *conn) getBuf(r *req) bool {
 		return false
 	}
 	r.buf, r.pay = b, b.B
+	c.memCharge(int64(len(b.B)))
 	c.bufBytes += int64(len(b.B))
 	c.s.stats.notePeak(c.bufBytes)
 	return true
@@ -992,6 +1004,7 @@ func (c *conn) dropSending() {
 func (c *conn) release(r *req) {
 	if r.buf.B != nil {
 		c.bufBytes -= int64(len(r.buf.B))
+		c.memRelease(int64(len(r.buf.B)))
 		c.l.Arena().Put(r.buf)
 		r.buf = uring.Buf{}
 	}
@@ -1023,6 +1036,7 @@ func (c *conn) shutdown(hard bool, why string) {
 	if !c.closing {
 		c.closing = true
 		c.why = why
+		c.limitsStop()
 		if c.recvArmed {
 			c.l.Cancel(c.recvID)
 		}
@@ -1057,7 +1071,7 @@ func (c *conn) shutdown(hard bool, why string) {
 
 // maybeFinish closes the connection once nothing refers to it.
 func (c *conn) maybeFinish() {
-	if !c.closing || c.done || c.recvArmed || c.gatherArmed || c.sendArmed || c.retryArmed || c.bios > 0 || c.statuses > 0 {
+	if !c.closing || c.done || c.recvArmed || c.gatherArmed || c.sendArmed || c.retryArmed || c.lim.armed || c.bios > 0 || c.statuses > 0 {
 		return
 	}
 	if !c.hard && (len(c.sendq) > 0 || len(c.sending) > 0) {

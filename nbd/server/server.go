@@ -92,6 +92,8 @@ type Config struct {
 	// loop (tlsring.go).
 	TLSMode wire.TLSMode
 	TLS     *tls.Config
+	// Limits bound memory, connections and time (limits.go).
+	Limits Limits
 	// forceGather (tests) gathers every receive, whatever the pacer says.
 	forceGather bool
 	// extents answers BLOCK_STATUS (base:allocation) for the byte range
@@ -143,6 +145,7 @@ type Server struct {
 	stats Stats
 
 	status statusPool // answers BLOCK_STATUS
+	lim   limiter // Config.Limits (limits.go)
 }
 
 // Stats are counters of a server, safe to read at any time.
@@ -217,8 +220,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.extents == nil {
 		cfg.extents = deviceExtents
 	}
-	return &Server{cfg: cfg, log: cfg.Log, listeners: map[net.Listener]struct{}{},
-		conns: map[*conn]struct{}{}, shakes: map[net.Conn]struct{}{}, getBuf: arenaGet}, nil
+	cfg.Limits = cfg.Limits.withDefaults(cfg.MaxPayload)
+	s := &Server{cfg: cfg, log: cfg.Log, listeners: map[net.Listener]struct{}{},
+		conns: map[*conn]struct{}{}, shakes: map[net.Conn]struct{}{}, getBuf: arenaGet}
+	s.lim.init(cfg.Limits, cfg.Log)
+	return s, nil
 }
 
 // arenaGet takes a buffer of n bytes from a; a failed mmap is ENOMEM (the
@@ -281,16 +287,22 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		delay = 0
 		s.stats.Accepted.Add(1)
+		sl := s.lim.admit(nc)
+		if sl == nil {
+			nc.Close() // too many (logged)
+			continue
+		}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
+			sl.release()
 			nc.Close()
 			return ErrClosed
 		}
 		s.shakes[nc] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
-		go s.handshake(nc)
+		go s.handshake(nc, sl)
 	}
 }
 
@@ -363,8 +375,9 @@ func (s *Server) handshakeFlags() uint16 {
 
 // handshake runs the option haggling in a goroutine (the slow path), then
 // hands the socket to a loop.
-func (s *Server) handshake(nc net.Conn) {
+func (s *Server) handshake(nc net.Conn, sl *slot) {
 	defer s.wg.Done()
+	defer func() { sl.release() }() // unless the connection took it
 	log := s.log.With().Str("remote", nc.RemoteAddr().String()).Logger()
 	exp, structured, meta, tc, err := s.negotiate(nc)
 	s.mu.Lock()
@@ -402,6 +415,7 @@ func (s *Server) handshake(nc net.Conn) {
 		return
 	}
 	s.conns[c] = struct{}{}
+	c.lim.slot, sl = sl, nil
 	c.arenaGet = s.getBuf
 	s.connW.Add(1)
 	s.mu.Unlock()
@@ -421,6 +435,7 @@ func (s *Server) connDone(c *conn) {
 	delete(s.conns, c)
 	s.mu.Unlock()
 	if ok {
+		c.lim.slot.release()
 		s.stats.Active.Add(-1)
 		s.connW.Done()
 	}

@@ -295,7 +295,7 @@ func (h *Handshake) goInfo(opt uint32, data []byte) Step {
 	info = binary.BigEndian.AppendUint64(info, uint64(e.Size()))
 	info = binary.BigEndian.AppendUint16(info, h.transmissionFlags(e))
 	out := AppendOptionReply(nil, opt, RepInfo, info)
-	for _, want := range g.Infos {
+	for _, want := range uniqueInfos(g.Infos) {
 		var b []byte
 		switch want {
 		case InfoBlockSize:

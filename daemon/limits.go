@@ -1,0 +1,77 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Limits of the control API's HTTP server: a client that stalls sending
+// its request, or reading the reply, is dropped rather than held for
+// good.
+const (
+	// ControlReadTimeout bounds reading a request, headers and body.
+	ControlReadTimeout = 30 * time.Second
+	// ControlWriteTimeout bounds a request from the end of its headers
+	// to the end of its reply: the handler (creating a device may open
+	// remote paths, with their own timeouts) and the write. A
+	// /devices/{name}/wait request, which waits for an event as long as
+	// it takes, is exempt: it ends when its client goes.
+	ControlWriteTimeout = 5 * time.Minute
+	// ControlIdleTimeout closes a kept-alive connection with no request.
+	ControlIdleTimeout = 2 * time.Minute
+	// ControlMaxBody is the largest request body (a table of thousands
+	// of lines is well under it); a longer one is refused.
+	ControlMaxBody = 16 << 20
+	// ControlMaxHeader is the most header bytes of a request.
+	ControlMaxHeader = 64 << 10
+)
+
+// controlServer is the control API's HTTP server, with the limits above.
+func controlServer(h http.Handler, base context.Context, d *Daemon) *http.Server {
+	return &http.Server{
+		Handler:           limitControl(h),
+		BaseContext:       func(net.Listener) context.Context { return base },
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       ControlReadTimeout,
+		WriteTimeout:      ControlWriteTimeout,
+		IdleTimeout:       ControlIdleTimeout,
+		MaxHeaderBytes:    ControlMaxHeader,
+		ErrorLog:          stdLogger(d.log, "control"),
+	}
+}
+
+// limitControl reads a request's body (at most ControlMaxBody bytes,
+// within ControlReadTimeout) before the handler runs, then lifts the read
+// deadline (the handler's time is bounded by the write timeout; a read
+// deadline passing under it would cancel its context), and the write
+// deadline of wait requests.
+func limitControl(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, ControlMaxBody))
+		if err != nil {
+			var mb *http.MaxBytesError
+			if errors.As(err, &mb) {
+				writeError(w, r, &apiErr{status: http.StatusRequestEntityTooLarge, errno: syscall.EFBIG,
+					msg: fmt.Sprintf("request body over %d bytes", ControlMaxBody)})
+				return
+			}
+			writeError(w, r, badRequest("reading the request: %v", err))
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		rc := http.NewResponseController(w)
+		rc.SetReadDeadline(time.Time{})
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/wait") {
+			rc.SetWriteDeadline(time.Time{})
+		}
+		h.ServeHTTP(w, r)
+	})
+}
