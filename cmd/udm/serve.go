@@ -42,7 +42,7 @@ func runServe(args []string) error {
 	spin := fs.Duration("spin", uring.DefaultSpin, "the most a busy loop polls for more work before it sleeps, less where polling does not pay or the CPUs are shared (0: never)")
 	slice := fs.Duration("loop-slice", uring.DefaultSlice, "the scheduler time slice a loop's thread asks for (0: the kernel's)")
 	gather := fs.Duration("gather", server.DefaultGatherWindow, "how long an NBD connection with many requests in flight lets them gather before taking them in (0: never)")
-	nbdMem := fs.String("nbd-memory", "4G", "budget of NBD payload bytes all connections hold at once (requests over it wait; 0: none)")
+	nbdMem := fs.String("nbd-memory", "1G", "budget of NBD payload bytes all connections hold at once (requests over it wait; 0: none)")
 	maxConns := fs.Int("nbd-max-conns", server.DefaultMaxConns, "most NBD connections at once (0: no limit)")
 	maxPerAddr := fs.Int("nbd-max-conns-per-addr", server.DefaultMaxConnsPerAddr, "most NBD connections from one IP address (0: no limit)")
 	idle := fs.Duration("nbd-idle-timeout", 0, "close an NBD connection idle this long after its handshake (0: never; the kernel's client stays idle for days)")

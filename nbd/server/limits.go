@@ -50,13 +50,13 @@ type Limits struct {
 
 // Defaults of Limits.
 const (
-	// DefaultMaxMemory is 4 GiB of payload buffers daemon-wide: a sixth
-	// of a 24 GiB machine, the rest left to the page cache and the
-	// devices. It holds 64 connections each at its full
-	// Config.MaxInflightBytes, or hundreds of clients at the depths and
-	// sizes they use (fio or the kernel at depth 32 of 128 KiB take 4
-	// MiB).
-	DefaultMaxMemory = 4 << 30
+	// DefaultMaxMemory is 1 GiB of payload buffers daemon-wide: on a
+	// 24 GiB machine it leaves the rest to the page cache, the devices
+	// and other daemons, and it is still far more than clients use: the
+	// kernel's client or fio at depth 32 of 128 KiB hold 4 MiB, so 1 GiB
+	// serves 256 such at full depth, or 16 connections each at its whole
+	// Config.MaxInflightBytes (64 MiB).
+	DefaultMaxMemory = 1 << 30
 	// DefaultMaxConns and DefaultMaxConnsPerAddr: a connection costs
 	// about 130 KiB before it holds any payload (its receive buffer and
 	// request slots), so 1024 of them take 130 MiB; a multipath host
