@@ -308,7 +308,7 @@ func (d *Daemon) Addrs() api.Addrs {
 // ShutdownGrace), every device gets an empty flush, the state is saved
 // and the loops are closed. It returns nil after a clean shutdown.
 func (d *Daemon) Run(ctx context.Context) error {
-	d.ctlSrv = controlServer(d.apiHandler(), d.base, d)
+	d.ctlSrv = controlServer(d.apiHandler(), d.base, d.log, defaultControlLimits)
 	errc := make(chan error, 4)
 	serve := func(what string, f func() error) {
 		d.wg.Add(1)

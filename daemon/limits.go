@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // Limits of the control API's HTTP server: a client that stalls sending
@@ -34,17 +36,26 @@ const (
 	ControlMaxHeader = 64 << 10
 )
 
-// controlServer is the control API's HTTP server, with the limits above.
-func controlServer(h http.Handler, base context.Context, d *Daemon) *http.Server {
+// controlLimits are the limits of a control API server.
+type controlLimits struct {
+	header, read, write, idle time.Duration
+	body                      int64
+}
+
+var defaultControlLimits = controlLimits{header: 10 * time.Second, read: ControlReadTimeout,
+	write: ControlWriteTimeout, idle: ControlIdleTimeout, body: ControlMaxBody}
+
+// controlServer is the control API's HTTP server, with lim.
+func controlServer(h http.Handler, base context.Context, log zerolog.Logger, lim controlLimits) *http.Server {
 	return &http.Server{
-		Handler:           limitControl(h),
+		Handler:           limitControl(h, lim.body),
 		BaseContext:       func(net.Listener) context.Context { return base },
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       ControlReadTimeout,
-		WriteTimeout:      ControlWriteTimeout,
-		IdleTimeout:       ControlIdleTimeout,
+		ReadHeaderTimeout: lim.header,
+		ReadTimeout:       lim.read,
+		WriteTimeout:      lim.write,
+		IdleTimeout:       lim.idle,
 		MaxHeaderBytes:    ControlMaxHeader,
-		ErrorLog:          stdLogger(d.log, "control"),
+		ErrorLog:          stdLogger(log, "control"),
 	}
 }
 
@@ -53,14 +64,14 @@ func controlServer(h http.Handler, base context.Context, d *Daemon) *http.Server
 // deadline (the handler's time is bounded by the write timeout; a read
 // deadline passing under it would cancel its context), and the write
 // deadline of wait requests.
-func limitControl(h http.Handler) http.Handler {
+func limitControl(h http.Handler, maxBody int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, ControlMaxBody))
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 		if err != nil {
 			var mb *http.MaxBytesError
 			if errors.As(err, &mb) {
 				writeError(w, r, &apiErr{status: http.StatusRequestEntityTooLarge, errno: syscall.EFBIG,
-					msg: fmt.Sprintf("request body over %d bytes", ControlMaxBody)})
+					msg: fmt.Sprintf("request body over %d bytes", maxBody)})
 				return
 			}
 			writeError(w, r, badRequest("reading the request: %v", err))
