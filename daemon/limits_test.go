@@ -43,7 +43,7 @@ func TestControlStalledBodyDropped(t *testing.T) {
 	sock := controlOn(t, h, lim)
 	for _, req := range []string{
 		"POST /v1/devices HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"name\":", // body stalls
-		"POST /v1/devices HTTP/1.1\r\nHost: x\r\n",                                     // headers stall
+		"POST /v1/devices HTTP/1.1\r\nHost: x\r\n",                                      // headers stall
 	} {
 		c, err := net.Dial("unix", sock)
 		if err != nil {
