@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -85,4 +86,35 @@ func limitControl(h http.Handler, maxBody int64) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// The NBD server's limits as metrics.
+var (
+	mNBDMem      = prometheus.NewDesc("udm_nbd_payload_bytes", "Payload bytes NBD connections hold now (the daemon-wide budget is --nbd-memory).", nil, nil)
+	mNBDMemPeak  = prometheus.NewDesc("udm_nbd_payload_peak_bytes", "The most payload bytes NBD connections held at once.", nil, nil)
+	mNBDMemWaits = prometheus.NewDesc("udm_nbd_payload_waits_total", "NBD requests that waited for the daemon-wide payload budget.", nil, nil)
+	mNBDRefused  = prometheus.NewDesc("udm_nbd_connections_refused_total", "NBD connections closed at accept: too many (--nbd-max-conns, --nbd-max-conns-per-addr).", nil, nil)
+	mNBDTimeouts = prometheus.NewDesc("udm_nbd_connections_timed_out_total", "NBD connections closed by a timeout, by kind (idle, payload).", []string{"kind"}, nil)
+)
+
+func describeLimits(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{mNBDMem, mNBDMemPeak, mNBDMemWaits, mNBDRefused, mNBDTimeouts} {
+		ch <- d
+	}
+}
+
+func (d *Daemon) collectLimits(ch chan<- prometheus.Metric) {
+	if d.nbd == nil {
+		return
+	}
+	st := d.nbd.LimitStats()
+	m := func(desc *prometheus.Desc, t prometheus.ValueType, v int64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, t, float64(v), labels...)
+	}
+	m(mNBDMem, prometheus.GaugeValue, st.Memory.Load())
+	m(mNBDMemPeak, prometheus.GaugeValue, st.PeakMemory.Load())
+	m(mNBDMemWaits, prometheus.CounterValue, st.MemoryWaits.Load())
+	m(mNBDRefused, prometheus.CounterValue, st.Refused.Load())
+	m(mNBDTimeouts, prometheus.CounterValue, st.IdleClosed.Load(), "idle")
+	m(mNBDTimeouts, prometheus.CounterValue, st.PayloadTimeouts.Load(), "payload")
 }

@@ -74,6 +74,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	c.d.mp.describe(ch)
+	describeLimits(ch)
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -140,6 +141,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(mLoopRests, float64(st.SpinContended), id, "contended")
 	}
 	d.mp.collect(ch)
+	d.collectLimits(ch)
 }
 
 // constHistogram converts a dm latency histogram (per-bucket counts) to
