@@ -408,8 +408,15 @@ func (c *conn) limitsFire() {
 		c.maybeFinish()
 		return
 	}
+	now := c.l.Now()
+	if !c.recvArmed && !c.gatherArmed {
+		// Not receiving (replies pile up unread, or the budget is out):
+		// a request part way in is not the client's delay; its time
+		// starts again when the receive is armed.
+		c.lim.wd.progress(now, false)
+	}
 	idle := c.inflight == 0 && c.payload == nil && c.drain == 0 && c.rend == c.rstart
-	switch c.lim.wd.check(c.l.Now(), idle) {
+	switch c.lim.wd.check(now, idle) {
 	case wdIdle:
 		c.s.lim.stats.IdleClosed.Add(1)
 		c.shutdown(false, fmt.Sprintf("idle for %v (--nbd-idle-timeout)", c.lim.wd.idle))
