@@ -145,7 +145,7 @@ type Server struct {
 	stats Stats
 
 	status statusPool // answers BLOCK_STATUS
-	lim   limiter // Config.Limits (limits.go)
+	lim    limiter    // Config.Limits (limits.go)
 }
 
 // Stats are counters of a server, safe to read at any time.
