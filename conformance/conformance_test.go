@@ -92,7 +92,7 @@ var cases = []confCase{
 	// Many connections and requests, disconnects.
 	{name: "inflight_many"},
 	{name: "shutdown_inflight", skip: map[string]string{"nbdkit": nbdkitDisc}},
-	{name: "halfclose"},
+	{name: "halfclose", skip: map[string]string{"nbdkit": nbdkitDiscErr}},
 	{name: "disc_raw", skip: map[string]string{"nbdkit": nbdkitDiscErr}},
 	{name: "multi_conn"},
 	// Tools.
