@@ -378,6 +378,9 @@ func (l *Loop) loop() {
 		l.state.Store(stateSleeping)
 		if l.hasWork() {
 			l.state.Store(stateRunning)
+			if l.pol.missAt != 0 {
+				l.pol.woke(nanotime())
+			}
 			l.enter(0, nil)
 			continue
 		}
@@ -399,6 +402,9 @@ func (l *Loop) loop() {
 		}
 		l.enterWait(wait, ts, minWait)
 		l.state.Store(stateRunning)
+		if l.pol.missAt != 0 {
+			l.pol.woke(nanotime())
+		}
 		if l.closing {
 			l.cancelAll()
 		}

@@ -22,7 +22,11 @@ import "time"
 //
 //   - the budget follows how soon polling finds work: spinHitFactor times
 //     the smoothed time to a hit, between spinMinBudget and Config.Spin;
-//   - spinMissLimit spins in a row that find nothing halve it; below
+//   - a spin that finds nothing is judged when the loop next wakes: if
+//     work came within spinNearFactor budgets of the spin's end, the spin
+//     only just missed it (a client at depth 1 whose round trip is about
+//     the budget) and it counts as a near miss, not against spinning;
+//     spinMissLimit real misses in a row halve the budget; below
 //     spinMinBudget polling doesn't pay: rest (no spinning) for a back-off;
 //   - a window in which the thread was preempted spinContendedSwitches
 //     times or more, or waited on a run queue at least 1/spinDelayShare of
@@ -36,6 +40,7 @@ type spinPolicy struct {
 	budget int64 // ns to poll at most; max when nothing is known
 	avgHit int64 // smoothed ns from the start of a spin to its hit; 0: none yet
 	misses int   // spins in a row that found nothing
+	missAt int64 // when the last spin missed, until the loop woke; 0: none
 
 	restUntil int64 // no spinning before this (clock ns)
 	backoff   int64 // the next rest's length
@@ -46,6 +51,7 @@ type spinPolicy struct {
 	spins, hits        int
 	contended          int    // contended windows in a row
 	rests, contentions uint64 // rests taken, and among them for contention
+	near               uint64 // misses that work followed soon after
 }
 
 const (
@@ -55,7 +61,8 @@ const (
 	spinWindow            = int64(2 * time.Millisecond)
 	spinContendedSwitches = 2
 	spinDelayShare        = 8
-	spinContendedWindows  = 1
+	spinContendedWindows  = 2
+	spinNearFactor        = 4
 	spinRestMin           = int64(20 * time.Millisecond)
 	spinRestMax           = int64(time.Second)
 )
@@ -85,6 +92,23 @@ func (p *spinPolicy) spun(now, d int64, hit bool) {
 			p.avgHit = (3*p.avgHit + d) / 4
 		}
 		p.budget = min(p.max, max(spinMinBudget, spinHitFactor*p.avgHit+spinMinBudget))
+		return
+	}
+	p.missAt = now
+}
+
+// woke notes that the loop, asleep after a spin, woke at now with work.
+// A miss whose work came soon after it is a near miss and ends the run
+// of misses, as a hit does; a miss followed by a long sleep counts.
+func (p *spinPolicy) woke(now int64) {
+	if p.missAt == 0 {
+		return
+	}
+	gap := now - p.missAt
+	p.missAt = 0
+	if gap <= spinNearFactor*p.budget {
+		p.near++
+		p.misses = 0
 		return
 	}
 	if p.misses++; p.misses < spinMissLimit {
@@ -137,6 +161,6 @@ func (p *spinPolicy) rest(now int64, contended bool) {
 	}
 	p.restUntil = now + p.backoff
 	p.backoff = min(2*p.backoff, spinRestMax)
-	p.budget, p.misses, p.avgHit, p.contended = p.max, 0, 0, 0
+	p.budget, p.misses, p.missAt, p.avgHit, p.contended = p.max, 0, 0, 0, 0
 	p.winStart = 0 // the counters over the rest say nothing of spinning
 }

@@ -46,18 +46,27 @@ func TestSpinBudgetFollowsHits(t *testing.T) {
 	}
 }
 
-// Spins that find nothing halve the budget every spinMissLimit in a row;
-// once it is below spinMinBudget the loop rests for spinRestMin, then
-// tries the full budget again. A hit in between resets the count.
+// miss notes a spin at now that found nothing, followed by a sleep of
+// gap before work came.
+func miss(p *spinPolicy, now, d, gap int64) {
+	p.spun(now, d, false)
+	p.woke(now + gap)
+}
+
+// Spins that find nothing, each followed by a long sleep, halve the
+// budget every spinMissLimit in a row; once it is below spinMinBudget the
+// loop rests for spinRestMin, then tries the full budget again. A hit in
+// between resets the count.
 func TestSpinMissesHalveThenRest(t *testing.T) {
 	p := policyAt(1)
 	now := int64(1000 * us)
+	long := int64(time.Millisecond)
 	for range spinMissLimit - 1 {
-		p.spun(now, 50*us, false)
+		miss(&p, now, 50*us, long)
 	}
 	p.spun(now, 5*us, true)
 	for range spinMissLimit - 1 {
-		p.spun(now, 50*us, false)
+		miss(&p, now, 50*us, long)
 	}
 	if got := p.allowance(now); got != 3*5*us+spinMinBudget {
 		t.Fatalf("allowance = %dns: misses broken by a hit must not halve it", got)
@@ -69,10 +78,11 @@ func TestSpinMissesHalveThenRest(t *testing.T) {
 			t.Fatalf("allowance = %dns, want %dns", got, want)
 		}
 		for range spinMissLimit {
-			p.spun(now, want, false)
+			miss(&p, now, want, long)
 		}
 		want /= 2
 	}
+	now += long
 	if got := p.allowance(now); got != 0 {
 		t.Fatalf("allowance after the budget fell below the minimum = %dns, want 0 (rest)", got)
 	}
@@ -84,6 +94,36 @@ func TestSpinMissesHalveThenRest(t *testing.T) {
 	}
 	if p.rests != 1 || p.contentions != 0 {
 		t.Fatalf("rests %d contentions %d, want 1 and 0", p.rests, p.contentions)
+	}
+}
+
+// A miss after which work came within spinNearFactor budgets (a client
+// at depth 1 whose round trip is about the budget) does not count against
+// spinning: a run of them never halves the budget, and it ends a run of
+// real misses as a hit does.
+func TestSpinNearMissesKeepSpinning(t *testing.T) {
+	p := policyAt(1)
+	now := int64(1000 * us)
+	for range 100 * spinMissLimit {
+		miss(&p, now, 50*us, spinNearFactor*50*us)
+		now += 100 * us
+	}
+	if got := p.allowance(now); got != 50*us {
+		t.Fatalf("allowance after near misses = %dns, want the full 50µs", got)
+	}
+	for range 10 {
+		for range spinMissLimit - 1 {
+			miss(&p, now, 50*us, int64(time.Millisecond))
+		}
+		miss(&p, now, 50*us, 10*us)
+	}
+	if got := p.allowance(now); got != 50*us || p.rests != 0 || p.near != 100*spinMissLimit+10 {
+		t.Fatalf("allowance %dns rests %d near %d: near misses must end runs of misses", got, p.rests, p.near)
+	}
+	// Without a wake-up in between, a miss is judged at the next one.
+	p.spun(now, 50*us, false)
+	if p.misses != 0 {
+		t.Fatalf("a miss counted before the loop woke")
 	}
 }
 
