@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"udm/daemon/api"
+	"udm/nbd/wire"
 )
 
 // The built-in demo: a 1 GiB multipath device "demo" whose two paths are
@@ -54,14 +56,40 @@ func (d *Daemon) createDemo() error {
 
 // DemoHelp is what `udm serve` prints about the demo device: how to reach
 // it with fio, qemu-io and nbdinfo. uri is the export's NBD URI and
-// control the control socket (named when it isn't the default).
-func DemoHelp(uri, control string) string {
+// control the control socket (named when it isn't the default). tlsDir,
+// when not empty, is the certificate directory of a server that requires
+// TLS: the commands then use nbds:// URIs with libnbd's tls-certificates
+// parameter (clients look for ca-cert.pem, and client-cert.pem and
+// client-key.pem if the server verifies peers, in that directory), and
+// qemu-io its tls-creds-x509 object.
+func DemoHelp(uri, control, tlsDir string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "udm: serving the demo device %q (1 GiB, multipath over two paths to one file) at %s\n", DemoName, uri)
+	libnbdURI, qemuIO := uri, "qemu-io -f raw -c 'write -P 0x5a 0 1M' -c 'read -P 0x5a 0 1M' "+uri
+	if tlsDir != "" {
+		sep := "?"
+		if strings.Contains(uri, "?") {
+			sep = "&"
+		}
+		libnbdURI = uri + sep + "tls-certificates=" + tlsDir
+		qemuIO = "qemu-io --object tls-creds-x509,id=tls0,endpoint=client,dir=" + tlsDir +
+			" --image-opts -c 'write -P 0x5a 0 1M' -c 'read -P 0x5a 0 1M' " + qemuNBDOpts(uri) + ",tls-creds=tls0"
+	}
+	if strings.ContainsAny(libnbdURI, "?&") {
+		libnbdURI = "'" + libnbdURI + "'" // for the shell
+	}
 	b.WriteString("try:\n")
-	fmt.Fprintf(&b, "  fio --name=demo --ioengine=nbd --uri=%s --rw=randrw --bs=4k --iodepth=16 --size=256m --verify=crc32c --verify_state_save=0\n", uri)
-	fmt.Fprintf(&b, "  qemu-io -f raw -c 'write -P 0x5a 0 1M' -c 'read -P 0x5a 0 1M' %s\n", uri)
-	fmt.Fprintf(&b, "  nbdinfo %s\n", uri)
+	fioURI, fioNote := libnbdURI, ""
+	if tlsDir != "" {
+		// fio's nbd engine does not let a URI name local files.
+		fioURI, fioNote = uri, "  # fio reads the CA from /etc/pki/libnbd (root) or ~/.pki/libnbd"
+		if strings.Contains(uri, "?") {
+			fioURI = "'" + uri + "'"
+		}
+	}
+	fmt.Fprintf(&b, "  fio --name=demo --ioengine=nbd --uri=%s --rw=randrw --bs=4k --iodepth=16 --size=256m --verify=crc32c --verify_state_save=0%s\n", fioURI, fioNote)
+	fmt.Fprintf(&b, "  %s\n", qemuIO)
+	fmt.Fprintf(&b, "  nbdinfo %s\n", libnbdURI)
 	udm := "udm"
 	if control != api.Defaults("").Control {
 		udm = "UDM_SOCKET=" + control + " udm"
@@ -76,14 +104,30 @@ func (d *Daemon) printDemo() {
 		return
 	}
 	a := d.Addrs()
+	scheme, tlsDir := "nbd", ""
+	if d.cfg.TLS == wire.TLSRequire {
+		scheme, tlsDir = "nbds", d.cfg.TLSCertificates
+	}
 	var uri string
 	switch {
 	case a.NBD != "":
-		uri = "nbd://" + a.NBD + "/" + DemoName
+		uri = scheme + "://" + a.NBD + "/" + DemoName
 	case a.NBDUnix != "":
-		uri = "nbd+unix:///" + DemoName + "?socket=" + a.NBDUnix
+		uri = scheme + "+unix:///" + DemoName + "?socket=" + a.NBDUnix
 	default:
 		return
 	}
-	fmt.Fprint(d.cfg.Out, DemoHelp(uri, a.Control))
+	fmt.Fprint(d.cfg.Out, DemoHelp(uri, a.Control, tlsDir))
+}
+
+// qemuNBDOpts is qemu's --image-opts for an nbd:// or nbds:// URI (TCP
+// or Unix) of the demo export.
+func qemuNBDOpts(uri string) string {
+	if i := strings.Index(uri, "?socket="); i >= 0 {
+		return "driver=nbd,server.type=unix,server.path=" + uri[i+len("?socket="):] + ",export=" + DemoName
+	}
+	hostport := strings.TrimPrefix(strings.TrimPrefix(uri, "nbds://"), "nbd://")
+	hostport = strings.TrimSuffix(hostport, "/"+DemoName)
+	host, port, _ := net.SplitHostPort(hostport)
+	return "driver=nbd,server.type=inet,server.host=" + host + ",server.port=" + port + ",export=" + DemoName
 }

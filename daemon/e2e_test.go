@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"udm/internal/testcerts"
 	"udm/internal/testutil"
 )
 
@@ -570,38 +571,7 @@ func TestMakeRun(t *testing.T) {
 		t.Fatalf("the demo's paths are not one 1 GiB file under two names: %v %v", s0, s1)
 	}
 
-	for _, tool := range []string{"fio", "qemu-io", "nbdinfo"} {
-		line := ""
-		for _, l := range strings.Split(out, "\n") {
-			if strings.HasPrefix(strings.TrimSpace(l), tool+" ") {
-				line = strings.TrimSpace(l)
-			}
-		}
-		if line == "" {
-			t.Fatalf("no %s command printed:\n%s", tool, out)
-		}
-		testutil.RequireTool(t, tool)
-		cmd := exec.Command("sh", "-c", line)
-		cmd.Dir = t.TempDir()
-		res, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", line, err, res)
-		}
-		switch tool {
-		case "fio":
-			if !regexp.MustCompile(`err= *0\b`).Match(res) || regexp.MustCompile(`err= *[1-9]`).Match(res) {
-				t.Fatalf("fio:\n%s", res)
-			}
-		case "nbdinfo":
-			if !strings.Contains(string(res), "1073741824") {
-				t.Fatalf("nbdinfo does not report 1 GiB:\n%s", res)
-			}
-		case "qemu-io":
-			if strings.Contains(string(res), "Pattern verification failed") {
-				t.Fatalf("qemu-io:\n%s", res)
-			}
-		}
-	}
+	runDemoCommands(t, out, "fio", "qemu-io", "nbdinfo")
 	if n := scrape(t, u.info.Metrics, `udm_device_errors_total{device="demo"}`); n != 0 {
 		t.Fatalf("%v errors on the demo device", n)
 	}
@@ -694,4 +664,65 @@ func TestServeRefuses(t *testing.T) {
 	if r.code != 2 || !strings.HasPrefix(r.err, "udm: unknown log level") {
 		t.Fatalf("bad log level: %s", r)
 	}
+}
+
+// runDemoCommands runs the fio, qemu-io and nbdinfo commands that udm
+// serve printed about the demo (out), as a user pasting them would, and
+// checks what they report.
+func runDemoCommands(t *testing.T, out string, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		line := ""
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(strings.TrimSpace(l), tool+" ") {
+				line = strings.TrimSpace(l)
+			}
+		}
+		if line == "" {
+			t.Fatalf("no %s command printed:\n%s", tool, out)
+		}
+		testutil.RequireTool(t, tool)
+		cmd := exec.Command("sh", "-c", line)
+		cmd.Dir = t.TempDir()
+		res, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", line, err, res)
+		}
+		switch tool {
+		case "fio":
+			if !regexp.MustCompile(`err= *0\b`).Match(res) || regexp.MustCompile(`err= *[1-9]`).Match(res) {
+				t.Fatalf("fio:\n%s", res)
+			}
+		case "nbdinfo":
+			if !strings.Contains(string(res), "1073741824") {
+				t.Fatalf("nbdinfo does not report 1 GiB:\n%s", res)
+			}
+		case "qemu-io":
+			if strings.Contains(string(res), "Pattern verification failed") {
+				t.Fatalf("qemu-io:\n%s", res)
+			}
+		}
+	}
+}
+
+// TestMakeRunTLS: with --tls require the demo commands udm serve prints
+// use nbds:// and the certificate directory, and they work as printed.
+func TestMakeRunTLS(t *testing.T) {
+	testutil.RequireTool(t, "fio")
+	dirs, err := testcerts.Write(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := startUDM(t, filepath.Join(t.TempDir(), "state"), "--tls", "require", "--tls-certificates", dirs.Server)
+	testutil.Eventually(t, "the demo instructions", func() bool { return strings.Contains(u.stdout.String(), "nbdinfo ") })
+	out := u.stdout.String()
+	if !strings.Contains(out, "at nbds://"+u.info.NBD+"/demo\n") || strings.Contains(out, "nbd://") {
+		t.Fatalf("udm serve --tls require does not print nbds:// URIs:\n%s", out)
+	}
+	if !strings.Contains(out, "fio --name=demo --ioengine=nbd --uri=nbds://"+u.info.NBD+"/demo ") {
+		t.Fatalf("no fio command with the nbds:// URI:\n%s", out)
+	}
+	// fio's nbd engine takes the CA only from libnbd's default
+	// directories, which a test doesn't write: the other two run.
+	runDemoCommands(t, out, "qemu-io", "nbdinfo")
 }
