@@ -99,7 +99,7 @@ func TestCheckerSettings(t *testing.T) {
 	if err := s.Set("polling", "1s"); err == nil {
 		t.Fatal("unknown setting accepted")
 	}
-	for _, bad := range []CheckerSettings{{PollingInterval: "5"}, {NoPathRetry: "sometimes"}, {Failback: "later"}, {IODeadline: "x"},
+	for _, bad := range []CheckerSettings{{PollingInterval: "5"}, {NoPathRetry: "sometimes"}, {Failback: "later"}, {IODeadline: "x"}, {IODeadline: "1ms"}, {IODeadline: "49ms"}, {IODeadline: "25h"},
 		{PollingInterval: "1us"}, {PollingInterval: "-1s"}, {PollingInterval: "0s"}, {MaxPollingInterval: "-5s"}, {CheckTimeout: "1ns"},
 		{CheckTimeout: "-1s"}, {PollingInterval: "48h"}} {
 		if _, err := bad.MapConfig(); err == nil {

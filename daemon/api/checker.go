@@ -1,7 +1,6 @@
 package api
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -56,9 +55,11 @@ func (s CheckerSettings) MapConfig() (multipath.MapConfig, error) {
 		if v == "" {
 			return 0, nil
 		}
+		// Deadlines are enforced by a sweep every 10 ms: a shorter one
+		// than the checker's minimum would fail healthy paths at random.
 		d, err := time.ParseDuration(v)
-		if err != nil {
-			return 0, errors.New("want a duration such as 2s or 500ms, or -1s for none")
+		if err != nil || (d > 0 && d < multipath.MinCheckerDuration) || d > multipath.MaxCheckerDuration {
+			return 0, fmt.Errorf("want a duration from %v to 24h such as 2s or 500ms, or -1s for none", multipath.MinCheckerDuration)
 		}
 		return d, nil
 	}
