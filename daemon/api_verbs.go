@@ -327,7 +327,7 @@ func delPath(s *multipath.Spec, path string) error {
 func samePath(a, b string) bool { return a == b || filepath.Clean(a) == filepath.Clean(b) }
 
 // resizeMap is multipathd's resize map: the map takes the size of its
-// smallest path.
+// smallest path, as the path reports it now.
 func (d *Daemon) resizeMap(ctx context.Context, name string) (api.DeviceInfo, error) {
 	line, spec, err := d.mapSpec(name)
 	if err != nil {
@@ -342,7 +342,15 @@ func (d *Daemon) resizeMap(ctx context.Context, name string) (api.DeviceInfo, er
 		if _, absent := t.PathDevice(i).(*absentPath); absent {
 			continue // stands in with the map's size
 		}
-		if s := t.PathDevice(i).Size(); size < 0 || s < size {
+		pd := t.PathDevice(i)
+		if r, ok := pd.(interface{ Refresh() (int64, error) }); ok {
+			// The backing may have been grown underneath since it was
+			// opened: take its size now, as multipathd re-reads sysfs.
+			if _, err := r.Refresh(); err != nil {
+				return api.DeviceInfo{}, &apiErr{status: http.StatusConflict, errno: syscall.EIO, msg: fmt.Sprintf("map %q: path %s: %v", clip(name), clip(pd.Name()), err)}
+			}
+		}
+		if s := pd.Size(); size < 0 || s < size {
 			size = s
 		}
 	}

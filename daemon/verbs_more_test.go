@@ -115,7 +115,8 @@ func TestRemoveAll(t *testing.T) {
 	u.ok("remove_all")
 }
 
-// TestMapEdits: add path, del path, switch group, resize map and
+// TestMapEdits: add path, del path, switch group, resize map (also after
+// the backing grew underneath) and
 // disable/restore queueing change a multipath map while a client writes
 // and reads it back, without an I/O error, and each change is saved.
 func TestMapEdits(t *testing.T) {
@@ -204,6 +205,13 @@ func TestMapEdits(t *testing.T) {
 	if r := u.udm("resize", "map", "nope"); r.code != 1 || r.err != "udm: device \"nope\" not found\n" {
 		t.Fatalf("resize of no map: %s", r)
 	}
+	// The backing grown underneath (an extended LUN or volume): resize
+	// map reads each path's size again and takes the new one.
+	if err := os.Truncate(a, 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	u.ok("resize", "map", "mp")
+	table("0 32768 multipath 1 queue_if_no_path 0 1 1 round-robin 0 1 1 " + c + " 1 \n")
 	n := rounds.Load()
 	eventually(t, "more I/O after the edits", func() bool { return rounds.Load() > n+2 || ioErr.Load() != nil })
 	stop.Store(true)
@@ -213,5 +221,5 @@ func TestMapEdits(t *testing.T) {
 	}
 	u.stop()
 	u.restart()
-	table("0 16384 multipath 1 queue_if_no_path 0 1 1 round-robin 0 1 1 " + c + " 1 \n")
+	table("0 32768 multipath 1 queue_if_no_path 0 1 1 round-robin 0 1 1 " + c + " 1 \n")
 }

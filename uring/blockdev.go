@@ -121,8 +121,23 @@ func (f *BlockFile) probe() error {
 	return nil
 }
 
-// Refresh re-reads the size (after a resize).
-func (f *BlockFile) Refresh() error { return f.probe() }
+// CurrentSize reads the file's or device's size now (it may have grown or
+// shrunk since the open); f itself is not changed, so that readers of
+// f.Size on other threads see no write.
+func (f *BlockFile) CurrentSize() (int64, error) {
+	if f.IsBlock {
+		sz, err := unix.IoctlGetUint64(f.Fd, unix.BLKGETSIZE64)
+		if err != nil {
+			return 0, fmt.Errorf("uring: %s: BLKGETSIZE64: %w", f.Path, err)
+		}
+		return int64(sz), nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(f.Fd, &st); err != nil {
+		return 0, fmt.Errorf("uring: %s: stat: %w", f.Path, err)
+	}
+	return st.Size, nil
+}
 
 // Close closes the file.
 func (f *BlockFile) Close() error {

@@ -93,6 +93,7 @@ func (m Mode) String() string {
 type Device struct {
 	name     string
 	f        *uring.BlockFile
+	size     atomic.Int64 // bytes: f.Size at the open, then what Refresh found
 	deadline atomic.Int64 // time.Duration; 0: none
 	gone     atomic.Bool
 	ports    [MaxLoops]atomic.Pointer[port]
@@ -119,6 +120,7 @@ func Open(path string, opt Options) (*Device, error) {
 		return nil, fmt.Errorf("filedev: %s: size %d is not a multiple of %d bytes", path, sz, dm.SectorSize)
 	}
 	d := &Device{name: path, f: f, fallback: opt.Fallback}
+	d.size.Store(f.Size)
 	switch opt.Mode {
 	case ModeInline:
 		d.inline = true
@@ -168,12 +170,30 @@ func OpenerWith(opt Options) dm.Opener {
 }
 
 func (d *Device) Name() string   { return d.name }
-func (d *Device) Size() int64    { return d.f.Size }
+func (d *Device) Size() int64    { return d.size.Load() }
 func (d *Device) BlockSize() int { return max(d.f.LBS, dm.SectorSize) }
 func (d *Device) ReadOnly() bool { return d.f.ReadOnly }
 
 // File exposes the opened file.
 func (d *Device) File() *uring.BlockFile { return d.f }
+
+// Refresh reads the backing's size again, after it was grown or shrunk
+// underneath (truncate, lvextend, a resized LUN), and returns it. A size
+// that is not a whole number of sectors is refused and the old size kept.
+// I/O beyond the new size fails from now on; I/O within it is not
+// disturbed. Tables that use the device keep their lengths until they are
+// reloaded (resize map does that for a multipath map).
+func (d *Device) Refresh() (int64, error) {
+	sz, err := d.f.CurrentSize()
+	if err != nil {
+		return d.Size(), err
+	}
+	if sz%dm.SectorSize != 0 {
+		return d.Size(), fmt.Errorf("filedev: %s: size %d is not a multiple of %d bytes", d.name, sz, dm.SectorSize)
+	}
+	d.size.Store(sz)
+	return sz, nil
+}
 
 // IOStats sums the device's I/O counters over the loops that drive it
 // (the I/O that reached the file; clones refused before, such as writes
@@ -303,7 +323,7 @@ func (d *Device) Check(ctx context.Context, timeout time.Duration) error {
 		if res < 0 {
 			return fmt.Errorf("filedev: check %s: %w", d.name, uring.Errno(res))
 		}
-		if int(res) != d.BlockSize() && d.f.Size >= int64(d.BlockSize()) {
+		if int(res) != d.BlockSize() && d.Size() >= int64(d.BlockSize()) {
 			return fmt.Errorf("filedev: check %s: short read of %d bytes", d.name, res)
 		}
 		return nil
@@ -446,7 +466,7 @@ func (p *port) submit(c *dm.Clone) {
 	d := p.d
 	off := int64(c.Sector) << dm.SectorShift
 	n := int64(c.Len)
-	if c.Op != dm.OpFlush && (off < 0 || off+n > d.f.Size) {
+	if c.Op != dm.OpFlush && (off < 0 || off+n > d.size.Load()) {
 		c.End(syscall.EIO)
 		return
 	}

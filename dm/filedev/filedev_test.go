@@ -363,3 +363,38 @@ func TestModeAuto(t *testing.T) {
 		}
 	}
 }
+
+// TestRefreshTakesTheGrownSize: a backing file grown underneath serves
+// the new range only after Refresh, and a size that is not a whole
+// number of sectors is refused with the old size kept.
+func TestRefreshTakesTheGrownSize(t *testing.T) {
+	l := newLoop(t, 0)
+	p := testutil.TempFile(t, 1<<20)
+	d := mustOpen(t, p, Options{})
+	beyond := uint64(1 << 20 / 512)
+	if _, err := ioOn(t, l, submitter{d}, dm.OpWrite, beyond, make([]byte, 4096), 0); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("write past the end before the refresh: %v", err)
+	}
+	if err := os.Truncate(p, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if d.Size() != 1<<20 {
+		t.Fatalf("size %d before the refresh", d.Size())
+	}
+	if sz, err := d.Refresh(); err != nil || sz != 2<<20 || d.Size() != 2<<20 {
+		t.Fatalf("refresh: %d, %v (size %d)", sz, err, d.Size())
+	}
+	data := bytes.Repeat([]byte{0x5a}, 4096)
+	if _, err := ioOn(t, l, submitter{d}, dm.OpWrite, beyond, data, 0); err != nil {
+		t.Fatalf("write in the grown range: %v", err)
+	}
+	if got, err := ioOn(t, l, submitter{d}, dm.OpRead, beyond, make([]byte, 4096), 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back in the grown range: %v", err)
+	}
+	if err := os.Truncate(p, 2<<20+100); err != nil {
+		t.Fatal(err)
+	}
+	if sz, err := d.Refresh(); err == nil || sz != 2<<20 || d.Size() != 2<<20 {
+		t.Fatalf("refresh to a partial sector: %d, %v (size %d)", sz, err, d.Size())
+	}
+}
