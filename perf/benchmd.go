@@ -37,7 +37,7 @@ func EvaluateTargets(r *Report) []Check {
 		cs = append(cs, Check{Target: target, Missing: true, Detail: what + " not measured"})
 	}
 	for _, w := range r.Workloads {
-		if w.Name == Ext4Workload.Name {
+		if w.Name == Ext4Workload.Name || w.Name == TarWorkload.Name {
 			target := "real stack: udm IOPS ≥ nbdkit's, " + w.Name
 			u, nk := med(r, w.Name, CUdmExt4), med(r, w.Name, CNbdkitExt4)
 			if u == nil || nk == nil {
@@ -164,6 +164,9 @@ func WriteBenchmarks(r *Report, mdPath, dir, plotDir, command string) error {
 			}
 			ss = append(ss, Series{Name: r.Contenders[i], Points: m.Lat.Percentiles, Dashed: !strings.HasPrefix(r.Contenders[i], "udm")})
 		}
+		if len(ss) == 0 {
+			continue // no latencies (the tar row): no picture
+		}
 		f, err := os.Create(filepath.Join(plotDir, w.Name+".svg"))
 		if err != nil {
 			return err
@@ -242,7 +245,7 @@ func writeBenchmarksMD(w io.Writer, r *Report, svgDir, command string) {
 	for _, wl := range r.Workloads {
 		marker := fmt.Sprintf("\n### %s —", wl.Name)
 		next := strings.Index(out, marker)
-		if next < 0 {
+		if next < 0 || !hasLatencies(r, wl.Name) {
 			continue
 		}
 		end := strings.Index(out[next+len(marker):], "\n### ")
@@ -255,4 +258,15 @@ func writeBenchmarksMD(w io.Writer, r *Report, svgDir, command string) {
 		}
 	}
 	io.WriteString(w, out)
+}
+
+// hasLatencies reports whether any contender measured latencies on the
+// workload (the tar row measures none, and has no picture).
+func hasLatencies(r *Report, wl string) bool {
+	for _, m := range r.Median[wl] {
+		if m != nil && len(m.Lat.Percentiles) > 0 {
+			return true
+		}
+	}
+	return false
 }

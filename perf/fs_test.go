@@ -11,8 +11,9 @@ import (
 	"udm/internal/testutil"
 )
 
-// FsContender runs fio on a fresh ext4 on an NBD export (nbdfuse and a
-// loop device) and reports the server's CPU per I/O; it leaves no mount,
+// FsContender runs fio, and a tar extract and sync, on a fresh ext4 on an
+// NBD export (nbdfuse and a loop device) and reports the server's CPU per
+// I/O; it leaves no mount,
 // loop device or nbdfuse behind.
 func TestFsContenderOnNbdkit(t *testing.T) {
 	if testing.Short() {
@@ -30,8 +31,8 @@ func TestFsContenderOnNbdkit(t *testing.T) {
 	}
 	defer srv.Stop()
 	c := FsContender(CNbdkitExt4, "nbd+unix:///?socket="+sock, dir, srv)
-	if !c.runs(ext4Workload()) || c.runs(FullWorkloads[0]) {
-		t.Fatalf("the ext4 contender must run the ext4 workload only")
+	if !c.runs(ext4Workload()) || !c.runs(tarWorkload()) || c.runs(FullWorkloads[0]) {
+		t.Fatalf("the ext4 contender must run the ext4 workloads only")
 	}
 	w := ext4Workload()
 	w.Depth = 4
@@ -41,6 +42,13 @@ func TestFsContenderOnNbdkit(t *testing.T) {
 	}
 	if res.Ops == 0 || res.Writes != res.Ops || res.ServerCPUPerIO <= 0 {
 		t.Fatalf("result %+v: want writes only, and the server's CPU per I/O", res)
+	}
+	tr, err := c.Run(context.Background(), tarWorkload(), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr.Ops != srcFiles || tr.MBps <= 0 || tr.ServerCPUPerIO <= 0 {
+		t.Fatalf("tar result %+v: want %d files and the server's CPU per file", tr, srcFiles)
 	}
 	if out, _ := runCmd(context.Background(), "losetup", "-a"); strings.Contains(string(out), dir) {
 		t.Fatalf("loop devices left: %s", out)

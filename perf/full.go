@@ -23,11 +23,17 @@ var FullWorkloads = []Workload{
 	sharedWorkload("randread", 1), sharedWorkload("randread", 32),
 	sharedWorkload("randwrite", 1), sharedWorkload("randwrite", 32),
 	// The real stack (root, FUSE and nbdfuse): ext4 on the export.
-	ext4Workload(),
+	ext4Workload(), tarWorkload(),
 }
 
 func ext4Workload() Workload {
 	w := Ext4Workload
+	w.For = []string{CUdmExt4, CNbdkitExt4}
+	return w
+}
+
+func tarWorkload() Workload {
+	w := TarWorkload
 	w.For = []string{CUdmExt4, CNbdkitExt4}
 	return w
 }

@@ -47,3 +47,27 @@ func TestWriteTableAligned(t *testing.T) {
 		}
 	}
 }
+
+// TestMarkdownTarRowHasNoLatencies: the tar row's table names what it
+// measures, shows "–" for the latencies it has none of (not 0.0 and a
+// NaN ratio) and lists its repetitions.
+func TestMarkdownTarRowHasNoLatencies(t *testing.T) {
+	w := tarWorkload()
+	r := &Report{Reps: 2, Workloads: []Workload{w}, Contenders: []string{CUdmExt4, CNbdkitExt4},
+		Runs: map[string][][]*Result{w.Name: {
+			{{Engine: CUdmExt4, IOPS: 7000}, {Engine: CUdmExt4, IOPS: 8000}},
+			{{Engine: CNbdkitExt4, IOPS: 6000}, {Engine: CNbdkitExt4, IOPS: 6100}}}},
+		Median: map[string][]*Result{w.Name: {{Engine: CUdmExt4, IOPS: 7500, MBps: 90}, {Engine: CNbdkitExt4, IOPS: 6050, MBps: 72}}},
+	}
+	var b bytes.Buffer
+	r.Markdown(&b, []Ratio{{Label: "nbdkit", Ref: RefByName(r.Contenders, CNbdkitExt4)}})
+	md := b.String()
+	for _, want := range []string{"source tree, then sync", "| " + CUdmExt4 + " | 7500 | 90.0 | – | – | – |", " 1.24 | – |", "- " + CUdmExt4 + ": 7000, 8000; 0.93"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("no %q in\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "NaN") || hasLatencies(r, w.Name) {
+		t.Errorf("NaN or latencies in\n%s", md)
+	}
+}
