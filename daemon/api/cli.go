@@ -160,18 +160,9 @@ func FormatInfo(i DeviceInfo) string {
 	if i.DeferredRemove {
 		state += " (DEFERRED REMOVE)"
 	}
-	tables := "None"
-	switch {
-	case i.Live && i.Inactive:
-		tables = "LIVE & INACTIVE"
-	case i.Live:
-		tables = "LIVE"
-	case i.Inactive:
-		tables = "INACTIVE"
-	}
 	fmt.Fprintf(&b, "Name:              %s\n", i.Name)
 	fmt.Fprintf(&b, "State:             %s\n", state)
-	fmt.Fprintf(&b, "Tables present:    %s\n", tables)
+	fmt.Fprintf(&b, "Tables present:    %s\n", tablesPresent(i))
 	fmt.Fprintf(&b, "Open count:        %d\n", i.OpenCount)
 	fmt.Fprintf(&b, "Event number:      %d\n", i.EventNr)
 	fmt.Fprintf(&b, "Number of targets: %d\n", i.Targets)
@@ -276,23 +267,9 @@ func (c CLI) ReinstatePath(ctx context.Context, dev string) error {
 // Checker prints a device's checker settings, after changing those given
 // as KEY=VALUE.
 func (c CLI) Checker(ctx context.Context, name string, set []string) error {
-	s, err := c.C.Checker(ctx, name)
+	s, err := c.setChecker(ctx, name, set)
 	if err != nil {
 		return err
-	}
-	if len(set) > 0 {
-		for _, kv := range set {
-			k, v, ok := strings.Cut(kv, "=")
-			if !ok {
-				return fmt.Errorf("checker: want KEY=VALUE, got %q", kv)
-			}
-			if err := s.Set(k, v); err != nil {
-				return err
-			}
-		}
-		if err := c.C.SetChecker(ctx, name, s); err != nil {
-			return err
-		}
 	}
 	show := func(k, v, def string) {
 		if v == "" {
@@ -307,4 +284,23 @@ func (c CLI) Checker(ctx context.Context, name string, set []string) error {
 	show("failback", s.Failback, "manual (default)")
 	show("io_deadline", s.IODeadline, "2s (default)")
 	return nil
+}
+
+// setChecker returns a device's checker settings after changing those
+// given as KEY=VALUE (none: it only reads them).
+func (c CLI) setChecker(ctx context.Context, name string, set []string) (CheckerSettings, error) {
+	s, err := c.C.Checker(ctx, name)
+	if err != nil || len(set) == 0 {
+		return s, err
+	}
+	for _, kv := range set {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return s, fmt.Errorf("checker: want KEY=VALUE, got %q", kv)
+		}
+		if err := s.Set(k, v); err != nil {
+			return s, err
+		}
+	}
+	return s, c.C.SetChecker(ctx, name, s)
 }

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"udm/dm"
 	"udm/multipath"
 )
 
@@ -214,15 +215,7 @@ func Attr(i DeviceInfo) string {
 }
 
 func tablesPresent(i DeviceInfo) string {
-	switch {
-	case i.Live && i.Inactive:
-		return "LIVE & INACTIVE"
-	case i.Live:
-		return "LIVE"
-	case i.Inactive:
-		return "INACTIVE"
-	}
-	return "None"
+	return dm.Info{Live: i.Live, Inactive: i.Inactive}.TablesPresent()
 }
 
 // InfoFieldsHelp lists info -c's fields (-o help).
@@ -277,12 +270,7 @@ func (c CLI) InfoColumns(ctx context.Context, names []string, o ColumnOpts) erro
 		}
 		return nil
 	}
-	width := make([]int, len(fields))
-	for _, r := range rows {
-		for i, v := range r {
-			width[i] = max(width[i], len(v))
-		}
-	}
+	width := columnWidths(rows)
 	for _, r := range rows {
 		var b strings.Builder
 		for i, v := range r {
@@ -459,12 +447,7 @@ func writeFormat[T any](c CLI, format string, wcs []wildcard[T], items []T) erro
 		}
 		rows = append(rows, r)
 	}
-	width := make([]int, len(head))
-	for _, r := range rows {
-		for i, v := range r {
-			width[i] = max(width[i], len(v))
-		}
-	}
+	width := columnWidths(rows)
 	for _, r := range rows {
 		var b strings.Builder
 		k := 0
@@ -484,23 +467,9 @@ func writeFormat[T any](c CLI, format string, wcs []wildcard[T], items []T) erro
 // CheckerJSON prints a device's checker settings (after setting those
 // given as KEY=VALUE) as JSON.
 func (c CLI) CheckerJSON(ctx context.Context, name string, set []string) error {
-	s, err := c.C.Checker(ctx, name)
+	s, err := c.setChecker(ctx, name, set)
 	if err != nil {
 		return err
-	}
-	if len(set) > 0 {
-		for _, kv := range set {
-			k, v, ok := strings.Cut(kv, "=")
-			if !ok {
-				return fmt.Errorf("checker: want KEY=VALUE, got %q", kv)
-			}
-			if err := s.Set(k, v); err != nil {
-				return err
-			}
-		}
-		if err := c.C.SetChecker(ctx, name, s); err != nil {
-			return err
-		}
 	}
 	return c.JSON(s)
 }
@@ -716,4 +685,18 @@ func (c CLI) DaemonVersion(ctx context.Context) string {
 		v = "(unknown)"
 	}
 	return fmt.Sprintf("udm %s, api %s, pid %d, on %s", v, strings.TrimPrefix(APIVersion, "/"), i.PID, c.C.Socket())
+}
+
+// columnWidths returns the widest value of each column of rows.
+func columnWidths(rows [][]string) []int {
+	var width []int
+	for _, r := range rows {
+		for i, v := range r {
+			if i == len(width) {
+				width = append(width, 0)
+			}
+			width[i] = max(width[i], len(v))
+		}
+	}
+	return width
 }
