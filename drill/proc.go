@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"syscall"
 	"time"
 
 	"udm/daemon/api"
+	"udm/internal/child"
 )
 
 // proc is a process the drill started: a daemon, a remote server, fio.
@@ -36,7 +36,7 @@ func startProc(name, logPath string, argv []string) (*proc, error) {
 	p.cmd.Stdout, p.cmd.Stderr = lf, lf
 	p.cmd.Env = append(os.Environ(), api.Env+"=/nonexistent/udm-drill.sock")
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := startLocked(p.cmd, func(err error) {
+	if err := child.StartLocked(p.cmd, func(err error) {
 		p.err = err
 		lf.Close()
 		close(p.done)
@@ -45,27 +45,6 @@ func startProc(name, logPath string, argv []string) (*proc, error) {
 		return nil, fmt.Errorf("drill: start %s: %w", name, err)
 	}
 	return p, nil
-}
-
-// startLocked starts cmd and calls done with its Wait's result. The
-// child gets Pdeathsig when the OS thread that forked it exits, not the
-// process — and Go ends a thread whose goroutine exits locked to it (the
-// uring loops of a perf run do, when the run ends). So the fork and the
-// wait run on a thread locked for the child's whole life: the child dies
-// with the drill, never with one of its loops.
-func startLocked(cmd *exec.Cmd, done func(error)) error {
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		done(cmd.Wait())
-	}()
-	return <-started
 }
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 
+	"udm/internal/child"
 	"udm/perf"
 )
 
@@ -152,7 +153,7 @@ func startFio(ctx context.Context, uri, dir string, w Workload) (*fioRunner, err
 	// One process (--thread) in a group of its own: a kill ends it all.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	// Our own pipes (not StdoutPipe): Wait runs as soon as fio exits
-	// (startLocked), and must not close them before they are read out.
+	// (child.StartLocked), and must not close them before they are read out.
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -165,7 +166,7 @@ func startFio(ctx context.Context, uri, dir string, w Workload) (*fioRunner, err
 	}
 	cmd.Stdout, cmd.Stderr = outW, errW
 	waited := make(chan struct{})
-	err = startLocked(cmd, func(err error) {
+	err = child.StartLocked(cmd, func(err error) {
 		f.err = err
 		close(waited)
 	})

@@ -9,12 +9,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"udm/internal/child"
 )
 
 // proc is the `udm serve` under test. Its stdout and stderr go to a log
@@ -78,23 +79,12 @@ func (p *proc) startOnce(ctx context.Context, loops int, deadline time.Time) err
 	p.done = make(chan struct{})
 	done := p.done
 	cmd := p.cmd
-	started := make(chan error, 1)
-	// The child gets Pdeathsig when the thread that forked it exits: fork
-	// and wait on a thread locked for the child's life.
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		werr := cmd.Wait()
+	// The child gets Pdeathsig: it dies with the test.
+	if err := child.StartLocked(cmd, func(werr error) {
 		lf.Close()
 		p.err = werr
 		close(done)
-	}()
-	if err := <-started; err != nil {
+	}); err != nil {
 		lf.Close()
 		return err
 	}
