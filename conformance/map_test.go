@@ -4,10 +4,10 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"testing"
 
 	"udm/daemon"
+	"udm/internal/refserver"
 	"udm/internal/testutil"
 )
 
@@ -38,13 +38,11 @@ h.shutdown()
 	}
 	file := filepath.Join(dir, "udm", "state", "demo-path0.img")
 	u.create(t, "lin", fmt.Sprintf("0 %d linear %s 0", daemon.DemoSize>>9, file), false)
-	port := freePort(t)
-	exited, log := startProc(t, "nbdkit", "-f", "-r", "-i", "127.0.0.1", "-p", strconv.Itoa(port), "file", file)
-	waitListening(t, "127.0.0.1:"+strconv.Itoa(port), exited, log)
+	kit := refserver.Nbdkit(t, false, "-r", "file", file)
 
 	maps := map[string]string{}
 	for name, uri := range map[string]string{"multipath": demoURI, "linear": "nbd://" + u.nbd + "/lin",
-		"nbdkit": "nbd://127.0.0.1:" + strconv.Itoa(port)} {
+		"nbdkit": kit.URI} {
 		out, err := exec.Command("nbdinfo", "--map", uri).CombinedOutput()
 		if err != nil {
 			t.Fatalf("nbdinfo --map %s: %v\n%s", uri, err, out)

@@ -1,7 +1,6 @@
 package conformance
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -12,12 +11,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"udm/daemon/api"
+	"udm/internal/refserver"
 	"udm/internal/testutil"
 )
 
@@ -82,59 +81,25 @@ func backings(t *testing.T, dir string) (disk, ro string) {
 	return disk, ro
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // waitListening polls addr until it accepts a connection.
 func waitListening(t *testing.T, addr string, exited <-chan struct{}, log func() string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testutil.Eventually(t, "a server listening on "+addr, func() bool {
+		if testutil.Closed(exited) {
+			t.Fatalf("server for %s exited:\n%s", addr, log())
+		}
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
-			return
 		}
-		select {
-		case <-exited:
-			t.Fatalf("server for %s exited:\n%s", addr, log())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nothing listens on %s: %v\n%s", addr, err, log())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+		return err == nil
+	})
 }
 
 // startProc runs argv until the test ends.
 func startProc(t *testing.T, argv ...string) (exited <-chan struct{}, log func() string) {
 	t.Helper()
-	out := &syncBuf{}
+	out := &testutil.SyncBuffer{}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -159,7 +124,6 @@ func startProc(t *testing.T, argv ...string) (exited <-chan struct{}, log func()
 // process each (the read-only one with -r), exports named by file.
 func startNbdkit(t *testing.T, dir string) *server {
 	t.Helper()
-	testutil.RequireTool(t, "nbdkit")
 	backings(t, dir)
 	s := &server{name: "nbdkit", dir: dir}
 	var logs []func() string
@@ -175,15 +139,13 @@ func startNbdkit(t *testing.T, dir string) *server {
 		if err := os.Rename(filepath.Join(dir, e.file), filepath.Join(sub, e.file)); err != nil {
 			t.Fatal(err)
 		}
-		port := freePort(t)
-		argv := []string{"nbdkit", "-f", "-i", "127.0.0.1", "-p", strconv.Itoa(port)}
+		var args []string
 		if e.ro {
-			argv = append(argv, "-r")
+			args = append(args, "-r")
 		}
-		exited, log := startProc(t, append(argv, "file", "dir="+sub)...)
-		logs = append(logs, log)
-		waitListening(t, fmt.Sprintf("127.0.0.1:%d", port), exited, log)
-		*e.ep = endpoint{"127.0.0.1", port}
+		srv := refserver.Nbdkit(t, false, append(args, "file", "dir="+sub)...)
+		logs = append(logs, srv.Log)
+		*e.ep = endpoint{"127.0.0.1", srv.Port}
 	}
 	s.log = func() string { return logs[0]() + logs[1]() }
 	return s
@@ -197,7 +159,7 @@ func startNbdServer(t *testing.T, dir string) *server {
 	t.Helper()
 	testutil.RequireTool(t, "nbd-server")
 	disk, ro := backings(t, dir)
-	port := freePort(t)
+	port := refserver.FreePort(t)
 	conf := filepath.Join(dir, "nbd-server.conf")
 	pidFile := filepath.Join(dir, "nbd-server.pid")
 	logFile := filepath.Join(dir, "nbd-server.log")
@@ -245,9 +207,8 @@ func startNbdServer(t *testing.T, dir string) *server {
 		// serving connections.
 		syscall.Kill(-pid, syscall.SIGTERM)
 		syscall.Kill(pid, syscall.SIGTERM)
-		for i := 0; i < 500 && syscall.Kill(pid, 0) == nil; i++ {
-			time.Sleep(10 * time.Millisecond)
-		}
+		// Killed after Patience if it does not end.
+		testutil.Poll(func() bool { return syscall.Kill(pid, 0) != nil })
 		syscall.Kill(-pid, syscall.SIGKILL)
 	})
 	never := make(chan struct{})
@@ -293,24 +254,15 @@ func startUDMDemo(t *testing.T, dir string, demo bool, extra ...string) *udmd {
 	})
 	ctl := api.NewClient(sock)
 	var info api.DaemonInfo
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		info, err = ctl.Daemon(ctx)
-		cancel()
-		if err == nil {
-			break
-		}
-		select {
-		case <-exited:
+	testutil.Eventually(t, "udm serve to answer on "+sock, func() bool {
+		if testutil.Closed(exited) {
 			t.Fatalf("udm serve exited:\n%s", log())
-		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("udm serve did not answer: %v\n%s", err, log())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		info, err = ctl.Daemon(ctx)
+		return err == nil
+	})
 	u := &udmd{server: &server{name: "udm", dir: dir, log: log}, ctl: ctl, nbd: info.NBD}
 	u.create(t, "disk", fmt.Sprintf("0 %d linear %s 0", diskSize>>9, disk), false)
 	u.create(t, "ro", fmt.Sprintf("0 %d linear %s 0", roSize>>9, ro), true)

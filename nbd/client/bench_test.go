@@ -1,12 +1,15 @@
 package client
 
-import "testing"
+import (
+	"testing"
+	"udm/internal/refserver"
+)
 
 // BenchmarkClientReadWrite4K measures a synchronous 4 KiB write and read
 // against nbdkit's memory plugin over a unix socket.
 func BenchmarkClientReadWrite4K(b *testing.B) {
-	srv := ctNbdkit(b, true, "memory", "64M")
-	c := ctDial(b, srv.uri, Options{})
+	srv := refserver.Nbdkit(b, true, "memory", "64M")
+	c := ctDial(b, srv.URI, Options{})
 	ctx := ctCtx(b)
 	buf := make([]byte, 4096)
 	b.ReportAllocs()

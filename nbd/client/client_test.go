@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"udm/internal/refserver"
 	"udm/internal/testutil"
 	"udm/nbd/wire"
 )
@@ -19,18 +20,18 @@ import (
 // ctServerKind names a way to serve a 64 MiB scratch export.
 type ctServerKind struct {
 	name  string
-	start func(t *testing.T) *ctServer
+	start func(t *testing.T) *refserver.Server
 }
 
 // ctServers are the servers and transports every interop test runs
 // against.
 // ctEachServer runs test against each of ctServers, with a client
 // dialled to it.
-func ctEachServer(t *testing.T, test func(t *testing.T, srv *ctServer, c *Client)) {
+func ctEachServer(t *testing.T, test func(t *testing.T, srv *refserver.Server, c *Client)) {
 	for _, k := range ctServers() {
 		t.Run(k.name, func(t *testing.T) {
 			srv := k.start(t)
-			test(t, srv, ctDial(t, srv.uri, Options{}))
+			test(t, srv, ctDial(t, srv.URI, Options{}))
 		})
 	}
 }
@@ -38,15 +39,15 @@ func ctEachServer(t *testing.T, test func(t *testing.T, srv *ctServer, c *Client
 func ctServers() []ctServerKind {
 	const size = 64 << 20
 	return []ctServerKind{
-		{"nbdkit-memory-unix", func(t *testing.T) *ctServer { return ctNbdkit(t, true, "memory", "64M") }},
-		{"nbdkit-file-tcp", func(t *testing.T) *ctServer {
-			return ctNbdkit(t, false, "file", testutil.TempFile(t, size))
+		{"nbdkit-memory-unix", func(t *testing.T) *refserver.Server { return refserver.Nbdkit(t, true, "memory", "64M") }},
+		{"nbdkit-file-tcp", func(t *testing.T) *refserver.Server {
+			return refserver.Nbdkit(t, false, "file", testutil.TempFile(t, size))
 		}},
-		{"qemu-nbd-unix", func(t *testing.T) *ctServer {
-			return ctQemuNBD(t, true, testutil.TempFile(t, size), "--discard=unmap")
+		{"qemu-nbd-unix", func(t *testing.T) *refserver.Server {
+			return refserver.QemuNBD(t, true, testutil.TempFile(t, size), "--discard=unmap")
 		}},
-		{"qemu-nbd-tcp", func(t *testing.T) *ctServer {
-			return ctQemuNBD(t, false, testutil.TempFile(t, size), "--discard=unmap")
+		{"qemu-nbd-tcp", func(t *testing.T) *refserver.Server {
+			return refserver.QemuNBD(t, false, testutil.TempFile(t, size), "--discard=unmap")
 		}},
 	}
 }
@@ -62,9 +63,9 @@ func ctSeed(t *testing.T) uint64 {
 }
 
 func TestClientHandshakeMatchesNbdinfo(t *testing.T) {
-	ctEachServer(t, func(t *testing.T, srv *ctServer, c *Client) {
+	ctEachServer(t, func(t *testing.T, srv *refserver.Server, c *Client) {
 		info := c.Info()
-		want := ctNbdinfo(t, srv.uri)
+		want := refserver.Nbdinfo(t, srv.URI)
 		num := func(key string) int64 { v, _ := want[key].(float64); return int64(v) }
 		flag := func(key string) bool { v, _ := want[key].(bool); return v }
 		if info.Size != num("export-size") {
@@ -97,7 +98,7 @@ func TestClientHandshakeMatchesNbdinfo(t *testing.T) {
 		if !info.FixedNewstyle || !info.Go {
 			t.Errorf("fixed newstyle %v, NBD_OPT_GO %v: want both", info.FixedNewstyle, info.Go)
 		}
-		if c.Name() != srv.uri || c.Size() != info.Size || c.ReadOnly() {
+		if c.Name() != srv.URI || c.Size() != info.Size || c.ReadOnly() {
 			t.Errorf("device view: name %q size %d ro %v", c.Name(), c.Size(), c.ReadOnly())
 		}
 	})
@@ -150,7 +151,7 @@ func ctRoundTrips(t *testing.T, c *Client, rng *rand.Rand, n int, maxLen int) {
 
 func TestClientRoundTrips(t *testing.T) {
 	seed := ctSeed(t)
-	ctEachServer(t, func(t *testing.T, _ *ctServer, c *Client) {
+	ctEachServer(t, func(t *testing.T, _ *refserver.Server, c *Client) {
 		ctRoundTrips(t, c, rand.New(rand.NewPCG(seed, 1)), 60, 256<<10)
 		if err := c.Flush(ctCtx(t)); err != nil {
 			t.Fatalf("flush: %v", err)
@@ -176,7 +177,7 @@ func ctAllBytes(b []byte, v byte) bool {
 }
 
 func TestClientTrimZeroesFlush(t *testing.T) {
-	ctEachServer(t, func(t *testing.T, srv *ctServer, c *Client) {
+	ctEachServer(t, func(t *testing.T, srv *refserver.Server, c *Client) {
 		ctx := ctCtx(t)
 		buf := make([]byte, 1<<20)
 		for i, tc := range []struct {
@@ -215,7 +216,7 @@ func TestClientTrimZeroesFlush(t *testing.T) {
 		if err := c.WriteAt(ctx, ctPattern(buf[:4096], 99), 12<<20, true); err != nil {
 			t.Fatalf("fua write: %v", err)
 		}
-		c2 := ctDial(t, srv.uri, Options{})
+		c2 := ctDial(t, srv.URI, Options{})
 		got := make([]byte, 4096)
 		if err := c2.ReadAt(ctx, got, 12<<20); err != nil || !bytes.Equal(got, buf[:4096]) {
 			t.Errorf("FUA write not visible on another connection (err %v)", err)
@@ -270,7 +271,7 @@ func (k *ctCollector) once(t testing.TB, n int) {
 
 func TestClientManyInFlight(t *testing.T) {
 	seed := ctSeed(t)
-	ctEachServer(t, func(t *testing.T, _ *ctServer, c *Client) {
+	ctEachServer(t, func(t *testing.T, _ *refserver.Server, c *Client) {
 		rng := rand.New(rand.NewPCG(seed, 2))
 		const n = 512
 		bufs := make([][]byte, n)
@@ -310,14 +311,16 @@ func TestClientReadOnly(t *testing.T) {
 	ctx := ctCtx(t)
 	for _, tc := range []struct {
 		name  string
-		start func(t *testing.T) *ctServer
+		start func(t *testing.T) *refserver.Server
 	}{
-		{"nbdkit", func(t *testing.T) *ctServer { return ctNbdkit(t, true, "-r", "memory", "1M") }},
-		{"qemu-nbd", func(t *testing.T) *ctServer { return ctQemuNBD(t, true, testutil.TempFile(t, 1<<20), "-r") }},
+		{"nbdkit", func(t *testing.T) *refserver.Server { return refserver.Nbdkit(t, true, "-r", "memory", "1M") }},
+		{"qemu-nbd", func(t *testing.T) *refserver.Server {
+			return refserver.QemuNBD(t, true, testutil.TempFile(t, 1<<20), "-r")
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := tc.start(t)
-			c := ctDial(t, srv.uri, Options{})
+			c := ctDial(t, srv.URI, Options{})
 			if !c.Info().ReadOnly() || !c.ReadOnly() {
 				t.Fatalf("export not seen as read-only (flags %#x)", c.Info().Flags)
 			}
@@ -337,8 +340,8 @@ func TestClientReadOnly(t *testing.T) {
 		})
 	}
 	// The client's own read-only option.
-	srv := ctNbdkit(t, true, "memory", "1M")
-	c := ctDial(t, srv.uri, Options{ReadOnly: true})
+	srv := refserver.Nbdkit(t, true, "memory", "1M")
+	c := ctDial(t, srv.URI, Options{ReadOnly: true})
 	if err := c.WriteAt(ctx, make([]byte, 512), 0, false); !errors.Is(err, syscall.EPERM) || !c.ReadOnly() {
 		t.Errorf("write with Options.ReadOnly: %v, want EPERM", err)
 	}
@@ -364,8 +367,8 @@ func TestClientServerErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"--filter=error", "memory", "1M"}, tc.args...)
-			srv := ctNbdkit(t, true, args...)
-			c := ctDial(t, srv.uri, tc.opts)
+			srv := refserver.Nbdkit(t, true, args...)
+			c := ctDial(t, srv.URI, tc.opts)
 			buf := make([]byte, 8192)
 			for i := 0; i < 3; i++ { // the connection survives errors
 				var err error
@@ -413,8 +416,8 @@ func TestClientNegotiationFallbacks(t *testing.T) {
 		{"not-fixed-newstyle", []string{"--mask-handshake=0"}, Options{}, false, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := ctNbdkit(t, false, append(tc.args, "memory", "8M")...)
-			c := ctDial(t, srv.uri, tc.opts)
+			srv := refserver.Nbdkit(t, false, append(tc.args, "memory", "8M")...)
+			c := ctDial(t, srv.URI, tc.opts)
 			info := c.Info()
 			if info.Structured != tc.structured || info.Go != tc.goOpt || info.FixedNewstyle != tc.fixed {
 				t.Fatalf("structured %v go %v fixed %v, want %v %v %v", info.Structured, info.Go, info.FixedNewstyle,
@@ -429,16 +432,16 @@ func TestClientNegotiationFallbacks(t *testing.T) {
 }
 
 func TestClientNoSuchExport(t *testing.T) {
-	srv := ctQemuNBD(t, true, testutil.TempFile(t, 1<<20), "-x", "disk")
+	srv := refserver.QemuNBD(t, true, testutil.TempFile(t, 1<<20), "-x", "disk")
 	for _, opts := range []Options{{}, {NoOptGo: true}} {
 		ctx, cancel := context.WithTimeout(context.Background(), testutil.Patience)
-		_, err := Dial(ctx, srv.uri[:len("nbd+unix:///")]+"nope"+srv.uri[len("nbd+unix:///"):], opts)
+		_, err := Dial(ctx, srv.URI[:len("nbd+unix:///")]+"nope"+srv.URI[len("nbd+unix:///"):], opts)
 		cancel()
 		if !errors.Is(err, errNoExport) {
 			t.Errorf("dial a missing export (NoOptGo %v): %v, want errNoExport", opts.NoOptGo, err)
 		}
 	}
-	u := srv.uri[:len("nbd+unix:///")] + "disk" + srv.uri[len("nbd+unix:///"):]
+	u := srv.URI[:len("nbd+unix:///")] + "disk" + srv.URI[len("nbd+unix:///"):]
 	c := ctDial(t, u, Options{})
 	if c.Size() != 1<<20 {
 		t.Errorf("size %d", c.Size())
@@ -449,9 +452,9 @@ func TestClientNoSuchExport(t *testing.T) {
 // requests above the maximum are split (the server would refuse them).
 func TestClientBlockSizeConstraints(t *testing.T) {
 	seed := ctSeed(t)
-	srv := ctNbdkit(t, true, "--filter=blocksize-policy", "memory", "16M", "blocksize-minimum=4096",
+	srv := refserver.Nbdkit(t, true, "--filter=blocksize-policy", "memory", "16M", "blocksize-minimum=4096",
 		"blocksize-preferred=16384", "blocksize-maximum=65536", "blocksize-error-policy=error")
-	c := ctDial(t, srv.uri, Options{})
+	c := ctDial(t, srv.URI, Options{})
 	info := c.Info()
 	if info.MinBlock != 4096 || info.PrefBlock != 16384 || info.MaxBlock != 65536 || info.MaxPayload != 65536 || c.BlockSize() != 4096 {
 		t.Fatalf("block sizes %+v", info)
@@ -485,8 +488,8 @@ func TestClientBlockSizeConstraints(t *testing.T) {
 
 func TestClientBlockStatus(t *testing.T) {
 	file := testutil.TempFile(t, 4<<20)
-	srv := ctQemuNBD(t, true, file)
-	c := ctDial(t, srv.uri, Options{BlockStatus: true})
+	srv := refserver.QemuNBD(t, true, file)
+	c := ctDial(t, srv.URI, Options{BlockStatus: true})
 	if !c.Info().BlockStatus {
 		t.Fatal("base:allocation not negotiated")
 	}
@@ -515,7 +518,7 @@ func TestClientBlockStatus(t *testing.T) {
 		t.Errorf("extents cover only %d bytes: %v", pos, ext)
 	}
 	// Without negotiation: EOPNOTSUPP.
-	c2 := ctDial(t, srv.uri, Options{})
+	c2 := ctDial(t, srv.URI, Options{})
 	if _, err := c2.BlockStatus(ctx, 0, 4096); !errors.Is(err, syscall.EOPNOTSUPP) {
 		t.Errorf("block status without the context: %v", err)
 	}
@@ -539,8 +542,8 @@ func TestClientAllocations(t *testing.T) {
 	if testutil.Race {
 		t.Skip("skipped: allocation counts are meaningless under the race detector (sync.Pool drops items)")
 	}
-	srv := ctNbdkit(t, true, "memory", "1M")
-	c := ctDial(t, srv.uri, Options{RequestTimeout: time.Minute})
+	srv := refserver.Nbdkit(t, true, "memory", "1M")
+	c := ctDial(t, srv.URI, Options{RequestTimeout: time.Minute})
 	ctx := ctCtx(t)
 	buf := make([]byte, 4096)
 	for i := 0; i < 100; i++ { // warm the pools

@@ -14,6 +14,7 @@ import (
 
 	"udm/dm"
 	"udm/dm/filedev"
+	"udm/internal/refserver"
 	"udm/internal/testutil"
 	"udm/uring"
 )
@@ -51,7 +52,7 @@ func ctSubmit(t *testing.T, l *uring.Loop, dev *dm.Device, op dm.Op, flags dm.Bi
 // bios whose ends run on the submitting loop.
 func TestClientAsTableDevice(t *testing.T) {
 	seed := ctSeed(t)
-	srv := ctNbdkit(t, true, "memory", "4M")
+	srv := refserver.Nbdkit(t, true, "memory", "4M")
 	file := testutil.TempFile(t, 4<<20)
 	l, err := uring.NewLoop(uring.Config{ID: 0})
 	if err != nil {
@@ -66,7 +67,7 @@ func TestClientAsTableDevice(t *testing.T) {
 		return d, cl, err
 	}, filedev.Opener(l))
 	dev := dm.NewDevice(dm.DeviceConfig{Name: "mix", Log: zerolog.Nop(), Open: open})
-	if err := dev.Load("0 8192 linear " + srv.uri + " 0\n8192 8192 linear " + file + " 0"); err != nil {
+	if err := dev.Load("0 8192 linear " + srv.URI + " 0\n8192 8192 linear " + file + " 0"); err != nil {
 		t.Fatal(err)
 	}
 	ctx := ctCtx(t)
@@ -124,8 +125,8 @@ func TestClientAsTableDevice(t *testing.T) {
 // SetIODeadline bounds clones: a slow export ends them with ETIMEDOUT, on
 // any goroutine when the clone has no executor.
 func TestClientIODeadline(t *testing.T) {
-	srv := ctNbdkit(t, true, "--filter=delay", "memory", "1M", "delay-read=300ms")
-	c := ctDial(t, srv.uri, Options{})
+	srv := refserver.Nbdkit(t, true, "--filter=delay", "memory", "1M", "delay-read=300ms")
+	c := ctDial(t, srv.URI, Options{})
 	var _ dm.DeadlineSetter = c
 	c.SetIODeadline(20 * time.Millisecond)
 	done := make(chan error, 2)
@@ -149,21 +150,21 @@ func TestClientIODeadline(t *testing.T) {
 // The opener refuses an export that isn't a whole number of sectors, and
 // a bad URI; file names go to the file opener.
 func TestClientOpener(t *testing.T) {
-	srv := ctNbdkit(t, true, "memory", "1000")
+	srv := refserver.Nbdkit(t, true, "memory", "1000")
 	open := Opener(Options{})
-	if _, _, err := open(srv.uri, false); !errors.Is(err, syscall.EINVAL) {
+	if _, _, err := open(srv.URI, false); !errors.Is(err, syscall.EINVAL) {
 		t.Errorf("open of a 1000-byte export: %v, want EINVAL", err)
 	}
 	if _, _, err := open("nbd+vsock://2/x", false); !errors.Is(err, errURIUnsupported) {
 		t.Errorf("open of nbd+vsock://: %v", err)
 	}
-	srv2 := ctNbdkit(t, true, "memory", "1M")
-	d, closer, err := open(srv2.uri, true)
+	srv2 := refserver.Nbdkit(t, true, "memory", "1M")
+	d, closer, err := open(srv2.URI, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer closer.Close()
-	if !d.ReadOnly() || d.Size() != 1<<20 || d.BlockSize() != 512 || d.Name() != srv2.uri {
+	if !d.ReadOnly() || d.Size() != 1<<20 || d.BlockSize() != 512 || d.Name() != srv2.URI {
 		t.Errorf("device: ro %v size %d bs %d name %q", d.ReadOnly(), d.Size(), d.BlockSize(), d.Name())
 	}
 	var files []string

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"udm/internal/refserver"
 	"udm/internal/testutil"
 	"udm/nbd/wire"
 )
@@ -51,8 +52,8 @@ func ctAllSent(c *Client, n int) bool {
 // A request that passes its deadline ends with ETIMEDOUT (or the
 // context's error), and its late reply never lands in the buffer.
 func TestClientTimeoutLateReply(t *testing.T) {
-	srv := ctNbdkit(t, true, "--filter=delay", "memory", "1M", "delay-read=500ms")
-	c := ctDial(t, srv.uri, Options{})
+	srv := refserver.Nbdkit(t, true, "--filter=delay", "memory", "1M", "delay-read=500ms")
+	c := ctDial(t, srv.URI, Options{})
 	ctx := ctCtx(t)
 	if err := c.WriteAt(ctx, ctPattern(make([]byte, 8192), 7), 0, false); err != nil {
 		t.Fatal(err)
@@ -96,20 +97,20 @@ func TestClientTimeoutLateReply(t *testing.T) {
 // Check sees a hung server (SIGSTOP) within its timeout and a healthy one
 // again after SIGCONT; a client-wide RequestTimeout bounds I/O meanwhile.
 func TestClientCheckHungServer(t *testing.T) {
-	srv := ctNbdkit(t, false, "memory", "1M")
-	c := ctDial(t, srv.uri, Options{RequestTimeout: 200 * time.Millisecond})
+	srv := refserver.Nbdkit(t, false, "memory", "1M")
+	c := ctDial(t, srv.URI, Options{RequestTimeout: 200 * time.Millisecond})
 	ctx := ctCtx(t)
 	if err := c.Check(ctx, time.Second); err != nil {
 		t.Fatalf("check of a healthy server: %v", err)
 	}
-	srv.signal(syscall.SIGSTOP)
+	srv.Signal(syscall.SIGSTOP)
 	if err := c.Check(ctx, 100*time.Millisecond); !errors.Is(err, syscall.ETIMEDOUT) {
 		t.Fatalf("check of a hung server: %v, want ETIMEDOUT", err)
 	}
 	if err := c.ReadAt(ctx, make([]byte, 512), 0); !errors.Is(err, syscall.ETIMEDOUT) {
 		t.Fatalf("read from a hung server: %v, want ETIMEDOUT", err)
 	}
-	srv.signal(syscall.SIGCONT)
+	srv.Signal(syscall.SIGCONT)
 	if err := c.Check(ctx, testutil.Patience); err != nil {
 		t.Fatalf("check after SIGCONT: %v", err)
 	}
@@ -119,8 +120,8 @@ func TestClientCheckHungServer(t *testing.T) {
 // connection and succeed; their data reaches the file.
 func TestClientRetryInFlightAcrossRestart(t *testing.T) {
 	file := testutil.TempFile(t, 4<<20)
-	srv := ctNbdkit(t, true, "--filter=delay", "file", file, "delay-write=10", "delay-read=10")
-	c := ctDial(t, srv.uri, Options{Retries: 5})
+	srv := refserver.Nbdkit(t, true, "--filter=delay", "file", file, "delay-write=10", "delay-read=10")
+	c := ctDial(t, srv.URI, Options{Retries: 5})
 	const n = 16
 	col := newCollector(2 * n)
 	data := make([][]byte, n)
@@ -136,9 +137,9 @@ func TestClientRetryInFlightAcrossRestart(t *testing.T) {
 	testutil.Eventually(t, "all requests on the wire", func() bool { return ctAllSent(c, 2*n) })
 	// The server dies with all of them unanswered; it comes back without
 	// the delay.
-	srv.kill()
-	srv.withArgs("file", file)
-	srv.start()
+	srv.Kill()
+	srv.WithArgs("file", file)
+	srv.Start()
 	col.wait(t)
 	col.once(t, 2*n)
 	for i, err := range col.errs {
@@ -169,13 +170,13 @@ func TestClientServerRestartMidStream(t *testing.T) {
 			seed := ctSeed(t)
 			const size, bs, workers = 8 << 20, 4096, 8
 			file := testutil.TempFile(t, size)
-			var srv *ctServer
+			var srv *refserver.Server
 			if kind == "nbdkit" {
-				srv = ctNbdkit(t, false, "file", file)
+				srv = refserver.Nbdkit(t, false, "file", file)
 			} else {
-				srv = ctQemuNBD(t, false, file)
+				srv = refserver.QemuNBD(t, false, file)
 			}
-			c := ctDial(t, srv.uri, Options{Retries: 50, ReconnectTimeout: testutil.Patience})
+			c := ctDial(t, srv.URI, Options{Retries: 50, ReconnectTimeout: testutil.Patience})
 			type hist struct {
 				acked     []byte   // last acknowledged data
 				uncertain [][]byte // failed writes after it
@@ -226,12 +227,12 @@ func TestClientServerRestartMidStream(t *testing.T) {
 				})
 			}
 			progress(200)
-			srv.restart()
+			srv.Restart()
 			progress(200)
-			srv.kill()
+			srv.Kill()
 			// Every worker's write waits for the connection while it's down.
 			testutil.Eventually(t, "the writes to queue while the server is down", func() bool { return ctWaiting(c) == workers })
-			srv.start()
+			srv.Start()
 			progress(200)
 			close(quit)
 			stop.Wait()
@@ -270,13 +271,13 @@ func TestClientServerRestartMidStream(t *testing.T) {
 // fail with ENOTCONN, later ones fail at once, Check fails; once the
 // server is back, Check passes and I/O works.
 func TestClientServerGone(t *testing.T) {
-	srv := ctNbdkit(t, true, "memory", "1M")
-	c := ctDial(t, srv.uri, Options{ReconnectTimeout: 100 * time.Millisecond})
+	srv := refserver.Nbdkit(t, true, "memory", "1M")
+	c := ctDial(t, srv.URI, Options{ReconnectTimeout: 100 * time.Millisecond})
 	ctx := ctCtx(t)
 	if err := c.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
 		t.Fatal(err)
 	}
-	srv.kill()
+	srv.Kill()
 	if err := c.ReadAt(ctx, make([]byte, 4096), 0); !errors.Is(err, syscall.ENOTCONN) {
 		t.Fatalf("read while the server is gone: %v, want ENOTCONN", err)
 	}
@@ -291,7 +292,7 @@ func TestClientServerGone(t *testing.T) {
 	if err := c.Check(ctx, time.Second); err == nil {
 		t.Fatal("check passed with no server")
 	}
-	srv.start()
+	srv.Start()
 	testutil.Eventually(t, "check passes again", func() bool { return c.Check(ctx, time.Second) == nil })
 	if err := c.ReadAt(ctx, make([]byte, 4096), 0); err != nil {
 		t.Fatalf("read after the server came back: %v", err)
@@ -301,8 +302,8 @@ func TestClientServerGone(t *testing.T) {
 // Close with requests in flight (and queued while reconnecting) ends each
 // exactly once; later requests fail with ESHUTDOWN.
 func TestClientCloseInFlight(t *testing.T) {
-	srv := ctNbdkit(t, true, "--filter=delay", "memory", "1M", "delay-read=10")
-	c := ctDial(t, srv.uri, Options{})
+	srv := refserver.Nbdkit(t, true, "--filter=delay", "memory", "1M", "delay-read=10")
+	c := ctDial(t, srv.URI, Options{})
 	const n = 200
 	col := newCollector(n + 1)
 	bufs := make([][]byte, n)
@@ -333,9 +334,9 @@ func TestClientCloseInFlight(t *testing.T) {
 
 // Close while the client is reconnecting ends the waiting requests.
 func TestClientCloseWhileReconnecting(t *testing.T) {
-	srv := ctNbdkit(t, true, "memory", "1M")
-	c := ctDial(t, srv.uri, Options{ReconnectTimeout: time.Hour})
-	srv.kill()
+	srv := refserver.Nbdkit(t, true, "memory", "1M")
+	c := ctDial(t, srv.URI, Options{ReconnectTimeout: time.Hour})
+	srv.Kill()
 	const n = 20
 	col := newCollector(n)
 	for i := 0; i < n; i++ {
