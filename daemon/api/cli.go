@@ -60,13 +60,9 @@ func (c CLI) Ls(ctx context.Context) error {
 // forAll calls print for every device, or prints dmsetup's "No devices
 // found" if there are none.
 func (c CLI) forAll(ctx context.Context, print func(d DeviceInfo) error) error {
-	devs, err := c.C.List(ctx)
+	devs, err := c.someDevices(ctx, nil)
 	if err != nil {
 		return err
-	}
-	if len(devs) == 0 {
-		fmt.Fprintln(c.Out, "No devices found")
-		return nil
 	}
 	for _, d := range devs {
 		if err := print(d); err != nil {

@@ -47,6 +47,16 @@ func (c CLI) devices(ctx context.Context, names []string) ([]DeviceInfo, error) 
 	return out, nil
 }
 
+// someDevices is devices, having printed dmsetup's "No devices found"
+// if there are none.
+func (c CLI) someDevices(ctx context.Context, names []string) ([]DeviceInfo, error) {
+	devs, err := c.devices(ctx, names)
+	if err == nil && len(devs) == 0 {
+		fmt.Fprintln(c.Out, "No devices found")
+	}
+	return devs, err
+}
+
 // LsJSON prints the devices as JSON (ls -o json): their info.
 func (c CLI) LsJSON(ctx context.Context) error {
 	devs, err := c.C.List(ctx)
@@ -241,13 +251,9 @@ func (c CLI) InfoColumns(ctx context.Context, names []string, o ColumnOpts) erro
 	if err != nil {
 		return err
 	}
-	devs, err := c.devices(ctx, names)
-	if err != nil {
+	devs, err := c.someDevices(ctx, names)
+	if err != nil || len(devs) == 0 {
 		return err
-	}
-	if len(devs) == 0 {
-		fmt.Fprintln(c.Out, "No devices found")
-		return nil
 	}
 	rows := make([][]string, 0, len(devs)+1)
 	if !o.NoHeadings {
@@ -523,13 +529,9 @@ func (c CLI) Deps(ctx context.Context, names []string, asJSON bool) error {
 // LsTree prints the devices as a tree (dmsetup ls --tree): each device
 // that no other device's table uses, with what it stacks on below it.
 func (c CLI) LsTree(ctx context.Context) error {
-	devs, err := c.C.List(ctx)
-	if err != nil {
+	devs, err := c.someDevices(ctx, nil)
+	if err != nil || len(devs) == 0 {
 		return err
-	}
-	if len(devs) == 0 {
-		fmt.Fprintln(c.Out, "No devices found")
-		return nil
 	}
 	deps := map[string][]string{}
 	used := map[string]bool{}
