@@ -145,8 +145,7 @@ func parseSample(s string) (string, map[string]string) {
 // same disk.
 func TestNoflushReloadUnderFio(t *testing.T) {
 	testutil.RequireTool(t, "fio")
-	u := startUDM(t, t.TempDir(), "--no-demo", "--metrics", "127.0.0.1:0")
-	dir := shmDir(t)
+	u, dir := startScratch(t, "--metrics", "127.0.0.1:0")
 	const size = 256 << 20
 	p0 := backing(t, dir, "path0", size)
 	p1, p2 := filepath.Join(dir, "path1"), filepath.Join(dir, "path2")
@@ -248,8 +247,7 @@ func TestNoflushReloadUnderFio(t *testing.T) {
 // and reported, and the other devices come back; a device whose backing
 // file is gone comes back in an error state.
 func TestRestart(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo")
-	dir := shmDir(t)
+	u, dir := startScratch(t)
 	a := backing(t, dir, "a", 8<<20)
 	b := backing(t, dir, "b", 8<<20)
 	bl := filepath.Join(dir, "b-link")
@@ -410,8 +408,7 @@ func TestShutdown(t *testing.T) {
 		t.Run("graceful-"+unix.SignalName(sig), func(t *testing.T) { testGracefulShutdown(t, sig) })
 	}
 	t.Run("second-signal", func(t *testing.T) {
-		u := startUDM(t, t.TempDir(), "--no-demo", "--metrics", "127.0.0.1:0")
-		dir := shmDir(t)
+		u, dir := startScratch(t, "--metrics", "127.0.0.1:0")
 		a := backing(t, dir, "a", 8<<20)
 		// A write held for ten minutes below the device: not I/O that
 		// shutdown fails (that is what a map without a path queues, or
@@ -440,8 +437,7 @@ func TestShutdown(t *testing.T) {
 // 64 KiB writes in flight, each writer to offsets of its own, every
 // write with a pattern of its own.
 func testGracefulShutdown(t *testing.T, sig syscall.Signal) {
-	u := startUDM(t, t.TempDir(), "--no-demo")
-	dir := shmDir(t)
+	u, dir := startScratch(t)
 	const size, bs, writers = 64 << 20, 65536, 8
 	a := backing(t, dir, "a", size)
 	u.ok("create", "d", "--table", fmt.Sprintf("0 %d linear %s 0", size>>9, a))

@@ -54,6 +54,14 @@ func startUDM(t *testing.T, stateDir string, extra ...string) *udmd {
 	return u
 }
 
+// startScratch starts a daemon without the demo device (extra: more
+// flags), and returns it with a directory on tmpfs for its backing files.
+func startScratch(t *testing.T, extra ...string) (*udmd, string) {
+	t.Helper()
+	u := startUDM(t, t.TempDir(), append([]string{"--no-demo"}, extra...)...)
+	return u, shmDir(t)
+}
+
 // launchUDM is startUDM without waiting for the daemon to answer.
 func launchUDM(t *testing.T, stateDir string, extra ...string) *udmd {
 	t.Helper()
@@ -92,11 +100,19 @@ func (u *udmd) launch() {
 	// Every test that runs udm serve comes through here: -short skips it.
 	testutil.SkipShort(t, "an end-to-end test of udm serve")
 	u.stdout, u.stderr = &testutil.SyncBuffer{}, &testutil.SyncBuffer{}
-	u.cmd = exec.Command(udmBin, u.args...)
+	u.run(exec.Command(udmBin, u.args...))
+}
+
+// run starts cmd (the daemon, or a wrapper that becomes it) with the
+// daemon's outputs, the environment plus env, and no fallback control
+// socket; and reaps it in the background.
+func (u *udmd) run(cmd *exec.Cmd, env ...string) {
+	u.t.Helper()
+	u.cmd = cmd
 	u.cmd.Stdout, u.cmd.Stderr = u.stdout, u.stderr
-	u.cmd.Env = append(os.Environ(), "UDM_SOCKET=/nonexistent/never-used.sock")
+	u.cmd.Env = append(append(os.Environ(), "UDM_SOCKET=/nonexistent/never-used.sock"), env...)
 	if err := u.cmd.Start(); err != nil {
-		t.Fatal(err)
+		u.t.Fatal(err)
 	}
 	u.done = make(chan struct{})
 	go func() {

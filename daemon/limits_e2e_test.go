@@ -113,8 +113,7 @@ func nbdRead(t *testing.T, c net.Conn, off uint64, n uint32) {
 // back when they go.
 func TestUnreadPipelinesRSS(t *testing.T) {
 	const budget, req, conns, depth = 128 << 20, 32 << 20, 12, 8
-	u := startUDM(t, t.TempDir(), "--no-demo", "--nbd-memory", "128M", "--metrics", "127.0.0.1:0")
-	dir := shmDir(t)
+	u, dir := startScratch(t, "--nbd-memory", "128M", "--metrics", "127.0.0.1:0")
 	f := backing(t, dir, "d.img", 2*req)
 	u.ok("create", "d", "--table", fmt.Sprintf("0 %d linear %s 0", 2*req/512, f))
 	pid := u.cmd.Process.Pid

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,16 +21,85 @@ import (
 
 // controlOn serves h with lim on a fresh Unix socket and returns its path.
 func controlOn(t *testing.T, h http.Handler, lim controlLimits) string {
+	sock, _ := controlOnConns(t, h, lim)
+	return sock
+}
+
+// controlOnConns is controlOn, also returning the server's side of each
+// connection it accepts, as a conn whose deadlines the test can make pass.
+func controlOnConns(t *testing.T, h http.Handler, lim controlLimits) (string, <-chan *deadlineConn) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "ctl.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
+	conns := make(chan *deadlineConn, 4)
 	srv := controlServer(h, context.Background(), zerolog.Nop(), lim)
-	go srv.Serve(ln)
+	go srv.Serve(deadlineListener{ln, conns})
 	t.Cleanup(func() { srv.Close() })
-	return sock
+	return sock, conns
+}
+
+// deadlineListener hands the server deadlineConns and the test a copy.
+type deadlineListener struct {
+	net.Listener
+	conns chan<- *deadlineConn
+}
+
+func (l deadlineListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	dc := &deadlineConn{Conn: c}
+	select {
+	case l.conns <- dc:
+	default:
+	}
+	return dc, nil
+}
+
+// deadlineConn remembers the read and write deadlines set on it; pass
+// makes those set now pass at once, as if their time had come (a zero
+// deadline, none, stays none).
+type deadlineConn struct {
+	net.Conn
+	mu          sync.Mutex
+	read, write time.Time
+}
+
+func (c *deadlineConn) SetDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.read, c.write = t, t
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *deadlineConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.read = t
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *deadlineConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.write = t
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *deadlineConn) pass() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	past := time.Unix(1, 0)
+	if !c.read.IsZero() {
+		c.Conn.SetReadDeadline(past)
+	}
+	if !c.write.IsZero() {
+		c.Conn.SetWriteDeadline(past)
+	}
 }
 
 // TestControlStalledBodyDropped: a request whose body stops coming is
@@ -101,25 +171,30 @@ func TestControlWaitOutlivesWriteTimeout(t *testing.T) {
 		path string
 		cut  bool
 	}{{"/v1/devices/a/wait", false}, {"/v1/devices/a/status", true}} {
-		release := make(chan struct{})
+		started, release := make(chan struct{}), make(chan struct{})
 		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			close(started)
 			select {
 			case <-release:
 				io.WriteString(w, "done")
 			case <-r.Context().Done():
 			}
 		})
+		// Timeouts far off in wall-clock time; the test makes them pass.
 		lim := defaultControlLimits
-		lim.read, lim.write = 500*time.Millisecond, 500*time.Millisecond
-		sock := controlOn(t, h, lim)
+		lim.read, lim.write = testutil.Patience, testutil.Patience
+		sock, conns := controlOnConns(t, h, lim)
 		conn, err := net.Dial("unix", sock)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer conn.Close()
 		io.WriteString(conn, "GET "+c.path+" HTTP/1.1\r\nHost: x\r\n\r\n")
-		// Let the request outlast both timeouts (as a wait does).
-		time.Sleep(2 * time.Second)
+		// The request outlasts both timeouts (as a wait does): once the
+		// handler runs, whatever deadline the connection still has passes.
+		sc := testutil.Wait(t, "the server to accept", conns)
+		testutil.Wait(t, "the handler to run", started)
+		sc.pass()
 		close(release)
 		conn.SetReadDeadline(time.Now().Add(testutil.Patience))
 		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)

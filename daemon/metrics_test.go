@@ -15,8 +15,7 @@ import (
 // the in-flight and pushback gauges while I/O is held, and back at 0
 // when idle.
 func TestMetrics(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo", "--metrics", "127.0.0.1:0")
-	dir := shmDir(t)
+	u, dir := startScratch(t, "--metrics", "127.0.0.1:0")
 	m := func(metric string) float64 { return scrape(t, u.info.Metrics, metric) }
 	ctx := context.Background()
 

@@ -81,8 +81,7 @@ func (u *udmd) pathLine(path string) string {
 // failed and its state file kept; once the path's file is back, the
 // checker reinstates it, and so does an operator's reinstate.
 func TestRestoreMissingPath(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo")
-	dir := shmDir(t)
+	u, dir := startScratch(t)
 	b := backing(t, dir, "b", 8<<20)
 	bl := filepath.Join(dir, "b-link")
 	bm := filepath.Join(dir, "b-manual")
@@ -173,8 +172,7 @@ func TestRestoreMissingPath(t *testing.T) {
 // stacked on it; with the file back, a resume or a restart brings them
 // up with their data.
 func TestRestoreMissingBacking(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo")
-	dir := shmDir(t)
+	u, dir := startScratch(t)
 	a := backing(t, dir, "a", 8<<20)
 	u.ok("create", "lin", "--table", "0 16384 linear "+a+" 0")
 	u.ok("create", "top", "--table", "0 8192 linear /dev/mapper/lin 8192")
@@ -287,8 +285,7 @@ func runNbdinfo(t *testing.T, uri string) error {
 // fails with the reason and is undone, so the daemon and the state dir
 // agree — here the state file's name is taken by a directory.
 func TestUnsavedOperationsFail(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo")
-	dir := shmDir(t)
+	u, dir := startScratch(t)
 	b := backing(t, dir, "b", 8<<20)
 	bl := filepath.Join(dir, "b-link")
 	if err := os.Link(b, bl); err != nil {
@@ -490,8 +487,7 @@ func clipName(s string) string {
 // reinstated, across a reload without it and a restart; the state file
 // keeps the mark; a reinstate of a path no table names drops it.
 func TestOperatorMarks(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo")
-	dir := shmDir(t)
+	u, dir := startScratch(t)
 	b := backing(t, dir, "b", 8<<20)
 	bl := filepath.Join(dir, "b-link")
 	if err := os.Link(b, bl); err != nil {
@@ -654,8 +650,7 @@ func TestEchoIsCapped(t *testing.T) {
 // TestMessageLogArgs: a message's log line carries its arguments under
 // their own key, so that the JSON has one "message".
 func TestMessageLogArgs(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo")
-	dir := shmDir(t)
+	u, dir := startScratch(t)
 	b := backing(t, dir, "b", 8<<20)
 	u.ok("create", "mp", "--table", "0 16384 multipath 0 0 1 1 round-robin 0 1 1 "+b+" 1")
 	u.ok("message", "mp", "0", "fail_path", b)
@@ -727,8 +722,7 @@ func TestDeferredRemoveRestart(t *testing.T) {
 // polling interval restores with the checker off, not with the settings
 // refused.
 func TestRestoreLegacyNegativePollingInterval(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo")
-	dir := shmDir(t)
+	u, dir := startScratch(t)
 	b := backing(t, dir, "b", 8<<20)
 	u.ok("create", "mp", "--table", "0 16384 multipath 0 0 1 1 round-robin 0 1 1 "+b+" 1")
 	u.ok("checker", "mp", "polling_interval=off")

@@ -24,8 +24,7 @@ import (
 // udm_path_io_total and udm_path_latency_seconds).
 func TestMetricsConventions(t *testing.T) {
 	promtool := testutil.RequireTool(t, "promtool")
-	u := startUDM(t, t.TempDir(), "--no-demo", "--metrics", "127.0.0.1:0")
-	dir := shmDir(t)
+	u, dir := startScratch(t, "--metrics", "127.0.0.1:0")
 	a, p0, p1 := backing(t, dir, "lin", 8<<20), backing(t, dir, "p0", 8<<20), backing(t, dir, "p1", 8<<20)
 	u.ok("create", "lin", "--table", "0 16384 linear "+a+" 0")
 	u.ok("create", "mp", "--table", "0 16384 multipath 1 queue_if_no_path 0 1 1 round-robin 0 2 1 "+p0+" 1 "+p1+" 1")

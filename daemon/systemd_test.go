@@ -114,20 +114,10 @@ func TestSocketActivation(t *testing.T) {
 	u.stdout, u.stderr = &testutil.SyncBuffer{}, &testutil.SyncBuffer{}
 	// LISTEN_PID must be the daemon's pid: the shell sets it to its own
 	// and becomes the daemon.
-	u.cmd = exec.Command("sh", append([]string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`, udmBin}, u.args...)...)
-	u.cmd.Stdout, u.cmd.Stderr = u.stdout, u.stderr
-	u.cmd.ExtraFiles = files
-	u.cmd.Env = append(os.Environ(), "UDM_SOCKET=/nonexistent/never-used.sock",
-		"LISTEN_FDS=4", "LISTEN_FDNAMES=udm.socket:udm.socket:udm.socket:udm.socket",
+	cmd := exec.Command("sh", append([]string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`, udmBin}, u.args...)...)
+	cmd.ExtraFiles = files
+	u.run(cmd, "LISTEN_FDS=4", "LISTEN_FDNAMES=udm.socket:udm.socket:udm.socket:udm.socket",
 		"NOTIFY_SOCKET="+ns.path, "WATCHDOG_USEC=2000000")
-	if err := u.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	u.done = make(chan struct{})
-	go func() {
-		u.waitErr = u.cmd.Wait()
-		close(u.done)
-	}()
 	t.Cleanup(func() {
 		if u.running() {
 			u.cmd.Process.Kill()

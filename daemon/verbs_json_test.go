@@ -14,8 +14,7 @@ import (
 // TestVerbsJSON checks that each verb's -o json output decodes into the
 // API's types with the same values as the API's own reply.
 func TestVerbsJSON(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo")
-	dir := shmDir(t)
+	u, dir := startScratch(t)
 	a := backing(t, dir, "a", 8<<20)
 	b := backing(t, dir, "b", 8<<20)
 	u.ok("create", "lin", "--table", "0 2048 linear "+a+" 0")

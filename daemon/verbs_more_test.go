@@ -17,8 +17,7 @@ import (
 // a restart; a rename whose state can't be saved, to a taken name, or of
 // a device another table names, changes nothing.
 func TestRenamePersists(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo")
-	dir := shmDir(t)
+	u, dir := startScratch(t)
 	a := backing(t, dir, "a", 8<<20)
 	b := backing(t, dir, "b", 8<<20)
 	devices := filepath.Join(u.stateDir, "devices")
@@ -88,8 +87,7 @@ func TestRenamePersists(t *testing.T) {
 // the devices they stack on, and fails naming those left; with --force
 // it removes the open ones too.
 func TestRemoveAll(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo")
-	dir := shmDir(t)
+	u, dir := startScratch(t)
 	a := backing(t, dir, "a", 8<<20)
 	u.ok("create", "lin", "--table", "0 2048 linear "+a+" 0")
 	u.ok("create", "top", "--table", "0 2048 linear /dev/mapper/lin 0")
@@ -120,8 +118,7 @@ func TestRemoveAll(t *testing.T) {
 // disable/restore queueing change a multipath map while a client writes
 // and reads it back, without an I/O error, and each change is saved.
 func TestMapEdits(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo")
-	dir := shmDir(t)
+	u, dir := startScratch(t)
 	a := backing(t, dir, "a", 8<<20)
 	// Every path the same file under another name: the same data under
 	// every path, as multipath assumes.

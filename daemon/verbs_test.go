@@ -28,8 +28,7 @@ import (
 // read-only devices, devices over NBD paths, removal of open devices,
 // and a path failed by the operator, which the checker leaves alone.
 func TestVerbsWithClients(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo", "--metrics", "127.0.0.1:0")
-	dir := shmDir(t)
+	u, dir := startScratch(t, "--metrics", "127.0.0.1:0")
 	a := backing(t, dir, "a", 8<<20)
 	b := backing(t, dir, "b", 8<<20)
 	c := backing(t, dir, "c", 8<<20)
@@ -261,8 +260,7 @@ func dialNBD(t *testing.T, uri string) *client.Client {
 // deleted, SIGTERM exits without waiting out a grace period, and the
 // device stays gone after a restart.
 func TestDeferredRemoveOnLastCloseKeepsTheLoopServing(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo", "--loops", "1")
-	dir := shmDir(t)
+	u, dir := startScratch(t, "--loops", "1")
 	r := backing(t, dir, "r.img", 16<<20)
 	o := backing(t, dir, "o.img", 1<<20)
 	u.ok("create", "r", "--table", "0 32768 linear "+r+" 0")
@@ -322,8 +320,7 @@ func TestDeferredRemoveOnLastCloseKeepsTheLoopServing(t *testing.T) {
 // saves the state as it was: at restart the map queues again and the
 // device is suspended.
 func TestShutdownFailsHeldIO(t *testing.T) {
-	u := startUDM(t, t.TempDir(), "--no-demo", "--metrics", "127.0.0.1:0")
-	dir := shmDir(t)
+	u, dir := startScratch(t, "--metrics", "127.0.0.1:0")
 	a := backing(t, dir, "a", 8<<20)
 	b := backing(t, dir, "b", 8<<20)
 	c := backing(t, dir, "c", 8<<20)
