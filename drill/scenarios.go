@@ -33,6 +33,19 @@ func (sc *Scenario) Checks(s *Schedule) func(*Record, *Analysis) []Check {
 	return func(r *Record, a *Analysis) []Check { return sc.checks(r, a, s) }
 }
 
+// heldThen is the schedule of a scenario that holds I/O: comment, the
+// paths p0 and p1 (and spare), queue_if_no_path, both paths failed and
+// the I/O queued; then, at (a delay after that), the steps; and the
+// tail.
+func heldThen(full bool, comment, spare, at, steps string) string {
+	return comment + "path p0 dm\npath p1 dm\n" + spare + "checker no_path_retry=queue\n" +
+		pick(full, "1s", "3s") + `    error p0
++0    error p1
++0    await all-failed within 10s
++0    await queued within 10s
+` + at + steps + "tail  " + pick(full, "1s", "3s") + "\n"
+}
+
 // pick returns short or full.
 func pick[T any](full bool, short, long T) T {
 	if full {
@@ -81,20 +94,12 @@ path p1 dm
 		Name:    "all-paths-down-queue",
 		Outcome: "both paths fail with queue_if_no_path: I/O is held, not failed; a path returns: held I/O completes; zero errors",
 		text: func(full bool) string {
-			return fmt.Sprintf(`# Both paths fail; queue_if_no_path holds the I/O until one returns.
-path p0 dm
-path p1 dm
-checker no_path_retry=queue
-%s    error p0
-+0    error p1
-+0    await all-failed within 10s
-+0    await queued within 10s
-%s    restore p0
+			return heldThen(full, "# Both paths fail; queue_if_no_path holds the I/O until one returns.\n", "",
+				pick(full, "+1s", "+5s"), `    restore p0
 +0    await p0 active within 20s
 +0.5s restore p1
 +0    await p1 active within 20s
-tail  %s
-`, pick(full, "1s", "3s"), pick(full, "+1s", "+5s"), pick(full, "1s", "3s"))
+`)
 		},
 		checks: func(r *Record, a *Analysis, s *Schedule) []Check {
 			return []Check{heldCheck(r, "restore"), resumedCheck(r, "restore p0")}
@@ -104,23 +109,14 @@ tail  %s
 		Name:    "noflush-reload",
 		Outcome: "all paths down, I/O held; suspend --noflush; load a table with a new path; resume: everything held completes on the new path; zero errors, data verified",
 		text: func(full bool) string {
-			return fmt.Sprintf(`# The noflush failover: with every path down and I/O held, the operator
+			return heldThen(full, `# The noflush failover: with every path down and I/O held, the operator
 # suspends without flushing (held I/O is pushed back, not failed), loads
 # a table with a new path and resumes: the held I/O completes on it.
-path p0 dm
-path p1 dm
-path p2 dm spare
-checker no_path_retry=queue
-%s    error p0
-+0    error p1
-+0    await all-failed within 10s
-+0    await queued within 10s
-%s    suspend noflush
+`, "path p2 dm spare\n", pick(full, "+0.5s", "+3s"), `    suspend noflush
 +0    load p2
 +0    resume
 +0    await p2 active within 10s
-tail  %s
-`, pick(full, "1s", "3s"), pick(full, "+0.5s", "+3s"), pick(full, "1s", "3s"))
+`)
 		},
 		checks: func(r *Record, a *Analysis, s *Schedule) []Check {
 			return []Check{heldCheck(r, "suspend"), resumedCheck(r, "resume"), tableCheck(r, []string{"p2"})}
@@ -131,24 +127,15 @@ tail  %s
 		Outcome: "all paths down, I/O held; a plain suspend: the held I/O fails with EIO, as the kernel does (expected errors); a table with a new path and resume: I/O completes again",
 		NoFio:   noFioErrors,
 		text: func(full bool) string {
-			return fmt.Sprintf(`# As noflush-reload, but the suspend flushes: the target fails what it
+			return heldThen(full, `# As noflush-reload, but the suspend flushes: the target fails what it
 # holds with EIO (the kernel's behaviour). Those errors are expected.
-path p0 dm
-path p1 dm
-path p2 dm spare
-checker no_path_retry=queue
-%s    error p0
-+0    error p1
-+0    await all-failed within 10s
-+0    await queued within 10s
-%s    expect-errors EIO
+`, "path p2 dm spare\n", pick(full, "+0.5s", "+3s"), `    expect-errors EIO
 +0    suspend
 +0    expect-errors off
 +0    load p2
 +0    resume
 +0    await p2 active within 10s
-tail  %s
-`, pick(full, "1s", "3s"), pick(full, "+0.5s", "+3s"), pick(full, "1s", "3s"))
+`)
 		},
 		checks: func(r *Record, a *Analysis, s *Schedule) []Check {
 			c := Check{Name: "held I/O failed with EIO on the suspend", Pass: a.ExpectedErrors > 0,

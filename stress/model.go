@@ -186,6 +186,20 @@ func normMultipath(f []string) []string {
 	return append(out, rest[2:]...)
 }
 
+// table reads a device's live or inactive table, its lines joined.
+func (r *run) table(ctx context.Context, name string, inactive bool) (string, error) {
+	verb := "table "
+	if inactive {
+		verb = "table --inactive "
+	}
+	var lines []string
+	err := r.call(ctx, verb+name, func(ctx context.Context) (err error) {
+		lines, err = r.c.Table(ctx, name, inactive)
+		return err
+	})
+	return strings.Join(lines, "\n"), err
+}
+
 // observe reads a device's state from the daemon. ok is false when the
 // calls did not get answers (the daemon is gone); err is the first
 // call's error otherwise.
@@ -206,21 +220,12 @@ func (r *run) observe(ctx context.Context, s *slot) (devState, error) {
 		return st, err
 	}
 	st.exists, st.suspended, st.deferred = true, info.suspended, info.deferred
-	var live, inact []string
-	if err := r.call(ctx, "table "+s.name, func(ctx context.Context) (err error) {
-		live, err = r.c.Table(ctx, s.name, false)
-		return err
-	}); err != nil {
+	if st.live, err = r.table(ctx, s.name, false); err != nil {
 		return st, err
 	}
-	st.live = strings.Join(live, "\n")
-	if err := r.call(ctx, "table --inactive "+s.name, func(ctx context.Context) (err error) {
-		inact, err = r.c.Table(ctx, s.name, true)
-		return err
-	}); err != nil {
+	if st.inactive, err = r.table(ctx, s.name, true); err != nil {
 		return st, err
 	}
-	st.inactive = strings.Join(inact, "\n")
 	if info.inactive != (st.inactive != "") {
 		return st, fmt.Errorf("info says inactive table %v, table --inactive prints %q", info.inactive, st.inactive)
 	}

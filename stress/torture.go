@@ -45,38 +45,25 @@ type Config struct {
 }
 
 func (c *Config) defaults() {
-	if c.Ops <= 0 {
-		c.Ops = 3000
-	}
-	if c.MaxViolations <= 0 {
-		c.MaxViolations = 20
-	}
-	if c.Workers <= 0 {
-		c.Workers = 3
-	}
-	if c.Slots <= 0 {
-		c.Slots = 3
-	}
-	if c.KillEvery <= 0 {
-		c.KillEvery = 120
-	}
-	if c.Clients <= 0 {
-		c.Clients = 2
-	}
-	if c.CallBound <= 0 {
-		c.CallBound = 30 * time.Second
-	}
-	if c.IOBound <= 0 {
-		c.IOBound = 60 * time.Second
-	}
-	if c.FDSlack <= 0 {
-		c.FDSlack = 4
-	}
-	if c.GoroutineSlack <= 0 {
-		c.GoroutineSlack = 8
-	}
+	orDefault(&c.Ops, 3000)
+	orDefault(&c.MaxViolations, 20)
+	orDefault(&c.Workers, 3)
+	orDefault(&c.Slots, 3)
+	orDefault(&c.KillEvery, 120)
+	orDefault(&c.Clients, 2)
+	orDefault(&c.CallBound, 30*time.Second)
+	orDefault(&c.IOBound, 60*time.Second)
+	orDefault(&c.FDSlack, 4)
+	orDefault(&c.GoroutineSlack, 8)
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
+	}
+}
+
+// orDefault sets *v to def unless it is positive.
+func orDefault[T int | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
 	}
 }
 
