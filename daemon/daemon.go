@@ -134,12 +134,8 @@ func (d *Daemon) init(cfg Config) (err error) {
 	if err != nil {
 		return err
 	}
-	if cfg.Listeners.NBD != nil {
-		d.nbdLn = cfg.Listeners.NBD
-	} else if cfg.NBD != "" {
-		if d.nbdLn, err = net.Listen("tcp", cfg.NBD); err != nil {
-			return fmt.Errorf("nbd: %w", err)
-		}
+	if d.nbdLn, err = tcpListener(cfg.Listeners.NBD, cfg.NBD, "nbd"); err != nil {
+		return err
 	}
 	if cfg.Listeners.NBDUnix != nil {
 		d.nbdUnixLn = cfg.Listeners.NBDUnix
@@ -148,12 +144,8 @@ func (d *Daemon) init(cfg Config) (err error) {
 			return err
 		}
 	}
-	if cfg.Listeners.Metrics != nil {
-		d.metricsLn = cfg.Listeners.Metrics
-	} else if cfg.Metrics != "" {
-		if d.metricsLn, err = net.Listen("tcp", cfg.Metrics); err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
+	if d.metricsLn, err = tcpListener(cfg.Listeners.Metrics, cfg.Metrics, "metrics"); err != nil {
+		return err
 	}
 	if d.store, err = OpenStore(filepath.Join(cfg.StateDir, "devices")); err != nil {
 		return err
@@ -627,6 +619,19 @@ func listenUnixGroup(path string, mode os.FileMode, gid int, what string) (net.L
 	}
 	if err := os.Chmod(path, mode); err != nil {
 		ln.Close()
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return ln, nil
+}
+
+// tcpListener is passed (a listener handed over, as systemd does) if it
+// is set, else a new one on addr ("" for none); what names it in errors.
+func tcpListener(passed net.Listener, addr, what string) (net.Listener, error) {
+	if passed != nil || addr == "" {
+		return passed, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return ln, nil

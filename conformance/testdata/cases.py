@@ -547,20 +547,22 @@ def case_ro_read():
     return {"read": sha(h.pread(4 * MiB, 4 * MiB)) == sha(ro_pattern(4 * MiB, 4 * MiB))}
 
 
-def case_big_48m():
+def big_round_trip(off, n, seed, label):
+    """Writes n bytes of pattern at off in one request and reads them back
+    in one."""
     h = handle()
-    data = pattern(16 * MiB, 48 * MiB, 13)
-    w = attempt(lambda: h.pwrite(data, 16 * MiB))
-    r = attempt(lambda: "match" if h.pread(48 * MiB, 16 * MiB) == data else "mismatch")
-    return {"write_48m": w, "read_48m": r, "alive": alive(h)}
+    data = pattern(off, n, seed)
+    w = attempt(lambda: h.pwrite(data, off))
+    r = attempt(lambda: "match" if h.pread(n, off) == data else "mismatch")
+    return {"write_" + label: w, "read_" + label: r, "alive": alive(h)}
+
+
+def case_big_48m():
+    return big_round_trip(16 * MiB, 48 * MiB, 13, "48m")
 
 
 def case_big_64m():
-    h = handle()
-    data = pattern(64 * MiB, 64 * MiB, 14)
-    w = attempt(lambda: h.pwrite(data, 64 * MiB))
-    r = attempt(lambda: "match" if h.pread(64 * MiB, 64 * MiB) == data else "mismatch")
-    return {"write_64m": w, "read_64m": r, "alive": alive(h)}
+    return big_round_trip(64 * MiB, 64 * MiB, 14, "64m")
 
 
 def case_inflight_many():
