@@ -38,7 +38,7 @@ func (e *env) do(ctx context.Context, ev Event) (string, error) {
 	case "hang":
 		if p.spec.Kind == KindRemote {
 			p.stopped = true
-			return fmt.Sprintf("server pid %d stopped", p.srv.pid()), p.srv.signal(syscall.SIGSTOP)
+			return fmt.Sprintf("server pid %d stopped", p.srv.Pid()), p.srv.Signal(syscall.SIGSTOP)
 		}
 		return "", e.setLower(ctx, p, fmt.Sprintf("0 %d delay %s 0 %d", e.sectors, e.backing, hangMs))
 	case "restore":
@@ -50,8 +50,8 @@ func (e *env) do(ctx context.Context, ev Event) (string, error) {
 		if p.spec.Kind == KindFile {
 			return "", os.Remove(p.file)
 		}
-		p.srv.kill()
-		return fmt.Sprintf("server pid %d killed", p.srv.pid()), nil
+		p.srv.Kill()
+		return fmt.Sprintf("server pid %d killed", p.srv.Pid()), nil
 	case "cut", "uncut":
 		p.cut = ev.Action == "cut"
 		return "", p.net.setLink(!p.cut)
@@ -112,17 +112,17 @@ func (e *env) restoreRemote(ctx context.Context, p *envPath) (string, error) {
 	}
 	if p.stopped {
 		p.stopped = false
-		if err := p.srv.signal(syscall.SIGCONT); err == nil {
+		if err := p.srv.Signal(syscall.SIGCONT); err == nil {
 			did = append(did, "server continued")
 		}
 	}
-	if p.srv.exited() {
+	if p.srv.Exited() {
 		srv, err := e.runRemote(ctx, p, filepath.Join(e.dir, "remote-"+p.spec.Name+".log"))
 		if err != nil {
 			return "", err
 		}
 		p.srv = srv
-		did = append(did, fmt.Sprintf("server restarted (pid %d)", srv.pid()))
+		did = append(did, fmt.Sprintf("server restarted (pid %d)", srv.Pid()))
 	}
 	return strings.Join(did, ", "), nil
 }

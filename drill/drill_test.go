@@ -166,10 +166,10 @@ func TestDrillExternalDaemon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.stop(10 * time.Second)
+	defer p.Stop(10 * time.Second)
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("the daemon's log:\n%s", p.tail(20000))
+			t.Logf("the daemon's log:\n%s", tail(p, 20000))
 		}
 	})
 	c := api.NewClient(sock)

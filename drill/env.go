@@ -281,8 +281,8 @@ func (e *env) runRemote(ctx context.Context, p *envPath, logPath string) (*proc,
 			return nil, err
 		}
 		if err := perf.WaitListening(p.srvAddr, 20*time.Second); err != nil {
-			srv.kill()
-			return nil, fmt.Errorf("drill: nbdkit for %s: %v: %s", p.spec.Name, err, srv.tail(2000))
+			srv.Kill()
+			return nil, fmt.Errorf("drill: nbdkit for %s: %v: %s", p.spec.Name, err, tail(srv, 2000))
 		}
 		return srv, nil
 	}
@@ -370,26 +370,26 @@ func (e *env) restartDaemon(ctx context.Context) (string, error) {
 	if e.daemon == nil {
 		return "", errors.New("restart needs a daemon the drill started (not --control)")
 	}
-	old := e.daemon.pid()
-	e.daemon.kill()
+	old := e.daemon.Pid()
+	e.daemon.Kill()
 	t := time.Now()
 	p, err := startDaemon(ctx, "udm serve", filepath.Join(e.dir, "api.log"), e.dArgs, e.dSock)
 	if err != nil {
 		return "", err
 	}
 	e.daemon = p
-	return fmt.Sprintf("pid %d killed, pid %d answering %s later", old, p.pid(), fmtDur(time.Since(t).Seconds())), nil
+	return fmt.Sprintf("pid %d killed, pid %d answering %s later", old, p.Pid(), fmtDur(time.Since(t).Seconds())), nil
 }
 
 // logs returns the tails of the logs of the processes the drill started.
 func (e *env) logs(n int) map[string]string {
 	out := map[string]string{}
 	if e.daemon != nil {
-		out["udm serve"] = e.daemon.tail(n)
+		out["udm serve"] = tail(e.daemon, n)
 	}
 	for _, name := range e.order {
 		if p := e.paths[name]; p.srv != nil {
-			out[p.srv.name] = p.srv.tail(n)
+			out[p.srv.Name] = tail(p.srv, n)
 		}
 	}
 	return out
@@ -409,13 +409,13 @@ func (e *env) teardown() {
 		}
 	}
 	if e.daemon != nil {
-		e.daemon.stop(10 * time.Second)
+		e.daemon.Stop(10 * time.Second)
 	}
 	for _, name := range e.order {
 		p := e.paths[name]
 		if p.srv != nil {
-			p.srv.signal(syscall.SIGCONT)
-			p.srv.stop(5 * time.Second)
+			p.srv.Signal(syscall.SIGCONT)
+			p.srv.Stop(5 * time.Second)
 		}
 	}
 	for _, n := range e.nets {

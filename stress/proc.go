@@ -4,10 +4,8 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -31,9 +29,7 @@ type proc struct {
 	// sig serializes the signals that end the daemon, so that a kill
 	// does not cut a goroutine dump short.
 	sig  sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
+	c    *child.Proc // the daemon process last started
 	info daemonInfo
 	args []string
 }
@@ -63,42 +59,28 @@ func (p *proc) start(ctx context.Context, loops int, bound time.Duration, notes 
 }
 
 func (p *proc) startOnce(ctx context.Context, loops int, deadline time.Time) error {
-	lf, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
 	p.args = []string{"serve", "--state-dir", p.stateDir, "--control", p.sock, "--nbd", "127.0.0.1:0",
 		"--nbd-unix", p.nbdUnix, "--metrics", "127.0.0.1:0", "--loops", strconv.Itoa(loops), "--no-demo",
 		"--log-level", "info"}
-	fmt.Fprintf(lf, "--- %s: udm %s\n", time.Now().UTC().Format(time.RFC3339Nano), strings.Join(p.args, " "))
-	startPos, _ := lf.Seek(0, io.SeekEnd)
-	p.cmd = exec.Command(p.bin, p.args...)
-	p.cmd.Stdout, p.cmd.Stderr = lf, lf
-	p.cmd.Env = append(os.Environ(), envSocket+"=/nonexistent/udm-stress.sock", "GOTRACEBACK=all")
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	p.done = make(chan struct{})
-	done := p.done
-	cmd := p.cmd
 	// The child gets Pdeathsig: it dies with the test.
-	if err := child.StartLocked(cmd, func(werr error) {
-		lf.Close()
-		p.err = werr
-		close(done)
-	}); err != nil {
-		lf.Close()
+	c, err := child.Start("udm serve", p.logPath, append([]string{p.bin}, p.args...),
+		[]string{envSocket + "=/nonexistent/udm-stress.sock", "GOTRACEBACK=all"})
+	if err != nil {
 		return err
 	}
-	c := newClient(p.sock)
+	p.c = c
+	startPos := c.Since
+	cl := newClient(p.sock)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		info, err := c.Daemon(cctx)
+		info, err := cl.Daemon(cctx)
 		cancel()
 		if err == nil {
 			p.info = info
 			return nil
 		}
 		if p.exited() {
-			return fmt.Errorf("udm serve exited (%v) before answering: %s", p.err, p.logSince(startPos, 2000))
+			return fmt.Errorf("udm serve exited (%v) before answering: %s", c.Err(), p.logSince(startPos, 2000))
 		}
 		if ctx.Err() != nil || time.Now().After(deadline) {
 			p.kill9()
@@ -108,19 +90,9 @@ func (p *proc) startOnce(ctx context.Context, loops int, deadline time.Time) err
 	}
 }
 
-func (p *proc) exited() bool {
-	if p.done == nil {
-		return true
-	}
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
+func (p *proc) exited() bool { return p.c == nil || p.c.Exited() }
 
-func (p *proc) pid() int { return p.cmd.Process.Pid }
+func (p *proc) pid() int { return p.c.Pid() }
 
 // kill9 kills the daemon as a crash would and waits for it.
 func (p *proc) kill9() {
@@ -133,8 +105,7 @@ func (p *proc) kill9Locked() {
 	if p.exited() {
 		return
 	}
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
+	p.c.Kill()
 }
 
 // quit sends SIGQUIT (the Go runtime prints every goroutine's stack to
@@ -150,9 +121,9 @@ func (p *proc) quit() string {
 	if st != nil {
 		from = st.Size()
 	}
-	p.cmd.Process.Signal(syscall.SIGQUIT)
+	p.c.Signal(syscall.SIGQUIT)
 	select {
-	case <-p.done:
+	case <-p.c.Done():
 	case <-time.After(30 * time.Second):
 		p.kill9Locked()
 	}
@@ -162,19 +133,22 @@ func (p *proc) quit() string {
 // term sends SIGTERM and waits up to bound for the daemon to exit; it
 // reports how long it took and whether it exited 0.
 func (p *proc) term(bound time.Duration) (time.Duration, error) {
-	if p.exited() {
-		return 0, fmt.Errorf("the daemon had exited (%v)", p.err)
+	if p.c == nil {
+		return 0, fmt.Errorf("the daemon was not started")
+	}
+	if p.c.Exited() {
+		return 0, fmt.Errorf("the daemon had exited (%v)", p.c.Err())
 	}
 	t0 := time.Now()
-	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.c.Signal(syscall.SIGTERM)
 	select {
-	case <-p.done:
+	case <-p.c.Done():
 	case <-time.After(bound):
 		dump := p.quit()
 		return time.Since(t0), fmt.Errorf("no exit %v after SIGTERM; goroutines:\n%s", bound, clip(dump, 60000))
 	}
-	if p.err != nil {
-		return time.Since(t0), fmt.Errorf("exit after SIGTERM: %v", p.err)
+	if err := p.c.Err(); err != nil {
+		return time.Since(t0), fmt.Errorf("exit after SIGTERM: %v", err)
 	}
 	return time.Since(t0), nil
 }
@@ -182,15 +156,10 @@ func (p *proc) term(bound time.Duration) (time.Duration, error) {
 // logSince returns the daemon log from byte offset from (its last max
 // bytes).
 func (p *proc) logSince(from int64, max int) string {
-	b, err := os.ReadFile(p.logPath)
-	if err != nil || from > int64(len(b)) {
+	if p.c == nil {
 		return ""
 	}
-	b = b[from:]
-	if len(b) > max {
-		b = append([]byte("..."), b[len(b)-max:]...)
-	}
-	return string(b)
+	return p.c.LogSince(from, max)
 }
 
 // logTail returns the last max bytes of the daemon log.

@@ -254,15 +254,15 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 // watchCrash turns a daemon exit nobody asked for into a violation.
 func (r *run) watchCrash() {
-	p, done, epoch := r.p, r.p.done, r.epoch.Load()
+	p, c, epoch := r.p, r.p.c, r.epoch.Load()
 	go func() {
 		select {
-		case <-done:
+		case <-c.Done():
 		case <-r.ctx.Done():
 			return
 		}
 		if !r.dying.Load() && r.epoch.Load() == epoch && r.ctx.Err() == nil {
-			r.violation("daemon", fmt.Sprintf("the daemon exited by itself (%v): %s", p.err, p.logTail(8000)))
+			r.violation("daemon", fmt.Sprintf("the daemon exited by itself (%v): %s", c.Err(), p.logTail(8000)))
 			r.cancel()
 		}
 	}()
