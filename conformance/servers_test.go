@@ -20,9 +20,7 @@ import (
 	"udm/internal/testutil"
 )
 
-var udmBin string
-
-func TestMain(m *testing.M) { testutil.MainWithUDM(m, &udmBin) }
+func TestMain(m *testing.M) { testutil.MainWithUDM(m) }
 
 const (
 	diskSize = 128 << 20
@@ -241,7 +239,7 @@ func startUDMDemo(t *testing.T, dir string, demo bool, extra ...string) *udmd {
 	}
 	t.Cleanup(func() { os.RemoveAll(sd) })
 	sock := filepath.Join(sd, "c.sock")
-	argv := append([]string{udmBin, "serve", "--state-dir", filepath.Join(dir, "state"), "--control", sock,
+	argv := append([]string{testutil.UDM(), "serve", "--state-dir", filepath.Join(dir, "state"), "--control", sock,
 		"--nbd", "127.0.0.1:0", "--nbd-unix", "", "--loops", "2", "--log-level", "debug"}, extra...)
 	if !demo {
 		argv = append(argv, "--no-demo")

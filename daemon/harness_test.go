@@ -22,9 +22,7 @@ import (
 // socket and ports (TCP port 0: the daemon reports what it bound), and
 // drives it with the CLI as an operator would.
 
-var udmBin string
-
-func TestMain(m *testing.M) { testutil.MainWithUDM(m, &udmBin) }
+func TestMain(m *testing.M) { testutil.MainWithUDM(m) }
 
 // sockDir returns a short directory for Unix sockets.
 func sockDir(t *testing.T) string { return testutil.SockDir(t) }
@@ -100,7 +98,7 @@ func (u *udmd) launch() {
 	// Every test that runs udm serve comes through here: -short skips it.
 	testutil.SkipShort(t, "an end-to-end test of udm serve")
 	u.stdout, u.stderr = &testutil.SyncBuffer{}, &testutil.SyncBuffer{}
-	u.run(exec.Command(udmBin, u.args...))
+	u.run(exec.Command(testutil.UDM(), u.args...))
 }
 
 // run starts cmd (the daemon, or a wrapper that becomes it) with the
@@ -227,7 +225,7 @@ func runUDM(t *testing.T, env []string, stdin string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testutil.Patience)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, udmBin, args...)
+	cmd := exec.CommandContext(ctx, testutil.UDM(), args...)
 	cmd.Env = append(os.Environ(), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

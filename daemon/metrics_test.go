@@ -130,7 +130,7 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("pushback = %v before any suspend", got)
 		}
 
-		susp := exec.Command(udmBin, "suspend", "--noflush", "mp")
+		susp := exec.Command(testutil.UDM(), "suspend", "--noflush", "mp")
 		susp.Env = append(os.Environ(), "UDM_SOCKET="+u.sock)
 		var suspOut bytes.Buffer
 		susp.Stdout, susp.Stderr = &suspOut, &suspOut

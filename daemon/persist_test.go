@@ -550,7 +550,7 @@ func TestPermissionDenied(t *testing.T) {
 	u := startUDM(t, t.TempDir(), "--no-demo")
 	// A copy of the binary the unprivileged user can run.
 	bin := filepath.Join(sockDir(t), "udm")
-	copyFile(t, udmBin, bin, 0o755)
+	copyFile(t, testutil.UDM(), bin, 0o755)
 	os.Chmod(filepath.Dir(bin), 0o755)
 	os.Chmod(filepath.Dir(u.sock), 0o755) // the socket itself is 0600, root's
 	cmd := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", bin, "ls")

@@ -114,7 +114,7 @@ func TestSocketActivation(t *testing.T) {
 	u.stdout, u.stderr = &testutil.SyncBuffer{}, &testutil.SyncBuffer{}
 	// LISTEN_PID must be the daemon's pid: the shell sets it to its own
 	// and becomes the daemon.
-	cmd := exec.Command("sh", append([]string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`, udmBin}, u.args...)...)
+	cmd := exec.Command("sh", append([]string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`, testutil.UDM()}, u.args...)...)
 	cmd.ExtraFiles = files
 	u.run(cmd, "LISTEN_FDS=4", "LISTEN_FDNAMES=udm.socket:udm.socket:udm.socket:udm.socket",
 		"NOTIFY_SOCKET="+ns.path, "WATCHDOG_USEC=2000000")

@@ -20,13 +20,11 @@ import (
 // real `udm serve` (built once by TestMain) and require its outcome; and
 // show that a drill whose outcome is wrong fails, saying why in one line.
 
-var udmBin string
-
-func TestMain(m *testing.M) { testutil.MainWithUDM(m, &udmBin) }
+func TestMain(m *testing.M) { testutil.MainWithUDM(m) }
 
 func testOptions(t *testing.T) Options {
 	testutil.SkipShort(t, "a drill starts udm serve")
-	return Options{UDM: udmBin, Log: testLog{t}, Size: 32 << 20, Workload: Workload{Seed: uint64(time.Now().UnixNano())}}
+	return Options{UDM: testutil.UDM(), Log: testLog{t}, Size: 32 << 20, Workload: Workload{Seed: uint64(time.Now().UnixNano())}}
 }
 
 // testLog sends progress lines to the test's log.
@@ -162,7 +160,7 @@ func TestDrillExternalDaemon(t *testing.T) {
 		sock = filepath.Join(testutil.SockDir(t), "c.sock")
 	}
 	p, err := startDaemon(context.Background(), "udm serve", filepath.Join(state, "log"),
-		[]string{udmBin, "serve", "--state-dir", state, "--control", sock, "--nbd", "127.0.0.1:0", "--nbd-unix", "", "--no-demo"}, sock)
+		[]string{testutil.UDM(), "serve", "--state-dir", state, "--control", sock, "--nbd", "127.0.0.1:0", "--nbd-unix", "", "--no-demo"}, sock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,7 +297,7 @@ tail  0.5s
 	out := filepath.Join(dir, "reports")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, udmBin, "drill", "--json", "--out", out, "--size", "16m", sched)
+	cmd := exec.CommandContext(ctx, testutil.UDM(), "drill", "--json", "--out", out, "--size", "16m", sched)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

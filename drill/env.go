@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"udm/daemon/api"
@@ -414,8 +413,7 @@ func (e *env) teardown() {
 	for _, name := range e.order {
 		p := e.paths[name]
 		if p.srv != nil {
-			p.srv.Signal(syscall.SIGCONT)
-			p.srv.Stop(5 * time.Second)
+			p.srv.Stop(5 * time.Second) // continues a stopped server first
 		}
 	}
 	for _, n := range e.nets {

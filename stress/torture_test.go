@@ -26,15 +26,20 @@ var (
 	verbose     = flag.Bool("stress.v", false, "log every violation as it is found and the whole history at the end")
 )
 
-var udmBin string
-
 func TestMain(m *testing.M) {
 	flag.Parse()
 	if *udmFlag != "" {
-		udmBin = *udmFlag
 		os.Exit(m.Run())
 	}
-	testutil.MainWithUDM(m, &udmBin)
+	testutil.MainWithUDM(m)
+}
+
+// udmBin is the binary to torture: -stress.udm's, or the one built here.
+func udmBin() string {
+	if *udmFlag != "" {
+		return *udmFlag
+	}
+	return testutil.UDM()
 }
 
 // TestTorture runs the control-plane torture test against a daemon built
@@ -50,7 +55,7 @@ func TestTorture(t *testing.T) {
 	}
 	t.Logf("torture seed %d (rerun with: go test ./stress/ -run TestTorture -stress.seed=%d)", seed, seed)
 	cfg := stress.Config{
-		Bin:           udmBin,
+		Bin:           udmBin(),
 		Seed:          seed,
 		Ops:           *opsFlag,
 		Workers:       *workersFlag,

@@ -120,12 +120,19 @@ func ModuleRoot(t testing.TB) string {
 	}
 }
 
+// udmBin is the udm binary MainWithUDM built.
+var udmBin string
+
+// UDM returns the path of the udm binary MainWithUDM built ("" under
+// -short, where it builds none).
+func UDM() string { return udmBin }
+
 // MainWithUDM is a TestMain that builds cmd/udm once into a temporary
 // directory (with -race when the tests run under it: so should the daemon
-// they start), stores its path in *bin, runs the tests and removes the
-// build. Under -short it builds nothing (the tests that run udm skip
-// there, with SkipShort).
-func MainWithUDM(m *testing.M, bin *string) {
+// they start), for UDM to return; runs the tests and removes the build.
+// Under -short it builds nothing (the tests that run udm skip there, with
+// SkipShort).
+func MainWithUDM(m *testing.M) {
 	flag.Parse()
 	if testing.Short() {
 		os.Exit(m.Run())
@@ -135,12 +142,12 @@ func MainWithUDM(m *testing.M, bin *string) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	*bin = filepath.Join(dir, "udm")
+	udmBin = filepath.Join(dir, "udm")
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		goBin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
 	}
-	args := []string{"build", "-o", *bin}
+	args := []string{"build", "-o", udmBin}
 	if Race {
 		args = append(args, "-race")
 	}
