@@ -27,11 +27,12 @@ import (
 // Server is an external NBD server process that a test can kill,
 // restart (on the same address), stop and continue.
 type Server struct {
+	URI  string // where it serves, as an NBD URI
+	Port int    // its loopback TCP port (0 on a unix socket)
+
 	t       testing.TB
 	kind    string
-	URI     string // where it serves, as an NBD URI
 	pidfile string
-	Port    int             // its loopback TCP port (0 on a unix socket)
 	sock    string          // the unix socket, if any
 	base    []string        // the command line before the plugin arguments
 	argv    func() []string // the command line for the next start
@@ -106,8 +107,8 @@ func (s *Server) WithArgs(args ...string) {
 	s.setArgs(append(append([]string{}, s.base...), args...))
 }
 
-// Start launches the server (again, after Kill) and waits until it listens (its pid file
-// appears).
+// Start launches the server (again, after Kill) and waits until it
+// listens (its pid file appears).
 func (s *Server) Start() {
 	s.t.Helper()
 	os.Remove(s.pidfile)
