@@ -30,17 +30,7 @@ func TestServeFUSE(t *testing.T) {
 	if err != nil || st.Size() != 8<<20 {
 		t.Fatalf("lin: %v %v", st, err)
 	}
-	out, err := exec.Command("losetup", "--direct-io=on", "--find", "--show", filepath.Join(dir, "lin")).CombinedOutput()
-	if err != nil {
-		t.Fatalf("losetup: %v\n%s", err, out)
-	}
-	loop := strings.TrimSpace(string(out))
-	detached := false
-	t.Cleanup(func() {
-		if !detached {
-			exec.Command("losetup", "-d", loop).Run()
-		}
-	})
+	loop, detach := testutil.AttachLoop(t, filepath.Join(dir, "lin"))
 	if out, err := exec.Command("dd", "if=/dev/urandom", "of="+loop, "bs=64k", "count=16", "oflag=direct").CombinedOutput(); err != nil {
 		t.Fatalf("dd to %s: %v\n%s", loop, err, out)
 	}
@@ -48,10 +38,9 @@ func TestServeFUSE(t *testing.T) {
 	if r := u.udm("remove", "lin"); r.err == "" {
 		t.Fatalf("remove of a device a loop device uses: %q, want it refused", r.out)
 	}
-	if out, err := exec.Command("losetup", "-d", loop).CombinedOutput(); err != nil {
-		t.Fatalf("losetup -d: %v\n%s", err, out)
+	if err := detach(); err != nil {
+		t.Fatal(err)
 	}
-	detached = true
 	eventually(t, "the loop device to let go of the file", func() bool {
 		return u.udm("remove", "lin").err == ""
 	})

@@ -55,6 +55,15 @@ func RequireRoot(t testing.TB) {
 // there is no root or no loop device support.
 func LoopDevice(t testing.TB, file string) string {
 	t.Helper()
+	dev, _ := AttachLoop(t, file)
+	return dev
+}
+
+// AttachLoop is LoopDevice for a test that detaches the loop device
+// itself: detach runs losetup -d and says how it failed; the end of the
+// test detaches the device only if detach has not.
+func AttachLoop(t testing.TB, file string) (dev string, detach func() error) {
+	t.Helper()
 	RequireRoot(t)
 	if _, err := os.Stat("/dev/loop-control"); err != nil {
 		t.Skip("skipped: no /dev/loop-control on this machine (loop devices unavailable)")
@@ -66,13 +75,24 @@ func LoopDevice(t testing.TB, file string) string {
 	if err != nil {
 		t.Fatalf("testutil: losetup %s: %v: %s", file, err, out)
 	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() {
+	dev = strings.TrimSpace(string(out))
+	detached := false
+	detach = func() error {
 		if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
-			t.Errorf("testutil: losetup -d %s: %v: %s", dev, err, out)
+			return fmt.Errorf("losetup -d %s: %v: %s", dev, err, out)
+		}
+		detached = true
+		return nil
+	}
+	t.Cleanup(func() {
+		if detached {
+			return
+		}
+		if err := detach(); err != nil {
+			t.Errorf("testutil: %v", err)
 		}
 	})
-	return dev
+	return dev, detach
 }
 
 // RequireTool skips the test when a command isn't installed, naming the
