@@ -59,8 +59,19 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
+// mustParse parses text as the configuration file name, failing the
+// test (with the text) if it does not parse.
+func mustParse(t *testing.T, name, text string) *confFile {
+	t.Helper()
+	cf, err := parseConfig(name, []byte(text))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, text)
+	}
+	return cf
+}
+
 func TestConfigMerge(t *testing.T) {
-	cf, err := parseConfig("f.conf", []byte(`
+	cf := mustParse(t, "f.conf", `
 [defaults]
 path_grouping_policy = "multibus"
 features = "1 queue_if_no_path"
@@ -85,10 +96,7 @@ failback = "immediate"
 [[devices]]
 alias = "lin"
 table = "0 2048 linear /dev/sdd 0"
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	want := api.MapSettings{PathSelector: "service-time 0", PathGroupingPolicy: "multibus", Features: "1 queue_if_no_path",
 		Prio: "const", CheckerSettings: api.CheckerSettings{PollingInterval: "2s", MaxPollingInterval: "8s",
 			CheckTimeout: "2s", NoPathRetry: "queue", Failback: "30", IODeadline: "2s"}}
@@ -115,10 +123,7 @@ table = "0 2048 linear /dev/sdd 0"
 	}
 
 	// Nothing set: multipath-tools' defaults and the checker's.
-	cf, err = parseConfig("f.conf", []byte("[[multipaths]]\nalias = \"a\"\npaths = [\"/x\"]\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cf = mustParse(t, "f.conf", "[[multipaths]]\nalias = \"a\"\npaths = [\"/x\"]\n")
 	def := builtinSettings()
 	def.NoPathRetry, def.MaxPollingInterval = "fail", "20s"
 	if cf.defaults != def || cf.maps[0].MapSettings != def {
@@ -155,10 +160,7 @@ func TestConfigTables(t *testing.T) {
 			[]int{1, 1, 1, 1}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			cf, err := parseConfig("f.conf", []byte("[[multipaths]]\nalias = \"m\"\n"+paths+"\n"+c.settings+"\n"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			cf := mustParse(t, "f.conf", "[[multipaths]]\nalias = \"m\"\n"+paths+"\n"+c.settings+"\n")
 			m := cf.maps[0]
 			if !reflect.DeepEqual(m.Priorities, c.prios) {
 				t.Errorf("priorities %v, want %v", m.Priorities, c.prios)
@@ -193,7 +195,7 @@ func TestConfigTables(t *testing.T) {
 // TestConfigShowRoundTrip checks that what udm show config prints reads
 // back as the same configuration.
 func TestConfigShowRoundTrip(t *testing.T) {
-	cf, err := parseConfig("f.conf", []byte(`
+	cf := mustParse(t, "f.conf", `
 [defaults]
 path_grouping_policy = "group_by_prio"
 prio = "weightedpath"
@@ -210,20 +212,14 @@ paths = ["/dev/sdb.fast", "/dev/sdz", "/dev/sdc"]
 [[devices]]
 alias = "lin"
 table = "0 2048 linear /dev/sdd 0"
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	r := api.ConfigReply{File: "f.conf", Defaults: cf.defaults, Blacklist: cf.blacklist, Devices: cf.devices}
 	for _, m := range cf.maps {
 		r.Multipaths = append(r.Multipaths, m.ConfigMap)
 	}
 	var b strings.Builder
 	api.FormatConfig(&b, r)
-	cf2, err := parseConfig("shown", []byte(b.String()))
-	if err != nil {
-		t.Fatalf("%v\n%s", err, b.String())
-	}
+	cf2 := mustParse(t, "shown", b.String())
 	if cf2.defaults != cf.defaults || !reflect.DeepEqual(cf2.blacklist, cf.blacklist) ||
 		!reflect.DeepEqual(cf2.devices, cf.devices) || !reflect.DeepEqual(cf2.maps[0].ConfigMap, cf.maps[0].ConfigMap) {
 		t.Fatalf("read back differs:\n%s\n%+v\n%+v", b.String(), cf2.maps[0].ConfigMap, cf.maps[0].ConfigMap)
@@ -240,10 +236,7 @@ func TestConfigExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	none, err := parseConfig("empty", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	none := mustParse(t, "empty", "")
 	if cf.defaults != none.defaults {
 		t.Fatalf("the example's defaults are not the defaults:\n got %+v\nwant %+v", cf.defaults, none.defaults)
 	}
@@ -260,10 +253,7 @@ func TestConfigExample(t *testing.T) {
 		}
 		text.WriteString(l + "\n")
 	}
-	cf, err = parseConfig("uncommented", []byte(text.String()))
-	if err != nil {
-		t.Fatalf("%v\n%s", err, text.String())
-	}
+	cf = mustParse(t, "uncommented", text.String())
 	if len(cf.maps) != 2 || len(cf.devices) != 1 || cf.maps[1].Priorities[0] != 50 {
 		t.Fatalf("uncommented example: %d maps, %d devices", len(cf.maps), len(cf.devices))
 	}
