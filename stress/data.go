@@ -176,9 +176,8 @@ type ioSet struct {
 	r      *run
 	s      *slot
 	epoch  int64
-	stop   chan struct{}
 	wg     sync.WaitGroup
-	closed atomic.Bool
+	closed atomic.Bool // set by close: the loops stop
 	// tolerant is set before operations after which errors are
 	// expected (a forced remove, multipath with every path gone).
 	tolerant atomic.Bool
@@ -189,7 +188,7 @@ type ioSet struct {
 
 // attach dials n clients to the slot's export and starts their loops.
 func (r *run) attach(ctx context.Context, s *slot, n int, rng *rand.Rand) (*ioSet, error) {
-	set := &ioSet{r: r, s: s, epoch: r.epoch.Load(), stop: make(chan struct{})}
+	set := &ioSet{r: r, s: s, epoch: r.epoch.Load()}
 	set.tolerant.Store(r.noPath(s, s.dev))
 	for i := 0; i < n; i++ {
 		uri := r.p.nbdURI(s.name, rng.IntN(2) == 0)
@@ -215,7 +214,6 @@ func (set *ioSet) close() {
 		set.wg.Wait()
 		return
 	}
-	close(set.stop)
 	set.mu.Lock()
 	for _, c := range set.clients {
 		c.Close()
@@ -224,21 +222,12 @@ func (set *ioSet) close() {
 	set.wg.Wait()
 }
 
-func (set *ioSet) stopping() bool {
-	select {
-	case <-set.stop:
-		return true
-	default:
-		return false
-	}
-}
-
 func (set *ioSet) loop(c *client.Client, idx, n int, seed uint64) {
 	defer set.wg.Done()
 	r, s := set.r, set.s
 	rng := rand.New(rand.NewPCG(seed, uint64(s.id)))
 	buf := make([]byte, blockSize)
-	for !set.stopping() && r.ctx.Err() == nil {
+	for !set.closed.Load() && r.ctx.Err() == nil {
 		blk := rng.IntN(devBlocks/n)*n + idx
 		write := rng.IntN(100) < 55
 		var seq uint32
@@ -280,7 +269,7 @@ func (set *ioSet) loop(c *client.Client, idx, n int, seed uint64) {
 			s.book.inDoubt(blk, seq, killed)
 		}
 		switch {
-		case killed, set.stopping(), r.ctx.Err() != nil:
+		case killed, set.closed.Load(), r.ctx.Err() != nil:
 			r.stats.ioDoubt.Add(1)
 			return
 		case timedOut:
