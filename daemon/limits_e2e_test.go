@@ -5,41 +5,12 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"udm/internal/testutil"
 	"udm/nbd/wire"
 )
-
-// procStatus reads a field (in kB) of /proc/PID/status, in bytes.
-func procStatus(t *testing.T, pid int, field string) int64 {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == field+":" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	t.Fatalf("no %s in /proc/%d/status", field, pid)
-	return 0
-}
-
-func procFds(t *testing.T, pid int) int {
-	t.Helper()
-	es, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(es)
-}
 
 // nbdGo connects to addr and negotiates export name with NBD_OPT_GO
 // (simple replies).
@@ -119,7 +90,7 @@ func TestUnreadPipelinesRSS(t *testing.T) {
 	pid := u.cmd.Process.Pid
 	good := nbdGo(t, u.info.Addrs.NBD, "d")
 	nbdRead(t, good, 0, 64<<10)
-	rss0, fd0 := procStatus(t, pid, "VmRSS"), procFds(t, pid)
+	rss0, fd0 := testutil.ProcStatus(t, pid, "VmRSS"), testutil.ProcFDs(t, pid)
 	var bad []net.Conn
 	for range conns {
 		c := nbdGo(t, u.info.Addrs.NBD, "d")
@@ -135,7 +106,7 @@ func TestUnreadPipelinesRSS(t *testing.T) {
 			scrape(t, u.info.Addrs.Metrics, "udm_nbd_payload_bytes") >= budget-budget/16-req
 	})
 	nbdRead(t, good, req, 64<<10)
-	rss1, fd1 := procStatus(t, pid, "VmRSS"), procFds(t, pid)
+	rss1, fd1 := testutil.ProcStatus(t, pid, "VmRSS"), testutil.ProcFDs(t, pid)
 	peak := scrape(t, u.info.Addrs.Metrics, "udm_nbd_payload_peak_bytes")
 	t.Logf("%d connections x %d unread reads of %d MiB: payload peak %.0f MiB (budget %d MiB); daemon RSS %d -> %d MiB, fds %d -> %d",
 		conns, depth, req>>20, peak/(1<<20), budget>>20, rss0>>20, rss1>>20, fd0, fd1)
@@ -153,10 +124,10 @@ func TestUnreadPipelinesRSS(t *testing.T) {
 	testutil.Eventually(t, "the payload to come back", func() bool {
 		return scrape(t, u.info.Addrs.Metrics, "udm_nbd_payload_bytes") == 0
 	})
-	testutil.Eventually(t, "the daemon to close the connections", func() bool { return procFds(t, pid) <= fd0 })
+	testutil.Eventually(t, "the daemon to close the connections", func() bool { return testutil.ProcFDs(t, pid) <= fd0 })
 	nbdRead(t, good, 0, 64<<10)
-	rss2 := procStatus(t, pid, "VmRSS")
-	t.Logf("after they left: RSS %d MiB, fds %d", rss2>>20, procFds(t, pid))
+	rss2 := testutil.ProcStatus(t, pid, "VmRSS")
+	t.Logf("after they left: RSS %d MiB, fds %d", rss2>>20, testutil.ProcFDs(t, pid))
 	// Kept: the arenas (touched) and at most MaxOverflowKept (64 MiB)
 	// of overflow buffers per loop.
 	if grow := rss2 - rss0; grow > 4*(64<<20) {
