@@ -232,13 +232,7 @@ func startUDM(t *testing.T, dir string, extra ...string) *udmd {
 func startUDMDemo(t *testing.T, dir string, demo bool, extra ...string) *udmd {
 	t.Helper()
 	disk, ro := backings(t, dir)
-	// Unix socket paths are short; temp dirs can be long.
-	sd, err := os.MkdirTemp("", "udmconf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sd) })
-	sock := filepath.Join(sd, "c.sock")
+	sock := filepath.Join(testutil.SockDir(t), "c.sock")
 	argv := append([]string{testutil.UDM(), "serve", "--state-dir", filepath.Join(dir, "state"), "--control", sock,
 		"--nbd", "127.0.0.1:0", "--nbd-unix", "", "--loops", "2", "--log-level", "debug"}, extra...)
 	if !demo {
@@ -258,6 +252,7 @@ func startUDMDemo(t *testing.T, dir string, demo bool, extra ...string) *udmd {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
+		var err error
 		info, err = ctl.Daemon(ctx)
 		return err == nil
 	})
