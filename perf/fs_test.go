@@ -16,9 +16,7 @@ import (
 // I/O; it leaves no mount,
 // loop device or nbdfuse behind.
 func TestFsContenderOnNbdkit(t *testing.T) {
-	if testing.Short() {
-		t.Skip("skipped in -short: mkfs and fio through FUSE take seconds")
-	}
+	testutil.SkipShort(t, "mkfs and fio through FUSE take seconds")
 	testutil.RequireRoot(t)
 	for _, tool := range []string{"nbdkit", "nbdfuse", "mkfs.ext4", "fio", "losetup"} {
 		testutil.RequireTool(t, tool)
