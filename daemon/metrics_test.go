@@ -178,15 +178,7 @@ func TestMetrics(t *testing.T) {
 			t.Fatalf("the second write: %v", err)
 		}
 		u.ok("resume", "hang")
-		got := make([]byte, 8192)
-		fh, err := os.Open(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer fh.Close()
-		if _, err := fh.ReadAt(got, 0); err != nil {
-			t.Fatal(err)
-		}
+		got := readFileAt(t, f, 0, 8192)
 		if !bytes.Equal(got[:4096], first) || !bytes.Equal(got[4096:], second) {
 			t.Fatal("the writes are not on the file")
 		}

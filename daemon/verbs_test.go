@@ -123,15 +123,7 @@ func TestVerbsWithClients(t *testing.T) {
 			t.Fatal(err)
 		}
 		cl.Close()
-		got := make([]byte, len(data))
-		f, err := os.Open(a)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if _, err := f.ReadAt(got, 4096); err != nil {
-			t.Fatal(err)
-		}
+		got := readFileAt(t, a, 4096, len(data))
 		if string(got) != string(data) {
 			t.Fatal("data written through the NBD path did not reach the file under the lower device")
 		}
