@@ -260,21 +260,6 @@ func backing(t *testing.T, dir, name string, size int64) string {
 	return p
 }
 
-// readFileAt reads n bytes of file at off (what reached a backing file).
-func readFileAt(t *testing.T, file string, off int64, n int) []byte {
-	t.Helper()
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b := make([]byte, n)
-	if _, err := f.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // shmDir is a directory on tmpfs (O_DIRECT works there) removed after the
 // test; the test's temp dir if there is no /dev/shm.
 func shmDir(t *testing.T) string {

@@ -178,7 +178,7 @@ func TestMetrics(t *testing.T) {
 			t.Fatalf("the second write: %v", err)
 		}
 		u.ok("resume", "hang")
-		got := readFileAt(t, f, 0, 8192)
+		got := testutil.ReadFileAt(t, f, 0, 8192)
 		if !bytes.Equal(got[:4096], first) || !bytes.Equal(got[4096:], second) {
 			t.Fatal("the writes are not on the file")
 		}

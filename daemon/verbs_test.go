@@ -18,6 +18,7 @@ import (
 	"udm/daemon"
 	"udm/daemon/api"
 	"udm/dm"
+	"udm/internal/testutil"
 	"udm/multipath"
 	"udm/nbd/client"
 )
@@ -123,7 +124,7 @@ func TestVerbsWithClients(t *testing.T) {
 			t.Fatal(err)
 		}
 		cl.Close()
-		got := readFileAt(t, a, 4096, len(data))
+		got := testutil.ReadFileAt(t, a, 4096, len(data))
 		if string(got) != string(data) {
 			t.Fatal("data written through the NBD path did not reach the file under the lower device")
 		}

@@ -42,6 +42,22 @@ func TempFile(t testing.TB, size int64) string {
 	return name
 }
 
+// ReadFileAt reads n bytes of file at off: what reached a backing file,
+// read past the device under test.
+func ReadFileAt(t testing.TB, file string, off int64, n int) []byte {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // RequireRoot skips the test unless it runs as root.
 func RequireRoot(t testing.TB) {
 	t.Helper()
