@@ -51,6 +51,7 @@ const (
 // INIT flags (bits 32-63 travel in flags2).
 const (
 	initAsyncRead    = 1 << 0
+	initAtomicOTrunc = 1 << 3
 	initBigWrites    = 1 << 5
 	initAsyncDIO     = 1 << 15
 	initParallelDirs = 1 << 18

@@ -12,8 +12,13 @@
 // queue reaches the server whole. READ and WRITE become bios straight
 // into and out of a page-aligned buffer of the loop's arena; FSYNC and
 // FLUSH an empty flush; FALLOCATE PUNCH_HOLE|KEEP_SIZE a discard,
-// ZERO_RANGE a write-zeroes. Writes must be sector-aligned (EINVAL
-// otherwise); an unaligned read reads the sectors around it. A suspended
+// ZERO_RANGE a write-zeroes. An unaligned read reads the sectors around
+// it; an unaligned write (bytes written to the file without O_DIRECT:
+// FOPEN_DIRECT_IO passes the user's offsets through) is a
+// read-modify-write of the partial sectors at its ends. A device's
+// writes in flight are tracked (wtrack, exchange.go): a
+// read-modify-write runs alongside no write it overlaps, so none is
+// lost. A suspended
 // device holds the bios exactly as it holds NBD's: the kernel's request
 // waits, and a noflush reload under a filesystem is invisible to it.
 // LOOKUP, GETATTR (attributes are never cached: sizes follow the
@@ -32,8 +37,16 @@
 //   - FUSE over io_uring (when INIT offers FUSE_OVER_IO_URING and the
 //     loops have 128-byte SQEs): entries are registered per possible CPU
 //     with FUSE_IO_URING_CMD_REGISTER and answered with
-//     COMMIT_AND_FETCH, URING_CMDs on the same loops (ringq.go). INIT,
-//     FORGET and INTERRUPT still come through the classic slots.
+//     COMMIT_AND_FETCH, URING_CMDs on the same loops (ringq.go). The
+//     kernel gives a request only to the queue of the CPU that sent it,
+//     so each online CPU's queue has Config.RingSlots entries (128, a
+//     loop device's depth): Slots of them with arena buffers, the rest
+//     with mappings of their own, touched only as deep as the load goes.
+//     INIT, FORGET and INTERRUPT still come through the classic slots.
+//
+// Both transports share exchange.go: reqSlot (what a transport does),
+// reqCore (a request from taken to answered: its bio, a READ's span, an
+// ordered write's state) and the write tracking.
 //
 // # Locks
 //

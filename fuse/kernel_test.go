@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -67,6 +68,12 @@ func enableURing(t *testing.T, on bool) {
 
 func newEnv(t *testing.T, tr Transport) *env {
 	t.Helper()
+	return newEnvWith(t, tr, nil)
+}
+
+// newEnvWith is newEnv with cfg changing the server's Config.
+func newEnvWith(t *testing.T, tr Transport, cfg func(*Config)) *env {
+	t.Helper()
 	requireFUSE(t)
 	if tr != Auto {
 		enableURing(t, tr == IOUring)
@@ -85,7 +92,11 @@ func newEnv(t *testing.T, tr Transport) *env {
 	e.dir = t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	srv, err := Mount(ctx, Config{Dir: e.dir, Devices: e.reg, Loops: e.loops, Transport: tr, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
+	c := Config{Dir: e.dir, Devices: e.reg, Loops: e.loops, Transport: tr, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)}
+	if cfg != nil {
+		cfg(&c)
+	}
+	srv, err := Mount(ctx, c)
 	if err != nil {
 		t.Fatalf("mount: %v", err)
 	}
@@ -119,7 +130,15 @@ func (e *env) create(name string, size int64) string {
 
 func run(t *testing.T, name string, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
+	return runIn(t, "", name, args...)
+}
+
+// runIn runs a command in dir (where tools such as fio leave files).
+func runIn(t *testing.T, dir, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
@@ -372,7 +391,7 @@ func TestFioVerify(t *testing.T) {
 			e := newEnv(t, tr)
 			e.create("v", 64<<20)
 			loop := testutil.LoopDevice(t, filepath.Join(e.dir, "v"))
-			run(t, "fio", "--name=verify", "--filename="+loop, "--ioengine=io_uring", "--direct=1",
+			runIn(t, t.TempDir(), "fio", "--name=verify", "--filename="+loop, "--ioengine=io_uring", "--direct=1",
 				"--rw=randwrite", "--bsrange=4k-64k", "--iodepth=32", "--size=64m", "--verify=crc32c",
 				"--verify_fatal=1", "--do_verify=1", "--randrepeat=0", "--verify_state_save=0")
 			st := e.srv.Stats()
@@ -426,5 +445,146 @@ func TestCloseBusy(t *testing.T) {
 				t.Fatalf("%s still mounted", e.dir)
 			}
 		})
+	}
+}
+
+// TestRingDepth holds a device's bios (suspended) while fio keeps 32
+// reads in flight on a loop device over its file: all 32 reach the
+// server, though the kernel gives a request only to the queue of the
+// CPU that submitted it, and only 4 entries of a queue have arena
+// buffers.
+func TestRingDepth(t *testing.T) {
+	testutil.RequireTool(t, "fio")
+	e := newEnvWith(t, IOUring, func(c *Config) { c.Slots = 4 })
+	e.create("deep", 64<<20)
+	loop := testutil.LoopDevice(t, filepath.Join(e.dir, "deep"))
+	dev, err := e.reg.Get("deep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := dev.Suspend(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			if err := dev.Resume(ctx); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer resume()
+	cmd := exec.Command("fio", "--name=depth", "--filename="+loop, "--ioengine=io_uring", "--direct=1", "--bs=4k",
+		"--iodepth=32", "--rw=randread", "--number_ios=256", "--size=64m", "--norandommap", "--randrepeat=0")
+	cmd.Dir = t.TempDir()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, "32 reads held by the server", func() bool { return e.srv.Stats().Held >= 32 })
+	resume()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("fio: %v\n%s", err, out.String())
+	}
+	if st := e.srv.Stats(); st.Errors != 0 || st.Peak < 32/uint64(len(e.loops)) {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestUnalignedWrites writes bytes at odd offsets through files opened
+// without O_DIRECT (os.File, dd bs=1, a shell redirection), and from
+// concurrent writers into the same sectors, each its own bytes: every
+// byte reads back as its last writer wrote it (read-modify-write of the
+// covering sectors, none lost to another).
+func TestUnalignedWrites(t *testing.T) {
+	for _, tr := range []Transport{Classic, IOUring} {
+		t.Run(tr.String(), func(t *testing.T) { unalignedWrites(t, tr) })
+	}
+}
+
+func unalignedWrites(t *testing.T, tr Transport) {
+	e := newEnv(t, tr)
+	const size = 1 << 20
+	e.create("u", size)
+	name := filepath.Join(e.dir, "u")
+	want := make([]byte, size)
+	f, err := os.OpenFile(name, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	writeAt := func(b []byte, off int64) {
+		t.Helper()
+		if n, err := f.WriteAt(b, off); err != nil || n != len(b) {
+			t.Fatalf("write %d bytes at %d: %d, %v", len(b), off, n, err)
+		}
+		copy(want[off:], b)
+	}
+	writeAt([]byte{0xa1}, 3)
+	writeAt([]byte("across"), 509)               // two sectors, both partial
+	writeAt(bytes.Repeat([]byte{7}, 1000), 1234) // head, a whole sector, tail
+	writeAt(bytes.Repeat([]byte{9}, 512), 4096)  // aligned, between the others
+	writeAt(bytes.Repeat([]byte{5}, 100), size-100)
+	if _, err := f.WriteAt([]byte{1, 2}, size-1); err == nil {
+		t.Fatal("a write past the device's end succeeded")
+	}
+	run(t, "dd", "if=/dev/zero", "of="+name, "bs=1", "seek=3", "count=1", "conv=notrunc", "status=none")
+	want[3] = 0
+	run(t, "sh", "-c", "printf xy > "+name) // O_TRUNC: a device's size stays
+	copy(want, "xy")
+	if st, err := os.Stat(name); err != nil || st.Size() != size {
+		t.Fatalf("after O_TRUNC: %v %v, want size %d", st, err, size)
+	}
+
+	// Concurrent writers, byte by byte, interleaved in the same sectors.
+	const writers, per = 8, 128
+	base := int64(64 << 10)
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g, err := os.OpenFile(name, os.O_RDWR, 0)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer g.Close()
+			for k := 0; k < per; k++ {
+				if _, err := g.WriteAt([]byte{byte(0x10 + w)}, base+int64(k*writers+w)*3); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for w := 0; w < writers; w++ {
+		for k := 0; k < per; k++ {
+			want[base+int64(k*writers+w)*3] = byte(0x10 + w)
+		}
+	}
+	got, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != size {
+		t.Fatalf("read %d bytes, want %d", len(got), size)
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("byte %d: %#x, want %#x", i, got[i], want[i])
+		}
+	}
+	if st := e.srv.Stats(); st.Errors == 0 {
+		t.Fatalf("stats %+v: want the write past the end counted as an error", st)
 	}
 }

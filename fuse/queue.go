@@ -7,7 +7,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"udm/dm"
 	"udm/uring"
 )
 
@@ -25,7 +24,21 @@ type queue struct {
 	rings   []*uqueue // the kernel ring queues this loop serves
 
 	requests, ringReqs, errors, bios atomic.Uint64
+
+	// held: requests taken from the kernel and not yet answered; peak:
+	// the most held at once.
+	held, peak atomic.Uint64
 }
+
+func (q *queue) hold() {
+	h := q.held.Load() + 1
+	q.held.Store(h)
+	if h > q.peak.Load() {
+		q.peak.Store(h)
+	}
+}
+
+func (q *queue) unhold() { q.held.Store(q.held.Load() - 1) }
 
 func inc(c *atomic.Uint64) { c.Store(c.Load() + 1) }
 
@@ -43,7 +56,7 @@ const scratchSize = reqHeadSize + 4096
 // buffer (page-aligned, from the loop's arena, used by the bio directly),
 // its reply and its bio.
 type slot struct {
-	q *queue
+	reqCore
 
 	// head receives the header and a WRITE's arguments; the rest of the
 	// request lands in data, so a WRITE's payload is page-aligned.
@@ -54,10 +67,6 @@ type slot struct {
 	out     [outHeaderSize + 4096]byte
 	oiov    [2]unix.Iovec
 
-	r       request
-	bio     dm.Bio
-	skip    uint64 // a READ's reply starts this far into data
-	rlen    uint64 // and is this long
 	readID  uring.OpID
 	reading bool
 	trimmed bool // not needed (the ring carries the requests): stop
@@ -75,19 +84,18 @@ func (q *queue) start() error {
 	q.slots = make([]slot, q.s.cfg.Slots)
 	for i := range q.slots {
 		sl := &q.slots[i]
-		sl.q = q
 		b, err := q.l.Arena().TryGet(q.s.cfg.MaxWrite)
 		if err != nil {
 			q.slots = q.slots[:i]
 			return err
 		}
+		sl.init(q, sl, b.Index)
 		sl.data = b
 		sl.scratch = make([]byte, scratchSize)
 		sl.iov[0] = unix.Iovec{Base: &sl.head[0]}
 		sl.iov[0].SetLen(reqHeadSize)
 		sl.iov[1] = unix.Iovec{Base: &b.B[0]}
 		sl.iov[1].SetLen(len(b.B))
-		sl.bio.BufIndex = -1
 	}
 	for i := range q.slots {
 		q.s.live.Add(1)
@@ -115,10 +123,7 @@ func (q *queue) release() {
 		q.slots[i].data = uring.Buf{}
 	}
 	for _, u := range q.rings {
-		for i := range u.ents {
-			q.l.Arena().Put(u.ents[i].payload)
-			u.ents[i].payload = uring.Buf{}
-		}
+		u.release()
 	}
 	if q.fdIdx >= 0 {
 		q.l.UnregisterFile(q.fdIdx)
@@ -228,7 +233,7 @@ func (sl *slot) take(n int) {
 	if err != nil {
 		if n >= inHeaderSize && !noReply(r.hdr.Opcode) {
 			sl.r.hdr = decodeInHeader(sl.head[:])
-			sl.replyErr(syscall.EIO)
+			replyErr(sl, syscall.EIO)
 			return
 		}
 		sl.arm()
@@ -240,22 +245,14 @@ func (sl *slot) take(n int) {
 // body is the reply's argument area after the out header.
 func (sl *slot) body() []byte { return sl.out[outHeaderSize:] }
 
-// reply sends the out header, k bytes of body and data.
-func (sl *slot) reply(k int, data []byte) {
-	putOutHeader(sl.out[:], outHeaderSize+k+len(data), 0, sl.r.hdr.Unique)
-	sl.send(k, data)
-}
+func (sl *slot) core() *reqCore { return &sl.reqCore }
 
-func (sl *slot) replyErr(e syscall.Errno) {
-	if e != syscall.ENOSYS {
-		inc(&sl.q.errors)
-	}
-	putOutHeader(sl.out[:], outHeaderSize, -int32(e), sl.r.hdr.Unique)
-	sl.send(0, nil)
-}
+func (sl *slot) buf() []byte { return sl.data.B }
 
-func (sl *slot) send(k int, data []byte) {
+// answer writes the out header, k bytes of body and data to /dev/fuse.
+func (sl *slot) answer(errno int32, k int, data []byte) {
 	q := sl.q
+	putOutHeader(sl.out[:], outHeaderSize+k+len(data), errno, sl.r.hdr.Unique)
 	sl.oiov[0] = unix.Iovec{Base: &sl.out[0]}
 	sl.oiov[0].SetLen(outHeaderSize + k)
 	nv := 1
@@ -274,23 +271,3 @@ func (sl *slot) send(k int, data []byte) {
 
 // next is for requests that get no reply.
 func (sl *slot) next() { sl.arm() }
-
-func (sl *slot) req() *request { return &sl.r }
-
-func (sl *slot) buf() []byte { return sl.data.B }
-
-func (sl *slot) submit(dev *dm.Device, op dm.Op, fl dm.BioFlags, sector uint64, n uint32, buf []byte) {
-	q := sl.q
-	b := &sl.bio
-	b.Op, b.Flags, b.Sector, b.Len = op, fl, sector, n
-	b.Buf, b.BufIndex = nil, -1
-	if op.HasData() {
-		b.Buf, b.BufIndex = buf, sl.data.Index
-	}
-	b.Exec, b.End = q.l, sl
-	inc(&q.bios)
-	dev.Submit(b)
-}
-
-// BioEnd runs on the loop when the request's bio has ended.
-func (sl *slot) BioEnd(_ *dm.Bio, err error) { sl.q.s.bioDone(sl, err) }

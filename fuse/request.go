@@ -29,6 +29,17 @@ type request struct {
 
 var errShort = errors.New("fuse: short request")
 
+// argMin is the least size of each opcode's arguments (the in structs
+// of the protocol version the server requires); 0 for an opcode without
+// arguments or with a variable-length one only.
+var argMin = [...]uint8{
+	opForget: 8, opBatchForget: 8, opGetattr: 16, opSetattr: 88,
+	opOpen: 8, opOpendir: 8, opAccess: 8,
+	opRead: 40, opReaddir: 40, opReaddirplus: 40, opWrite: writeInSize,
+	opRelease: 24, opReleasedir: 24, opFlush: 24, opFsync: 16, opFsyncdir: 16,
+	opFallocate: 32, opGetxattr: 8, opListxattr: 8, opInterrupt: 8, opInit: 16,
+}
+
 // parseRequest decodes a request from b, which holds it whole (for WRITE:
 // the header and arguments; the payload is elsewhere and Size long).
 // It checks every length against b and the header; a malformed request is
@@ -43,7 +54,9 @@ func parseRequest(b []byte, n int) (request, error) {
 		return r, errShort
 	}
 	a := b[inHeaderSize:n]
-	need := func(k int) bool { return len(a) >= k }
+	if op := r.hdr.Opcode; op < uint32(len(argMin)) && len(a) < int(argMin[op]) {
+		return r, errShort
+	}
 	switch r.hdr.Opcode {
 	case opLookup:
 		// A NUL-terminated name.
@@ -56,97 +69,49 @@ func parseRequest(b []byte, n int) (request, error) {
 		}
 		r.Name = a[:i]
 	case opForget:
-		if !need(8) {
-			return r, errShort
-		}
 		r.Nlookup = le.Uint64(a)
 	case opBatchForget:
-		if !need(8) {
-			return r, errShort
-		}
 		cnt := le.Uint32(a)
 		if uint64(len(a)-8) < uint64(cnt)*16 {
 			return r, errShort
 		}
 		r.Forgets = a[8 : 8+int(cnt)*16]
 	case opGetattr:
-		if !need(16) {
-			return r, errShort
-		}
 		r.Flags = le.Uint32(a)
 		r.Fh = le.Uint64(a[8:])
 	case opSetattr:
-		if !need(88) {
-			return r, errShort
-		}
 		r.Valid = le.Uint32(a)
 		r.Fh = le.Uint64(a[8:])
 		r.NewSize = le.Uint64(a[16:])
-	case opOpen, opOpendir:
-		if !need(8) {
-			return r, errShort
-		}
+	case opOpen, opOpendir, opAccess:
 		r.Flags = le.Uint32(a)
-	case opRead, opReaddir, opReaddirplus:
-		if !need(40) {
-			return r, errShort
-		}
+	case opRead, opReaddir, opReaddirplus, opWrite:
 		r.Fh = le.Uint64(a)
 		r.Offset = le.Uint64(a[8:])
 		r.Size = le.Uint32(a[16:])
-	case opWrite:
-		if !need(writeInSize) || n != reqHeadSize {
-			return r, errShort
-		}
-		r.Fh = le.Uint64(a)
-		r.Offset = le.Uint64(a[8:])
-		r.Size = le.Uint32(a[16:])
-		if uint64(r.hdr.Len) != reqHeadSize+uint64(r.Size) {
+		if r.hdr.Opcode == opWrite && (n != reqHeadSize || uint64(r.hdr.Len) != reqHeadSize+uint64(r.Size)) {
 			return r, errShort
 		}
 	case opRelease, opReleasedir, opFlush:
-		if !need(24) {
-			return r, errShort
-		}
 		r.Fh = le.Uint64(a)
 	case opFsync, opFsyncdir:
-		if !need(16) {
-			return r, errShort
-		}
 		r.Fh = le.Uint64(a)
 		r.Flags = le.Uint32(a[8:])
 	case opFallocate:
-		if !need(32) {
-			return r, errShort
-		}
 		r.Fh = le.Uint64(a)
 		r.Offset = le.Uint64(a[8:])
 		r.Length = le.Uint64(a[16:])
 		r.Mode = le.Uint32(a[24:])
-	case opAccess:
-		if !need(8) {
-			return r, errShort
-		}
-		r.Flags = le.Uint32(a)
 	case opGetxattr, opListxattr:
-		if !need(8) {
-			return r, errShort
-		}
 		r.Size = le.Uint32(a)
 	case opInterrupt:
-		if !need(8) {
-			return r, errShort
-		}
 		r.Fh = le.Uint64(a) // the interrupted request's unique
 	case opInit:
-		if !need(16) {
-			return r, errShort
-		}
 		r.InitMajor = le.Uint32(a)
 		r.InitMinor = le.Uint32(a[4:])
 		r.InitReadahead = le.Uint32(a[8:])
 		r.InitFlags = uint64(le.Uint32(a[12:]))
-		if need(20) && r.InitFlags&initInitExt != 0 {
+		if len(a) >= 20 && r.InitFlags&initInitExt != 0 {
 			r.InitFlags |= uint64(le.Uint32(a[16:])) << 32
 		}
 	}

@@ -9,7 +9,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"udm/dm"
 	"udm/uring"
 )
 
@@ -47,22 +46,21 @@ type uqueue struct {
 	s    *Server
 	q    *queue // the classic queue of the same loop (its fixed file)
 	qid  uint16
-	ents []uent
+	ents []*uent
 }
 
 // A uent is one registered ring entry.
 type uent struct {
+	reqCore
 	u       *uqueue
 	hdr     [ringHeaderLen]byte
 	iov     [2]unix.Iovec
-	payload uring.Buf
+	payload []byte    // arena.B or own
+	arena   uring.Buf // a buffer of the loop's arena, or
+	own     []byte    // a mapping of the entry's own
 	scratch []byte
 	head    [reqHeadSize]byte
 
-	r        request
-	bio      dm.Bio
-	skip     uint64
-	rlen     uint64
 	commitID uint64
 	cmdOp    uint32 // the command last sent (re-sent after EAGAIN)
 	done     bool
@@ -98,7 +96,7 @@ func cpuList(path string) map[int]bool {
 }
 
 // ringQueues returns how many entries each kernel queue gets: one queue
-// per possible CPU (the kernel's count), Slots entries for an online
+// per possible CPU (the kernel's count), slots entries for an online
 // CPU, one for a CPU that is possible but offline (a queue must have an
 // entry before the kernel uses the ring; a VM may list many more
 // possible CPUs than it runs).
@@ -133,7 +131,7 @@ func URingEnabled() bool {
 // startRing registers the ring entries of every queue, each on its loop,
 // once INIT is done, and returns when the loops have submitted them.
 func (s *Server) startRing() {
-	for qid, ents := range ringQueues(s.cfg.Slots) {
+	for qid, ents := range ringQueues(s.cfg.RingSlots) {
 		q := s.queues[qid%len(s.queues)]
 		u := &uqueue{s: s, q: q, qid: uint16(qid)}
 		q.l.Call(func() { u.start(ents) })
@@ -150,28 +148,47 @@ func (u *uqueue) start(n int) {
 	if u.q.stopped || s.closing.Load() {
 		return
 	}
-	u.ents = make([]uent, n)
-	for i := range u.ents {
-		e := &u.ents[i]
-		e.u = u
-		b, err := u.q.l.Arena().TryGet(s.cfg.MaxWrite)
-		if err != nil {
-			s.log.Error().Err(err).Msg("fuse: ring entry buffer")
-			u.ents = u.ents[:i]
-			break
+	u.q.rings = append(u.q.rings, u)
+	for i := range n {
+		e := &uent{u: u, scratch: make([]byte, scratchSize)}
+		if n-i <= s.cfg.Slots {
+			b, err := u.q.l.Arena().TryGet(s.cfg.MaxWrite)
+			if err != nil {
+				s.log.Error().Err(err).Msg("fuse: ring entry buffer")
+				break
+			}
+			e.arena, e.payload = b, b.B
+			e.init(u.q, e, b.Index)
+		} else {
+			m, err := unix.Mmap(-1, 0, s.cfg.MaxWrite, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+			if err != nil {
+				s.log.Error().Err(err).Msg("fuse: ring entry buffer")
+				break
+			}
+			e.own, e.payload = m, m
+			e.init(u.q, e, -1)
 		}
-		e.payload = b
-		e.scratch = make([]byte, scratchSize)
 		e.iov[0] = unix.Iovec{Base: &e.hdr[0]}
 		e.iov[0].SetLen(ringHeaderLen)
-		e.iov[1] = unix.Iovec{Base: &b.B[0]}
-		e.iov[1].SetLen(len(b.B))
-		e.bio.BufIndex = -1
+		e.iov[1] = unix.Iovec{Base: &e.payload[0]}
+		e.iov[1].SetLen(len(e.payload))
+		u.ents = append(u.ents, e)
 	}
-	u.q.rings = append(u.q.rings, u)
-	for i := range u.ents {
+	for _, e := range u.ents {
 		s.live.Add(1)
-		u.ents[i].send(uringCmdRegister)
+		e.send(uringCmdRegister)
+	}
+}
+
+// release gives the entries' buffers back (on the loop, once they are
+// done).
+func (u *uqueue) release() {
+	for _, e := range u.ents {
+		if e.own != nil {
+			unix.Munmap(e.own)
+		}
+		u.q.l.Arena().Put(e.arena)
+		e.arena, e.own, e.payload = uring.Buf{}, nil, nil
 	}
 }
 
@@ -229,9 +246,11 @@ func (e *uent) Complete(_ uint64, res int32, _ uint32) {
 }
 
 func (e *uent) take() {
-	q := e.u.q
+	u := e.u
+	q := u.q
 	inc(&q.requests)
 	inc(&q.ringReqs)
+
 	h := decodeInHeader(e.hdr[ringInOut:])
 	e.commitID = le.Uint64(e.hdr[ringEntInOut+8:])
 	psz := uint64(le.Uint32(e.hdr[ringEntInOut+16:]))
@@ -243,73 +262,44 @@ func (e *uent) take() {
 		if h.Opcode == opWrite {
 			copy(e.head[:], e.hdr[ringInOut:ringInOut+inHeaderSize])
 			copy(e.head[inHeaderSize:], e.hdr[ringOpIn:ringOpIn+writeInSize])
-			if argSz == writeInSize && psz <= uint64(len(e.payload.B)) {
+			if argSz == writeInSize && psz <= uint64(len(e.payload)) {
 				r, err = parseRequest(e.head[:], reqHeadSize)
 			}
 		} else if n <= uint64(len(e.scratch)) {
 			k := copy(e.scratch, e.hdr[ringInOut:ringInOut+inHeaderSize])
 			k += copy(e.scratch[k:], e.hdr[ringOpIn:ringOpIn+argSz])
-			copy(e.scratch[k:], e.payload.B[:psz])
+			copy(e.scratch[k:], e.payload[:psz])
 			r, err = parseRequest(e.scratch, int(n))
 		}
 	}
 	e.r = r
 	if err != nil {
 		e.r.hdr = h
-		e.replyErr(syscall.EIO)
+		replyErr(e, syscall.EIO)
 		return
 	}
 	q.s.serve(e)
 }
 
-func (e *uent) req() *request           { return &e.r }
-func (e *uent) body() []byte            { return e.payload.B }
-func (e *uent) buf() []byte             { return e.payload.B }
-func (e *uent) readSpan(skip, n uint64) { e.skip, e.rlen = skip, n }
-func (e *uent) span() (uint64, uint64)  { return e.skip, e.rlen }
+func (e *uent) core() *reqCore { return &e.reqCore }
+func (e *uent) body() []byte   { return e.payload }
+func (e *uent) buf() []byte    { return e.payload }
 
-// reply commits k bytes of body, or data (a slice of the payload: moved
-// to its start if it isn't there).
-func (e *uent) reply(k int, data []byte) {
+// answer commits k bytes of body, or data (a slice of the payload: moved
+// to its start if it isn't there), and fetches the next request.
+func (e *uent) answer(errno int32, k int, data []byte) {
 	if len(data) > 0 {
-		if unsafePtr(&data[0]) != unsafePtr(&e.payload.B[0]) {
-			copy(e.payload.B, data)
+		if unsafePtr(&data[0]) != unsafePtr(&e.payload[0]) {
+			copy(e.payload, data)
 		}
 		k = len(data)
 	}
-	e.commit(0, k)
-}
-
-func (e *uent) replyErr(errno syscall.Errno) {
-	if errno != syscall.ENOSYS {
-		inc(&e.u.q.errors)
-	}
-	e.commit(-int32(errno), 0)
-}
-
-// next: a request that takes no reply still gives its entry back.
-func (e *uent) next() { e.commit(0, 0) }
-
-func (e *uent) commit(errno int32, k int) {
 	putOutHeader(e.hdr[ringInOut:], outHeaderSize+k, errno, e.r.hdr.Unique)
 	le.PutUint32(e.hdr[ringEntInOut+16:], uint32(k))
 	e.send(uringCmdCommitAndFetch)
 }
 
-func (e *uent) submit(dev *dm.Device, op dm.Op, fl dm.BioFlags, sector uint64, n uint32, buf []byte) {
-	q := e.u.q
-	b := &e.bio
-	b.Op, b.Flags, b.Sector, b.Len = op, fl, sector, n
-	b.Buf, b.BufIndex = nil, -1
-	if op.HasData() {
-		b.Buf, b.BufIndex = buf, e.payload.Index
-	}
-	b.Exec, b.End = q.l, e
-	inc(&q.bios)
-	dev.Submit(b)
-}
-
-// BioEnd runs on the loop when the request's bio has ended.
-func (e *uent) BioEnd(_ *dm.Bio, err error) { e.u.s.bioDone(e, err) }
+// next: a request that takes no reply still gives its entry back.
+func (e *uent) next() { e.answer(0, 0, nil) }
 
 func unsafePtr[T any](p *T) unsafe.Pointer { return unsafe.Pointer(p) }

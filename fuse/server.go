@@ -61,11 +61,27 @@ type Config struct {
 	// 1 MiB; a multiple of the page size).
 	MaxWrite int
 	// Slots is the number of requests each loop can hold at once
-	// (default 16).
+	// through /dev/fuse (default 16); with FUSE over io_uring, as many
+	// entries of each kernel ring queue have buffers of the loop's
+	// arena.
 	Slots int
+	// RingSlots is the number of entries of each kernel ring queue of an
+	// online CPU (default 128, a loop device's queue depth; at least
+	// Slots). The kernel gives a request only to the queue of the CPU
+	// that submitted it and to no other, and hands requests waiting in a
+	// queue only to entries that come back from a commit, so one queue
+	// must be able to carry a whole loop device's depth from the start.
+	// The entries beyond Slots have buffers of their own, mapped but not
+	// touched until the kernel copies a payload there: the kernel reuses
+	// the entry answered last first, so they fill only as deep as the
+	// load goes.
+	RingSlots int
 	// Transport (default Auto).
 	Transport Transport
 }
+
+// DefaultRingSlots is Config.RingSlots's default.
+const DefaultRingSlots = 128
 
 // DefaultMaxWrite is Config.MaxWrite's default.
 const DefaultMaxWrite = 1 << 20
@@ -105,6 +121,9 @@ type Stats struct {
 	RingRequests uint64
 	Errors       uint64 // replies carrying an error (but ENOSYS: not offered)
 	Bios         uint64 // bios submitted
+	// Held is the requests the server holds now (taken from the kernel,
+	// not yet answered); Peak the most one loop has held at once.
+	Held, Peak uint64
 }
 
 type node struct {
@@ -112,6 +131,7 @@ type node struct {
 	name    string
 	dev     *dm.Device
 	lookups uint64
+	wt      wtrack // the device's writes in flight through this mount
 }
 
 type handle struct {
@@ -137,6 +157,10 @@ func Mount(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Slots <= 0 {
 		cfg.Slots = 16
 	}
+	if cfg.RingSlots <= 0 {
+		cfg.RingSlots = DefaultRingSlots
+	}
+	cfg.RingSlots = max(cfg.RingSlots, cfg.Slots)
 	fd, err := openDev()
 	if err != nil {
 		return nil, err
@@ -205,6 +229,8 @@ func (s *Server) Stats() Stats {
 		st.RingRequests += q.ringReqs.Load()
 		st.Errors += q.errors.Load()
 		st.Bios += q.bios.Load()
+		st.Held += q.held.Load()
+		st.Peak = max(st.Peak, q.peak.Load())
 	}
 	return st
 }
