@@ -121,6 +121,7 @@ func EvaluateTargets(r *Report) []Check {
 	} else {
 		missing("in process linear IOPS", "fio on the loop device or linear")
 	}
+	cs = append(cs, fuseTargets(r)...)
 	for _, c := range []string{CUdmLinTCP, CUdmLinUnix, CUdmMpTCP, CUdmMpUnix} {
 		worst := -1.0
 		for _, w := range r.Workloads {
@@ -131,6 +132,44 @@ func EvaluateTargets(r *Report) []Check {
 		if worst >= 0 {
 			cs = append(cs, Check{Target: "zero allocations per I/O through NBD: " + c, Pass: worst < 0.01,
 				Detail: fmt.Sprintf("worst workload: %.3f allocations per I/O in the daemon", worst)})
+		}
+	}
+	return cs
+}
+
+// fuseTargets checks udm's FUSE frontend (a loop device over its file)
+// against a loop device over nbdfuse to udm's and to nbdkit's NBD export
+// (4 KiB random reads and writes: at depth 32 ≥ 2× their IOPS, at depth
+// 1 ≤ 0.6× their p50), and against the floor, a loop device straight
+// over the backing file (within 2×: IOPS ≥ ½, p50 ≤ 2×).
+func fuseTargets(r *Report) []Check {
+	var cs []Check
+	for _, rw := range []string{"randread", "randwrite"} {
+		for _, d := range []int{32, 1} {
+			w := fmt.Sprintf("%s-4k-qd%d", rw, d)
+			a := med(r, w, CUdmFuseLoop)
+			if a == nil {
+				continue
+			}
+			for _, o := range []string{CUdmNbdfuse, CNbdkitNbdfuse, CFioLoop} {
+				b := med(r, w, o)
+				if b == nil {
+					cs = append(cs, Check{Target: "FUSE frontend against " + o + ": " + w, Missing: true, Detail: o + " not measured"})
+					continue
+				}
+				iops := fmt.Sprintf("IOPS %.0f vs %.0f (%.2f×)", a.IOPS, b.IOPS, a.IOPS/b.IOPS)
+				p50 := fmt.Sprintf("p50 %.1f µs vs %.1f µs (%.2f×)", a.Lat.P50, b.Lat.P50, a.Lat.P50/b.Lat.P50)
+				switch {
+				case o == CFioLoop && d == 32:
+					cs = append(cs, Check{Target: "FUSE frontend IOPS ≥ ½ the loop device on the backing: " + w, Pass: a.IOPS >= b.IOPS/2, Detail: iops})
+				case o == CFioLoop:
+					cs = append(cs, Check{Target: "FUSE frontend p50 ≤ 2× the loop device on the backing: " + w, Pass: a.Lat.P50 <= 2*b.Lat.P50, Detail: p50})
+				case d == 32:
+					cs = append(cs, Check{Target: "FUSE frontend IOPS ≥ 2× " + o + ": " + w, Pass: a.IOPS >= 2*b.IOPS, Detail: iops})
+				default:
+					cs = append(cs, Check{Target: "FUSE frontend p50 ≤ 0.6× " + o + ": " + w, Pass: a.Lat.P50 <= 0.6*b.Lat.P50, Detail: p50})
+				}
+			}
 		}
 	}
 	return cs

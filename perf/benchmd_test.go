@@ -52,3 +52,32 @@ func TestWriteBenchmarksSplitsJSONAndPlots(t *testing.T) {
 		t.Errorf("%s holds %d files, want the report and the plot", one, len(ents))
 	}
 }
+
+// TestFuseTargets: the FUSE frontend's row is checked against both
+// nbdfuse rows and the loop device on the backing, IOPS at depth 32 and
+// p50 at depth 1, each pass or fail by its own threshold.
+func TestFuseTargets(t *testing.T) {
+	r := func(iops, p50 float64) *Result { return &Result{IOPS: iops, Lat: Latency{P50: p50}} }
+	rep := &Report{Contenders: []string{CUdmFuseLoop, CUdmNbdfuse, CNbdkitNbdfuse, CFioLoop},
+		Median: map[string][]*Result{
+			"randread-4k-qd32": {r(20000, 0), r(10000, 0), r(10001, 0), r(40001, 0)},
+			"randread-4k-qd1":  {r(0, 60), r(0, 100), r(0, 99), r(0, 30)},
+		}}
+	want := map[string]bool{
+		"FUSE frontend IOPS ≥ 2× " + CUdmNbdfuse + ": randread-4k-qd32":           true,
+		"FUSE frontend IOPS ≥ 2× " + CNbdkitNbdfuse + ": randread-4k-qd32":        false,
+		"FUSE frontend IOPS ≥ ½ the loop device on the backing: randread-4k-qd32": false,
+		"FUSE frontend p50 ≤ 0.6× " + CUdmNbdfuse + ": randread-4k-qd1":           true,
+		"FUSE frontend p50 ≤ 0.6× " + CNbdkitNbdfuse + ": randread-4k-qd1":        false,
+		"FUSE frontend p50 ≤ 2× the loop device on the backing: randread-4k-qd1":  true,
+	}
+	cs := fuseTargets(rep)
+	if len(cs) != len(want) {
+		t.Fatalf("%d checks, want %d: %+v", len(cs), len(want), cs)
+	}
+	for _, c := range cs {
+		if p, ok := want[c.Target]; !ok || p != c.Pass || c.Missing {
+			t.Errorf("%+v: want pass=%v (known %v)", c, p, ok)
+		}
+	}
+}

@@ -35,43 +35,17 @@ const ext4FileSize = 256 << 20
 // needs root, FUSE and loop devices.
 func FsContender(name, uri, dir string, srv *BgServer) Contender {
 	return Contender{Name: name, Workloads: []string{Ext4Workload.Name, TarWorkload.Name}, Run: func(ctx context.Context, w Workload, runtime, ramp time.Duration) (*Result, error) {
-		mnt, err := os.MkdirTemp(dir, "nbdfuse-")
+		disk, unmount, err := NBDFuse(uri, dir)
 		if err != nil {
 			return nil, err
 		}
-		defer os.RemoveAll(mnt)
+		defer unmount()
 		fsDir, err := os.MkdirTemp(dir, "ext4-")
 		if err != nil {
 			return nil, err
 		}
 		defer os.RemoveAll(fsDir)
-		pidFile := mnt + ".pid"
-		defer os.Remove(pidFile)
-		fuse := exec.Command("nbdfuse", "-P", pidFile, mnt+"/disk", uri)
-		if err := fuse.Start(); err != nil {
-			return nil, fmt.Errorf("perf: nbdfuse: %w", err)
-		}
-		defer func() {
-			// The loop device's detach may still hold the FUSE file, so a
-			// plain unmount can fail busy; a lazy one after nbdfuse is gone
-			// always detaches the mount (otherwise a dead FUSE mount is left,
-			// "transport endpoint is not connected").
-			plain := exec.Command("umount", mnt).Run()
-			fuse.Process.Kill()
-			fuse.Wait()
-			if plain != nil {
-				exec.Command("umount", "-l", mnt).Run()
-			}
-		}()
-		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			if _, err := os.Stat(pidFile); err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				return nil, fmt.Errorf("perf: nbdfuse on %s not ready", uri)
-			}
-		}
-		dev, detach, err := LoopAttach(mnt + "/disk")
+		dev, detach, err := LoopAttach(disk)
 		if err != nil {
 			return nil, fmt.Errorf("perf: loop device on nbdfuse: %w", err)
 		}
@@ -196,4 +170,84 @@ func writeSourceTarball(path string) (files, size int, err error) {
 		return 0, 0, err
 	}
 	return files, size, f.Close()
+}
+
+// NBDFuse mounts the NBD export uri as a file through nbdfuse (the
+// kernel here has no NBD client) in a fresh directory under dir, and
+// returns the file and what unmounts it.
+func NBDFuse(uri, dir string) (file string, unmount func(), err error) {
+	mnt, err := os.MkdirTemp(dir, "nbdfuse-")
+	if err != nil {
+		return "", nil, err
+	}
+	pidFile := mnt + ".pid"
+	fuse := exec.Command("nbdfuse", "-P", pidFile, mnt+"/disk", uri)
+	if err := fuse.Start(); err != nil {
+		os.RemoveAll(mnt)
+		return "", nil, fmt.Errorf("perf: nbdfuse: %w", err)
+	}
+	unmount = func() {
+		// The loop device's detach may still hold the FUSE file, so a
+		// plain unmount can fail busy; a lazy one after nbdfuse is gone
+		// always detaches the mount (otherwise a dead FUSE mount is left,
+		// "transport endpoint is not connected").
+		plain := exec.Command("umount", mnt).Run()
+		fuse.Process.Kill()
+		fuse.Wait()
+		if plain != nil {
+			exec.Command("umount", "-l", mnt).Run()
+		}
+		os.Remove(pidFile)
+		os.RemoveAll(mnt)
+	}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(pidFile); err == nil {
+			return mnt + "/disk", unmount, nil
+		}
+		if time.Now().After(deadline) {
+			unmount()
+			return "", nil, fmt.Errorf("perf: nbdfuse on %s not ready", uri)
+		}
+	}
+}
+
+// LoopWorkloads are the workloads of the loop-device rows (a kernel
+// block device over a file of a FUSE mount).
+var LoopWorkloads = []string{"randread-4k-qd1", "randread-4k-qd32", "randwrite-4k-qd1", "randwrite-4k-qd32"}
+
+// LoopFileContender measures fio (io_uring, O_DIRECT) on a loop device
+// (direct I/O) over the file open returns, attached for every run and
+// detached after it; open's teardown runs after the detach. srv
+// (optional) is the server, for its CPU per I/O.
+func LoopFileContender(name string, open func() (file string, close func(), err error), srv *BgServer) Contender {
+	return Contender{Name: name, Workloads: LoopWorkloads, Run: func(ctx context.Context, w Workload, runtime, ramp time.Duration) (*Result, error) {
+		file, closeFile, err := open()
+		if err != nil {
+			return nil, err
+		}
+		defer closeFile()
+		dev, detach, err := LoopAttach(file)
+		if err != nil {
+			return nil, fmt.Errorf("perf: loop device on %s: %w", file, err)
+		}
+		defer detach()
+		var before time.Duration
+		if srv != nil {
+			if before, err = srv.CPU(); err != nil {
+				return nil, err
+			}
+		}
+		res, err := RunFio(ctx, FioJob{Name: name, Filename: dev, RW: w.RW, BlockSize: w.BS, Depth: w.Depth,
+			ReadPct: w.ReadPct, Runtime: runtime, Ramp: ramp})
+		if err != nil {
+			return nil, err
+		}
+		if srv != nil && res.Ops > 0 {
+			if after, err := srv.CPU(); err == nil {
+				cpu := float64(after-before) * runtime.Seconds() / (runtime + ramp).Seconds()
+				res.ServerCPUPerIO = cpu / 1e3 / float64(res.Ops)
+			}
+		}
+		return res, nil
+	}}
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 )
 
 // FullWorkloads are the side-by-side workloads of `make bench`.
@@ -66,6 +67,11 @@ const (
 	// ext4 on the export through nbdfuse and a loop device (FsContender).
 	CUdmExt4    = "udm nbd linear, ext4 via nbdfuse"
 	CNbdkitExt4 = "nbdkit file, ext4 via nbdfuse"
+	// A loop device over a device's file: udm's FUSE frontend (udm serve
+	// --fuse), and the NBD export through nbdfuse (LoopFileContender).
+	CUdmFuseLoop   = "udm fuse linear, loop dev"
+	CUdmNbdfuse    = "udm nbd linear, loop via nbdfuse"
+	CNbdkitNbdfuse = "nbdkit file, loop via nbdfuse"
 	// The floor server (ServeFloor) is a reference, not a peer: the least
 	// a server can do per request, busy-polling one connection.
 	CFloorTCP  = "floor server, tcp"
@@ -172,8 +178,15 @@ func FullSuite(opt FullOptions) (*Suite, error) {
 	}
 	// udm serve, and a server for each variant (rows named after its
 	// arguments, linear only: an A/B of a setting in one interleaved run).
-	if want(CUdmLinTCP, CUdmLinUnix, CUdmMpTCP, CUdmMpUnix) {
+	if want(CUdmLinTCP, CUdmLinUnix, CUdmMpTCP, CUdmMpUnix, CUdmExt4, CUdmNbdfuse) {
 		if err := s.startUdm(opt, file, link, "", nil, add); err != nil {
+			return nil, err
+		}
+	}
+	// udm serve --fuse, a server of its own (its loops take 128-byte
+	// SQEs and ring entries the NBD rows' server has not).
+	if _, err := os.Stat("/dev/fuse"); err == nil && want(CUdmFuseLoop) && os.Geteuid() == 0 {
+		if err := s.startUdm(opt, file, "", fuseTag, []string{"--fuse", filepath.Join(opt.Dir, "fuse")}, add); err != nil {
 			return nil, err
 		}
 	}
@@ -209,7 +222,7 @@ func FullSuite(opt FullOptions) (*Suite, error) {
 		{CFloorTCP, floor, true}, {CFloorUnix, floor, false},
 	}
 	for i, p := range peers {
-		if !keep(p.name, opt.Only) {
+		if !keep(p.name, opt.Only) && (p.name != CNbdkitUnix || !want(CNbdkitExt4, CNbdkitNbdfuse)) {
 			continue
 		}
 		var listen []string
@@ -251,11 +264,15 @@ func FullSuite(opt FullOptions) (*Suite, error) {
 		add(NBDContender(p.name, uri, srv, nil))
 		if p.name == CNbdkitUnix && canFuse() {
 			add(FsContender(CNbdkitExt4, uri, opt.Dir, srv))
+			add(LoopFileContender(CNbdkitNbdfuse, func() (string, func(), error) { return NBDFuse(uri, opt.Dir) }, srv))
 		}
 	}
 	ok = true
 	return s, nil
 }
+
+// fuseTag is startUdm's tag of the FUSE frontend's server.
+const fuseTag = "fuse"
 
 // startUdm starts a udm serve (with extra arguments) exporting a linear
 // device over file and, given link, a 2-path multipath over file and
@@ -301,6 +318,20 @@ func (s *Suite) startUdm(opt FullOptions, file, link, tag string, extra []string
 	allocs := MetricsCounter(fmt.Sprintf("http://127.0.0.1:%d/debug/allocs", mport), "udm_heap_allocs_total")
 	tcp := func(exp string) string { return fmt.Sprintf("nbd://127.0.0.1:%d/%s", port, exp) }
 	unix := func(exp string) string { return fmt.Sprintf("nbd+unix:///%s?socket=%s", exp, usock) }
+	if tag == fuseTag {
+		file := filepath.Join(opt.Dir, "fuse", "lin")
+		add(LoopFileContender(CUdmFuseLoop, func() (string, func(), error) {
+			// The device's file appears once the mount has seen it.
+			for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				if _, err := os.Stat(file); err == nil {
+					return file, func() {}, nil
+				} else if time.Now().After(deadline) {
+					return "", nil, fmt.Errorf("perf: udm's FUSE file: %w", err)
+				}
+			}
+		}, srv))
+		return nil
+	}
 	if tag != "" {
 		name := "udm nbd linear [" + strings.Join(extra, " ") + "]"
 		add(NBDContender(name+", tcp", tcp("lin"), srv, allocs))
@@ -313,6 +344,7 @@ func (s *Suite) startUdm(opt FullOptions, file, link, tag string, extra []string
 	add(NBDContender(CUdmMpUnix, unix("mp"), srv, allocs))
 	if canFuse() {
 		add(FsContender(CUdmExt4, unix("lin"), opt.Dir, srv))
+		add(LoopFileContender(CUdmNbdfuse, func() (string, func(), error) { return NBDFuse(unix("lin"), opt.Dir) }, srv))
 	}
 	return nil
 }
@@ -355,7 +387,17 @@ func FullRatios(names []string) []Ratio {
 			}
 			return -1
 		}
-		if !strings.HasPrefix(n, "udm nbd") {
+		if n == CUdmFuseLoop {
+			// The faster of the two nbdfuse rows.
+			best := -1
+			for _, p := range []string{CUdmNbdfuse, CNbdkitNbdfuse} {
+				if i, ok := idx[p]; ok && meds[i] != nil && (best < 0 || meds[i].IOPS > meds[best].IOPS) {
+					best = i
+				}
+			}
+			return best
+		}
+		if !strings.HasPrefix(n, "udm nbd") || strings.HasSuffix(n, "via nbdfuse") {
 			return -1
 		}
 		best := -1
@@ -369,7 +411,7 @@ func FullRatios(names []string) []Ratio {
 	raw := func(_ string, row int, _ []*Result) int {
 		n := names[row]
 		switch {
-		case strings.HasPrefix(n, "udm in-process"), n == CUdmRawLoop:
+		case strings.HasPrefix(n, "udm in-process"), n == CUdmRawLoop, n == CUdmFuseLoop, n == CUdmNbdfuse, n == CNbdkitNbdfuse:
 			if i, ok := idx[CFioLoop]; ok {
 				return i
 			}
