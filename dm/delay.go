@@ -67,9 +67,9 @@ func newDelay(ctx *TargetContext, args []string) (Target, error) {
 			a = args[6:9]
 		}
 		cl := &d.class[i]
-		off, err := strconv.ParseUint(a[1], 10, 64)
+		off, err := parseSector(a[1])
 		if err != nil {
-			return nil, fmt.Errorf("invalid device sector %q", a[1])
+			return nil, err
 		}
 		ms, err := strconv.ParseUint(a[2], 10, 32)
 		if err != nil {
@@ -199,13 +199,7 @@ func submitHeld(c *Clone) {
 }
 
 // PreSuspend releases everything held; until resume nothing is delayed.
-func (d *delayTarget) PreSuspend() {
-	d.mu.Lock()
-	d.mayDelay = false
-	all := d.takeAllLocked()
-	d.mu.Unlock()
-	release(all)
-}
+func (d *delayTarget) PreSuspend() { d.releaseAll(false) }
 
 // PreSuspendUndo delays again after an interrupted suspend.
 func (d *delayTarget) PreSuspendUndo() { d.setMayDelay() }
@@ -221,9 +215,14 @@ func (d *delayTarget) setMayDelay() {
 
 // Destroy stops the timer; anything still held (nothing, after a
 // suspend) is released.
-func (d *delayTarget) Destroy() {
+func (d *delayTarget) Destroy() { d.releaseAll(true) }
+
+// releaseAll stops delaying, until resume or (closing) for good, and
+// releases every clone held.
+func (d *delayTarget) releaseAll(closing bool) {
 	d.mu.Lock()
-	d.closed = true
+	d.mayDelay = false
+	d.closed = d.closed || closing
 	all := d.takeAllLocked()
 	d.mu.Unlock()
 	release(all)

@@ -258,7 +258,9 @@ func (d *Device) LoadLines(lines []TableLine) error {
 	return d.install(t, false)
 }
 
-// install puts t in the inactive slot.
+// install puts t (nil: none) in the inactive slot and destroys the
+// table it replaces; force skips the check that a live table with an
+// immutable target takes only a table with the same target.
 func (d *Device) install(t *table, force bool) error {
 	d.tableMu.Lock()
 	if d.flags.Load()&flagRemoved != 0 {
@@ -280,11 +282,8 @@ func (d *Device) install(t *table, force bool) error {
 
 // Clear drops the inactive table.
 func (d *Device) Clear() {
-	d.tableMu.Lock()
-	old := d.inactive
-	d.inactive = nil
-	d.tableMu.Unlock()
-	old.destroy()
+	// Refused only on a removed device, whose removal emptied the slot.
+	_ = d.install(nil, true)
 }
 
 // Suspend stops I/O to the targets, in the order the package doc gives

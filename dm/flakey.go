@@ -45,8 +45,8 @@ func newFlakey(ctx *TargetContext, args []string) (Target, error) {
 	}
 	f := &flakey{name: args[0], now: time.Now}
 	var err error
-	if f.offset, err = strconv.ParseUint(args[1], 10, 64); err != nil {
-		return nil, fmt.Errorf("invalid device sector %q", args[1])
+	if f.offset, err = parseSector(args[1]); err != nil {
+		return nil, err
 	}
 	if f.up, err = strconv.ParseUint(args[2], 10, 32); err != nil {
 		return nil, fmt.Errorf("invalid up interval %q", args[2])

@@ -165,14 +165,9 @@ func (d *Device) bioDone(b *Bio) {
 // under pushMu, which is also where the flag is cleared.
 func (d *Device) pushBack(b *Bio) bool {
 	d.hookAt(hookBeforePushback)
-	d.pushMu.Lock()
-	if d.flags.Load()&flagNoflushSuspending == 0 {
-		d.pushMu.Unlock()
+	if !d.parkIf(&d.pushMu, flagNoflushSuspending, &d.pushback, &d.stats.pushback, b) {
 		return false
 	}
-	d.pushback.push(b)
-	d.stats.pushback.Store(int64(d.pushback.n))
-	d.pushMu.Unlock()
 	d.stats.pushbacks.Add(1)
 	return true
 }
@@ -222,14 +217,21 @@ func (d *Device) Submit(b *Bio) {
 // defMu: a resume clears the flag before it takes the list, so no bio can
 // be left behind.
 func (d *Device) deferBio(b *Bio) bool {
-	d.defMu.Lock()
-	if d.flags.Load()&flagBlockIO == 0 {
-		d.defMu.Unlock()
+	return d.parkIf(&d.defMu, flagBlockIO, &d.deferred, &d.stats.deferred, b)
+}
+
+// parkIf puts b on l if flag is still set, the check and the insertion
+// being one critical section under mu (the lock that guards l and under
+// which the flag is cleared); gauge follows l's length. It reports
+// whether b was parked.
+func (d *Device) parkIf(mu sync.Locker, flag uint32, l *bioList, gauge *atomic.Int64, b *Bio) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	if d.flags.Load()&flag == 0 {
 		return false
 	}
-	d.deferred.push(b)
-	d.stats.deferred.Store(int64(d.deferred.n))
-	d.defMu.Unlock()
+	l.push(b)
+	gauge.Store(int64(l.n))
 	return true
 }
 

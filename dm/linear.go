@@ -21,15 +21,24 @@ func newLinear(ctx *TargetContext, args []string) (Target, error) {
 	if len(args) != 2 {
 		return nil, fmt.Errorf("invalid argument count: want <dev> <offset>, got %d arguments", len(args))
 	}
-	off, err := strconv.ParseUint(args[1], 10, 64)
+	off, err := parseSector(args[1])
 	if err != nil {
-		return nil, fmt.Errorf("invalid device sector %q", args[1])
+		return nil, err
 	}
 	dev, err := openArea(ctx, args[0], off)
 	if err != nil {
 		return nil, err
 	}
 	return &linear{dev: dev, name: args[0], offset: off}, nil
+}
+
+// parseSector reads a target's <offset> argument, a sector on its device.
+func parseSector(arg string) (uint64, error) {
+	off, err := strconv.ParseUint(arg, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("invalid device sector %q", arg)
+	}
+	return off, nil
 }
 
 // openArea opens name for a target and checks that ctx.Len sectors from

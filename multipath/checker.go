@@ -337,15 +337,19 @@ func mapKey(t *Multipath) any {
 
 // attach starts watching t (its table went live), replacing the previous
 // table of the same device.
-func (c *Checker) attach(t *Multipath) {
+func (c *Checker) attach(t *Multipath) { c.replaceEntry(t, false) }
+
+// restart re-reads t's configuration.
+func (c *Checker) restart(t *Multipath) { c.replaceEntry(t, true) }
+
+// replaceEntry starts a fresh entry for t in place of its device's
+// entry and stops the one it replaces. A restart needs t's own entry to
+// be there; an attach of the table already watched does nothing.
+func (c *Checker) replaceEntry(t *Multipath, restart bool) {
 	key := mapKey(t)
 	c.mu.Lock()
-	if c.mu.closed {
-		c.mu.Unlock()
-		return
-	}
 	old := c.mu.maps[key]
-	if old != nil && old.t == t {
+	if c.mu.closed || (old != nil && old.t == t) != restart {
 		c.mu.Unlock()
 		return
 	}
@@ -355,22 +359,6 @@ func (c *Checker) attach(t *Multipath) {
 	if old != nil {
 		old.stop()
 	}
-	e.start()
-}
-
-// restart re-reads t's configuration.
-func (c *Checker) restart(t *Multipath) {
-	key := mapKey(t)
-	c.mu.Lock()
-	old := c.mu.maps[key]
-	if c.mu.closed || old == nil || old.t != t {
-		c.mu.Unlock()
-		return
-	}
-	e := c.newEntryLocked(t)
-	c.mu.maps[key] = e
-	c.mu.Unlock()
-	old.stop()
 	e.start()
 }
 

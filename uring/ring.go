@@ -131,34 +131,21 @@ func (r *Ring) mmap(p *params) error {
 	}
 	r.sqeMem = sqeMem
 
-	if r.sqHead, err = u32At(mem, p.SQOff.Head); err != nil {
-		return err
+	var sqMask, cqMask *atomic.Uint32
+	for _, f := range []struct {
+		dst **atomic.Uint32
+		off uint32
+	}{
+		{&r.sqHead, p.SQOff.Head}, {&r.sqTail, p.SQOff.Tail}, {&r.sqFlags, p.SQOff.Flags}, {&sqMask, p.SQOff.RingMask},
+		{&r.cqHead, p.CQOff.Head}, {&r.cqTail, p.CQOff.Tail}, {&r.cqOverflow, p.CQOff.Overflow}, {&cqMask, p.CQOff.RingMask},
+	} {
+		if *f.dst, err = u32At(mem, f.off); err != nil {
+			return err
+		}
 	}
-	if r.sqTail, err = u32At(mem, p.SQOff.Tail); err != nil {
-		return err
-	}
-	if r.sqFlags, err = u32At(mem, p.SQOff.Flags); err != nil {
-		return err
-	}
-	mask, err := u32At(mem, p.SQOff.RingMask)
-	if err != nil {
-		return err
-	}
-	r.sqMask = mask.Load()
+	r.sqMask = sqMask.Load()
 	r.sqCap = p.SQEntries
-	if r.cqHead, err = u32At(mem, p.CQOff.Head); err != nil {
-		return err
-	}
-	if r.cqTail, err = u32At(mem, p.CQOff.Tail); err != nil {
-		return err
-	}
-	if r.cqOverflow, err = u32At(mem, p.CQOff.Overflow); err != nil {
-		return err
-	}
-	if mask, err = u32At(mem, p.CQOff.RingMask); err != nil {
-		return err
-	}
-	r.cqMask = mask.Load()
+	r.cqMask = cqMask.Load()
 	r.cqCap = p.CQEntries
 	if uintptr(p.CQOff.CQEs)+uintptr(p.CQEntries)*unsafe.Sizeof(CQE{}) > uintptr(len(mem)) {
 		return fmt.Errorf("uring: CQE array outside the ring mapping")

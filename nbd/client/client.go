@@ -586,6 +586,18 @@ func (c *Client) endLocked(r *creq, err error) bool {
 	return true
 }
 
+// unlockedPinned runs fill on r's buffer with c.mu released and the
+// buffer pinned, so that r ending meanwhile (a timeout) leaves the buffer
+// to fill until it is let go. Entered and left with c.mu held, it
+// returns unpinLocked's answer and fill's error.
+func (c *Client) unlockedPinned(r *creq, fill func() error) (deliver bool, err error) {
+	r.pins++
+	c.mu.Unlock()
+	err = fill()
+	c.mu.Lock()
+	return c.unpinLocked(r), err
+}
+
 // unpinLocked lets go of r's buffer; it returns true if r must now be
 // delivered (an end was pending).
 func (c *Client) unpinLocked(r *creq) bool {

@@ -568,11 +568,10 @@ func (cc *clientConn) simpleReply(cookie uint64, wireErr uint32) error {
 			}
 			c.mu.Lock()
 		} else {
-			r.pins++
-			c.mu.Unlock()
-			_, rerr := io.ReadFull(cc.br, r.buf[:r.length])
-			c.mu.Lock()
-			d := c.unpinLocked(r)
+			d, rerr := c.unlockedPinned(r, func() error {
+				_, err := io.ReadFull(cc.br, r.buf[:r.length])
+				return err
+			})
 			if rerr != nil {
 				c.mu.Unlock()
 				if d {
@@ -677,11 +676,7 @@ func (cc *clientConn) chunk(flags, typ uint16, cookie uint64, length uint32) err
 		}
 	}
 	if hole != nil {
-		r.pins++
-		c.mu.Unlock()
-		clear(hole)
-		c.mu.Lock()
-		if c.unpinLocked(r) {
+		if d, _ := c.unlockedPinned(r, func() error { clear(hole); return nil }); d {
 			if done {
 				r.replied = true
 				c.retireLocked(r)
@@ -722,11 +717,10 @@ func (cc *clientConn) dataChunk(done bool, cookie uint64, length uint32) error {
 		}
 		c.mu.Lock()
 	} else {
-		r.pins++
-		c.mu.Unlock()
-		_, rerr := io.ReadFull(cc.br, r.buf[off-r.off:off-r.off+n])
-		c.mu.Lock()
-		d := c.unpinLocked(r)
+		d, rerr := c.unlockedPinned(r, func() error {
+			_, err := io.ReadFull(cc.br, r.buf[off-r.off:off-r.off+n])
+			return err
+		})
 		if rerr == nil && !d {
 			r.covered += n
 		}

@@ -264,12 +264,35 @@ func (c *conn) armRecv() {
 		e.PrepRecv(c.sfd, b, 0)
 	}
 	c.prep(&e)
-	id, err := c.l.Submit(&e, c, tagRecv)
+	c.submitRecv(&e, tagRecv)
+}
+
+// submitRecv queues the receive e on c's loop and marks it armed; a loop
+// that is closing shuts c down instead.
+func (c *conn) submitRecv(e *uring.SQE, tag uint64) {
+	if id, ok := c.submitSQE(e, tag); ok {
+		c.recvArmed, c.recvID = true, id
+	}
+}
+
+// submitSend queues the send e on c's loop and marks it armed; a loop
+// that is closing shuts c down instead. It reports the SQE's id and
+// whether it was queued.
+func (c *conn) submitSend(e *uring.SQE) (uring.OpID, bool) {
+	id, ok := c.submitSQE(e, tagSend)
+	if ok {
+		c.sendArmed = true
+	}
+	return id, ok
+}
+
+func (c *conn) submitSQE(e *uring.SQE, tag uint64) (uring.OpID, bool) {
+	id, err := c.l.Submit(e, c, tag)
 	if err != nil {
 		c.shutdown(true, "loop closing")
-		return
+		return 0, false
 	}
-	c.recvArmed, c.recvID = true, id
+	return id, true
 }
 
 func (c *conn) onRecv(res int32) {
@@ -453,11 +476,7 @@ func (c *conn) handle(h wire.Request) {
 		case h.Type == wire.CmdWrite && h.Flags&^wire.CmdFlagFUA != 0:
 			refuse(wire.EINVAL)
 		case overflow || end > size:
-			if h.Type == wire.CmdRead {
-				refuse(wire.EINVAL)
-			} else {
-				refuse(wire.ENOSPC)
-			}
+			refuse(pastEndErr(h.Type))
 		case h.Type == wire.CmdWrite && c.dev.ReadOnly():
 			refuse(wire.EPERM)
 		case misaligned && !c.unalignedBuf(r):
@@ -504,11 +523,7 @@ func (c *conn) handle(h wire.Request) {
 		case h.Length == 0 || misaligned && c.blockSizes:
 			refuse(wire.EINVAL)
 		case overflow || end > size:
-			if h.Type == wire.CmdTrim {
-				refuse(wire.EINVAL)
-			} else {
-				refuse(wire.ENOSPC)
-			}
+			refuse(pastEndErr(h.Type))
 		case c.dev.ReadOnly():
 			refuse(wire.EPERM)
 		case misaligned && h.Type == wire.CmdTrim:
@@ -920,11 +935,17 @@ func (c *conn) kickSend() {
 	var e uring.SQE
 	e.PrepSendmsg(c.sfd, &c.msg, unix.MSG_NOSIGNAL)
 	c.prep(&e)
-	if _, err := c.l.Submit(&e, c, tagSend); err != nil {
-		c.shutdown(true, "loop closing")
-		return
+	c.submitSend(&e)
+}
+
+// pastEndErr is the error for a request reaching past the end of the
+// export: EINVAL for a read or a trim, which would change nothing there,
+// ENOSPC for what would write there.
+func pastEndErr(cmd uint16) uint32 {
+	if cmd == wire.CmdRead || cmd == wire.CmdTrim {
+		return wire.EINVAL
 	}
-	c.sendArmed = true
+	return wire.ENOSPC
 }
 
 // addIov appends b minus its first skip bytes; it returns what is left

@@ -254,20 +254,15 @@ func (b *memBudget) give(n int64) {
 		return
 	}
 	free := b.limit - used
-	b.mu.Lock()
-	k := 0
 	var wake []*conn
-	for _, w := range b.waiters {
+	b.mu.Lock()
+	b.dropWaitersLocked(func(w memWaiter) bool {
 		if w.need <= free {
 			wake = append(wake, w.c)
-			continue
+			return true
 		}
-		b.waiters[k] = w
-		k++
-	}
-	clear(b.waiters[k:])
-	b.waiters = b.waiters[:k]
-	b.nwait.Store(int32(k))
+		return false
+	})
 	b.mu.Unlock()
 	for _, c := range wake {
 		c.l.Post(c.memWoken) // a loop that is gone has closed c anyway
@@ -285,9 +280,16 @@ func (b *memBudget) wait(c *conn, need int64) {
 // forget drops c from the waiters (it is closing).
 func (b *memBudget) forget(c *conn) {
 	b.mu.Lock()
+	b.dropWaitersLocked(func(w memWaiter) bool { return w.c == c })
+	b.mu.Unlock()
+}
+
+// dropWaitersLocked removes the waiters drop picks (asked of each once,
+// in order) and keeps the others in their order.
+func (b *memBudget) dropWaitersLocked(drop func(memWaiter) bool) {
 	k := 0
 	for _, w := range b.waiters {
-		if w.c != c {
+		if !drop(w) {
 			b.waiters[k] = w
 			k++
 		}
@@ -295,7 +297,6 @@ func (b *memBudget) forget(c *conn) {
 	clear(b.waiters[k:])
 	b.waiters = b.waiters[:k]
 	b.nwait.Store(int32(k))
-	b.mu.Unlock()
 }
 
 func notePeakOf(p *atomic.Int64, v int64) {

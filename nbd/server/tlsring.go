@@ -164,12 +164,7 @@ func (c *conn) tlsArmRecv(dst []byte) {
 		e.PrepRecv(c.sfd, rt.cbuf, 0)
 		c.prep(&e)
 	}
-	id, err := c.l.Submit(&e, c, tag)
-	if err != nil {
-		c.shutdown(true, "loop closing")
-		return
-	}
-	c.recvArmed, c.recvID = true, id
+	c.submitRecv(&e, tag)
 }
 
 // tlsOnRecv takes a TLS conn's receive completion and hands onRecv the
@@ -244,12 +239,9 @@ func (c *conn) tlsSubmitSend() {
 	var e uring.SQE
 	e.PrepSend(c.sfd, rt.sending[rt.sent:], syscall.MSG_NOSIGNAL)
 	c.prep(&e)
-	id, err := c.l.Submit(&e, c, tagSend)
-	if err != nil {
-		c.shutdown(true, "loop closing")
-		return
+	if id, ok := c.submitSend(&e); ok {
+		rt.sendID = id
 	}
-	rt.sendID, c.sendArmed = id, true
 }
 
 // tlsStop cancels the armed send of a conn stopping hard: the rest of a
