@@ -40,9 +40,7 @@ func TestTwoTableSlots(t *testing.T) {
 	if err := d.Load("0 8 rec a old"); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, d)
 	log.take()
 	ev0 := d.Event()
 
@@ -85,9 +83,7 @@ func TestTwoTableSlots(t *testing.T) {
 	if err := d.Load("0 16 rec b new2"); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, d)
 	wantEvents(t, log, "ctr new2",
 		"presuspend old noflush=false block=false suspended=false pending=0",
 		"postsuspend old noflush=false block=true suspended=false pending=0",
@@ -148,9 +144,7 @@ func TestSuspendResumeOrder(t *testing.T) {
 			}
 			wantEvents(t, log)
 
-			if err := d.Resume(bg()); err != nil {
-				t.Fatal(err)
-			}
+			mustResume(t, d)
 			testutil.MustErrno(t, "deferred bio", r.Wait(t), 0)
 			wantEvents(t, log,
 				"preresume A noflush=false block=true suspended=true pending=0",
@@ -163,9 +157,7 @@ func TestSuspendResumeOrder(t *testing.T) {
 			}
 			// Resuming an active device without an inactive table does
 			// nothing.
-			if err := d.Resume(bg()); err != nil {
-				t.Fatal(err)
-			}
+			mustResume(t, d)
 			wantEvents(t, log)
 		})
 	}
@@ -234,9 +226,7 @@ func TestResumeErrors(t *testing.T) {
 		log := &eventLog{}
 		a := dmtest.NewMemDevice("a", MiB)
 		d := newDev(t, log, "0 8 rec a A\n8 8 rec a B", a)
-		if err := d.Suspend(bg(), false); err != nil {
-			t.Fatal(err)
-		}
+		mustSuspend(t, d, false)
 		r := dmtest.NewRec(dm.OpRead, 0, 512)
 		d.Submit(&r.Bio)
 		log.take()
@@ -252,9 +242,7 @@ func TestResumeErrors(t *testing.T) {
 			t.Fatalf("after the failed resume: suspended %v, deferred bio ended %v", d.Suspended(), r.Ended())
 		}
 		liveTarget[*recTarget](t, d, 1).preresumeErr = nil
-		if err := d.Resume(bg()); err != nil {
-			t.Fatal(err)
-		}
+		mustResume(t, d)
 		testutil.MustErrno(t, "deferred bio", r.Wait(t), 0)
 	})
 }
@@ -356,9 +344,7 @@ func TestDeferredReissue(t *testing.T) {
 		onLoop[c.Sector] = loop.OnLoop()
 		mu.Unlock()
 	}
-	if err := d.Suspend(bg(), false); err != nil {
-		t.Fatal(err)
-	}
+	mustSuspend(t, d, false)
 	log.take()
 	var l ledger
 	for i := uint64(0); i < 8; i++ {
@@ -372,9 +358,7 @@ func TestDeferredReissue(t *testing.T) {
 		t.Fatalf("deferred %d ended %d", d.Stats().Deferred, l.endedCount())
 	}
 	posted := loop.Posted()
-	if err := d.Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, d)
 	l.waitAll(t)
 	if n := loop.Posted() - posted; n != 4 {
 		t.Fatalf("%d posts to the loop, want 4", n)
@@ -411,16 +395,12 @@ func TestDeferredReissueClosedExec(t *testing.T) {
 	a := dmtest.NewMemDevice("a", MiB)
 	d := newDev(t, nil, "0 8 linear a 0", a)
 	loop := dmtest.NewLoop(t)
-	if err := d.Suspend(bg(), false); err != nil {
-		t.Fatal(err)
-	}
+	mustSuspend(t, d, false)
 	r := dmtest.NewRec(dm.OpRead, 0, 512)
 	r.Exec = loop
 	d.Submit(&r.Bio)
 	loop.Close()
-	if err := d.Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, d)
 	testutil.MustErrno(t, "bio of a closed loop", r.Wait(t), syscall.EIO)
 }
 
@@ -431,9 +411,7 @@ func TestEndDeferred(t *testing.T) {
 	a := dmtest.NewMemDevice("a", MiB)
 	d := newDev(t, nil, "0 64 linear a 0", a)
 	loop := dmtest.NewLoop(t)
-	if err := d.Suspend(bg(), false); err != nil {
-		t.Fatal(err)
-	}
+	mustSuspend(t, d, false)
 	var l ledger
 	var held []*dmtest.Rec
 	for i := uint64(0); i < 4; i++ {
@@ -464,9 +442,7 @@ func TestEndDeferred(t *testing.T) {
 	if n := d.EndDeferred(); n != 0 {
 		t.Fatalf("second EndDeferred ended %d", n)
 	}
-	if err := d.Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, d)
 	r := dmtest.NewRec(dm.OpRead, 0, 512)
 	d.Submit(&r.Bio)
 	testutil.MustErrno(t, "read after resume", r.Wait(t), 0)
@@ -602,9 +578,7 @@ func TestInfoStatusMessage(t *testing.T) {
 	if i := d.Info(); i.TablesPresent() != "INACTIVE" {
 		t.Fatalf("tables %s", i.TablesPresent())
 	}
-	if err := d.Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, d)
 	if err := d.Open(); err != nil {
 		t.Fatal(err)
 	}
@@ -621,15 +595,11 @@ func TestInfoStatusMessage(t *testing.T) {
 	if lines, _ := d.Table(true); len(lines) != 0 {
 		t.Fatalf("inactive table %q", lines)
 	}
-	if err := d.Suspend(bg(), false); err != nil {
-		t.Fatal(err)
-	}
+	mustSuspend(t, d, false)
 	if s := d.Info().String(); !strings.Contains(s, "State:             SUSPENDED\n") {
 		t.Fatalf("suspended info:\n%s", s)
 	}
-	if err := d.Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, d)
 
 	for _, tc := range []struct {
 		sector uint64
@@ -680,16 +650,12 @@ func TestStats(t *testing.T) {
 	}
 	a.release(nil)
 	l.waitAll(t)
-	if err := d.Suspend(bg(), false); err != nil {
-		t.Fatal(err)
-	}
+	mustSuspend(t, d, false)
 	l.submit(d, dm.OpRead, 0, 512)
 	if s := d.Stats(); s.Deferred != 1 || !s.Suspended || s.InFlight != 0 {
 		t.Fatalf("suspended stats %+v", s)
 	}
-	if err := d.Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, d)
 	a.setHold(false)
 	a.release(nil)
 	l.waitAll(t)

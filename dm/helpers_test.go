@@ -410,6 +410,22 @@ func liveTarget[T dm.Target](t testing.TB, d *dm.Device, i int) T {
 
 func bg() context.Context { return context.Background() }
 
+// mustSuspend suspends d (with noflush as asked) or fails the test.
+func mustSuspend(t testing.TB, d *dm.Device, noflush bool) {
+	t.Helper()
+	if err := d.Suspend(bg(), noflush); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// mustResume resumes d or fails the test.
+func mustResume(t testing.TB, d *dm.Device) {
+	t.Helper()
+	if err := d.Resume(bg()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // lastCloseRemoves closes d, the last user of a device marked for
 // deferred removal, waits for the removal and fails with msg unless d is
 // removed.

@@ -82,9 +82,7 @@ func TestSuspendRacesCompletions(t *testing.T) {
 					released = a.release(nil) // all complete here, synchronously
 				}
 			})
-			if err := d.Suspend(bg(), true); err != nil {
-				t.Fatal(err)
-			}
+			mustSuspend(t, d, true)
 			if released != 4 {
 				t.Fatalf("hook released %d", released)
 			}
@@ -226,9 +224,7 @@ func TestRequeueRacesInterruptedSuspend(t *testing.T) {
 func TestSubmitRacesResume(t *testing.T) {
 	a := dmtest.NewMemDevice("a", MiB)
 	d := newDev(t, nil, "0 8 linear a 0", a)
-	if err := d.Suspend(bg(), false); err != nil {
-		t.Fatal(err)
-	}
+	mustSuspend(t, d, false)
 	g := newGate()
 	d.SetHook(func(p dm.HookPoint) {
 		if p == dm.HookDefer {
@@ -268,9 +264,7 @@ func TestResumeRacesSubmissions(t *testing.T) {
 	if err := d.Load(tables[0]); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, d)
 	loops := []*dmtest.Loop{dmtest.NewLoop(t), dmtest.NewLoop(t)}
 	const goroutines, perG = 6, 1500
 	var l ledger
@@ -327,18 +321,14 @@ func TestResumeRacesSubmissions(t *testing.T) {
 		}
 		if rnd.IntN(4) == 0 {
 			// A suspend interrupted mid-wait, then a resume.
-			if err := d.Resume(bg()); err != nil {
-				t.Fatal(err)
-			}
+			mustResume(t, d)
 			ctx, cancel := context.WithCancel(bg())
 			go cancel()
 			if err := d.Suspend(ctx, noflush); err != nil && !errors.Is(err, dm.ErrInterrupted) {
 				t.Fatal(err)
 			}
 		}
-		if err := d.Resume(bg()); err != nil {
-			t.Fatal(err)
-		}
+		mustResume(t, d)
 	}
 	wg.Wait()
 	l.waitAll(t)

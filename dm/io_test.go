@@ -238,9 +238,7 @@ func TestAggregation(t *testing.T) {
 				// BLOCK_IO not yet, so the bio is mapped during the
 				// noflush suspend.
 				liveTarget[*fnTarget](t, d, 0).preFn = func() { d.Submit(&r.Bio) }
-				if err := d.Suspend(bg(), true); err != nil {
-					t.Fatal(err)
-				}
+				mustSuspend(t, d, true)
 				first = false
 				if tc.pushed {
 					if r.Ended() {
@@ -255,9 +253,7 @@ func TestAggregation(t *testing.T) {
 					liveTarget[*fnTarget](t, d, 0).endFn = nil
 					liveTarget[*fnTarget](t, d, 1).endFn = nil
 				}
-				if err := d.Resume(bg()); err != nil {
-					t.Fatal(err)
-				}
+				mustResume(t, d)
 			} else {
 				d.Submit(&r.Bio)
 			}
@@ -519,9 +515,7 @@ func TestCloneCounts(t *testing.T) {
 			if err := d.Load("0 64 " + name); err != nil {
 				t.Fatal(err)
 			}
-			if err := d.Resume(bg()); err != nil {
-				t.Fatal(err)
-			}
+			mustResume(t, d)
 			n := 0
 			if tc.op == dm.OpDiscard {
 				n = 4096

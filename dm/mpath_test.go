@@ -229,9 +229,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 			t.Fatal(err)
 		}
 		path.setHold(false)
-		if err := d.Resume(bg()); err != nil {
-			t.Fatal(err)
-		}
+		mustResume(t, d)
 		l.waitAll(t)
 		got := path.take()
 		if len(got) != 2 || got[0].Sector != 8 || got[1].Sector != 100 {

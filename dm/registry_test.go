@@ -260,9 +260,7 @@ func TestRegistryRemove(t *testing.T) {
 	t.Run("deferred I/O of a suspended device ends with EIO", func(t *testing.T) {
 		f := newRegFixture(t, "a")
 		d := f.create(t, "v", "0 8 linear a 0")
-		if err := d.Suspend(bg(), true); err != nil {
-			t.Fatal(err)
-		}
+		mustSuspend(t, d, true)
 		r := dmtest.NewRec(dm.OpWrite, 0, 512)
 		d.Submit(&r.Bio)
 		if err := f.reg.Remove(bg(), "v", false, false); err != nil {
@@ -376,9 +374,7 @@ func stackPair(t *testing.T, lowerTable, upperTable string, devs ...dm.BlockDevi
 	if err := upper.Load(upperTable); err != nil {
 		t.Fatal(err)
 	}
-	if err := upper.Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, upper)
 	return upper, lower, adapter
 }
 
@@ -407,17 +403,13 @@ func TestStackedIO(t *testing.T) {
 		}
 	}
 	// A suspended lower device defers the upper's I/O until it resumes.
-	if err := lower.Suspend(bg(), true); err != nil {
-		t.Fatal(err)
-	}
+	mustSuspend(t, lower, true)
 	r := dmtest.NewRec(dm.OpRead, 100, 512)
 	upper.Submit(&r.Bio)
 	if r.Ended() || lower.Stats().Deferred != 1 || upper.Pending() != 1 {
 		t.Fatal("upper I/O not deferred by the lower device")
 	}
-	if err := lower.Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, lower)
 	testutil.MustErrno(t, "deferred read", r.Wait(t), 0)
 }
 
@@ -460,9 +452,7 @@ func TestStackedDeadline(t *testing.T) {
 		if lower.Pending() != 1 {
 			t.Fatalf("lower pending %d", lower.Pending())
 		}
-		if err := lower.Suspend(bg(), false); err != nil {
-			t.Fatal(err)
-		}
+		mustSuspend(t, lower, false)
 		if a.Writes() != 0 {
 			t.Fatal("the timed-out write reached the device")
 		}

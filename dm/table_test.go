@@ -209,9 +209,7 @@ func TestLargestDevice(t *testing.T) {
 	if err := d.Load("0 18014398509481983 zero"); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, d)
 	if got, want := d.Size(), int64(dm.MaxSectors)*dm.SectorSize; got != want || got <= 0 {
 		t.Fatalf("size %d, want %d", got, want)
 	}
@@ -252,9 +250,7 @@ func TestImmutableTables(t *testing.T) {
 	if err := d.Load("0 8 imm"); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, d)
 	err := d.Load("0 8 zero")
 	if !errors.Is(err, dm.ErrImmutable) || !errors.Is(err, syscall.EINVAL) {
 		t.Fatalf("replacing an immutable table: %v", err)

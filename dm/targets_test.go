@@ -303,9 +303,7 @@ func TestDelayTarget(t *testing.T) {
 		if l.endedCount() != 0 || a.IOs() != 0 {
 			t.Fatal("not held")
 		}
-		if err := d.Suspend(bg(), false); err != nil {
-			t.Fatal(err)
-		}
+		mustSuspend(t, d, false)
 		l.waitAll(t)
 		testutil.MustErrno(t, "read", r.Err(), 0)
 		if a.Writes() != 5 || a.Reads() != 1 || a.IOs() != 8 {
@@ -314,17 +312,13 @@ func TestDelayTarget(t *testing.T) {
 		if st, _ := d.Status(); st[0] != "0 64 delay 0 0 0" {
 			t.Fatalf("status %q", st)
 		}
-		if err := d.Resume(bg()); err != nil {
-			t.Fatal(err)
-		}
+		mustResume(t, d)
 		// Delays again after resume.
 		r2 := l.submit(d, dm.OpRead, 0, 512)
 		if r2.Ended() {
 			t.Fatal("not delayed after resume")
 		}
-		if err := d.Suspend(bg(), true); err != nil {
-			t.Fatal(err)
-		}
+		mustSuspend(t, d, true)
 		l.waitAll(t)
 	})
 	t.Run("status counts the clones each class holds", func(t *testing.T) {
@@ -352,9 +346,7 @@ func TestDelayTarget(t *testing.T) {
 			if st, _ := d.Status(); st[0] != "0 64 delay "+tc.want {
 				t.Fatalf("delay %s: status %q, want %q", tc.args, st[0], "0 64 delay "+tc.want)
 			}
-			if err := d.Suspend(bg(), false); err != nil {
-				t.Fatal(err)
-			}
+			mustSuspend(t, d, false)
 			l.waitAll(t)
 			if st, _ := d.Status(); st[0] != "0 64 delay 0 0 0" {
 				t.Fatalf("delay %s: status after release %q", tc.args, st[0])
@@ -395,9 +387,7 @@ func TestDelayTarget(t *testing.T) {
 		r := dmtest.NewRec(dm.OpWrite, 0, 512)
 		d.Submit(&r.Bio)
 		r.Cancel()
-		if err := d.Suspend(bg(), false); err != nil {
-			t.Fatal(err)
-		}
+		mustSuspend(t, d, false)
 		testutil.MustErrno(t, "canceled write", r.Wait(t), syscall.ECANCELED)
 		if a.Writes() != 0 {
 			t.Fatal("the canceled write was submitted")
@@ -415,9 +405,7 @@ func TestDelayTarget(t *testing.T) {
 		d.Submit(&r.Bio)
 		r2 := dmtest.NewRec(dm.OpWrite, 1, 512)
 		d.Submit(&r2.Bio)
-		if err := d.Suspend(bg(), false); err != nil {
-			t.Fatal(err)
-		}
+		mustSuspend(t, d, false)
 		r.Wait(t)
 		r2.Wait(t)
 		mu.Lock()
@@ -439,9 +427,7 @@ func TestDelayTarget(t *testing.T) {
 		if r.Ended() {
 			t.Fatal("not delayed")
 		}
-		if err := d.Suspend(bg(), false); err != nil {
-			t.Fatal(err)
-		}
+		mustSuspend(t, d, false)
 		r.Wait(t)
 	})
 }

@@ -45,16 +45,12 @@ func TestUringLoopExecutor(t *testing.T) {
 		t.Fatal("the write did not end on the loop")
 	}
 
-	if err := d.Suspend(bg(), false); err != nil {
-		t.Fatal(err)
-	}
+	mustSuspend(t, d, false)
 	r2 := dmtest.NewRec(dm.OpRead, 0, 4096)
 	on2 := submitOnLoop(r2)
 	d.Submit(&r2.Bio) // from this goroutine: deferred
 	posted := l.Stats().Posted
-	if err := d.Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, d)
 	testutil.MustErrno(t, "deferred read", r2.Wait(t), 0)
 	if !on2.Load() || l.Stats().Posted == posted {
 		t.Fatal("the deferred read was not re-issued through the loop")

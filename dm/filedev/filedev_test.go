@@ -45,12 +45,7 @@ func ioOn(t *testing.T, l *uring.Loop, d interface{ Submit(*dm.Bio) }, op dm.Op,
 			Exec: l, End: dm.EndioFunc(func(_ *dm.Bio, err error) { done <- err })}
 		d.Submit(&b)
 	})
-	var err error
-	select {
-	case err = <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("%v at sector %d never completed", op, sector)
-	}
+	err := testutil.Wait(t, fmt.Sprintf("%v at sector %d to complete", op, sector), done)
 	var out []byte
 	if op == dm.OpRead {
 		out = append(out, buf.B...)
@@ -229,16 +224,32 @@ func TestOpsOnFile(t *testing.T) {
 	}
 }
 
+// linearOver is a live device named name with a linear table over all
+// of d.
+func linearOver(name string, d dm.BlockDevice) (*dm.Device, error) {
+	dev := dm.NewDevice(dm.DeviceConfig{Name: name, Log: zerolog.Nop(), Open: dm.StaticOpener(d)})
+	if err := dev.Load(fmt.Sprintf("0 %d linear %s 0", d.Size()/dm.SectorSize, d.Name())); err != nil {
+		return nil, err
+	}
+	return dev, dev.Resume(context.Background())
+}
+
+func mustLinearOver(t *testing.T, name string, d dm.BlockDevice) *dm.Device {
+	t.Helper()
+	dev, err := linearOver(name, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dev
+}
+
 // submitter turns a Bio into one clone on a BlockDevice, for testing a
 // device without a table.
 type submitter struct{ d dm.BlockDevice }
 
 func (s submitter) Submit(b *dm.Bio) {
-	dev := dm.NewDevice(dm.DeviceConfig{Name: "wrap", Log: zerolog.Nop(), Open: dm.StaticOpener(s.d)})
-	if err := dev.Load(fmt.Sprintf("0 %d linear %s 0", s.d.Size()/512, s.d.Name())); err != nil {
-		panic(err)
-	}
-	if err := dev.Resume(context.Background()); err != nil {
+	dev, err := linearOver("wrap", s.d)
+	if err != nil {
 		panic(err)
 	}
 	end := b.End
@@ -276,14 +287,7 @@ func TestMisalignedBufferBounces(t *testing.T) {
 
 func TestNoLoopUsesFallback(t *testing.T) {
 	p := testutil.TempFile(t, 1<<20)
-	d := mustOpen(t, p, Options{})
-	dev := dm.NewDevice(dm.DeviceConfig{Name: "nl", Log: zerolog.Nop(), Open: dm.StaticOpener(d)})
-	if err := dev.Load(fmt.Sprintf("0 2048 linear %s 0", p)); err != nil {
-		t.Fatal(err)
-	}
-	if err := dev.Resume(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	dev := mustLinearOver(t, "nl", mustOpen(t, p, Options{}))
 	data := bytes.Repeat([]byte("udm!"), 1024)
 	w := dm.Bio{Op: dm.OpWrite, Len: 4096, Buf: data, BufIndex: -1}
 	if err := dev.SubmitWait(context.Background(), &w); err != nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/rs/zerolog"
 
@@ -15,23 +14,15 @@ import (
 	"udm/uring"
 )
 
-// bound is how long these tests wait for what must happen before they
-// call it a hang; nothing asserts it happens sooner.
-const bound = 30 * time.Second
-
-// onLoopWithin runs fn on l and fails the test if it hasn't returned
-// within bound (fn, or the loop, is stuck).
+// onLoopWithin runs fn on l and fails the test if it doesn't return
+// (fn, or the loop, is stuck).
 func onLoopWithin(t *testing.T, l *uring.Loop, what string, fn func()) {
 	t.Helper()
 	done := make(chan struct{})
 	if err := l.Post(func() { fn(); close(done) }); err != nil {
 		t.Fatalf("%s: %v", what, err)
 	}
-	select {
-	case <-done:
-	case <-time.After(bound):
-		t.Fatalf("%s: still running on the loop after %v (the loop is stuck)", what, bound)
-	}
+	testutil.Wait(t, what+" to return on the loop (a stuck loop does not)", done)
 }
 
 // The last close of a device marked for deferred removal, on the loop
@@ -77,7 +68,7 @@ func TestDeferredRemoveOnLastCloseOnTheLoop(t *testing.T) {
 	if _, err := ioOn(t, l, other, dm.OpWrite, 8, make([]byte, 4096), 0); err != nil {
 		t.Fatalf("I/O to another device after the last close: %v", err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, bound)
+	wctx, cancel := context.WithTimeout(ctx, testutil.Patience)
 	defer cancel()
 	if err := reg.Wait(wctx); err != nil {
 		t.Fatalf("the deferred removal did not finish: %v", err)
@@ -114,13 +105,7 @@ func TestCloseOnALoop(t *testing.T) {
 				t.Fatal(err)
 			}
 			// I/O through a device on a registers the file there.
-			dev := dm.NewDevice(dm.DeviceConfig{Name: "c", Log: zerolog.Nop(), Open: dm.StaticOpener(d)})
-			if err := dev.Load(fmt.Sprintf("0 2048 linear %s 0", p)); err != nil {
-				t.Fatal(err)
-			}
-			if err := dev.Resume(context.Background()); err != nil {
-				t.Fatal(err)
-			}
+			dev := mustLinearOver(t, "c", d)
 			if _, err := ioOn(t, a, dev, dm.OpRead, 0, make([]byte, 4096), 0); err != nil {
 				t.Fatal(err)
 			}
@@ -171,11 +156,11 @@ func TestCheckOnALoopRefuses(t *testing.T) {
 	}
 	defer d.Close()
 	var cerr error
-	onLoopWithin(t, l, "Check", func() { cerr = d.Check(context.Background(), time.Second) })
+	onLoopWithin(t, l, "Check", func() { cerr = d.Check(context.Background(), testutil.Patience) })
 	if !errors.Is(cerr, uring.ErrCallOnLoop) {
 		t.Fatalf("Check on the loop: %v, want ErrCallOnLoop", cerr)
 	}
-	if err := d.Check(context.Background(), bound); err != nil {
+	if err := d.Check(context.Background(), testutil.Patience); err != nil {
 		t.Fatalf("Check off the loop: %v", err)
 	}
 }

@@ -531,6 +531,18 @@ func (c *Client) chunkEndUnlock(r *creq, done bool) {
 	}
 }
 
+// deliverEndedUnlock delivers r, which ended while its buffer was
+// pinned, entered with c.mu held: if its reply is complete (replied) it
+// leaves the table too. It unlocks c.mu.
+func (c *Client) deliverEndedUnlock(r *creq, replied bool) {
+	if replied {
+		r.replied = true
+		c.retireLocked(r)
+	}
+	c.mu.Unlock()
+	c.deliver(r)
+}
+
 // finishLocked ends r with its reply's result; r.replied is set.
 func (c *Client) finishLocked(r *creq, err error) bool {
 	r.replied = true
@@ -581,10 +593,7 @@ func (cc *clientConn) simpleReply(cookie uint64, wireErr uint32) error {
 			}
 			if d {
 				// Ended while we read (timeout): retire it too.
-				r.replied = true
-				c.retireLocked(r)
-				c.mu.Unlock()
-				c.deliver(r)
+				c.deliverEndedUnlock(r, true)
 				return nil
 			}
 		}
@@ -677,12 +686,7 @@ func (cc *clientConn) chunk(flags, typ uint16, cookie uint64, length uint32) err
 	}
 	if hole != nil {
 		if d, _ := c.unlockedPinned(r, func() error { clear(hole); return nil }); d {
-			if done {
-				r.replied = true
-				c.retireLocked(r)
-			}
-			c.mu.Unlock()
-			c.deliver(r)
+			c.deliverEndedUnlock(r, done)
 			return nil
 		}
 	}
