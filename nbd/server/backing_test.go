@@ -86,20 +86,17 @@ func TestFlushAndFUAReachBacking(t *testing.T) {
 	rc.goExport("disk", false)
 	cases := []struct {
 		name    string
-		typ     uint16
-		flags   uint16
-		off     uint64
-		length  uint32
+		req     wire.Request
 		op      dm.Op               // what the backings must make durable
 		devs    []*dmtest.MemDevice // where
 		payload []byte
 	}{
-		{name: "flush", typ: wire.CmdFlush, op: dm.OpFlush, devs: []*dmtest.MemDevice{a, b}},
-		{name: "write with FUA", typ: wire.CmdWrite, flags: wire.CmdFlagFUA, off: 8192, length: 8192, op: dm.OpWrite,
+		{name: "flush", req: wire.Request{Type: wire.CmdFlush}, op: dm.OpFlush, devs: []*dmtest.MemDevice{a, b}},
+		{name: "write with FUA", req: wire.Request{Type: wire.CmdWrite, Flags: wire.CmdFlagFUA, Offset: 8192, Length: 8192}, op: dm.OpWrite,
 			devs: []*dmtest.MemDevice{a}, payload: bytes.Repeat([]byte{0xf1}, 8192)},
-		{name: "write with FUA across both backings", typ: wire.CmdWrite, flags: wire.CmdFlagFUA, off: half - 4096, length: 8192,
+		{name: "write with FUA across both backings", req: wire.Request{Type: wire.CmdWrite, Flags: wire.CmdFlagFUA, Offset: half - 4096, Length: 8192},
 			op: dm.OpWrite, devs: []*dmtest.MemDevice{a, b}, payload: bytes.Repeat([]byte{0xf2}, 8192)},
-		{name: "write-zeroes with FUA", typ: wire.CmdWriteZeroes, flags: wire.CmdFlagFUA, off: half + 4096, length: 4096,
+		{name: "write-zeroes with FUA", req: wire.Request{Type: wire.CmdWriteZeroes, Flags: wire.CmdFlagFUA, Offset: half + 4096, Length: 4096},
 			op: dm.OpWriteZeroes, devs: []*dmtest.MemDevice{b}},
 	}
 	for i, c := range cases {
@@ -108,7 +105,8 @@ func TestFlushAndFUAReachBacking(t *testing.T) {
 			ios = nil
 			mu.Unlock()
 			cookie := uint64(i + 1)
-			rc.send(c.typ, c.flags, cookie, c.off, c.length, c.payload)
+			c.req.Cookie = cookie
+			rc.sendReq(c.req, c.payload)
 			// Release what the backings hold, round by round, until the
 			// reply comes; note what had been released by then. (One
 			// loop submits everything, so ios is in the order held.)
@@ -305,24 +303,24 @@ func TestBufferAllocationFailure(t *testing.T) {
 			rc.goExport("disk", structured)
 			cases := []struct {
 				name    string
-				typ     uint16
-				length  uint32
+				req     wire.Request
 				payload int
 				want    uint32
 			}{
-				{"big read", wire.CmdRead, 2 << 20, 0, wire.ENOMEM},
-				{"big write", wire.CmdWrite, 2 << 20, 2 << 20, wire.ENOMEM},
-				{"small write", wire.CmdWrite, 4096, 4096, 0},
-				{"small read", wire.CmdRead, 4096, 0, 0},
+				{"big read", wire.Request{Type: wire.CmdRead, Length: 2 << 20}, 0, wire.ENOMEM},
+				{"big write", wire.Request{Type: wire.CmdWrite, Length: 2 << 20}, 2 << 20, wire.ENOMEM},
+				{"small write", wire.Request{Type: wire.CmdWrite, Length: 4096}, 4096, 0},
+				{"small read", wire.Request{Type: wire.CmdRead, Length: 4096}, 0, 0},
 			}
 			for i, c := range cases {
-				rc.send(c.typ, 0, uint64(i), 0, c.length, bytes.Repeat([]byte{0x3c}, c.payload))
+				c.req.Cookie = uint64(i)
+				rc.sendReq(c.req, bytes.Repeat([]byte{0x3c}, c.payload))
 				cookie, werr, _ := rc.reply()
 				if cookie != uint64(i) || werr != c.want {
 					t.Fatalf("%s: cookie %d error %d, want cookie %d error %d", c.name, cookie, werr, i, c.want)
 				}
-				if c.typ == wire.CmdRead && werr == 0 && !structured {
-					rc.readData(int(c.length))
+				if c.req.Type == wire.CmdRead && werr == 0 && !structured {
+					rc.readData(int(c.req.Length))
 				}
 			}
 		})

@@ -119,10 +119,7 @@ func TestUnalignedRequests(t *testing.T) {
 // TestAlignmentForNegotiatingClients: a client that asked for the block
 // sizes is held to 512-byte alignment (EINVAL, connection kept).
 func TestAlignmentForNegotiatingClients(t *testing.T) {
-	ts := newTestServer(t, 1, Config{})
-	ts.linear("disk", 1<<20)
-	rc := dialRaw(t, ts.tcp)
-	rc.goExport("disk", false)
+	_, rc := rawDisk(t, 1<<20, rawDiskConfig{})
 	rc.send(wire.CmdWrite, 0, 1, 1, 3, []byte("abc"))
 	if c, werr, _ := rc.reply(); c != 1 || werr != wire.EINVAL {
 		t.Fatalf("unaligned write: cookie %d error %d, want EINVAL", c, werr)
@@ -173,12 +170,7 @@ func TestHalfCloseAnswersAll(t *testing.T) {
 // comes after its payload is read, so before the reply to the request
 // sent after it.
 func TestRefusedWriteReplyFollowsPayload(t *testing.T) {
-	ts := newTestServer(t, 1, Config{})
-	ts.linear("disk", 8<<20)
-	dev, _ := ts.reg.Get("disk")
-	dev.SetReadOnly(true)
-	rc := dialRaw(t, ts.tcp)
-	rc.goExport("disk", false)
+	_, rc := rawDisk(t, 8<<20, rawDiskConfig{readOnly: true})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {

@@ -335,19 +335,12 @@ func TestInfoRequestsAnsweredOnce(t *testing.T) {
 		}
 		rc.option(opt, wire.AppendGoRequest(nil, wire.GoRequest{Name: "disk", Infos: infos}))
 		n := 0
-		for {
-			r, data := rc.optReply()
-			if r.Type == wire.RepAck {
-				break
-			}
-			if r.Type != wire.RepInfo {
-				t.Fatalf("reply type %#x: %s", r.Type, data)
-			}
+		rc.infoReplies("option "+strconv.Itoa(int(opt)), func([]byte) {
 			n++
 			if n > 10 {
 				t.Fatalf("option %d: more than 10 info replies to 30000 requests of 3 types", opt)
 			}
-		}
+		})
 		// NBD_INFO_EXPORT, NAME, DESCRIPTION, BLOCK_SIZE.
 		if n != 4 {
 			t.Errorf("option %d: %d info replies, want 4", opt, n)

@@ -121,6 +121,28 @@ func (rc *rawClient) goExport(name string, structured bool) {
 	rc.goExportInfos(name, structured, []uint16{wire.InfoBlockSize})
 }
 
+// rawDiskConfig shapes the export and the client of rawDisk.
+type rawDiskConfig struct {
+	structured bool // the client negotiates structured replies
+	readOnly   bool // the device is read-only before the client connects
+}
+
+// rawDisk serves a linear export "disk" of size bytes on a new test
+// server and returns the server and a raw client in transmission on it
+// over TCP.
+func rawDisk(t *testing.T, size int64, cfg rawDiskConfig) (*testServer, *rawClient) {
+	t.Helper()
+	ts := newTestServer(t, 1, Config{})
+	ts.linear("disk", size)
+	if cfg.readOnly {
+		dev, _ := ts.reg.Get("disk")
+		dev.SetReadOnly(true)
+	}
+	rc := dialRaw(t, ts.tcp)
+	rc.goExport("disk", cfg.structured)
+	return ts, rc
+}
+
 // goExportInfos is goExport asking for the infos given.
 func (rc *rawClient) goExportInfos(name string, structured bool, infos []uint16) {
 	rc.t.Helper()
@@ -132,18 +154,28 @@ func (rc *rawClient) goExportInfos(name string, structured bool, infos []uint16)
 		rc.structured = true
 	}
 	rc.option(wire.OptGo, wire.AppendGoRequest(nil, wire.GoRequest{Name: name, Infos: infos}))
+	rc.infoReplies(fmt.Sprintf("GO %q", name), func(data []byte) {
+		if binary.BigEndian.Uint16(data) == wire.InfoExport {
+			rc.size = binary.BigEndian.Uint64(data[2:])
+			rc.flags = binary.BigEndian.Uint16(data[10:])
+		}
+	})
+}
+
+// infoReplies reads the replies to an INFO or GO option (what) up to its
+// ACK and hands each INFO reply's payload to info; a reply of another
+// type fails the test.
+func (rc *rawClient) infoReplies(what string, info func(data []byte)) {
+	rc.t.Helper()
 	for {
 		r, data := rc.optReply()
 		switch r.Type {
 		case wire.RepInfo:
-			if binary.BigEndian.Uint16(data) == wire.InfoExport {
-				rc.size = binary.BigEndian.Uint64(data[2:])
-				rc.flags = binary.BigEndian.Uint16(data[10:])
-			}
+			info(data)
 		case wire.RepAck:
 			return
 		default:
-			rc.t.Fatalf("GO %q: reply type %#x: %s", name, r.Type, data)
+			rc.t.Fatalf("%s: reply type %#x: %s", what, r.Type, data)
 		}
 	}
 }
@@ -153,6 +185,12 @@ func (rc *rawClient) send(typ, flags uint16, cookie, off uint64, length uint32, 
 	var b [wire.RequestSize]byte
 	wire.Request{Flags: flags, Type: typ, Cookie: cookie, Offset: off, Length: length}.Encode(b[:])
 	rc.write(append(b[:], payload...))
+}
+
+// sendReq sends r, with the payload given.
+func (rc *rawClient) sendReq(r wire.Request, payload []byte) {
+	rc.t.Helper()
+	rc.send(r.Type, r.Flags, r.Cookie, r.Offset, r.Length, payload)
 }
 
 // reply reads one reply (simple, or a structured chunk stream ending in
@@ -224,31 +262,29 @@ func TestBadRequests(t *testing.T) {
 			}
 			cases := []struct {
 				name    string
-				typ     uint16
-				flags   uint16
-				off     uint64
-				length  uint32
+				req     wire.Request
 				payload int
 				want    uint32
 			}{
-				{"read past the end", wire.CmdRead, 0, size - 4096, 8192, 0, wire.EINVAL},
-				{"read offset overflow", wire.CmdRead, 0, ^uint64(0) - 511, 4096, 0, wire.EINVAL},
-				{"misaligned read offset", wire.CmdRead, 0, 100, 4096, 0, wire.EINVAL},
-				{"misaligned read length", wire.CmdRead, 0, 0, 100, 0, wire.EINVAL},
-				{"zero-length read", wire.CmdRead, 0, 0, 0, 0, wire.EINVAL},
-				{"oversized read", wire.CmdRead, 0, 0, DefaultMaxPayload + 512, 0, wire.EOVERFLOW},
-				{"write past the end", wire.CmdWrite, 0, size - 4096, 8192, 8192, wire.ENOSPC},
-				{"misaligned write", wire.CmdWrite, 0, 4097, 4096, 4096, wire.EINVAL},
-				{"trim past the end", wire.CmdTrim, 0, size, 4096, 0, wire.EINVAL},
-				{"write-zeroes past the end", wire.CmdWriteZeroes, 0, size - 512, 1024, 0, wire.ENOSPC},
-				{"unknown command", 42, 0, 0, 4096, 0, wire.EINVAL},
-				{"unknown flag", wire.CmdRead, 1 << 9, 0, 4096, 0, wire.EINVAL},
-				{"no-hole on a read", wire.CmdRead, wire.CmdFlagNoHole, 0, 4096, 0, wire.EINVAL},
-				{"flush with flags", wire.CmdFlush, wire.CmdFlagFUA, 0, 0, 0, wire.EINVAL},
-				{"block status without a meta context", wire.CmdBlockStatus, 0, 0, 4096, 0, wire.EINVAL},
+				{"read past the end", wire.Request{Type: wire.CmdRead, Offset: size - 4096, Length: 8192}, 0, wire.EINVAL},
+				{"read offset overflow", wire.Request{Type: wire.CmdRead, Offset: ^uint64(0) - 511, Length: 4096}, 0, wire.EINVAL},
+				{"misaligned read offset", wire.Request{Type: wire.CmdRead, Offset: 100, Length: 4096}, 0, wire.EINVAL},
+				{"misaligned read length", wire.Request{Type: wire.CmdRead, Length: 100}, 0, wire.EINVAL},
+				{"zero-length read", wire.Request{Type: wire.CmdRead}, 0, wire.EINVAL},
+				{"oversized read", wire.Request{Type: wire.CmdRead, Length: DefaultMaxPayload + 512}, 0, wire.EOVERFLOW},
+				{"write past the end", wire.Request{Type: wire.CmdWrite, Offset: size - 4096, Length: 8192}, 8192, wire.ENOSPC},
+				{"misaligned write", wire.Request{Type: wire.CmdWrite, Offset: 4097, Length: 4096}, 4096, wire.EINVAL},
+				{"trim past the end", wire.Request{Type: wire.CmdTrim, Offset: size, Length: 4096}, 0, wire.EINVAL},
+				{"write-zeroes past the end", wire.Request{Type: wire.CmdWriteZeroes, Offset: size - 512, Length: 1024}, 0, wire.ENOSPC},
+				{"unknown command", wire.Request{Type: 42, Length: 4096}, 0, wire.EINVAL},
+				{"unknown flag", wire.Request{Type: wire.CmdRead, Flags: 1 << 9, Length: 4096}, 0, wire.EINVAL},
+				{"no-hole on a read", wire.Request{Type: wire.CmdRead, Flags: wire.CmdFlagNoHole, Length: 4096}, 0, wire.EINVAL},
+				{"flush with flags", wire.Request{Type: wire.CmdFlush, Flags: wire.CmdFlagFUA}, 0, wire.EINVAL},
+				{"block status without a meta context", wire.Request{Type: wire.CmdBlockStatus, Length: 4096}, 0, wire.EINVAL},
 			}
 			for i, c := range cases {
-				rc.send(c.typ, c.flags, uint64(i+1), c.off, c.length, make([]byte, c.payload))
+				c.req.Cookie = uint64(i + 1)
+				rc.sendReq(c.req, make([]byte, c.payload))
 				cookie, werr, _ := rc.reply()
 				if cookie != uint64(i+1) || werr != c.want {
 					t.Fatalf("%s: cookie %d error %d, want cookie %d error %d", c.name, cookie, werr, i+1, c.want)
@@ -273,12 +309,9 @@ func TestBadRequests(t *testing.T) {
 }
 
 func TestOversizedWritePayload(t *testing.T) {
-	ts := newTestServer(t, 1, Config{})
-	ts.linear("disk", 16<<20)
 	// Just over the maximum: refused, the payload drained, the connection
 	// stays in sync and usable.
-	rc := dialRaw(t, ts.tcp)
-	rc.goExport("disk", false)
+	ts, rc := rawDisk(t, 16<<20, rawDiskConfig{})
 	n := DefaultMaxPayload + 512
 	sent := make(chan struct{})
 	go func() {
@@ -311,12 +344,7 @@ func TestOversizedWritePayload(t *testing.T) {
 }
 
 func TestReadOnlyExport(t *testing.T) {
-	ts := newTestServer(t, 1, Config{})
-	ts.linear("disk", 8<<20)
-	dev, _ := ts.reg.Get("disk")
-	dev.SetReadOnly(true)
-	rc := dialRaw(t, ts.tcp)
-	rc.goExport("disk", false)
+	_, rc := rawDisk(t, 8<<20, rawDiskConfig{readOnly: true})
 	if rc.flags&wire.TFlagReadOnly == 0 {
 		t.Fatalf("read-only export advertised flags %#x", rc.flags)
 	}
@@ -495,11 +523,8 @@ func TestManyInFlightOutOfOrder(t *testing.T) {
 }
 
 func TestClientVanishesMidRequest(t *testing.T) {
-	ts := newTestServer(t, 1, Config{})
-	ts.linear("disk", 16<<20)
 	// An acknowledged write, then a write whose payload never finishes.
-	rc := dialRaw(t, ts.tcp)
-	rc.goExport("disk", false)
+	ts, rc := rawDisk(t, 16<<20, rawDiskConfig{})
 	want := bytes.Repeat([]byte("acked!!!"), 512)
 	rc.send(wire.CmdWrite, 0, 1, 0, 4096, want)
 	if _, werr, _ := rc.reply(); werr != 0 {
@@ -588,10 +613,7 @@ func TestMultiConnConsistency(t *testing.T) {
 }
 
 func TestShutdownAnswersInFlight(t *testing.T) {
-	ts := newTestServer(t, 1, Config{})
-	ts.linear("disk", 16<<20)
-	rc := dialRaw(t, ts.tcp)
-	rc.goExport("disk", false)
+	ts, rc := rawDisk(t, 16<<20, rawDiskConfig{})
 	for i := 0; i < 32; i++ {
 		rc.send(wire.CmdRead, 0, uint64(i), uint64(i)*4096, 4096, nil)
 	}
@@ -634,18 +656,11 @@ func TestSendDFOnlyWithStructuredReplies(t *testing.T) {
 				switch how {
 				case "INFO":
 					rc.option(wire.OptInfo, wire.AppendGoRequest(nil, wire.GoRequest{Name: "disk"}))
-					for {
-						r, data := rc.optReply()
-						if r.Type == wire.RepAck {
-							break
-						}
-						if r.Type != wire.RepInfo {
-							t.Fatalf("INFO: reply type %#x: %s", r.Type, data)
-						}
+					rc.infoReplies("INFO", func(data []byte) {
 						if binary.BigEndian.Uint16(data) == wire.InfoExport {
 							flags = binary.BigEndian.Uint16(data[10:])
 						}
-					}
+					})
 				case "GO":
 					rc.goExport("disk", false)
 					flags = rc.flags
@@ -698,49 +713,48 @@ func TestCacheAndFastZero(t *testing.T) {
 	}
 	cases := []struct {
 		name   string
-		typ    uint16
-		flags  uint16
-		off    uint64
-		length uint32
+		req    wire.Request
 		fail   syscall.Errno // the backing fails the I/O with this
 		want   uint32
 		zeroed bool // the range reads back as zeroes
 	}{
-		{name: "cache", typ: wire.CmdCache, off: 1 << 20, length: 1 << 20},
-		{name: "cache of the whole export", typ: wire.CmdCache, length: size},
-		{name: "cache past the end", typ: wire.CmdCache, off: size - 4096, length: 8192, want: wire.EINVAL},
-		{name: "cache beyond the end", typ: wire.CmdCache, off: size, length: 512, want: wire.EINVAL},
-		{name: "cache offset overflow", typ: wire.CmdCache, off: ^uint64(0) - 511, length: 4096, want: wire.EINVAL},
-		{name: "cache with a flag", typ: wire.CmdCache, flags: wire.CmdFlagFUA, length: 4096, want: wire.EINVAL},
-		{name: "fast zero", typ: wire.CmdWriteZeroes, flags: wire.CmdFlagFastZero, off: 4096, length: 8192, zeroed: true},
-		{name: "fast zero, no hole", typ: wire.CmdWriteZeroes, flags: wire.CmdFlagFastZero | wire.CmdFlagNoHole, off: 1 << 20, length: 4096, zeroed: true},
-		{name: "fast zero the backing can't do fast", typ: wire.CmdWriteZeroes, flags: wire.CmdFlagFastZero, off: 2 << 20, length: 4096,
+		{name: "cache", req: wire.Request{Type: wire.CmdCache, Offset: 1 << 20, Length: 1 << 20}},
+		{name: "cache of the whole export", req: wire.Request{Type: wire.CmdCache, Length: size}},
+		{name: "cache past the end", req: wire.Request{Type: wire.CmdCache, Offset: size - 4096, Length: 8192}, want: wire.EINVAL},
+		{name: "cache beyond the end", req: wire.Request{Type: wire.CmdCache, Offset: size, Length: 512}, want: wire.EINVAL},
+		{name: "cache offset overflow", req: wire.Request{Type: wire.CmdCache, Offset: ^uint64(0) - 511, Length: 4096}, want: wire.EINVAL},
+		{name: "cache with a flag", req: wire.Request{Type: wire.CmdCache, Flags: wire.CmdFlagFUA, Length: 4096}, want: wire.EINVAL},
+		{name: "fast zero", req: wire.Request{Type: wire.CmdWriteZeroes, Flags: wire.CmdFlagFastZero, Offset: 4096, Length: 8192}, zeroed: true},
+		{name: "fast zero, no hole", req: wire.Request{Type: wire.CmdWriteZeroes, Flags: wire.CmdFlagFastZero | wire.CmdFlagNoHole, Offset: 1 << 20, Length: 4096}, zeroed: true},
+		{name: "fast zero the backing can't do fast", req: wire.Request{Type: wire.CmdWriteZeroes, Flags: wire.CmdFlagFastZero, Offset: 2 << 20, Length: 4096},
 			fail: syscall.EOPNOTSUPP, want: wire.ENOTSUP},
-		{name: "zero the backing can't do", typ: wire.CmdWriteZeroes, off: 2 << 20, length: 4096, fail: syscall.EOPNOTSUPP, want: wire.EIO},
-		{name: "trim the backing can't do", typ: wire.CmdTrim, off: 2 << 20, length: 4096, fail: syscall.EOPNOTSUPP},
-		{name: "fast zero past the end", typ: wire.CmdWriteZeroes, flags: wire.CmdFlagFastZero, off: size, length: 4096, want: wire.ENOSPC},
+		{name: "zero the backing can't do", req: wire.Request{Type: wire.CmdWriteZeroes, Offset: 2 << 20, Length: 4096}, fail: syscall.EOPNOTSUPP, want: wire.EIO},
+		{name: "trim the backing can't do", req: wire.Request{Type: wire.CmdTrim, Offset: 2 << 20, Length: 4096}, fail: syscall.EOPNOTSUPP},
+		{name: "fast zero past the end", req: wire.Request{Type: wire.CmdWriteZeroes, Flags: wire.CmdFlagFastZero, Offset: size, Length: 4096}, want: wire.ENOSPC},
 	}
 	for i, c := range cases {
 		fillPattern(t, m, 0)
 		if c.fail != 0 {
 			m.FailNext(1, c.fail)
 		}
-		rc.send(c.typ, c.flags, uint64(i), c.off, c.length, nil)
+		c.req.Cookie = uint64(i)
+		rc.sendReq(c.req, nil)
 		cookie, werr, _ := rc.reply()
 		m.FailNext(0, 0)
 		if cookie != uint64(i) || werr != c.want {
 			t.Errorf("%s: cookie %d error %d, want cookie %d error %d", c.name, cookie, werr, i, c.want)
 			continue
 		}
-		if c.off >= size || uint64(c.length) > size-c.off {
+		r := c.req
+		if r.Offset >= size || uint64(r.Length) > size-r.Offset {
 			continue
 		}
-		got := make([]byte, c.length)
-		m.ReadAt(got, int64(c.off))
+		got := make([]byte, r.Length)
+		m.ReadAt(got, int64(r.Offset))
 		switch {
-		case c.zeroed && !bytes.Equal(got, make([]byte, c.length)):
+		case c.zeroed && !bytes.Equal(got, make([]byte, r.Length)):
 			t.Errorf("%s: not zeroed", c.name)
-		case !c.zeroed && c.typ != wire.CmdTrim && !bytes.Equal(got, pattern(c.off, int(c.length))):
+		case !c.zeroed && r.Type != wire.CmdTrim && !bytes.Equal(got, pattern(r.Offset, int(r.Length))):
 			t.Errorf("%s: the export changed", c.name)
 		}
 	}
@@ -784,10 +798,7 @@ func TestCacheAndFastZero(t *testing.T) {
 // the receive buffer (at most two receive buffers' worth are copied;
 // without it, 1.9 of the 2.1 MiB were).
 func TestBigWritesReceivedIntoTheirBuffers(t *testing.T) {
-	ts := newTestServer(t, 1, Config{})
-	ts.linear("disk", 16<<20)
-	rc := dialRaw(t, ts.tcp)
-	rc.goExport("disk", true)
+	ts, rc := rawDisk(t, 16<<20, rawDiskConfig{structured: true})
 	type w struct {
 		off  uint64
 		data []byte
