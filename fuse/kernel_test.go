@@ -268,7 +268,19 @@ func ext4(t *testing.T, e *env, during func(stop <-chan struct{})) {
 	run(t, "umount", mnt)
 	mounted = false
 	run(t, "e2fsck", "-fn", loop)
-	run(t, "mount", "-o", "ro", loop, mnt)
+	// Right after the unmount, on a busy machine, something may still hold
+	// the loop device for a moment (udev probing it after the change):
+	// mount says "already mounted or mount point busy". Wait for it to be
+	// free rather than fail.
+	var mountOut []byte
+	testutil.Eventually(t, "the read-only remount of "+loop, func() bool {
+		var err error
+		mountOut, err = exec.Command("mount", "-o", "ro", loop, mnt).CombinedOutput()
+		if err != nil && !bytes.Contains(mountOut, []byte("busy")) {
+			t.Fatalf("mount -o ro %s: %v\n%s", loop, err, mountOut)
+		}
+		return err == nil
+	})
 	mounted = true
 	for name, data := range want {
 		got, err := os.ReadFile(name)
