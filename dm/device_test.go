@@ -118,9 +118,7 @@ func TestSuspendResumeOrder(t *testing.T) {
 			a := dmtest.NewMemDevice("a", MiB)
 			d := newDev(t, log, "0 8 rec a A\n8 8 rec a B", a)
 			log.take()
-			if err := d.Suspend(bg(), noflush); err != nil {
-				t.Fatal(err)
-			}
+			mustSuspend(t, d, noflush)
 			nf := map[bool]string{false: "noflush=false", true: "noflush=true"}[noflush]
 			wantEvents(t, log,
 				"presuspend A "+nf+" block=false suspended=false pending=0",
@@ -131,9 +129,7 @@ func TestSuspendResumeOrder(t *testing.T) {
 				t.Fatalf("after suspend: suspended %v noflush %v", d.Suspended(), d.NoflushSuspending())
 			}
 			// Suspending a suspended device is a no-op.
-			if err := d.Suspend(bg(), !noflush); err != nil {
-				t.Fatal(err)
-			}
+			mustSuspend(t, d, !noflush)
 			wantEvents(t, log)
 
 			// I/O waits on deferred while suspended.

@@ -308,9 +308,7 @@ func TestResumeRacesSubmissions(t *testing.T) {
 		// Keep some I/O in flight across suspends now and then.
 		a.SetDelay(time.Duration(rnd.IntN(2)) * 20 * time.Microsecond)
 		noflush := rnd.IntN(2) == 0
-		if err := d.Suspend(bg(), noflush); err != nil {
-			t.Fatal(err)
-		}
+		mustSuspend(t, d, noflush)
 		if d.Pending() < 0 {
 			t.Fatalf("pending %d", d.Pending())
 		}

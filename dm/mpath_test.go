@@ -104,9 +104,7 @@ func TestQueueIfNoPathHoldsAndFlushSuspendFails(t *testing.T) {
 	t.Run("queued I/O fails on a suspend without noflush", func(t *testing.T) {
 		f := newMP(t, true)
 		r := f.queued(8, 1)
-		if err := f.d.Suspend(bg(), false); err != nil {
-			t.Fatal(err)
-		}
+		mustSuspend(t, f.d, false)
 		testutil.MustErrno(t, "queued write", r.Wait(t), syscall.EIO)
 		if s := f.d.Stats(); !s.Suspended || s.Deferred != 0 || s.Pushbacks != 0 || s.InFlight != 0 {
 			t.Fatalf("stats %+v", s)
@@ -120,9 +118,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 	noflushSuspended := func(t *testing.T) (*mpFixture, *dmtest.Rec) {
 		f := newMP(t, true)
 		r := f.queued(8, 0xb2)
-		if err := f.d.Suspend(bg(), true); err != nil {
-			t.Fatal(err)
-		}
+		mustSuspend(t, f.d, true)
 		if r.Ended() {
 			t.Fatalf("pushed-back write returned: %v", r.Err())
 		}
@@ -139,9 +135,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 	})
 	t.Run("is queued in the target again on a resume without recovery", func(t *testing.T) {
 		f, r := noflushSuspended(t)
-		if err := f.d.Resume(bg()); err != nil {
-			t.Fatal(err)
-		}
+		mustResume(t, f.d)
 		if r.Ended() || f.q.nheld() != 1 || f.d.Stats().Deferred != 0 {
 			t.Fatalf("ended %v held %d", r.Ended(), f.q.nheld())
 		}
@@ -154,9 +148,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 		if r.Ended() {
 			t.Fatal("ran before resume")
 		}
-		if err := f.d.Resume(bg()); err != nil {
-			t.Fatal(err)
-		}
+		mustResume(t, f.d)
 		testutil.MustErrno(t, "write", r.Wait(t), 0)
 		if !f.onDev(f.path, 8, 0xb2) {
 			t.Fatal("data not on the path")
@@ -167,9 +159,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 		if err := f.d.Load("0 2048 linear spare 0"); err != nil {
 			t.Fatal(err)
 		}
-		if err := f.d.Resume(bg()); err != nil {
-			t.Fatal(err)
-		}
+		mustResume(t, f.d)
 		testutil.MustErrno(t, "write", r.Wait(t), 0)
 		spare := f.d.LiveTargets()[0].(*dm.Linear).Lower().(*dmtest.MemDevice)
 		if !f.onDev(spare, 8, 0xb2) || f.path.IOs() != 0 {
@@ -182,9 +172,7 @@ func TestNoflushSuspendPushesQueuedIOBack(t *testing.T) {
 				f := newMP(t, true)
 				r := f.queued(8, 0xc3)
 				if how != "resume --noflush" {
-					if err := f.d.Suspend(bg(), true); err != nil {
-						t.Fatal(err)
-					}
+					mustSuspend(t, f.d, true)
 				}
 				if err := f.d.Load("0 2048 qpath spare queue_if_no_path"); err != nil {
 					t.Fatal(err)
@@ -367,9 +355,7 @@ func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
 	if _, err := devs[0].Message(bg(), 0, []string{"reinstate_path"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := devs[0].Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, devs[0])
 	testutil.MustErrno(t, "first device's write", rs[0].Wait(t), 0)
 	if rs[1].Ended() || devs[1].Stats().Deferred != 1 {
 		t.Fatal("the second device's write moved")
@@ -378,9 +364,7 @@ func TestSuspendTouchesOnlyItsOwnDevice(t *testing.T) {
 	if err := devs[1].Load("0 2048 linear spare 0"); err != nil {
 		t.Fatal(err)
 	}
-	if err := devs[1].Resume(bg()); err != nil {
-		t.Fatal(err)
-	}
+	mustResume(t, devs[1])
 	testutil.MustErrno(t, "second device's write", rs[1].Wait(t), 0)
 	buf := make([]byte, 4096)
 	spare.ReadAt(buf, 8<<9)

@@ -32,7 +32,7 @@ func (f *mpFix) waitChecks(i int, n int64) {
 	f.t.Helper()
 	e := f.entry()
 	want := e.pathChecks(i) + n
-	eventually(f.t, fmt.Sprintf("%d more checks of path %d", n, i), func() bool { return e.pathChecks(i) >= want })
+	testutil.Eventually(f.t, fmt.Sprintf("%d more checks of path %d", n, i), func() bool { return e.pathChecks(i) >= want })
 }
 
 func (f *mpFix) pathActive(i int) bool { return f.target("mp").state().active[i] }
@@ -41,16 +41,16 @@ func TestCheckerFailsAndReinstates(t *testing.T) {
 	f := newFix(t, false, envConfig{check: fastCheck})
 	ev := f.mp.Event()
 	f.breakPath("p0")
-	eventually(t, "the checker to fail p0", func() bool { return !f.pathActive(0) })
+	testutil.Eventually(t, "the checker to fail p0", func() bool { return !f.pathActive(0) })
 	// The event follows the published state (the target triggers it
 	// after unlocking, as dm-mpath does from a work item).
-	eventually(t, "an event for the failed path", func() bool { return f.mp.Event() != ev })
+	testutil.Eventually(t, "an event for the failed path", func() bool { return f.mp.Event() != ev })
 	// I/O goes on on p1 meanwhile.
-	mustErrno(t, "write", f.write(f.loops[0], 0, pattern(1, 4*kib)).wait(t), 0)
+	testutil.MustErrnoIs(t, "write", f.write(f.loops[0], 0, pattern(1, 4*kib)).wait(t), 0)
 	ev = f.mp.Event()
 	f.repairPath("p0")
-	eventually(t, "the checker to reinstate p0", func() bool { return f.pathActive(0) })
-	eventually(t, "an event for the reinstated path", func() bool { return f.mp.Event() != ev })
+	testutil.Eventually(t, "the checker to reinstate p0", func() bool { return f.pathActive(0) })
+	testutil.Eventually(t, "an event for the reinstated path", func() bool { return f.mp.Event() != ev })
 	for _, want := range []string{`"cause":"checker"`, `"message":"path failed"`, `"message":"path reinstated"`, `"checker":"faulty"`} {
 		if !strings.Contains(f.logs.String(), want) {
 			t.Errorf("log lacks %s", want)
@@ -59,7 +59,7 @@ func TestCheckerFailsAndReinstates(t *testing.T) {
 	// A fail_path message is not the operator's: the checker brings the
 	// path back.
 	f.mustMsg("mp", "fail_path", "/dev/mapper/p1")
-	eventually(t, "the checker to reinstate p1", func() bool { return f.pathActive(1) })
+	testutil.Eventually(t, "the checker to reinstate p1", func() bool { return f.pathActive(1) })
 }
 
 // Paths that are files: a file that vanishes (its name removed) is
@@ -77,12 +77,12 @@ func TestCheckerVanishedFile(t *testing.T) {
 	if err := os.Remove(link); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the vanished path to fail", func() bool { return !f.pathActive(1) })
+	testutil.Eventually(t, "the vanished path to fail", func() bool { return !f.pathActive(1) })
 	for i := uint64(0); i < 8; i++ {
 		data := pattern(byte(i), 4*kib)
-		mustErrno(t, "write", f.write(f.loops[0], 8*i, data).wait(t), 0)
+		testutil.MustErrnoIs(t, "write", f.write(f.loops[0], 8*i, data).wait(t), 0)
 		r := f.read(f.loops[1], 8*i, 4*kib)
-		mustErrno(t, "read", r.wait(t), 0)
+		testutil.MustErrnoIs(t, "read", r.wait(t), 0)
 		if string(r.data) != string(data) {
 			t.Fatal("read back wrong")
 		}
@@ -131,7 +131,7 @@ func TestCheckerOperator(t *testing.T) {
 	}
 	// It is checked again: breaking it fails it.
 	f.breakPath("p0")
-	eventually(t, "the checker to fail p0", func() bool { return !f.pathActive(0) })
+	testutil.Eventually(t, "the checker to fail p0", func() bool { return !f.pathActive(0) })
 	// Errors.
 	if err := f.chk.FailPath("mp", "/dev/nosuch"); !errors.Is(err, syscall.EINVAL) {
 		t.Fatalf("unknown path: %v", err)
@@ -174,16 +174,16 @@ func TestNoPathRetry(t *testing.T) {
 			f.breakPath("p0")
 			f.breakPath("p1")
 			w := f.write(f.exec(kind), 0, pattern(1, 4*kib))
-			mustErrno(t, "queued write", w.wait(t), syscall.EIO)
+			testutil.MustErrnoIs(t, "queued write", w.wait(t), syscall.EIO)
 			if st := mp.state(); st.queue {
 				t.Fatal("still queueing after no_path_retry ran out")
 			}
 			f.repairPath("p1")
-			eventually(t, "queueing to come back with the path", func() bool { return mp.state().queue })
+			testutil.Eventually(t, "queueing to come back with the path", func() bool { return mp.state().queue })
 			// And again.
 			f.breakPath("p1")
 			w = f.write(f.exec(kind), 0, pattern(2, 4*kib))
-			mustErrno(t, "second queued write", w.wait(t), syscall.EIO)
+			testutil.MustErrnoIs(t, "second queued write", w.wait(t), syscall.EIO)
 		})
 	})
 	t.Run("held I/O waits N intervals, not fewer", func(t *testing.T) {
@@ -196,7 +196,7 @@ func TestNoPathRetry(t *testing.T) {
 			clk := newFakeClock()
 			f := newFix(t, false, envConfig{check: cfg, clock: clk})
 			e, mp := f.entry(), f.target("mp")
-			eventually(t, "the first checks, at attach", func() bool { return e.pathChecks(0) > 0 && e.pathChecks(1) > 0 })
+			testutil.Eventually(t, "the first checks, at attach", func() bool { return e.pathChecks(0) > 0 && e.pathChecks(1) > 0 })
 			w := f.queued(f.exec(kind), 8, pattern(4, 4*kib))
 			// interval ends one polling interval; the no_path_retry tick
 			// runs in it (runDue returns once it has).
@@ -211,7 +211,7 @@ func TestNoPathRetry(t *testing.T) {
 				}
 			}
 			interval()
-			mustErrno(t, "held write after N intervals", w.wait(t), syscall.EIO)
+			testutil.MustErrnoIs(t, "held write after N intervals", w.wait(t), syscall.EIO)
 			if mp.state().queue || mp.Held() != 0 {
 				t.Fatal("still queueing after no_path_retry ran out")
 			}
@@ -225,9 +225,9 @@ func TestNoPathRetry(t *testing.T) {
 		f.breakPath("p1")
 		data := pattern(3, 4*kib)
 		w := f.write(f.loops[0], 0, data)
-		eventually(t, "the write to be held", func() bool { return f.target("mp").Held() == 1 })
+		testutil.Eventually(t, "the write to be held", func() bool { return f.target("mp").Held() == 1 })
 		f.repairPath("p0")
-		mustErrno(t, "write", w.wait(t), 0)
+		testutil.MustErrnoIs(t, "write", w.wait(t), 0)
 		if !f.onFile(0, data) {
 			t.Fatal("data not in the file")
 		}
@@ -375,14 +375,14 @@ func TestFailback(t *testing.T) {
 	}
 	group := func(f *mpFix) int {
 		// An I/O makes a pending switch happen.
-		mustErrno(f.t, "write", f.write(f.loops[0], 0, pattern(5, 4*kib)).wait(f.t), 0)
+		testutil.MustErrnoIs(f.t, "write", f.write(f.loops[0], 0, pattern(5, 4*kib)).wait(f.t), 0)
 		return f.target("mp").state().cur + 1
 	}
 	// failover breaks group 1 and waits for I/O to move to group 2.
 	failover := func(f *mpFix) {
 		f.breakPath("p0")
 		f.breakPath("p2")
-		eventually(f.t, "group 1 to fail", func() bool { st := f.target("mp").state(); return st.groupActive[0] == 0 })
+		testutil.Eventually(f.t, "group 1 to fail", func() bool { st := f.target("mp").state(); return st.groupActive[0] == 0 })
 		if g := group(f); g != 2 {
 			f.t.Fatalf("I/O on group %d after group 1 failed", g)
 		}
@@ -400,9 +400,9 @@ func TestFailback(t *testing.T) {
 			f := setup(t, tc.fb)
 			failover(f)
 			f.repairPath("p0")
-			eventually(t, "p0 to be reinstated", func() bool { return f.pathActive(0) })
+			testutil.Eventually(t, "p0 to be reinstated", func() bool { return f.pathActive(0) })
 			if tc.back {
-				eventually(t, "failback to group 1", func() bool { return f.target("mp").state().eff == 0 })
+				testutil.Eventually(t, "failback to group 1", func() bool { return f.target("mp").state().eff == 0 })
 				if g := group(f); g != 1 {
 					t.Fatalf("I/O on group %d after failback", g)
 				}
@@ -431,11 +431,11 @@ func TestFailback(t *testing.T) {
 				t.Fatalf("switch_group 2: on group %d", g)
 			}
 			f.breakPath("p2")
-			eventually(t, "p2 to fail", func() bool { return !f.pathActive(2 - 1) })
+			testutil.Eventually(t, "p2 to fail", func() bool { return !f.pathActive(2 - 1) })
 			f.repairPath("p2")
-			eventually(t, "p2 to come back", func() bool { return f.pathActive(1) })
+			testutil.Eventually(t, "p2 to come back", func() bool { return f.pathActive(1) })
 			if tc.back {
-				eventually(t, "failback to group 1", func() bool { return f.target("mp").state().eff == 0 })
+				testutil.Eventually(t, "failback to group 1", func() bool { return f.target("mp").state().eff == 0 })
 				return
 			}
 			f.waitChecks(1, 5)
@@ -452,7 +452,7 @@ func TestListings(t *testing.T) {
 	// between sees it healthy and reinstates it (fail_count 2).
 	f.breakPath("p1")
 	f.mustMsg("mp", "fail_path", "/dev/mapper/p1")
-	eventually(t, "p1 checked faulty and p0 ready", func() bool {
+	testutil.Eventually(t, "p1 checked faulty and p0 ready", func() bool {
 		ps := Paths(f.chk.Maps())
 		return ps[1].Checker == "faulty" && ps[0].Checker == "ready"
 	})
@@ -553,7 +553,7 @@ func TestSetMapConfig(t *testing.T) {
 		t.Fatal("configuration not applied")
 	}
 	f.breakPath("p0")
-	eventually(t, "the checker to fail p0", func() bool { return !f.pathActive(0) })
+	testutil.Eventually(t, "the checker to fail p0", func() bool { return !f.pathActive(0) })
 }
 
 // A path over a loop device (a real block device) is checked with the
@@ -569,7 +569,7 @@ func TestCheckerLoopDevice(t *testing.T) {
 	}
 	data := pattern(9, 4*kib)
 	for i := 0; i < 4; i++ {
-		mustErrno(t, "write", f.write(f.loops[0], 0, data).wait(t), 0)
+		testutil.MustErrnoIs(t, "write", f.write(f.loops[0], 0, data).wait(t), 0)
 	}
 	if !f.onFile(0, data) {
 		t.Fatal("data not in the file")
@@ -606,7 +606,7 @@ func TestCheckerTimeout(t *testing.T) {
 	// stepChecks steps until p0 has been checked n more times.
 	stepChecks := func(n int64) {
 		want := e.pathChecks(0) + n
-		eventually(t, fmt.Sprintf("%d more checks of p0", n), func() bool {
+		testutil.Eventually(t, fmt.Sprintf("%d more checks of p0", n), func() bool {
 			if e.pathChecks(0) >= want {
 				return true
 			}
@@ -618,7 +618,7 @@ func TestCheckerTimeout(t *testing.T) {
 	// deadline.
 	startCheck := func() time.Time {
 		var dl time.Time
-		eventually(t, "a check of p0 to start", func() bool {
+		testutil.Eventually(t, "a check of p0 to start", func() bool {
 			var ok bool
 			if ok, dl = running(); ok {
 				return true
@@ -631,10 +631,10 @@ func TestCheckerTimeout(t *testing.T) {
 	// The check at attach: counted from zero, since it may have ended
 	// before this line (waitChecks counts from now, and on the fake clock
 	// no later check would come).
-	eventually(t, "the check of p0 at attach", func() bool { return e.pathChecks(0) >= 1 })
+	testutil.Eventually(t, "the check of p0 at attach", func() bool { return e.pathChecks(0) >= 1 })
 	f.swap("p0", fmt.Sprintf("0 %d delay %s 0 600000", f.sectors, f.file))
 	dl := startCheck()
-	eventually(t, "a check read held on p0", func() bool { return f.held("p0") == 1 })
+	testutil.Eventually(t, "a check read held on p0", func() bool { return f.held("p0") == 1 })
 	// Not failed a nanosecond before check_timeout; failed at it. The
 	// read is still held: it was the timeout that failed the path.
 	clk.Advance(dl.Sub(clk.Now()) - 1)
@@ -667,20 +667,20 @@ func TestCheckerTimeout(t *testing.T) {
 	// The held read is answered (the release waits for it): the next
 	// check sends a read again, which hangs in turn.
 	f.release("p0")
-	eventually(t, "the held read to return", func() bool {
+	testutil.Eventually(t, "the held read to return", func() bool {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		return !e.mu.m.paths[0].outstanding
 	})
 	startCheck()
-	eventually(t, "a new check read held on p0", func() bool { return f.held("p0") == 1 })
+	testutil.Eventually(t, "a new check read held on p0", func() bool { return f.held("p0") == 1 })
 	stepChecks(3)
 	if n := f.held("p0"); n != 1 || f.pathActive(0) {
 		t.Fatalf("%d reads held on p0, active %v", n, f.pathActive(0))
 	}
 	// A working path again: reinstated.
 	f.repairPath("p0")
-	eventually(t, "the checker to reinstate p0", func() bool {
+	testutil.Eventually(t, "the checker to reinstate p0", func() bool {
 		step()
 		return f.pathActive(0)
 	})
@@ -694,15 +694,15 @@ func TestCheckerDiscardsStaleVerdict(t *testing.T) {
 	mp := f.target("mp")
 	e := mp.watch.Load()
 	a.Hang(true)
-	eventually(t, "a check read held on a", func() bool { return a.Held() == 1 })
+	testutil.Eventually(t, "a check read held on a", func() bool { return a.Held() == 1 })
 	checks := e.pathChecks(0)
 	// The operator (here by message) fails and reinstates a meanwhile.
 	f.mustMsg("mp", "fail_path", "a")
 	f.mustMsg("mp", "reinstate_path", "a")
 	// The check fails; the next one hangs, so no later verdict interferes.
 	a.ReleaseErr(syscall.EIO)
-	eventually(t, "the check to end", func() bool { return e.pathChecks(0) > checks })
-	eventually(t, "the next check held", func() bool { return a.Held() == 1 })
+	testutil.Eventually(t, "the check to end", func() bool { return e.pathChecks(0) > checks })
+	testutil.Eventually(t, "the next check held", func() bool { return a.Held() == 1 })
 	if !mp.state().active[0] {
 		t.Fatal("a stale check failed the reinstated path")
 	}
@@ -710,7 +710,7 @@ func TestCheckerDiscardsStaleVerdict(t *testing.T) {
 	a.FailAll(syscall.EIO)
 	a.Hang(false)
 	a.ReleaseErr(syscall.EIO)
-	eventually(t, "a to fail", func() bool { return !mp.state().active[0] })
+	testutil.Eventually(t, "a to fail", func() bool { return !mp.state().active[0] })
 	a.FailAll(0)
-	eventually(t, "a to come back", func() bool { return mp.state().active[0] })
+	testutil.Eventually(t, "a to come back", func() bool { return mp.state().active[0] })
 }

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -401,18 +400,4 @@ func settledStats(t testing.TB, d *dm.Device) dm.Stats {
 	t.Helper()
 	testutil.Eventually(t, "the in-flight count to drop to 0", func() bool { return d.Stats().InFlight == 0 })
 	return d.Stats()
-}
-
-// safety, eventually and mustErrno are the shared test helpers under the
-// names the checker's tests use.
-const safety = testutil.Patience
-
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	testutil.Eventually(t, what, cond)
-}
-
-func mustErrno(t testing.TB, what string, err error, want syscall.Errno) {
-	t.Helper()
-	testutil.MustErrnoIs(t, what, err, want)
 }
