@@ -110,66 +110,23 @@ func (c *reqCore) submit(dev *dm.Device) {
 func (c *reqCore) BioEnd(_ *dm.Bio, err error) { c.q.s.bioDone(c.self, err) }
 
 // A wtrack orders the writes of one device that the server has at the
-// device at once. Writes may run alongside each other, as the kernel
-// sent them, except that a read-modify-write (an unaligned WRITE) runs
-// alongside no write that overlaps its sectors, so that none is lost to
-// another's: a write that would waits, in order, behind any waiting
-// write it overlaps. Its lock is held over the lists only, never over
-// I/O, and nests with nothing; writes of several loops share it.
+// device at once (dm.WriteOrder: a read-modify-write runs alongside no
+// write that overlaps it). Its lock is held over the lists only, never
+// over I/O, and nests with nothing; writes of several loops share it.
 type wtrack struct {
-	mu     sync.Mutex
-	active []*wnode // at the device
-	held   []*wnode // waiting, in order
-	rmws   int      // read-modify-writes in active
+	mu sync.Mutex
+	o  dm.WriteOrder[*reqCore]
 }
 
-// A wnode is one write's byte range at the device (whole sectors).
-type wnode struct {
-	lo, hi uint64
-	rmw    bool
-	c      *reqCore
-}
-
-func (w *wnode) overlaps(o *wnode) bool { return w.lo < o.hi && o.lo < w.hi }
+// A wnode is one write's place in its device's wtrack.
+type wnode = dm.OrderedWrite[*reqCore]
 
 // admit reports whether w may go to the device now; if not, it waits and
 // a later end hands it back.
 func (t *wtrack) admit(w *wnode) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if (t.rmws > 0 || len(t.held) > 0 || w.rmw) && t.mustWait(w, len(t.held)) {
-		t.held = append(t.held, w)
-		return false
-	}
-	t.start(w)
-	return true
-}
-
-func (t *wtrack) start(w *wnode) {
-	t.active = append(t.active, w)
-	if w.rmw {
-		t.rmws++
-	}
-}
-
-// mustWait reports whether w has to wait: it overlaps one of the first
-// nheld waiting writes (they go first), or a write at the device it may
-// not run alongside.
-func (t *wtrack) mustWait(w *wnode, nheld int) bool {
-	for _, h := range t.held[:nheld] {
-		if w.overlaps(h) {
-			return true
-		}
-	}
-	if !w.rmw && t.rmws == 0 {
-		return false
-	}
-	for _, o := range t.active {
-		if (w.rmw || o.rmw) && w.overlaps(o) {
-			return true
-		}
-	}
-	return false
+	return t.o.Admit(w)
 }
 
 // end takes w off the device and appends to woken the waiting writes
@@ -177,30 +134,5 @@ func (t *wtrack) mustWait(w *wnode, nheld int) bool {
 func (t *wtrack) end(w *wnode, woken []*wnode) []*wnode {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for i, o := range t.active {
-		if o == w {
-			last := len(t.active) - 1
-			t.active[i] = t.active[last]
-			t.active[last] = nil
-			t.active = t.active[:last]
-			break
-		}
-	}
-	if w.rmw {
-		t.rmws--
-	}
-	k := 0
-	for i := 0; i < len(t.held); i++ {
-		h := t.held[i]
-		t.held[k] = h // the waiting before i are t.held[:k]
-		if t.mustWait(h, k) {
-			k++
-			continue
-		}
-		t.start(h)
-		woken = append(woken, h)
-	}
-	clear(t.held[k:])
-	t.held = t.held[:k]
-	return woken
+	return t.o.End(w, woken)
 }

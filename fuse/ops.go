@@ -254,7 +254,7 @@ func (s *Server) fallocate(sl reqSlot, r *request) {
 // it: at once, or when the writes it waits for have ended.
 func (s *Server) ordered(c *reqCore, hd *handle, lo, hi uint64, rmw bool) {
 	c.wt = &hd.node.wt
-	c.w = wnode{lo: lo, hi: hi, rmw: rmw, c: c}
+	c.w = wnode{Lo: lo, Hi: hi, RMW: rmw, Owner: c}
 	c.dev = hd.dev
 	if c.wt.admit(&c.w) {
 		s.startWrite(c)
@@ -263,11 +263,11 @@ func (s *Server) ordered(c *reqCore, hd *handle, lo, hi uint64, rmw bool) {
 
 // startWrite runs on c's loop once its write was admitted.
 func (s *Server) startWrite(c *reqCore) {
-	if !c.w.rmw {
+	if !c.w.RMW {
 		c.submit(c.dev)
 		return
 	}
-	b, err := c.q.l.Arena().TryGet(int(c.w.hi - c.w.lo))
+	b, err := c.q.l.Arena().TryGet(int(c.w.Hi - c.w.Lo))
 	if err != nil {
 		s.bioDone(c.self, syscall.ENOMEM)
 		return
@@ -292,8 +292,8 @@ const (
 // payload into the sectors read and writes them.
 func (s *Server) rmwStep(c *reqCore) {
 	r := &c.r
-	span := c.w.hi - c.w.lo
-	skip := r.Offset - c.w.lo
+	span := c.w.Hi - c.w.Lo
+	skip := r.Offset - c.w.Lo
 	end := skip + uint64(r.Size)
 	last := span - dm.SectorSize // the last sector's offset in scratch
 	head, tail := skip&sectorMask != 0, end&sectorMask != 0
@@ -314,7 +314,7 @@ func (s *Server) rmwStep(c *reqCore) {
 			}
 		case rmwWrite:
 			copy(sc[skip:end], c.self.buf()[:r.Size])
-			c.prep(c.dev, dm.OpWrite, 0, c.w.lo>>dm.SectorShift, uint32(span), sc[:span], c.rmwBuf.Index)
+			c.prep(c.dev, dm.OpWrite, 0, c.w.Lo>>dm.SectorShift, uint32(span), sc[:span], c.rmwBuf.Index)
 			c.submit(c.dev)
 			return
 		}
@@ -323,7 +323,7 @@ func (s *Server) rmwStep(c *reqCore) {
 
 // rmwRead reads the sector at byte off of c's span into its scratch.
 func (s *Server) rmwRead(c *reqCore, off uint64) {
-	c.prep(c.dev, dm.OpRead, 0, (c.w.lo+off)>>dm.SectorShift, dm.SectorSize, c.rmwBuf.B[off:off+dm.SectorSize], c.rmwBuf.Index)
+	c.prep(c.dev, dm.OpRead, 0, (c.w.Lo+off)>>dm.SectorShift, dm.SectorSize, c.rmwBuf.B[off:off+dm.SectorSize], c.rmwBuf.Index)
 	c.submit(c.dev)
 }
 
@@ -370,7 +370,7 @@ func (s *Server) endWrite(c *reqCore) {
 	woken := c.wt.end(&c.w, buf[:0])
 	c.wt, c.dev = nil, nil
 	for _, w := range woken {
-		wc := w.c
+		wc := w.Owner
 		if err := wc.q.l.Post(func() { s.startWrite(wc) }); err != nil {
 			s.log.Error().Err(err).Msg("fuse: a write that waited could not be started: its loop is closed")
 		}

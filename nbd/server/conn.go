@@ -81,10 +81,9 @@ type conn struct {
 	// they read the partial sectors at their ends, merge and write whole
 	// sectors (read-modify-write). A read-modify-write runs alongside no
 	// write of the connection that overlaps its sectors, so none is lost
-	// to another's: a write that would waits in held (behind any held
-	// write it overlaps, so overlapping writes keep their order).
-	rmws int    // read-modify-writes at the device
-	held []*req // write-type requests waiting, in order
+	// to another's: a write that would waits (behind any waiting write
+	// it overlaps, so overlapping writes keep their order).
+	order dm.WriteOrder[*req]
 
 	reqs       []req
 	free       []int32
@@ -120,15 +119,14 @@ type req struct {
 	bio      dm.Bio
 	hdr      wire.Request
 	buf      uring.Buf
-	got      int         // payload bytes received
-	pay      []byte      // where the write payload goes: buf.B, or a part of it (unaligned)
-	skip     int         // the request's offset in buf (unaligned: buf starts at a sector)
-	span     uint64      // bytes of whole sectors buf covers (unaligned)
-	stage    uint8       // read-modify-write: its stage (rmwStart: none)
-	wflags   dm.BioFlags // read-modify-write: the write's flags
-	lo, hi   uint64      // a write-type request: the bytes it writes at the device
-	writing  bool        // a write-type request at the device
-	scratch  uring.Buf   // read-modify-write: a sector read at an end
+	got      int                   // payload bytes received
+	pay      []byte                // where the write payload goes: buf.B, or a part of it (unaligned)
+	skip     int                   // the request's offset in buf (unaligned: buf starts at a sector)
+	span     uint64                // bytes of whole sectors buf covers (unaligned)
+	stage    uint8                 // read-modify-write: its stage (rmwStart: none)
+	wflags   dm.BioFlags           // read-modify-write: the write's flags
+	w        dm.OrderedWrite[*req] // a write-type request: its place in conn.order
+	scratch  uring.Buf             // read-modify-write: a sector read at an end
 	head     [32]byte
 	headLen  int
 	data     []byte // reply payload
@@ -150,7 +148,7 @@ func newConn(s *Server, l *uring.Loop, fd int, exp *export, structured, meta boo
 		c.free = append(c.free, int32(i))
 	}
 	c.sendq = make([]*req, 0, n)
-	c.held = make([]*req, 0, n)
+	c.order.Reserve(n)
 	c.sending = make([]*req, 0, maxIov)
 	c.iov = make([]unix.Iovec, 0, 2*maxIov)
 	return c
@@ -653,48 +651,20 @@ func (c *conn) atEOF() {
 }
 
 // writeReady submits a write-type request (write, trim, write zeroes)
-// whose payload is in: at once, unless it must wait (see conn.held).
+// whose payload is in: at once, unless it must wait (see conn.order).
 func (c *conn) writeReady(r *req) {
-	r.lo = r.bio.Sector << dm.SectorShift
-	r.hi = r.lo + uint64(r.bio.Len)
-	if (c.rmws > 0 || len(c.held) > 0 || r.isRMW()) && c.mustWait(r, len(c.held)) {
-		c.held = append(c.held, r)
-		return
+	lo := r.bio.Sector << dm.SectorShift
+	r.w = dm.OrderedWrite[*req]{Lo: lo, Hi: lo + uint64(r.bio.Len), RMW: r.isRMW(), Owner: r}
+	if c.order.Admit(&r.w) {
+		c.startWrite(r)
 	}
-	c.startWrite(r)
 }
 
 // isRMW reports whether r is written by read-modify-write.
 func (r *req) isRMW() bool { return r.span != 0 && r.hdr.Type != wire.CmdTrim }
 
-func (r *req) overlaps(o *req) bool { return r.lo < o.hi && o.lo < r.hi }
-
-// mustWait reports whether r has to wait: it overlaps one of the first
-// nheld held requests (they go first), or a write at the device it may
-// not run alongside (a read-modify-write and any write that overlaps it).
-func (c *conn) mustWait(r *req, nheld int) bool {
-	for _, h := range c.held[:nheld] {
-		if r.overlaps(h) {
-			return true
-		}
-	}
-	rmw := r.isRMW()
-	if !rmw && c.rmws == 0 {
-		return false
-	}
-	for i := range c.reqs {
-		o := &c.reqs[i]
-		if o.writing && (rmw || o.isRMW()) && r.overlaps(o) {
-			return true
-		}
-	}
-	return false
-}
-
 func (c *conn) startWrite(r *req) {
-	r.writing = true
-	if r.isRMW() {
-		c.rmws++
+	if r.w.RMW {
 		c.rmwStep(r, nil)
 		return
 	}
@@ -702,28 +672,15 @@ func (c *conn) startWrite(r *req) {
 }
 
 // writeEnded notes that a write-type request is done with the device and
-// starts the held ones that no longer have to wait.
+// starts the waiting ones that no longer have to wait.
 func (c *conn) writeEnded(r *req) {
-	r.writing = false
-	if r.isRMW() {
-		c.rmws--
+	if r.w.RMW {
 		r.stage = rmwStart
 	}
-	if len(c.held) == 0 {
-		return
+	var buf [8]*dm.OrderedWrite[*req]
+	for _, w := range c.order.End(&r.w, buf[:0]) {
+		c.startWrite(w.Owner)
 	}
-	k := 0
-	for i := 0; i < len(c.held); i++ {
-		h := c.held[i]
-		c.held[k] = h // the held before i are c.held[:k]
-		if c.mustWait(h, k) {
-			k++
-			continue
-		}
-		c.startWrite(h)
-	}
-	clear(c.held[k:])
-	c.held = c.held[:k]
 }
 
 // Read-modify-write stages: read the first sector (if the write starts

@@ -33,7 +33,7 @@
 // send any offset and length: such a read goes through a buffer of whole
 // sectors, such a write (or write-zeroes) reads the partial sectors at
 // its ends and writes whole ones, alone among the connection's writes so
-// that none is lost (conn.held).
+// that none is lost (conn.order, a dm.WriteOrder).
 //
 // A TLS connection (Config.TLSMode, STARTTLS in the handshake) takes the
 // same path: the ring receives and sends its ciphertext, and crypto/tls
