@@ -200,9 +200,7 @@ func TestNoflushReloadUnderFio(t *testing.T) {
 	newTable := fmt.Sprintf("0 %d multipath 1 queue_if_no_path 0 1 1 round-robin 0 1 1 %s 1", sectors, p2)
 	u.ok("load", "mp", "--table", newTable)
 	u.ok("resume", "mp")
-	if got := u.ok("table", "mp"); got != newTable+" \n" {
-		t.Fatalf("table after resume: %q", got)
-	}
+	u.okWant("table after resume", newTable+" \n", "table", "mp")
 
 	fio.wait(t)
 	if got := ios(); got <= before {
@@ -523,9 +521,7 @@ func testGracefulShutdown(t *testing.T, sig syscall.Signal) {
 	}
 	// It comes back with its device.
 	u.restart()
-	if got := u.ok("ls"); got != "d\n" {
-		t.Fatalf("ls after restart: %q", got)
-	}
+	u.okWant("ls after restart", "d\n", "ls")
 }
 
 // queued reports whether show topology shows held I/O.
@@ -547,9 +543,7 @@ func TestMakeRun(t *testing.T) {
 	if !strings.Contains(out, "at "+uri+"\n") {
 		t.Fatalf("udm serve does not say where the demo is (%s):\n%s", uri, out)
 	}
-	if got := u.ok("ls"); got != "demo\n" {
-		t.Fatalf("ls: %q", got)
-	}
+	u.okWant("ls", "demo\n", "ls")
 	p0, p1 := filepath.Join(state, "demo-path0.img"), filepath.Join(state, "demo-path1.img")
 	wantTable := "0 2097152 multipath 1 queue_if_no_path 0 1 1 round-robin 0 2 1 " + p0 + " 1 " + p1 + " 1 \n"
 	if got := u.ok("table", "demo"); got != wantTable {
@@ -623,9 +617,7 @@ func TestMakeRun(t *testing.T) {
 	// to reach it.
 	u.restart()
 	testutil.Eventually(t, "the demo instructions", func() bool { return strings.Contains(u.stdout.String(), "nbdinfo ") })
-	if got := u.ok("ls"); got != "demo\n" {
-		t.Fatalf("ls after restart: %q", got)
-	}
+	u.okWant("ls after restart", "demo\n", "ls")
 	u.stop()
 }
 

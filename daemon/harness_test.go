@@ -221,6 +221,15 @@ func (u *udmd) ok(args ...string) string {
 	return r.out
 }
 
+// okWant runs the CLI as ok does and fails the test, naming the check
+// what, unless stdout is want.
+func (u *udmd) okWant(what, want string, args ...string) {
+	u.t.Helper()
+	if got := u.ok(args...); got != want {
+		u.t.Fatalf("%s: udm %s printed\n%s\nwant\n%s", what, strings.Join(args, " "), got, want)
+	}
+}
+
 func runUDM(t *testing.T, env []string, stdin string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testutil.Patience)

@@ -110,9 +110,7 @@ func TestRestoreMissingPath(t *testing.T) {
 	}
 
 	u.restart()
-	if ls := u.ok("ls"); ls != "mp\nmq\n" {
-		t.Fatalf("ls after restart with a path missing:\n%s", ls)
-	}
+	u.okWant("ls after restart with a path missing", "mp\nmq\n", "ls")
 	for _, p := range []string{bl, bm} {
 		if l := u.pathLine(p); !regexp.MustCompile(` failed `).MatchString(l) {
 			t.Errorf("missing path %s not failed:\n%s", p, l)
@@ -197,9 +195,7 @@ func TestRestoreMissingBacking(t *testing.T) {
 	}
 
 	u.restart()
-	if ls := u.ok("ls"); ls != "cleared\nlin\nother\ntop\n" {
-		t.Fatalf("ls after restart without the backing file:\n%s", ls)
-	}
+	u.okWant("ls after restart without the backing file", "cleared\nlin\nother\ntop\n", "ls")
 	info := u.ok("info", "lin")
 	if !regexp.MustCompile(`Error: +live table: .*` + regexp.QuoteMeta(a) + `.*no such file`).MatchString(info) {
 		t.Errorf("info of lin does not say why:\n%s", info)
@@ -335,9 +331,7 @@ func TestUnsavedOperationsFail(t *testing.T) {
 	unblock := block("x")
 	fails("create", "x", "--table", "0 2048 zero")
 	unblock()
-	if ls := u.ok("ls"); ls != "No devices found\n" {
-		t.Fatalf("a create that was not saved left a device:\n%s", ls)
-	}
+	u.okWant("a create that was not saved left a device", "No devices found\n", "ls")
 
 	u.ok("create", "y", "--table", "0 16384 multipath 0 0 1 1 round-robin 0 2 1 "+b+" 1 "+bl+" 1")
 	u.ok("load", "y", "--table", "0 16384 multipath 1 queue_if_no_path 0 1 1 round-robin 0 1 1 "+b+" 1")
@@ -417,14 +411,10 @@ func TestCreateOutOfFiles(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "too many open files") {
 		t.Fatalf("create with no descriptor left: %v", err)
 	}
-	if ls := u.ok("ls"); ls != "No devices found\n" {
-		t.Fatalf("ls:\n%s", ls)
-	}
+	u.okWant("ls", "No devices found\n", "ls")
 	u.kill9()
 	u.restart()
-	if ls := u.ok("ls"); ls != "No devices found\n" {
-		t.Fatalf("ls after restart:\n%s", ls)
-	}
+	u.okWant("ls after restart", "No devices found\n", "ls")
 }
 
 // TestNames: names the daemon can't keep are refused with a clear
@@ -604,9 +594,7 @@ func TestServeBindsFirst(t *testing.T) {
 		}
 	}
 	u := startUDM(t, state)
-	if ls := u.ok("ls"); ls != "demo\n" {
-		t.Fatalf("the next start made no demo:\n%s", ls)
-	}
+	u.okWant("the next start made no demo", "demo\n", "ls")
 }
 
 // TestEchoIsCapped: error replies and log lines repeat at most a few
@@ -710,9 +698,7 @@ func TestDeferredRemoveRestart(t *testing.T) {
 	u.kill9()
 	cl.Close()
 	u.restart()
-	if ls := u.ok("ls"); ls != "stay\n" {
-		t.Fatalf("ls after a restart:\n%s", ls)
-	}
+	u.okWant("ls after a restart", "stay\n", "ls")
 	if _, err := os.Stat(filepath.Join(u.stateDir, "devices", "busy.json")); !os.IsNotExist(err) {
 		t.Fatalf("the state of a device removed on last close is still there: %v", err)
 	}

@@ -81,9 +81,7 @@ table = "0 16384 linear %[1]s/lin 0"
 	write(quoted("a0", "a1", "blocked-1"), "group_by_prio")
 	u := startUDM(t, t.TempDir(), "--no-demo", "--metrics", "127.0.0.1:0", "--config", conf)
 
-	if got := u.ok("ls"); got != "lin\nmpa\nmpb\n" {
-		t.Fatalf("ls: %q", got)
-	}
+	u.okWant("ls", "lin\nmpa\nmpb\n", "ls")
 	sectors := size >> 9
 	wantA := fmt.Sprintf("0 %d multipath 1 queue_if_no_path 0 1 1 round-robin 0 2 1 %s 1 %s 1 \n", sectors, p("a0"), p("a1"))
 	wantB := fmt.Sprintf("0 %d multipath 1 queue_if_no_path 0 2 1 round-robin 0 1 1 %s 1 round-robin 0 1 1 %s 1 \n", sectors, p("b-fast"), p("b-slow"))
@@ -129,9 +127,7 @@ table = "0 16384 linear %[1]s/lin 0"
 	if r.code != 1 || r.err != "udm: "+conf+":3: unknown key defaults.no_such_key\n" {
 		t.Fatalf("reconfigure with a bad file: %s", r)
 	}
-	if got := u.ok("table", "mpb"); got != wantB {
-		t.Fatalf("a bad file changed mpb's table: %q", got)
-	}
+	u.okWant("a bad file changed mpb's table", wantB, "table", "mpb")
 
 	// A path added to mpa, mpb's policy changed: both change under fio.
 	write(quoted("a0", "a1", "blocked-1", "a2"), "multibus")
@@ -237,9 +233,7 @@ alias = "m"
 paths = ["` + f0 + `"]
 `)
 	u := startUDM(t, t.TempDir(), "--no-demo", "--config", conf)
-	if got := u.ok("ls"); got != "m\nx\ny\n" {
-		t.Fatalf("ls: %q", got)
-	}
+	u.okWant("ls", "m\nx\ny\n", "ls")
 	u.ok("create", "top", "--table", "0 2048 linear /dev/mapper/x 0") // x is open
 	u.ok("create", "mine", "--table", "0 2048 zero")
 	u.ok("create", "sus", "--table", "0 2048 zero")
@@ -270,15 +264,9 @@ paths = ["` + filepath.Join(dir, "missing") + `"]
 	if r.code != 1 || r.out != want || r.err != "udm: reconfigure: 1 device(s) failed\n" {
 		t.Fatalf("reconfigure:\n%s\nwant stdout:\n%s", r, want)
 	}
-	if got := u.ok("table", "mine"); got != "0 4096 zero \n" {
-		t.Fatalf("mine was not taken over: %q", got)
-	}
-	if got := u.ok("table", "sus"); got != "0 2048 zero \n" {
-		t.Fatalf("the suspended device changed: %q", got)
-	}
-	if got := u.ok("ls"); got != "m\nmine\nsus\ntop\nx\n" {
-		t.Fatalf("ls: %q", got)
-	}
+	u.okWant("mine was not taken over", "0 4096 zero \n", "table", "mine")
+	u.okWant("the suspended device changed", "0 2048 zero \n", "table", "sus")
+	u.okWant("ls", "m\nmine\nsus\ntop\nx\n", "ls")
 	// Once top is gone, x is unused and goes.
 	u.ok("remove", "top")
 	write(`
@@ -305,15 +293,11 @@ paths = ["` + f0 + `"]
 	eventually(t, "the bad file to be refused", func() bool {
 		return strings.Contains(u.stderr.String(), `"error":"`+conf+`:4: unknown key devices.size"`)
 	})
-	if got := u.ok("ls"); got != "m\nmine\nsus\n" {
-		t.Fatalf("a bad file changed devices: %q", got)
-	}
+	u.okWant("a bad file changed devices", "m\nmine\nsus\n", "ls")
 	write("[[devices]]\nalias = \"new\"\ntable = \"0 2048 zero\"\n")
 	u.cmd.Process.Signal(syscall.SIGHUP)
 	eventually(t, "SIGHUP to apply the file", func() bool { return applied() > n })
 	// m and mine are unused: gone; new is made.
-	if got := u.ok("ls"); got != "new\nsus\n" {
-		t.Fatalf("ls after SIGHUP: %q", got)
-	}
+	u.okWant("ls after SIGHUP", "new\nsus\n", "ls")
 	u.stop()
 }

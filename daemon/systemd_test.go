@@ -132,9 +132,7 @@ func TestSocketActivation(t *testing.T) {
 	if u.info.NBD != nbdT.Addr().String() || u.info.Metrics != met.Addr().String() || u.info.NBDUnix != u.nbdUnix {
 		t.Fatalf("the daemon reports other addresses than the passed sockets': %+v", u.info)
 	}
-	if got := u.ok("ls"); got != "demo\n" {
-		t.Fatalf("ls: %q", got)
-	}
+	u.okWant("ls", "demo\n", "ls")
 	for _, uri := range []string{u.nbdURI("demo"), "nbd+unix:///demo?socket=" + u.nbdUnix} {
 		out, err := exec.Command("nbdinfo", "--size", uri).CombinedOutput()
 		if err != nil || strings.TrimSpace(string(out)) != "1073741824" {

@@ -81,9 +81,7 @@ func TestRenamePersists(t *testing.T) {
 		t.Fatalf("rename to a bad name: %s", r)
 	}
 	u.ok("rename", "top", "top2")
-	if ls := u.ok("ls"); ls != "lin\nmq\ntop2\n" {
-		t.Fatalf("ls: %q", ls)
-	}
+	u.okWant("ls", "lin\nmq\ntop2\n", "ls")
 }
 
 // TestRemoveAll: remove_all removes the devices not open, users before
@@ -101,18 +99,14 @@ func TestRemoveAll(t *testing.T) {
 	if r.code != 1 || r.err != "udm: remove_all: 1 device(s) left, open: z (remove_all --force removes them)\n" {
 		t.Fatalf("remove_all with z open: %s", r)
 	}
-	if ls := u.ok("ls"); ls != "z\n" {
-		t.Fatalf("left: %q", ls)
-	}
+	u.okWant("left", "z\n", "ls")
 	for _, n := range []string{"lin", "top"} {
 		if _, err := os.Stat(filepath.Join(u.stateDir, "devices", n+".json")); !os.IsNotExist(err) {
 			t.Fatalf("state of %s: %v", n, err)
 		}
 	}
 	u.ok("remove_all", "--force")
-	if ls := u.ok("ls"); ls != "No devices found\n" {
-		t.Fatalf("after remove_all --force: %q", ls)
-	}
+	u.okWant("after remove_all --force", "No devices found\n", "ls")
 	u.ok("remove_all")
 }
 

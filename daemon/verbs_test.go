@@ -108,9 +108,7 @@ func TestVerbsWithClients(t *testing.T) {
 		// A device over another export of the same daemon, reached as a
 		// remote path through the NBD client.
 		u.ok("create", "remote", "--table", "0 2048 linear "+u.nbdUnixURI("lin")+" 0")
-		if got := u.ok("table", "remote"); got != "0 2048 linear "+u.nbdUnixURI("lin")+" 0\n" {
-			t.Fatalf("table: %q", got)
-		}
+		u.okWant("table", "0 2048 linear "+u.nbdUnixURI("lin")+" 0\n", "table", "remote")
 		cl := dialNBD(t, u.nbdURI("remote"))
 		data := make([]byte, 8192)
 		for i := range data {
@@ -374,9 +372,7 @@ func TestShutdownFailsHeldIO(t *testing.T) {
 	}
 
 	u.restart()
-	if got := u.ok("ls"); got != "healthy\nmp\nsus\n" {
-		t.Fatalf("ls after restart: %q", got)
-	}
+	u.okWant("ls after restart", "healthy\nmp\nsus\n", "ls")
 	if got := u.ok("table", "mp"); !strings.Contains(got, "queue_if_no_path") {
 		t.Errorf("mp after restart no longer queues: %q", got)
 	}
@@ -396,9 +392,7 @@ func TestDeviceSizeLimits(t *testing.T) {
 			t.Errorf("create of %s sectors: %s", sectors, res)
 		}
 	}
-	if got := u.ok("ls"); got != "No devices found\n" {
-		t.Fatalf("ls after refused creates: %q", got)
-	}
+	u.okWant("ls after refused creates", "No devices found\n", "ls")
 	const largest = 1<<54 - 1
 	u.ok("create", "big", "--table", fmt.Sprintf("0 %d zero", largest))
 	want := int64(largest) * 512

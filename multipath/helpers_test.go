@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -283,21 +282,6 @@ func pattern(seed byte, n int) []byte {
 	return b
 }
 
-// fileData reads the backing file directly.
-func fileData(t testing.TB, file string, off int64, n int) []byte {
-	t.Helper()
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b := make([]byte, n)
-	if _, err := f.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // execs is the two ways bios arrive: from a uring loop, or from a
 // goroutine with no executor.
 var execs = []string{"loop", "noexec"}
@@ -372,7 +356,7 @@ func (f *mpFix) read(l *uring.Loop, sector uint64, n int) *bio {
 
 // onFile reports whether data is in the backing file at sector.
 func (f *mpFix) onFile(sector uint64, data []byte) bool {
-	return bytes.Equal(fileData(f.t, f.file, int64(sector)<<dm.SectorShift, len(data)), data)
+	return bytes.Equal(testutil.ReadFileAt(f.t, f.file, int64(sector)<<dm.SectorShift, len(data)), data)
 }
 
 // queued breaks both paths and submits a write, which fails on both and

@@ -366,7 +366,7 @@ func runRandomFailover(t *testing.T, sel string, seed uint64) {
 			continue // a write to it failed: either content is possible
 		}
 		m.check(b.data, blk)
-		m.check(fileData(t, f.file, int64(blk)*rfBlock, rfBlock), blk)
+		m.check(testutil.ReadFileAt(t, f.file, int64(blk)*rfBlock, rfBlock), blk)
 	}
 	t.Logf("%s: %d I/Os, %d path actions (%d hangs, %d I/O deadlines passed); status %s", sel, m.ops.Load(), actions, hangs,
 		strings.Count(f.logs.String(), "timed out"), f.status("mp"))

@@ -75,19 +75,26 @@ func FsContender(name, uri, dir string, srv *BgServer) Contender {
 			}
 			return res, nil
 		}
-		res, err := RunFio(ctx, FioJob{Name: name, IOEngine: "libaio", Filename: filepath.Join(fsDir, "fio"), RW: w.RW,
+		return fioServerCPU(ctx, srv, before, FioJob{Name: name, IOEngine: "libaio", Filename: filepath.Join(fsDir, "fio"), RW: w.RW,
 			BlockSize: w.BS, Depth: w.Depth, ReadPct: w.ReadPct, Size: ext4FileSize, Runtime: runtime, Ramp: ramp})
-		if err != nil {
-			return nil, err
-		}
-		if srv != nil && res.Ops > 0 {
-			if after, err := srv.CPU(); err == nil {
-				cpu := float64(after-before) * runtime.Seconds() / (runtime + ramp).Seconds()
-				res.ServerCPUPerIO = cpu / 1e3 / float64(res.Ops)
-			}
-		}
-		return res, nil
 	}}
+}
+
+// fioServerCPU runs job and gives the result the server's CPU per I/O
+// (srv optional; before is its CPU time when the run began), counting
+// only the share of the CPU used that falls in the measured runtime.
+func fioServerCPU(ctx context.Context, srv *BgServer, before time.Duration, job FioJob) (*Result, error) {
+	res, err := RunFio(ctx, job)
+	if err != nil {
+		return nil, err
+	}
+	if srv != nil && res.Ops > 0 {
+		if after, err := srv.CPU(); err == nil {
+			cpu := float64(after-before) * job.Runtime.Seconds() / (job.Runtime + job.Ramp).Seconds()
+			res.ServerCPUPerIO = cpu / 1e3 / float64(res.Ops)
+		}
+	}
+	return res, nil
 }
 
 // extractAndSync extracts the source tarball (made in dir on first use)
@@ -237,17 +244,7 @@ func LoopFileContender(name string, open func() (file string, close func(), err 
 				return nil, err
 			}
 		}
-		res, err := RunFio(ctx, FioJob{Name: name, Filename: dev, RW: w.RW, BlockSize: w.BS, Depth: w.Depth,
+		return fioServerCPU(ctx, srv, before, FioJob{Name: name, Filename: dev, RW: w.RW, BlockSize: w.BS, Depth: w.Depth,
 			ReadPct: w.ReadPct, Runtime: runtime, Ramp: ramp})
-		if err != nil {
-			return nil, err
-		}
-		if srv != nil && res.Ops > 0 {
-			if after, err := srv.CPU(); err == nil {
-				cpu := float64(after-before) * runtime.Seconds() / (runtime + ramp).Seconds()
-				res.ServerCPUPerIO = cpu / 1e3 / float64(res.Ops)
-			}
-		}
-		return res, nil
 	}}
 }
