@@ -50,6 +50,9 @@ type Config struct {
 	// Slice is the scheduler time slice a loop's thread asks for (0:
 	// uring.DefaultSlice; negative: the kernel's). See uring.Config.
 	Slice time.Duration
+	// Nice is the nice value a loop's thread asks for (0:
+	// uring.DefaultNice; uring.NiceKeep: the daemon's). See uring.Config.
+	Nice int
 	// Gather is how long an NBD connection whose client keeps many
 	// requests in flight lets them gather before taking them in (0:
 	// server.DefaultGatherWindow; negative: never). See server.Config.

@@ -152,7 +152,7 @@ func (d *Daemon) init(cfg Config) (err error) {
 	}
 	d.store.CleanTemps()
 	for i := 0; i < cfg.Loops; i++ {
-		l, err := uring.NewLoop(uring.Config{ID: i, ArenaSize: LoopArena, Spin: cfg.Spin, Slice: cfg.Slice, SQE128: cfg.FUSE != "" && fuse.URingEnabled()})
+		l, err := uring.NewLoop(uring.Config{ID: i, ArenaSize: LoopArena, Spin: cfg.Spin, Slice: cfg.Slice, Nice: cfg.Nice, SQE128: cfg.FUSE != "" && fuse.URingEnabled()})
 		if err != nil {
 			return fmt.Errorf("loop %d: %w", i, err)
 		}

@@ -156,6 +156,11 @@ type Config struct {
 	// later; default DefaultSlice, negative: the kernel's). See
 	// DefaultSlice.
 	Slice time.Duration
+	// Nice is the nice value the loop's thread asks for (0: DefaultNice;
+	// NiceKeep: the thread keeps the process's). It only ever lowers the
+	// thread's nice, and without CAP_SYS_NICE the thread keeps it. See
+	// DefaultNice.
+	Nice int
 }
 
 // Stats are counters kept by the loop.
@@ -262,6 +267,9 @@ func NewLoop(cfg Config) (*Loop, error) {
 	}
 	if cfg.Slice == 0 {
 		cfg.Slice = DefaultSlice
+	}
+	if cfg.Nice == 0 {
+		cfg.Nice = DefaultNice
 	}
 	l := &Loop{id: cfg.ID, cfg: cfg, done: make(chan struct{}), freeSlot: -1, wakeFd: -1, schedFd: -1,
 		pol: newSpinPolicy(cfg.Spin)}
@@ -575,18 +583,48 @@ func schedstatDelay(b []byte) int64 {
 // is only switched out more often.
 const DefaultSlice = 200 * time.Microsecond
 
-// schedSetup, on the loop's thread: ask for Config.Slice, and open the
-// thread's schedstat for spinPolicy. Neither is needed: an older kernel
-// keeps its slice, and without schedstat the policy sees preemptions
-// only.
+// DefaultNice is Config.Nice's default. With the CPUs shared (CPU-bound
+// neighbours, the clients themselves), one loop thread serves what a
+// peer such as nbdkit serves with a thread per request, and at the same
+// weight as each of those neighbours it waits behind them: fio's nbd
+// engine at depth 1 beside two CPU hogs got about half nbdkit's IOPS.
+// A fair-class weight is a share, not a priority: at nice -10 (weight
+// 9548 against 1024) a loop thread that never slept would still leave a
+// nice-0 neighbour on its CPU about a tenth of it, and the spin policy
+// stops polling when the CPU is contended, so what the weight buys is
+// the loop running its I/O soon after it wakes. No realtime class: a
+// polling thread there could starve the machine.
+const DefaultNice = -10
+
+// NiceKeep as Config.Nice leaves the loop's thread at the process's nice.
+const NiceKeep = 20
+
+// schedSetup, on the loop's thread: ask for Config.Slice and Config.Nice,
+// and open the thread's schedstat for spinPolicy. None is needed: an
+// older kernel keeps its slice, a thread without CAP_SYS_NICE its nice,
+// and without schedstat the policy sees preemptions only.
 func (l *Loop) schedSetup() {
-	if l.cfg.Slice > 0 {
-		if attr, err := unix.SchedGetAttr(0, 0); err == nil && attr.Policy == unix.SCHED_NORMAL {
-			attr.Runtime = uint64(l.cfg.Slice)
+	if attr, err := unix.SchedGetAttr(0, 0); err == nil && attr.Policy == unix.SCHED_NORMAL {
+		var slice uint64 // 0: the kernel's
+		if l.cfg.Slice > 0 {
+			slice = uint64(l.cfg.Slice)
+		}
+		nice := attr.Nice
+		if l.cfg.Nice >= -20 && l.cfg.Nice < 20 && int32(l.cfg.Nice) < nice {
+			nice = int32(l.cfg.Nice)
+		}
+		if slice != 0 || nice != attr.Nice {
+			kept := attr.Nice
 			// Threads the runtime starts from this one keep the
-			// kernel's slice.
+			// kernel's slice and a nice of at least 0.
 			attr.Flags = unix.SCHED_FLAG_RESET_ON_FORK
-			_ = unix.SchedSetAttr(0, attr, 0)
+			attr.Runtime = slice
+			attr.Nice = nice
+			if unix.SchedSetAttr(0, attr, 0) != nil && nice != kept {
+				// No CAP_SYS_NICE: the slice alone.
+				attr.Nice = kept
+				_ = unix.SchedSetAttr(0, attr, 0)
+			}
 		}
 	}
 	if fd, err := unix.Open("/proc/thread-self/schedstat", unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {

@@ -1120,3 +1120,50 @@ func TestWaitingOnALoopFails(t *testing.T) {
 		t.Fatalf("Call after Close: %v, want ErrClosed", err)
 	}
 }
+
+// A loop's thread asks for its slice and nice (as root, which may lower
+// a nice); NiceKeep and a negative Slice leave the kernel's, and no other
+// thread of the process is changed.
+func TestLoopThreadSched(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("lowering a thread's nice needs CAP_SYS_NICE: run as root")
+	}
+	before, err := unix.SchedGetAttr(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		cfg   Config
+		nice  int32
+		slice bool
+	}{
+		{Config{}, DefaultNice, true},
+		{Config{Nice: -3, Slice: -1}, -3, false},
+		{Config{Nice: NiceKeep}, before.Nice, true},
+	} {
+		l := newLoop(t, c.cfg)
+		var got *unix.SchedAttr
+		if err := l.Call(func() { got, _ = unix.SchedGetAttr(0, 0) }); err != nil {
+			t.Fatal(err)
+		}
+		if got == nil {
+			t.Fatal("sched_getattr failed on the loop's thread")
+		}
+		if got.Nice != c.nice {
+			t.Errorf("%+v: the loop's thread runs at nice %d, want %d", c.cfg, got.Nice, c.nice)
+		}
+		// Kernels before 6.12 have no custom fair slice and report 0.
+		if c.slice && got.Runtime != 0 && got.Runtime != uint64(DefaultSlice) {
+			t.Errorf("%+v: the loop's thread has a %v slice, want %v", c.cfg, time.Duration(got.Runtime), DefaultSlice)
+		}
+		if !c.slice && got.Runtime == uint64(DefaultSlice) {
+			t.Errorf("%+v: the loop's thread asked for a slice", c.cfg)
+		}
+		if got.Flags&unix.SCHED_FLAG_RESET_ON_FORK == 0 && (c.slice || c.nice < before.Nice) {
+			t.Errorf("%+v: threads started from the loop's would inherit its nice and slice", c.cfg)
+		}
+	}
+	if after, err := unix.SchedGetAttr(0, 0); err != nil || after.Nice != before.Nice {
+		t.Fatalf("the test's own thread's nice moved: %d to %+v (%v)", before.Nice, after, err)
+	}
+}

@@ -41,6 +41,7 @@ func runServe(args []string) error {
 	loops := fs.Int("loops", def.Loops, "uring loops (threads running I/O)")
 	spin := fs.Duration("spin", uring.DefaultSpin, "the most a busy loop polls for more work before it sleeps, less where polling does not pay or the CPUs are shared (0: never)")
 	slice := fs.Duration("loop-slice", uring.DefaultSlice, "the scheduler time slice a loop's thread asks for (0: the kernel's)")
+	nice := fs.Int("loop-nice", uring.DefaultNice, "the nice value a loop's thread asks for, below the daemon's (-20 to -1; 0: the daemon's; needs CAP_SYS_NICE)")
 	gather := fs.Duration("gather", server.DefaultGatherWindow, "how long an NBD connection with many requests in flight lets them gather before taking them in (0: never)")
 	nbdMem := fs.String("nbd-memory", "1G", "budget of NBD payload bytes all connections hold at once (requests over it wait; 0: none)")
 	maxConns := fs.Int("nbd-max-conns", server.DefaultMaxConns, "most NBD connections at once (0: no limit)")
@@ -54,6 +55,9 @@ func runServe(args []string) error {
 	config := fs.String("config", daemon.DefaultConfigFile, `configuration file: defaults, multipath maps, devices, blacklist (read at start if it exists, again on udm reconfigure and SIGHUP; "" for none)`)
 	if _, err := fs.parse(args, 0, 0); err != nil {
 		return err
+	}
+	if *nice < -20 || *nice > 19 {
+		return usageErr{error: fmt.Errorf("--loop-nice %d: a nice value is -20 to 19", *nice)}
 	}
 	// Paths that default to a place in the state dir follow --state-dir.
 	if fs.set("state-dir") && !fs.set("control") {
@@ -100,7 +104,7 @@ func runServe(args []string) error {
 	defer wdStop()
 	d, err := daemon.New(daemon.Config{StateDir: *stateDir, Control: *control, NBD: *nbdAddr, NBDUnix: *nbdUnix,
 		NBDUnixGroup: *nbdGroup, TLS: tls, TLSCertificates: *tlsDir, TLSVerifyPeer: *tlsVerify, PProf: *pprofOn,
-		Metrics: *metrics, FUSE: *fuseDir, Loops: *loops, Spin: durationCfg(*spin), Slice: durationCfg(*slice), Gather: durationCfg(*gather), NBDLimits: limits, NoDemo: *noDemo, Log: log, Out: os.Stdout,
+		Metrics: *metrics, FUSE: *fuseDir, Loops: *loops, Spin: durationCfg(*spin), Slice: durationCfg(*slice), Nice: niceCfg(*nice), Gather: durationCfg(*gather), NBDLimits: limits, NoDemo: *noDemo, Log: log, Out: os.Stdout,
 		ConfigFile: *config, ConfigOptional: !fs.set("config"),
 		Listeners: lns,
 		Ready:     func() { notify(log, "READY=1") },
@@ -154,6 +158,15 @@ func noneIfZero(v int64) int64 {
 		return -1
 	}
 	return v
+}
+
+// niceCfg maps --loop-nice to the config: 0 and above keep the daemon's
+// nice (a loop's thread only ever lowers it).
+func niceCfg(n int) int {
+	if n >= 0 {
+		return uring.NiceKeep
+	}
+	return n
 }
 
 // durationCfg maps --spin, --loop-slice and --gather to their configs, where 0 means the
