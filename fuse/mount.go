@@ -10,8 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// openDev opens /dev/fuse. The fd is non-blocking: a ring READ on it that
-// finds no request waits in the ring's poll, not in a kernel worker.
+// openDev opens /dev/fuse. The fd is non-blocking, so a ring READ on it
+// never blocks a kernel worker: one that finds no request ends with
+// EAGAIN, and the slot then waits in a ring POLL_ADD (slot.poll).
 func openDev() (int, error) {
 	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {

@@ -45,6 +45,7 @@ func inc(c *atomic.Uint64) { c.Store(c.Load() + 1) }
 const (
 	tagRead  = 1 // a classic READV of /dev/fuse
 	tagReply = 2 // a classic WRITEV of a reply
+	tagPoll  = 3 // a wait for /dev/fuse to have a request (after EAGAIN)
 )
 
 // scratchSize bounds a request other than WRITE (a LOOKUP's name, an
@@ -166,7 +167,7 @@ func (sl *slot) arm() {
 	var e uring.SQE
 	e.PrepReadv(q.fdIdx, sl.iov[:], 0)
 	e.Fixed()
-	id, err := q.l.Submit(&e, sl, tagRead)
+	id, err := q.l.SubmitWaiting(&e, sl, tagRead)
 	if err != nil {
 		sl.stop()
 		return
@@ -174,7 +175,25 @@ func (sl *slot) arm() {
 	sl.readID, sl.reading = id, true
 }
 
-// Complete is the end of the slot's read or reply write.
+// poll waits for /dev/fuse to have a request, and then reads it.
+func (sl *slot) poll() {
+	q := sl.q
+	if q.stopped || sl.trimmed || q.s.closing.Load() {
+		sl.stop()
+		return
+	}
+	var e uring.SQE
+	e.PrepPollAdd(q.fdIdx, unix.POLLIN)
+	e.Fixed()
+	id, err := q.l.Submit(&e, sl, tagPoll)
+	if err != nil {
+		sl.stop()
+		return
+	}
+	sl.readID, sl.reading = id, true
+}
+
+// Complete is the end of the slot's read, poll or reply write.
 func (sl *slot) Complete(tag uint64, res int32, _ uint32) {
 	q := sl.q
 	switch tag {
@@ -182,7 +201,13 @@ func (sl *slot) Complete(tag uint64, res int32, _ uint32) {
 		sl.reading = false
 		if res < 0 {
 			switch syscall.Errno(-res) {
-			case unix.EINTR, unix.EAGAIN, unix.ENOENT:
+			case unix.EAGAIN:
+				// No request yet. /dev/fuse is non-blocking, and the ring
+				// gives a read of a non-blocking file its EAGAIN instead
+				// of waiting: wait for a request in the ring's poll, then
+				// read again (reading again at once would spin the loop).
+				sl.poll()
+			case unix.EINTR, unix.ENOENT:
 				// Nothing for us (a request interrupted before it was
 				// read): read again.
 				sl.arm()
@@ -196,6 +221,14 @@ func (sl *slot) Complete(tag uint64, res int32, _ uint32) {
 			return
 		}
 		sl.take(int(res))
+	case tagPoll:
+		sl.reading = false
+		if res == -int32(unix.ECANCELED) {
+			sl.stop()
+			return
+		}
+		// Ready, or an error the read will report.
+		sl.arm()
 	case tagReply:
 		// ENOENT: the request was interrupted or aborted meanwhile.
 		if res < 0 && res != -int32(unix.ENOENT) && res != -int32(unix.ENODEV) {

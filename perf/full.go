@@ -29,15 +29,19 @@ var FullWorkloads = []Workload{
 
 func ext4Workload() Workload {
 	w := Ext4Workload
-	w.For = []string{CUdmExt4, CNbdkitExt4}
+	w.For = []string{ext4Rows}
 	return w
 }
 
 func tarWorkload() Workload {
 	w := TarWorkload
-	w.For = []string{CUdmExt4, CNbdkitExt4}
+	w.For = []string{ext4Rows}
 	return w
 }
+
+// ext4Rows is in the name of every real-stack row: udm's, nbdkit's and
+// those of udm's --variant servers.
+const ext4Rows = "ext4 via nbdfuse"
 
 // sharedWorkload is the 4 KiB rw workload at depth d in the shared-CPU
 // condition, for udm's linear export (and its --variant servers) and
@@ -336,6 +340,9 @@ func (s *Suite) startUdm(opt FullOptions, file, link, tag string, extra []string
 		name := "udm nbd linear [" + strings.Join(extra, " ") + "]"
 		add(NBDContender(name+", tcp", tcp("lin"), srv, allocs))
 		add(NBDContender(name+", unix", unix("lin"), srv, allocs))
+		if canFuse() {
+			add(FsContender(name+", ext4 via nbdfuse", unix("lin"), opt.Dir, srv))
+		}
 		return nil
 	}
 	add(NBDContender(CUdmLinTCP, tcp("lin"), srv, allocs))

@@ -881,6 +881,22 @@ func (l *Loop) Submit(e *SQE, h Handler, tag uint64) (OpID, error) {
 	return OpID(ud), nil
 }
 
+// SubmitWaiting is Submit for a read that waits for an outside event
+// (a request from a kernel on /dev/fuse) rather than for storage: like a
+// socket receive, it counts neither toward the completions a sleeping loop
+// waits for (batchWait) nor toward the storage operations that stop it
+// spinning. Counted as storage, a FUSE queue's idle reads made an idle
+// loop wake every BatchWait and never spin.
+func (l *Loop) SubmitWaiting(e *SQE, h Handler, tag uint64) (OpID, error) {
+	if err := l.check(); err != nil {
+		return 0, err
+	}
+	_, ud := l.allocSlot(h, tag, 0)
+	e.UserData = ud
+	l.push(e)
+	return OpID(ud), nil
+}
+
 func (l *Loop) storageFlag(op uint8) uint8 {
 	if isStorage(op) {
 		l.ioInflight++

@@ -1167,3 +1167,68 @@ func TestLoopThreadSched(t *testing.T) {
 		t.Fatalf("the test's own thread's nice moved: %d to %+v (%v)", before.Nice, after, err)
 	}
 }
+
+// Reads that wait for an outside event (SubmitWaiting: a FUSE queue's
+// reads of /dev/fuse) are not storage: an idle loop holding many of them
+// waits for one completion and may spin, where counting them as storage
+// made it wake every BatchWait. A poll (PrepPollAdd) ends when its file
+// is ready, with the ready events.
+func TestWaitingReadsAreNotStorage(t *testing.T) {
+	l := newLoop(t, Config{})
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[1])
+	defer unix.Close(p[0])
+	const n = 16
+	type ended struct {
+		poll bool
+		res  int32
+	}
+	done := make(chan ended, 2*n+1)
+	h := HandlerFunc(func(tag uint64, res int32, _ uint32) { done <- ended{tag == 1, res} })
+	bufs := make([][1]byte, 2*n)
+	var inflight, wait [2]int
+	for i, submit := range []func(*SQE, Handler, uint64) (OpID, error){l.SubmitWaiting, l.Submit} {
+		l.Call(func() {
+			for j := range n {
+				var e SQE
+				e.PrepRead(int32(p[0]), bufs[i*n+j][:], ^uint64(0))
+				if _, err := submit(&e, h, 0); err != nil {
+					t.Error(err)
+				}
+			}
+			inflight[i], wait[i] = l.ioInflight, int(l.batchWait())
+		})
+	}
+	if inflight[0] != 0 || wait[0] != 1 {
+		t.Errorf("%d waiting reads: %d storage operations in flight, the loop waits for %d completions; want 0 and 1", n, inflight[0], wait[0])
+	}
+	if inflight[1] != n || wait[1] != n/8 {
+		t.Errorf("%d more storage reads: %d in flight, the loop waits for %d; want %d and %d", n, inflight[1], wait[1], n, n/8)
+	}
+	l.Call(func() {
+		var e SQE
+		e.PrepPollAdd(int32(p[0]), unix.POLLIN)
+		if _, err := l.SubmitWaiting(&e, h, 1); err != nil {
+			t.Error(err)
+		}
+	})
+	if _, err := unix.Write(p[1], make([]byte, 2*n+1)); err != nil { // one byte is left for the poll
+		t.Fatal(err)
+	}
+	sawPoll := false
+	for range 2*n + 1 {
+		switch e := <-done; {
+		case !e.poll && e.res == 1:
+		case e.poll && e.res&unix.POLLIN != 0:
+			sawPoll = true
+		default:
+			t.Fatalf("a completion of %+v", e)
+		}
+	}
+	if !sawPoll {
+		t.Fatal("the poll never reported POLLIN")
+	}
+}

@@ -17,6 +17,12 @@ func (e *SQE) prepRW(op uint8, fd int32, addr uint64, n uint32, off uint64) {
 	*e = SQE{Opcode: op, Fd: fd, Addr: addr, Len: n, Off: off}
 }
 
+// PrepPollAdd waits, once, until fd is ready for events (unix.POLLIN,
+// ...); the result is the events that are.
+func (e *SQE) PrepPollAdd(fd int32, events uint32) {
+	*e = SQE{Opcode: OpPollAdd, Fd: fd, OpFlags: events}
+}
+
 // PrepRead reads len(buf) bytes at off.
 func (e *SQE) PrepRead(fd int32, buf []byte, off uint64) {
 	e.prepRW(OpRead, fd, addrOf(buf), uint32(len(buf)), off)
