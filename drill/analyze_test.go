@@ -288,3 +288,36 @@ func TestReportTitleNamesFio(t *testing.T) {
 		t.Errorf("the plot's title does not name fio:\n%.600s", svg.String())
 	}
 }
+
+// A failed path that the checker reinstates for a moment right after its
+// deadline failed it (a check from before the fault) still has I/O
+// continuing on the other path judged over every span it was failed.
+func TestContinuedOverFlickeringFailure(t *testing.T) {
+	r := steady(40)
+	setPath(r, "p0", StateFailed, 1.0)
+	setPath(r, "p0", StateActive, 1.1) // one sample failed, in which no I/O ended
+	r.Timeline[10].IOPS = 0
+	setPath(r, "p0", StateFailed, 1.5)
+	setPath(r, "p0", StateActive, 3.0)
+	if c := continuedCheck(r, "p0", "p1"); !c.Pass || !strings.Contains(c.Detail, "2 spans") {
+		t.Fatalf("%+v", c)
+	}
+	// The flicker alone is not enough.
+	r = steady(40)
+	setPath(r, "p0", StateFailed, 1.0)
+	setPath(r, "p0", StateActive, 1.1)
+	r.Timeline[10].IOPS = 0
+	if c := continuedCheck(r, "p0", "p1"); c.Pass {
+		t.Fatalf("a 0.1 s failure passed: %+v", c)
+	}
+	// Nor is I/O while the other path failed too.
+	r = steady(40)
+	setPath(r, "p0", StateFailed, 1.0)
+	setPath(r, "p1", StateFailed, 2.0)
+	if c := continuedCheck(r, "p0", "p1"); c.Pass {
+		t.Fatalf("passed with p1 failed too: %+v", c)
+	}
+	if c := continuedCheck(steady(10), "p0", "p1"); c.Pass || c.Detail != "p0 never failed" {
+		t.Fatalf("%+v", c)
+	}
+}

@@ -311,23 +311,42 @@ func failedCheck(r *Record, path string) Check {
 }
 
 // continuedCheck: while path was failed, I/O completed (on the others)
-// and no other path failed.
+// and no other path failed. Every span in which path was failed counts:
+// a checker result from before the fault may reinstate the path for a
+// moment after its I/O deadline failed it (seen beside CPU hogs: failed
+// and active again within one sample, then failed for the rest of the
+// fault), and that flicker alone has no room for an I/O.
 func continuedCheck(r *Record, path, other string) Check {
 	c := Check{Name: fmt.Sprintf("I/O continued on %s while %s was failed", other, path)}
-	from := r.firstSample(0, func(s Sample) bool { return down(s.Paths[path]) })
-	if from == nil {
+	var n, d float64
+	spans := 0
+	for t := 0.0; ; {
+		from := r.firstSample(t, func(s Sample) bool { return down(s.Paths[path]) })
+		if from == nil {
+			break
+		}
+		end := r.End
+		if to := r.firstSample(from.T, func(s Sample) bool { return s.Paths[path] == StateActive }); to != nil {
+			end = to.T
+		}
+		spans++
+		n += r.completions(from.T, end)
+		d += end - from.T
+		if end >= r.End {
+			break
+		}
+		t = end
+	}
+	if spans == 0 {
 		c.Detail = path + " never failed"
 		return c
 	}
-	to := r.firstSample(from.T, func(s Sample) bool { return s.Paths[path] == StateActive })
-	end := r.End
-	if to != nil {
-		end = to.T
-	}
-	n := r.completions(from.T, end)
 	otherDown := r.anySample(0, r.End, func(s Sample) bool { return down(s.Paths[other]) })
 	c.Pass = n > 0 && !otherDown
-	c.Detail = fmt.Sprintf("%.0f I/Os completed in %.1f s", n, end-from.T)
+	c.Detail = fmt.Sprintf("%.0f I/Os completed in %.1f s", n, d)
+	if spans > 1 {
+		c.Detail += fmt.Sprintf(" (%d spans failed)", spans)
+	}
 	if otherDown {
 		c.Detail += "; but " + other + " failed too"
 	}
