@@ -158,34 +158,27 @@ func (q *queue) trim(n int) {
 }
 
 // arm reads the next request.
-func (sl *slot) arm() {
-	q := sl.q
-	if q.stopped || sl.trimmed || q.s.closing.Load() {
-		sl.stop()
-		return
-	}
-	var e uring.SQE
-	e.PrepReadv(q.fdIdx, sl.iov[:], 0)
-	e.Fixed()
-	id, err := q.l.SubmitWaiting(&e, sl, tagRead)
-	if err != nil {
-		sl.stop()
-		return
-	}
-	sl.readID, sl.reading = id, true
-}
+func (sl *slot) arm() { sl.wait(tagRead) }
 
 // poll waits for /dev/fuse to have a request, and then reads it.
-func (sl *slot) poll() {
+func (sl *slot) poll() { sl.wait(tagPoll) }
+
+// wait puts the slot's read (tagRead) or poll (tagPoll) of /dev/fuse on
+// the ring, or stops the slot if its queue is done.
+func (sl *slot) wait(tag uint64) {
 	q := sl.q
 	if q.stopped || sl.trimmed || q.s.closing.Load() {
 		sl.stop()
 		return
 	}
 	var e uring.SQE
-	e.PrepPollAdd(q.fdIdx, unix.POLLIN)
+	if tag == tagPoll {
+		e.PrepPollAdd(q.fdIdx, unix.POLLIN)
+	} else {
+		e.PrepReadv(q.fdIdx, sl.iov[:], 0)
+	}
 	e.Fixed()
-	id, err := q.l.Submit(&e, sl, tagPoll)
+	id, err := q.l.SubmitWaiting(&e, sl, tag)
 	if err != nil {
 		sl.stop()
 		return

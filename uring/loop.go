@@ -872,13 +872,7 @@ func (l *Loop) check() error {
 // completes. The SQE is copied; buffers it points to must stay valid until
 // completion. The SQE's UserData is overwritten.
 func (l *Loop) Submit(e *SQE, h Handler, tag uint64) (OpID, error) {
-	if err := l.check(); err != nil {
-		return 0, err
-	}
-	_, ud := l.allocSlot(h, tag, l.storageFlag(e.Opcode))
-	e.UserData = ud
-	l.push(e)
-	return OpID(ud), nil
+	return l.submit(e, h, tag, true)
 }
 
 // SubmitWaiting is Submit for a read that waits for an outside event
@@ -888,10 +882,20 @@ func (l *Loop) Submit(e *SQE, h Handler, tag uint64) (OpID, error) {
 // spinning. Counted as storage, a FUSE queue's idle reads made an idle
 // loop wake every BatchWait and never spin.
 func (l *Loop) SubmitWaiting(e *SQE, h Handler, tag uint64) (OpID, error) {
+	return l.submit(e, h, tag, false)
+}
+
+// submit is Submit; storage: count e as a storage operation if its
+// opcode is one.
+func (l *Loop) submit(e *SQE, h Handler, tag uint64, storage bool) (OpID, error) {
 	if err := l.check(); err != nil {
 		return 0, err
 	}
-	_, ud := l.allocSlot(h, tag, 0)
+	var flags uint8
+	if storage {
+		flags = l.storageFlag(e.Opcode)
+	}
+	_, ud := l.allocSlot(h, tag, flags)
 	e.UserData = ud
 	l.push(e)
 	return OpID(ud), nil
